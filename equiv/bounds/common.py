@@ -1,0 +1,49 @@
+"""Per-layer bounds container and the phase of a neuron implied by its bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Relative/absolute outward rounding applied to every computed bound: float64 sums of a few hundred
+# terms are exact to ~1e-13 relative, so 1e-9 is a generous safety margin that costs no precision.
+ROUND_REL = 1e-9
+ROUND_ABS = 1e-9
+
+
+def outward(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Widen [lo, hi] by the floating-point safety margin."""
+    return lo - ROUND_ABS - ROUND_REL * np.abs(lo), hi + ROUND_ABS + ROUND_REL * np.abs(hi)
+
+
+@dataclass
+class Bounds:
+    """lo[k], hi[k]: bounds of the pre-activation z_{k+1} of dense layer k+1 (last entry: the output)."""
+
+    lo: list[np.ndarray]
+    hi: list[np.ndarray]
+
+    def copy(self) -> "Bounds":
+        return Bounds([a.copy() for a in self.lo], [a.copy() for a in self.hi])
+
+    def intersect(self, other: "Bounds") -> "Bounds":
+        """Per neuron, the tighter of two sound bounds (both hold, so their intersection does)."""
+        return Bounds([np.maximum(a, b) for a, b in zip(self.lo, other.lo)],
+                      [np.minimum(a, b) for a, b in zip(self.hi, other.hi)])
+
+    @property
+    def hidden(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return list(zip(self.lo[:-1], self.hi[:-1]))
+
+    def counts(self, masks: list[np.ndarray]) -> dict:
+        """Hidden ReLU neurons proved dead (hi <= 0), active (lo >= 0) and unstable by these bounds."""
+        dead = active = total = 0
+        for (lo, hi), m in zip(self.hidden, masks):
+            dead += int(np.sum((hi <= 0) & m))
+            active += int(np.sum((lo >= 0) & (hi > 0) & m))
+            total += int(m.sum())
+        return {"dead": dead, "active": active, "stable": dead + active, "unstable": total - dead - active}
+
+    def to_json(self) -> list[dict]:
+        return [{"layer": k + 1, "lo": lo.tolist(), "hi": hi.tolist()} for k, (lo, hi) in enumerate(zip(self.lo, self.hi))]

@@ -1,0 +1,20 @@
+"""Solver backends behind one interface; `make_backend(name, model)` picks one by name."""
+
+from __future__ import annotations
+
+from ..errors import SolverUnavailableError
+from ..milp import LinearModel
+from .base import Backend, Decision, SolveResult, Status
+
+BACKENDS = ("highs",)
+
+
+def make_backend(name: str, model: LinearModel, threads: int = 1) -> Backend:
+    """Translate `model` for the named solver ("highs" by default)."""
+    if name == "highs":
+        from .highs import HighsBackend
+        return HighsBackend(model, threads)
+    raise SolverUnavailableError(f"unknown solver backend '{name}'; available: {', '.join(BACKENDS)}")
+
+
+__all__ = ["Backend", "Decision", "SolveResult", "Status", "make_backend", "BACKENDS"]

@@ -1,0 +1,255 @@
+"""Decide each hidden ReLU's phase on a region, cheapest proof first.
+
+Order: samples and corners (which can only show a neuron *unstable*: a point with z > 0 and one with
+z < 0), interval and DeepPoly bounds, then layer by layer an LP (triangle relaxation, tightening the
+bounds later layers and the MILP use) and finally MILP decisions ("is there an x with z > 0?") that
+stop at the first feasible point.  Every feasible point a solver returns is re-evaluated in the real
+network and, when it shows a sign, rules neurons unstable for free.  A neuron is dead/active only by
+a bound; a timeout or non-optimal status leaves it "unknown", and unknown neurons are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bounds import Bounds, deeppoly_bounds, interval_bounds
+from .milp import encode_network
+from .network import Network
+from .region import Box
+from .solvers import Status, make_backend
+
+METHODS = ("interval", "deeppoly", "lp", "milp")
+
+
+@dataclass
+class StabilityOptions:
+    """How hard to try: the strongest method to use, the solver, and the limits per query."""
+
+    method: str = "milp"          # interval | deeppoly | lp | milp
+    backend: str = "highs"
+    time_limit: float = 10.0      # seconds per solver query
+    samples: int = 2000           # random points used to witness unstable neurons
+    seed: int = 0
+    margin: float = 1e-6          # decision margin absorbing solver feasibility/integrality tolerances
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+
+@dataclass
+class NeuronProof:
+    layer: int          # hidden layer, from 1
+    index: int
+    phase: str          # dead | active | unstable | unknown | linear (a linear channel, no ReLU)
+    method: str         # interval | deeppoly | lp | milp | samples | witness | none
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "index": self.index, "phase": self.phase, "method": self.method,
+                "seconds": round(self.seconds, 6)}
+
+
+@dataclass
+class StabilityResult:
+    neurons: list[NeuronProof]
+    bounds: Bounds
+    witnesses: np.ndarray
+    stage_counts: dict = field(default_factory=dict)   # stable neurons after each stage
+    stage_seconds: dict = field(default_factory=dict)
+    queries: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def phase_masks(self, net: Network) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per hidden layer, boolean arrays of proved-dead and proved-active neurons."""
+        dead = [np.zeros(w, bool) for w in net.hidden_widths]
+        active = [np.zeros(w, bool) for w in net.hidden_widths]
+        for p in self.neurons:
+            if p.phase == "dead":
+                dead[p.layer - 1][p.index] = True
+            elif p.phase == "active":
+                active[p.layer - 1][p.index] = True
+        return dead, active
+
+    def proved_by(self) -> dict:
+        out = {}
+        for p in self.neurons:
+            if p.phase in ("dead", "active"):
+                out[p.method] = out.get(p.method, 0) + 1
+        return out
+
+    def count(self, phase: str) -> int:
+        return sum(p.phase == phase for p in self.neurons)
+
+
+class _Tracker:
+    """Per-neuron state while proving: bounds, signs seen at real points, decisions and their cost."""
+
+    def __init__(self, net: Network, box: Box):
+        self.net, self.box = net, box
+        self.masks = net.masks
+        w = net.hidden_widths
+        self.seen_pos = [np.zeros(n, bool) for n in w]
+        self.seen_neg = [np.zeros(n, bool) for n in w]
+        self.method = [np.full(n, "none", dtype=object) for n in w]
+        self.seconds = [np.zeros(n) for n in w]
+        self.witnesses: list[np.ndarray] = []
+
+    def absorb(self, points: np.ndarray, how: str):
+        """Evaluate real points (clipped into the box) and record the signs each neuron takes."""
+        if points.size == 0:
+            return
+        points = np.clip(np.atleast_2d(points), self.box.lo, self.box.hi)
+        _, pre = self.net.forward(points, return_pre=True)
+        for k, z in enumerate(pre):
+            newly = ~(self.seen_pos[k] & self.seen_neg[k])
+            self.seen_pos[k] |= (z > 0).any(axis=0)
+            self.seen_neg[k] |= (z < 0).any(axis=0)
+            shown = newly & self.seen_pos[k] & self.seen_neg[k] & (self.method[k] == "none")
+            self.method[k][shown] = how
+        if how != "samples":
+            self.witnesses.append(points)
+
+    def unstable(self, k: int) -> np.ndarray:
+        return self.seen_pos[k] & self.seen_neg[k]
+
+    def record_bounds(self, k: int, bounds: Bounds, how: str):
+        m = self.masks[k]
+        stable = m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0)) & (self.method[k] == "none")
+        self.method[k][stable] = how
+
+    def stable_count(self, bounds: Bounds) -> int:
+        return bounds.counts(self.masks)["stable"]
+
+
+def _phase(lo, hi, mask, unstable):
+    if not mask:
+        return "linear"
+    if hi <= 0:
+        return "dead"
+    if lo >= 0:
+        return "active"
+    return "unstable" if unstable else "unknown"
+
+
+def prove_stability(net: Network, box: Box, options: StabilityOptions | None = None) -> StabilityResult:
+    """Phase of every hidden neuron of `net` on `box`, with the method that decided it."""
+    opt = options or StabilityOptions()
+    box.check_dim(net.n_inputs)
+    rng = np.random.default_rng(opt.seed)
+    tr = _Tracker(net, box)
+    stage_seconds, stage_counts, queries, notes = {}, {}, {"lp": 0, "milp": 0, "milp_unknown": 0}, []
+
+    t0 = time.perf_counter()
+    pts = np.vstack([box.sample(opt.samples, rng), box.corners(limit=1024), box.center[None]])
+    tr.absorb(pts, "samples")
+    stage_seconds["samples"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ib = interval_bounds(net, box)
+    for k in range(len(tr.masks)):
+        tr.record_bounds(k, ib, "interval")
+    stage_counts["interval"] = tr.stable_count(ib)
+    bounds = deeppoly_bounds(net, box, known=ib)
+    for k in range(len(tr.masks)):
+        tr.record_bounds(k, bounds, "deeppoly")
+    stage_counts["deeppoly"] = tr.stable_count(bounds)
+    stage_seconds["deeppoly"] = time.perf_counter() - t0
+
+    if opt.method in ("lp", "milp"):
+        bounds = _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes)
+
+    neurons = []
+    for k, m in enumerate(tr.masks):
+        for i in range(m.size):
+            ph = _phase(bounds.lo[k][i], bounds.hi[k][i], m[i], tr.unstable(k)[i])
+            meth = tr.method[k][i] if ph != "unknown" and ph != "linear" else "none"
+            neurons.append(NeuronProof(k + 1, i, ph, meth, float(tr.seconds[k][i])))
+    wit = np.vstack(tr.witnesses) if tr.witnesses else np.empty((0, box.dim))
+    return StabilityResult(neurons, bounds, wit, stage_counts, stage_seconds, queries, notes)
+
+
+def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes) -> Bounds:
+    """Layer by layer: LP tightening of every undecided neuron, then MILP decisions (if asked)."""
+    dense = net.dense
+    stage_seconds.setdefault("lp", 0.0)
+    stage_seconds.setdefault("milp", 0.0)
+    lp_stable = 0
+    layers = range(len(tr.masks))
+    if opt.progress:
+        from tqdm import tqdm
+        layers = tqdm(layers, desc="proving layers", unit="layer", leave=False)
+    for k in layers:
+        m = tr.masks[k]
+        W, b = dense[k].W, dense[k].b
+        todo = np.flatnonzero(m & (bounds.lo[k] < 0) & (bounds.hi[k] > 0))
+        if k == 0 or todo.size == 0:
+            # layer 1 is affine in x: interval/DeepPoly bounds are already exact
+            lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
+            continue
+        t0 = time.perf_counter()
+        enc = encode_network(net, box, bounds, depth=k, integer=True)
+        backend = make_backend(opt.backend, enc.model)
+        # --- LP: tighten both sides of every undecided neuron (rigorous dual bounds)
+        for i in todo:
+            c, off = enc.objective(W[i], b[i])
+            q0 = time.perf_counter()
+            up = backend.maximize(c, off, integer=False, time_limit=opt.time_limit)
+            lo_ = backend.maximize(-c, -off, integer=False, time_limit=opt.time_limit)
+            queries["lp"] += 2
+            tr.seconds[k][i] += time.perf_counter() - q0
+            if up.bound is not None and up.status == Status.OPTIMAL:
+                bounds.hi[k][i] = min(bounds.hi[k][i], up.bound)
+            if lo_.bound is not None and lo_.status == Status.OPTIMAL:
+                bounds.lo[k][i] = max(bounds.lo[k][i], -lo_.bound)
+        tr.record_bounds(k, bounds, "lp")
+        lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
+        stage_seconds["lp"] += time.perf_counter() - t0
+
+        if opt.method == "milp":
+            t0 = time.perf_counter()
+            _milp_layer(net, k, enc, backend, bounds, tr, opt, queries)
+            stage_seconds["milp"] += time.perf_counter() - t0
+        # later layers benefit at once from the tightened bounds of this one
+        bounds = deeppoly_bounds(net, box, known=bounds)
+        for j in range(k + 1, len(tr.masks)):
+            tr.record_bounds(j, bounds, "deeppoly")
+    stage_counts["lp"] = lp_stable if opt.method == "lp" else stage_counts.get("lp", lp_stable)
+    stage_counts[opt.method] = tr.stable_count(bounds)
+    return bounds
+
+
+def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries):
+    """MILP decisions for layer k's neurons that no bound decided and no point showed unstable."""
+    W, b = net.dense[k].W, net.dense[k].b
+    m = tr.masks[k]
+    # candidates whose sign is known from points are asked only the open side
+    order = np.flatnonzero(m & (bounds.lo[k] < 0) & (bounds.hi[k] > 0) & ~tr.unstable(k))
+    for i in order:
+        for side in ("dead", "active"):
+            if tr.unstable(k)[i] or bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0:
+                break
+            if side == "dead" and tr.seen_pos[k][i]:
+                continue  # a real point has z > 0: it cannot be dead
+            if side == "active" and tr.seen_neg[k][i]:
+                continue
+            c, off = enc.objective(W[i], b[i])
+            sign = 1.0 if side == "dead" else -1.0
+            q0 = time.perf_counter()
+            dec = backend.decide(sign * c, sign * off, 0.0, time_limit=opt.time_limit, margin=opt.margin)
+            tr.seconds[k][i] += time.perf_counter() - q0
+            queries["milp"] += 1
+            if dec.verdict == "below":
+                if side == "dead":
+                    bounds.hi[k][i] = 0.0
+                else:
+                    bounds.lo[k][i] = 0.0
+                tr.method[k][i] = "milp"
+            elif dec.verdict == "above":
+                tr.absorb(enc.input_point(dec.x)[None], "witness")
+            else:
+                queries["milp_unknown"] += 1

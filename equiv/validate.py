@@ -1,0 +1,101 @@
+"""Run models in onnxruntime and compare them on many points of a region (random, corners, witnesses)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .region import Box
+
+
+class OnnxRunner:
+    """Evaluate an ONNX model on a batch of flat float32 inputs, batched when the model allows it."""
+
+    def __init__(self, model: onnx.ModelProto | str):
+        if isinstance(model, str):
+            model = onnx.load(model)
+        self.model = model
+        inp = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
+        self.input_name = inp.name
+        self.shape = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # probing a batched copy may fail: stay quiet
+        opts.intra_op_num_threads = 1
+        self._opts = opts
+        self.single = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.batched = self._try_batched(model)
+
+    def _try_batched(self, model):
+        """A copy of the model with a symbolic batch dimension, if onnxruntime accepts it."""
+        if not self.shape or self.shape[0] != 1:
+            return None
+        m = copy.deepcopy(model)
+        for vi in list(m.graph.input) + list(m.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            if dims:
+                dims[0].dim_param = "batch"
+        try:
+            sess = ort.InferenceSession(m.SerializeToString(), self._opts, providers=["CPUExecutionProvider"])
+            probe = np.zeros([3] + self.shape[1:], np.float32)
+            if sess.run(None, {self.input_name: probe})[0].shape[0] != 3:
+                return None
+            return sess
+        except Exception:
+            return None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        x = x.reshape(x.shape[0], -1)
+        if self.batched is not None:
+            out = []
+            for s in range(0, x.shape[0], 4096):
+                chunk = x[s:s + 4096].reshape([-1] + self.shape[1:])
+                out.append(self.batched.run(None, {self.input_name: chunk})[0].reshape(chunk.shape[0], -1))
+            return np.vstack(out)
+        return np.vstack([self.single.run(None, {self.input_name: xi.reshape(self.shape)})[0].reshape(1, -1)
+                          for xi in x])
+
+
+@dataclass
+class ValidationReport:
+    samples: int
+    max_abs_diff: float
+    worst_input: list
+    by_source: dict          # source -> (count, max abs diff)
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_json(self) -> dict:
+        return {"samples": self.samples, "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
+                "ok": self.ok, "by_source": {k: {"samples": n, "max_abs_diff": d} for k, (n, d) in self.by_source.items()},
+                "worst_input": self.worst_input}
+
+
+def validation_points(box: Box, n: int, rng: np.random.Generator, witnesses: np.ndarray | None = None) -> dict:
+    """Named point sets: uniform random, corners (when at most 1024), the centre, solver witnesses."""
+    pts = {"random": box.sample(n, rng), "corners": box.corners(limit=1024), "center": box.center[None]}
+    if witnesses is not None and len(witnesses):
+        pts["witnesses"] = np.clip(witnesses, box.lo, box.hi)
+    return {k: v for k, v in pts.items() if len(v)}
+
+
+def compare_models(a: OnnxRunner, b: OnnxRunner, box: Box, n: int = 10000, seed: int = 0,
+                   witnesses: np.ndarray | None = None, tolerance: float = 1e-4) -> ValidationReport:
+    """Worst absolute output difference of two models over sampled points of the region."""
+    rng = np.random.default_rng(seed)
+    by_source, worst, worst_x, total = {}, 0.0, None, 0
+    for name, x in validation_points(box, n, rng, witnesses).items():
+        d = np.abs(a(x) - b(x)).max(axis=1)
+        i = int(np.argmax(d))
+        by_source[name] = (len(x), float(d[i]))
+        total += len(x)
+        if d[i] >= worst:
+            worst, worst_x = float(d[i]), x[i]
+    return ValidationReport(total, worst, [] if worst_x is None else worst_x.tolist(), by_source, tolerance)

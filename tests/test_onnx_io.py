@@ -1,0 +1,354 @@
+"""ONNX import/export: every benchmark network imports exactly, export round-trips, errors are clear."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import MNIST, acas_path, bench_onnx_files, load_cached, needs_bench, tiny_net
+from equiv.errors import InputFileError, UnsupportedModelError
+from equiv.network import Dense, Network
+from equiv.onnx_io import load_onnx, network_from_onnx, network_to_onnx, save_onnx_atomic
+
+OPSET = 13
+
+
+def session(model_or_path) -> ort.InferenceSession:
+    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+
+
+def ort_run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    inp = sess.get_inputs()[0]
+    return sess.run(None, {inp.name: x.astype(np.float32)})[0]
+
+
+def make_model(nodes, inits, in_shape, out_shape, in_name="x", out_name="y") -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "test", [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, list(out_shape))],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.float32 if np.asarray(v).dtype.kind == "f" else np.int64), k)
+         for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def assert_matches_ort(net: Network, model, rng, n: int = 5, lo: float = -1.0, hi: float = 1.0):
+    """net.forward agrees with onnxruntime on n random inputs (batch 1, the model's own input shape)."""
+    sess = session(model)
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in sess.get_inputs()[0].shape]
+    for _ in range(n):
+        x = rng.uniform(lo, hi, size=shape).astype(np.float32)
+        want = ort_run(sess, x).reshape(-1)
+        got = net.forward(x.reshape(-1).astype(np.float64))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def f32(a):
+    """Weights as float32 values (so the float64 reference and onnxruntime use the same numbers)."""
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+# ---- the 48 benchmark networks ---------------------------------------------------------------
+
+@needs_bench
+@pytest.mark.parametrize("path", bench_onnx_files(), ids=lambda p: p.name)
+def test_benchmark_network_matches_onnxruntime(path, rng):
+    net = load_cached(path)
+    lo, hi = (0.0, 1.0) if "mnist" in path.name else (-0.5, 0.5)
+    assert_matches_ort(net, path, rng, n=3, lo=lo, hi=hi)
+
+
+@needs_bench
+def test_benchmark_collection_is_complete():
+    files = bench_onnx_files()
+    assert len(files) == 48
+    assert sum("ACASXU" in f.name for f in files) == 45
+
+
+@needs_bench
+def test_acasxu_structure():
+    net = load_cached(acas_path(1, 1))
+    assert net.n_inputs == 5 and net.n_outputs == 5
+    assert net.hidden_widths == [50] * 6
+    assert net.depth == 7
+    assert net.n_relus == 300
+    assert tuple(net.input_shape) == (1, 1, 1, 5)
+    assert tuple(net.output_shape) == (1, 5)
+    assert net.meta["source"].endswith("ACASXU_run2a_1_1_batch_2000.onnx")
+    assert all(m.all() for m in net.masks)
+
+
+@needs_bench
+@pytest.mark.parametrize("name, hidden", [("mnist-net_256x2.onnx", 2), ("mnist-net_256x4.onnx", 4),
+                                          ("mnist-net_256x6.onnx", 6)])
+def test_mnist_structure(name, hidden):
+    net = load_cached(MNIST / name)
+    assert net.n_inputs == 784 and net.n_outputs == 10
+    assert net.hidden_widths == [256] * hidden
+    assert net.depth == hidden + 1
+    assert tuple(net.input_shape) == (1, 784, 1)
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+def check_export(net: Network, rng, n: int = 20):
+    model = network_to_onnx(net)
+    onnx.checker.check_model(model)
+    g = model.graph
+    assert [i.name for i in g.input] == [net.input_name]
+    assert [o.name for o in g.output] == [net.output_name]
+    dims = lambda vi: tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
+                            for d in vi.type.tensor_type.shape.dim)
+    assert dims(g.input[0]) == tuple(net.input_shape)
+    assert dims(g.output[0]) == tuple(net.output_shape)
+    sess = session(model)
+    for _ in range(n):
+        x = rng.uniform(-1, 1, size=[d if isinstance(d, int) else 1 for d in net.input_shape]).astype(np.float32)
+        y = ort_run(sess, x)
+        assert y.shape == tuple(d if isinstance(d, int) else 1 for d in net.output_shape)
+        np.testing.assert_allclose(y.reshape(-1), net.forward(x.reshape(-1).astype(np.float64)),
+                                   rtol=1e-5, atol=1e-5)
+    return model
+
+
+def test_export_round_trip_full_relu(rng):
+    net = tiny_net([(rng.normal(size=(6, 3)), rng.normal(size=6)), (rng.normal(size=(4, 6)), rng.normal(size=4)),
+                    (rng.normal(size=(2, 4)), rng.normal(size=2))])
+    model = check_export(net, rng)
+    # a model without linear channels is re-imported to the very same weights (up to float32)
+    back = network_from_onnx(model)
+    assert back.hidden_widths == net.hidden_widths
+    for d0, d1 in zip(net.dense, back.dense):
+        np.testing.assert_allclose(d1.W, f32(d0.W), rtol=0, atol=0)
+        np.testing.assert_allclose(d1.b, f32(d0.b), rtol=0, atol=0)
+
+
+def test_export_round_trip_partial_masks(rng):
+    """Linear channels (mask False) become a ReLU-free Gemm; the next layer is permuted to match."""
+    dense = [Dense(rng.normal(size=(6, 3)), rng.normal(size=6)), Dense(rng.normal(size=(5, 6)), rng.normal(size=5)),
+             Dense(rng.normal(size=(4, 5)), rng.normal(size=4)), Dense(rng.normal(size=(2, 4)), rng.normal(size=2))]
+    masks = [np.array([True, False, True, False, False, True]),   # mixed, interleaved
+             np.zeros(5, bool),                                   # a fully linear layer
+             np.ones(4, bool)]                                    # a full ReLU layer
+    net = Network.from_layers(dense, masks, input_name="obs", output_name="act",
+                              input_shape=(1, 3), output_shape=(1, 2))
+    model = check_export(net, rng, n=50)
+    assert {n.op_type for n in model.graph.node} >= {"Gemm", "Relu", "Concat"}
+    assert sum(n.op_type == "Relu" for n in model.graph.node) == 2   # the fully linear layer has none
+
+
+def test_export_partial_mask_differs_from_full_relu(rng):
+    """Sanity check of the test above: the mask changes the function, and the export follows it."""
+    dense = [Dense(np.array([[1.0], [-1.0]]), np.zeros(2)), Dense(np.array([[1.0, 1.0]]), np.zeros(1))]
+    lin = Network.from_layers(dense, [np.array([True, False])])   # relu(x) + (-x)
+    full = Network.from_layers(dense)                             # relu(x) + relu(-x) = |x|
+    x = np.array([[-2.0], [3.0]], dtype=np.float32)
+    y_lin = ort_run(session(network_to_onnx(lin)), x[:1]).reshape(-1)
+    np.testing.assert_allclose(y_lin, [2.0])
+    np.testing.assert_allclose(ort_run(session(network_to_onnx(full)), x[:1]).reshape(-1), [2.0])
+    np.testing.assert_allclose(ort_run(session(network_to_onnx(lin)), x[1:]).reshape(-1), [0.0])
+    np.testing.assert_allclose(ort_run(session(network_to_onnx(full)), x[1:]).reshape(-1), [3.0])
+
+
+@needs_bench
+@pytest.mark.parametrize("path", [acas_path(1, 1), MNIST / "mnist-net_256x2.onnx"], ids=lambda p: p.name)
+def test_export_benchmark_round_trip(path, rng):
+    net = load_cached(path)
+    model = check_export(net, rng, n=5)
+    orig = session(path)
+    assert model.graph.input[0].name == orig.get_inputs()[0].name
+    assert model.graph.output[0].name == orig.get_outputs()[0].name
+    # the exported model's own onnxruntime output matches the original model's
+    x = rng.uniform(0, 1, size=net.input_shape).astype(np.float32)
+    np.testing.assert_allclose(ort_run(session(model), x), ort_run(orig, x), rtol=1e-5, atol=1e-5)
+
+
+@needs_bench
+def test_export_acas_with_linear_channels(rng):
+    net = load_cached(acas_path(2, 3))
+    masks = [m.copy() for m in net.masks]
+    for m in masks:
+        m[rng.choice(m.size, size=m.size // 3, replace=False)] = False
+    check_export(net.with_layers(net.dense, masks), rng, n=10)
+
+
+# ---- unsupported models --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Softmax", "Tanh"])
+def test_unsupported_op_is_named(op):
+    W = np.ones((3, 4), np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["z"], name="dense0"),
+             helper.make_node(op, ["z"], ["y"], name="the_bad_node")]
+    model = make_model(nodes, {"W": W}, [1, 3], [1, 4])
+    with pytest.raises(UnsupportedModelError) as err:
+        network_from_onnx(model)
+    msg = str(err.value)
+    assert "the_bad_node" in msg and op in msg
+
+
+def test_unsupported_op_unnamed_node_uses_output_name():
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Sigmoid", ["z"], ["sig_out"])]
+    model = make_model(nodes, {"W": np.ones((3, 4))}, [1, 3], [1, 4], out_name="sig_out")
+    with pytest.raises(UnsupportedModelError, match=r"sig_out.*Sigmoid"):
+        network_from_onnx(model)
+
+
+def test_skip_connection_is_refused(rng):
+    """z2 + z1 mixes tensors from before and after a ReLU: not a chain, must not import silently."""
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"], transB=1),
+             helper.make_node("Relu", ["z1"], ["h1"]),
+             helper.make_node("Gemm", ["h1", "W2", "b2"], ["z2"], transB=1),
+             helper.make_node("Add", ["z2", "z1"], ["y"], name="residual")]
+    inits = {"W1": rng.normal(size=(4, 4)), "b1": rng.normal(size=4), "W2": rng.normal(size=(4, 4)),
+             "b2": rng.normal(size=4)}
+    model = make_model(nodes, inits, [1, 4], [1, 4])
+    with pytest.raises(UnsupportedModelError, match="residual"):
+        network_from_onnx(model)
+
+
+def test_two_inputs_are_refused():
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"])], "two",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    with pytest.raises(UnsupportedModelError, match="exactly one input"):
+        network_from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(InputFileError, match="not found"):
+        load_onnx(tmp_path / "nope.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00\xffthis is not a protobuf\x12\x34" * 10)
+    with pytest.raises(InputFileError):
+        load_onnx(bad)
+
+
+# ---- linear ops folded into dense layers ---------------------------------------------------------
+
+def test_conv_model_matches_onnxruntime(rng):
+    """Conv (asymmetric pads, strides) -> Relu -> Flatten -> Gemm, lowered exactly to dense layers."""
+    Wc = rng.normal(size=(3, 2, 3, 3))
+    bc = rng.normal(size=3)
+    # H: (6 + 1 + 1 - 3) // 2 + 1 = 3;  W: (6 + 0 + 1 - 3) // 1 + 1 = 5  ->  3 * 3 * 5 = 45 features
+    Wg = rng.normal(size=(4, 45))
+    bg = rng.normal(size=4)
+    nodes = [helper.make_node("Conv", ["x", "Wc", "bc"], ["c"], pads=[1, 0, 1, 1], strides=[2, 1],
+                              kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "Wg", "bg"], ["y"], transB=1)]
+    model = make_model(nodes, {"Wc": Wc, "bc": bc, "Wg": Wg, "bg": bg}, [1, 2, 6, 6], [1, 4])
+    net = network_from_onnx(model)
+    assert net.n_inputs == 72 and net.hidden_widths == [45] and net.n_outputs == 4
+    assert_matches_ort(net, model, rng, n=10)
+
+
+def test_linear_op_zoo_matches_onnxruntime(rng):
+    """Mul, grouped dilated Conv, BatchNormalization, Transpose, Reshape, MatMul+Add, Neg, Gemm(alpha, beta)."""
+    scale = rng.uniform(0.5, 2, size=(1, 4, 1, 1))
+    Wc = rng.normal(size=(4, 2, 2, 2))          # group=2: 2 input channels per group
+    bn = {"s": rng.uniform(0.5, 2, 4), "B": rng.normal(size=4), "m": rng.normal(size=4), "v": rng.uniform(0.5, 2, 4)}
+    # H: (5 + 0 + 1 - 2*(2-1) - 1) // 1 + 1 = 4;  W: (5 + 1 + 0 - 1*(2-1) - 1) // 2 + 1 = 3  -> 4*4*3 = 48
+    Wm = rng.normal(size=(48, 7))
+    bm = rng.normal(size=7)
+    Wg = rng.normal(size=(7, 3))                # transB = 0
+    bg = rng.normal(size=3)
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["a"]),
+             helper.make_node("Conv", ["a", "Wc"], ["c"], group=2, dilations=[2, 1], pads=[0, 1, 1, 0],
+                              strides=[1, 2], kernel_shape=[2, 2]),
+             helper.make_node("BatchNormalization", ["c", "s", "B", "m", "v"], ["n"], epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "Wm"], ["mm"]),
+             helper.make_node("Add", ["mm", "bm"], ["z"]),
+             helper.make_node("Neg", ["z"], ["nz"]),
+             helper.make_node("Relu", ["nz"], ["h"]),
+             helper.make_node("Identity", ["h"], ["hi"]),
+             helper.make_node("Gemm", ["hi", "Wg", "bg"], ["y"], alpha=0.5, beta=2.0)]
+    inits = {"scale": scale, "Wc": Wc, **bn, "shape": np.array([1, -1], np.int64), "Wm": Wm, "bm": bm,
+             "Wg": Wg, "bg": bg}
+    model = make_model(nodes, inits, [1, 4, 5, 5], [1, 3])
+    net = network_from_onnx(model)
+    assert net.hidden_widths == [48, 7] and net.depth == 3
+    assert_matches_ort(net, model, rng, n=10)
+
+
+def test_normalisation_folds_into_first_layer(rng):
+    """Sub mean / Div std before the first MatMul add no layer: depth == number of MatMul layers."""
+    mean = rng.normal(size=5)
+    std = rng.uniform(0.5, 3, size=5)
+    Ws = [rng.normal(size=(5, 8)), rng.normal(size=(8, 8)), rng.normal(size=(8, 3))]
+    bs = [rng.normal(size=8), rng.normal(size=8), rng.normal(size=3)]
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["xc"]), helper.make_node("Div", ["xc", "std"], ["xn"])]
+    h = "xn"
+    for k in range(3):
+        nodes += [helper.make_node("MatMul", [h, f"W{k}"], [f"m{k}"]),
+                  helper.make_node("Add", [f"m{k}", f"b{k}"], [f"z{k}" if k < 2 else "y"])]
+        if k < 2:
+            nodes.append(helper.make_node("Relu", [f"z{k}"], [f"h{k}"]))
+            h = f"h{k}"
+    inits = {"mean": mean, "std": std, **{f"W{k}": Ws[k] for k in range(3)}, **{f"b{k}": bs[k] for k in range(3)}}
+    model = make_model(nodes, inits, [1, 5], [1, 3])
+    net = network_from_onnx(model)
+    n_matmul = sum(n.op_type in ("MatMul", "Gemm") for n in model.graph.node)
+    assert net.depth == n_matmul == 3
+    assert net.hidden_widths == [8, 8]
+    # the folded first layer is exactly W^T diag(1/std) with bias b - W^T (mean/std)
+    W0 = f32(Ws[0]).T / f32(std)
+    np.testing.assert_allclose(net.dense[0].W, W0, rtol=1e-12)
+    np.testing.assert_allclose(net.dense[0].b, f32(bs[0]) - W0 @ f32(mean), rtol=1e-9, atol=1e-12)
+    assert_matches_ort(net, model, rng, n=10, lo=-5, hi=5)
+
+
+def test_constant_node_and_reversed_sub(rng):
+    """A Constant node feeding `c - x` (the tensor second) is folded with the right sign."""
+    c = rng.normal(size=(1, 3)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(c)),
+             helper.make_node("Sub", ["c", "x"], ["d"]),
+             helper.make_node("Gemm", ["d", "W", "b"], ["z"], transB=1),
+             helper.make_node("Relu", ["z"], ["y"])]
+    model = make_model(nodes, {"W": rng.normal(size=(2, 3)), "b": rng.normal(size=2)}, [1, 3], [1, 2])
+    net = network_from_onnx(model)
+    assert net.hidden_widths == [2] and net.depth == 2
+    assert_matches_ort(net, model, rng, n=10)
+
+
+# ---- saving ------------------------------------------------------------------------------------
+
+def test_save_onnx_atomic_refuses_to_overwrite_input(tmp_path, rng):
+    net = tiny_net([(rng.normal(size=(3, 2)), rng.normal(size=3)), (rng.normal(size=(1, 3)), [0.0])])
+    src = tmp_path / "in.onnx"
+    save_onnx_atomic(network_to_onnx(net), src)
+    before = src.read_bytes()
+    other = tiny_net([([[1.0, 2.0]], [0.0])])
+    with pytest.raises(InputFileError, match="overwrite"):
+        save_onnx_atomic(network_to_onnx(other), src, inputs_not_to_overwrite=[src])
+    # also when the output names the same file through another path (a symlink, a "..")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(src)
+    (tmp_path / "sub").mkdir()
+    for alias in (link, tmp_path / "sub" / ".." / "in.onnx"):
+        with pytest.raises(InputFileError):
+            save_onnx_atomic(network_to_onnx(other), alias, inputs_not_to_overwrite=[str(src)])
+    assert src.read_bytes() == before
+
+
+def test_save_onnx_atomic_writes_loadable_model(tmp_path, rng):
+    net = tiny_net([(rng.normal(size=(3, 2)), rng.normal(size=3)), (rng.normal(size=(2, 3)), rng.normal(size=2))])
+    src = tmp_path / "in.onnx"
+    save_onnx_atomic(network_to_onnx(net), src)
+    out = save_onnx_atomic(network_to_onnx(net), tmp_path / "new" / "out.onnx", inputs_not_to_overwrite=[src])
+    assert out.is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.onnx"]   # no temporary file left behind
+    back = load_onnx(out)
+    x = rng.uniform(-1, 1, size=(10, 2))
+    np.testing.assert_allclose(back.forward(x), net.forward(x), rtol=1e-6, atol=1e-6)
