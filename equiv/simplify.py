@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from .errors import ValidationError
+from .errors import InputFileError, ValidationError
 from .network import Network
 from .onnx_io import load_onnx, network_to_onnx, save_onnx_atomic
 from .reduce import reduce_network
@@ -55,6 +55,8 @@ def simplify(model_path: str | Path, region: Box, options: StabilityOptions | No
     options = options or StabilityOptions()
     t_start = time.perf_counter()
     seconds = {}
+    if output_path is not None and Path(output_path).resolve() == Path(model_path).resolve():
+        raise InputFileError(f"refusing to overwrite the input file {model_path}; choose another output path")
     t0 = time.perf_counter()
     net = load_onnx(model_path)
     region.check_dim(net.n_inputs)
