@@ -1,0 +1,87 @@
+"""The three backends answer the same neutral queries with the same proofs; limits never become proofs."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from conftest import random_problem
+from equiv.bounds import deeppoly_bounds
+from equiv.errors import SolverUnavailableError
+from equiv.milp import LinearModel, encode_network
+from equiv.solvers import BACKENDS, Status, available_backends, check_backend, make_backend
+
+INSTALLED = available_backends()
+
+
+def _queries(seed):
+    """A random net's encoding and objectives for every neuron of its last hidden layer."""
+    net, box = random_problem(seed, 3, [6, 6, 5], 2, linear_channels=False)
+    b = deeppoly_bounds(net, box)
+    k = 2
+    enc = encode_network(net, box, b, depth=k)
+    W, bias = net.dense[k].W, net.dense[k].b
+    return enc, [enc.objective(W[i], bias[i]) for i in range(W.shape[0])]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_backends_agree_on_lp_and_milp_bounds(seed):
+    enc, objs = _queries(seed)
+    results = {}
+    for name in INSTALLED:
+        be = make_backend(name, enc.model)
+        results[name] = [(be.maximize(c, o, integer=False, time_limit=30).bound,
+                          be.maximize(c, o, integer=True, time_limit=30).bound) for c, o in objs]
+    ref = results["highs"]
+    for name, res in results.items():
+        for (lp_ref, milp_ref), (lp, milp) in zip(ref, res):
+            assert lp == pytest.approx(lp_ref, abs=1e-5), name
+            assert milp == pytest.approx(milp_ref, abs=1e-5), name
+            assert milp <= lp + 1e-5  # never above its relaxation (up to the safety margins)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_backends_agree_on_decisions(seed):
+    enc, objs = _queries(seed)
+    verdicts = {}
+    for name in INSTALLED:
+        be = make_backend(name, enc.model)
+        verdicts[name] = [be.decide(c, o, 0.0, time_limit=30, margin=1e-6).verdict for c, o in objs]
+    # proofs ("below") and witnesses ("above") must agree between any two backends that both answered
+    ref = verdicts["highs"]
+    for name, v in verdicts.items():
+        for a, b in zip(ref, v):
+            assert a == b or "unknown" in (a, b), (name, ref, v)
+
+
+@pytest.mark.skipif("gurobi" not in INSTALLED, reason="gurobipy not installed")
+def test_gurobi_size_limited_licence_is_unknown_not_a_proof():
+    n = 2500  # above the pip licence's ~2000 variable limit
+    A = sp.csr_matrix(np.ones((1, n)))
+    model = LinearModel(A, np.array([-np.inf]), np.array([1.0]), np.zeros(n), np.ones(n), np.zeros(n, bool))
+    be = make_backend("gurobi", model)
+    c = np.ones(n)
+    r = be.maximize(c, 0.0, integer=False, time_limit=5)
+    if r.status == Status.OPTIMAL:
+        pytest.skip("this machine has a full Gurobi licence")
+    assert r.status == Status.TOO_LARGE and r.bound is None
+    assert "size-limited" in r.message and "--backend highs" in r.message
+    d = be.decide(c, 0.0, 0.5, time_limit=5, margin=1e-6)
+    assert d.verdict == "unknown" and d.status == Status.TOO_LARGE
+
+
+def test_missing_package_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gurobipy" else real(name, *a))
+    with pytest.raises(SolverUnavailableError, match=r"equiv\[gurobi\]"):
+        check_backend("gurobi")
+    with pytest.raises(SolverUnavailableError, match="available"):
+        check_backend("cplex")
+
+
+def test_all_backends_installed_in_test_environment():
+    """CI installs every extra, so no backend test is silently skipped there."""
+    assert set(INSTALLED) == set(BACKENDS)
