@@ -79,11 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sizes and times, with the machine they ran on.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     n.add_argument("--suite", default="core", help="suite name: core (all ACAS Xu on prop_3/prop_4 + MNIST), "
-                   "quick (ACAS Xu 1_1 prop_3 and MNIST 256x2 prop_0)")
+                   "quick (ACAS Xu 1_1 prop_3 and MNIST 256x2 prop_0), solvers (the same LP/MILP queries on "
+                   "every backend)")
     n.add_argument("--benchmarks", default=None, help="folder with acasxu/ and mnist_fc/ (default: ../shared/benchmarks)")
     n.add_argument("--out", default="results", help="folder for the results (default: results)")
     n.add_argument("--time-limit", type=float, default=10.0, help="seconds per solver query")
     n.add_argument("--limit", type=int, default=None, help="run only the first N cases (for a smoke run)")
+    n.add_argument("--backends", default=None, help="solvers suite: comma-separated backends (default: all installed)")
+    n.add_argument("--plot", default=None, metavar="FILE.png", help="solvers suite: box plot of solve times")
     return p
 
 
@@ -151,7 +154,17 @@ def cmd_bounds(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_suite
+    from .bench import DEFAULT_BENCHMARKS, run_suite
+    if args.suite == "solvers":
+        from .bench_solvers import run_solvers_bench
+        from .solvers import check_backend
+        backends = args.backends.split(",") if args.backends else None
+        for b in backends or []:
+            check_backend(b)
+        data = run_solvers_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
+                                 backends, time_limit=args.time_limit, plot=args.plot)
+        print((Path(args.out) / "solvers.md").read_text())
+        return 1 if data["disagreements"] else 0
     run_suite(args.suite, benchmarks=args.benchmarks, out=args.out, time_limit=args.time_limit, limit=args.limit)
     return 0
 
