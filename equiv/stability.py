@@ -1,21 +1,26 @@
 """Decide each hidden ReLU's phase on a region, cheapest proof first.
 
 Order: samples and corners (which can only show a neuron *unstable*: a point with z > 0 and one with
-z < 0), interval and DeepPoly bounds, then layer by layer an LP (triangle relaxation, tightening the
-bounds later layers and the MILP use) and finally MILP decisions ("is there an x with z > 0?") that
-stop at the first feasible point.  Every feasible point a solver returns is re-evaluated in the real
-network and, when it shows a sign, rules neurons unstable for free.  A neuron is dead/active only by
-a bound; a timeout or non-optimal status leaves it "unknown", and unknown neurons are kept.
+z < 0), interval and DeepPoly bounds; then, for method "milp" on regions with few varying inputs,
+input splitting (DeepPoly on a tiling of the region by sub-boxes, `bounds.split`), which decides
+nearly every neuron of an ACAS Xu network in well under a second; then, for what is still open,
+layer by layer an LP (triangle relaxation, tightening the bounds later layers and the MILP use) and
+finally MILP decisions ("is there an x with z > 0?") that stop at the first feasible point.  Every
+point a solver or the splitter returns is re-evaluated in the real network and, when it shows a
+sign, rules neurons unstable for free.  A neuron is dead/active only by a sound bound; a timeout or
+non-optimal status leaves it "unknown", and unknown neurons are kept.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .bounds import Bounds, deeppoly_bounds, interval_bounds
+from .bounds.split import split_bounds
 from .milp import encode_network
 from .network import Network
 from .region import Box
@@ -35,10 +40,17 @@ class StabilityOptions:
     seed: int = 0
     margin: float = 1e-6          # decision margin absorbing solver feasibility/integrality tolerances
     progress: bool = False
+    # input splitting (method "milp" only): boxes to bound before the LP/MILP stages take over; it only
+    # pays when few inputs vary (bisection needs ~2^dims boxes to halve a box), hence the second limit
+    split_boxes: int = 10000
+    split_max_inputs: int = 12
+    workers: int = 2              # threads solving one layer's LP/MILP queries at once (1 = one by one)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.workers < 1 or self.split_boxes < 0:
+            raise ValueError(f"need workers >= 1 and split_boxes >= 0, got {self.workers} and {self.split_boxes}")
 
 
 @dataclass
@@ -46,7 +58,7 @@ class NeuronProof:
     layer: int          # hidden layer, from 1
     index: int
     phase: str          # dead | active | unstable | unknown | linear (a linear channel, no ReLU)
-    method: str         # interval | deeppoly | lp | milp | samples | witness | none
+    method: str         # interval | deeppoly | split | lp | milp | samples | witness | none
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -145,7 +157,8 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
     stage_seconds, stage_counts, queries, notes = {}, {}, {"lp": 0, "milp": 0, "milp_unknown": 0}, []
 
     t0 = time.perf_counter()
-    pts = np.vstack([box.sample(opt.samples, rng), box.corners(limit=1024), box.center[None]])
+    pts = np.vstack([box.sample(opt.samples, rng), box.corners(limit=1024), box.center[None],
+                     _first_layer_extremes(net, box)])
     tr.absorb(pts, "samples")
     stage_seconds["samples"] = time.perf_counter() - t0
 
@@ -160,6 +173,8 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
     stage_counts["deeppoly"] = tr.stable_count(bounds)
     stage_seconds["deeppoly"] = time.perf_counter() - t0
 
+    if opt.method == "milp" and 0 < opt.split_boxes and np.sum(box.hi > box.lo) <= opt.split_max_inputs:
+        bounds = _split_stage(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries)
     if opt.method in ("lp", "milp"):
         bounds = _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes)
 
@@ -173,6 +188,47 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
     return StabilityResult(neurons, bounds, wit, stage_counts, stage_seconds, queries, notes)
 
 
+def _first_layer_extremes(net: Network, box: Box) -> np.ndarray:
+    """The corners where each first-layer pre-activation w.x + b is largest and smallest on the box.
+
+    Layer 1 is affine in x, so these points attain its exact range: every first-layer ReLU whose
+    range straddles 0 is shown unstable by them (random samples miss such corners in many dimensions).
+    """
+    W, c = net.dense[0].W, box.center
+    return np.vstack([np.where(W > 0, box.hi, np.where(W < 0, box.lo, c)),
+                      np.where(W > 0, box.lo, np.where(W < 0, box.hi, c))])
+
+
+def _candidates(tr: _Tracker, bounds: Bounds, k: int) -> np.ndarray:
+    """ReLUs of layer k that no bound decided and no real point showed unstable."""
+    return tr.masks[k] & (bounds.lo[k] < 0) & (bounds.hi[k] > 0) & ~tr.unstable(k)
+
+
+def _split_stage(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries) -> Bounds:
+    """Input splitting for every candidate, each asked only the side no point contradicts."""
+    t0 = time.perf_counter()
+    layer, index, dead = [], [], []
+    for k in range(len(tr.masks)):
+        for i in np.flatnonzero(_candidates(tr, bounds, k)):
+            layer.append(k)
+            index.append(i)
+            dead.append(not tr.seen_pos[k][i])   # no point with z > 0 seen: try dead, else active
+    res = split_bounds(net, box, bounds, np.array(layer, int), np.array(index, int), np.array(dead, bool),
+                       max_boxes=opt.split_boxes)
+    queries["split_boxes"] = res.boxes
+    bounds = res.bounds
+    for k in range(len(tr.masks)):
+        tr.record_bounds(k, bounds, "split")
+    tr.absorb(res.witnesses, "witness")
+    # the tightened bounds of earlier layers propagate to the later ones
+    bounds = deeppoly_bounds(net, box, known=bounds)
+    for k in range(len(tr.masks)):
+        tr.record_bounds(k, bounds, "deeppoly")
+    stage_counts["split"] = tr.stable_count(bounds)
+    stage_seconds["split"] = time.perf_counter() - t0
+    return bounds
+
+
 def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes) -> Bounds:
     """Layer by layer: LP tightening of every undecided neuron, then MILP decisions (if asked)."""
     dense = net.dense
@@ -183,11 +239,13 @@ def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queri
     if opt.progress:
         from tqdm import tqdm
         layers = tqdm(layers, desc="proving layers", unit="layer", leave=False)
+    # method milp only needs bounds up to the deepest layer with an undecided candidate
+    last = max([k for k in range(len(tr.masks)) if _candidates(tr, bounds, k).any()], default=-1)
     for k in layers:
         m = tr.masks[k]
         W, b = dense[k].W, dense[k].b
         todo = np.flatnonzero(m & (bounds.lo[k] < 0) & (bounds.hi[k] > 0))
-        if k == 0 or todo.size == 0:
+        if k == 0 or todo.size == 0 or (opt.method == "milp" and k > last):
             # layer 1 is affine in x: interval/DeepPoly bounds are already exact
             lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
             continue
@@ -195,13 +253,9 @@ def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queri
         enc = encode_network(net, box, bounds, depth=k, integer=True)
         backend = make_backend(opt.backend, enc.model)
         # --- LP: tighten both sides of every undecided neuron (rigorous dual bounds)
-        for i in todo:
-            c, off = enc.objective(W[i], b[i])
-            q0 = time.perf_counter()
-            up = backend.maximize(c, off, integer=False, time_limit=opt.time_limit)
-            lo_ = backend.maximize(-c, -off, integer=False, time_limit=opt.time_limit)
+        for i, up, lo_, secs in _lp_layer(W, b, todo, enc, backend, opt):
             queries["lp"] += 2
-            tr.seconds[k][i] += time.perf_counter() - q0
+            tr.seconds[k][i] += secs
             if up.bound is not None and up.status == Status.OPTIMAL:
                 bounds.hi[k][i] = min(bounds.hi[k][i], up.bound)
             if lo_.bound is not None and lo_.status == Status.OPTIMAL:
@@ -223,33 +277,84 @@ def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queri
     return bounds
 
 
-def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries):
-    """MILP decisions for layer k's neurons that no bound decided and no point showed unstable."""
-    W, b = net.dense[k].W, net.dense[k].b
-    m = tr.masks[k]
-    # candidates whose sign is known from points are asked only the open side
-    order = np.flatnonzero(m & (bounds.lo[k] < 0) & (bounds.hi[k] > 0) & ~tr.unstable(k))
-    for i in order:
-        for side in ("dead", "active"):
-            if tr.unstable(k)[i] or bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0:
-                break
-            if side == "dead" and tr.seen_pos[k][i]:
-                continue  # a real point has z > 0: it cannot be dead
-            if side == "active" and tr.seen_neg[k][i]:
-                continue
+def _lp_layer(W, b, todo, enc, backend, opt) -> list:
+    """Max and min of W[i] h + b[i] over the LP relaxation for every i in todo: (i, up, down, seconds).
+
+    With `opt.workers` > 1 (and a backend that allows threads) the neurons are dealt round robin to
+    that many threads, each with its own backend: LP queries reuse one solver object, which must not be
+    shared between threads.
+    """
+    def run(be, part):
+        out = []
+        for i in part:
             c, off = enc.objective(W[i], b[i])
-            sign = 1.0 if side == "dead" else -1.0
             q0 = time.perf_counter()
-            dec = backend.decide(sign * c, sign * off, 0.0, time_limit=opt.time_limit, margin=opt.margin)
-            tr.seconds[k][i] += time.perf_counter() - q0
-            queries["milp"] += 1
-            if dec.verdict == "below":
-                if side == "dead":
-                    bounds.hi[k][i] = 0.0
-                else:
-                    bounds.lo[k][i] = 0.0
-                tr.method[k][i] = "milp"
-            elif dec.verdict == "above":
-                tr.absorb(enc.input_point(dec.x)[None], "witness")
+            up = be.maximize(c, off, integer=False, time_limit=opt.time_limit)
+            down = be.maximize(-c, -off, integer=False, time_limit=opt.time_limit)
+            out.append((i, up, down, time.perf_counter() - q0))
+        return out
+
+    n = min(opt.workers, len(todo)) if getattr(backend, "threads_ok", False) else 1
+    if n <= 1:
+        return run(backend, todo)
+    parts = [todo[j::n] for j in range(n)]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        done = [pool.submit(run, backend, parts[0])]
+        done += [pool.submit(run, make_backend(opt.backend, enc.model), p) for p in parts[1:]]
+        return [r for f in done for r in f.result()]
+
+
+def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries):
+    """MILP decisions for layer k's neurons that no bound decided and no point showed unstable.
+
+    All candidates are first asked "dead?" (those no point showed z > 0), then "active?".  The queries
+    of one pass share the encoding and are independent, so with `opt.workers` > 1 and a backend whose
+    decisions may run concurrently they are solved by a pool of threads (HiGHS releases the GIL while
+    solving); results are recorded in this thread as they arrive, and a query whose neuron a witness
+    has meanwhile shown unstable is skipped when its turn comes.
+    """
+    W, b = net.dense[k].W, net.dense[k].b
+
+    def open_side(i, side) -> bool:
+        if tr.unstable(k)[i] or bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0:
+            return False
+        # a real point with z > 0 rules out dead, one with z < 0 rules out active
+        return not (tr.seen_pos[k][i] if side == "dead" else tr.seen_neg[k][i])
+
+    def ask(i, side):
+        if not open_side(i, side):
+            return None
+        sign = 1.0 if side == "dead" else -1.0
+        c, off = enc.objective(sign * W[i], sign * b[i])
+        q0 = time.perf_counter()
+        dec = backend.decide(c, off, 0.0, time_limit=opt.time_limit, margin=opt.margin)
+        return dec, time.perf_counter() - q0
+
+    def record(i, side, answer):
+        if answer is None:
+            return
+        dec, secs = answer
+        tr.seconds[k][i] += secs
+        queries["milp"] += 1
+        if dec.verdict == "below":
+            if side == "dead":
+                bounds.hi[k][i] = 0.0
             else:
-                queries["milp_unknown"] += 1
+                bounds.lo[k][i] = 0.0
+            tr.method[k][i] = "milp"
+        elif dec.verdict == "above":
+            tr.absorb(enc.input_point(dec.x)[None], "witness")
+        else:
+            queries["milp_unknown"] += 1
+
+    parallel = opt.workers > 1 and getattr(backend, "threads_ok", False)
+    for side in ("dead", "active"):
+        jobs = [i for i in np.flatnonzero(_candidates(tr, bounds, k)) if open_side(i, side)]
+        if parallel and len(jobs) > 1:
+            with ThreadPoolExecutor(max_workers=opt.workers) as pool:
+                futures = {pool.submit(ask, i, side): i for i in jobs}
+                for f in as_completed(futures):
+                    record(futures[f], side, f.result())
+        else:
+            for i in jobs:
+                record(i, side, ask(i, side))

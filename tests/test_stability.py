@@ -92,7 +92,7 @@ def test_s2_only_milp_proves():
         ph = phases(prove_stability(net, box, StabilityOptions(method=method, samples=500)))
         assert ph[(1, 0)] == ph[(1, 1)] == ("unstable", "samples")
         assert ph[(2, 0)] == ph[(2, 1)] == ("unknown", "none"), method
-    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500))
+    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0))
     ph = phases(res)
     assert ph[(2, 0)] == ("dead", "milp")
     assert ph[(2, 1)] == ("active", "milp")
@@ -109,7 +109,7 @@ def test_solver_timeout_leaves_unknown(monkeypatch):
     """A decision that hits its time limit proves nothing: the neurons stay unknown, never dead/active."""
     monkeypatch.setattr(HighsBackend, "decide", always_unknown)
     net, box = net_s2()
-    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500))
+    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0))
     ph = phases(res)
     assert ph[(2, 0)] == ph[(2, 1)] == ("unknown", "none")
     assert res.queries["milp"] == res.queries["milp_unknown"] == 2
@@ -126,7 +126,7 @@ def test_lp_timeout_is_not_a_bound(monkeypatch):
     monkeypatch.setattr(HighsBackend, "maximize", timed_out)
     monkeypatch.setattr(HighsBackend, "decide", always_unknown)
     net, box = net_s2()
-    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500))
+    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0))
     assert phases(res)[(2, 0)] == ("unknown", "none")
     assert res.bounds.hi[1][0] > 0 and res.bounds.lo[1][0] < 0
 
@@ -135,9 +135,9 @@ def test_real_time_limit_is_sound():
     """A real, tiny time limit (1e-4 s) on MILPs that need branching: timed-out neurons are unknown, and
     everything that is declared agrees with the run without a limit and with sampling."""
     net, box = random_problem(0, 5, [12, 12, 12], 2, linear_channels=False)
-    full = prove_stability(net, box, StabilityOptions(method="milp", samples=100))
+    full = prove_stability(net, box, StabilityOptions(method="milp", samples=100, split_boxes=0))
     assert full.count("unknown") == 0
-    timed = prove_stability(net, box, StabilityOptions(method="milp", samples=100, time_limit=1e-4))
+    timed = prove_stability(net, box, StabilityOptions(method="milp", samples=100, time_limit=1e-4, split_boxes=0))
     if timed.queries["milp_unknown"] == 0:
         pytest.skip("HiGHS answered every query within 1e-4 s; the monkeypatched test covers this case")
     assert timed.count("unknown") >= 1
