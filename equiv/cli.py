@@ -33,6 +33,12 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp"):
     p.add_argument("--backend", default="highs", help="LP/MILP solver backend (default: highs)")
     p.add_argument("--time-limit", type=float, default=10.0, metavar="S",
                    help="seconds per solver query; a query that runs out leaves its neuron 'unknown' (default: 10)")
+    p.add_argument("--milp-budget", type=float, default=None, metavar="S",
+                   help="total seconds for all MILP decisions; once spent, the remaining neurons stay 'unknown' "
+                        "(default: no budget, only the per-query limit)")
+    p.add_argument("--split-boxes", type=int, default=10000, metavar="N",
+                   help="input splitting budget in boxes, used with --method milp when at most 12 inputs vary "
+                        "(0 turns it off; default 10000)")
     p.add_argument("--samples", type=int, default=2000, help="random points used to witness unstable neurons")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
 
@@ -84,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--benchmarks", default=None, help="folder with acasxu/ and mnist_fc/ (default: ../shared/benchmarks)")
     n.add_argument("--out", default="results", help="folder for the results (default: results)")
     n.add_argument("--time-limit", type=float, default=10.0, help="seconds per solver query")
+    n.add_argument("--milp-budget", type=float, default=60.0, help="total MILP seconds per case (default 60)")
     n.add_argument("--limit", type=int, default=None, help="run only the first N cases (for a smoke run)")
     n.add_argument("--backends", default=None, help="solvers suite: comma-separated backends (default: all installed)")
     n.add_argument("--plot", default=None, metavar="FILE.png", help="solvers suite: box plot of solve times")
@@ -105,7 +112,8 @@ def _options(args, progress: bool):
     from .stability import StabilityOptions
     check_backend(args.backend)
     return StabilityOptions(method=args.method, backend=args.backend, time_limit=args.time_limit,
-                            samples=args.samples, seed=args.seed, progress=progress)
+                            samples=args.samples, seed=args.seed, progress=progress, milp_budget=args.milp_budget,
+                            split_boxes=args.split_boxes)
 
 
 def cmd_simplify(args) -> int:
@@ -165,7 +173,8 @@ def cmd_bench(args) -> int:
                                  backends, time_limit=args.time_limit, plot=args.plot)
         print((Path(args.out) / "solvers.md").read_text())
         return 1 if data["disagreements"] else 0
-    run_suite(args.suite, benchmarks=args.benchmarks, out=args.out, time_limit=args.time_limit, limit=args.limit)
+    run_suite(args.suite, benchmarks=args.benchmarks, out=args.out, time_limit=args.time_limit, limit=args.limit,
+              milp_budget=args.milp_budget)
     return 0
 
 

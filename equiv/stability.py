@@ -45,6 +45,7 @@ class StabilityOptions:
     split_boxes: int = 10000
     split_max_inputs: int = 12
     workers: int = 2              # threads solving one layer's LP/MILP queries at once (1 = one by one)
+    milp_budget: float | None = None  # total seconds for all MILP decisions; later ones are skipped (unknown)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -241,6 +242,7 @@ def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queri
         layers = tqdm(layers, desc="proving layers", unit="layer", leave=False)
     # method milp only needs bounds up to the deepest layer with an undecided candidate
     last = max([k for k in range(len(tr.masks)) if _candidates(tr, bounds, k).any()], default=-1)
+    deadline = None if opt.milp_budget is None else time.perf_counter() + opt.milp_budget
     for k in layers:
         m = tr.masks[k]
         W, b = dense[k].W, dense[k].b
@@ -266,12 +268,15 @@ def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queri
 
         if opt.method == "milp":
             t0 = time.perf_counter()
-            _milp_layer(net, k, enc, backend, bounds, tr, opt, queries)
+            _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline)
             stage_seconds["milp"] += time.perf_counter() - t0
         # later layers benefit at once from the tightened bounds of this one
         bounds = deeppoly_bounds(net, box, known=bounds)
         for j in range(k + 1, len(tr.masks)):
             tr.record_bounds(j, bounds, "deeppoly")
+    if queries.get("milp_skipped"):
+        notes.append(f"MILP budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} decisions not "
+                     "attempted; their neurons stay 'unknown' and are kept")
     stage_counts["lp"] = lp_stable if opt.method == "lp" else stage_counts.get("lp", lp_stable)
     stage_counts[opt.method] = tr.stable_count(bounds)
     return bounds
@@ -304,7 +309,7 @@ def _lp_layer(W, b, todo, enc, backend, opt) -> list:
         return [r for f in done for r in f.result()]
 
 
-def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries):
+def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None):
     """MILP decisions for layer k's neurons that no bound decided and no point showed unstable.
 
     All candidates are first asked "dead?" (those no point showed z > 0), then "active?".  The queries
@@ -324,14 +329,22 @@ def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries):
     def ask(i, side):
         if not open_side(i, side):
             return None
+        limit = opt.time_limit
+        if deadline is not None:
+            limit = min(limit, deadline - time.perf_counter())
+            if limit <= 0.05:
+                return "skipped"
         sign = 1.0 if side == "dead" else -1.0
         c, off = enc.objective(sign * W[i], sign * b[i])
         q0 = time.perf_counter()
-        dec = backend.decide(c, off, 0.0, time_limit=opt.time_limit, margin=opt.margin)
+        dec = backend.decide(c, off, 0.0, time_limit=limit, margin=opt.margin)
         return dec, time.perf_counter() - q0
 
     def record(i, side, answer):
         if answer is None:
+            return
+        if answer == "skipped":
+            queries["milp_skipped"] = queries.get("milp_skipped", 0) + 1
             return
         dec, secs = answer
         tr.seconds[k][i] += secs

@@ -206,3 +206,23 @@ def test_acas_1_1_prop4_lp_sound(acas_1_1, prop4_box):
     res = prove_stability(acas_1_1, prop4_box, StabilityOptions(method="lp"))
     assert res.count("dead") + res.count("active") >= res.stage_counts["deeppoly"]
     assert_not_contradicted(acas_1_1, prop4_box, res, n=20000)
+
+
+def test_milp_budget_spent_leaves_neurons_unknown_with_a_note():
+    """With no MILP budget left, decisions are skipped: neurons stay unknown (kept), and the report says why."""
+    from conftest import random_problem
+    for seed in range(40):
+        net, box = random_problem(seed, 3, [8, 8, 8], 2, linear_channels=False)
+        full = prove_stability(net, box, StabilityOptions(method="milp", split_boxes=0, samples=50))
+        if full.queries["milp"] == 0:
+            continue
+        cut = prove_stability(net, box, StabilityOptions(method="milp", split_boxes=0, samples=50, milp_budget=0.0))
+        assert cut.queries["milp"] == 0 and cut.queries.get("milp_skipped", 0) > 0
+        assert any("budget" in n for n in cut.notes)
+        assert cut.count("unknown") >= 1
+        # nothing is claimed that the full run did not also prove
+        for a, b in zip(cut.neurons, full.neurons):
+            if a.phase in ("dead", "active"):
+                assert b.phase == a.phase
+        return
+    pytest.skip("no random net needed a MILP decision")
