@@ -258,6 +258,11 @@ def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queri
         for i, up, lo_, secs in _lp_layer(W, b, todo, enc, backend, opt):
             queries["lp"] += 2
             tr.seconds[k][i] += secs
+            big = sum(r.status == Status.TOO_LARGE for r in (up, lo_))
+            if big:
+                queries["too_large"] = queries.get("too_large", 0) + big
+                queries["too_large_message"] = (f"LP bounds for hidden layer {k + 1}: "
+                                                + (up if up.status == Status.TOO_LARGE else lo_).message)
             if up.bound is not None and up.status == Status.OPTIMAL:
                 bounds.hi[k][i] = min(bounds.hi[k][i], up.bound)
             if lo_.bound is not None and lo_.status == Status.OPTIMAL:
@@ -274,6 +279,10 @@ def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queri
         bounds = deeppoly_bounds(net, box, known=bounds)
         for j in range(k + 1, len(tr.masks)):
             tr.record_bounds(j, bounds, "deeppoly")
+    if queries.get("too_large"):
+        notes.append(f"{queries['too_large']} solver queries were too large for the {opt.backend} licence and proved "
+                     f"nothing (their neurons stay 'unknown' unless another method decided them): "
+                     f"{queries.pop('too_large_message')}")
     if queries.get("milp_skipped"):
         notes.append(f"MILP budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} decisions not "
                      "attempted; their neurons stay 'unknown' and are kept")
@@ -359,6 +368,9 @@ def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None):
             tr.absorb(enc.input_point(dec.x)[None], "witness")
         else:
             queries["milp_unknown"] += 1
+            if dec.status == Status.TOO_LARGE:
+                queries["too_large"] = queries.get("too_large", 0) + 1
+                queries["too_large_message"] = f"MILP decisions for hidden layer {k + 1}: {dec.message}"
 
     parallel = opt.workers > 1 and getattr(backend, "threads_ok", False)
     for side in ("dead", "active"):

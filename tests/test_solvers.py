@@ -85,3 +85,17 @@ def test_missing_package_names_the_extra(monkeypatch):
 def test_all_backends_installed_in_test_environment():
     """CI installs every extra, so no backend test is silently skipped there."""
     assert set(INSTALLED) == set(BACKENDS)
+
+
+@pytest.mark.skipif("gurobi" not in INSTALLED, reason="gurobipy not installed")
+def test_gurobi_too_large_in_a_run_is_reported_and_proves_nothing():
+    """A run whose layer encodings exceed the licence finishes, counts the queries, proves nothing with them."""
+    from equiv.stability import StabilityOptions, prove_stability
+    # layer 2's LP encoding holds layer 1's ~900 unstable ReLUs: ~3000 rows, over the pip licence
+    net, box = random_problem(0, 4, [1500, 5], 2, linear_channels=False)
+    gu = prove_stability(net, box, StabilityOptions(method="lp", backend="gurobi"))
+    if not gu.queries.get("too_large"):
+        pytest.skip("the encodings fit this machine's Gurobi licence")
+    assert gu.queries["too_large"] == gu.queries["lp"]
+    assert any("too large" in n and "--backend highs" in n and "layer 2" in n for n in gu.notes)
+    assert "lp" not in gu.proved_by()

@@ -18,14 +18,14 @@ except ImportError:  # pragma: no cover - exercised where gurobipy is absent
     gp = None
 
 TOO_LARGE_ERRNO = 10010
-TOO_LARGE_HINT = ("model too large for Gurobi's size-limited licence ({what}: {n_vars} variables, {n_rows} "
-                  "constraints); use --backend highs, or install a full Gurobi licence")
+TOO_LARGE_HINT = ("model too large for Gurobi's size-limited licence ({what} with {n_vars} variables and {n_rows} "
+                  "constraints, before any decision row); use --backend highs, or install a full Gurobi licence")
 
 
 class GurobiBackend(Backend):
     name = "gurobi"
 
-    def __init__(self, model: LinearModel, threads: int = 1, what: str = "query"):
+    def __init__(self, model: LinearModel, threads: int = 1, what: str = "a query"):
         if gp is None:
             raise SolverUnavailableError("the gurobi backend needs gurobipy: pip install \"equiv[gurobi]\"")
         super().__init__(model, threads)
