@@ -1,0 +1,283 @@
+"""`equiv check`: exact answers on hand-made pairs, soundness of the difference bounds on random and real
+pairs, real counterexamples, the MILP route, the CLI contract (report fields, exit codes) and --certify."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import ACAS, MNIST, MODELS, acas_path, load_cached, tiny_net
+from equiv.align import align
+from equiv.cli import main
+from equiv.diff_bounds import pair_bounds
+from equiv.equivalence import CheckOptions, check_networks
+from equiv.errors import InputFileError
+from equiv.network import Dense
+from equiv.onnx_io import network_to_onnx
+from equiv.region import Box, load_region
+from equiv.validate import OnnxRunner
+
+
+def run_check(f, g, box, **kw):
+    kw.setdefault("samples", 500)
+    return check_networks(f, g, box, OnnxRunner(network_to_onnx(f)), OnnxRunner(network_to_onnx(g)),
+                          CheckOptions(**kw))
+
+
+def float16_copy(net):
+    return net.with_layers([Dense(d.W.astype(np.float16).astype(float), d.b.astype(np.float16).astype(float))
+                            for d in net.dense], net.masks)
+
+
+# ---- hand-made pairs with a known maximum difference --------------------------------------------------
+
+# f(x) = relu(x), g(x) = 1.1 relu(x) on [-1, 1]: max |f - g| = 0.1, at x = 1
+F1 = tiny_net([([[1.0]], [0.0]), ([[1.0]], [0.0])])
+G1 = tiny_net([([[1.0]], [0.0]), ([[1.1]], [0.0])])
+BOX1 = Box([-1.0], [1.0])
+# f(x) = relu(x1 - x2); g(x) = relu(x1) - relu(x2) (another width) on [0, 1]^2:
+# f - g = relu(x1 - x2) - (x1 - x2) = relu(x2 - x1), max 1 at (0, 1)
+F2 = tiny_net([([[1.0, -1.0]], [0.0]), ([[1.0]], [0.0])])
+G2 = tiny_net([([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]), ([[1.0, -1.0]], [0.0])])
+BOX2 = Box([0.0, 0.0], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("f, g, box, true_max", [(F1, G1, BOX1, 0.1), (F2, G2, BOX2, 1.0)])
+def test_hand_made_pairs_measure_and_decide(f, g, box, true_max):
+    m = run_check(f, g, box, measure=True)
+    assert m.verdict == "measured"
+    assert true_max - 1e-6 <= m.max_diff_upper <= true_max * 1.06 + 1e-6
+    assert m.max_diff_lower == pytest.approx(true_max, rel=1e-5)
+    ok = run_check(f, g, box, epsilon=true_max * 1.02)
+    assert ok.verdict == "equivalent" and ok.exit_code == 0
+    assert true_max - 1e-6 <= ok.max_diff_upper <= true_max * 1.02 + 1e-9
+    bad = run_check(f, g, box, epsilon=true_max * 0.9)
+    assert bad.verdict == "not_equivalent" and bad.exit_code == 1
+    cex = bad.counterexample
+    assert box.contains(cex.input.astype(float)[None])[0]
+    assert np.abs(cex.output_a - cex.output_b).max() > true_max * 0.9
+    # the outputs in the report are the real ones
+    assert np.allclose(cex.output_a, f.forward(cex.input.astype(float)), atol=1e-5)
+    assert np.allclose(cex.output_b, g.forward(cex.input.astype(float)), atol=1e-5)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_milp_route_gives_the_same_answers(split):
+    """With input splitting off, the product MILP decides the hand-made pair both ways."""
+    kw = {} if split else {"split_max_inputs": 0}
+    assert run_check(F2, G2, BOX2, epsilon=1.01, **kw).verdict == "equivalent"
+    m = run_check(F2, G2, BOX2, measure=True, **kw)
+    assert 1.0 - 1e-6 <= m.max_diff_upper <= 1.06
+
+
+def test_top1_hand_made():
+    # two classes; f: (x, 0.5), g: (x + 0.2, 0.5) on [0, 1]: f picks class 0 iff x > 0.5, g iff x > 0.3
+    f = tiny_net([([[1.0]], [0.0]), ([[1.0], [0.0]], [0.0, 0.5])])
+    g = tiny_net([([[1.0]], [0.0]), ([[1.0], [0.0]], [0.2, 0.5])])
+    r = run_check(f, g, Box([0.0], [1.0]), norm="top1")
+    assert r.verdict == "not_equivalent"
+    x = float(r.counterexample.input[0])
+    assert 0.3 <= x <= 0.5 + 1e-6
+    # on [0.6, 1] both pick class 0 with a strict margin
+    assert run_check(f, g, Box([0.6], [1.0]), norm="top1").verdict == "equivalent"
+    assert run_check(f, g, Box([0.6], [1.0]), norm="top1", split_max_inputs=0).verdict == "equivalent"
+
+
+def test_identical_networks_have_zero_difference(acas_1_1, prop3_box):
+    r = run_check(acas_1_1, acas_1_1, prop3_box, epsilon=1e-6)
+    assert r.verdict == "equivalent"
+    assert r.max_diff_upper <= 1e-6 and r.max_diff_lower == 0.0
+
+
+def test_mismatched_shapes_are_bad_input():
+    g_out = tiny_net([([[1.0]], [0.0]), ([[1.0], [2.0]], [0.0, 0.0])])
+    with pytest.raises(InputFileError, match="different outputs"):
+        run_check(F1, g_out, BOX1, epsilon=0.1)
+    with pytest.raises(InputFileError, match="different inputs"):
+        run_check(F1, F2, BOX1, epsilon=0.1)
+    with pytest.raises(InputFileError, match="epsilon"):
+        CheckOptions(norm="linf")
+    with pytest.raises(InputFileError, match="positive"):
+        CheckOptions(epsilon=-1.0)
+
+
+# ---- soundness of the difference bounds ----------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), widths=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+       n_in=st.integers(1, 3), perturb=st.sampled_from([0.0, 1e-3, 0.1, 1.0]), prune=st.booleans())
+def test_pair_bounds_contain_sampled_differences(seed, widths, n_in, perturb, prune):
+    r = np.random.default_rng(seed)
+    sizes = [n_in] + widths + [2]
+    f = tiny_net([(r.normal(size=(b, a)).tolist(), r.normal(scale=0.5, size=b).tolist()) for a, b in zip(sizes, sizes[1:])])
+    dense = [Dense(d.W + perturb * r.normal(size=d.W.shape), d.b + perturb * r.normal(size=d.b.shape)) for d in f.dense]
+    if prune and len(widths) and widths[0] > 1:   # drop one neuron of the first layer: another shape
+        dense[0] = Dense(dense[0].W[1:], dense[0].b[1:])
+        dense[1] = Dense(dense[1].W[:, 1:], dense[1].b)
+        masks = [np.ones(d.n_out, bool) for d in dense[:-1]]
+    else:
+        masks = f.masks
+    g = f.with_layers(dense, masks)
+    c = r.normal(size=n_in)
+    box = Box(c - r.random(n_in), c + r.random(n_in))
+    X = np.vstack([box.sample(300, r), box.corners(), box.center[None]])
+    pair = align(f, g, X[:50])
+    # the embedding computes the same functions
+    assert np.allclose(pair.f.forward(X), f.forward(X)) and np.allclose(pair.g.forward(X), g.forward(X))
+    pb = pair_bounds(pair, box.lo[None], box.hi[None])
+    _, zf = pair.f.forward(X, return_pre=True)
+    _, zg = pair.g.forward(X, return_pre=True)
+    zf.append(pair.f.forward(X))
+    zg.append(pair.g.forward(X))
+    for k in range(len(zf)):
+        d = zf[k] - zg[k]
+        assert np.all(d >= pb.d_lo[k][0] - 1e-9) and np.all(d <= pb.d_hi[k][0] + 1e-9), f"layer {k}"
+        assert np.all(zf[k] >= pb.f_lo[k][0] - 1e-9) and np.all(zf[k] <= pb.f_hi[k][0] + 1e-9)
+        assert np.all(zg[k] >= pb.g_lo[k][0] - 1e-9) and np.all(zg[k] <= pb.g_hi[k][0] + 1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), split=st.booleans())
+def test_verdicts_agree_with_sampling(seed, split):
+    """A proved epsilon is never exceeded at sampled points; a counterexample really exceeds it."""
+    r = np.random.default_rng(seed)
+    f = tiny_net([(r.normal(size=(4, 2)).tolist(), r.normal(size=4).tolist()),
+                  (r.normal(size=(3, 4)).tolist(), r.normal(size=3).tolist()),
+                  (r.normal(size=(2, 3)).tolist(), r.normal(size=2).tolist())])
+    g = f.with_layers([Dense(d.W + 0.05 * r.normal(size=d.W.shape), d.b) for d in f.dense], f.masks)
+    box = Box([-1.0, -1.0], [1.0, 1.0])
+    X = box.sample(20000, r)
+    true_max = np.abs(f.forward(X) - g.forward(X)).max()
+    eps = max(float(true_max) * float(r.choice([0.5, 0.9, 1.1, 2.0])), 1e-3)
+    res = run_check(f, g, box, epsilon=eps, **({} if split else {"split_max_inputs": 0}))
+    assert res.verdict in ("equivalent", "not_equivalent")
+    if res.verdict == "equivalent":
+        assert true_max <= eps + 1e-9 and res.max_diff_upper >= true_max - 1e-9
+    else:
+        c = res.counterexample
+        assert np.abs(f.forward(c.input.astype(float)) - g.forward(c.input.astype(float))).max() > eps - 1e-5
+    assert res.max_diff_upper >= res.max_diff_lower - 1e-6
+
+
+# ---- real networks -----------------------------------------------------------------------------------------
+
+def test_acas_float16_copy_is_proved(acas_1_1, prop3_box):
+    g = float16_copy(acas_1_1)
+    r = run_check(acas_1_1, g, prop3_box, epsilon=0.05)
+    assert r.verdict == "equivalent"
+    X = prop3_box.sample(5000, np.random.default_rng(0))
+    seen = np.abs(acas_1_1.forward(X) - g.forward(X)).max()
+    assert seen <= r.max_diff_upper <= 0.05
+    # the pieces tile the region: their volumes add up
+    vol = sum(np.prod(p.hi - p.lo) for p in r.pieces)
+    assert vol == pytest.approx(np.prod(prop3_box.hi - prop3_box.lo), rel=1e-9)
+
+
+def test_acas_changed_weight_gives_a_counterexample(acas_1_1, prop3_box):
+    dense = [Dense(d.W.copy(), d.b.copy()) for d in acas_1_1.dense]
+    i = np.unravel_index(np.abs(dense[0].W).argmax(), dense[0].W.shape)
+    dense[0].W[i] *= -1
+    g = acas_1_1.with_layers(dense, acas_1_1.masks)
+    r = run_check(acas_1_1, g, prop3_box, epsilon=0.05)
+    assert r.verdict == "not_equivalent"
+    x = r.counterexample.input
+    assert prop3_box.contains(x.astype(float)[None])[0]
+    a = OnnxRunner(str(acas_path(1, 1)))(x[None])[0]
+    assert np.abs(a - g.forward(x.astype(float))).max() > 0.05
+
+
+def test_mnist_pruned_copy_linf(bench, mnist_256x2, mnist_box):
+    f = mnist_256x2
+    thr = np.quantile(np.concatenate([np.abs(d.W).ravel() for d in f.dense]), 0.1)
+    g = f.with_layers([Dense(np.where(np.abs(d.W) <= thr, 0.0, d.W), d.b) for d in f.dense], f.masks)
+    r = run_check(f, g, mnist_box, epsilon=0.5)
+    assert r.verdict == "equivalent"
+    X = mnist_box.sample(2000, np.random.default_rng(1))
+    assert np.abs(f.forward(X) - g.forward(X)).max() <= r.max_diff_upper <= 0.5
+
+
+def test_product_milp_with_a_size_limited_licence_proves_nothing(acas_1_1, prop3_box):
+    pytest.importorskip("gurobipy")
+    g = float16_copy(acas_1_1)
+    r = run_check(acas_1_1, g, prop3_box, epsilon=0.002, backend="gurobi", split_max_inputs=0,
+                  query_time_limit=5, max_pieces=1, time_limit=30)
+    # the product model of two ACAS nets exceeds the pip licence: no query can prove, so no "equivalent"
+    assert r.verdict in ("unknown", "not_equivalent")
+    if r.verdict == "unknown":
+        assert r.stats["too_large"] >= 1 and any("too large" in n for n in r.notes)
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------
+
+def _save(net, path):
+    onnx.save(network_to_onnx(net), str(path))
+    return str(path)
+
+
+def test_cli_check_report_and_exit_codes(bench, tmp_path, capsys, acas_1_1):
+    a = str(acas_path(1, 1))
+    b = _save(float16_copy(acas_1_1), tmp_path / "fp16.onnx")
+    spec = str(ACAS / "prop_3.vnnlib")
+    rep = tmp_path / "r.json"
+    assert main(["check", a, b, "--spec", spec, "--epsilon", "0.05", "--report", str(rep), "--json"]) == 0
+    data = json.loads(rep.read_text())
+    for key in ("verdict", "norm", "epsilon", "max_diff_upper", "max_diff_lower", "counterexample", "backend", "seconds",
+                "pieces"):
+        assert key in data
+    assert data["verdict"] == "equivalent" and data["counterexample"] is None and data["epsilon"] == [0.05] * 5
+    assert json.loads(capsys.readouterr().out)["verdict"] == "equivalent"
+    # a vector epsilon, one per output
+    assert main(["check", a, b, "--spec", spec, "--epsilon", "0.05,0.05,0.05,0.05,0.05"]) == 0
+    assert "EQUIVALENT" in capsys.readouterr().out
+    # a time limit too short for prop_1's big box: unknown, exit 3, with the proven interval
+    assert main(["check", a, b, "--spec", str(ACAS / "prop_1.vnnlib"), "--epsilon", "0.05", "--time-limit", "0.01",
+                 "--json"]) == 3
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "unknown" and out["max_diff_upper"] >= out["max_diff_lower"]
+    # counterexample: exit 1, input flattened in the model's order, outputs from onnxruntime
+    dense = [Dense(d.W.copy(), d.b.copy()) for d in acas_1_1.dense]
+    dense[0].W[np.unravel_index(np.abs(dense[0].W).argmax(), dense[0].W.shape)] *= -1
+    c = _save(acas_1_1.with_layers(dense, acas_1_1.masks), tmp_path / "changed.onnx")
+    assert main(["check", a, c, "--spec", spec, "--epsilon", "0.05", "--json"]) == 1
+    cex = json.loads(capsys.readouterr().out)["counterexample"]
+    assert len(cex["input"]) == 5 and len(cex["output_a"]) == 5
+    assert np.abs(np.array(cex["output_a"]) - np.array(cex["output_b"])).max() > 0.05
+
+
+def test_cli_check_bad_input(bench, tmp_path, capsys):
+    a = str(acas_path(1, 1))
+    m = str(MNIST / "mnist-net_256x2.onnx")
+    assert main(["check", a, m, "--spec", str(ACAS / "prop_3.vnnlib"), "--epsilon", "0.05"]) == 2
+    assert "different inputs" in capsys.readouterr().err
+    assert main(["check", a, a, "--spec", str(ACAS / "prop_3.vnnlib")]) == 2          # no epsilon
+    assert main(["check", a, a, "--spec", str(ACAS / "prop_3.vnnlib"), "--epsilon", "x"]) == 2
+    assert main(["check", a, a, "--spec", str(ACAS / "prop_3.vnnlib"), "--epsilon", "0.1,0.2"]) == 2
+    assert main(["check", a, str(tmp_path / "missing.onnx"), "--spec", str(ACAS / "prop_3.vnnlib"),
+                 "--epsilon", "0.1"]) == 2
+
+
+def test_simplify_certify(tmp_path, capsys):
+    out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
+    code = main(["simplify", str(MODELS / "digits_mlp.onnx"), "--spec", str(MODELS / "digits_mlp_ball.vnnlib"),
+                 "-o", str(out), "--report", str(rep), "--certify"])
+    assert code == 0 and out.exists()
+    cert = json.loads(rep.read_text())["certificate"]
+    assert cert["verdict"] == "equivalent" and cert["epsilon"] == [1e-4] * 10
+    assert cert["max_diff_upper"] <= 1e-4
+    assert "certificate: equivalent" in capsys.readouterr().out
+
+
+def test_simplified_acas_is_certified(bench, tmp_path):
+    box = load_region(spec=ACAS / "prop_4.vnnlib")[0]
+    from equiv.simplify import simplify
+    from equiv.equivalence import certify_simplified
+    res = simplify(acas_path(1, 1), box)
+    cert = certify_simplified(res, tolerance=1e-4)
+    assert cert.verdict == "equivalent" and cert.max_diff_upper <= 1e-4
+    assert not cert.stats["aligned"]      # different widths: paired by values at sample points
+    assert load_cached(acas_path(1, 1)).n_relus > res.simplified.n_relus
