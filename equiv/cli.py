@@ -1,4 +1,4 @@
-"""Command line: `equiv simplify | bounds | bench`.  Parses arguments and calls the API, nothing more."""
+"""Command line: `equiv simplify | check | bounds | slice | bench`.  Parses arguments and calls the API, nothing more."""
 
 from __future__ import annotations
 
@@ -12,8 +12,25 @@ from .errors import EquivError
 
 EXIT_CODES = """exit codes:
   0  success
-  1  a simplified model disagreed with the original in validation (a bug: nothing is written)
+  1  a simplified model disagreed with the original in validation or --certify (a bug: nothing is written)
   2  bad input: unreadable or unsupported model, bad region, unknown backend, output would overwrite input
+  3  simplify --certify: the checker could neither prove nor refute equivalence in its time (model written)
+  130 interrupted"""
+
+SLICE_EXIT_CODES = """exit codes:
+  0  success: the family was written (or, with --verify, every check passed)
+  1  making: a slice or the dispatcher disagreed with the original (a bug: nothing is written);
+     --verify: a check failed (tiling, tree, a changed or missing file, outputs that differ, another model)
+  2  bad input: unreadable or unsupported model, bad region, unknown backend, output folder already holding
+     a family (without --force), --verify folder without a manifest, original model not found
+  130 interrupted"""
+
+
+CHECK_EXIT_CODES = """exit codes:
+  0  equivalent: proved on the whole region (or, --measure without --epsilon, the bound was computed)
+  1  not equivalent: a counterexample, confirmed in onnxruntime, is in the report
+  2  bad input: unreadable or unsupported model, different input/output sizes, bad region or epsilon
+  3  unknown: limits reached before a proof or a counterexample; the report gives the proven interval
   130 interrupted"""
 
 
@@ -27,7 +44,8 @@ def _add_region(p: argparse.ArgumentParser):
     g.add_argument("--clip", metavar="LO:HI", help="clip the ball to [LO, HI] in every input, e.g. 0:1")
 
 
-def _add_solver(p: argparse.ArgumentParser, default_method="milp"):
+def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_default=2000,
+                samples_help="random points used to witness unstable neurons"):
     p.add_argument("--method", choices=["interval", "deeppoly", "lp", "milp"], default=default_method,
                    help=f"strongest proof method to use (default: {default_method}); each includes the cheaper ones")
     p.add_argument("--backend", default="highs", help="LP/MILP solver backend (default: highs)")
@@ -39,7 +57,7 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp"):
     p.add_argument("--split-boxes", type=int, default=10000, metavar="N",
                    help="input splitting budget in boxes, used with --method milp when at most 12 inputs vary "
                         "(0 turns it off; default 10000)")
-    p.add_argument("--samples", type=int, default=2000, help="random points used to witness unstable neurons")
+    p.add_argument("--samples", type=int, default=samples_default, help=samples_help)
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
 
 
@@ -69,6 +87,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest accepted output difference in validation (default 1e-4; above it is a bug, exit 1)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--certify", action="store_true",
+                   help="prove the simplified model equivalent to the original with `equiv check` (epsilon = "
+                        "--tolerance) before writing it; the verdict goes in the report")
+    s.add_argument("--certify-time-limit", type=float, default=300.0, metavar="S",
+                   help="seconds for --certify (default 300)")
+
+    q = sub.add_parser("check", help="prove two models equivalent on a region, or find a counterexample",
+                       description="Prove that two ONNX models with the same inputs and outputs agree on the region: "
+                                   "every output within --epsilon (--norm linf) or the same top-1 class (--norm top1, "
+                                   "argmax ties go to the lowest index; a proof shows a strict winner), or return an "
+                                   "input where they differ, confirmed in onnxruntime. Order: falsification (sampling, "
+                                   "gradient ascent), bounds on the difference of paired neurons, input splitting, then "
+                                   "one product MILP per output and sign (only dual bounds and infeasibility prove).",
+                       epilog="examples:\n  equiv check net.onnx net_fp16.onnx --spec prop.vnnlib --epsilon 0.05\n"
+                              "  equiv check net.onnx pruned.onnx --center x.npy --radius 0.03 --clip 0:1 --norm top1\n"
+                              "  equiv check net.onnx small.onnx --spec prop.vnnlib --measure --json\n\n" + CHECK_EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("model_a", help="reference ONNX model (e.g. the original)")
+    q.add_argument("model_b", help="candidate ONNX model (e.g. compressed); same input and output sizes")
+    _add_region(q)
+    q.add_argument("--epsilon", metavar="E[,E...]",
+                   help="linf: largest allowed |A_j - B_j|, one value or one per output (required for linf "
+                        "unless --measure)")
+    q.add_argument("--norm", choices=["linf", "top1"], default="linf", help="what 'equivalent' means (default linf)")
+    q.add_argument("--measure", action="store_true",
+                   help="compute the tightest proven bound on max |A - B| (to within 5%% of the largest difference seen, or until the limits) instead of stopping once "
+                        "epsilon is proved; without --epsilon the verdict is 'measured'")
+    q.add_argument("--backend", default="highs", help="MILP solver backend (default: highs)")
+    q.add_argument("--time-limit", type=float, default=300.0, metavar="S",
+                   help="seconds for the whole check (default 300); when spent the verdict is 'unknown'")
+    q.add_argument("--query-time-limit", type=float, default=60.0, metavar="S",
+                   help="seconds per MILP query; a piece whose query runs out is bisected and retried (default 60)")
+    q.add_argument("--max-boxes", type=int, default=200000, metavar="N",
+                   help="input splitting budget in boxes, used when at most 12 inputs vary (default 200000)")
+    q.add_argument("--max-pieces", type=int, default=16, metavar="N",
+                   help="most pieces sent to the MILP (after splitting or bisecting on timeouts; default 16)")
+    q.add_argument("--samples", type=int, default=10000, help="random points for falsification (default 10000)")
+    q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    q.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
+    q.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the summary")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     b = sub.add_parser("bounds", help="sound lower/upper bounds of every neuron on a region",
                        description="Per-layer pre-activation bounds by interval arithmetic, DeepPoly back-substitution, "
@@ -80,13 +139,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_solver(b, default_method="deeppoly")
     b.add_argument("--json", action="store_true", help="print all bounds as JSON")
 
+    c = sub.add_parser("slice", help="split the region; write a family of small networks and a dispatcher",
+                       description="Bisect the region into pieces, simplify the model on each piece (proofs on that "
+                                   "piece only), and write FAMILY/slice_XXX.onnx (one small network per piece), "
+                                   "FAMILY/dispatch.onnx (one model routing each input to its piece: equal to the "
+                                   "original on the whole region), FAMILY/manifest.json and FAMILY/slices.png. Every "
+                                   "slice and the dispatcher are run against the original in onnxruntime before "
+                                   "anything is written. `--verify FAMILY` re-checks a written family from its files.",
+                       epilog="examples:\n  equiv slice ACASXU_run2a_1_1_batch_2000.onnx --spec prop_1.vnnlib -o family/\n"
+                              "  equiv slice --verify family/ --model ACASXU_run2a_1_1_batch_2000.onnx\n\n"
+                              + SLICE_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("model", nargs="?", help="input ONNX model (never overwritten)")
+    _add_region(c)
+    c.add_argument("-o", "--output", metavar="FAMILY", help="folder to write the family into")
+    c.add_argument("--max-slices", type=int, default=64, metavar="N", help="most pieces to make (default 64)")
+    c.add_argument("--target-relus", type=int, default=0, metavar="K",
+                   help="stop splitting a piece once it has at most K ReLUs (default 0: split until --max-slices)")
+    c.add_argument("--strategy", choices=["unstable", "width"], default="unstable",
+                   help="unstable (default): bisect the piece with the most ReLUs along the dimension whose halves "
+                        "have the fewest unstable ReLUs by DeepPoly; width: along its widest dimension")
+    _add_solver(c, samples_default=None,
+                samples_help="random points: making, to witness unstable neurons on each piece (default 2000); "
+                             "--verify, on the whole region for the dispatcher (default 100000)")
+    c.add_argument("--validation-samples", type=int, default=10000, metavar="N",
+                   help="random points per slice for its validation (default 10000)")
+    c.add_argument("--dispatch-samples", type=int, default=100000, metavar="N",
+                   help="random points of the region for the dispatcher's validation (default 100000)")
+    c.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted output difference (default 1e-4)")
+    c.add_argument("--json", action="store_true", help="print the summary (or the --verify report) as JSON")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--force", action="store_true",
+                   help="write into a folder that already holds a family (its files are overwritten, none deleted)")
+    c.add_argument("--verify", metavar="FAMILY", help="re-check a written family instead of making one")
+    c.add_argument("--model", dest="original", metavar="ORIGINAL.onnx",
+                   help="with --verify: the original model (default: the path recorded in the manifest)")
+
     n = sub.add_parser("bench", help="run a benchmark suite and write results/*.md and *.json",
                        description="Run `equiv simplify` over a named suite of real networks and record stable counts, "
                                    "sizes and times, with the machine they ran on.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     n.add_argument("--suite", default="core", help="suite name: core (all ACAS Xu on prop_3/prop_4 + MNIST), "
                    "quick (ACAS Xu 1_1 prop_3 and MNIST 256x2 prop_0), solvers (the same LP/MILP queries on "
-                   "every backend)")
+                   "every backend), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
+                   "on float16 ACAS Xu copies, pruned MNIST and the core suite's simplified models)")
+    n.add_argument("--case-time-limit", type=float, default=300.0, metavar="S",
+                   help="equivalence suite: seconds per pair (default 300)")
     n.add_argument("--benchmarks", default=None, help="folder with acasxu/ and mnist_fc/ (default: ../shared/benchmarks)")
     n.add_argument("--out", default="results", help="folder for the results (default: results)")
     n.add_argument("--time-limit", type=float, default=10.0, help="seconds per solver query")
@@ -117,21 +214,80 @@ def _options(args, progress: bool):
 
 
 def cmd_simplify(args) -> int:
+    from .onnx_io import save_onnx_atomic
     from .report import build_report, summary, write_json_atomic
     from .simplify import simplify
     box, source = _region(args)
     out = args.output or str(Path(args.model).with_suffix("")) + ".simplified.onnx"
     progress = not args.no_progress and sys.stderr.isatty()
-    res = simplify(args.model, box, _options(args, progress), output_path=out, region_source=source,
-                   validation_samples=args.validation_samples, tolerance=args.tolerance)
+    if Path(out).resolve() == Path(args.model).resolve():
+        from .errors import InputFileError
+        raise InputFileError(f"refusing to overwrite the input file {args.model}; choose another output path")
+    # without --certify the model is written as soon as validation passes; with it, only once certified
+    res = simplify(args.model, box, _options(args, progress), output_path=None if args.certify else out,
+                   region_source=source, validation_samples=args.validation_samples, tolerance=args.tolerance)
     report = build_report(res)
+    code = 0
+    if args.certify:
+        from .equivalence import certify_simplified
+        cert = certify_simplified(res, tolerance=args.tolerance, backend=args.backend,
+                                  time_limit=args.certify_time_limit, progress=progress)
+        report["certificate"] = {k: v for k, v in cert.to_json().items() if k != "pieces"}
+        if cert.verdict == "not_equivalent":
+            print(f"equiv: error: BUG: the simplified model differs from the original by more than {args.tolerance:g} "
+                  f"at input {cert.counterexample.input.tolist()}; nothing was written. Please report this.",
+                  file=sys.stderr)
+            code = 1
+        else:
+            save_onnx_atomic(res.onnx_model, out, inputs_not_to_overwrite=[args.model])
+            res.output_path = report["output"] = str(out)
+            code = 0 if cert.verdict == "equivalent" else 3
     if args.report:
         write_json_atomic(report, args.report)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(summary(res))
-    return 0
+        if args.certify:
+            c = report["certificate"]
+            print(f"  certificate: {c['verdict']} (max |diff| proven <= {c['max_diff_upper']}, "
+                  f"epsilon {args.tolerance:g}, {c['seconds']:.2f} s)")
+    return code
+
+
+def _epsilon(text):
+    if text is None:
+        return None
+    from .errors import InputFileError
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputFileError(f"--epsilon must be a number or comma-separated numbers, got '{text}'") from None
+    return vals[0] if len(vals) == 1 else vals
+
+
+def cmd_check(args) -> int:
+    from .equivalence import CheckOptions, check_models, summary
+    from .report import write_json_atomic
+    from .simplify import sha256_of
+    from .solvers import check_backend
+    check_backend(args.backend)
+    box, source = _region(args)
+    progress = not args.no_progress and sys.stderr.isatty()
+    opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,
+                       time_limit=args.time_limit, query_time_limit=args.query_time_limit, max_boxes=args.max_boxes,
+                       max_pieces=args.max_pieces, samples=args.samples, seed=args.seed, progress=progress)
+    res = check_models(args.model_a, args.model_b, box, opt)
+    report = {"equiv_version": __version__, "model_a": args.model_a, "model_b": args.model_b,
+              "model_a_sha256": sha256_of(args.model_a), "model_b_sha256": sha256_of(args.model_b),
+              "region": {"source": source, **box.to_json()}, **res.to_json()}
+    if args.report:
+        write_json_atomic(report, args.report)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(summary(res, "A", "B"))
+    return res.exit_code
 
 
 def cmd_bounds(args) -> int:
@@ -161,6 +317,29 @@ def cmd_bounds(args) -> int:
     return 0
 
 
+def cmd_slice(args) -> int:
+    from . import slicing
+    from .errors import InputFileError
+    if args.verify:
+        given = any(v is not None for v in (args.spec, args.box, args.center))
+        rep = slicing.verify_family(args.verify, model=args.original or args.model, samples=args.samples or 100000,
+                                    region=_region(args)[0] if given else None)
+        print(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
+        return 0 if rep.ok else 1
+    if not (args.model and args.output):
+        raise InputFileError("give MODEL.onnx and -o FAMILY to make a family, or --verify FAMILY to check one")
+    box, source = _region(args)
+    sopt = slicing.SliceOptions(max_slices=args.max_slices, target_relus=args.target_relus, strategy=args.strategy,
+                                validation_samples=args.validation_samples, dispatch_samples=args.dispatch_samples,
+                                tolerance=args.tolerance, progress=not args.no_progress and sys.stderr.isatty())
+    slicing.check_output_dir(args.output, args.force, args.model, args.max_slices)  # refuse before the work
+    args.samples = args.samples or 2000
+    fam = slicing.slice_model(args.model, box, _options(args, progress=False), sopt, region_source=source)
+    manifest = slicing.write_family(fam, args.output, force=args.force)
+    print(json.dumps(manifest["summary"], indent=1) if args.json else slicing.format_summary(manifest, args.output))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import DEFAULT_BENCHMARKS, run_suite
     if args.suite == "solvers":
@@ -173,6 +352,18 @@ def cmd_bench(args) -> int:
                                  backends, time_limit=args.time_limit, plot=args.plot)
         print((Path(args.out) / "solvers.md").read_text())
         return 1 if data["disagreements"] else 0
+    if args.suite == "equivalence":
+        from .bench_equivalence import run_equivalence_bench
+        run_equivalence_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
+                              time_limit=args.case_time_limit, limit=args.limit)
+        print((Path(args.out) / "equivalence.md").read_text())
+        return 0
+    if args.suite == "slicing":
+        from .bench_slicing import run_slicing_bench
+        data = run_slicing_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
+                                 time_limit=args.time_limit, milp_budget=args.milp_budget, limit=args.limit)
+        print((Path(args.out) / "slicing.md").read_text())
+        return 0 if data["all_verified"] else 1
     run_suite(args.suite, benchmarks=args.benchmarks, out=args.out, time_limit=args.time_limit, limit=args.limit,
               milp_budget=args.milp_budget)
     return 0
@@ -181,7 +372,8 @@ def cmd_bench(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"simplify": cmd_simplify, "bounds": cmd_bounds, "bench": cmd_bench}[args.command](args)
+        return {"simplify": cmd_simplify, "bounds": cmd_bounds, "check": cmd_check, "slice": cmd_slice,
+                "bench": cmd_bench}[args.command](args)
     except EquivError as exc:
         print(f"equiv: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -62,29 +62,54 @@ def simplify(model_path: str | Path, region: Box, options: StabilityOptions | No
     region.check_dim(net.n_inputs)
     seconds["load"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    stab = prove_stability(net, region, options)
-    seconds["prove"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    dead, active = stab.phase_masks(net)
-    small = reduce_network(net, dead, active)
-    model = network_to_onnx(small)
-    seconds["reduce_export"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    val = compare_models(OnnxRunner(str(model_path)), OnnxRunner(model), region, n=validation_samples,
-                         seed=options.seed + 1, witnesses=stab.witnesses, tolerance=tolerance)
-    seconds["validate"] = time.perf_counter() - t0
+    stab, small, model, val = simplify_network(net, OnnxRunner(str(model_path)), region, options, seconds=seconds,
+                                               validation_samples=validation_samples, tolerance=tolerance)
     seconds["total"] = time.perf_counter() - t_start
-
     result = SimplifyResult(str(model_path), sha256_of(model_path), region, region_source, net, small, model,
                             stab, val, options, seconds)
-    if not val.ok:
-        raise ValidationError(
-            f"BUG: the simplified model differs from the original by {val.max_abs_diff:.3g} "
-            f"(tolerance {tolerance:g}) at input {val.worst_input}; nothing was written. Please report this.")
     if output_path is not None:
         save_onnx_atomic(model, output_path, inputs_not_to_overwrite=[model_path])
         result.output_path = str(output_path)
     return result
+
+
+def simplify_network(net: Network, reference: OnnxRunner, region: Box, options: StabilityOptions, *,
+                     validation_samples: int = 10000, tolerance: float = 1e-4, seconds: dict | None = None,
+                     known=None, seen_points=None, what: str = "the simplified model"):
+    """The in-memory core of `simplify` for an already-loaded network: (stability, smaller Network, ONNX,
+    validation against `reference`).  known / seen_points are passed to `prove_stability`.
+
+    Raises ValidationError when the smaller model differs from the reference by more than `tolerance`.
+    """
+    seconds = {} if seconds is None else seconds
+    t0 = time.perf_counter()
+    stab, small = prove_and_reduce(net, region, options, known=known, seen_points=seen_points)
+    seconds["prove"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = network_to_onnx(small)
+    seconds["reduce_export"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    val = validate_model(reference, model, region, stab.witnesses, validation_samples, options.seed + 1, tolerance, what)
+    seconds["validate"] = time.perf_counter() - t0
+    return stab, small, model, val
+
+
+def prove_and_reduce(net: Network, region: Box, options: StabilityOptions, *, known=None,
+                     seen_points=None) -> tuple[StabilityResult, Network]:
+    """Proved phases of every neuron on the region and the smaller network they give (no export)."""
+    stab = prove_stability(net, region, options, known=known, seen_points=seen_points)
+    dead, active = stab.phase_masks(net)
+    return stab, reduce_network(net, dead, active)
+
+
+def validate_model(reference: OnnxRunner, model: onnx.ModelProto, region: Box, witnesses, samples: int, seed: int,
+                   tolerance: float, what: str = "the simplified model") -> ValidationReport:
+    """Compare `model` with the reference on random points, corners, centre and witnesses of the region;
+    a difference above tolerance is a bug: ValidationError, and the caller writes nothing."""
+    val = compare_models(reference, OnnxRunner(model), region, n=samples, seed=seed, witnesses=witnesses,
+                         tolerance=tolerance)
+    if not val.ok:
+        raise ValidationError(
+            f"BUG: {what} differs from the original by {val.max_abs_diff:.3g} (tolerance {tolerance:g}) "
+            f"at input {val.worst_input}; nothing was written. Please report this.")
+    return val

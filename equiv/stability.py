@@ -59,7 +59,7 @@ class NeuronProof:
     layer: int          # hidden layer, from 1
     index: int
     phase: str          # dead | active | unstable | unknown | linear (a linear channel, no ReLU)
-    method: str         # interval | deeppoly | split | lp | milp | samples | witness | none
+    method: str         # interval | deeppoly | inherited | split | lp | milp | samples | witness | none
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -149,8 +149,14 @@ def _phase(lo, hi, mask, unstable):
     return "unstable" if unstable else "unknown"
 
 
-def prove_stability(net: Network, box: Box, options: StabilityOptions | None = None) -> StabilityResult:
-    """Phase of every hidden neuron of `net` on `box`, with the method that decided it."""
+def prove_stability(net: Network, box: Box, options: StabilityOptions | None = None, *,
+                    known: Bounds | None = None, seen_points: np.ndarray | None = None) -> StabilityResult:
+    """Phase of every hidden neuron of `net` on `box`, with the method that decided it.
+
+    known: sound bounds valid on `box` (e.g. proved on a box containing it), intersected in after the
+    DeepPoly stage; neurons only they decide get method "inherited".  seen_points: real points (e.g. a
+    parent box's witnesses); those inside `box` are evaluated as witnesses, the others are ignored.
+    """
     opt = options or StabilityOptions()
     box.check_dim(net.n_inputs)
     rng = np.random.default_rng(opt.seed)
@@ -161,6 +167,8 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
     pts = np.vstack([box.sample(opt.samples, rng), box.corners(limit=1024), box.center[None],
                      _first_layer_extremes(net, box)])
     tr.absorb(pts, "samples")
+    if seen_points is not None and len(seen_points):
+        tr.absorb(seen_points[box.contains(seen_points)], "witness")
     stage_seconds["samples"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -172,6 +180,12 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
     for k in range(len(tr.masks)):
         tr.record_bounds(k, bounds, "deeppoly")
     stage_counts["deeppoly"] = tr.stable_count(bounds)
+    if known is not None:
+        # both bounds hold on this box, so their intersection does; DeepPoly again to propagate it
+        bounds = deeppoly_bounds(net, box, known=bounds.intersect(known))
+        for k in range(len(tr.masks)):
+            tr.record_bounds(k, bounds, "inherited")
+        stage_counts["inherited"] = tr.stable_count(bounds)
     stage_seconds["deeppoly"] = time.perf_counter() - t0
 
     if opt.method == "milp" and 0 < opt.split_boxes and np.sum(box.hi > box.lo) <= opt.split_max_inputs:

@@ -90,9 +90,17 @@ def compare_models(a: OnnxRunner, b: OnnxRunner, box: Box, n: int = 10000, seed:
                    witnesses: np.ndarray | None = None, tolerance: float = 1e-4) -> ValidationReport:
     """Worst absolute output difference of two models over sampled points of the region."""
     rng = np.random.default_rng(seed)
+    return compare_on_points(a, b, validation_points(box, n, rng, witnesses), tolerance)
+
+
+def compare_on_points(a: OnnxRunner, b: OnnxRunner, points: dict, tolerance: float = 1e-4) -> ValidationReport:
+    """Worst absolute output difference of two models over named point sets {source: (n, dim) array}."""
     by_source, worst, worst_x, total = {}, 0.0, None, 0
-    for name, x in validation_points(box, n, rng, witnesses).items():
-        d = np.abs(a(x) - b(x)).max(axis=1)
+    for name, x in points.items():
+        if not len(x):
+            continue
+        # a NaN output (e.g. corrupted weights) counts as an infinite difference, never as a match
+        d = np.nan_to_num(np.abs(a(x) - b(x)), nan=np.inf).max(axis=1)
         i = int(np.argmax(d))
         by_source[name] = (len(x), float(d[i]))
         total += len(x)
