@@ -23,6 +23,7 @@ SLICE_EXIT_CODES = """exit codes:
      --verify: a check failed (tiling, tree, a changed or missing file, outputs that differ, another model)
   2  bad input: unreadable or unsupported model, bad region, unknown backend, output folder already holding
      a family (without --force), --verify folder without a manifest, original model not found
+  3  --certify: some slice was neither proved nor refuted in its time (the family is written; see the manifest)
   130 interrupted"""
 
 
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--force", action="store_true",
                    help="write into a folder that already holds a family (its files are overwritten, none deleted)")
+    c.add_argument("--certify", action="store_true",
+                   help="prove every slice equal to the original on its box with `equiv check` (epsilon = "
+                        "--tolerance): before writing (verdicts go in the manifest), or with --verify, from the files")
+    c.add_argument("--certify-time-limit", type=float, default=60.0, metavar="S",
+                   help="seconds per slice for --certify (default 60)")
     c.add_argument("--verify", metavar="FAMILY", help="re-check a written family instead of making one")
     c.add_argument("--model", dest="original", metavar="ORIGINAL.onnx",
                    help="with --verify: the original model (default: the path recorded in the manifest)")
@@ -323,7 +329,8 @@ def cmd_slice(args) -> int:
     if args.verify:
         given = any(v is not None for v in (args.spec, args.box, args.center))
         rep = slicing.verify_family(args.verify, model=args.original or args.model, samples=args.samples or 100000,
-                                    region=_region(args)[0] if given else None)
+                                    region=_region(args)[0] if given else None, certify=args.certify,
+                                    certify_time_limit=args.certify_time_limit, backend=args.backend)
         print(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
         return 0 if rep.ok else 1
     if not (args.model and args.output):
@@ -335,9 +342,22 @@ def cmd_slice(args) -> int:
     slicing.check_output_dir(args.output, args.force, args.model, args.max_slices)  # refuse before the work
     args.samples = args.samples or 2000
     fam = slicing.slice_model(args.model, box, _options(args, progress=False), sopt, region_source=source)
+    code = 0
+    if args.certify:
+        certs = slicing.certify_family(fam, backend=args.backend, time_limit=args.certify_time_limit,
+                                       progress=sopt.progress)
+        bad = [i for i, c in enumerate(certs) if c["verdict"] == "not_equivalent"]
+        if bad:
+            from .errors import ValidationError
+            raise ValidationError(f"BUG: --certify found slices {bad} differing from the original on their boxes by "
+                                  f"more than {args.tolerance:g}; nothing was written. Please report this.")
+        unproved = sum(c["verdict"] != "equivalent" for c in certs)
+        fam.notes.append(f"--certify: {len(certs) - unproved} of {len(certs)} slices proved equivalent to the original "
+                         f"on their boxes (epsilon {args.tolerance:g})" + (f"; {unproved} unknown" if unproved else ""))
+        code = 3 if unproved else 0
     manifest = slicing.write_family(fam, args.output, force=args.force)
     print(json.dumps(manifest["summary"], indent=1) if args.json else slicing.format_summary(manifest, args.output))
-    return 0
+    return code
 
 
 def cmd_bench(args) -> int:

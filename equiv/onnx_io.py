@@ -24,7 +24,7 @@ OPSET = 21
 IR_VERSION = 10
 SUPPORTED_OPS = (
     "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Relu", "Flatten", "Reshape", "Identity",
-    "Dropout", "Constant", "Squeeze", "Unsqueeze", "Transpose", "Conv", "BatchNormalization",
+    "Dropout", "Constant", "Squeeze", "Unsqueeze", "Transpose", "Conv", "BatchNormalization", "Concat",
 )
 
 
@@ -77,6 +77,8 @@ def network_from_onnx(model: onnx.ModelProto) -> Network:
     # branch around a ReLU) would silently give a wrong network, so it is refused
     anchor, gen = 0, {inp.name: 0}
     dense: list[Dense] = []
+    masks: list[np.ndarray] = []
+    last_relu = None        # output name of the Relu that opened the current anchor
 
     for node in g.node:
         op = node.op_type
@@ -92,6 +94,21 @@ def network_from_onnx(model: onnx.ModelProto) -> Network:
         args = [exprs.get(name) if name in exprs else consts.get(name) for name in node.input]
         if all(a is None or isinstance(a, np.ndarray) for a in args):
             raise UnsupportedModelError(f"{where}: computing on constants only is not supported")
+        if op == "Concat":
+            # the one Concat equiv reads is its own partial-ReLU layer: Concat(Relu(A h + a), B h + b) along
+            # the feature axis, h being the previous layer; it is the layer [A; B] with ReLU on the A rows only
+            _partial_relu_layer(node, attrs, args, gen, anchor, last_relu, exprs, dense, masks, where)
+            exprs[node.output[0]] = _Expr(np.eye(dense[-1].n_out), np.zeros(dense[-1].n_out),
+                                          (args[0].shape[0], dense[-1].n_out))
+            gen[node.output[0]] = anchor
+            continue
+        lagging = [name for name in node.input if name in exprs and gen[name] == anchor - 1]
+        if op != "Relu" and lagging and len(lagging) == sum(name in exprs for name in node.input):
+            # the linear branch of a partial-ReLU layer: affine in the layer before the last Relu; it may
+            # only end in that layer's Concat (a Relu on it, or the graph output, is refused)
+            exprs[node.output[0]] = _apply(op, args, attrs, node, where)
+            gen[node.output[0]] = anchor - 1
+            continue
         stale = [name for name in node.input if name in exprs and gen[name] != anchor]
         if stale:
             raise UnsupportedModelError(
@@ -101,9 +118,11 @@ def network_from_onnx(model: onnx.ModelProto) -> Network:
             e = args[0]
             dense.append(Dense(e.A, e.c))
             n = e.A.shape[0]
+            masks.append(np.ones(n, bool))
             anchor += 1
             exprs[node.output[0]] = _Expr(np.eye(n), np.zeros(n), e.shape)
             gen[node.output[0]] = anchor
+            last_relu = node.output[0]
             continue
         exprs[node.output[0]] = _apply(op, args, attrs, node, where)
         gen[node.output[0]] = anchor
@@ -116,8 +135,38 @@ def network_from_onnx(model: onnx.ModelProto) -> Network:
     e = exprs[out.name]
     dense.append(Dense(e.A, e.c))
     out_shape = _dims(out) or e.shape
-    return Network.from_layers(dense, input_name=inp.name, output_name=out.name,
+    return Network.from_layers(dense, masks, input_name=inp.name, output_name=out.name,
                                input_shape=in_shape, output_shape=out_shape)
+
+
+def _partial_relu_layer(node, attrs, args, gen, anchor, last_relu, exprs, dense, masks, where):
+    """Turn the last layer (opened by Relu `last_relu`) into a partial-ReLU layer for Concat(relu, linear).
+
+    Sound only when the Relu's output has not been used yet (no other tensor of this anchor exists) and
+    the linear part is affine in the same previous layer the Relu read: both are checked.
+    """
+    names = list(node.input)
+    axis = attrs.get("axis")
+    ok_shape = all(isinstance(a, _Expr) and len(a.shape) == 2 for a in args) and axis in (1, -1)
+    if len(names) != 2 or not ok_shape or last_relu not in names:
+        raise UnsupportedModelError(f"{where}: Concat is supported only as Concat(Relu(Gemm(h)), Gemm(h)) along "
+                                    "axis 1, the partial-ReLU layer that equiv writes")
+    r = names.index(last_relu)
+    lin = names[1 - r]
+    used = [n for n, g in gen.items() if g == anchor and n != last_relu]
+    if gen.get(lin) != anchor - 1 or used:
+        raise UnsupportedModelError(f"{where}: Concat must join a fresh Relu output with an affine tensor of the "
+                                    "layer before that Relu (a partial-ReLU layer); this graph has another shape")
+    e = exprs[lin]
+    relu_layer = dense[-1]
+    if e.A.shape[1] != relu_layer.n_in:
+        raise UnsupportedModelError(f"{where}: the two Concat inputs do not read the same layer")
+    n_r, n_l = relu_layer.n_out, e.A.shape[0]
+    parts_W = [relu_layer.W, e.A] if r == 0 else [e.A, relu_layer.W]
+    parts_b = [relu_layer.b, e.c] if r == 0 else [e.c, relu_layer.b]
+    dense[-1] = Dense(np.vstack(parts_W), np.concatenate(parts_b))
+    masks[-1] = np.concatenate([np.ones(n_r, bool), np.zeros(n_l, bool)] if r == 0
+                               else [np.zeros(n_l, bool), np.ones(n_r, bool)])
 
 
 def _apply(op, args, attrs, node, where) -> _Expr:
@@ -306,6 +355,13 @@ def model_around(net: Network, body, graph_name: str, producer: str = "equiv") -
     return model
 
 
+def default_file_mode() -> int:
+    """0666 minus the process umask: the mode `open()` would have given a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_onnx_atomic(model: onnx.ModelProto, path: str | os.PathLike, inputs_not_to_overwrite=()) -> Path:
     """Write model to path via a temporary file and rename; refuse to overwrite any input file."""
     path = Path(path)
@@ -317,6 +373,7 @@ def save_onnx_atomic(model: onnx.ModelProto, path: str | os.PathLike, inputs_not
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(model.SerializeToString())
+        os.chmod(tmp, default_file_mode())   # mkstemp makes 0600; a written model gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -67,4 +67,6 @@ def write_json_atomic(data, path: str | Path) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=1)
         fh.write("\n")
+    from .onnx_io import default_file_mode
+    os.chmod(tmp, default_file_mode())   # mkstemp makes 0600; a report gets the usual mode
     os.replace(tmp, path)

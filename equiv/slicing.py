@@ -36,7 +36,7 @@ import onnx
 from . import __version__
 from .bounds import deeppoly_bounds, deeppoly_boxes, interval_bounds
 from .dispatch import build_dispatcher
-from .errors import InputFileError, RegionError, ValidationError
+from .errors import EquivError, InputFileError, RegionError, ValidationError
 from .network import Network
 from .onnx_io import load_onnx, network_to_onnx, save_onnx_atomic
 from .region import Box
@@ -317,6 +317,28 @@ class SliceFamily:
     prepass_unstable: list[int]
     seconds: dict
     notes: list = field(default_factory=list)
+    certificates: list | None = None      # per slice, the `equiv check` verdict against the original (--certify)
+
+
+def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float = 60.0, progress: bool = False) -> list:
+    """`slice --certify`: prove each slice equal to the original on its own box with the equivalence checker
+    (epsilon = the slicing tolerance); returns one summary per slice."""
+    from .equivalence import CheckOptions, check_networks
+    reference = OnnxRunner(str(fam.model_path))
+    out = []
+    pieces = list(zip(fam.slices, fam.models))
+    if progress:
+        from tqdm import tqdm
+        pieces = tqdm(pieces, desc="certifying slices", unit="slice", leave=False)
+    for p, model in pieces:
+        opt = CheckOptions(epsilon=fam.slice_options.tolerance, backend=backend, time_limit=time_limit)
+        r = check_networks(fam.original, p.network, p.box, reference, OnnxRunner(model), opt)
+        out.append({"verdict": r.verdict, "epsilon": fam.slice_options.tolerance,
+                    "max_diff_upper": None if not np.isfinite(r.max_diff_upper) else r.max_diff_upper,
+                    "max_diff_lower": r.max_diff_lower, "seconds": round(r.seconds, 4),
+                    "counterexample": None if r.counterexample is None else r.counterexample.to_json()})
+    fam.certificates = out
+    return out
 
 
 def prepass_unstable(net: Network, box: Box) -> int:
@@ -441,6 +463,7 @@ def build_manifest(fam: SliceFamily, hashes: list[str], dispatch_sha: str, notes
             "phases": {ph: st.count(ph) for ph in ("dead", "active", "unstable", "unknown")},
             "proved_by": st.proved_by(), "prepass_unstable": pre, "seconds": round(p.seconds, 4),
             "validation": val.to_json(),
+            **({"certificate": fam.certificates[s]} if fam.certificates else {}),
         })
     return {
         "equiv_version": __version__, "kind": "equiv slice family",
@@ -621,7 +644,8 @@ def _member(folder: Path, name) -> Path | None:
 
 
 def verify_family(folder: str | Path, model: str | None = None, samples: int = 100000, region: Box | None = None,
-                  seed: int = 12345) -> VerifyReport:
+                  seed: int = 12345, certify: bool = False, certify_time_limit: float = 60.0,
+                  backend: str = "highs") -> VerifyReport:
     """Re-check a family from its files alone: tiling of the region by the slice boxes, the tree, file
     hashes, every slice against the original on its own box, and the dispatcher on the whole region."""
     folder = Path(folder)
@@ -657,7 +681,38 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int = 1
     per_slice = max(1000, samples // max(len(slices), 1))
     _check_slice_outputs(slices, lo, hi, files, reference, per_slice, tol, seed, rep)
     _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, seed, rep)
+    if certify:
+        _certify_slices(model_path, slices, lo, hi, files, reference, tol, certify_time_limit, backend, rep)
     return rep
+
+
+def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limit, backend, rep):
+    """`--verify --certify`: prove every slice file equal to the original on its box with `equiv check`."""
+    from .equivalence import CheckOptions, check_networks
+    from .onnx_io import load_onnx
+    original = load_onnx(model_path)
+    problems, proved, worst = [], 0, 0.0
+    for i in range(len(slices)):
+        if i not in files:
+            problems.append(f"slice {i}: no file to certify")
+            continue
+        try:
+            net = load_onnx(files[i])
+        except EquivError as exc:
+            problems.append(f"slice {i}: cannot be read for certification ({exc})")
+            continue
+        r = check_networks(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(str(files[i])),
+                           CheckOptions(epsilon=tol, backend=backend, time_limit=time_limit))
+        if r.verdict == "equivalent":
+            proved += 1
+            worst = max(worst, r.max_diff_upper)
+        elif r.verdict == "not_equivalent":
+            problems.append(f"slice {i}: differs from the original by {r.max_diff_lower:.3g} > {tol:g} at "
+                            f"{r.counterexample.input.tolist()}")
+        else:
+            problems.append(f"slice {i}: equivalence neither proved nor refuted in {time_limit:g} s")
+    rep.add("certificates", problems, f"all {proved} slices proved equal to the original on their boxes "
+                                      f"(max |diff| <= {worst:.3g}, epsilon {tol:g})")
 
 
 def _check_files(folder: Path, slices: list, m: dict, rep: VerifyReport) -> dict:

@@ -270,6 +270,10 @@ def test_simplify_certify(tmp_path, capsys):
     assert cert["verdict"] == "equivalent" and cert["epsilon"] == [1e-4] * 10
     assert cert["max_diff_upper"] <= 1e-4
     assert "certificate: equivalent" in capsys.readouterr().out
+    # and `equiv check` reads equiv's own output (layers with linear channels) back
+    assert main(["check", str(MODELS / "digits_mlp.onnx"), str(out), "--spec", str(MODELS / "digits_mlp_ball.vnnlib"),
+                 "--epsilon", "1e-4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "equivalent"
 
 
 def test_simplified_acas_is_certified(bench, tmp_path):

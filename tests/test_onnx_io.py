@@ -352,3 +352,39 @@ def test_save_onnx_atomic_writes_loadable_model(tmp_path, rng):
     back = load_onnx(out)
     x = rng.uniform(-1, 1, size=(10, 2))
     np.testing.assert_allclose(back.forward(x), net.forward(x), rtol=1e-6, atol=1e-6)
+
+
+def test_own_partial_relu_export_imports_back(rng):
+    """equiv re-reads its own output: Concat(Relu(Gemm(h)), Gemm(h)) is a layer with linear channels."""
+    dense = [Dense(rng.normal(size=(6, 3)), rng.normal(size=6)), Dense(rng.normal(size=(5, 6)), rng.normal(size=5)),
+             Dense(rng.normal(size=(2, 5)), rng.normal(size=2))]
+    masks = [np.array([True, False, True, False, False, True]), np.array([False, True, True, True, False])]
+    net = Network.from_layers(dense, masks, input_name="obs", output_name="act", input_shape=(1, 3),
+                              output_shape=(1, 2))
+    back = network_from_onnx(network_to_onnx(net))
+    x = rng.normal(size=(200, 3))
+    np.testing.assert_allclose(back.forward(x), net.forward(x), rtol=1e-5, atol=1e-5)
+    assert back.n_relus == net.n_relus and back.hidden_widths == net.hidden_widths
+    assert [int((~m).sum()) for m in back.masks] == [3, 2]
+
+
+def test_other_concat_shapes_are_refused(rng):
+    """A Concat of two ReLU branches, or one whose ReLU output was already used, is not a partial layer."""
+    inits = {"W1": rng.normal(size=(4, 3)), "b1": rng.normal(size=4), "W2": rng.normal(size=(4, 3)),
+             "b2": rng.normal(size=4), "W3": rng.normal(size=(2, 8)), "b3": rng.normal(size=2)}
+    two_relus = [helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"], transB=1),
+                 helper.make_node("Relu", ["z1"], ["h1"]),
+                 helper.make_node("Gemm", ["x", "W2", "b2"], ["z2"], transB=1),
+                 helper.make_node("Relu", ["z2"], ["h2"]),
+                 helper.make_node("Concat", ["h1", "h2"], ["h"], axis=1, name="join"),
+                 helper.make_node("Gemm", ["h", "W3", "b3"], ["y"], transB=1)]
+    with pytest.raises(UnsupportedModelError):
+        network_from_onnx(make_model(two_relus, inits, [1, 3], [1, 2]))
+    used = [helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"], transB=1),
+            helper.make_node("Relu", ["z1"], ["h1"]),
+            helper.make_node("Neg", ["h1"], ["n1"]),
+            helper.make_node("Gemm", ["x", "W2", "b2"], ["z2"], transB=1),
+            helper.make_node("Concat", ["h1", "z2"], ["h"], axis=1, name="join"),
+            helper.make_node("Gemm", ["h", "W3", "b3"], ["y"], transB=1)]
+    with pytest.raises(UnsupportedModelError, match="join"):
+        network_from_onnx(make_model(used, inits, [1, 3], [1, 2]))

@@ -392,3 +392,20 @@ def test_parent_bounds_and_witnesses_are_reused_soundly(acas_1_1, prop3_box):
 def test_bench_slicing_needs_the_benchmarks(tmp_path, capsys):
     assert main(["bench", "--suite", "slicing", "--benchmarks", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "benchmark folder not found" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_cli_slice_certify_records_a_proof_per_slice(bench, tmp_path, capsys):
+    out = tmp_path / "fam"
+    code = main(["slice", str(acas_path(1, 1)), "--spec", str(ACAS / "prop_3.vnnlib"), "-o", str(out),
+                 "--max-slices", "2", "--certify", "--no-progress", "--validation-samples", "2000",
+                 "--dispatch-samples", "5000"])
+    assert code == 0
+    m = json.loads((out / MANIFEST).read_text())
+    assert len(m["slices"]) == 2
+    for s in m["slices"]:
+        c = s["certificate"]
+        assert c["verdict"] == "equivalent" and c["max_diff_upper"] <= 1e-4 and c["counterexample"] is None
+    assert any("--certify: 2 of 2" in n for n in m["notes"])
+    # --verify --certify re-reads the slice files and proves each again
+    code, text = _verify(out, capsys, "--certify")
+    assert code == 0 and "ok    certificates: all 2 slices proved" in text, text
