@@ -285,3 +285,17 @@ def test_simplified_acas_is_certified(bench, tmp_path):
     assert cert.verdict == "equivalent" and cert.max_diff_upper <= 1e-4
     assert not cert.stats["aligned"]      # different widths: paired by values at sample points
     assert load_cached(acas_path(1, 1)).n_relus > res.simplified.n_relus
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_networks_of_different_depths(split):
+    """A linear hidden layer merged into the next one (as `equiv simplify` does) is the same function."""
+    r = np.random.default_rng(3)
+    d = [Dense(r.normal(size=(4, 2)), r.normal(size=4)), Dense(r.normal(size=(3, 4)), r.normal(size=3)),
+         Dense(r.normal(size=(2, 3)), r.normal(size=2))]
+    f = tiny_net([(x.W.tolist(), x.b.tolist()) for x in d], [np.ones(4, bool), np.zeros(3, bool)])
+    g = tiny_net([(d[0].W.tolist(), d[0].b.tolist()), ((d[2].W @ d[1].W).tolist(), (d[2].W @ d[1].b + d[2].b).tolist())])
+    kw = {} if split else {"split_max_inputs": 0}
+    for a, b in ((f, g), (g, f)):
+        res = run_check(a, b, Box([-1.0, -1.0], [1.0, 1.0]), epsilon=1e-6, **kw)
+        assert res.verdict == "equivalent" and res.max_diff_upper <= 1e-6 and not res.stats["aligned"]
