@@ -101,6 +101,7 @@ def network_from_onnx(model: onnx.ModelProto) -> Network:
             exprs[node.output[0]] = _Expr(np.eye(dense[-1].n_out), np.zeros(dense[-1].n_out),
                                           (args[0].shape[0], dense[-1].n_out))
             gen[node.output[0]] = anchor
+            gen[last_relu] = -1    # the Relu output alone no longer matches the layer's (wider) variables
             continue
         lagging = [name for name in node.input if name in exprs and gen[name] == anchor - 1]
         if op != "Relu" and lagging and len(lagging) == sum(name in exprs for name in node.input):

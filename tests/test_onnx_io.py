@@ -388,3 +388,19 @@ def test_other_concat_shapes_are_refused(rng):
             helper.make_node("Gemm", ["h", "W3", "b3"], ["y"], transB=1)]
     with pytest.raises(UnsupportedModelError, match="join"):
         network_from_onnx(make_model(used, inits, [1, 3], [1, 2]))
+
+
+def test_relu_output_reused_after_its_partial_layer_is_refused(rng):
+    """After Concat widens the layer, the bare Relu output no longer names its variables: using it is refused."""
+    inits = {"W1": rng.normal(size=(4, 3)), "b1": rng.normal(size=4), "W2": rng.normal(size=(2, 3)),
+             "b2": rng.normal(size=2), "W3": rng.normal(size=(2, 6)), "b3": rng.normal(size=2),
+             "W4": rng.normal(size=(2, 4)), "b4": rng.normal(size=2)}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"], transB=1),
+             helper.make_node("Relu", ["z1"], ["h1"]),
+             helper.make_node("Gemm", ["x", "W2", "b2"], ["l1"], transB=1),
+             helper.make_node("Concat", ["h1", "l1"], ["h"], axis=1),
+             helper.make_node("Gemm", ["h", "W3", "b3"], ["y1"], transB=1),
+             helper.make_node("Gemm", ["h1", "W4", "b4"], ["y2"], transB=1, name="reuse"),
+             helper.make_node("Add", ["y1", "y2"], ["y"])]
+    with pytest.raises(UnsupportedModelError, match="reuse"):
+        network_from_onnx(make_model(nodes, inits, [1, 3], [1, 2]))
