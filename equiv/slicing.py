@@ -323,7 +323,6 @@ class SliceFamily:
 def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float = 60.0, progress: bool = False) -> list:
     """`slice --certify`: prove each slice equal to the original on its own box with the equivalence checker
     (epsilon = the slicing tolerance); returns one summary per slice."""
-    from .equivalence import CheckOptions, check_networks
     reference = OnnxRunner(str(fam.model_path))
     out = []
     pieces = list(zip(fam.slices, fam.models))
@@ -331,14 +330,22 @@ def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float =
         from tqdm import tqdm
         pieces = tqdm(pieces, desc="certifying slices", unit="slice", leave=False)
     for p, model in pieces:
-        opt = CheckOptions(epsilon=fam.slice_options.tolerance, backend=backend, time_limit=time_limit)
-        r = check_networks(fam.original, p.network, p.box, reference, OnnxRunner(model), opt)
+        r = _certify_slice(fam.original, p.network, p.box, reference, OnnxRunner(model), fam.slice_options.tolerance,
+                           backend, time_limit)
         out.append({"verdict": r.verdict, "epsilon": fam.slice_options.tolerance,
                     "max_diff_upper": None if not np.isfinite(r.max_diff_upper) else r.max_diff_upper,
                     "max_diff_lower": r.max_diff_lower, "seconds": round(r.seconds, 4),
                     "counterexample": None if r.counterexample is None else r.counterexample.to_json()})
     fam.certificates = out
     return out
+
+
+def _certify_slice(original: Network, net: Network, box: Box, reference, run, tolerance: float, backend: str,
+                   time_limit: float):
+    """`equiv check` of one slice against the original on the slice's box, epsilon = the tolerance."""
+    from .equivalence import CheckOptions, check_networks
+    return check_networks(original, net, box, reference, run,
+                          CheckOptions(epsilon=tolerance, backend=backend, time_limit=time_limit))
 
 
 def prepass_unstable(net: Network, box: Box) -> int:
@@ -688,7 +695,6 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int = 1
 
 def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limit, backend, rep):
     """`--verify --certify`: prove every slice file equal to the original on its box with `equiv check`."""
-    from .equivalence import CheckOptions, check_networks
     from .onnx_io import load_onnx
     original = load_onnx(model_path)
     problems, proved, worst = [], 0, 0.0
@@ -701,8 +707,8 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
         except EquivError as exc:
             problems.append(f"slice {i}: cannot be read for certification ({exc})")
             continue
-        r = check_networks(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(str(files[i])),
-                           CheckOptions(epsilon=tol, backend=backend, time_limit=time_limit))
+        r = _certify_slice(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(str(files[i])), tol, backend,
+                           time_limit)
         if r.verdict == "equivalent":
             proved += 1
             worst = max(worst, r.max_diff_upper)

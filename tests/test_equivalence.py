@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import ACAS, MNIST, MODELS, acas_path, load_cached, tiny_net
 from equiv.align import align
+from equiv.bench_equivalence import float16_copy, pruned_copy
 from equiv.cli import main
 from equiv.diff_bounds import pair_bounds
 from equiv.equivalence import CheckOptions, check_networks
@@ -27,11 +28,6 @@ def run_check(f, g, box, **kw):
     kw.setdefault("samples", 500)
     return check_networks(f, g, box, OnnxRunner(network_to_onnx(f)), OnnxRunner(network_to_onnx(g)),
                           CheckOptions(**kw))
-
-
-def float16_copy(net):
-    return net.with_layers([Dense(d.W.astype(np.float16).astype(float), d.b.astype(np.float16).astype(float))
-                            for d in net.dense], net.masks)
 
 
 # ---- hand-made pairs with a known maximum difference --------------------------------------------------
@@ -193,8 +189,7 @@ def test_acas_changed_weight_gives_a_counterexample(acas_1_1, prop3_box):
 
 def test_mnist_pruned_copy_linf(bench, mnist_256x2, mnist_box):
     f = mnist_256x2
-    thr = np.quantile(np.concatenate([np.abs(d.W).ravel() for d in f.dense]), 0.1)
-    g = f.with_layers([Dense(np.where(np.abs(d.W) <= thr, 0.0, d.W), d.b) for d in f.dense], f.masks)
+    g = pruned_copy(f, 0.1)
     r = run_check(f, g, mnist_box, epsilon=0.5)
     assert r.verdict == "equivalent"
     X = mnist_box.sample(2000, np.random.default_rng(1))
