@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import vnnlib
 from .errors import RegionError
 
 
@@ -79,91 +79,20 @@ class Box:
         return {"lo": self.lo.tolist(), "hi": self.hi.tolist()}
 
 
-_ASSERT = re.compile(r"\(\s*(<=|>=)\s+(X_(\d+)|[-+0-9.eE]+)\s+(X_(\d+)|[-+0-9.eE]+)\s*\)")
-_DECL = re.compile(r"\(declare-const\s+X_(\d+)\s+Real\)")
-
-
-def _strip_comments(text: str) -> str:
-    return "\n".join(line.split(";", 1)[0] for line in text.splitlines())
-
-
-def _top_level_asserts(text: str) -> list[str]:
-    """The bodies of the (assert ...) forms, matched by parenthesis depth."""
-    out, i = [], 0
-    while (i := text.find("(assert", i)) != -1:
-        depth, j = 0, i
-        while j < len(text):
-            depth += text[j] == "("
-            depth -= text[j] == ")"
-            j += 1
-            if depth == 0:
-                break
-        out.append(text[i + len("(assert"):j - 1])
-        i = j
-    return out
-
-
-def _bounds_from(atoms: list[tuple[str, str, str]], n: int, lo: np.ndarray, hi: np.ndarray):
-    """Apply atoms (op, lhs, rhs) of the form X_i <= v, X_i >= v, v <= X_i, v >= X_i to lo/hi."""
-    for op, a, b in atoms:
-        if a.startswith("X_") and not b.startswith("X_"):
-            i, v, upper = int(a[2:]), float(b), op == "<="
-        elif b.startswith("X_") and not a.startswith("X_"):
-            i, v, upper = int(b[2:]), float(a), op == ">="
-        else:
-            raise RegionError(f"unsupported input constraint ({op} {a} {b}): only bounds on single inputs")
-        if i >= n:
-            raise RegionError(f"constraint on X_{i} but only {n} inputs are declared")
-        if upper:
-            hi[i] = min(hi[i], v)
-        else:
-            lo[i] = max(lo[i], v)
-
-
 def boxes_from_vnnlib(path: str | Path) -> list[Box]:
-    """The input region of a VNN-LIB file: one box, or several when the inputs sit in an (or ...).
+    """The input region of a VNN-LIB file as a union of boxes, in the order of their appearance.
 
-    Only constraints mentioning X variables are read; output (Y) constraints are ignored.
+    Read by the strict parser of equiv.vnnlib: and/or in any nesting are expanded into boxes; atoms
+    over outputs (Y) alone count as true (a superset of the spec's inputs, so sound); anything that is
+    not understood raises RegionError "PATH:LINE: what is wrong" instead of being skipped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RegionError(f"VNN-LIB file not found: {path}")
-    text = _strip_comments(path.read_text())
-    n = len(set(_DECL.findall(text)))
-    if n == 0:
-        raise RegionError(f"{path}: no input variables (declare-const X_i Real) found")
-    lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
-    disjuncts: list[list] = []
-    for body in _top_level_asserts(text):
-        atoms = [(m.group(1), m.group(2), m.group(4)) for m in _ASSERT.finditer(body)]
-        atoms = [a for a in atoms if a[1].startswith("X_") or a[2].startswith("X_")]
-        if not atoms:
-            continue
-        if body.strip().startswith("(or"):
-            if disjuncts:
-                raise RegionError(f"{path}: more than one disjunction over inputs is not supported")
-            for part in re.findall(r"\(and((?:[^()]|\([^()]*\))*)\)", body):
-                disjuncts.append([(m.group(1), m.group(2), m.group(4)) for m in _ASSERT.finditer(part)])
-        else:
-            _bounds_from(atoms, n, lo, hi)
-    if not disjuncts:
-        return [_checked(lo, hi, path)]
     boxes = []
-    for atoms in disjuncts:
-        l, h = lo.copy(), hi.copy()
-        _bounds_from(atoms, n, l, h)
-        boxes.append(_checked(l, h, path))
+    for k, (lo, hi) in enumerate(vnnlib.read_file(path)):
+        try:
+            boxes.append(Box(lo, hi))
+        except RegionError as exc:   # not expected: the reader returns finite, non-empty boxes
+            raise RegionError(f"{path}: input box {k + 1}: {exc}") from exc
     return boxes
-
-
-def _checked(lo, hi, path) -> Box:
-    missing = np.flatnonzero(~np.isfinite(lo) | ~np.isfinite(hi))
-    if missing.size:
-        raise RegionError(f"{path}: inputs {['X_%d' % i for i in missing[:10]]} have no lower or upper bound")
-    try:
-        return Box(lo, hi)
-    except RegionError as exc:
-        raise RegionError(f"{path}: {exc}") from exc
 
 
 def hull(boxes: list[Box]) -> Box:
@@ -172,15 +101,23 @@ def hull(boxes: list[Box]) -> Box:
 
 
 def box_from_string(spec: str) -> Box:
-    """Parse "lo:hi,lo:hi,..." (one interval per input)."""
+    """Parse "lo:hi,lo:hi,..." (one interval per input; finite numbers, lo <= hi)."""
+    if not spec or not spec.strip():
+        raise RegionError("--box is empty: expected one interval per input, of the form lo:hi,lo:hi,...")
     lo, hi = [], []
     for k, part in enumerate(spec.split(",")):
         try:
             a, b = part.split(":")
-            lo.append(float(a))
-            hi.append(float(b))
+            a, b = float(a), float(b)
         except ValueError:
             raise RegionError(f"--box entry {k} ('{part.strip()}') is not of the form lo:hi") from None
+        if not (np.isfinite(a) and np.isfinite(b)):
+            raise RegionError(f"--box entry {k} ('{part.strip()}'): the bounds must be finite numbers "
+                              "(not nan or inf)")
+        if a > b:
+            raise RegionError(f"--box entry {k} ('{part.strip()}'): lower bound {a!r} is above upper bound {b!r}")
+        lo.append(a)
+        hi.append(b)
     return Box(np.array(lo), np.array(hi))
 
 
@@ -195,22 +132,37 @@ def ball(center: np.ndarray, radius: float, clip: tuple[float, float] | None = N
     return Box(lo, hi)
 
 
-def load_region(spec=None, box=None, center=None, radius=None, clip=None) -> tuple[Box, str]:
-    """Exactly one region source -> (Box, description); several VNN-LIB boxes give their hull."""
+def load_regions(spec=None, box=None, center=None, radius=None, clip=None) -> tuple[list[Box], str]:
+    """Exactly one region source -> (every box of the region's union, description).
+
+    A VNN-LIB file gives one box per disjunct of its input constraints; --box and balls give one box.
+    """
     given = [s for s in (spec, box, center) if s is not None]
     if len(given) != 1:
         raise RegionError("give exactly one region: --spec FILE.vnnlib, --box 'lo:hi,...', or --center FILE.npy --radius R")
+    if clip is not None and center is None:
+        raise RegionError("--clip applies only to --center/--radius balls")
+    if radius is not None and center is None:
+        raise RegionError("--radius applies only to --center balls")
     if spec is not None:
         boxes = boxes_from_vnnlib(spec)
         if len(boxes) == 1:
-            return boxes[0], f"vnnlib:{spec}"
-        return hull(boxes), f"vnnlib:{spec} (hull of {len(boxes)} input boxes)"
+            return boxes, f"vnnlib:{spec}"
+        return boxes, f"vnnlib:{spec} (union of {len(boxes)} input boxes)"
     if box is not None:
-        return box_from_string(box), "box"
+        return [box_from_string(box)], "box"
     if radius is None:
         raise RegionError("--center needs --radius")
     try:
         c = np.load(center)
     except Exception as exc:
         raise RegionError(f"cannot read centre file {center}: {exc}") from exc
-    return ball(c, float(radius), clip), f"ball:{center} r={radius}"
+    return [ball(c, float(radius), clip)], f"ball:{center} r={radius}"
+
+
+def load_region(spec=None, box=None, center=None, radius=None, clip=None) -> tuple[Box, str]:
+    """Exactly one region source -> (Box, description); several VNN-LIB boxes give their hull."""
+    boxes, desc = load_regions(spec=spec, box=box, center=center, radius=radius, clip=clip)
+    if len(boxes) == 1:
+        return boxes[0], desc
+    return hull(boxes), f"vnnlib:{spec} (hull of {len(boxes)} input boxes)"

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ACAS, MNIST, MODELS, needs_bench
 from equiv.errors import RegionError
-from equiv.region import Box, ball, box_from_string, boxes_from_vnnlib, hull, load_region
+from equiv.region import Box, ball, box_from_string, boxes_from_vnnlib, hull, load_region, load_regions
 
 
 def write_vnnlib(tmp_path, n: int, body: str, name: str = "spec.vnnlib"):
@@ -105,7 +105,7 @@ def test_vnnlib_missing_bound(tmp_path):
 
 def test_vnnlib_lo_above_hi(tmp_path):
     path = write_vnnlib(tmp_path, 1, "(assert (<= X_0 0))\n(assert (>= X_0 1))\n")
-    with pytest.raises(RegionError, match="empty box"):
+    with pytest.raises(RegionError, match="input region is empty"):
         boxes_from_vnnlib(path)
 
 
@@ -118,7 +118,7 @@ def test_vnnlib_other_errors(tmp_path):
         boxes_from_vnnlib(no_x)
     with pytest.raises(RegionError, match="X_5"):
         boxes_from_vnnlib(write_vnnlib(tmp_path, 2, "(assert (<= X_5 1))\n", "undeclared.vnnlib"))
-    with pytest.raises(RegionError, match="single inputs"):
+    with pytest.raises(RegionError, match="relational.vnnlib:4: .*couples several inputs.*boxes"):
         boxes_from_vnnlib(write_vnnlib(tmp_path, 2, "(assert (<= X_0 X_1))\n", "relational.vnnlib"))
 
 
@@ -162,15 +162,23 @@ def test_box_from_string():
     assert load_region(box="0:1,2:3")[0].dim == 2
 
 
-@pytest.mark.parametrize("spec", ["0:1,2", "0:1;2:3", "a:b", "", "0:1:2", "0:1,"])
+@pytest.mark.parametrize("spec", ["0:1,2", "0:1;2:3", "a:b", "0:1:2", "0:1,"])
 def test_box_from_string_malformed(spec):
     with pytest.raises(RegionError, match="not of the form lo:hi"):
         box_from_string(spec)
 
 
-@pytest.mark.parametrize("spec", ["0:inf", "-inf:0", "nan:1", "1:0"])
-def test_box_from_string_bad_values(spec):
-    with pytest.raises(RegionError):
+@pytest.mark.parametrize("spec", ["", "  "])
+def test_box_from_string_empty(spec):
+    with pytest.raises(RegionError, match="--box is empty.*lo:hi"):
+        box_from_string(spec)
+
+
+@pytest.mark.parametrize("spec, what", [("0:inf", "entry 0 .*finite"), ("-inf:0", "entry 0 .*finite"),
+                                        ("0:1,nan:1", "entry 1 .*finite"), ("0:NaN", "finite"),
+                                        ("1:0", "entry 0 .*lower bound 1.0 is above upper bound 0.0")])
+def test_box_from_string_bad_values(spec, what):
+    with pytest.raises(RegionError, match=what):
         box_from_string(spec)
 
 
@@ -250,3 +258,34 @@ def test_sample_contains_center_radius_json(rng):
     assert not box.contains(np.array([3.1, 2.0]))[0]
     assert box.contains(np.array([3.1, 2.0]), tol=0.2)[0]
     assert box.to_json() == {"lo": [-1.0, 2.0], "hi": [3.0, 2.0]}
+
+
+# ---- load_regions and option checks ------------------------------------------------------------
+
+def test_load_regions_every_box(tmp_path):
+    body = "(assert (<= X_1 1))\n(assert (>= X_1 0))\n(assert (or (and (<= X_0 1) (>= X_0 0)) (and (<= X_0 5) (>= X_0 4))))\n"
+    path = write_vnnlib(tmp_path, 2, body)
+    boxes, desc = load_regions(spec=path)
+    assert [(b.lo.tolist(), b.hi.tolist()) for b in boxes] == [([0, 0], [1, 1]), ([4, 0], [5, 1])]
+    assert desc == f"vnnlib:{path} (union of 2 input boxes)"
+    box, desc = load_region(spec=path)
+    assert desc == f"vnnlib:{path} (hull of 2 input boxes)"
+    np.testing.assert_array_equal(box.lo, [0, 0])
+    np.testing.assert_array_equal(box.hi, [5, 1])
+    boxes, desc = load_regions(box="0:1,2:3")
+    assert len(boxes) == 1 and desc == "box" and boxes[0].hi.tolist() == [1, 3]
+    np.save(tmp_path / "c.npy", np.array([0.5, 0.99]))
+    boxes, desc = load_regions(center=tmp_path / "c.npy", radius=0.1, clip=(0.0, 1.0))
+    assert len(boxes) == 1 and desc.startswith("ball:")
+    np.testing.assert_allclose(boxes[0].hi, [0.6, 1.0])
+
+
+def test_clip_and_radius_only_for_balls(tmp_path):
+    path = write_vnnlib(tmp_path, 1, "(assert (<= X_0 1))\n(assert (>= X_0 0))\n")
+    for load in (load_region, load_regions):
+        with pytest.raises(RegionError, match="--clip applies only to --center/--radius balls"):
+            load(spec=path, clip=(0.0, 1.0))
+        with pytest.raises(RegionError, match="--clip applies only to --center/--radius balls"):
+            load(box="0:1", clip=(0.0, 1.0))
+        with pytest.raises(RegionError, match="--radius applies only to --center balls"):
+            load(box="0:1", radius=0.1)

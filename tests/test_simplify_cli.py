@@ -78,7 +78,7 @@ def test_cli_bounds_json(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--box", "0:1,0:1"], "2 dimensions but the network has 64"),
-    (["--box", "1:0" + ",0:1" * 63], "empty box"),
+    (["--box", "1:0" + ",0:1" * 63], "above upper bound"),
     (["--box", "a:b"], "lo:hi"),
     (["--center", "missing.npy", "--radius", "0.1"], "cannot read"),
     (["--spec", "missing.vnnlib"], "not found"),
