@@ -27,3 +27,9 @@ class ValidationError(EquivError):
     """A simplified model disagrees with the original beyond tolerance: a bug, never silenced."""
 
     exit_code = 1
+
+
+class ImportMismatchError(EquivError):
+    """equiv's import of a model disagrees with onnxruntime on one of its tensors: a bug in equiv."""
+
+    exit_code = 4

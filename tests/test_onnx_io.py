@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import MNIST, acas_path, bench_onnx_files, load_cached, needs_bench, tiny_net
 from equiv.errors import InputFileError, UnsupportedModelError
 from equiv.network import Dense, Network
-from equiv.onnx_io import load_onnx, network_from_onnx, network_to_onnx, save_onnx_atomic
+from equiv.onnx_io import batched_shape, load_onnx, network_from_onnx, network_to_onnx, save_onnx_atomic
 
 OPSET = 13
 
@@ -105,8 +105,8 @@ def check_export(net: Network, rng, n: int = 20):
     assert [o.name for o in g.output] == [net.output_name]
     dims = lambda vi: tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
                             for d in vi.type.tensor_type.shape.dim)
-    assert dims(g.input[0]) == tuple(net.input_shape)
-    assert dims(g.output[0]) == tuple(net.output_shape)
+    assert dims(g.input[0]) == batched_shape(net.input_shape)      # batch dimension "N" where it was 1
+    assert dims(g.output[0]) == batched_shape(net.output_shape)
     sess = session(model)
     for _ in range(n):
         x = rng.uniform(-1, 1, size=[d if isinstance(d, int) else 1 for d in net.input_shape]).astype(np.float32)
@@ -404,3 +404,241 @@ def test_relu_output_reused_after_its_partial_layer_is_refused(rng):
              helper.make_node("Add", ["y1", "y2"], ["y"])]
     with pytest.raises(UnsupportedModelError, match="reuse"):
         network_from_onnx(make_model(nodes, inits, [1, 3], [1, 2]))
+
+
+# ---- import soundness: exact flat order, broadcasting, every MatMul/Gemm form, the op-by-op check -----------
+
+def assert_forward_matches_ort(net: Network, model, points, rtol=1e-5, atol=1e-5):
+    """net.forward agrees with onnxruntime on every given point (flat, the model's input shape in onnxruntime)."""
+    sess = session(model)
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in sess.get_inputs()[0].shape]
+    for x in points:
+        x = np.asarray(x, np.float32)
+        want = ort_run(sess, x.reshape(shape)).reshape(-1)
+        np.testing.assert_allclose(net.forward(x.reshape(-1).astype(np.float64)), want, rtol=rtol, atol=atol)
+
+
+def column_concat_model(rng):
+    """The issue's graph: two (6, 1) columns concatenated along axis 1 interleave in ONNX's flat order."""
+    inits = {"W1": rng.normal(size=(6, 16)), "b1": rng.normal(size=6), "W2": rng.normal(size=(6, 16)),
+             "b2": rng.normal(size=6), "col": np.array([6, 1], np.int64), "row": np.array([1, 6], np.int64),
+             "M": rng.normal(size=(2, 1)), "W3": rng.normal(size=(3, 6)), "b3": rng.normal(size=3)}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"], transB=1),
+             helper.make_node("Reshape", ["z1", "col"], ["z1c"]),
+             helper.make_node("Relu", ["z1c"], ["h1"]),
+             helper.make_node("Gemm", ["x", "W2", "b2"], ["z2"], transB=1),
+             helper.make_node("Reshape", ["z2", "col"], ["z2c"]),
+             helper.make_node("Concat", ["h1", "z2c"], ["cat"], axis=1, name="join"),   # (6, 2)
+             helper.make_node("MatMul", ["cat", "M"], ["mm"]),                           # (6, 1)
+             helper.make_node("Reshape", ["mm", "row"], ["flat"]),                       # (1, 6)
+             helper.make_node("Gemm", ["flat", "W3", "b3"], ["y"], transB=1)]
+    return make_model(nodes, inits, [1, 16], [1, 3])
+
+
+def test_concat_of_columns_follows_onnx_flat_order(rng):
+    model = column_concat_model(rng)
+    net = network_from_onnx(model)
+    assert net.hidden_widths == [12] and [int(m.sum()) for m in net.masks] == [6]
+    pts = [np.ones(16), -np.ones(16), np.zeros(16)] + list(rng.uniform(-1, 1, size=(50, 16))) \
+        + list(0.99 * np.ones(16) + 0.01 * rng.uniform(-1, 1, size=(10, 16)))
+    assert_forward_matches_ort(net, model, pts)
+
+
+def test_concat_of_columns_without_the_check_is_still_exact(rng):
+    """The fix is in the importer itself, not only caught by the check."""
+    model = column_concat_model(rng)
+    assert_forward_matches_ort(network_from_onnx(model, check=False), model, [np.ones(16)])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2, -3])
+def test_plain_concat_any_axis_and_rank(rng, axis):
+    """Concat of tensors of one anchor and a constant, 3-D, any (negative) axis: rows in ONNX's order."""
+    shape = [2, 3, 2]
+    const_shape = list(shape)
+    const_shape[axis] = 1
+    inits = {"s": np.array(shape, np.int64), "P": rng.normal(size=shape), "K": rng.normal(size=const_shape),
+             "W": rng.normal(size=(4, 24 + 12 // shape[axis])), "b": rng.normal(size=4)}
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["t"]),
+             helper.make_node("Relu", ["t"], ["r"]),
+             helper.make_node("Mul", ["r", "P"], ["rp"]),
+             helper.make_node("Concat", ["rp", "K", "r"], ["cat"], axis=axis),
+             helper.make_node("Flatten", ["cat"], ["f"], axis=0),
+             helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+    model = make_model(nodes, inits, [1, 12], [1, 4])
+    net = network_from_onnx(model)
+    assert_forward_matches_ort(net, model, rng.normal(size=(20, 12)))
+
+
+def test_partial_relu_concat_with_relu_second_and_negative_axis(rng):
+    inits = {"W1": rng.normal(size=(3, 4)), "W2": rng.normal(size=(3, 5)), "W3": rng.normal(size=(2, 8))}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["z1"]),
+             helper.make_node("Relu", ["z1"], ["h1"]),
+             helper.make_node("MatMul", ["x", "W2"], ["z2"]),
+             helper.make_node("Concat", ["z2", "h1"], ["cat"], axis=-1),
+             helper.make_node("Neg", ["cat"], ["n"]),
+             helper.make_node("Relu", ["n"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "W3"], ["y"])]
+    inits["W3"] = rng.normal(size=(9, 2))
+    model = make_model(nodes, inits, [1, 3], [1, 2])
+    net = network_from_onnx(model)
+    assert [int((~m).sum()) for m in net.masks] == [5, 0]
+    assert_forward_matches_ort(net, model, rng.normal(size=(30, 3)))
+
+
+def test_add_of_row_and_its_column_broadcasts(rng):
+    """(1, 4) + (4, 1) is a (4, 4) tensor, not an elementwise sum of the two affine maps."""
+    inits = {"W1": rng.normal(size=(4, 3)), "b1": rng.normal(size=4), "col": np.array([4, 1], np.int64),
+             "flat": np.array([1, 16], np.int64), "W2": rng.normal(size=(2, 16)), "b2": rng.normal(size=2)}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["z"], transB=1),
+             helper.make_node("Relu", ["z"], ["h"]),
+             helper.make_node("Reshape", ["h", "col"], ["hc"]),
+             helper.make_node("Add", ["h", "hc"], ["s"]),
+             helper.make_node("Reshape", ["s", "flat"], ["f"]),
+             helper.make_node("Gemm", ["f", "W2", "b2"], ["y"], transB=1)]
+    model = make_model(nodes, inits, [1, 3], [1, 2])
+    net = network_from_onnx(model)
+    assert net.hidden_widths == [4]
+    assert_forward_matches_ort(net, model, rng.normal(size=(30, 3)))
+
+
+def test_sub_and_mul_div_by_broadcast_constants(rng):
+    inits = {"s": np.array([2, 1, 3], np.int64), "K": rng.normal(size=(1, 4, 1)), "D": rng.uniform(0.5, 2, (4, 3)),
+             "flat": np.array([1, 24], np.int64), "W": rng.normal(size=(2, 24)), "b": rng.normal(size=2)}
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["t"]),
+             helper.make_node("Sub", ["K", "t"], ["a"]),          # (2, 4, 3)
+             helper.make_node("Mul", ["a", "K"], ["m"]),
+             helper.make_node("Div", ["m", "D"], ["d"]),
+             helper.make_node("Sub", ["d", "t"], ["e"]),          # tensor - tensor, broadcast
+             helper.make_node("Reshape", ["e", "flat"], ["f"]),
+             helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+    model = make_model(nodes, inits, [1, 6], [1, 2])
+    net = network_from_onnx(model)
+    assert_forward_matches_ort(net, model, rng.normal(size=(20, 6)))
+
+
+@pytest.mark.parametrize("case", ["nd_const", "vec_const", "const_left", "const_left_vec", "batch_tensor"])
+def test_matmul_forms(rng, case):
+    shapes = {"nd_const": ((2, 1, 2, 3), (3, 3, 4), (2, 3, 2, 4)), "vec_const": ((2, 3), (3,), (2,)),
+              "const_left": ((2, 3), (4, 2), (4, 3)), "const_left_vec": ((2, 3), (2,), (3,)),
+              "batch_tensor": ((3, 2, 2), (2, 5), (3, 2, 5))}
+    t_shape, c_shape, out_shape = shapes[case]
+    n_in, n_out = int(np.prod(t_shape)), int(np.prod(out_shape))
+    inits = {"s": np.array(t_shape, np.int64), "C": rng.normal(size=c_shape), "flat": np.array([1, n_out], np.int64),
+             "W": rng.normal(size=(3, n_out)), "b": rng.normal(size=3)}
+    mm = ["C", "t"] if case.startswith("const_left") else ["t", "C"]
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["t"]),
+             helper.make_node("MatMul", mm, ["m"]),
+             helper.make_node("Reshape", ["m", "flat"], ["f"]),
+             helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+    model = make_model(nodes, inits, [1, n_in], [1, 3])
+    net = network_from_onnx(model)
+    assert_forward_matches_ort(net, model, rng.normal(size=(10, n_in)))
+
+
+@pytest.mark.parametrize("transA, transB, c_shape, tensor_second",
+                         [(0, 0, (), False), (1, 0, (5,), False), (0, 1, (1, 5), False), (1, 1, (3, 5), False),
+                          (0, 0, (3, 1), True), (1, 1, (5,), True), (0, 1, None, True)])
+def test_gemm_forms(rng, transA, transB, c_shape, tensor_second):
+    """Gemm with transA/transB, alpha, beta, any bias shape, a 3-row operand, the tensor as A or as B."""
+    M, K, N = 3, 4, 5
+    a_shape = (K, M) if transA else (M, K)
+    b_shape = (N, K) if transB else (K, N)
+    t_shape, c_mat = (b_shape, a_shape) if tensor_second else (a_shape, b_shape)
+    n_in = int(np.prod(t_shape))
+    inits = {"s": np.array(t_shape, np.int64), "G": rng.normal(size=c_mat), "flat": np.array([1, M * N], np.int64),
+             "W": rng.normal(size=(2, M * N)), "b": rng.normal(size=2)}
+    ins = ["G", "t"] if tensor_second else ["t", "G"]
+    if c_shape is not None:
+        inits["C"] = rng.normal(size=c_shape)
+        ins.append("C")
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["t"]),
+             helper.make_node("Gemm", ins, ["g"], transA=transA, transB=transB, alpha=0.7, beta=-1.3),
+             helper.make_node("Relu", ["g"], ["r"]),
+             helper.make_node("Reshape", ["r", "flat"], ["f"]),
+             helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+    model = make_model(nodes, inits, [1, n_in], [1, 2])
+    net = network_from_onnx(model)
+    assert net.hidden_widths == [M * N]
+    assert_forward_matches_ort(net, model, rng.normal(size=(20, n_in)))
+
+
+def test_product_of_two_tensors_is_refused_by_name(rng):
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["z"], transB=1),
+             helper.make_node("MatMul", ["z", "x"], ["y"], name="square")]
+    model = make_model(nodes, {"W": rng.normal(size=(3, 3)), "b": rng.normal(size=3)}, [3, 3], [3, 3])
+    with pytest.raises(UnsupportedModelError, match="square.*not linear"):
+        network_from_onnx(model)
+
+
+def test_unsupported_op_is_found_before_heavy_work(rng):
+    """A large Conv before an unsupported op: refused at once, before any Conv is lowered to a matrix."""
+    import time
+    nodes = [helper.make_node("Conv", ["x", "Wc"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], name="pool"),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    model = make_model(nodes, {"Wc": rng.normal(size=(16, 3, 3, 3))}, [1, 3, 64, 64], [1, 16 * 32 * 32])
+    t = time.perf_counter()
+    with pytest.raises(UnsupportedModelError, match="pool.*AveragePool"):
+        network_from_onnx(model)
+    assert time.perf_counter() - t < 1.0
+
+
+def test_empty_and_nodeless_models_are_input_file_errors(tmp_path):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(InputFileError, match="empty or corrupt"):
+        load_onnx(empty)
+    nodeless = tmp_path / "nodeless.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [])), str(nodeless))
+    with pytest.raises(InputFileError, match="empty or corrupt"):
+        load_onnx(nodeless)
+    with pytest.raises(InputFileError, match="empty or corrupt"):
+        network_from_onnx(onnx.ModelProto())
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x0a\xff\xff\xff\xff\x0f")        # a truncated protobuf field
+    with pytest.raises(InputFileError, match="empty or corrupt"):
+        load_onnx(bad)
+
+
+def test_import_check_fires_on_a_corrupted_expression(rng):
+    """The op-by-op check is real: a wrong expression for one tensor is reported, naming node and tensor."""
+    from equiv.errors import ImportMismatchError
+    from equiv.import_check import check_import
+    from equiv.onnx_io import trace_import
+
+    model = column_concat_model(rng)
+    net, trace = trace_import(model)
+    check_import(model, net, trace)                       # the true import passes
+    t = next(t for t in trace.tensors if t.tensor == "mm")
+    t.expr.A = t.expr.A.copy()
+    t.expr.A[[0, 1]] = t.expr.A[[1, 0]]                   # swap two rows, as a flat-order bug would
+    with pytest.raises(ImportMismatchError, match=r"node 'mm' \(MatMul\).*tensor 'mm'.*bug in equiv") as err:
+        check_import(model, net, trace)
+    assert err.value.exit_code == 4
+
+
+def test_import_check_fires_on_a_wrong_layer(rng):
+    """A network whose layer differs from the model (the old interleaving bug) fails the layer check."""
+    from equiv.errors import ImportMismatchError
+    from equiv.import_check import check_import
+    from equiv.onnx_io import trace_import
+
+    model = column_concat_model(rng)
+    net, trace = trace_import(model)
+    trace.anchors[trace.layers[1]].gather = np.arange(12)   # read the Concat output as if stacked
+    with pytest.raises(ImportMismatchError, match="join"):
+        check_import(model, net, trace)
+
+
+def test_transpose_then_matmul_by_vector_follows_onnx_semantics():
+    """(x reshaped to 2x2)^T @ v: equiv follows ONNX. (onnxruntime's extended optimizations fuse this into a
+    FusedMatMul(transA=1) with a 1-D B that computes another value, so the reference runs unoptimised.)"""
+    v = np.array([0.5, -2.0], np.float32)
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["t", "v"], ["y"])]
+    model = make_model(nodes, {"s": np.array([2, 2], np.int64), "v": v}, [4], [2])
+    net = network_from_onnx(model)
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(net.forward(x), x.reshape(2, 2).T @ v.astype(np.float64), rtol=1e-12)

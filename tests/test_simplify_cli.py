@@ -25,7 +25,7 @@ REPORT_KEYS = {"model_sha256", "region", "relus_before", "relus_after", "params_
 
 def _io(model: onnx.ModelProto):
     g = model.graph
-    dims = lambda vi: [d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    dims = lambda vi: [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]  # noqa: E731
     inits = {t.name for t in g.initializer}
     inp = [i for i in g.input if i.name not in inits][0]
     return inp.name, dims(inp), g.output[0].name, dims(g.output[0])
