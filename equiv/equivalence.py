@@ -542,8 +542,9 @@ def _split_dims(lo, hi, coef, width0):
     return np.argmax(score, axis=1)
 
 
-def check_models(model_a, model_b, box: Box, options: CheckOptions) -> CheckResult:
-    """Load two ONNX models (paths or ModelProtos) and check them on the box: see `check_networks`."""
+def check_models(model_a, model_b, box: Box | list[Box], options: CheckOptions) -> CheckResult:
+    """Load two ONNX models (paths or ModelProtos) and check them on the box (see `check_networks`), or on
+    a union of boxes, each decided on its own (see `check_union`)."""
     from .onnx_io import load_onnx, network_from_onnx
     from .validate import OnnxRunner
 
@@ -553,10 +554,15 @@ def check_models(model_a, model_b, box: Box, options: CheckOptions) -> CheckResu
     f, g = load(model_a), load(model_b)
     from .align import check_compatible
     check_compatible(f, g)
-    box.check_dim(f.n_inputs)
+    boxes = box if isinstance(box, list) else [box]
+    for b in boxes:
+        b.check_dim(f.n_inputs)
     run_a = OnnxRunner(str(model_a) if hasattr(model_a, "__fspath__") else model_a)
     run_b = OnnxRunner(str(model_b) if hasattr(model_b, "__fspath__") else model_b)
-    return check_networks(f, g, box, run_a, run_b, options)
+    if len(boxes) > 1:
+        from .check_union import check_networks_on_union
+        return check_networks_on_union(f, g, boxes, run_a, run_b, options)
+    return check_networks(f, g, boxes[0], run_a, run_b, options)
 
 
 def summary(r: CheckResult, a: str = "A", b: str = "B") -> str:

@@ -49,8 +49,8 @@ class Candidates:
 
 def search(f: Network, g: Network, box: Box, norm: str, eps: np.ndarray, rng: np.random.Generator,
            samples: int = 10000, restarts: int = 32, steps: int = 40, extra: np.ndarray | None = None) -> Candidates:
-    """Random points, corners, the centre and `extra` points, then signed-gradient ascent from the best ones."""
-    pts = [box.sample(samples, rng), box.corners(limit=1024), box.center[None]]
+    """Random points, vertices (all, or 1024 at random), the centre and `extra` points, then signed-gradient ascent from the best ones."""
+    pts = [box.sample(samples, rng), box.vertices(1024, rng), box.center[None]]
     if extra is not None and len(extra):
         pts.append(np.clip(extra, box.lo, box.hi))
     X = np.vstack(pts)

@@ -67,6 +67,16 @@ class Box:
         pts[:, free] = np.where(bits, self.hi[free], self.lo[free])
         return pts
 
+    def random_vertices(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n random vertices (each input at its lower or upper bound), shape (n, dim): ReLU networks are
+        piecewise linear, so extremes sit at vertices, which uniform samples in many dimensions never reach."""
+        return np.where(rng.random((n, self.dim)) < 0.5, self.lo, self.hi)
+
+    def vertices(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """All vertices when there are at most n, else n random ones."""
+        corners = self.corners(limit=n)
+        return corners if len(corners) else self.random_vertices(n, rng)
+
     def bisect(self, dim: int) -> tuple["Box", "Box"]:
         """Split along one input dimension at its midpoint; the halves share that face."""
         mid = (self.lo[dim] + self.hi[dim]) / 2

@@ -25,6 +25,10 @@ class OnnxRunner:
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # probing a batched copy may fail: stay quiet
         opts.intra_op_num_threads = 1
+        # onnxruntime's extended graph optimisations fuse Transpose + MatMul by a 1-D constant into a
+        # FusedMatMul that computes a wrong answer (seen with onnxruntime 1.32; found by tests/test_import_fuzz.py):
+        # compare models under ONNX's own semantics, with the basic (semantics-preserving) level only
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self._opts = opts
         self.single = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.batched = self._try_batched(model)
@@ -78,19 +82,36 @@ class ValidationReport:
                 "worst_input": self.worst_input}
 
 
-def validation_points(box: Box, n: int, rng: np.random.Generator, witnesses: np.ndarray | None = None) -> dict:
-    """Named point sets: uniform random, corners (when at most 1024), the centre, solver witnesses."""
-    pts = {"random": box.sample(n, rng), "corners": box.corners(limit=1024), "center": box.center[None]}
+def validation_points(box: Box, n: int, rng: np.random.Generator, witnesses: np.ndarray | None = None,
+                      vertices: int = 1024) -> dict:
+    """Named point sets: uniform random, vertices (all when at most `vertices`, else that many at random,
+    in every run), the centre, solver witnesses."""
+    pts = {"random": box.sample(n, rng), "vertices": box.vertices(vertices, rng), "center": box.center[None]}
     if witnesses is not None and len(witnesses):
         pts["witnesses"] = np.clip(witnesses, box.lo, box.hi)
     return {k: v for k, v in pts.items() if len(v)}
 
 
+def ascent_points(f, g, box: Box, starts: np.ndarray, restarts: int = 32, steps: int = 40) -> np.ndarray:
+    """Points where |f - g| is large: signed-gradient ascent (the falsifier's) on max_j |f_j - g_j| from the
+    `restarts` starting points where it is largest; f and g are Networks evaluated in float64."""
+    from .falsify import _ascend, _scores
+    if not len(starts):
+        return np.empty((0, box.dim))
+    eps = np.ones(f.n_outputs)
+    best = starts[np.argsort(-_scores(f, g, starts, "linf", eps))[:restarts]]
+    return _ascend(f, g, box, best, "linf", eps, steps)
+
+
 def compare_models(a: OnnxRunner, b: OnnxRunner, box: Box, n: int = 10000, seed: int = 0,
-                   witnesses: np.ndarray | None = None, tolerance: float = 1e-4) -> ValidationReport:
-    """Worst absolute output difference of two models over sampled points of the region."""
+                   witnesses: np.ndarray | None = None, tolerance: float = 1e-4, networks=None) -> ValidationReport:
+    """Worst absolute output difference of two models over sampled points of the region; with
+    `networks=(f, g)` (the two models as Networks) also at the points a gradient ascent on |f - g| finds."""
     rng = np.random.default_rng(seed)
-    return compare_on_points(a, b, validation_points(box, n, rng, witnesses), tolerance)
+    points = validation_points(box, n, rng, witnesses)
+    if networks is not None:
+        points["ascent"] = ascent_points(*networks, box, np.vstack(list(points.values())))
+    return compare_on_points(a, b, points, tolerance)
 
 
 def compare_on_points(a: OnnxRunner, b: OnnxRunner, points: dict, tolerance: float = 1e-4) -> ValidationReport:
