@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .errors import InputFileError
 from .region import load_region
-from .report import write_json_atomic
+from .artifacts import write_json_atomic, write_text_atomic
 from .simplify import simplify
 from .stability import StabilityOptions, prove_stability
 
@@ -122,6 +122,7 @@ def run_suite(name: str, benchmarks: str | None = None, out: str = "results", ti
 
 
 def _write_results(name, rows, planned, outdir: Path, time_limit, milp_budget):
+    outdir.mkdir(parents=True, exist_ok=True)
     info = machine()
     write_json_atomic({"suite": name, "machine": info, "time_limit_per_query": time_limit,
                        "milp_budget_per_case": milp_budget, "cases_planned": planned, "cases": rows},
@@ -135,4 +136,4 @@ def _write_results(name, rows, planned, outdir: Path, time_limit, milp_budget):
              "layer-by-layer run, the floor the full pipeline must reach.",
              f"Cases done: {len(rows)} of {planned}.", "", "## Summary", "", *_summary(rows), "",
              "## Cases", "", *_md_table(rows), ""]
-    (outdir / f"{name}.md").write_text("\n".join(lines))
+    write_text_atomic(outdir / f"{name}.md", "\n".join(lines))

@@ -25,7 +25,7 @@ from .errors import InputFileError
 from .network import Dense, Network
 from .onnx_io import load_onnx, network_to_onnx
 from .region import load_region
-from .report import write_json_atomic
+from .artifacts import write_json_atomic, write_text_atomic
 from .simplify import simplify
 from .stability import StabilityOptions
 from .validate import OnnxRunner
@@ -132,4 +132,4 @@ def _write(rows: list[dict], planned: int, out: Path, time_limit: float):
         lines.append(f"| {r['kind']}{'' if r['norm'] == 'linf' else ' top1'} | {r['network']} | {r['prop']} | "
                      f"{r['verdict']} | {r['seconds']:.2f} | {_fmt(r['max_diff_upper'])} | {_fmt(r['max_diff_lower'])} | "
                      f"{r['boxes']} | {r['milp_queries']} |")
-    (out / "equivalence.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "equivalence.md", "\n".join(lines) + "\n")

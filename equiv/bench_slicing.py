@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .bench import machine
 from .errors import InputFileError
 from .region import load_region
-from .report import write_json_atomic
+from .artifacts import write_json_atomic, write_text_atomic
 from .slicing import SliceOptions, slice_model, verify_family, write_family
 from .stability import StabilityOptions
 
@@ -82,8 +82,9 @@ def run_slicing_bench(root: Path, out: Path, time_limit: float = 10.0, milp_budg
         data = {"suite": "slicing", "machine": machine(), "time_limit_per_query": time_limit,
                 "milp_budget_per_piece": milp_budget, "target": TARGET, "cases_planned": len(cases), "cases": rows,
                 "all_verified": all(r["verified"] for r in rows)}
+        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(data, out / "slicing.json")
-        (out / "slicing.md").write_text(_markdown(data))
+        write_text_atomic(out / "slicing.md", _markdown(data))
     return data
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .milp import encode_network
 from .onnx_io import load_onnx
 from .region import load_region
-from .report import write_json_atomic
+from .artifacts import save_figure_atomic, write_json_atomic, write_text_atomic
 from .solvers import Status, available_backends, make_backend
 from .stability import StabilityOptions, prove_stability
 
@@ -119,6 +119,7 @@ def run_solvers_bench(root: Path, out: Path, backends: list[str] | None = None, 
     from .bench import machine
     data = {"suite": "solvers", "machine": machine(), "time_limit_per_query": time_limit, "summary": summary,
             "disagreements": disagreements, "queries": rows}
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(data, out / "solvers.json")
     _write_md(data, out / "solvers.md")
     if plot:
@@ -153,7 +154,7 @@ def _write_md(data, path: Path):
             ts = [r["seconds"] for r in data["queries"] if r["backend"] == name and r["kind"] == kd]
             cells.append(f"{1000 * statistics.median(ts):.1f}" if ts else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _plot(rows, backends, path):
@@ -170,5 +171,5 @@ def _plot(rows, backends, path):
         ax.set_title(title)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure_atomic(fig, path)
     plt.close(fig)

@@ -13,7 +13,6 @@ Export writes a clean opset-``OPSET`` model with the original input/output names
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -690,30 +689,3 @@ def model_around(net: Network, body, graph_name: str, producer: str = "equiv") -
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
-
-
-def default_file_mode() -> int:
-    """0666 minus the process umask: the mode `open()` would have given a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def save_onnx_atomic(model: onnx.ModelProto, path: str | os.PathLike, inputs_not_to_overwrite=()) -> Path:
-    """Write model to path via a temporary file and rename; refuse to overwrite any input file."""
-    path = Path(path)
-    for src in inputs_not_to_overwrite:
-        if src and Path(src).exists() and path.exists() and os.path.samefile(src, path):
-            raise InputFileError(f"refusing to overwrite the input file {src}; choose another output path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.chmod(tmp, default_file_mode())   # mkstemp makes 0600; a written model gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-
 from . import __version__
 from .simplify import SimplifyResult
 
@@ -57,16 +52,3 @@ def summary(r: SimplifyResult) -> str:
         f"  time {r.seconds.get('total', 0):.2f} s (prove {r.seconds.get('prove', 0):.2f} s)"
         + (f"  -> {r.output_path}" if r.output_path else ""),
     ])
-
-
-def write_json_atomic(data, path: str | Path) -> None:
-    """Write JSON via a temporary file and rename, so a reader never sees half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-    from .onnx_io import default_file_mode
-    os.chmod(tmp, default_file_mode())   # mkstemp makes 0600; a report gets the usual mode
-    os.replace(tmp, path)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import onnx
 
-from .errors import InputFileError, ValidationError
+from .artifacts import OutputGuard, save_onnx_atomic
+from .errors import ValidationError
 from .network import Network
-from .onnx_io import load_onnx, network_to_onnx, save_onnx_atomic
+from .onnx_io import load_onnx, network_to_onnx
 from .reduce import reduce_network
 from .region import Box
 from .stability import StabilityOptions, StabilityResult, prove_stability
@@ -55,8 +56,8 @@ def simplify(model_path: str | Path, region: Box, options: StabilityOptions | No
     options = options or StabilityOptions()
     t_start = time.perf_counter()
     seconds = {}
-    if output_path is not None and Path(output_path).resolve() == Path(model_path).resolve():
-        raise InputFileError(f"refusing to overwrite the input file {model_path}; choose another output path")
+    if output_path is not None:      # refuse a bad output path before the work, not after
+        OutputGuard([model_path]).claim(output_path, "simplified model")
     t0 = time.perf_counter()
     net = load_onnx(model_path)
     region.check_dim(net.n_inputs)
@@ -68,7 +69,7 @@ def simplify(model_path: str | Path, region: Box, options: StabilityOptions | No
     result = SimplifyResult(str(model_path), sha256_of(model_path), region, region_source, net, small, model,
                             stab, val, options, seconds)
     if output_path is not None:
-        save_onnx_atomic(model, output_path, inputs_not_to_overwrite=[model_path])
+        save_onnx_atomic(model, output_path)
         result.output_path = str(output_path)
     return result
 
@@ -89,7 +90,8 @@ def simplify_network(net: Network, reference: OnnxRunner, region: Box, options: 
     model = network_to_onnx(small)
     seconds["reduce_export"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    val = validate_model(reference, model, region, stab.witnesses, validation_samples, options.seed + 1, tolerance, what)
+    val = validate_model(reference, model, region, stab.witnesses, validation_samples, options.seed + 1, tolerance, what,
+                         networks=(net, small))
     seconds["validate"] = time.perf_counter() - t0
     return stab, small, model, val
 
@@ -103,11 +105,12 @@ def prove_and_reduce(net: Network, region: Box, options: StabilityOptions, *, kn
 
 
 def validate_model(reference: OnnxRunner, model: onnx.ModelProto, region: Box, witnesses, samples: int, seed: int,
-                   tolerance: float, what: str = "the simplified model") -> ValidationReport:
-    """Compare `model` with the reference on random points, corners, centre and witnesses of the region;
+                   tolerance: float, what: str = "the simplified model", networks=None) -> ValidationReport:
+    """Compare `model` with the reference on random points, vertices, centre and witnesses of the region,
+    and (given `networks=(original, simplified)`) the points of a gradient ascent on their difference;
     a difference above tolerance is a bug: ValidationError, and the caller writes nothing."""
     val = compare_models(reference, OnnxRunner(model), region, n=samples, seed=seed, witnesses=witnesses,
-                         tolerance=tolerance)
+                         tolerance=tolerance, networks=networks)
     if not val.ok:
         raise ValidationError(
             f"BUG: {what} differs from the original by {val.max_abs_diff:.3g} (tolerance {tolerance:g}) "

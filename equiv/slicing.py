@@ -22,9 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -34,13 +32,14 @@ import numpy as np
 import onnx
 
 from . import __version__
+from .artifacts import (OutputGuard, claim_family_dir, replace_dir_atomic, save_figure_atomic, save_onnx_atomic,
+                        write_json_atomic)
 from .bounds import deeppoly_bounds, deeppoly_boxes, interval_bounds
 from .dispatch import build_dispatcher
 from .errors import EquivError, InputFileError, RegionError, ValidationError
 from .network import Network
-from .onnx_io import load_onnx, network_to_onnx, save_onnx_atomic
+from .onnx_io import load_onnx, network_to_onnx
 from .region import Box
-from .report import write_json_atomic
 from .simplify import prove_and_reduce, sha256_of, validate_model
 from .stability import StabilityOptions, StabilityResult
 from .validate import OnnxRunner, ValidationReport, compare_on_points
@@ -376,7 +375,8 @@ def slice_model(model_path: str | Path, region: Box, options: StabilityOptions |
         leaf.slice_id = s
         models.append(network_to_onnx(leaf.network))
         vals.append(validate_model(reference, models[-1], leaf.box, leaf.stability.witnesses, sopt.validation_samples,
-                                   options.seed + 1 + s, sopt.tolerance, what=f"slice {s}"))
+                                   options.seed + 1 + s, sopt.tolerance, what=f"slice {s}",
+                                   networks=(net, leaf.network)))
     seconds["validate_slices"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -413,49 +413,49 @@ def slice_file(s: int) -> str:
     return f"slice_{s:03d}.onnx"
 
 
-def check_output_dir(out: str | Path, force: bool, model_path: str | Path, max_slices: int) -> Path:
-    """Refuse a folder that already holds a family (unless force) or whose files would overwrite the model."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputFileError(f"output folder {out} exists and is not a folder")
-    if (out / MANIFEST).exists() and not force:
-        raise InputFileError(f"{out} already holds a slice family ({MANIFEST}); choose another folder or pass "
-                             "--force to overwrite its files")
-    names = [slice_file(s) for s in range(max_slices)] + [DISPATCH, MANIFEST, PLOT]
-    model = Path(model_path)
-    for name in names:
-        if (out / name).exists() and model.exists() and os.path.samefile(out / name, model):
-            raise InputFileError(f"refusing to overwrite the input model {model_path} with {out / name}")
-    return out
-
-
-def write_family(fam: SliceFamily, out: str | Path, force: bool = False) -> dict:
-    """Write the slices, the dispatcher, the plot and (last) the manifest into `out`; returns the manifest."""
-    out = check_output_dir(out, force, fam.model_path, len(fam.slices))
-    old = _old_files(out)
-    out.mkdir(parents=True, exist_ok=True)
-    hashes = []
-    for s, model in enumerate(fam.models):
-        save_onnx_atomic(model, out / slice_file(s), inputs_not_to_overwrite=[fam.model_path])
-        hashes.append(hashlib.sha256(model.SerializeToString()).hexdigest())
-    save_onnx_atomic(fam.dispatcher, out / DISPATCH, inputs_not_to_overwrite=[fam.model_path])
-    notes = list(fam.notes)
-    stale = sorted(old - {slice_file(s) for s in range(len(fam.slices))})
-    if stale:
-        notes.append(f"files of the previous family left in place (not part of this one): {', '.join(stale)}")
-    plot_note = plot_family(out / PLOT, fam)
-    notes += [plot_note] if plot_note else []
-    manifest = build_manifest(fam, hashes, hashlib.sha256(fam.dispatcher.SerializeToString()).hexdigest(), notes,
-                              plot=None if plot_note else PLOT)
-    write_json_atomic(manifest, out / MANIFEST)
-    return manifest
-
-
-def _old_files(out: Path) -> set:
+def _is_family(folder: Path) -> bool:
     try:
-        return {s["file"] for s in json.loads((out / MANIFEST).read_text())["slices"]}
+        read_manifest(folder)
+        return True
+    except InputFileError:
+        return False
+
+
+def _family_files(folder: Path) -> set:
+    """The names equiv wrote into a family folder (from its manifest), plus the fixed ones."""
+    try:
+        listed = {s["file"] for s in json.loads((folder / MANIFEST).read_text())["slices"]}
     except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        listed = set()
+    return listed | {MANIFEST, DISPATCH, PLOT}
+
+
+def claim_output_dir(out: str | Path, guard: OutputGuard, force: bool) -> Path:
+    """Check the family folder before any work: new, empty, or (with force) a family equiv made, holding
+    only equiv's files and none of the run's inputs."""
+    return claim_family_dir(out, guard, force, _is_family, _family_files)
+
+
+def write_family(fam: SliceFamily, out: str | Path) -> dict:
+    """Write the slices, the dispatcher, the plot and the manifest into a fresh folder that then replaces
+    `out` (which `claim_output_dir` checked); returns the manifest."""
+    manifest = {}
+
+    def fill(folder: Path):
+        hashes = []
+        for s, model in enumerate(fam.models):
+            save_onnx_atomic(model, folder / slice_file(s))
+            hashes.append(hashlib.sha256(model.SerializeToString()).hexdigest())
+        save_onnx_atomic(fam.dispatcher, folder / DISPATCH)
+        notes = list(fam.notes)
+        plot_note = plot_family(folder / PLOT, fam)
+        notes += [plot_note] if plot_note else []
+        manifest.update(build_manifest(fam, hashes, hashlib.sha256(fam.dispatcher.SerializeToString()).hexdigest(),
+                                       notes, plot=None if plot_note else PLOT))
+        write_json_atomic(manifest, folder / MANIFEST)
+
+    replace_dir_atomic(out, fill)
+    return manifest
 
 
 def build_manifest(fam: SliceFamily, hashes: list[str], dispatch_sha: str, notes: list[str], plot: str | None) -> dict:
@@ -579,10 +579,7 @@ def plot_family(path: Path, fam: SliceFamily) -> str | None:
                  f"(original {fam.original.n_relus})", fontsize=9)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="ReLUs (largest where pieces overlap in this view)")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path)
     return None
 
 

@@ -176,10 +176,12 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
     for k in range(len(tr.masks)):
         tr.record_bounds(k, ib, "interval")
     stage_counts["interval"] = tr.stable_count(ib)
-    bounds = deeppoly_bounds(net, box, known=ib)
-    for k in range(len(tr.masks)):
-        tr.record_bounds(k, bounds, "deeppoly")
-    stage_counts["deeppoly"] = tr.stable_count(bounds)
+    bounds = ib
+    if opt.method != "interval":
+        bounds = deeppoly_bounds(net, box, known=ib)
+        for k in range(len(tr.masks)):
+            tr.record_bounds(k, bounds, "deeppoly")
+        stage_counts["deeppoly"] = tr.stable_count(bounds)
     if known is not None:
         # both bounds hold on this box, so their intersection does; DeepPoly again to propagate it
         bounds = deeppoly_bounds(net, box, known=bounds.intersect(known))

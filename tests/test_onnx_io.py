@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import MNIST, acas_path, bench_onnx_files, load_cached, needs_bench, tiny_net
 from equiv.errors import InputFileError, UnsupportedModelError
 from equiv.network import Dense, Network
-from equiv.onnx_io import batched_shape, load_onnx, network_from_onnx, network_to_onnx, save_onnx_atomic
+from equiv.onnx_io import batched_shape, load_onnx, network_from_onnx, network_to_onnx
 
 OPSET = 13
 
@@ -323,36 +323,6 @@ def test_constant_node_and_reversed_sub(rng):
 
 
 # ---- saving ------------------------------------------------------------------------------------
-
-def test_save_onnx_atomic_refuses_to_overwrite_input(tmp_path, rng):
-    net = tiny_net([(rng.normal(size=(3, 2)), rng.normal(size=3)), (rng.normal(size=(1, 3)), [0.0])])
-    src = tmp_path / "in.onnx"
-    save_onnx_atomic(network_to_onnx(net), src)
-    before = src.read_bytes()
-    other = tiny_net([([[1.0, 2.0]], [0.0])])
-    with pytest.raises(InputFileError, match="overwrite"):
-        save_onnx_atomic(network_to_onnx(other), src, inputs_not_to_overwrite=[src])
-    # also when the output names the same file through another path (a symlink, a "..")
-    link = tmp_path / "link.onnx"
-    link.symlink_to(src)
-    (tmp_path / "sub").mkdir()
-    for alias in (link, tmp_path / "sub" / ".." / "in.onnx"):
-        with pytest.raises(InputFileError):
-            save_onnx_atomic(network_to_onnx(other), alias, inputs_not_to_overwrite=[str(src)])
-    assert src.read_bytes() == before
-
-
-def test_save_onnx_atomic_writes_loadable_model(tmp_path, rng):
-    net = tiny_net([(rng.normal(size=(3, 2)), rng.normal(size=3)), (rng.normal(size=(2, 3)), rng.normal(size=2))])
-    src = tmp_path / "in.onnx"
-    save_onnx_atomic(network_to_onnx(net), src)
-    out = save_onnx_atomic(network_to_onnx(net), tmp_path / "new" / "out.onnx", inputs_not_to_overwrite=[src])
-    assert out.is_file()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["out.onnx"]   # no temporary file left behind
-    back = load_onnx(out)
-    x = rng.uniform(-1, 1, size=(10, 2))
-    np.testing.assert_allclose(back.forward(x), net.forward(x), rtol=1e-6, atol=1e-6)
-
 
 def test_own_partial_relu_export_imports_back(rng):
     """equiv re-reads its own output: Concat(Relu(Gemm(h)), Gemm(h)) is a layer with linear channels."""

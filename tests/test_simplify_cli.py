@@ -148,7 +148,7 @@ def test_simplify_acas_prop3_lp(tmp_path):
     assert r.stability.count("dead") == 140 and r.stability.count("active") == 66
     assert r.simplified.n_relus == 300 - 206
     assert r.validation.ok and r.validation.samples >= 10000
-    assert "corners" in r.validation.by_source
+    assert "vertices" in r.validation.by_source and "ascent" in r.validation.by_source
     _check_written(acas_path(1, 1), out, box, n=20000)
 
 

@@ -19,7 +19,8 @@ from equiv.cli import main
 from equiv.dispatch import build_dispatcher
 from equiv.errors import ValidationError
 from equiv.network import Dense, Network
-from equiv.onnx_io import network_to_onnx, save_onnx_atomic
+from equiv.artifacts import save_onnx_atomic
+from equiv.onnx_io import network_to_onnx
 from equiv.region import Box, load_region
 from equiv.simplify import prove_and_reduce
 from equiv.slicing import (MANIFEST, Piece, SliceOptions, build_tree, check_tiling, check_tree, face_points,
@@ -337,7 +338,7 @@ def test_cli_slice_writes_a_family_that_verifies_and_refuses_to_overwrite_it(tin
     assert main(["slice", "--verify", str(out), "--samples", "3000"]) == 0
     before = (out / MANIFEST).read_bytes()
     assert main(args) == 2                                   # already holds a family
-    assert "already holds a slice family" in capsys.readouterr().err
+    assert "already holds a family made by equiv" in capsys.readouterr().err
     assert (out / MANIFEST).read_bytes() == before
     assert main(args + ["--force", "--strategy", "width"]) == 0
     assert json.loads((out / MANIFEST).read_text())["summary"]["strategy"] == "width"
@@ -347,7 +348,9 @@ def test_cli_slice_bad_input_exits_2(tiny_model, tmp_path, capsys):
     assert main(["slice", str(tiny_model), "--box=-1:1", "-o", str(tmp_path / "a"), *FAST]) == 2   # wrong dimension
     assert main(["slice", str(tiny_model), "--box=-1:1,-1:1", *FAST]) == 2                        # no -o
     assert main(["slice", str(tmp_path / "missing.onnx"), "--box=-1:1,-1:1", "-o", str(tmp_path / "b")]) == 2
-    assert main(["slice", str(tiny_model), "--box=-1:1,-1:1", "-o", str(tmp_path / "c"), "--max-slices", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:          # argparse refuses a non-positive budget
+        main(["slice", str(tiny_model), "--box=-1:1,-1:1", "-o", str(tmp_path / "c"), "--max-slices", "0"])
+    assert exc.value.code == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
     (tmp_path / "file").write_text("x")
     assert main(["slice", str(tiny_model), "--box=-1:1,-1:1", "-o", str(tmp_path / "file")]) == 2

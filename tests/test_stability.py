@@ -80,7 +80,8 @@ def test_s1_phases(method):
     dead, active = res.phase_masks(net)
     np.testing.assert_array_equal(dead[0], [False, True, False, False])
     np.testing.assert_array_equal(active[0], [True, False, False, False])
-    assert res.stage_counts["interval"] == res.stage_counts["deeppoly"] == 2
+    assert res.stage_counts["interval"] == res.stage_counts.get("deeppoly", 2) == 2
+    assert ("deeppoly" in res.stage_counts) == (method != "interval")   # --method interval runs no DeepPoly
     assert res.neurons[0].to_json() == {"layer": 1, "index": 0, "phase": "active", "method": "interval",
                                         "seconds": res.neurons[0].to_json()["seconds"]}
     assert res.witnesses.shape[1] == 2

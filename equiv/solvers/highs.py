@@ -21,6 +21,29 @@ from .base import Backend, Decision, SolveResult, Status
 INF = highspy.kHighsInf
 
 
+def _silence_banner() -> None:
+    """HiGHS prints a banner on standard output when a process makes its first Highs object, before any
+    option can turn output off; that would corrupt `--json` output.  Make that first object with file
+    descriptor 1 pointed at /dev/null (and flush C's stdio buffer before pointing it back)."""
+    import ctypes
+    import os
+    import sys
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        highspy.Highs()
+        ctypes.CDLL(None).fflush(None)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+_silence_banner()
+
+
 def _finite(a: np.ndarray) -> np.ndarray:
     return np.clip(a, -INF, INF)
 

@@ -1,0 +1,120 @@
+"""The output guard and the atomic writers: what may be written where, and that nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from conftest import tiny_net
+from equiv.artifacts import (OutputGuard, claim_family_dir, replace_dir_atomic, save_onnx_atomic,
+                             write_bytes_atomic, write_json_atomic)
+from equiv.errors import InputFileError
+from equiv.onnx_io import load_onnx, network_to_onnx
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture
+def model_file(tmp_path, rng):
+    net = tiny_net([(rng.normal(size=(3, 2)), rng.normal(size=3)), (rng.normal(size=(2, 3)), rng.normal(size=2))])
+    path = tmp_path / "in.onnx"
+    save_onnx_atomic(network_to_onnx(net), path)
+    return path, net
+
+
+def test_guard_refuses_every_alias_of_an_input(tmp_path, model_file):
+    src, _ = model_file
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.onnx").symlink_to(src)
+    os.link(src, tmp_path / "hard.onnx")
+    guard = OutputGuard([src])
+    for alias, phrase in ((src, "input file"), (tmp_path / "sub" / ".." / "in.onnx", "input file"),
+                          (tmp_path / "hard.onnx", "input file"), (tmp_path / "link.onnx", "symbolic link")):
+        with pytest.raises(InputFileError, match=phrase):
+            guard.claim(alias, "report")
+
+
+def test_guard_refuses_a_second_claim_special_files_and_folders(tmp_path):
+    guard = OutputGuard([])
+    guard.claim(tmp_path / "a.onnx", "simplified model")
+    with pytest.raises(InputFileError, match="simplified model"):
+        guard.claim(tmp_path / "a.onnx", "report")
+    with pytest.raises(InputFileError, match="not a regular file"):
+        guard.claim("/dev/null", "report")                   # claim only checks: /dev/null is never touched
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(InputFileError, match="not a regular file"):
+        guard.claim(tmp_path / "fifo", "report")
+    with pytest.raises(InputFileError, match="folder"):
+        guard.claim(tmp_path, "report")
+    with pytest.raises(InputFileError, match="does not exist"):
+        guard.claim(tmp_path / "missing" / "r.json", "report")
+    guard.claim(tmp_path / "b.json", "report")               # a new name in an existing folder is fine
+
+
+def test_atomic_write_never_replaces_a_special_file_and_cleans_up(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(InputFileError, match="not a regular file"):
+        write_bytes_atomic(tmp_path / "fifo", b"data")
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
+    assert _listing(tmp_path) == ["fifo"]                     # the temporary file is gone
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InputFileError):
+        write_json_atomic({"a": 1}, tmp_path / "d")
+    assert _listing(tmp_path) == ["d", "fifo"] and _listing(tmp_path / "d") == []
+
+
+def test_atomic_write_replaces_a_regular_file_with_the_usual_mode(tmp_path, model_file, rng):
+    src, net = model_file
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"old")
+    save_onnx_atomic(network_to_onnx(net), out)
+    assert _listing(tmp_path) == ["in.onnx", "out.onnx"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o666 & ~mask
+    x = rng.uniform(-1, 1, size=(10, 2))
+    np.testing.assert_allclose(load_onnx(out).forward(x), net.forward(x), rtol=1e-6, atol=1e-6)
+
+
+def test_family_folder_rules_and_swap(tmp_path):
+    guard = OutputGuard([tmp_path / "model.onnx"])
+    made = lambda d: (d / "manifest.json").exists()          # noqa: E731
+    known = lambda d: {"manifest.json", "a.onnx"}             # noqa: E731
+    claim_family_dir(tmp_path / "new", guard, False, made, known)      # a new folder
+    (tmp_path / "empty").mkdir()
+    claim_family_dir(tmp_path / "empty", guard, False, made, known)    # an empty one
+    fam = tmp_path / "fam"
+    fam.mkdir()
+    (fam / "manifest.json").write_text("{}")
+    (fam / "a.onnx").write_text("old")
+    with pytest.raises(InputFileError, match="--force"):
+        claim_family_dir(fam, guard, False, made, known)
+    claim_family_dir(fam, guard, True, made, known)
+    (fam / "mine.txt").write_text("user's")
+    with pytest.raises(InputFileError, match="did not make"):
+        claim_family_dir(fam, guard, True, made, known)
+    (fam / "mine.txt").unlink()
+
+    def failing(folder):
+        (folder / "a.onnx").write_text("half")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        replace_dir_atomic(fam, failing)
+    assert (fam / "a.onnx").read_text() == "old"                 # the old family is untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging folder left
+    replace_dir_atomic(fam, lambda folder: (folder / "manifest.json").write_text('{"new": 1}'))
+    assert _listing(fam) == ["manifest.json"] and "new" in (fam / "manifest.json").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_family_folder_may_not_hold_an_input(tmp_path):
+    fam = tmp_path / "fam"
+    fam.mkdir()
+    (fam / "model.onnx").write_text("x")
+    with pytest.raises(InputFileError, match="input file"):
+        claim_family_dir(fam, OutputGuard([fam / "model.onnx"]), True, lambda d: True, lambda d: {"model.onnx"})

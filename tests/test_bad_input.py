@@ -1,0 +1,156 @@
+"""The bad-input catalogue: everyday mistakes get exit 2 and a clear message, change no input and leave no file.
+
+Each case runs the real CLI (`equiv.cli.main`) in a scratch folder holding copies of the shipped model
+and spec; the test asserts the exit code, a phrase of the message, that every file there keeps its
+sha256, and that no file appeared (hidden temporary files included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import MODELS, tiny_net
+from equiv.cli import main
+from equiv.onnx_io import network_to_onnx
+
+
+def _files(root: Path) -> dict:
+    """Every file and folder under root (hidden ones too) with the sha256 of the files."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            out[str(p.relative_to(root))] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.is_dir():
+            out[str(p.relative_to(root))] = "dir"
+        else:
+            out[str(p.relative_to(root))] = "special"
+    return out
+
+
+def _unsupported_model(path: Path):
+    """A 2-input model with a Sigmoid: a real op equiv refuses."""
+    W = numpy_helper.from_array(np.ones((2, 2), np.float32), "W")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Sigmoid", ["h"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [W])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A folder with M.onnx, P.vnnlib, S.onnx (an earlier output), a family-less non-empty folder, a fifo,
+    links to the model, and malformed inputs; the test runs from there."""
+    shutil.copy(MODELS / "digits_mlp.onnx", tmp_path / "M.onnx")
+    shutil.copy(MODELS / "digits_mlp_ball.vnnlib", tmp_path / "P.vnnlib")
+    shutil.copy(MODELS / "digits_mlp.onnx", tmp_path / "S.onnx")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine\n")
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "M.onnx", tmp_path / "link.onnx")
+    os.link(tmp_path / "M.onnx", tmp_path / "hard.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07not a protobuf at all\xff\xfe" * 7)
+    _unsupported_model(tmp_path / "sigmoid.onnx")
+    onnx.save(network_to_onnx(tiny_net([([[1.0, -1.0], [0.5, 2.0]], [0.0, 0.1]), ([[1.0, 1.0]], [0.0])])),
+              str(tmp_path / "tiny2.onnx"))
+    text = (tmp_path / "P.vnnlib").read_text()
+    (tmp_path / "unbalanced.vnnlib").write_text(text + "\n(assert (<= X_0 1.0)\n")
+    (tmp_path / "coupled.vnnlib").write_text(text + "\n(assert (<= (+ X_0 X_1) 1.0))\n")
+    (tmp_path / "unknown_cmd.vnnlib").write_text(text + "\n(frobnicate X_0)\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(cwd)
+
+
+SIMPLIFY = ["simplify", "M.onnx", "--spec", "P.vnnlib"]
+CHECK = ["check", "M.onnx", "S.onnx", "--spec", "P.vnnlib", "--epsilon", "0.1"]
+BOX16 = ",".join(["0:1"] * 16)
+
+# (id, argv, phrase of the message on stderr)
+CATALOGUE = [
+    ("report-overwrites-model", SIMPLIFY + ["-o", "out.onnx", "--report", "M.onnx"], "input file"),
+    ("check-report-overwrites-model", CHECK + ["--report", "M.onnx"], "input file"),
+    ("check-report-overwrites-spec", CHECK + ["--report", "P.vnnlib"], "input file"),
+    ("output-overwrites-spec", SIMPLIFY + ["-o", "P.vnnlib"], "input file"),
+    ("output-is-model", SIMPLIFY + ["-o", "M.onnx"], "input file"),
+    ("output-via-dotdot", SIMPLIFY + ["-o", "dir/../M.onnx"], "input file"),
+    ("output-hard-link-of-model", SIMPLIFY + ["-o", "hard.onnx"], "input file"),
+    ("output-symlink-to-model", SIMPLIFY + ["-o", "link.onnx"], "symbolic link"),
+    ("report-equals-output", SIMPLIFY + ["-o", "S.onnx", "--report", "S.onnx"], "simplified model"),
+    ("report-is-fifo", SIMPLIFY + ["-o", "out.onnx", "--report", "fifo"], "not a regular file"),
+    ("report-is-dev-null", SIMPLIFY + ["-o", "out.onnx", "--report", "/dev/null"], "not a regular file"),
+    ("output-is-folder", SIMPLIFY + ["-o", "dir"], "folder"),
+    ("output-in-missing-folder", SIMPLIFY + ["-o", "nowhere/out.onnx"], "does not exist"),
+    ("slice-into-foreign-folder", ["slice", "M.onnx", "--spec", "P.vnnlib", "-o", "notes", "--max-slices", "2"],
+     "not empty"),
+    ("slice-into-foreign-folder-force", ["slice", "M.onnx", "--spec", "P.vnnlib", "-o", "notes", "--force"],
+     "not empty"),
+    ("slice-into-file", ["slice", "M.onnx", "--spec", "P.vnnlib", "-o", "S.onnx"], "not a folder"),
+    ("time-limit-zero", SIMPLIFY + ["-o", "out.onnx", "--time-limit", "0"], "positive"),
+    ("time-limit-negative", SIMPLIFY + ["-o", "out.onnx", "--time-limit", "-5"], "positive"),
+    ("milp-budget-negative", SIMPLIFY + ["-o", "out.onnx", "--milp-budget", "-5"], "positive"),
+    ("check-time-limit-negative", CHECK + ["--time-limit", "-1"], "positive"),
+    ("tolerance-negative", SIMPLIFY + ["-o", "out.onnx", "--tolerance", "-1"], ">= 0"),
+    ("validation-samples-zero", SIMPLIFY + ["-o", "out.onnx", "--validation-samples", "0"], ">= 1"),
+    ("max-slices-zero", ["slice", "M.onnx", "--spec", "P.vnnlib", "-o", "fam", "--max-slices", "0"], ">= 1"),
+    ("samples-not-a-number", SIMPLIFY + ["-o", "out.onnx", "--samples", "many"], "whole number"),
+    ("clip-with-spec", SIMPLIFY + ["-o", "out.onnx", "--clip", "0:1"], "--clip"),
+    ("empty-model", ["simplify", "empty.onnx", "--spec", "P.vnnlib", "-o", "out.onnx"], "empty"),
+    ("corrupt-model", ["simplify", "junk.onnx", "--spec", "P.vnnlib", "-o", "out.onnx"], "junk.onnx"),
+    ("missing-model", ["simplify", "nope.onnx", "--spec", "P.vnnlib", "-o", "out.onnx"], "not found"),
+    ("unsupported-op", ["simplify", "sigmoid.onnx", "--box", "0:1,0:1", "-o", "out.onnx"], "Sigmoid"),
+    ("vnnlib-unbalanced", ["simplify", "M.onnx", "--spec", "unbalanced.vnnlib", "-o", "out.onnx"], "unbalanced.vnnlib:"),
+    ("vnnlib-coupled", ["simplify", "M.onnx", "--spec", "coupled.vnnlib", "-o", "out.onnx"], "coupled.vnnlib:"),
+    ("vnnlib-unknown-command", ["simplify", "M.onnx", "--spec", "unknown_cmd.vnnlib", "-o", "out.onnx"],
+     "unknown_cmd.vnnlib:"),
+    ("missing-spec", ["simplify", "M.onnx", "--spec", "nope.vnnlib", "-o", "out.onnx"], "not found"),
+    ("two-regions", SIMPLIFY + ["--box", BOX16, "-o", "out.onnx"], "exactly one region"),
+    ("box-wrong-dimension", ["simplify", "M.onnx", "--box", "0:1,0:1", "-o", "out.onnx"], "dimensions"),
+    ("box-malformed", ["simplify", "M.onnx", "--box", "0:1,zero:1", "-o", "out.onnx"], "lo:hi"),
+    ("box-empty-interval", ["simplify", "M.onnx", "--box", ",".join(["1:0"] * 64), "-o", "out.onnx"], "above upper"),
+    ("unknown-backend", SIMPLIFY + ["-o", "out.onnx", "--backend", "cplex"], "unknown solver backend"),
+    ("check-without-epsilon", ["check", "M.onnx", "S.onnx", "--spec", "P.vnnlib"], "--epsilon"),
+    ("check-bad-epsilon", ["check", "M.onnx", "S.onnx", "--spec", "P.vnnlib", "--epsilon", "x"], "--epsilon"),
+    ("check-different-sizes", ["check", "M.onnx", "tiny2.onnx", "--spec", "P.vnnlib", "--epsilon", "0.1"],
+     "different inputs"),
+    ("verify-missing-family", ["slice", "--verify", "nofamily"], "not found"),
+    ("bounds-unknown-method", ["bounds", "M.onnx", "--spec", "P.vnnlib", "--method", "magic"], "invalid choice"),
+]
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    """Exit code and stderr of one CLI run (argparse's own errors arrive as SystemExit)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,phrase", [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
+def test_bad_input_catalogue(scratch, capsys, argv, phrase):
+    before = _files(scratch)
+    devnull = os.stat("/dev/null")
+    code, err = run_cli(argv + ["--no-progress"] if argv[0] in ("simplify", "check", "slice") else argv, capsys)
+    assert code == 2, err
+    assert phrase in err, err
+    assert "Traceback" not in err
+    assert _files(scratch) == before                     # no input changed, nothing appeared
+    now = os.stat("/dev/null")
+    assert (now.st_mode, now.st_rdev) == (devnull.st_mode, devnull.st_rdev)
+
+
+def test_catalogue_is_large_enough():
+    assert len(CATALOGUE) >= 25
