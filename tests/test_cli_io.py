@@ -5,14 +5,12 @@ exit codes, and a --box value may start with a minus sign."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from conftest import ACAS, MNIST, MODELS, acas_path, needs_bench
+from conftest import ACAS, MODELS, acas_path, needs_bench
 from equiv.cli import CODES, build_parser, main
 
 DIGITS = MODELS / "digits_mlp.onnx"

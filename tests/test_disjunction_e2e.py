@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from conftest import ACAS, acas_path, needs_bench
+from conftest import acas_path, needs_bench
 from equiv.cli import main
 from equiv.region import Box, load_regions
 from equiv.validate import OnnxRunner

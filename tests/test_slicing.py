@@ -17,14 +17,13 @@ from conftest import ACAS, acas_path, random_problem
 from equiv.bounds import deeppoly_bounds
 from equiv.cli import main
 from equiv.dispatch import build_dispatcher
-from equiv.errors import ValidationError
 from equiv.network import Dense, Network
 from equiv.artifacts import save_onnx_atomic
 from equiv.onnx_io import network_to_onnx
 from equiv.region import Box, load_region
 from equiv.simplify import prove_and_reduce
 from equiv.slicing import (MANIFEST, Piece, SliceOptions, build_tree, check_tiling, check_tree, face_points,
-                           fewest_unstable_dim, slice_model, splittable_dims, verify_family, widest_dim, write_family)
+                           fewest_unstable_dim, slice_model, splittable_dims, widest_dim, write_family)
 from equiv.stability import StabilityOptions, prove_stability
 from equiv.validate import OnnxRunner
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from conftest import (acas_path, assert_contains, layer_values, load_cached, needs_bench, samples_with_corners,
+from conftest import (assert_contains, layer_values, needs_bench, samples_with_corners,
                       small_problems, tiny_net)
 from equiv.bounds import deeppoly_bounds, interval_bounds
 from equiv.bounds import split as split_mod
