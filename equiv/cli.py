@@ -12,6 +12,8 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .errors import EquivError
 
@@ -241,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--suite", default="core", help="suite name: core (all ACAS Xu on prop_3/prop_4 + MNIST), "
                    "quick (ACAS Xu 1_1 prop_3 and MNIST 256x2 prop_0), solvers (the same LP/MILP queries on "
                    "every backend), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
-                   "on float16 ACAS Xu copies, pruned MNIST and the core suite's simplified models)")
+                   "on float16 ACAS Xu copies, pruned MNIST and the core suite's simplified models), graphs (the CIFAR conv and "
+                   "residual nets: DeepPoly on the DAG against CROWN's counts, and simplify)")
     n.add_argument("--case-time-limit", type=positive_seconds, default=300.0, metavar="S",
                    help="equivalence suite: seconds per pair (default 300)")
     n.add_argument("--benchmarks", default=None, help="folder with acasxu/ and mnist_fc/ (default: ../shared/benchmarks)")
@@ -311,6 +314,11 @@ def cmd_simplify(args, out) -> int:
     if args.report:
         guard.claim(args.report, "report")
     box, source = _region(args)
+    from .graph_simplify import is_dense_chain
+    from .ir import load_graph
+    graph = load_graph(args.model)            # refuses unsupported models at once, checks every node
+    if not is_dense_chain(graph):
+        return _simplify_graph(args, out, graph, box, source, target)
     progress = _progress(args)
     res = simplify(args.model, box, _options(args, progress), region_source=source,
                    validation_samples=args.validation_samples, tolerance=args.tolerance)
@@ -342,6 +350,41 @@ def cmd_simplify(args, out) -> int:
             out.emit(f"  certificate: {c['verdict']} (max |diff| proven <= {c['max_diff_upper']}, "
                      f"epsilon {args.tolerance:g}, {c['seconds']:.2f} s)")
     return code
+
+
+def _simplify_graph(args, out, graph, box, source, target) -> int:
+    """simplify for convolutional, residual and multi-input graphs (the DAG pipeline)."""
+    from .artifacts import save_onnx_atomic, write_json_atomic
+    from .errors import UnsupportedModelError
+    from .graph_simplify import simplify_graph
+    from .simplify import sha256_of
+    from .validate import OnnxRunner
+    if args.certify:
+        raise UnsupportedModelError("--certify runs `equiv check`, which works on chains of dense layers so far; "
+                                    "this model has convolutions, branches or several inputs/outputs")
+    box.check_dim(graph.n_inputs)
+    res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
+                         seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance)
+    save_onnx_atomic(res.onnx_model, target)
+    report = {"equiv_version": __version__, "model": args.model, "model_sha256": sha256_of(args.model),
+              "output": str(target), "region": {"source": source, **box.to_json()}, "pipeline": "graph",
+              **res.report()}
+    if args.report:
+        write_json_atomic(report, args.report)
+    if args.json:
+        out.emit(json.dumps(report, indent=1))
+        return 0
+    c = report["phases"]
+    out.emit("\n".join([
+        f"equiv simplify: {args.model} (graph: {len(graph.order)} nodes, {report['relu_layers']} ReLU layers)",
+        f"  ReLUs   {report['relus_before']:>8} -> {report['relus_after']}",
+        f"  params  {report['params_before']:>8} -> {report['params_after']}",
+        f"  positions dead {c['dead']}, active {c['active']}, unstable {c['unstable']}, unknown {c['unknown']} "
+        f"(proved by {report['method']})",
+        f"  validation: {res.validation.samples} points, max |diff| {res.validation.max_abs_diff:.3g}",
+        *[f"  note: {n}" for n in report["notes"]],
+        f"  time {report['seconds']['total']:.2f} s -> {target}"]))
+    return 0
 
 
 def _epsilon(text):
@@ -383,6 +426,42 @@ def cmd_check(args, out) -> int:
 
 
 def cmd_bounds(args, out) -> int:
+    if args.method in ("lp", "milp"):
+        return _bounds_chain(args, out)
+    from .bounds.engine import deeppoly_graph, interval_graph
+    from .ir import load_graph
+    g = load_graph(args.model)
+    box, source = _region(args)
+    box.check_dim(g.n_inputs)
+    b = interval_graph(g, box) if args.method == "interval" else deeppoly_graph(g, box)
+    counts = b.counts(g)
+    layers = [{"layer": k, "kind": "relu input", "tensor": g.args(row["relu"])[0], **row,
+               "lo": b.lo[g.args(row["relu"])[0]].reshape(-1).tolist(),
+               "hi": b.hi[g.args(row["relu"])[0]].reshape(-1).tolist()}
+              for k, row in enumerate(b.per_layer(g), start=1)]
+    layers += [{"layer": len(layers) + k, "kind": "output", "tensor": o, "shape": list(g.shape(o)),
+                "lo": b.lo[o].reshape(-1).tolist(), "hi": b.hi[o].reshape(-1).tolist()}
+               for k, o in enumerate(g.outputs, start=1)]
+    if args.json:
+        out.emit(json.dumps({"model": args.model, "region": {"source": source, **box.to_json()}, "method": args.method,
+                             "relus": g.n_relus, "counts": counts, "layers": layers,
+                             "seconds": {k: round(v, 4) for k, v in b.seconds.items()}}, indent=1))
+        return 0
+    lines = [f"{args.model}: {args.method} bounds on {source}"]
+    for row in layers:
+        lo, hi = np.array(row["lo"]), np.array(row["hi"])
+        what = f"relu {row['layer']}" if row["kind"] == "relu input" else "output"
+        extra = (f"  dead {row['dead']}, active {row['active']}, unstable {row['unstable']}"
+                 if row["kind"] == "relu input" else "")
+        lines.append(f"  {what:>8}: {lo.size} positions {tuple(row['shape'])}, lo in [{lo.min():.4g}, {lo.max():.4g}], "
+                     f"hi in [{hi.min():.4g}, {hi.max():.4g}]{extra}")
+    lines.append(f"  stable {counts['stable']} of {g.n_relus} ReLUs (dead {counts['dead']}, active {counts['active']})")
+    out.emit("\n".join(lines))
+    return 0
+
+
+def _bounds_chain(args, out) -> int:
+    """LP/MILP bounds: the solver encodings still work on chains of dense layers."""
     from .onnx_io import load_onnx
     from .stability import prove_stability
     net = load_onnx(args.model)
@@ -392,7 +471,7 @@ def cmd_bounds(args, out) -> int:
     b = res.bounds
     if args.json:
         out.emit(json.dumps({"model": args.model, "region": {"source": source, **box.to_json()}, "method": args.method,
-                             "counts": b.counts(net.masks), "layers": b.to_json()}, indent=1))
+                             "relus": net.n_relus, "counts": b.counts(net.masks), "layers": b.to_json()}, indent=1))
         return 0
     lines = [f"{args.model}: {args.method} bounds on {source}"]
     for k, (lo, hi) in enumerate(zip(b.lo, b.hi), start=1):
@@ -466,6 +545,11 @@ def cmd_bench(args, out) -> int:
         run_equivalence_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
                               time_limit=args.case_time_limit, limit=args.limit)
         out.emit((Path(args.out) / "equivalence.md").read_text())
+        return 0
+    if args.suite == "graphs":
+        from .bench_graphs import run_graphs_bench
+        run_graphs_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out), limit=args.limit)
+        out.emit((Path(args.out) / "graphs.md").read_text())
         return 0
     if args.suite == "slicing":
         from .bench_slicing import run_slicing_bench

@@ -16,7 +16,10 @@ from .region import Box
 
 
 def gradient(net: Network, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """(n, n_in) gradients of v[i] . net(x) at each point x[i] (backpropagation through the ReLU pattern)."""
+    """(n, n_in) gradients of v[i] . net(x) at each point x[i] (backpropagation through the ReLU pattern);
+    `net` may also be a Graph."""
+    if not isinstance(net, Network):
+        return net.gradient(x, v)
     _, pre = net.forward(x, return_pre=True)
     dense = net.dense
     g = v @ dense[-1].W

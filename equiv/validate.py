@@ -98,6 +98,8 @@ def ascent_points(f, g, box: Box, starts: np.ndarray, restarts: int = 32, steps:
     from .falsify import _ascend, _scores
     if not len(starts):
         return np.empty((0, box.dim))
+    if len(starts) > 1024:        # score a fixed subset: on conv nets a float64 pass costs more than ONNX Runtime's
+        starts = starts[np.random.default_rng(0).choice(len(starts), 1024, replace=False)]
     eps = np.ones(f.n_outputs)
     best = starts[np.argsort(-_scores(f, g, starts, "linf", eps))[:restarts]]
     return _ascend(f, g, box, best, "linf", eps, steps)

@@ -185,3 +185,40 @@ def exact_max(net: Network, box, k: int, w: np.ndarray, b: float) -> float:
         if res.status == 0:
             best = max(best, -res.fun + off)
     return best
+
+
+# ---- graph IR: the convolutional / residual networks (../shared/benchmarks/cifar) -----------------
+
+CIFAR = BENCH / "cifar"
+
+needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"cifar benchmark networks not found at {CIFAR}")
+
+# network stem -> the VNN-LIB region the published CROWN/interval reference counts were measured on
+# (cifar/README.md), with those counts of stable ReLUs
+CIFAR_REFERENCE = {
+    "resnet_2b": ("resnet_2b-img386-eps2_255.vnnlib", {"interval": 3091, "crown": 5284}),
+    "cifar_deep_kw": ("cifar_deep_kw-img386-eps0.024183006535947717.vnnlib", {"interval": 5250, "crown": 5821}),
+    "cifar_wide_kw": ("cifar_wide_kw-img19-eps0.007973856209150327.vnnlib", {"interval": 5553, "crown": 5715}),
+    "cifar10_small": ("networkcifar10_small_index1189_eps0.012_target1_orig0.vnnlib", {"interval": 1102}),
+    "Convnet_avgpool": ("avgpool_prop_0_0.02.vnnlib", {"interval": 21085, "crown": 21085}),
+}
+
+_GRAPH_CACHE: dict = {}
+
+
+def load_graph_cached(path: Path):
+    """Import an ONNX file as a graph IR once per session (checked against onnxruntime at import; tests
+    must not mutate the returned graph)."""
+    from equiv.ir import load_graph
+
+    key = str(path)
+    if key not in _GRAPH_CACHE:
+        _GRAPH_CACHE[key] = load_graph(path)
+    return _GRAPH_CACHE[key]
+
+
+def load_box(spec: Path):
+    """The first box of a VNN-LIB file."""
+    from equiv.region import load_region
+
+    return load_region(spec=spec)[0]

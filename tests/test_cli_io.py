@@ -58,11 +58,11 @@ def test_broken_pipe_exits_quietly_with_the_verdict(tmp_path):
 
 def test_internal_error_exits_4_with_one_line(monkeypatch, capsys):
     """An unexpected exception (here injected into the bounds engine) is exit 4, never a verdict's code."""
-    import equiv.stability as stability
+    import equiv.bounds.engine as engine
 
     def broken(*a, **k):
         raise ZeroDivisionError("injected fault")
-    monkeypatch.setattr(stability, "prove_stability", broken)
+    monkeypatch.setattr(engine, "deeppoly_graph", broken)
     assert main(["bounds", str(DIGITS), "--spec", str(DIGITS_SPEC)]) == 4
     err = capsys.readouterr().err
     assert "internal error" in err and "injected fault" in err and "Traceback" not in err

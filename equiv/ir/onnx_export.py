@@ -1,0 +1,138 @@
+"""Graph -> ONNX: one small writer per op; convolutions stay Conv nodes.
+
+The model keeps the original's input and output names; the first dimension of inputs and outputs is a
+symbolic batch dimension `N` where the original had a fixed 1 or a symbolic one, and a Reshape that
+keeps the batch axis writes -1 there, so the model runs on batches of any size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import ops
+from .graph import Graph
+
+OPSET = 17
+IR_VERSION = 8
+
+
+class _Writer:
+    def __init__(self):
+        self.nodes, self.inits, self.k = [], [], 0
+
+    def const(self, arr, dtype=np.float32) -> str:
+        self.k += 1
+        name = f"equiv_c{self.k}"
+        self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=dtype), name))
+        return name
+
+    def node(self, op_type, inputs, output=None, **attrs) -> str:
+        if output is None:
+            self.k += 1
+            output = f"equiv_t{self.k}"
+        self.nodes.append(helper.make_node(op_type, inputs, [output], **attrs))
+        return output
+
+
+def _with_bias(w: _Writer, y: str, op, out: str) -> str:
+    if op.bias is None or not np.any(op.bias):
+        return w.node("Identity", [y], out)
+    return w.node("Add", [y, w.const(op.bias)], out)
+
+
+def _batched(shape) -> list:
+    shape = list(shape)
+    if len(shape) >= 2 and (not isinstance(shape[0], int) or shape[0] in (0, 1)):
+        shape[0] = "N"
+    return shape
+
+
+def _write(w: _Writer, g: Graph, name: str, out: str, args: list[str]) -> None:
+    op = g.op(name)
+    if isinstance(op, ops.Relu):
+        w.node("Relu", args, out)
+    elif isinstance(op, ops.MaskedRelu):
+        _masked_relu(w, op, args[0], out)
+    elif isinstance(op, ops.Dense):
+        _with_bias(w, w.node("MatMul", [args[0], w.const(op.W.T)]), op, out)
+    elif isinstance(op, ops.MatMulLeft):
+        w.node("MatMul", [w.const(op.W), args[0]], out)
+    elif isinstance(op, ops.Conv):
+        geo = op.geo
+        ins = [args[0], w.const(op.W)] + ([w.const(np.asarray(op.bias).reshape(-1))] if op.bias is not None else [])
+        w.node("Conv", ins, out, kernel_shape=list(geo.kernel), strides=list(geo.strides), pads=list(geo.pads),
+               dilations=list(geo.dilations), group=geo.group)
+    elif isinstance(op, ops.Scale):
+        _with_bias(w, w.node("Mul", [args[0], w.const(op.s)]), op, out)
+    elif isinstance(op, ops.Shift):
+        _with_bias(w, args[0], op, out)
+    elif isinstance(op, ops.Reshape):
+        target = list(op.shape)
+        if op.in_shape and op.shape and op.in_shape[0] == op.shape[0] == 1:
+            target[0] = -1        # the batch axis stays first: let it be any size
+        w.node("Reshape", [args[0], w.const(target, np.int64)], out)
+    elif isinstance(op, ops.Transpose):
+        w.node("Transpose", args, out, perm=list(op.perm))
+    elif isinstance(op, ops.Pad):
+        pads = [p for p, _ in op.pads] + [q for _, q in op.pads]
+        w.node("Pad", [args[0], w.const(pads, np.int64), w.const(op.value)], out, mode="constant")
+    elif isinstance(op, ops.Add):
+        sa, sb = op.signs
+        if sa == 1.0 and sb == 1.0:
+            w.node("Add", args, out)
+        elif sa == 1.0:
+            w.node("Sub", args, out)
+        else:
+            w.node("Sub", [args[1], args[0]], out)
+    elif isinstance(op, ops.Concat):
+        w.node("Concat", args, out, axis=op.axis)
+    else:  # pragma: no cover - every op class has a writer
+        raise TypeError(f"no ONNX writer for {type(op).__name__}")
+
+
+def _masked_relu(w: _Writer, op: ops.MaskedRelu, x: str, out: str) -> None:
+    """relu(x) * relu_mask + x * linear_mask (each term only when its mask is not empty)."""
+    r, lin = np.asarray(op.relu_mask, bool), np.asarray(op.linear_mask, bool)
+    terms = []
+    if r.any():
+        h = w.node("Relu", [x])
+        terms.append(h if r.all() else w.node("Mul", [h, w.const(r)]))
+    if lin.any():
+        terms.append(x if lin.all() else w.node("Mul", [x, w.const(lin)]))
+    if not terms:
+        w.node("Mul", [x, w.const(np.zeros(1))], out)
+    elif len(terms) == 1:
+        w.node("Identity", terms, out)
+    else:
+        w.node("Add", terms, out)
+
+
+def graph_to_onnx(g: Graph, producer: str = "equiv") -> onnx.ModelProto:
+    """A checked ONNX model computing g, with the original's input/output names (from g.meta when known)."""
+    meta = g.meta
+    in_names = meta.get("input_names", g.inputs)
+    out_names = meta.get("output_names", g.outputs)
+    onnx_name = dict(zip(g.inputs, in_names))
+    onnx_name.update(dict(zip(g.outputs, out_names)))
+    w = _Writer()
+    for name in g.order:
+        op = g.op(name)
+        if op.kind == "input":
+            continue
+        if op.kind == "const":
+            onnx_name[name] = w.const(op.value)
+            continue
+        out = onnx_name.get(name, f"t_{name}")
+        onnx_name[name] = out
+        _write(w, g, name, out, [onnx_name[a] for a in g.args(name)])
+    in_shapes = meta.get("input_shapes", [g.shape(n) for n in g.inputs])
+    out_shapes = meta.get("output_shapes", [g.shape(n) for n in g.outputs])
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, _batched(s)) for n, s in zip(in_names, in_shapes)]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, _batched(s)) for n, s in zip(out_names, out_shapes)]
+    graph = helper.make_graph(w.nodes, "equiv_simplified", inputs, outputs, w.inits)
+    model = helper.make_model(graph, producer_name=producer, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,303 @@
+"""The ops of the graph IR: one class per op, each with the few methods every engine needs.
+
+Every tensor has a concrete shape (the ONNX shape, symbolic dimensions set to 1); arrays carry one more
+leading axis, a batch of B evaluations (forward) or of R rows (back-substitution).  A linear op
+computes ``y = L(x_1, ..., x_k) + bias`` and offers
+- ``linear(*xs)``: L on a batch;
+- ``transpose(a)``: L's adjoint on a batch of rows, one array per input (back-substitution: a . y =
+  sum_i transpose(a)_i . x_i + a . bias);
+- ``abs_linear(*rs)``: |L| on a batch (interval radius);
+- ``bias``: an array broadcastable to the output shape, or None.
+Convolutions stay convolutions (their adjoint is a transposed convolution): no op builds a dense
+matrix of its operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .conv import ConvGeometry, conv_forward, conv_transpose
+
+
+@dataclass
+class Op:
+    """Base class: `shape` is the output shape without the batch axis."""
+
+    shape: tuple
+    kind = "linear"          # input | const | relu | linear
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def params(self) -> int:
+        return 0
+
+
+@dataclass
+class Input(Op):
+    """A graph input; its values come from the region."""
+
+    kind = "input"
+
+
+@dataclass
+class Const(Op):
+    """A constant tensor used by a multi-input op (Concat with constants, Add of a constant tensor)."""
+
+    value: np.ndarray = None
+    kind = "const"
+
+
+@dataclass
+class Relu(Op):
+    kind = "relu"
+
+    @property
+    def n_relus(self) -> int:
+        return self.size
+
+    def forward(self, x):
+        return np.maximum(x, 0.0)
+
+
+@dataclass
+class MaskedRelu(Op):
+    """What a ReLU becomes once phases are proved: relu where `relu_mask`, the identity where `linear_mask`
+    (active everywhere on the region), 0 elsewhere (dead everywhere on the region)."""
+
+    relu_mask: np.ndarray = None
+    linear_mask: np.ndarray = None
+    kind = "relu"
+
+    def forward(self, x):
+        return np.where(self.relu_mask, np.maximum(x, 0.0), np.where(self.linear_mask, x, 0.0))
+
+    @property
+    def n_relus(self) -> int:
+        return int(np.sum(self.relu_mask))
+
+
+@dataclass
+class Linear(Op):
+    """y = linear(*xs) + bias."""
+
+    bias: np.ndarray | None = None
+
+    def forward(self, *xs):
+        y = self.linear(*xs)
+        return y if self.bias is None else y + self.bias
+
+    @property
+    def params(self) -> int:
+        return 0 if self.bias is None else int(np.size(self.bias))
+
+    def bias_dot(self, a: np.ndarray) -> np.ndarray:
+        """(R,) the constant a . bias of each row."""
+        if self.bias is None:
+            return np.zeros(a.shape[0])
+        return (a * self.bias).reshape(a.shape[0], -1).sum(axis=1)
+
+
+@dataclass
+class Dense(Linear):
+    """y = x @ W.T + b along the last axis (Gemm, MatMul by a constant): W (m, n)."""
+
+    W: np.ndarray = None
+
+    def linear(self, x):
+        return x @ self.W.T
+
+    def transpose(self, a):
+        return [a @ self.W]
+
+    def abs_linear(self, r):
+        return r @ np.abs(self.W).T
+
+    @property
+    def params(self) -> int:
+        return self.W.size + (0 if self.bias is None else int(np.size(self.bias)))
+
+
+@dataclass
+class MatMulLeft(Linear):
+    """y = W @ x over the last two axes (a constant on the left of MatMul): W (m, k)."""
+
+    W: np.ndarray = None
+
+    def linear(self, x):
+        return np.matmul(self.W, x)
+
+    def transpose(self, a):
+        return [np.matmul(self.W.T, a)]
+
+    def abs_linear(self, r):
+        return np.matmul(np.abs(self.W), r)
+
+    @property
+    def params(self) -> int:
+        return self.W.size
+
+
+@dataclass
+class Conv(Linear):
+    """2-D convolution on (..., C, H, W) tensors: W (M, C/group, kh, kw)."""
+
+    W: np.ndarray = None
+    geo: ConvGeometry = None
+    pooling: bool = False    # an AveragePool's window sum: its ones are not parameters
+
+    def _apply(self, x, W):
+        lead = x.shape[:-3]
+        y = conv_forward(x.reshape((-1,) + x.shape[-3:]), W, self.geo)
+        return y.reshape(lead + y.shape[1:])
+
+    def linear(self, x):
+        return self._apply(x, self.W)
+
+    def abs_linear(self, r):
+        return self._apply(r, np.abs(self.W))
+
+    def transpose(self, a):
+        lead = a.shape[:-3]
+        t = conv_transpose(a.reshape((-1,) + a.shape[-3:]), self.W, self.geo)
+        return [t.reshape(lead + t.shape[1:])]
+
+    @property
+    def params(self) -> int:
+        return (0 if self.pooling else self.W.size) + (0 if self.bias is None else self.geo.out_channels)
+
+
+@dataclass
+class Scale(Linear):
+    """y = x * s + bias elementwise, s broadcastable to the shape (BatchNormalization, Mul/Div/Neg by constants)."""
+
+    s: np.ndarray = None
+
+    def linear(self, x):
+        return x * self.s
+
+    def transpose(self, a):
+        return [a * self.s]
+
+    def abs_linear(self, r):
+        return r * np.abs(self.s)
+
+    @property
+    def params(self) -> int:
+        return int(np.size(self.s)) + (0 if self.bias is None else int(np.size(self.bias)))
+
+
+@dataclass
+class Shift(Linear):
+    """y = x + bias (Add/Sub of a constant): the identity plus a bias."""
+
+    def linear(self, x):
+        return x
+
+    def transpose(self, a):
+        return [a]
+
+    def abs_linear(self, r):
+        return r
+
+
+@dataclass
+class Reshape(Linear):
+    """Reshape, Flatten, Squeeze, Unsqueeze, Identity: the same elements in C order."""
+
+    in_shape: tuple = ()
+
+    def linear(self, x):
+        return x.reshape((x.shape[0],) + tuple(self.shape))
+
+    def transpose(self, a):
+        return [a.reshape((a.shape[0],) + tuple(self.in_shape))]
+
+    abs_linear = linear
+
+
+@dataclass
+class Transpose(Linear):
+    perm: tuple = ()
+
+    def linear(self, x):
+        return np.transpose(x, (0,) + tuple(p + 1 for p in self.perm))
+
+    def transpose(self, a):
+        inv = np.argsort(self.perm)
+        return [np.transpose(a, (0,) + tuple(int(p) + 1 for p in inv))]
+
+    abs_linear = linear
+
+
+@dataclass
+class Pad(Linear):
+    """Constant padding: pads[(before, after)] per axis; the pad value enters through the bias."""
+
+    pads: tuple = ()          # ((b0, a0), (b1, a1), ...) per axis of the input
+    value: float = 0.0        # the pad value (bias = value on the padded positions)
+
+    def linear(self, x):
+        return np.pad(x, ((0, 0),) + tuple(self.pads))
+
+    def transpose(self, a):
+        idx = (slice(None),) + tuple(slice(b, a.shape[k + 1] - e) for k, (b, e) in enumerate(self.pads))
+        return [a[idx]]
+
+    abs_linear = linear
+
+
+@dataclass
+class Add(Linear):
+    """Sum (or difference, with signs) of tensors, broadcast to the output shape (a residual connection)."""
+
+    in_shapes: list = field(default_factory=list)
+    signs: tuple = (1.0, 1.0)
+
+    def _lift(self, x):
+        """x (B, *in_shape) with axes inserted after the batch axis up to the output's rank."""
+        extra = len(self.shape) + 1 - x.ndim
+        return x.reshape((x.shape[0],) + (1,) * extra + x.shape[1:]) if extra else x
+
+    def _sum(self, xs, signs):
+        out = sum(s * self._lift(x) for s, x in zip(signs, xs))
+        target = (xs[0].shape[0],) + tuple(self.shape)
+        return out if out.shape == target else np.broadcast_to(out, target).copy()
+
+    def linear(self, *xs):
+        return self._sum(xs, self.signs)
+
+    def transpose(self, a):
+        return [s * _unbroadcast(a, shape) for s, shape in zip(self.signs, self.in_shapes)]
+
+    def abs_linear(self, *rs):
+        return self._sum(rs, [abs(s) for s in self.signs])
+
+
+@dataclass
+class Concat(Linear):
+    axis: int = 0
+    in_shapes: list = field(default_factory=list)
+
+    def linear(self, *xs):
+        return np.concatenate(xs, axis=self.axis + 1)
+
+    def transpose(self, a):
+        cuts = np.cumsum([s[self.axis] for s in self.in_shapes])[:-1]
+        return np.split(a, cuts, axis=self.axis + 1)
+
+    abs_linear = linear
+
+
+def _unbroadcast(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum a (R, *out_shape) over the axes along which `shape` was broadcast: the adjoint of broadcasting."""
+    shape = tuple(shape)
+    extra = a.ndim - 1 - len(shape)
+    if extra:
+        a = a.sum(axis=tuple(range(1, 1 + extra)))
+    axes = tuple(k + 1 for k, d in enumerate(shape) if d == 1 and a.shape[k + 1] != 1)
+    return a.sum(axis=axes, keepdims=True) if axes else a

@@ -1,0 +1,99 @@
+"""`simplify` on graphs the chain pipeline cannot hold: convolutions kept as Conv, residual Adds, masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import BENCH
+from equiv.bounds.engine import deeppoly_graph
+from equiv.cli import main
+from equiv.graph_simplify import graph_phases, is_dense_chain, reduce_graph
+from equiv.ir import graph_from_onnx, load_graph
+from equiv.ir.onnx_export import graph_to_onnx
+from equiv.region import Box, load_region
+from equiv.validate import OnnxRunner
+
+CIFAR = BENCH / "cifar"
+needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"CIFAR networks not found at {CIFAR}")
+
+
+def residual_model(rng) -> onnx.ModelProto:
+    """x (1, 2, 4, 4) -> conv -> relu -> conv -> + x -> relu -> flatten -> gemm (3 outputs)."""
+    init = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("W1", rng.normal(size=(2, 2, 3, 3)) * 0.5), ("b1", rng.normal(size=2) * 0.1),
+        ("W2", rng.normal(size=(2, 2, 3, 3)) * 0.5), ("b2", rng.normal(size=2) * 0.1),
+        ("W3", rng.normal(size=(3, 32))), ("b3", rng.normal(size=3)))]
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "x"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r2"]),
+             helper.make_node("Flatten", ["r2"], ["f"]),
+             helper.make_node("Gemm", ["f", "W3", "b3"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_residual_block_simplifies_exactly(tmp_path, rng):
+    model = residual_model(rng)
+    g = graph_from_onnx(model)
+    assert not is_dense_chain(g)
+    box = Box(np.full(32, 0.2), np.full(32, 0.6))
+    ph = graph_phases(g, box)
+    small = reduce_graph(g, ph)
+    c = ph.counts()
+    assert c["dead"] + c["active"] > 0 and small.n_relus == g.n_relus - c["dead"] - c["active"]
+    exported = graph_to_onnx(small)
+    assert [n.op_type for n in exported.graph.node].count("Conv") == 2          # convolutions stay convolutions
+    x = np.vstack([box.sample(500, rng), box.random_vertices(64, rng)])
+    ref, out = OnnxRunner(model), OnnxRunner(exported)
+    assert np.abs(ref(x) - out(x)).max() <= 1e-5
+    # bounds of the reduced graph on the region contain its values and are no looser than the original's
+    b0, b1 = deeppoly_graph(g, box), deeppoly_graph(small, box)
+    for o in g.outputs:
+        assert np.all(b1.lo[o] >= b0.lo[o] - 1e-9) and np.all(b1.hi[o] <= b0.hi[o] + 1e-9)
+    vals = small.evaluate(x)
+    for name in small.order:
+        assert np.all(vals[name] >= b1.lo[name] - 1e-6) and np.all(vals[name] <= b1.hi[name] + 1e-6)
+
+
+@needs_cifar
+def test_cli_simplify_resnet(tmp_path, capsys):
+    model, spec = CIFAR / "resnet_2b.onnx", CIFAR / "resnet_2b-img386-eps2_255.vnnlib"
+    out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
+    assert main(["simplify", str(model), "--spec", str(spec), "-o", str(out), "--report", str(rep),
+                 "--no-progress", "--validation-samples", "2000"]) == 0
+    capsys.readouterr()
+    r = json.loads(rep.read_text())
+    assert r["pipeline"] == "graph" and r["relus_before"] == 6244
+    assert r["phases"]["dead"] + r["phases"]["active"] >= 5284           # at least CROWN's count
+    assert r["relus_after"] == 6244 - r["phases"]["dead"] - r["phases"]["active"]
+    assert r["validation"]["ok"] and "ascent" in r["validation"]["by_source"]
+    written = onnx.load(str(out))
+    assert sum(n.op_type == "Conv" for n in written.graph.node) == 6
+    assert out.stat().st_size < 1.5 * model.stat().st_size                 # not densified
+    box = load_region(spec=spec)[0]
+    x = box.sample(7, np.random.default_rng(3))
+    sess_in = written.graph.input[0]
+    assert sess_in.type.tensor_type.shape.dim[0].dim_param == "N"
+    import onnxruntime as ort
+    got = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {sess_in.name: x.reshape(7, 3, 32, 32).astype(np.float32)})[0]
+    want = OnnxRunner(str(model))(x)
+    assert np.abs(got - want).max() <= 1e-4
+    g = load_graph(out)                                                        # equiv reads its own output
+    assert g.n_relus == r["relus_after"]
+
+
+@needs_cifar
+def test_certify_on_a_graph_is_refused_clearly(tmp_path, capsys):
+    model, spec = CIFAR / "cifar_wide_kw.onnx", CIFAR / "cifar_wide_kw-img19-eps0.007973856209150327.vnnlib"
+    assert main(["simplify", str(model), "--spec", str(spec), "-o", str(tmp_path / "s.onnx"), "--certify"]) == 2
+    assert "chains of dense layers" in capsys.readouterr().err
+    assert not (tmp_path / "s.onnx").exists()
