@@ -314,10 +314,10 @@ def cmd_simplify(args, out) -> int:
     if args.report:
         guard.claim(args.report, "report")
     box, source = _region(args)
-    from .graph_simplify import is_dense_chain
+    from .graph_simplify import takes_chain_pipeline
     from .ir import load_graph
     graph = load_graph(args.model)            # refuses unsupported models at once, checks every node
-    if not is_dense_chain(graph):
+    if not takes_chain_pipeline(graph, args.model):
         return _simplify_graph(args, out, graph, box, source, target)
     progress = _progress(args)
     res = simplify(args.model, box, _options(args, progress), region_source=source,
@@ -411,7 +411,15 @@ def cmd_check(args, out) -> int:
     opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,
                        time_limit=args.time_limit, query_time_limit=args.query_time_limit, max_boxes=args.max_boxes,
                        max_pieces=args.max_pieces, samples=args.samples, seed=args.seed, progress=_progress(args))
-    res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
+    from .graph_simplify import takes_chain_pipeline
+    from .ir import load_graph
+    ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once
+    if takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b):
+        res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
+    else:
+        from .graph_check import check_graphs
+        from .validate import OnnxRunner
+        res = check_graphs(ga, gb, boxes, OnnxRunner(str(args.model_a)), OnnxRunner(str(args.model_b)), opt)
     from .region import hull
     region = {"source": source, **hull(boxes).to_json()}
     if len(boxes) > 1:

@@ -32,6 +32,23 @@ def is_dense_chain(g: Graph) -> bool:
             and all(g.dag.out_degree(n) <= 1 for n in g.order))
 
 
+def takes_chain_pipeline(g: Graph, path) -> bool:
+    """Dense chains, and equiv's own partial-ReLU layers (Concat of a Relu and a linear branch), go to the
+    chain pipeline (input splitting, LP/MILP, the difference checker); everything else to the graph one."""
+    if is_dense_chain(g):
+        return True
+    if len(g.inputs) != 1 or len(g.outputs) != 1 or not all(isinstance(g.op(n), CHAIN_OPS + (ops.Concat,))
+                                                              for n in g.order):
+        return False
+    from .errors import UnsupportedModelError
+    from .onnx_io import load_onnx
+    try:
+        load_onnx(path)
+        return True
+    except UnsupportedModelError:
+        return False
+
+
 @dataclass
 class GraphPhases:
     """Per ReLU node, boolean arrays (the shape of its input) of proved and observed phases."""

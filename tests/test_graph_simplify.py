@@ -97,3 +97,59 @@ def test_certify_on_a_graph_is_refused_clearly(tmp_path, capsys):
     assert main(["simplify", str(model), "--spec", str(spec), "-o", str(tmp_path / "s.onnx"), "--certify"]) == 2
     assert "chains of dense layers" in capsys.readouterr().err
     assert not (tmp_path / "s.onnx").exists()
+
+
+# ---- check on graphs ----------------------------------------------------------------------------------
+
+def _perturbed(model: onnx.ModelProto, name: str, delta: float) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for t in m.graph.initializer:
+        if t.name == name:
+            a = numpy_helper.to_array(t).copy()
+            a.reshape(-1)[0] += delta
+            t.CopyFrom(numpy_helper.from_array(a, name))
+    return m
+
+
+def test_check_on_a_residual_graph(tmp_path, rng, capsys):
+    model = residual_model(rng)
+    a, b, c = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
+    onnx.save(model, str(a))
+    onnx.save(_perturbed(model, "b3", 1e-3), str(b))          # a tiny change of one output bias
+    onnx.save(_perturbed(model, "b3", 0.5), str(c))           # a large one
+    box = ",".join(["0.2:0.6"] * 32)
+    small_box = ",".join(["0.398:0.402"] * 32)      # every ReLU stable there: the product bound is tight
+    assert main(["check", str(a), str(b), "--box", small_box, "--epsilon", "0.01", "--json", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["verdict"] == "equivalent" and r["max_diff_upper"] <= 0.01 and r["stats"]["pipeline"] == "graph"
+    # on the wide box DeepPoly on the product cannot prove 0.01 (independent relaxations): an honest unknown
+    assert main(["check", str(a), str(b), "--box", box, "--epsilon", "0.01", "--json", "--no-progress"]) == 3
+    r = json.loads(capsys.readouterr().out)
+    assert r["verdict"] == "unknown" and r["max_diff_lower"] <= 0.01 < r["max_diff_upper"]
+    assert main(["check", str(a), str(c), "--box", box, "--epsilon", "0.01", "--json", "--no-progress"]) == 1
+    r = json.loads(capsys.readouterr().out)
+    x = np.array(r["counterexample"]["input"])
+    assert np.abs(OnnxRunner(str(a))(x[None]) - OnnxRunner(str(c))(x[None])).max() > 0.01
+    # its own simplified output: the same top-1 class everywhere (both pick one class on this box, or unknown)
+    out = tmp_path / "s.onnx"
+    assert main(["simplify", str(a), "--box", box, "-o", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    code = main(["check", str(a), str(out), "--box", box, "--norm", "top1", "--json", "--no-progress"])
+    r = json.loads(capsys.readouterr().out)
+    assert (code, r["verdict"]) in ((0, "equivalent"), (3, "unknown"))
+
+
+@needs_cifar
+def test_check_resnet_against_its_float16_copy(tmp_path, capsys):
+    model, spec = CIFAR / "resnet_2b.onnx", CIFAR / "resnet_2b-img386-eps2_255.vnnlib"
+    fp16 = onnx.load(str(model))
+    for t in fp16.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16).astype(np.float32), t.name))
+    path = tmp_path / "fp16.onnx"
+    onnx.save(fp16, str(path))
+    code = main(["check", str(model), str(path), "--spec", str(spec), "--norm", "top1", "--json", "--no-progress",
+                 "--samples", "2000"])
+    r = json.loads(capsys.readouterr().out)
+    assert (code, r["verdict"]) == (0, "equivalent")      # both networks pick the same class on all of img386's ball
+    assert r["max_diff_lower"] < 0.01
