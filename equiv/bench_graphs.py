@@ -51,6 +51,8 @@ def run_graph_case(root: Path, network: str, spec: str, reference) -> dict:
             "interval_stable": ib.counts(g)["stable"], "deeppoly_stable": dp.counts(g)["stable"],
             "crown_reference": reference, "deeppoly_seconds": round(t_dp, 3),
             "deeppoly_peak_mib": round(peak / 2 ** 20, 1), "relus_after": res.simplified.n_relus,
+            "params_before": g.n_params, "params_after": res.simplified.n_params,
+            "macs_before": g.n_macs, "macs_after": res.simplified.n_macs,
             "unknown": res.phases.counts()["unknown"], "validation_points": res.validation.samples,
             "validation_max_abs_diff": res.validation.max_abs_diff, "simplify_seconds": round(t_simplify, 3)}
 
@@ -72,12 +74,14 @@ def _markdown(data: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}. DeepPoly on the DAG (graph engine); "
              "`simplify` = sampling + DeepPoly phases, masked ReLUs, export, validation in onnxruntime.", "",
              "| network | spec | ReLUs | interval | DeepPoly | CROWN ref. | DeepPoly s | peak MiB | ReLUs after | "
-             "unknown | simplify s | validation max diff (points) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "unknown | params before → after | MACs before → after | simplify s | validation max diff (points) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["cases"]:
         lines.append(f"| {Path(r['network']).stem} | {Path(r['spec']).stem} | {r['relus']} | {r['interval_stable']} | "
                      f"{r['deeppoly_stable']} | {r['crown_reference'] or '–'} | {r['deeppoly_seconds']} | "
-                     f"{r['deeppoly_peak_mib']} | {r['relus_after']} | {r['unknown']} | {r['simplify_seconds']} | "
+                     f"{r['deeppoly_peak_mib']} | {r['relus_after']} | {r['unknown']} | "
+                     f"{r['params_before']} → {r['params_after']} | {r['macs_before']} → {r['macs_after']} | "
+                     f"{r['simplify_seconds']} | "
                      f"{r['validation_max_abs_diff']:.3g} ({r['validation_points']}) |")
     if data["cases"]:
         lines += ["", f"Median DeepPoly time {statistics.median(r['deeppoly_seconds'] for r in data['cases']):.2f} s, "

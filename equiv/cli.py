@@ -378,7 +378,8 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
     out.emit("\n".join([
         f"equiv simplify: {args.model} (graph: {len(graph.order)} nodes, {report['relu_layers']} ReLU layers)",
         f"  ReLUs   {report['relus_before']:>8} -> {report['relus_after']}",
-        f"  params  {report['params_before']:>8} -> {report['params_after']}",
+        f"  params  {report['params_before']:>8} -> {report['params_after']} (the masks of partly stable layers)",
+        f"  MACs    {report['macs_before']:>8} -> {report['macs_after']}",
         f"  positions dead {c['dead']}, active {c['active']}, unstable {c['unstable']}, unknown {c['unknown']} "
         f"(proved by {report['method']})",
         f"  validation: {res.validation.samples} points, max |diff| {res.validation.max_abs_diff:.3g}",

@@ -16,6 +16,7 @@ import onnx
 
 from .bounds.engine import GraphBounds, deeppoly_graph, interval_graph
 from .errors import ValidationError
+from .graph_prune import prune_dead
 from .ir import ops
 from .ir.graph import Graph
 from .ir.onnx_export import graph_to_onnx
@@ -121,6 +122,7 @@ class GraphSimplifyResult:
         c = self.phases.counts()
         return {"relus_before": self.original.n_relus, "relus_after": self.simplified.n_relus,
                 "params_before": self.original.n_params, "params_after": self.simplified.n_params,
+                "macs_before": self.original.n_macs, "macs_after": self.simplified.n_macs,
                 "relu_layers": len(self.original.relus), "method": self.phases.method,
                 "phases": c, "unknown": c["unknown"], "per_layer": self.phases.per_layer(self.original),
                 "validation": self.validation.to_json(),
@@ -134,7 +136,7 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     ph = graph_phases(g, box, "interval" if method == "interval" else "deeppoly", samples, seed)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    small = reduce_graph(g, ph)
+    small, removed = prune_dead(reduce_graph(g, ph))
     model = graph_to_onnx(small)
     seconds["reduce_export"] = time.perf_counter() - t1
     t1 = time.perf_counter()
@@ -148,6 +150,9 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
                               "Please report this.")
     seconds["total"] = time.perf_counter() - t0
     notes = []
+    if any(removed.values()):
+        notes.append(f"deleted {removed['dense_rows']} dead rows of dense layers and {removed['conv_channels']} dead "
+                     "convolution channels (with the next layer's matching columns / input channels)")
     if method in ("lp", "milp"):
         notes.append(f"--method {method}: LP/MILP proofs run on chains of dense layers only so far; on this graph "
                      "the phases come from DeepPoly bounds on the DAG and sampling")

@@ -153,3 +153,50 @@ def test_check_resnet_against_its_float16_copy(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert (code, r["verdict"]) == (0, "equivalent")      # both networks pick the same class on all of img386's ball
     assert r["max_diff_lower"] < 0.01
+
+
+# ---- deleting dead rows and channels -------------------------------------------------------------------
+
+def conv_dense_model(rng) -> onnx.ModelProto:
+    """x (1,2,6,6) -> conv(4 ch, channel 1 dead: bias -100) -> relu -> conv(3) -> relu -> flatten -> gemm(5 rows,
+    row 2 dead) -> relu -> gemm(2)."""
+    b1 = rng.normal(size=4) * 0.1
+    b1[1] = -100.0
+    b3 = rng.normal(size=5) * 0.1
+    b3[2] = -1000.0
+    init = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("W1", rng.normal(size=(4, 2, 3, 3)) * 0.5), ("b1", b1), ("W2", rng.normal(size=(3, 4, 3, 3)) * 0.5),
+        ("b2", rng.normal(size=3) * 0.1), ("W3", rng.normal(size=(5, 3 * 2 * 2))), ("b3", b3),
+        ("W4", rng.normal(size=(2, 5))), ("b4", rng.normal(size=2)))]
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2", "b2"], ["c2"]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Flatten", ["r2"], ["f"]),
+             helper.make_node("Gemm", ["f", "W3", "b3"], ["d1"], transB=1),
+             helper.make_node("Relu", ["d1"], ["r3"]),
+             helper.make_node("Gemm", ["r3", "W4", "b4"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "cd", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_dead_channels_and_rows_are_deleted(tmp_path, rng, capsys):
+    model = conv_dense_model(rng)
+    path, out, rep = tmp_path / "m.onnx", tmp_path / "s.onnx", tmp_path / "r.json"
+    onnx.save(model, str(path))
+    box = ",".join(["-1:1"] * 72)
+    assert main(["simplify", str(path), "--box", box, "-o", str(out), "--report", str(rep), "--no-progress"]) == 0
+    capsys.readouterr()
+    r = json.loads(rep.read_text())
+    assert "deleted 1 dead rows of dense layers and 1 dead convolution channels" in " ".join(r["notes"])
+    written = onnx.load(str(out))
+    shapes = {t.name: numpy_helper.to_array(t).shape for t in written.graph.initializer}
+    conv_w = [shapes[n.input[1]] for n in written.graph.node if n.op_type == "Conv"]
+    assert conv_w[0][0] == 3 and conv_w[1][1] == 3           # channel 1 gone from the filter and the next input
+    gemm_w = [shapes[n.input[1]] for n in written.graph.node if n.op_type == "MatMul"]
+    assert gemm_w[0][1] == 4 and gemm_w[1][0] == 4           # row 2 gone from one dense layer, column 2 from the next
+    assert r["params_after"] < r["params_before"] and r["macs_after"] < r["macs_before"]
+    x = np.vstack([Box(np.full(72, -1.0), np.ones(72)).sample(2000, rng),
+                   Box(np.full(72, -1.0), np.ones(72)).random_vertices(200, rng)])
+    assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= 1e-4

@@ -72,8 +72,12 @@ class Graph:
     def n_params(self) -> int:
         return int(sum(self.op(n).params for n in self.order))
 
+    @property
+    def n_macs(self) -> int:
+        return int(sum(self.op(n).macs for n in self.order))
+
     def summary(self) -> dict:
-        return {"relus": self.n_relus, "params": self.n_params, "nodes": len(self.order),
+        return {"relus": self.n_relus, "params": self.n_params, "macs": self.n_macs, "nodes": len(self.order),
                 "relu_layers": len(self.relus)}
 
     # ---- evaluation ----------------------------------------------------------------------------

@@ -36,6 +36,11 @@ class Op:
     def params(self) -> int:
         return 0
 
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one evaluation (0 for ops that only move or add values)."""
+        return 0
+
 
 @dataclass
 class Input(Op):
@@ -80,6 +85,12 @@ class MaskedRelu(Op):
     def n_relus(self) -> int:
         return int(np.sum(self.relu_mask))
 
+    @property
+    def params(self) -> int:
+        """The mask constants the written model holds (a mask that is all 0 or all 1 is not written)."""
+        return sum(m.size for m in (np.asarray(self.relu_mask), np.asarray(self.linear_mask))
+                   if m.any() and not m.all())
+
 
 @dataclass
 class Linear(Op):
@@ -118,6 +129,10 @@ class Dense(Linear):
         return r @ np.abs(self.W).T
 
     @property
+    def macs(self) -> int:
+        return self.size * self.W.shape[1]
+
+    @property
     def params(self) -> int:
         return self.W.size + (0 if self.bias is None else int(np.size(self.bias)))
 
@@ -136,6 +151,10 @@ class MatMulLeft(Linear):
 
     def abs_linear(self, r):
         return np.matmul(np.abs(self.W), r)
+
+    @property
+    def macs(self) -> int:
+        return self.size * self.W.shape[1]
 
     @property
     def params(self) -> int:
@@ -169,6 +188,10 @@ class Conv(Linear):
     @property
     def params(self) -> int:
         return (0 if self.pooling else self.W.size) + (0 if self.bias is None else self.geo.out_channels)
+
+    @property
+    def macs(self) -> int:
+        return self.size * int(np.prod(self.W.shape[1:]))
 
 
 @dataclass
