@@ -1,0 +1,73 @@
+"""`equiv bounds`: interval/DeepPoly on the graph engine; LP/MILP bounds on chains."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .common import region_of, stability_options
+
+
+def cmd_bounds(args, out) -> int:
+    if args.method in ("lp", "milp"):
+        return _bounds_chain(args, out)
+    from ..bounds.engine import deeppoly_graph, interval_graph
+    from ..ir import load_graph
+    g = load_graph(args.model)
+    box, source = region_of(args)
+    box.check_dim(g.n_inputs)
+    b = interval_graph(g, box) if args.method == "interval" else deeppoly_graph(g, box)
+    counts = b.counts(g)
+    layers = [{"layer": k, "kind": "relu input", "tensor": g.args(row["relu"])[0], **row,
+               "lo": b.lo[g.args(row["relu"])[0]].reshape(-1).tolist(),
+               "hi": b.hi[g.args(row["relu"])[0]].reshape(-1).tolist()}
+              for k, row in enumerate(b.per_layer(g), start=1)]
+    layers += [{"layer": len(layers) + k, "kind": "output", "tensor": o, "shape": list(g.shape(o)),
+                "lo": b.lo[o].reshape(-1).tolist(), "hi": b.hi[o].reshape(-1).tolist()}
+               for k, o in enumerate(g.outputs, start=1)]
+    if args.json:
+        out.emit(json.dumps({"model": args.model, "region": {"source": source, **box.to_json()}, "method": args.method,
+                             "relus": g.n_relus, "counts": counts, "layers": layers,
+                             "seconds": {k: round(v, 4) for k, v in b.seconds.items()}}, indent=1))
+        return 0
+    lines = [f"{args.model}: {args.method} bounds on {source}"]
+    for row in layers:
+        lo, hi = np.array(row["lo"]), np.array(row["hi"])
+        what = f"relu {row['layer']}" if row["kind"] == "relu input" else "output"
+        extra = (f"  dead {row['dead']}, active {row['active']}, unstable {row['unstable']}"
+                 if row["kind"] == "relu input" else "")
+        lines.append(f"  {what:>8}: {lo.size} positions {tuple(row['shape'])}, lo in [{lo.min():.4g}, {lo.max():.4g}], "
+                     f"hi in [{hi.min():.4g}, {hi.max():.4g}]{extra}")
+    lines.append(f"  stable {counts['stable']} of {g.n_relus} ReLUs (dead {counts['dead']}, active {counts['active']})")
+    out.emit("\n".join(lines))
+    return 0
+
+
+def _bounds_chain(args, out) -> int:
+    """LP/MILP bounds: the solver encodings still work on chains of dense layers."""
+    from ..onnx_io import load_onnx
+    from ..stability import prove_stability
+    net = load_onnx(args.model)
+    box, source = region_of(args)
+    box.check_dim(net.n_inputs)
+    res = prove_stability(net, box, stability_options(args, progress=False))
+    b = res.bounds
+    if args.json:
+        out.emit(json.dumps({"model": args.model, "region": {"source": source, **box.to_json()}, "method": args.method,
+                             "relus": net.n_relus, "counts": b.counts(net.masks), "layers": b.to_json()}, indent=1))
+        return 0
+    lines = [f"{args.model}: {args.method} bounds on {source}"]
+    for k, (lo, hi) in enumerate(zip(b.lo, b.hi), start=1):
+        kind = "output" if k == len(b.lo) else f"layer {k}"
+        extra = ""
+        if k < len(b.lo):
+            m = net.masks[k - 1]
+            extra = f"  dead {int(((hi <= 0) & m).sum())}, active {int(((lo >= 0) & (hi > 0) & m).sum())}, " \
+                    f"unstable {int(((lo < 0) & (hi > 0) & m).sum())}"
+        lines.append(f"  {kind:>8}: {lo.size} neurons, lo in [{lo.min():.4g}, {lo.max():.4g}], "
+                     f"hi in [{hi.min():.4g}, {hi.max():.4g}]{extra}")
+    c = b.counts(net.masks)
+    lines.append(f"  stable {c['stable']} of {net.n_relus} ReLUs (dead {c['dead']}, active {c['active']})")
+    out.emit("\n".join(lines))
+    return 0

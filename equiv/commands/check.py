@@ -1,0 +1,54 @@
+"""`equiv check`: the chain checker (difference bounds, splitting, product MILP) or the graph one."""
+
+from __future__ import annotations
+
+import json
+
+from .. import __version__
+from .common import inputs_of, progress_of, regions_of
+
+
+def _epsilon(text):
+    if text is None:
+        return None
+    from ..errors import InputFileError
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputFileError(f"--epsilon must be a number or comma-separated numbers, got '{text}'") from None
+    return vals[0] if len(vals) == 1 else vals
+
+
+def cmd_check(args, out) -> int:
+    from ..artifacts import OutputGuard, write_json_atomic
+    from ..equivalence import CheckOptions, check_models, summary
+    from ..simplify import sha256_of
+    from ..solvers import check_backend
+    guard = OutputGuard(inputs_of(args, "model_a", "model_b"))
+    if args.report:
+        guard.claim(args.report, "report")
+    check_backend(args.backend)
+    boxes, source = regions_of(args)
+    opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,
+                       time_limit=args.time_limit, query_time_limit=args.query_time_limit, max_boxes=args.max_boxes,
+                       max_pieces=args.max_pieces, samples=args.samples, seed=args.seed, progress=progress_of(args))
+    from ..graph_simplify import takes_chain_pipeline
+    from ..ir import load_graph
+    ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once
+    if takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b):
+        res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
+    else:
+        from ..graph_check import check_graphs
+        from ..validate import OnnxRunner
+        res = check_graphs(ga, gb, boxes, OnnxRunner(str(args.model_a)), OnnxRunner(str(args.model_b)), opt)
+    from ..region import hull
+    region = {"source": source, **hull(boxes).to_json()}
+    if len(boxes) > 1:
+        region["boxes"] = [b.to_json() for b in boxes]
+    report = {"equiv_version": __version__, "model_a": args.model_a, "model_b": args.model_b,
+              "model_a_sha256": sha256_of(args.model_a), "model_b_sha256": sha256_of(args.model_b),
+              "region": region, **res.to_json()}
+    if args.report:
+        write_json_atomic(report, args.report)
+    out.emit(json.dumps(report, indent=1) if args.json else summary(res, "A", "B"))
+    return res.exit_code

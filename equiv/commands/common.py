@@ -1,0 +1,50 @@
+"""What the subcommands share: the region and options read from the arguments, the files a run reads."""
+
+from __future__ import annotations
+
+import sys
+
+
+def clip_of(args):
+    if not args.clip:
+        return None
+    from ..errors import RegionError
+    from ..region import box_from_string
+    try:
+        c = box_from_string(args.clip)
+    except RegionError as exc:
+        raise RegionError(f"--clip must be one interval LO:HI with LO <= HI, got '{args.clip}' ({exc})") from None
+    if c.dim != 1:
+        raise RegionError(f"--clip takes one interval LO:HI, got '{args.clip}'")
+    return float(c.lo[0]), float(c.hi[0])
+
+
+def regions_of(args):
+    """Every box of the region (a VNN-LIB disjunction gives several) and its description."""
+    from ..region import load_regions
+    return load_regions(spec=args.spec, box=args.box, center=args.center, radius=args.radius, clip=clip_of(args))
+
+
+def region_of(args):
+    """One box for the commands that work on one: the region itself, or the hull of its boxes (a superset:
+    sound for simplifying and bounding), said in the description."""
+    from ..region import load_region
+    return load_region(spec=args.spec, box=args.box, center=args.center, radius=args.radius, clip=clip_of(args))
+
+
+def inputs_of(args, *names) -> list:
+    """The files a run reads: never to be written."""
+    return [getattr(args, n, None) for n in (*names, "spec", "center")]
+
+
+def stability_options(args, progress: bool):
+    from ..solvers import check_backend
+    from ..stability import StabilityOptions
+    check_backend(args.backend)
+    return StabilityOptions(method=args.method, backend=args.backend, time_limit=args.time_limit,
+                            samples=args.samples, seed=args.seed, progress=progress, milp_budget=args.milp_budget,
+                            split_boxes=args.split_boxes)
+
+
+def progress_of(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()

@@ -1,0 +1,94 @@
+"""`equiv simplify`: the chain pipeline for dense chains, the graph pipeline for everything else."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .. import __version__
+from .common import inputs_of, progress_of, region_of, stability_options
+
+
+def cmd_simplify(args, out) -> int:
+    from ..artifacts import OutputGuard, save_onnx_atomic, write_json_atomic
+    from ..report import build_report, summary
+    from ..simplify import simplify
+    guard = OutputGuard(inputs_of(args, "model"))
+    target = guard.claim(args.output or str(Path(args.model).with_suffix("")) + ".simplified.onnx",
+                         "simplified model")
+    if args.report:
+        guard.claim(args.report, "report")
+    box, source = region_of(args)
+    from ..graph_simplify import takes_chain_pipeline
+    from ..ir import load_graph
+    graph = load_graph(args.model)            # refuses unsupported models at once, checks every node
+    if not takes_chain_pipeline(graph, args.model):
+        return _simplify_graph(args, out, graph, box, source, target)
+    progress = progress_of(args)
+    res = simplify(args.model, box, stability_options(args, progress), region_source=source,
+                   validation_samples=args.validation_samples, tolerance=args.tolerance)
+    report = build_report(res)
+    code = 0
+    if args.certify:
+        from ..equivalence import certify_simplified
+        cert = certify_simplified(res, tolerance=args.tolerance, backend=args.backend,
+                                  time_limit=args.certify_time_limit, progress=progress)
+        report["certificate"] = {k: v for k, v in cert.to_json().items() if k != "pieces"}
+        if cert.verdict == "not_equivalent":
+            print(f"equiv: error: BUG: the simplified model differs from the original by more than {args.tolerance:g} "
+                  f"at input {cert.counterexample.input.tolist()}; nothing was written. Please report this.",
+                  file=sys.stderr)
+            code = 1
+        else:
+            code = 0 if cert.verdict == "equivalent" else 3
+    if code != 1:
+        save_onnx_atomic(res.onnx_model, target)
+        res.output_path = report["output"] = str(target)
+    if args.report:
+        write_json_atomic(report, args.report)
+    if args.json:
+        out.emit(json.dumps(report, indent=1))
+    else:
+        out.emit(summary(res))
+        if args.certify:
+            c = report["certificate"]
+            out.emit(f"  certificate: {c['verdict']} (max |diff| proven <= {c['max_diff_upper']}, "
+                     f"epsilon {args.tolerance:g}, {c['seconds']:.2f} s)")
+    return code
+
+
+def _simplify_graph(args, out, graph, box, source, target) -> int:
+    """simplify for convolutional, residual and multi-input graphs (the DAG pipeline)."""
+    from ..artifacts import save_onnx_atomic, write_json_atomic
+    from ..errors import UnsupportedModelError
+    from ..graph_simplify import simplify_graph
+    from ..simplify import sha256_of
+    from ..validate import OnnxRunner
+    if args.certify:
+        raise UnsupportedModelError("--certify runs `equiv check`, which works on chains of dense layers so far; "
+                                    "this model has convolutions, branches or several inputs/outputs")
+    box.check_dim(graph.n_inputs)
+    res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
+                         seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance)
+    save_onnx_atomic(res.onnx_model, target)
+    report = {"equiv_version": __version__, "model": args.model, "model_sha256": sha256_of(args.model),
+              "output": str(target), "region": {"source": source, **box.to_json()}, "pipeline": "graph",
+              **res.report()}
+    if args.report:
+        write_json_atomic(report, args.report)
+    if args.json:
+        out.emit(json.dumps(report, indent=1))
+        return 0
+    c = report["phases"]
+    out.emit("\n".join([
+        f"equiv simplify: {args.model} (graph: {len(graph.order)} nodes, {report['relu_layers']} ReLU layers)",
+        f"  ReLUs   {report['relus_before']:>8} -> {report['relus_after']}",
+        f"  params  {report['params_before']:>8} -> {report['params_after']} (the masks of partly stable layers)",
+        f"  MACs    {report['macs_before']:>8} -> {report['macs_after']}",
+        f"  positions dead {c['dead']}, active {c['active']}, unstable {c['unstable']}, unknown {c['unknown']} "
+        f"(proved by {report['method']})",
+        f"  validation: {res.validation.samples} points, max |diff| {res.validation.max_abs_diff:.3g}",
+        *[f"  note: {n}" for n in report["notes"]],
+        f"  time {report['seconds']['total']:.2f} s -> {target}"]))
+    return 0
