@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -96,18 +95,8 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> Network:
     With check (the default), every tensor of the import is compared with onnxruntime's value of it
     (see network_from_onnx).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"model file not found: {path}")
-    if path.stat().st_size == 0:
-        raise InputFileError(f"empty or corrupt ONNX model {path}: the file is empty")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf gives many exception types for a corrupt file
-        raise InputFileError(f"empty or corrupt ONNX model {path}: cannot parse it ({exc})") from exc
-    if not model.graph.node:
-        raise InputFileError(f"empty or corrupt ONNX model {path}: its graph has no nodes")
-    net = network_from_onnx(model, check=check)
+    from .ir.onnx_import import read_onnx_file
+    net = network_from_onnx(read_onnx_file(path), check=check)
     net.meta["source"] = str(path)
     return net
 

@@ -33,8 +33,8 @@ def _dims(vi) -> tuple:
                  for d in vi.type.tensor_type.shape.dim)
 
 
-def load_graph(path, check: bool = True) -> Graph:
-    """Read an ONNX file into a Graph (InputFileError / UnsupportedModelError with a clear message)."""
+def read_onnx_file(path) -> onnx.ModelProto:
+    """The model in an ONNX file; InputFileError for a missing, empty, unparsable or node-less file."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"model file not found: {path}")
@@ -46,7 +46,12 @@ def load_graph(path, check: bool = True) -> Graph:
         raise InputFileError(f"empty or corrupt ONNX model {path}: cannot parse it ({exc})") from exc
     if not model.graph.node:
         raise InputFileError(f"empty or corrupt ONNX model {path}: its graph has no nodes")
-    g = graph_from_onnx(model, check=check)
+    return model
+
+
+def load_graph(path, check: bool = True) -> Graph:
+    """Read an ONNX file into a Graph (InputFileError / UnsupportedModelError with a clear message)."""
+    g = graph_from_onnx(read_onnx_file(path), check=check)
     g.meta["source"] = str(path)
     return g
 
