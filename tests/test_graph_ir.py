@@ -8,7 +8,6 @@ FusedMatMul that computes a wrong result on some of these graphs (a known onnxru
 from __future__ import annotations
 
 import dataclasses
-import time
 import zlib
 
 import numpy as np
@@ -555,10 +554,11 @@ def test_unsupported_op_after_a_big_conv_is_refused_quickly(rng):
              helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], name="the_pool")]
     model = make_model(nodes, [("x", (1, 3, 32, 32))], ["y"],
                        {"W": rng.normal(size=(64, 3, 3, 3)), "B": rng.normal(size=64)})
-    t0 = time.perf_counter()
+    from equiv.ir.onnx_import import validate
+    with pytest.raises(UnsupportedModelError, match="the_pool.*MaxPool"):
+        validate(model)                   # the structural pass alone refuses it, before any weight is read
     with pytest.raises(UnsupportedModelError, match="the_pool.*MaxPool"):
         graph_from_onnx(model)
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_pad_opset18_axes_input_is_honoured_or_refused(rng):

@@ -542,16 +542,16 @@ def test_product_of_two_tensors_is_refused_by_name(rng):
 
 def test_unsupported_op_is_found_before_heavy_work(rng):
     """A large Conv before an unsupported op: refused at once, before any Conv is lowered to a matrix."""
-    import time
     nodes = [helper.make_node("Conv", ["x", "Wc"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], name="pool"),
              helper.make_node("Flatten", ["p"], ["y"])]
     model = make_model(nodes, {"Wc": rng.normal(size=(16, 3, 3, 3))}, [1, 3, 64, 64], [1, 16 * 32 * 32])
-    t = time.perf_counter()
+    from equiv import onnx_io
+    with pytest.raises(UnsupportedModelError, match="pool.*AveragePool"):
+        onnx_io._validate(model)          # the structural pass alone refuses it: no Conv was lowered
     with pytest.raises(UnsupportedModelError, match="pool.*AveragePool"):
         network_from_onnx(model)
-    assert time.perf_counter() - t < 1.0
 
 
 def test_empty_and_nodeless_models_are_input_file_errors(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -408,9 +407,7 @@ _PLAIN = re.compile(r"\(assert \((<=|>=) X_(\d+) ([-+0-9.eE]+)\)\)")
 @needs_bench
 @pytest.mark.parametrize("path", bench_vnnlib_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_real_spec_parses(path):
-    t0 = time.perf_counter()
     boxes = boxes_from_vnnlib(path)
-    assert time.perf_counter() - t0 < 2.0       # about 0.1 s for the 3072-input CIFAR specs
     text = path.read_text()
     if path.parent.name == "acasxu" and path.name == "prop_6.vnnlib":
         assert len(boxes) == 2                   # the only real spec with an input disjunction

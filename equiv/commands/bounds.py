@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from .common import region_of, stability_options
+from .common import region_of, require_chain, stability_options
 
 
 def cmd_bounds(args, out) -> int:
@@ -48,6 +48,7 @@ def _bounds_chain(args, out) -> int:
     """LP/MILP bounds: the solver encodings still work on chains of dense layers."""
     from ..onnx_io import load_onnx
     from ..stability import prove_stability
+    require_chain(args.model, f"equiv bounds --method {args.method}")
     net = load_onnx(args.model)
     box, source = region_of(args)
     box.check_dim(net.n_inputs)

@@ -48,3 +48,15 @@ def stability_options(args, progress: bool):
 
 def progress_of(args) -> bool:
     return not args.no_progress and sys.stderr.isatty()
+
+
+def require_chain(path, what: str) -> None:
+    """Refuse, before any heavy work, a model that only the graph pipeline holds, for a command that
+    works on chains of dense layers so far (densifying its convolutions would take minutes and GiBs)."""
+    from ..errors import UnsupportedModelError
+    from ..graph_simplify import takes_chain_pipeline
+    from ..ir import load_graph
+    if not takes_chain_pipeline(load_graph(path), path):
+        raise UnsupportedModelError(f"{what} works on chains of dense layers so far; {path} has convolutions, "
+                                    "branches or several inputs/outputs (simplify, check and bounds "
+                                    "--method interval|deeppoly accept it)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import inputs_of, progress_of, region_of, stability_options
+from .common import inputs_of, progress_of, region_of, require_chain, stability_options
 
 
 def cmd_slice(args, out) -> int:
@@ -22,6 +22,7 @@ def cmd_slice(args, out) -> int:
         raise InputFileError("give MODEL.onnx and -o FAMILY to make a family, or --verify FAMILY to check one")
     guard = OutputGuard(inputs_of(args, "model"))
     slicing.claim_output_dir(args.output, guard, args.force)     # refuse before the work
+    require_chain(args.model, "equiv slice")
     box, source = region_of(args)
     sopt = slicing.SliceOptions(max_slices=args.max_slices, target_relus=args.target_relus, strategy=args.strategy,
                                 validation_samples=args.validation_samples, dispatch_samples=args.dispatch_samples,
