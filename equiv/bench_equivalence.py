@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .artifacts import write_json_atomic, write_text_atomic
 from .bench import machine
+from .chain_export import network_to_onnx
 from .equivalence import CheckOptions, certify_simplified, check_networks
 from .errors import InputFileError
 from .network import Dense, Network
-from .onnx_io import load_onnx, network_to_onnx
+from .onnx_io import load_onnx
 from .region import load_region
-from .artifacts import write_json_atomic, write_text_atomic
 from .simplify import simplify
 from .stability import StabilityOptions
 from .validate import OnnxRunner

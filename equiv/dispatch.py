@@ -27,8 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .chain_export import model_around, network_nodes
 from .network import Network
-from .onnx_io import model_around, network_nodes
 from .region import Box
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import onnx
 
 from .artifacts import OutputGuard, save_onnx_atomic
+from .chain_export import network_to_onnx
 from .errors import ValidationError
 from .network import Network
-from .onnx_io import load_onnx, network_to_onnx
+from .onnx_io import load_onnx
 from .reduce import reduce_network
 from .region import Box
 from .stability import StabilityOptions, StabilityResult, prove_stability

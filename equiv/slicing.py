@@ -32,13 +32,20 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .artifacts import (OutputGuard, claim_family_dir, replace_dir_atomic, save_figure_atomic, save_onnx_atomic,
-                        write_json_atomic)
+from .artifacts import (
+    OutputGuard,
+    claim_family_dir,
+    replace_dir_atomic,
+    save_figure_atomic,
+    save_onnx_atomic,
+    write_json_atomic,
+)
 from .bounds import deeppoly_bounds, deeppoly_boxes, interval_bounds
+from .chain_export import network_to_onnx
 from .dispatch import build_dispatcher
 from .errors import EquivError, InputFileError, RegionError, ValidationError
 from .network import Network
-from .onnx_io import load_onnx, network_to_onnx
+from .onnx_io import load_onnx
 from .region import Box
 from .simplify import prove_and_reduce, sha256_of, validate_model
 from .stability import StabilityOptions, StabilityResult
