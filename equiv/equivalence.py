@@ -140,7 +140,7 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     rng = np.random.default_rng(opt.seed)
     pair = align(f, g, np.vstack([box.center[None], box.sample(500, rng)]))
     n_out = f.n_outputs
-    eps = _eps_vector(opt, n_out)
+    eps = eps_vector(opt, n_out)
     stats = {"aligned": pair.same_shape, "match_cost": [round(c, 4) for c in pair.match_cost],
              "boxes": 0, "milp_queries": 0, "milp_unknown": 0, "seconds": {}}
     notes = []
@@ -162,7 +162,7 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     return st.result(clock.elapsed, notes)
 
 
-def _eps_vector(opt: CheckOptions, n_out: int) -> np.ndarray:
+def eps_vector(opt: CheckOptions, n_out: int) -> np.ndarray:
     if opt.epsilon is None:
         return np.ones(n_out)        # measure without epsilon: scores are absolute differences
     e = np.atleast_1d(np.asarray(opt.epsilon, float))

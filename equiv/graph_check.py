@@ -12,7 +12,7 @@ import numpy as np
 
 from . import falsify
 from .bounds.engine import deeppoly_graph
-from .equivalence import CheckOptions, CheckResult, Piece, _eps_vector
+from .equivalence import CheckOptions, CheckResult, Piece, eps_vector
 from .errors import InputFileError
 from .ir import ops
 from .ir.graph import Graph
@@ -91,7 +91,7 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
         raise InputFileError(f"the models give different outputs: A has {f.n_outputs} output values, "
                              f"B has {g.n_outputs}")
     t0 = time.perf_counter()
-    eps = _eps_vector(opt, f.n_outputs)
+    eps = eps_vector(opt, f.n_outputs)
     rng = np.random.default_rng(opt.seed)
     pieces, notes, uppers, seen_all, cex = [], [], [], 0.0, None
     verdict = "equivalent"

@@ -532,14 +532,12 @@ def _refusal_models(rng):
     yield "Pad", "reflect_pad", make_model(
         [helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect", name="reflect_pad")], [("x", (1, 4))], ["y"],
         {"p": np.array([0, 1, 0, 1])})
-    yield "MatMul", "mm_1d", make_model(
-        [helper.make_node("MatMul", ["W", "x"], ["y"], name="mm_1d")], [("x", (3,))], ["y"], {"W": np.ones((2, 3))})
     yield "Unsqueeze", "const_unsqueeze", make_model(     # a constants-only op that is not folded
         [helper.make_node("Unsqueeze", ["c", "a"], ["cu"], name="const_unsqueeze"), helper.make_node("Add", ["x", "cu"], ["y"])],
         [("x", (1, 3))], ["y"], {"c": np.ones(3), "a": np.array([0])})
 
 
-@pytest.mark.parametrize("k", range(13))
+@pytest.mark.parametrize("k", range(12))
 def test_unsupported_models_are_refused_by_node_and_op(k, rng):
     op, node, model = list(_refusal_models(rng))[k]
     with pytest.raises(UnsupportedModelError) as err:
@@ -782,3 +780,29 @@ def test_shared_network_matches_onnxruntime(net_path, spec_path, rng):
 @needs_cifar
 def test_every_cifar_network_is_covered():
     assert {p.stem for p in cifar_files()} == set(CIFAR_REFERENCE)
+
+
+@pytest.mark.parametrize("w_shape,x_shape,left", [((2, 3), (3,), True), ((3,), (2, 3), False), ((4, 3), (3,), True),
+                                                 ((2, 3, 4), (4,), True), ((5, 3, 2), (1, 3), False),
+                                                 ((2, 4, 3), (2, 3, 5), True)])
+def test_matmul_with_a_constant_in_every_form(w_shape, x_shape, left, rng):
+    """1-D operands and broadcast batch dimensions, on either side, as ONNX (numpy) defines them."""
+    order = ["W", "x"] if left else ["x", "W"]
+    out_shape = np.matmul(*(np.empty(w_shape), np.empty(x_shape)) if left else (np.empty(x_shape), np.empty(w_shape))).shape
+    model = make_model([helper.make_node("MatMul", order, ["y"], name="mm")], [("x", x_shape)], ["y"],
+                       {"W": rng.normal(size=w_shape)})
+    g = graph_from_onnx(model)
+    assert g.shape(g.outputs[0]) == out_shape
+    x = rng.normal(size=(5, int(np.prod(x_shape))))
+    sess = session(model)
+    want = np.vstack([sess.run(None, {"x": xi.reshape(x_shape).astype(np.float32)})[0].reshape(1, -1) for xi in x])
+    np.testing.assert_allclose(g.forward(x), want, rtol=1e-5, atol=1e-5)
+    for name in g.order:                       # every op's transpose is its adjoint
+        op = g.op(name)
+        if op.kind != "linear":
+            continue
+        xs = [rng.normal(size=(3,) + g.shape(a)) for a in g.args(name)]
+        a = rng.normal(size=(3,) + g.shape(name))
+        lhs = (a * op.linear(*xs)).reshape(3, -1).sum(axis=1)
+        rhs = sum((t * xi).reshape(3, -1).sum(axis=1) for t, xi in zip(op.transpose(a), xs))
+        np.testing.assert_allclose(lhs, rhs, rtol=1e-9, atol=1e-9)

@@ -287,6 +287,37 @@ def test_random_graph_imports_exactly_or_is_refused(data):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(want).max())))
 
 
+GRAPH_STATS = {"accepted": 0, "refused": 0, "refusals": []}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_graph_through_the_graph_importer(data):
+    """The same random graphs through the graph IR (equiv.ir): its forward pass equals onnxruntime's."""
+    from equiv.ir import graph_from_onnx
+    model, in_shape, rng = build_model(data)
+    sess = ort.InferenceSession(model.SerializeToString(), reference_options(), providers=["CPUExecutionProvider"])
+    try:
+        g = graph_from_onnx(model)             # ImportMismatchError here is a failure
+    except UnsupportedModelError as exc:
+        GRAPH_STATS["refused"] += 1
+        GRAPH_STATS["refusals"].append(str(exc))
+        return
+    GRAPH_STATS["accepted"] += 1
+    for x in [rng.standard_normal(in_shape), 3 * rng.standard_normal(in_shape), np.ones(in_shape)]:
+        x = x.astype(np.float32)
+        want = sess.run(None, {"x": x})[0].reshape(-1).astype(np.float64)
+        got = g.forward(x.reshape(1, -1).astype(np.float64))[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+
+
+def test_graph_fuzz_accepts_most_graphs():
+    total = GRAPH_STATS["accepted"] + GRAPH_STATS["refused"]
+    if total == 0:
+        pytest.skip("run together with the fuzz test")
+    assert GRAPH_STATS["accepted"] >= 0.9 * total, GRAPH_STATS["refusals"][:5]
+
+
 def test_fuzz_accepts_most_graphs():
     """The generated graphs are all linear/ReLU graphs equiv claims to read: nearly all must be accepted."""
     total = STATS["accepted"] + STATS["refused"]

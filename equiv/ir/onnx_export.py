@@ -57,6 +57,9 @@ def _write(w: _Writer, g: Graph, name: str, out: str, args: list[str]) -> None:
         _masked_relu(w, op, args[0], out)
     elif isinstance(op, ops.Dense):
         _with_bias(w, w.node("MatMul", [args[0], w.const(op.W.T)]), op, out)
+    elif isinstance(op, ops.MatMulConst):
+        w_in = w.const(op.W)
+        w.node("MatMul", [w_in, args[0]] if op.left else [args[0], w_in], out)
     elif isinstance(op, ops.MatMulLeft):
         w.node("MatMul", [w.const(op.W), args[0]], out)
     elif isinstance(op, ops.Conv):

@@ -301,13 +301,32 @@ def _neg(b: _Builder, node, attrs, where):
 
 
 def _matmul(b: _Builder, node, attrs, where):
+    """tensor @ constant or constant @ tensor in every ONNX form (1-D operands, broadcast batch dims)."""
     xa, xb = b.arg(node.input[0], where), b.arg(node.input[1], where)
     if isinstance(xa, str) and isinstance(xb, str):
         raise UnsupportedModelError(f"{where}: the product of two computed tensors is not linear")
-    if isinstance(xa, str):
-        _dense(b, xa, xb, None, node.output[0], where)
-    else:
-        _left(b, xa, xb, node.output[0], where)
+    left = not isinstance(xa, str)
+    x, W = (xb, xa) if left else (xa, xb)
+    s = b.shapes[x]
+    if not left and W.ndim == 2 and len(s) >= 1 and s[-1] == W.shape[0]:
+        return _dense(b, x, W, None, node.output[0], where)            # the common case: a dense layer
+    if left and W.ndim == 2 and len(s) >= 2 and s[-2] == W.shape[1]:
+        return _left(b, W, x, node.output[0], where)
+    try:
+        out = np.matmul(np.empty(W.shape), np.empty(s)).shape if left else np.matmul(np.empty(s), np.empty(W.shape)).shape
+    except ValueError:
+        raise UnsupportedModelError(f"{where}: shapes {s} and {W.shape} do not multiply") from None
+    # 1-D operands: numpy/ONNX promote them to matrices and drop the added axis afterwards
+    W2 = W if W.ndim >= 2 else (W[None, :] if left else W[:, None])
+    x2 = x
+    if len(s) == 1:
+        x2 = _reshape_like(b, x, (s[0], 1) if left else (1, s[0]), None)
+    s2 = b.shapes[x2]
+    shape2 = np.matmul(np.empty(W2.shape), np.empty(s2)).shape if left else np.matmul(np.empty(s2), np.empty(W2.shape)).shape
+    y = b.add(ops.MatMulConst(tuple(shape2), W=W2, left=left, in_shape=s2), [x2],
+              node.output[0] if tuple(shape2) == tuple(out) else None)
+    if tuple(shape2) != tuple(out):
+        _reshape_like(b, y, out, node.output[0])
 
 
 def _dense(b: _Builder, x: str, W: np.ndarray, bias, out: str, where):

@@ -162,6 +162,42 @@ class MatMulLeft(Linear):
 
 
 @dataclass
+class MatMulConst(Linear):
+    """y = x @ W, or W @ x when `left`, with ONNX/numpy broadcasting of the leading (batch) dimensions;
+    W is a constant of rank >= 2 and x has rank >= 2 (1-D operands are reshaped at import)."""
+
+    W: np.ndarray = None
+    left: bool = False
+    in_shape: tuple = ()
+
+    def _lift(self, x):
+        """x (B, *in_shape) with axes inserted after the batch axis up to the output's rank."""
+        extra = len(self.shape) + 1 - x.ndim
+        return x.reshape((x.shape[0],) + (1,) * extra + x.shape[1:]) if extra > 0 else x
+
+    def _product(self, x, W):
+        return np.matmul(W, x) if self.left else np.matmul(x, W)
+
+    def linear(self, x):
+        return self._product(self._lift(x), self.W)
+
+    def abs_linear(self, r):
+        return self._product(self._lift(r), np.abs(self.W))
+
+    def transpose(self, a):
+        Wt = np.swapaxes(self.W, -1, -2)
+        return [_unbroadcast(np.matmul(Wt, a) if self.left else np.matmul(a, Wt), self.in_shape)]
+
+    @property
+    def params(self) -> int:
+        return self.W.size
+
+    @property
+    def macs(self) -> int:
+        return self.size * self.W.shape[-1 if self.left else -2]
+
+
+@dataclass
 class Conv(Linear):
     """2-D convolution on (..., C, H, W) tensors: W (M, C/group, kh, kw)."""
 
