@@ -125,8 +125,21 @@ class GraphSimplifyResult:
                 "macs_before": self.original.n_macs, "macs_after": self.simplified.n_macs,
                 "relu_layers": len(self.original.relus), "method": self.phases.method,
                 "phases": c, "unknown": c["unknown"], "per_layer": self.phases.per_layer(self.original),
-                "validation": self.validation.to_json(),
+                "per_node": self.per_node(), "validation": self.validation.to_json(),
                 "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "notes": self.notes}
+
+    def per_node(self) -> list[dict]:
+        """Per node of the original graph that has parameters, MACs or ReLUs: before -> after."""
+        rows = []
+        for n in self.original.order:
+            a, b = self.original.op(n), self.simplified.op(n)
+            relus = getattr(a, "n_relus", 0), getattr(b, "n_relus", 0)
+            if a.params or a.macs or relus[0]:
+                rows.append({"node": n, "op": type(a).__name__, "shape_before": list(a.shape),
+                             "shape_after": list(b.shape), "params_before": a.params, "params_after": b.params,
+                             "macs_before": a.macs, "macs_after": b.macs, "relus_before": relus[0],
+                             "relus_after": relus[1]})
+        return rows
 
 
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,

@@ -197,6 +197,9 @@ def test_dead_channels_and_rows_are_deleted(tmp_path, rng, capsys):
     gemm_w = [shapes[n.input[1]] for n in written.graph.node if n.op_type == "MatMul"]
     assert gemm_w[0][1] == 4 and gemm_w[1][0] == 4           # row 2 gone from one dense layer, column 2 from the next
     assert r["params_after"] < r["params_before"] and r["macs_after"] < r["macs_before"]
+    nodes = {row["node"]: row for row in r["per_node"]}
+    assert nodes["c1"]["shape_before"] == [1, 4, 4, 4] and nodes["c1"]["shape_after"] == [1, 3, 4, 4]
+    assert sum(row["params_after"] for row in r["per_node"]) == r["params_after"]
     x = np.vstack([Box(np.full(72, -1.0), np.ones(72)).sample(2000, rng),
                    Box(np.full(72, -1.0), np.ones(72)).random_vertices(200, rng)])
     assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= 1e-4
