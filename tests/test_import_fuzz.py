@@ -268,23 +268,28 @@ def reference_options() -> ort.SessionOptions:
     return opts
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_random_graph_imports_exactly_or_is_refused(data):
+def _differential(data, load, forward, stats):
+    """One random graph through an importer: refused (counted) or equal to onnxruntime at three points."""
     model, in_shape, rng = build_model(data)
     sess = ort.InferenceSession(model.SerializeToString(), reference_options(), providers=["CPUExecutionProvider"])
     try:
-        net = network_from_onnx(model)          # ImportMismatchError here is a failure
+        net = load(model)                       # ImportMismatchError here is a failure
     except UnsupportedModelError as exc:
-        STATS["refused"] += 1
-        STATS["refusals"].append(str(exc))
+        stats["refused"] += 1
+        stats["refusals"].append(str(exc))
         return
-    STATS["accepted"] += 1
+    stats["accepted"] += 1
     for x in [rng.standard_normal(in_shape), 3 * rng.standard_normal(in_shape), np.ones(in_shape)]:
         x = x.astype(np.float32)
         want = sess.run(None, {"x": x})[0].reshape(-1).astype(np.float64)
-        got = net.forward(x.reshape(-1).astype(np.float64))
+        got = forward(net, x.reshape(1, -1).astype(np.float64)).reshape(-1)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_graph_imports_exactly_or_is_refused(data):
+    _differential(data, network_from_onnx, lambda net, x: net.forward(x), STATS)
 
 
 GRAPH_STATS = {"accepted": 0, "refused": 0, "refusals": []}
@@ -295,20 +300,7 @@ GRAPH_STATS = {"accepted": 0, "refused": 0, "refusals": []}
 def test_random_graph_through_the_graph_importer(data):
     """The same random graphs through the graph IR (equiv.ir): its forward pass equals onnxruntime's."""
     from equiv.ir import graph_from_onnx
-    model, in_shape, rng = build_model(data)
-    sess = ort.InferenceSession(model.SerializeToString(), reference_options(), providers=["CPUExecutionProvider"])
-    try:
-        g = graph_from_onnx(model)             # ImportMismatchError here is a failure
-    except UnsupportedModelError as exc:
-        GRAPH_STATS["refused"] += 1
-        GRAPH_STATS["refusals"].append(str(exc))
-        return
-    GRAPH_STATS["accepted"] += 1
-    for x in [rng.standard_normal(in_shape), 3 * rng.standard_normal(in_shape), np.ones(in_shape)]:
-        x = x.astype(np.float32)
-        want = sess.run(None, {"x": x})[0].reshape(-1).astype(np.float64)
-        got = g.forward(x.reshape(1, -1).astype(np.float64))[0]
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+    _differential(data, graph_from_onnx, lambda g, x: g.forward(x), GRAPH_STATS)
 
 
 def test_graph_fuzz_accepts_most_graphs():
