@@ -13,15 +13,22 @@ from .region import Box
 
 
 class OnnxRunner:
-    """Evaluate an ONNX model on a batch of flat float32 inputs, batched when the model allows it."""
+    """Evaluate an ONNX model on a batch of flat float32 points, batched when the model allows it.
+
+    A point holds every input flattened, in the order of the graph's inputs (as VNN-COMP's X_i); the
+    result holds every output flattened, in order."""
 
     def __init__(self, model: onnx.ModelProto | str):
         if isinstance(model, str):
             model = onnx.load(model)
         self.model = model
-        inp = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
-        self.input_name = inp.name
-        self.shape = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+        inits = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in inits]
+        self.names = [i.name for i in inputs]
+        self.shapes = [[d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim]
+                       for i in inputs]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.input_name, self.shape = self.names[0], self.shapes[0]
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # probing a batched copy may fail: stay quiet
         opts.intra_op_num_threads = 1
@@ -31,23 +38,30 @@ class OnnxRunner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self._opts = opts
         self.single = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        self.batched = self._try_batched(model)
+        self.batched = self._try_batched(model, inits)
 
-    def _try_batched(self, model):
+    def _feed(self, x: np.ndarray, lead: list) -> dict:
+        """{input name: array} from flat points x (n, total), each input shaped `lead + shape[1:]` or its shape."""
+        feed, k = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            part = x[:, k:k + size]
+            feed[name] = part.reshape(lead + shape[1:]) if lead else part.reshape(shape)
+            k += size
+        return feed
+
+    def _try_batched(self, model, inits):
         """A copy of the model with a symbolic batch dimension, if onnxruntime accepts it."""
-        if not self.shape or self.shape[0] != 1:
+        if any(not s or s[0] != 1 for s in self.shapes):
             return None
         m = copy.deepcopy(model)
-        for vi in list(m.graph.input) + list(m.graph.output):
+        for vi in [i for i in m.graph.input if i.name not in inits] + list(m.graph.output):
             dims = vi.type.tensor_type.shape.dim
             if dims:
                 dims[0].dim_param = "batch"
         try:
             sess = ort.InferenceSession(m.SerializeToString(), self._opts, providers=["CPUExecutionProvider"])
-            probe = np.zeros([3] + self.shape[1:], np.float32)
-            if sess.run(None, {self.input_name: probe})[0].shape[0] != 3:
-                return None
-            return sess
+            outs = sess.run(None, self._feed(np.zeros((3, sum(self.sizes)), np.float32), [3]))
+            return sess if all(o.shape[0] == 3 for o in outs) else None
         except Exception:
             return None
 
@@ -57,10 +71,11 @@ class OnnxRunner:
         if self.batched is not None:
             out = []
             for s in range(0, x.shape[0], 4096):
-                chunk = x[s:s + 4096].reshape([-1] + self.shape[1:])
-                out.append(self.batched.run(None, {self.input_name: chunk})[0].reshape(chunk.shape[0], -1))
+                chunk = x[s:s + 4096]
+                res = self.batched.run(None, self._feed(chunk, [chunk.shape[0]]))
+                out.append(np.hstack([r.reshape(chunk.shape[0], -1) for r in res]))
             return np.vstack(out)
-        return np.vstack([self.single.run(None, {self.input_name: xi.reshape(self.shape)})[0].reshape(1, -1)
+        return np.vstack([np.hstack([r.reshape(1, -1) for r in self.single.run(None, self._feed(xi[None], []))])
                           for xi in x])
 
 

@@ -214,3 +214,40 @@ def test_chain_only_commands_refuse_graphs_quickly(tmp_path, capsys):
     assert main(["bounds", str(model), "--spec", str(spec), "--method", "lp"]) == 2
     assert "chains of dense layers" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def two_io_model(rng) -> onnx.ModelProto:
+    """Inputs a (1, 3) and b (1, 2); outputs y1 = relu([a, b] W1) W2 (6 ReLUs) and y2 = relu(a V) + b (2 ReLUs)."""
+    init = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("W1", rng.normal(size=(5, 6))), ("W2", rng.normal(size=(6, 2))), ("V", rng.normal(size=(3, 2))))]
+    nodes = [helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+             helper.make_node("MatMul", ["ab", "W1"], ["z1"]), helper.make_node("Relu", ["z1"], ["h1"]),
+             helper.make_node("MatMul", ["h1", "W2"], ["y1"]),
+             helper.make_node("MatMul", ["a", "V"], ["z2"]), helper.make_node("Relu", ["z2"], ["h2"]),
+             helper.make_node("Add", ["h2", "b"], ["y2"])]
+    ins = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3]),
+           helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2])]
+    outs = [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [1, 2]),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, 2])]
+    return helper.make_model(helper.make_graph(nodes, "two", ins, outs, init),
+                             opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_two_inputs_and_two_outputs(tmp_path, rng, capsys):
+    """X_0..X_2 are input a, X_3..X_4 input b (flattened in order); outputs are compared in order."""
+    model = two_io_model(np.random.default_rng(5))
+    path, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(model, str(path))
+    box = "0.1:0.3,-0.2:0.0,0.5:0.6,0.9:1.0,-1.0:-0.9"
+    assert main(["simplify", str(path), "--box", box, "-o", str(out), "--json", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["pipeline"] == "graph" and r["validation"]["ok"] and r["relus_before"] == 8
+    written = onnx.load(str(out))
+    assert [i.name for i in written.graph.input] == ["a", "b"] and [o.name for o in written.graph.output] == ["y1", "y2"]
+    lo, hi = np.array(r["region"]["lo"]), np.array(r["region"]["hi"])
+    x = Box(lo, hi).sample(500, rng)
+    np.testing.assert_allclose(OnnxRunner(str(out))(x), OnnxRunner(str(path))(x), atol=1e-5)
+    assert OnnxRunner(str(path))(x).shape == (500, 4)
+    assert main(["check", str(path), str(out), "--box", box, "--epsilon", "0.001", "--json", "--no-progress"]) in (0, 3)
+    r = json.loads(capsys.readouterr().out)
+    assert r["verdict"] in ("equivalent", "unknown") and r["max_diff_lower"] <= 1e-4
