@@ -76,12 +76,13 @@ class GraphPhases:
         return rows
 
 
-def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0) -> GraphPhases:
+def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
+                 progress: bool = False) -> GraphPhases:
     """Proved phases (interval or DeepPoly bounds on the DAG) and positions seen with both signs."""
     rng = np.random.default_rng(seed)
     pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
     vals = g.evaluate(pts)
-    b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box)
+    b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress)
     dead, active, unstable = {}, {}, {}
     for r in g.relus:
         z = g.args(r)[0]
@@ -143,10 +144,11 @@ class GraphSimplifyResult:
 
 
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
-                   seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4) -> GraphSimplifyResult:
+                   seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
+                   progress: bool = False) -> GraphSimplifyResult:
     """Prove, reduce, export and validate; ValidationError (nothing to write) above the tolerance."""
     t0 = time.perf_counter()
-    ph = graph_phases(g, box, "interval" if method == "interval" else "deeppoly", samples, seed)
+    ph = graph_phases(g, box, "interval" if method == "interval" else "deeppoly", samples, seed, progress)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
     small, removed = prune_dead(reduce_graph(g, ph))

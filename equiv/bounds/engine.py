@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
+from tqdm import tqdm
 
 from ..ir.graph import Graph
 from ..region import Box
@@ -160,7 +161,8 @@ def _chunk(g: Graph) -> int:
     return max(1, int(ROW_BUDGET_BYTES // (8 * widest * 4)))
 
 
-def deeppoly_graph(g: Graph, box: Box, known: GraphBounds | None = None, outputs: bool = True) -> GraphBounds:
+def deeppoly_graph(g: Graph, box: Box, known: GraphBounds | None = None, outputs: bool = True,
+                   progress: bool = False) -> GraphBounds:
     """DeepPoly/CROWN bounds of every ReLU input (and of the outputs), intersected with interval bounds:
     each ReLU layer's unstable positions are back-substituted to the input in topological order, then
     interval bounds are re-propagated from the tighter values."""
@@ -172,7 +174,7 @@ def deeppoly_graph(g: Graph, box: Box, known: GraphBounds | None = None, outputs
     relax: dict = {}
     # every ReLU input (its unstable positions), then every output (all of it)
     targets = [(g.args(r)[0], False) for r in g.relus] + ([(o, True) for o in g.outputs] if outputs else [])
-    for z, is_output in targets:
+    for z, is_output in tqdm(targets, desc="DeepPoly", unit="layer", disable=not progress, leave=False):
         lo, hi = b.lo[z].reshape(-1), b.hi[z].reshape(-1)
         todo = np.arange(lo.size) if is_output else np.flatnonzero((lo < 0) & (hi > 0))
         if todo.size == 0:

@@ -70,7 +70,8 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
                                     "this model has convolutions, branches or several inputs/outputs")
     box.check_dim(graph.n_inputs)
     res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
-                         seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance)
+                         seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
+                         progress=progress_of(args))
     save_onnx_atomic(res.onnx_model, target)
     report = {"equiv_version": __version__, "model": args.model, "model_sha256": sha256_of(args.model),
               "output": str(target), "region": {"source": source, **box.to_json()}, "pipeline": "graph",
