@@ -371,9 +371,7 @@ class _State:
         pb = pair_bounds(self.pair, piece.lo[None], piece.hi[None])
         self.stats["boxes"] += 1
         pm = product_encoding(self.pair, piece, pb)
-        n_out = self.pair.f.n_outputs
         absd = np.minimum(absd_bound, np.maximum(pb.d_hi[-1][0], -pb.d_lo[-1][0]))
-        timeout = inconclusive = False
         if opt.norm == "linf":
             return self._milp_linf(pm, pb, absd)
         return self._milp_top1(piece, pm, pb, absd)
