@@ -45,7 +45,7 @@ def run_graph_case(root: Path, network: str, spec: str, reference) -> dict:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     t0 = time.perf_counter()
-    res = simplify_graph(g, OnnxRunner(str(root / network)), box)
+    res = simplify_graph(g, OnnxRunner(str(root / network)), box, method="deeppoly")
     t_simplify = time.perf_counter() - t0
     return {"network": network, "spec": spec, "relus": g.n_relus, "import_seconds": round(t_load, 3),
             "interval_stable": ib.counts(g)["stable"], "deeppoly_stable": dp.counts(g)["stable"],

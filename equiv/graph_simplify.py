@@ -16,6 +16,7 @@ import onnx
 
 from .bounds.engine import GraphBounds, deeppoly_graph, interval_graph
 from .errors import ValidationError
+from .graph_lp import lp_stage
 from .graph_prune import prune_dead
 from .ir import ops
 from .ir.graph import Graph
@@ -60,6 +61,7 @@ class GraphPhases:
     bounds: GraphBounds
     witnesses: np.ndarray
     method: str
+    stats: dict = field(default_factory=dict)     # LP queries made, undecided, proofs, skipped by the budget
 
     def counts(self) -> dict:
         c = {k: int(sum(np.sum(v) for v in getattr(self, k).values())) for k in ("dead", "active", "unstable")}
@@ -77,22 +79,26 @@ class GraphPhases:
 
 
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
-                 progress: bool = False) -> GraphPhases:
-    """Proved phases (interval or DeepPoly bounds on the DAG) and positions seen with both signs."""
+                 progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphPhases:
+    """Proved phases (interval or DeepPoly bounds on the DAG, then with method lp/milp one LP per position
+    still undecided) and positions seen with both signs at real points."""
     rng = np.random.default_rng(seed)
     pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
     vals = g.evaluate(pts)
+    seen = {r: (vals[g.args(r)[0]] > 0).any(axis=0) & (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress)
+    stats = {}
+    if method in ("lp", "milp"):
+        b, stats = lp_stage(g, box, b, seen, time_limit=time_limit, budget=budget, progress=progress)
     dead, active, unstable = {}, {}, {}
     for r in g.relus:
         z = g.args(r)[0]
-        v = vals[z]
         dead[r] = b.hi[z] <= 0
         active[r] = (b.lo[z] >= 0) & ~dead[r]
-        unstable[r] = (v > 0).any(axis=0) & (v < 0).any(axis=0) & ~dead[r] & ~active[r]
-    # the witnesses: per unstable position, a sampled point where it is positive (kept small)
+        unstable[r] = seen[r] & ~dead[r] & ~active[r]
+    # the witnesses: a thinned subset of the sampled points (they show the unstable positions)
     wit = pts[:: max(1, len(pts) // 64)]
-    return GraphPhases(dead, active, unstable, b, wit, method)
+    return GraphPhases(dead, active, unstable, b, wit, "lp" if method in ("lp", "milp") else method, stats)
 
 
 def reduce_graph(g: Graph, ph: GraphPhases) -> Graph:
@@ -125,7 +131,8 @@ class GraphSimplifyResult:
                 "params_before": self.original.n_params, "params_after": self.simplified.n_params,
                 "macs_before": self.original.n_macs, "macs_after": self.simplified.n_macs,
                 "relu_layers": len(self.original.relus), "method": self.phases.method,
-                "phases": c, "unknown": c["unknown"], "per_layer": self.phases.per_layer(self.original),
+                "phases": c, "unknown": c["unknown"], "queries": self.phases.stats,
+                "per_layer": self.phases.per_layer(self.original),
                 "per_node": self.per_node(), "validation": self.validation.to_json(),
                 "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "notes": self.notes}
 
@@ -145,10 +152,10 @@ class GraphSimplifyResult:
 
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
                    seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
-                   progress: bool = False) -> GraphSimplifyResult:
+                   progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphSimplifyResult:
     """Prove, reduce, export and validate; ValidationError (nothing to write) above the tolerance."""
     t0 = time.perf_counter()
-    ph = graph_phases(g, box, "interval" if method == "interval" else "deeppoly", samples, seed, progress)
+    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
     small, removed = prune_dead(reduce_graph(g, ph))
@@ -168,9 +175,12 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     if any(removed.values()):
         notes.append(f"deleted {removed['dense_rows']} dead rows of dense layers and {removed['conv_channels']} dead "
                      "convolution channels (with the next layer's matching columns / input channels)")
-    if method in ("lp", "milp"):
-        notes.append(f"--method {method}: LP/MILP proofs run on chains of dense layers only so far; on this graph "
-                     "the phases come from DeepPoly bounds on the DAG and sampling")
+    if method == "milp":
+        notes.append("--method milp: MILP decisions run on chains of dense layers only so far; on this graph the "
+                     "phases come from DeepPoly, one triangle-relaxation LP per undecided position, and sampling")
+    if ph.stats.get("lp_skipped"):
+        notes.append(f"the solver budget ran out: {ph.stats['lp_skipped']} positions got no LP query (they stay "
+                     "'unknown' unless sampling showed them unstable)")
     if ph.counts()["unknown"]:
         notes.append(f"{ph.counts()['unknown']} ReLU positions are neither proved stable nor seen unstable; they "
                      "keep their ReLU")

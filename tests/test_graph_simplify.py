@@ -68,7 +68,7 @@ def test_cli_simplify_resnet(tmp_path, capsys):
     model, spec = CIFAR / "resnet_2b.onnx", CIFAR / "resnet_2b-img386-eps2_255.vnnlib"
     out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
     assert main(["simplify", str(model), "--spec", str(spec), "-o", str(out), "--report", str(rep),
-                 "--no-progress", "--validation-samples", "2000"]) == 0
+                 "--no-progress", "--validation-samples", "2000", "--method", "deeppoly"]) == 0
     capsys.readouterr()
     r = json.loads(rep.read_text())
     assert r["pipeline"] == "graph" and r["relus_before"] == 6244
@@ -251,3 +251,49 @@ def test_two_inputs_and_two_outputs(tmp_path, rng, capsys):
     assert main(["check", str(path), str(out), "--box", box, "--epsilon", "0.001", "--json", "--no-progress"]) in (0, 3)
     r = json.loads(capsys.readouterr().out)
     assert r["verdict"] in ("equivalent", "unknown") and r["max_diff_lower"] <= 1e-4
+
+
+# ---- LP tightening on graphs ------------------------------------------------------------------------------
+
+def test_graph_lp_bounds_are_sound_and_no_looser_than_deeppoly(rng):
+    """The triangle LP over the residual graph: its dual bounds contain every sampled value of each ReLU input
+    and never lose to DeepPoly; every proof is a dual bound (status OPTIMAL)."""
+    from equiv.graph_lp import lp_stage
+    model = residual_model(np.random.default_rng(7))
+    g = graph_from_onnx(model)
+    box = Box(np.full(32, 0.1), np.full(32, 0.7))
+    dp = deeppoly_graph(g, box)
+    none_seen = {r: np.zeros(g.shape(r), bool) for r in g.relus}
+    lp, stats = lp_stage(g, box, dp, none_seen, time_limit=10.0)
+    assert stats["lp"] > 0 and stats["lp_unknown"] == 0
+    x = np.vstack([box.sample(3000, rng), box.random_vertices(500, rng)])
+    vals = g.evaluate(x)
+    for r in g.relus:
+        z = g.args(r)[0]
+        assert np.all(vals[z] >= lp.lo[z] - 1e-7) and np.all(vals[z] <= lp.hi[z] + 1e-7)
+        assert np.all(lp.lo[z] >= dp.lo[z] - 1e-9) and np.all(lp.hi[z] <= dp.hi[z] + 1e-9)
+
+
+def test_graph_lp_matches_the_chain_lp_on_acas(bench):
+    """On a dense chain both encodings are the same LP: the graph LP's bound of a second-layer neuron equals
+    the chain encoder's (same DeepPoly bounds of layer 1, which are exact there)."""
+    from conftest import acas_path, ACAS
+    from equiv.bounds import deeppoly_bounds
+    from equiv.encode_graph import encode_graph
+    from equiv.milp import encode_network
+    from equiv.onnx_io import load_onnx
+    from equiv.solvers import make_backend
+    g, net = load_graph(acas_path(1, 1)), load_onnx(acas_path(1, 1))
+    box = load_region(spec=ACAS / "prop_3.vnnlib")[0]
+    dpg, dpc = deeppoly_graph(g, box), deeppoly_bounds(net, box)
+    z2 = g.args(g.relus[1])[0]
+    enc_g = encode_graph(g, box, dpg, upto=z2)
+    enc_c = encode_network(net, box, dpc, depth=1, integer=False)
+    bg, bc = make_backend("highs", enc_g.model), make_backend("highs", enc_c.model)
+    W, b = net.dense[1].W, net.dense[1].b
+    for i in (0, 7, 19):
+        c, off = enc_g.objective(z2, i)
+        got = bg.maximize(c, off, integer=False, time_limit=10).bound
+        c2, off2 = enc_c.objective(W[i], b[i])
+        want = bc.maximize(c2, off2, integer=False, time_limit=10).bound
+        assert abs(got - want) <= 1e-6 * (1 + abs(want))

@@ -58,6 +58,9 @@ def cmd_simplify(args, out) -> int:
     return code
 
 
+GRAPH_LP_BUDGET = 60.0     # seconds of LP queries on a graph when --milp-budget is not given
+
+
 def _simplify_graph(args, out, graph, box, source, target) -> int:
     """simplify for convolutional, residual and multi-input graphs (the DAG pipeline)."""
     from ..artifacts import save_onnx_atomic, write_json_atomic
@@ -71,7 +74,8 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
     box.check_dim(graph.n_inputs)
     res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
                          seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
-                         progress=progress_of(args))
+                         progress=progress_of(args), time_limit=args.time_limit,
+                         budget=GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget)
     save_onnx_atomic(res.onnx_model, target)
     report = {"equiv_version": __version__, "model": args.model, "model_sha256": sha256_of(args.model),
               "output": str(target), "region": {"source": source, **box.to_json()}, "pipeline": "graph",
