@@ -85,11 +85,13 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     rng = np.random.default_rng(seed)
     pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
     vals = g.evaluate(pts)
-    seen = {r: (vals[g.args(r)[0]] > 0).any(axis=0) & (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
+    pos = {r: (vals[g.args(r)[0]] > 0).any(axis=0) for r in g.relus}
+    neg = {r: (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress)
     stats = {}
-    if method in ("lp", "milp"):
-        b, stats = lp_stage(g, box, b, seen, time_limit=time_limit, budget=budget, progress=progress)
+    if method in ("lp", "milp"):      # pos / neg grow with the LPs' points
+        b, stats = lp_stage(g, box, b, pos, neg, time_limit=time_limit, budget=budget, progress=progress)
+    seen = {r: pos[r] & neg[r] for r in g.relus}
     dead, active, unstable = {}, {}, {}
     for r in g.relus:
         z = g.args(r)[0]

@@ -263,9 +263,12 @@ def test_graph_lp_bounds_are_sound_and_no_looser_than_deeppoly(rng):
     g = graph_from_onnx(model)
     box = Box(np.full(32, 0.1), np.full(32, 0.7))
     dp = deeppoly_graph(g, box)
-    none_seen = {r: np.zeros(g.shape(r), bool) for r in g.relus}
-    lp, stats = lp_stage(g, box, dp, none_seen, time_limit=10.0)
+    pos = {r: np.zeros(g.shape(r), bool) for r in g.relus}
+    neg = {r: np.zeros(g.shape(r), bool) for r in g.relus}
+    lp, stats = lp_stage(g, box, dp, pos, neg, time_limit=10.0)
     assert stats["lp"] > 0 and stats["lp_unknown"] == 0
+    vals0 = g.evaluate(np.vstack([box.sample(1, rng)]))
+    assert all(vals0[r].shape[1:] == pos[r].shape for r in g.relus)
     x = np.vstack([box.sample(3000, rng), box.random_vertices(500, rng)])
     vals = g.evaluate(x)
     for r in g.relus:
