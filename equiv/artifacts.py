@@ -47,10 +47,6 @@ class OutputGuard:
     def __post_init__(self):
         self.inputs = [Path(p) for p in self.inputs if p is not None]
 
-    def add_input(self, path) -> None:
-        if path is not None:
-            self.inputs.append(Path(path))
-
     def _same_as(self, real: Path, ident) -> str | None:
         for src in self.inputs:
             if src.resolve() == real or (ident is not None and _identity(src) == ident):
@@ -87,9 +83,6 @@ class OutputGuard:
         self._claimed[real] = what
         return p
 
-    def check_claimed(self, path) -> None:
-        if Path(path).resolve() not in self._claimed:
-            raise RuntimeError(f"internal error: {path} was written without being claimed")
 
 
 # ---- atomic writes ------------------------------------------------------------------------------
