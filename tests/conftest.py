@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from equiv.network import Dense, Network
+from equiv.ir.network import Dense, Network
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = (ROOT / ".." / "shared" / "benchmarks").resolve()
@@ -49,7 +49,7 @@ _NET_CACHE: dict = {}
 
 def load_cached(path: Path) -> Network:
     """Load an ONNX network once per session (tests must not mutate the returned network)."""
-    from equiv.onnx_io import load_onnx
+    from equiv.ir.chain_io import load_onnx
 
     key = str(path)
     if key not in _NET_CACHE:
@@ -64,14 +64,14 @@ def acas_1_1(bench) -> Network:
 
 @pytest.fixture(scope="session")
 def prop3_box(bench):
-    from equiv.region import load_region
+    from equiv.spec.region import load_region
 
     return load_region(spec=ACAS / "prop_3.vnnlib")[0]
 
 
 @pytest.fixture(scope="session")
 def prop4_box(bench):
-    from equiv.region import load_region
+    from equiv.spec.region import load_region
 
     return load_region(spec=ACAS / "prop_4.vnnlib")[0]
 
@@ -83,7 +83,7 @@ def mnist_256x2(bench) -> Network:
 
 @pytest.fixture(scope="session")
 def mnist_box(bench):
-    from equiv.region import load_region
+    from equiv.spec.region import load_region
 
     return load_region(spec=MNIST / "prop_0_0.03.vnnlib")[0]
 
@@ -132,7 +132,7 @@ except ImportError:  # pragma: no cover - hypothesis is a test dependency
 
 def random_problem(seed: int, n_in: int, widths: list[int], n_out: int, linear_channels: bool):
     """A random network (some linear channels if asked) and a random box, reproducible from the seed."""
-    from equiv.region import Box
+    from equiv.spec.region import Box
 
     r = np.random.default_rng(seed)
     sizes = [n_in] + list(widths) + [n_out]
@@ -219,6 +219,6 @@ def load_graph_cached(path: Path):
 
 def load_box(spec: Path):
     """The first box of a VNN-LIB file."""
-    from equiv.region import load_region
+    from equiv.spec.region import load_region
 
     return load_region(spec=spec)[0]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_net
-from equiv.artifacts import (OutputGuard, claim_family_dir, replace_dir_atomic, save_onnx_atomic,
+from equiv.artifacts.files import (OutputGuard, claim_family_dir, replace_dir_atomic, save_onnx_atomic,
                              write_bytes_atomic, write_json_atomic)
 from equiv.errors import InputFileError
-from equiv.onnx_io import load_onnx, network_to_onnx
+from equiv.ir.chain_io import load_onnx, network_to_onnx
 
 
 def _listing(folder):

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, tiny_net
 from equiv.cli import main
-from equiv.onnx_io import network_to_onnx
+from equiv.ir.chain_io import network_to_onnx
 
 
 def _files(root: Path) -> dict:

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import ACAS, MNIST, MODELS, acas_path, needs_bench
 from equiv.cli import main
-from equiv.region import load_region
-from equiv.validate import OnnxRunner
+from equiv.spec.region import load_region
+from equiv.artifacts.validate import OnnxRunner
 
 
 def _batched_run(path, x_flat: np.ndarray) -> np.ndarray:
@@ -72,6 +72,6 @@ def test_dispatcher_and_slices_run_on_a_batch(tmp_path, capsys):
     box = load_region(spec=ACAS / "prop_3.vnnlib")[0]
     _assert_rows_match(acas_path(1, 1), fam / "dispatch.onnx", box)
     import json
-    from equiv.region import Box
+    from equiv.spec.region import Box
     for s in json.loads((fam / "manifest.json").read_text())["slices"]:     # a slice is exact on its own box
         _assert_rows_match(acas_path(1, 1), fam / s["file"], Box(np.array(s["lo"]), np.array(s["hi"])))

@@ -18,8 +18,8 @@ from equiv.bounds.common import ROUND_ABS, ROUND_REL
 from equiv.bounds.deeppoly import backsubstitute, relaxation
 from equiv.bounds.interval import relu_image
 from equiv.errors import RegionError
-from equiv.region import Box, load_region
-from equiv.stability import StabilityOptions, prove_stability
+from equiv.spec.region import Box, load_region
+from equiv.prove.stability import StabilityOptions, prove_stability
 
 TOL = 5e-8   # the widening compounds over layers (a few 1e-9 each)
 

@@ -25,7 +25,7 @@ def equiv_cmd(*args, **kw) -> subprocess.CompletedProcess:
 
 def test_every_subcommand_json_parses_with_solvers_running(tmp_path):
     """HiGHS prints a banner on stdout when a process first uses it: none of it may reach --json output."""
-    from equiv.region import load_region
+    from equiv.spec.region import load_region
     np.save(tmp_path / "c.npy", load_region(spec=DIGITS_SPEC)[0].center)
     ball = ["--center", tmp_path / "c.npy", "--radius", "0.1", "--clip", "0:1"]    # LPs and MILPs run on it
     runs = {

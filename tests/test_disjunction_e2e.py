@@ -14,8 +14,8 @@ import numpy as np
 
 from conftest import acas_path, needs_bench
 from equiv.cli import main
-from equiv.region import Box, load_regions
-from equiv.validate import OnnxRunner
+from equiv.spec.region import Box, load_regions
+from equiv.artifacts.validate import OnnxRunner
 
 # prop_3 with X_1 free, plus the audit's nested disjunction on X_1 and X_3
 SPEC = """

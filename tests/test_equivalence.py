@@ -12,16 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ACAS, MNIST, MODELS, acas_path, load_cached, tiny_net
-from equiv.align import align
-from equiv.bench_equivalence import float16_copy, pruned_copy
+from equiv.prove.align import align
+from equiv.bench.equivalence import float16_copy, pruned_copy
 from equiv.cli import main
-from equiv.diff_bounds import pair_bounds
-from equiv.equivalence import CheckOptions, check_networks
+from equiv.bounds.diff import pair_bounds
+from equiv.prove.equivalence import CheckOptions, check_networks
 from equiv.errors import InputFileError
-from equiv.network import Dense
-from equiv.onnx_io import network_to_onnx
-from equiv.region import Box, load_region
-from equiv.validate import OnnxRunner
+from equiv.ir.network import Dense
+from equiv.ir.chain_io import network_to_onnx
+from equiv.spec.region import Box, load_region
+from equiv.artifacts.validate import OnnxRunner
 
 
 def run_check(f, g, box, **kw):
@@ -273,8 +273,8 @@ def test_simplify_certify(tmp_path, capsys):
 
 def test_simplified_acas_is_certified(bench, tmp_path):
     box = load_region(spec=ACAS / "prop_4.vnnlib")[0]
-    from equiv.simplify import simplify
-    from equiv.equivalence import certify_simplified
+    from equiv.apps.simplify import simplify
+    from equiv.prove.equivalence import certify_simplified
     res = simplify(acas_path(1, 1), box)
     cert = certify_simplified(res, tolerance=1e-4)
     assert cert.verdict == "equivalent" and cert.max_diff_upper <= 1e-4

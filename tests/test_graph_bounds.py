@@ -20,7 +20,7 @@ from equiv.ir import Graph
 from equiv.ir.ops import Add, Concat, Const, Dense, Input, MaskedRelu, Relu
 from equiv.bounds.common import outward
 from equiv.ir import graph_from_onnx
-from equiv.region import Box
+from equiv.spec.region import Box
 from test_graph_ir import CASE_NAMES, CASES
 
 # Every computed bound is widened outward by 1e-9 (1 + |v|) per op (equiv.bounds.common.outward), and the

@@ -12,11 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import BENCH
 from equiv.bounds.engine import deeppoly_graph
 from equiv.cli import main
-from equiv.graph_simplify import graph_phases, is_dense_chain, reduce_graph
+from equiv.apps.graph_simplify import graph_phases, is_dense_chain, reduce_graph
 from equiv.ir import graph_from_onnx, load_graph
 from equiv.ir.onnx_export import graph_to_onnx
-from equiv.region import Box, load_region
-from equiv.validate import OnnxRunner
+from equiv.spec.region import Box, load_region
+from equiv.artifacts.validate import OnnxRunner
 
 CIFAR = BENCH / "cifar"
 needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason=f"CIFAR networks not found at {CIFAR}")
@@ -258,7 +258,7 @@ def test_two_inputs_and_two_outputs(tmp_path, rng, capsys):
 def test_graph_lp_bounds_are_sound_and_no_looser_than_deeppoly(rng):
     """The triangle LP over the residual graph: its dual bounds contain every sampled value of each ReLU input
     and never lose to DeepPoly; every proof is a dual bound (status OPTIMAL)."""
-    from equiv.graph_lp import lp_stage
+    from equiv.prove.graph_lp import lp_stage
     model = residual_model(np.random.default_rng(7))
     g = graph_from_onnx(model)
     box = Box(np.full(32, 0.1), np.full(32, 0.7))
@@ -282,9 +282,9 @@ def test_graph_lp_matches_the_chain_lp_on_acas(bench):
     the chain encoder's (same DeepPoly bounds of layer 1, which are exact there)."""
     from conftest import acas_path, ACAS
     from equiv.bounds import deeppoly_bounds
-    from equiv.encode_graph import encode_graph
-    from equiv.milp import encode_network
-    from equiv.onnx_io import load_onnx
+    from equiv.encode.graph import encode_graph
+    from equiv.encode.chain import encode_network
+    from equiv.ir.chain_io import load_onnx
     from equiv.solvers import make_backend
     g, net = load_graph(acas_path(1, 1)), load_onnx(acas_path(1, 1))
     box = load_region(spec=ACAS / "prop_3.vnnlib")[0]

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import needs_bench
 from equiv.bounds import deeppoly_bounds
-from equiv.milp import encode_network
+from equiv.encode.chain import encode_network
 from equiv.solvers import Status
 from equiv.solvers.highs import HighsBackend
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from equiv.errors import UnsupportedModelError
-from equiv.onnx_io import network_from_onnx
+from equiv.ir.chain_io import network_from_onnx
 
 MAX_SIZE = 48          # elements of any tensor
 STATS = {"accepted": 0, "refused": 0, "refusals": []}

@@ -16,9 +16,9 @@ from scipy.optimize import linprog
 from conftest import exact_max, layer_values, samples_with_corners, small_problems, tiny_net
 from equiv.bounds import Bounds, deeppoly_bounds, interval_bounds
 from equiv.errors import SolverUnavailableError
-from equiv.milp import encode_network, safe_upper_bound
-from equiv.network import Dense, Network
-from equiv.region import Box
+from equiv.encode.chain import encode_network, safe_upper_bound
+from equiv.ir.network import Dense, Network
+from equiv.spec.region import Box
 from equiv.solvers import Status, make_backend
 
 TOL = 1e-6

@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MNIST, acas_path, bench_onnx_files, load_cached, needs_bench, tiny_net
 from equiv.errors import InputFileError, UnsupportedModelError
-from equiv.network import Dense, Network
-from equiv.onnx_io import batched_shape, load_onnx, network_from_onnx, network_to_onnx
+from equiv.ir.network import Dense, Network
+from equiv.ir.chain_io import batched_shape, load_onnx, network_from_onnx, network_to_onnx
 
 OPSET = 13
 
@@ -547,7 +547,7 @@ def test_unsupported_op_is_found_before_heavy_work(rng):
              helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], name="pool"),
              helper.make_node("Flatten", ["p"], ["y"])]
     model = make_model(nodes, {"Wc": rng.normal(size=(16, 3, 3, 3))}, [1, 3, 64, 64], [1, 16 * 32 * 32])
-    from equiv import onnx_io
+    from equiv.ir import chain_io as onnx_io
     with pytest.raises(UnsupportedModelError, match="pool.*AveragePool"):
         onnx_io._validate(model)          # the structural pass alone refuses it: no Conv was lowered
     with pytest.raises(UnsupportedModelError, match="pool.*AveragePool"):
@@ -574,8 +574,8 @@ def test_empty_and_nodeless_models_are_input_file_errors(tmp_path):
 def test_import_check_fires_on_a_corrupted_expression(rng):
     """The op-by-op check is real: a wrong expression for one tensor is reported, naming node and tensor."""
     from equiv.errors import ImportMismatchError
-    from equiv.import_check import check_import
-    from equiv.onnx_io import trace_import
+    from equiv.ir.chain_check import check_import
+    from equiv.ir.chain_io import trace_import
 
     model = column_concat_model(rng)
     net, trace = trace_import(model)
@@ -591,8 +591,8 @@ def test_import_check_fires_on_a_corrupted_expression(rng):
 def test_import_check_fires_on_a_wrong_layer(rng):
     """A network whose layer differs from the model (the old interleaving bug) fails the layer check."""
     from equiv.errors import ImportMismatchError
-    from equiv.import_check import check_import
-    from equiv.onnx_io import trace_import
+    from equiv.ir.chain_check import check_import
+    from equiv.ir.chain_io import trace_import
 
     model = column_concat_model(rng)
     net, trace = trace_import(model)

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 
 from conftest import small_problems, tiny_net
-from equiv.onnx_io import network_to_onnx
-from equiv.reduce import reduce_network
-from equiv.region import Box
-from equiv.stability import StabilityOptions, prove_stability
-from equiv.validate import OnnxRunner
+from equiv.ir.chain_io import network_to_onnx
+from equiv.transform.reduce import reduce_network
+from equiv.spec.region import Box
+from equiv.prove.stability import StabilityOptions, prove_stability
+from equiv.artifacts.validate import OnnxRunner
 
 
 def _masks(net, dead=None, active=None):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ACAS, MNIST, MODELS, needs_bench
 from equiv.errors import RegionError
-from equiv.region import Box, ball, box_from_string, boxes_from_vnnlib, hull, load_region, load_regions
+from equiv.spec.region import Box, ball, box_from_string, boxes_from_vnnlib, hull, load_region, load_regions
 
 
 def write_vnnlib(tmp_path, n: int, body: str, name: str = "spec.vnnlib"):

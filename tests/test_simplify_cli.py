@@ -9,13 +9,13 @@ import onnx
 import pytest
 
 from conftest import ACAS, MNIST, MODELS, acas_path, needs_bench
-from equiv import reduce as reduce_mod
+from equiv.transform import reduce as reduce_mod
 from equiv.cli import main
 from equiv.errors import ValidationError
-from equiv.region import load_region
-from equiv.simplify import simplify
-from equiv.stability import StabilityOptions
-from equiv.validate import OnnxRunner
+from equiv.spec.region import load_region
+from equiv.apps.simplify import simplify
+from equiv.prove.stability import StabilityOptions
+from equiv.artifacts.validate import OnnxRunner
 
 DIGITS = MODELS / "digits_mlp.onnx"
 DIGITS_SPEC = MODELS / "digits_mlp_ball.vnnlib"
@@ -129,7 +129,7 @@ def test_validation_failure_is_loud_and_writes_nothing(tmp_path, monkeypatch, ca
         small.dense[-1].b[:] += 0.5
         return small
 
-    monkeypatch.setattr("equiv.simplify.reduce_network", broken)
+    monkeypatch.setattr("equiv.apps.simplify.reduce_network", broken)
     out = tmp_path / "s.onnx"
     assert main(["simplify", str(DIGITS), "--spec", str(DIGITS_SPEC), "-o", str(out), "--method", "deeppoly"]) == 1
     assert "BUG" in capsys.readouterr().err

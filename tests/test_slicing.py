@@ -16,16 +16,16 @@ from onnx import numpy_helper
 from conftest import ACAS, acas_path, random_problem
 from equiv.bounds import deeppoly_bounds
 from equiv.cli import main
-from equiv.dispatch import build_dispatcher
-from equiv.network import Dense, Network
-from equiv.artifacts import save_onnx_atomic
-from equiv.onnx_io import network_to_onnx
-from equiv.region import Box, load_region
-from equiv.simplify import prove_and_reduce
-from equiv.slicing import (MANIFEST, Piece, SliceOptions, build_tree, check_tiling, check_tree, face_points,
+from equiv.transform.dispatch import build_dispatcher
+from equiv.ir.network import Dense, Network
+from equiv.artifacts.files import save_onnx_atomic
+from equiv.ir.chain_io import network_to_onnx
+from equiv.spec.region import Box, load_region
+from equiv.apps.simplify import prove_and_reduce
+from equiv.apps.slicing import (MANIFEST, Piece, SliceOptions, build_tree, check_tiling, check_tree, face_points,
                            fewest_unstable_dim, slice_model, splittable_dims, widest_dim, write_family)
-from equiv.stability import StabilityOptions, prove_stability
-from equiv.validate import OnnxRunner
+from equiv.prove.stability import StabilityOptions, prove_stability
+from equiv.artifacts.validate import OnnxRunner
 
 FAST = ["--no-progress", "--validation-samples", "500", "--dispatch-samples", "3000"]
 
@@ -357,7 +357,7 @@ def test_cli_slice_bad_input_exits_2(tiny_model, tmp_path, capsys):
 
 
 def test_a_wrong_slice_is_a_bug_and_nothing_is_written(tiny_model, tmp_path, monkeypatch, capsys):
-    import equiv.simplify as simplify_mod
+    import equiv.apps.simplify as simplify_mod
     real = simplify_mod.reduce_network
 
     def broken(net, dead, active):

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from conftest import random_problem
 from equiv.bounds import deeppoly_bounds
 from equiv.errors import SolverUnavailableError
-from equiv.milp import LinearModel, encode_network
+from equiv.encode.chain import LinearModel, encode_network
 from equiv.solvers import BACKENDS, Status, available_backends, check_backend, make_backend
 
 INSTALLED = available_backends()
@@ -90,7 +90,7 @@ def test_all_backends_installed_in_test_environment():
 @pytest.mark.skipif("gurobi" not in INSTALLED, reason="gurobipy not installed")
 def test_gurobi_too_large_in_a_run_is_reported_and_proves_nothing():
     """A run whose layer encodings exceed the licence finishes, counts the queries, proves nothing with them."""
-    from equiv.stability import StabilityOptions, prove_stability
+    from equiv.prove.stability import StabilityOptions, prove_stability
     # layer 2's LP encoding holds layer 1's ~900 unstable ReLUs: ~3000 rows, over the pip licence
     net, box = random_problem(0, 4, [1500, 5], 2, linear_channels=False)
     gu = prove_stability(net, box, StabilityOptions(method="lp", backend="gurobi"))

@@ -14,8 +14,8 @@ from equiv.bounds import deeppoly_bounds, interval_bounds
 from equiv.bounds import split as split_mod
 from equiv.bounds.batch import deeppoly_boxes
 from equiv.bounds.split import split_bounds
-from equiv.region import Box
-from equiv.stability import StabilityOptions, prove_stability
+from equiv.spec.region import Box
+from equiv.prove.stability import StabilityOptions, prove_stability
 
 TOL = 5e-8
 

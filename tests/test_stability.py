@@ -9,11 +9,11 @@ from hypothesis import given, settings
 
 from conftest import exact_max, needs_bench, random_problem, small_problems, tiny_net
 from equiv.errors import RegionError
-from equiv.network import Dense, Network
-from equiv.region import Box
+from equiv.ir.network import Dense, Network
+from equiv.spec.region import Box
 from equiv.solvers import Decision, Status
 from equiv.solvers.highs import HighsBackend
-from equiv.stability import StabilityOptions, prove_stability
+from equiv.prove.stability import StabilityOptions, prove_stability
 
 MARGIN = 1e-6
 

@@ -1,4 +1,4 @@
-"""The strict VNN-LIB reader (equiv.vnnlib): and/or in any nesting expanded into a union of boxes,
+"""The strict VNN-LIB reader (equiv.spec.vnnlib): and/or in any nesting expanded into a union of boxes,
 output atoms read as true, affine single-input atoms, errors with line numbers, and the soundness
 property: every input the spec allows lies in a returned box."""
 
@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import ACAS, BENCH, MNIST, needs_bench
-from equiv import vnnlib
+from equiv.spec import vnnlib
 from equiv.errors import RegionError
-from equiv.region import Box, boxes_from_vnnlib, load_region, load_regions
+from equiv.spec.region import Box, boxes_from_vnnlib, load_region, load_regions
 
 
 def write(tmp_path, text: str, name: str = "spec.vnnlib") -> Path:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..network import Network
+from ..ir.network import Network
 from .common import outward
 from .deeppoly import relaxation
 

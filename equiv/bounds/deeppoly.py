@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..network import Network
-from ..region import Box
+from ..ir.network import Network
+from ..spec.region import Box
 from .common import Bounds, outward
 from .interval import affine_interval, relu_image
 

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..ir.graph import Graph
-from ..region import Box
+from ..spec.region import Box
 from .common import outward
 
 ROW_BUDGET_BYTES = 256 * 2 ** 20     # memory for the coefficient arrays of one chunk of rows

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..network import Network
-from ..region import Box
+from ..ir.network import Network
+from ..spec.region import Box
 from .common import Bounds, outward
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..network import Network
-from ..region import Box
+from ..ir.network import Network
+from ..spec.region import Box
 from .batch import deeppoly_boxes
 from .common import Bounds
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 
 def cmd_bench(args, out) -> int:
-    from ..bench import DEFAULT_BENCHMARKS, run_suite
+    from ..bench.core import DEFAULT_BENCHMARKS, run_suite
     if args.suite == "solvers":
-        from ..bench_solvers import run_solvers_bench
+        from ..bench.solvers import run_solvers_bench
         from ..solvers import check_backend
         backends = args.backends.split(",") if args.backends else None
         for b in backends or []:
@@ -18,18 +18,18 @@ def cmd_bench(args, out) -> int:
         out.emit((Path(args.out) / "solvers.md").read_text())
         return 1 if data["disagreements"] else 0
     if args.suite == "equivalence":
-        from ..bench_equivalence import run_equivalence_bench
+        from ..bench.equivalence import run_equivalence_bench
         run_equivalence_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
                               time_limit=args.case_time_limit, limit=args.limit)
         out.emit((Path(args.out) / "equivalence.md").read_text())
         return 0
     if args.suite == "graphs":
-        from ..bench_graphs import run_graphs_bench
+        from ..bench.graphs import run_graphs_bench
         run_graphs_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out), limit=args.limit)
         out.emit((Path(args.out) / "graphs.md").read_text())
         return 0
     if args.suite == "slicing":
-        from ..bench_slicing import run_slicing_bench
+        from ..bench.slicing import run_slicing_bench
         data = run_slicing_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
                                  time_limit=args.time_limit, milp_budget=args.milp_budget, limit=args.limit)
         out.emit((Path(args.out) / "slicing.md").read_text())

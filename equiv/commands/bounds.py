@@ -46,8 +46,8 @@ def cmd_bounds(args, out) -> int:
 
 def _bounds_chain(args, out) -> int:
     """LP/MILP bounds: the solver encodings still work on chains of dense layers."""
-    from ..onnx_io import load_onnx
-    from ..stability import prove_stability
+    from ..ir.chain_io import load_onnx
+    from ..prove.stability import prove_stability
     require_chain(args.model, f"equiv bounds --method {args.method}")
     net = load_onnx(args.model)
     box, source = region_of(args)

@@ -20,9 +20,9 @@ def _epsilon(text):
 
 
 def cmd_check(args, out) -> int:
-    from ..artifacts import OutputGuard, write_json_atomic
-    from ..equivalence import CheckOptions, check_models, summary
-    from ..simplify import sha256_of
+    from ..artifacts.files import OutputGuard, write_json_atomic
+    from ..prove.equivalence import CheckOptions, check_models, summary
+    from ..apps.simplify import sha256_of
     from ..solvers import check_backend
     guard = OutputGuard(inputs_of(args, "model_a", "model_b"))
     if args.report:
@@ -32,16 +32,16 @@ def cmd_check(args, out) -> int:
     opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,
                        time_limit=args.time_limit, query_time_limit=args.query_time_limit, max_boxes=args.max_boxes,
                        max_pieces=args.max_pieces, samples=args.samples, seed=args.seed, progress=progress_of(args))
-    from ..graph_simplify import takes_chain_pipeline
+    from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
     ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once
     if takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b):
         res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
     else:
-        from ..graph_check import check_graphs
-        from ..validate import OnnxRunner
+        from ..prove.graph_check import check_graphs
+        from ..artifacts.validate import OnnxRunner
         res = check_graphs(ga, gb, boxes, OnnxRunner(str(args.model_a)), OnnxRunner(str(args.model_b)), opt)
-    from ..region import hull
+    from ..spec.region import hull
     region = {"source": source, **hull(boxes).to_json()}
     if len(boxes) > 1:
         region["boxes"] = [b.to_json() for b in boxes]

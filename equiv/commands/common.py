@@ -9,7 +9,7 @@ def clip_of(args):
     if not args.clip:
         return None
     from ..errors import RegionError
-    from ..region import box_from_string
+    from ..spec.region import box_from_string
     try:
         c = box_from_string(args.clip)
     except RegionError as exc:
@@ -21,14 +21,14 @@ def clip_of(args):
 
 def regions_of(args):
     """Every box of the region (a VNN-LIB disjunction gives several) and its description."""
-    from ..region import load_regions
+    from ..spec.region import load_regions
     return load_regions(spec=args.spec, box=args.box, center=args.center, radius=args.radius, clip=clip_of(args))
 
 
 def region_of(args):
     """One box for the commands that work on one: the region itself, or the hull of its boxes (a superset:
     sound for simplifying and bounding), said in the description."""
-    from ..region import load_region
+    from ..spec.region import load_region
     return load_region(spec=args.spec, box=args.box, center=args.center, radius=args.radius, clip=clip_of(args))
 
 
@@ -39,7 +39,7 @@ def inputs_of(args, *names) -> list:
 
 def stability_options(args, progress: bool):
     from ..solvers import check_backend
-    from ..stability import StabilityOptions
+    from ..prove.stability import StabilityOptions
     check_backend(args.backend)
     return StabilityOptions(method=args.method, backend=args.backend, time_limit=args.time_limit,
                             samples=args.samples, seed=args.seed, progress=progress, milp_budget=args.milp_budget,
@@ -54,7 +54,7 @@ def require_chain(path, what: str) -> None:
     """Refuse, before any heavy work, a model that only the graph pipeline holds, for a command that
     works on chains of dense layers so far (densifying its convolutions would take minutes and GiBs)."""
     from ..errors import UnsupportedModelError
-    from ..graph_simplify import takes_chain_pipeline
+    from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
     if not takes_chain_pipeline(load_graph(path), path):
         raise UnsupportedModelError(f"{what} works on chains of dense layers so far; {path} has convolutions, "

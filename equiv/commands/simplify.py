@@ -11,16 +11,16 @@ from .common import inputs_of, progress_of, region_of, stability_options
 
 
 def cmd_simplify(args, out) -> int:
-    from ..artifacts import OutputGuard, save_onnx_atomic, write_json_atomic
-    from ..report import build_report, summary
-    from ..simplify import simplify
+    from ..artifacts.files import OutputGuard, save_onnx_atomic, write_json_atomic
+    from ..artifacts.report import build_report, summary
+    from ..apps.simplify import simplify
     guard = OutputGuard(inputs_of(args, "model"))
     target = guard.claim(args.output or str(Path(args.model).with_suffix("")) + ".simplified.onnx",
                          "simplified model")
     if args.report:
         guard.claim(args.report, "report")
     box, source = region_of(args)
-    from ..graph_simplify import takes_chain_pipeline
+    from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
     graph = load_graph(args.model)            # refuses unsupported models at once, checks every node
     if not takes_chain_pipeline(graph, args.model):
@@ -31,7 +31,7 @@ def cmd_simplify(args, out) -> int:
     report = build_report(res)
     code = 0
     if args.certify:
-        from ..equivalence import certify_simplified
+        from ..prove.equivalence import certify_simplified
         cert = certify_simplified(res, tolerance=args.tolerance, backend=args.backend,
                                   time_limit=args.certify_time_limit, progress=progress)
         report["certificate"] = {k: v for k, v in cert.to_json().items() if k != "pieces"}
@@ -63,11 +63,11 @@ GRAPH_LP_BUDGET = 60.0     # seconds of LP queries on a graph when --milp-budget
 
 def _simplify_graph(args, out, graph, box, source, target) -> int:
     """simplify for convolutional, residual and multi-input graphs (the DAG pipeline)."""
-    from ..artifacts import save_onnx_atomic, write_json_atomic
+    from ..artifacts.files import save_onnx_atomic, write_json_atomic
     from ..errors import UnsupportedModelError
-    from ..graph_simplify import simplify_graph
-    from ..simplify import sha256_of
-    from ..validate import OnnxRunner
+    from ..apps.graph_simplify import simplify_graph
+    from ..apps.simplify import sha256_of
+    from ..artifacts.validate import OnnxRunner
     if args.certify:
         raise UnsupportedModelError("--certify runs `equiv check`, which works on chains of dense layers so far; "
                                     "this model has convolutions, branches or several inputs/outputs")

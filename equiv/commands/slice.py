@@ -8,8 +8,8 @@ from .common import inputs_of, progress_of, region_of, require_chain, stability_
 
 
 def cmd_slice(args, out) -> int:
-    from .. import slicing
-    from ..artifacts import OutputGuard
+    from ..apps import slicing
+    from ..artifacts.files import OutputGuard
     from ..errors import InputFileError
     if args.verify:
         given = any(v is not None for v in (args.spec, args.box, args.center))

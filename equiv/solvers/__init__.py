@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from ..errors import SolverUnavailableError
-from ..milp import LinearModel
+from ..encode.chain import LinearModel
 from .base import Backend, Decision, SolveResult, Status
 
 BACKENDS = ("highs", "gurobi", "cbc")

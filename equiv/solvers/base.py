@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..milp import LinearModel
+from ..encode.chain import LinearModel
 
 
 class Status(enum.Enum):

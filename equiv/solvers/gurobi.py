@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ..errors import SolverUnavailableError
-from ..milp import LinearModel, safe_upper_bound
+from ..encode.chain import LinearModel, safe_upper_bound
 from .base import Backend, Decision, SolveResult, Status
 
 try:

@@ -15,7 +15,7 @@ import time
 import highspy
 import numpy as np
 
-from ..milp import LinearModel, safe_upper_bound
+from ..encode.chain import LinearModel, safe_upper_bound
 from .base import Backend, Decision, SolveResult, Status
 
 INF = highspy.kHighsInf

@@ -1,0 +1,1 @@
+"""The jobs: simplify (chain and graph) and slice, each plan -> run -> assemble."""

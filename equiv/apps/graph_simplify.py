@@ -1,0 +1,189 @@
+"""`simplify` on any graph (convolutions, residual blocks, several inputs): phases by sampling and the
+DAG bounds engine, each ReLU replaced by a masked one, exported with Conv kept as Conv, validated.
+
+A position proved dead on the region outputs 0 and one proved active passes its input through; both
+lose their ReLU (a verifier downstream has no case split there).  Only positions that are neither
+proved stable nor shown unstable by a real point stay `unknown`, and keep their ReLU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..bounds.engine import GraphBounds, deeppoly_graph, interval_graph
+from ..errors import ValidationError
+from ..prove.graph_lp import lp_stage
+from ..transform.graph_prune import prune_dead
+from ..ir import ops
+from ..ir.graph import Graph
+from ..ir.onnx_export import graph_to_onnx
+from ..spec.region import Box
+from ..artifacts.validate import OnnxRunner, ValidationReport, ascent_points, compare_on_points, validation_points
+
+# ops that the chain pipeline (dense layers, LP/MILP proofs) represents as well
+CHAIN_OPS = (ops.Input, ops.Relu, ops.Dense, ops.Scale, ops.Shift, ops.Reshape, ops.Transpose)
+
+
+def is_dense_chain(g: Graph) -> bool:
+    """One input, one output, and only dense layers, elementwise affine maps and reshapes between ReLUs."""
+    return (len(g.inputs) == 1 and len(g.outputs) == 1 and all(isinstance(g.op(n), CHAIN_OPS) for n in g.order)
+            and all(g.dag.out_degree(n) <= 1 for n in g.order))
+
+
+def takes_chain_pipeline(g: Graph, path) -> bool:
+    """Dense chains, and equiv's own partial-ReLU layers (Concat of a Relu and a linear branch), go to the
+    chain pipeline (input splitting, LP/MILP, the difference checker); everything else to the graph one."""
+    if is_dense_chain(g):
+        return True
+    if len(g.inputs) != 1 or len(g.outputs) != 1 or not all(isinstance(g.op(n), CHAIN_OPS + (ops.Concat,))
+                                                              for n in g.order):
+        return False
+    from ..errors import UnsupportedModelError
+    from ..ir.chain_io import load_onnx
+    try:
+        load_onnx(path)
+        return True
+    except UnsupportedModelError:
+        return False
+
+
+@dataclass
+class GraphPhases:
+    """Per ReLU node, boolean arrays (the shape of its input) of proved and observed phases."""
+
+    dead: dict
+    active: dict
+    unstable: dict
+    bounds: GraphBounds
+    witnesses: np.ndarray
+    method: str
+    stats: dict = field(default_factory=dict)     # LP queries made, undecided, proofs, skipped by the budget
+
+    def counts(self) -> dict:
+        c = {k: int(sum(np.sum(v) for v in getattr(self, k).values())) for k in ("dead", "active", "unstable")}
+        total = int(sum(v.size for v in self.dead.values()))
+        c["unknown"] = total - c["dead"] - c["active"] - c["unstable"]
+        return c
+
+    def per_layer(self, g: Graph) -> list[dict]:
+        rows = []
+        for r in self.dead:
+            d, a, u = self.dead[r], self.active[r], self.unstable[r]
+            rows.append({"relu": r, "shape": list(d.shape), "positions": int(d.size), "dead": int(d.sum()),
+                         "active": int(a.sum()), "unstable": int(u.sum()), "unknown": int(d.size - d.sum() - a.sum() - u.sum())})
+        return rows
+
+
+def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
+                 progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphPhases:
+    """Proved phases (interval or DeepPoly bounds on the DAG, then with method lp/milp one LP per position
+    still undecided) and positions seen with both signs at real points."""
+    rng = np.random.default_rng(seed)
+    pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
+    vals = g.evaluate(pts)
+    pos = {r: (vals[g.args(r)[0]] > 0).any(axis=0) for r in g.relus}
+    neg = {r: (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
+    b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress)
+    stats = {}
+    if method in ("lp", "milp"):      # pos / neg grow with the LPs' points
+        b, stats = lp_stage(g, box, b, pos, neg, time_limit=time_limit, budget=budget, progress=progress)
+    seen = {r: pos[r] & neg[r] for r in g.relus}
+    dead, active, unstable = {}, {}, {}
+    for r in g.relus:
+        z = g.args(r)[0]
+        dead[r] = b.hi[z] <= 0
+        active[r] = (b.lo[z] >= 0) & ~dead[r]
+        unstable[r] = seen[r] & ~dead[r] & ~active[r]
+    # the witnesses: a thinned subset of the sampled points (they show the unstable positions)
+    wit = pts[:: max(1, len(pts) // 64)]
+    return GraphPhases(dead, active, unstable, b, wit, "lp" if method in ("lp", "milp") else method, stats)
+
+
+def reduce_graph(g: Graph, ph: GraphPhases) -> Graph:
+    """Each ReLU becomes a MaskedRelu: ReLU where not proved stable, identity where active, 0 where dead."""
+    nodes = []
+    for name in g.order:
+        op = g.op(name)
+        if name in ph.dead:
+            keep = ~(ph.dead[name] | ph.active[name])
+            prev = getattr(op, "relu_mask", np.ones(op.shape, bool))
+            lin = getattr(op, "linear_mask", np.zeros(op.shape, bool))
+            op = ops.MaskedRelu(op.shape, relu_mask=keep & prev, linear_mask=lin | (ph.active[name] & prev))
+        nodes.append((name, op, g.args(name)))
+    return Graph.build(nodes, g.inputs, g.outputs, meta=dict(g.meta))
+
+
+@dataclass
+class GraphSimplifyResult:
+    original: Graph
+    simplified: Graph
+    phases: GraphPhases
+    onnx_model: onnx.ModelProto
+    validation: ValidationReport
+    seconds: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def report(self) -> dict:
+        c = self.phases.counts()
+        return {"relus_before": self.original.n_relus, "relus_after": self.simplified.n_relus,
+                "params_before": self.original.n_params, "params_after": self.simplified.n_params,
+                "macs_before": self.original.n_macs, "macs_after": self.simplified.n_macs,
+                "relu_layers": len(self.original.relus), "method": self.phases.method,
+                "phases": c, "unknown": c["unknown"], "queries": self.phases.stats,
+                "per_layer": self.phases.per_layer(self.original),
+                "per_node": self.per_node(), "validation": self.validation.to_json(),
+                "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "notes": self.notes}
+
+    def per_node(self) -> list[dict]:
+        """Per node of the original graph that has parameters, MACs or ReLUs: before -> after."""
+        rows = []
+        for n in self.original.order:
+            a, b = self.original.op(n), self.simplified.op(n)
+            relus = getattr(a, "n_relus", 0), getattr(b, "n_relus", 0)
+            if a.params or a.macs or relus[0]:
+                rows.append({"node": n, "op": type(a).__name__, "shape_before": list(a.shape),
+                             "shape_after": list(b.shape), "params_before": a.params, "params_after": b.params,
+                             "macs_before": a.macs, "macs_after": b.macs, "relus_before": relus[0],
+                             "relus_after": relus[1]})
+        return rows
+
+
+def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
+                   seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
+                   progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphSimplifyResult:
+    """Prove, reduce, export and validate; ValidationError (nothing to write) above the tolerance."""
+    t0 = time.perf_counter()
+    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget)
+    seconds = {"prove": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    small, removed = prune_dead(reduce_graph(g, ph))
+    model = graph_to_onnx(small)
+    seconds["reduce_export"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    points = validation_points(box, validation_samples, np.random.default_rng(seed + 1), ph.witnesses)
+    points["ascent"] = ascent_points(g, small, box, np.vstack(list(points.values())))
+    val = compare_on_points(reference, OnnxRunner(model), points, tolerance)
+    seconds["validate"] = time.perf_counter() - t1
+    if not val.ok:
+        raise ValidationError(f"BUG: the simplified model differs from the original by {val.max_abs_diff:.3g} "
+                              f"(tolerance {tolerance:g}) at input {val.worst_input}; nothing was written. "
+                              "Please report this.")
+    seconds["total"] = time.perf_counter() - t0
+    notes = []
+    if any(removed.values()):
+        notes.append(f"deleted {removed['dense_rows']} dead rows of dense layers and {removed['conv_channels']} dead "
+                     "convolution channels (with the next layer's matching columns / input channels)")
+    if method == "milp":
+        notes.append("--method milp: MILP decisions run on chains of dense layers only so far; on this graph the "
+                     "phases come from DeepPoly, one triangle-relaxation LP per undecided position, and sampling")
+    if ph.stats.get("lp_skipped"):
+        notes.append(f"the solver budget ran out: {ph.stats['lp_skipped']} positions got no LP query (they stay "
+                     "'unknown' unless sampling showed them unstable)")
+    if ph.counts()["unknown"]:
+        notes.append(f"{ph.counts()['unknown']} ReLU positions are neither proved stable nor seen unstable; they "
+                     "keep their ReLU")
+    return GraphSimplifyResult(g, small, ph, model, val, seconds, notes)

@@ -1,0 +1,1 @@
+"""What equiv writes and how it is checked: atomic files, reports, validation in onnxruntime."""

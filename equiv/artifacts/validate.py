@@ -1,0 +1,147 @@
+"""Run models in onnxruntime and compare them on many points of a region (random, corners, witnesses)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..spec.region import Box
+
+
+class OnnxRunner:
+    """Evaluate an ONNX model on a batch of flat float32 points, batched when the model allows it.
+
+    A point holds every input flattened, in the order of the graph's inputs (as VNN-COMP's X_i); the
+    result holds every output flattened, in order."""
+
+    def __init__(self, model: onnx.ModelProto | str):
+        if isinstance(model, str):
+            model = onnx.load(model)
+        self.model = model
+        inits = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in inits]
+        self.names = [i.name for i in inputs]
+        self.shapes = [[d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim]
+                       for i in inputs]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.input_name, self.shape = self.names[0], self.shapes[0]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # probing a batched copy may fail: stay quiet
+        opts.intra_op_num_threads = 1
+        # onnxruntime's extended graph optimisations fuse Transpose + MatMul by a 1-D constant into a
+        # FusedMatMul that computes a wrong answer (seen with onnxruntime 1.32; found by tests/test_import_fuzz.py):
+        # compare models under ONNX's own semantics, with the basic (semantics-preserving) level only
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self._opts = opts
+        self.single = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.batched = self._try_batched(model, inits)
+
+    def _feed(self, x: np.ndarray, lead: list) -> dict:
+        """{input name: array} from flat points x (n, total), each input shaped `lead + shape[1:]` or its shape."""
+        feed, k = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            part = x[:, k:k + size]
+            feed[name] = part.reshape(lead + shape[1:]) if lead else part.reshape(shape)
+            k += size
+        return feed
+
+    def _try_batched(self, model, inits):
+        """A copy of the model with a symbolic batch dimension, if onnxruntime accepts it."""
+        if any(not s or s[0] != 1 for s in self.shapes):
+            return None
+        m = copy.deepcopy(model)
+        for vi in [i for i in m.graph.input if i.name not in inits] + list(m.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            if dims:
+                dims[0].dim_param = "batch"
+        try:
+            sess = ort.InferenceSession(m.SerializeToString(), self._opts, providers=["CPUExecutionProvider"])
+            outs = sess.run(None, self._feed(np.zeros((3, sum(self.sizes)), np.float32), [3]))
+            return sess if all(o.shape[0] == 3 for o in outs) else None
+        except Exception:
+            return None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        x = x.reshape(x.shape[0], -1)
+        if self.batched is not None:
+            out = []
+            for s in range(0, x.shape[0], 4096):
+                chunk = x[s:s + 4096]
+                res = self.batched.run(None, self._feed(chunk, [chunk.shape[0]]))
+                out.append(np.hstack([r.reshape(chunk.shape[0], -1) for r in res]))
+            return np.vstack(out)
+        return np.vstack([np.hstack([r.reshape(1, -1) for r in self.single.run(None, self._feed(xi[None], []))])
+                          for xi in x])
+
+
+@dataclass
+class ValidationReport:
+    samples: int
+    max_abs_diff: float
+    worst_input: list
+    by_source: dict          # source -> (count, max abs diff)
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_json(self) -> dict:
+        return {"samples": self.samples, "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
+                "ok": self.ok, "by_source": {k: {"samples": n, "max_abs_diff": d} for k, (n, d) in self.by_source.items()},
+                "worst_input": self.worst_input}
+
+
+def validation_points(box: Box, n: int, rng: np.random.Generator, witnesses: np.ndarray | None = None,
+                      vertices: int = 1024) -> dict:
+    """Named point sets: uniform random, vertices (all when at most `vertices`, else that many at random,
+    in every run), the centre, solver witnesses."""
+    pts = {"random": box.sample(n, rng), "vertices": box.vertices(vertices, rng), "center": box.center[None]}
+    if witnesses is not None and len(witnesses):
+        pts["witnesses"] = np.clip(witnesses, box.lo, box.hi)
+    return {k: v for k, v in pts.items() if len(v)}
+
+
+def ascent_points(f, g, box: Box, starts: np.ndarray, restarts: int = 32, steps: int = 40) -> np.ndarray:
+    """Points where |f - g| is large: signed-gradient ascent (the falsifier's) on max_j |f_j - g_j| from the
+    `restarts` starting points where it is largest; f and g are Networks evaluated in float64."""
+    from ..prove.falsify import _ascend, _scores
+    if not len(starts):
+        return np.empty((0, box.dim))
+    if len(starts) > 1024:        # score a fixed subset: on conv nets a float64 pass costs more than ONNX Runtime's
+        starts = starts[np.random.default_rng(0).choice(len(starts), 1024, replace=False)]
+    eps = np.ones(f.n_outputs)
+    best = starts[np.argsort(-_scores(f, g, starts, "linf", eps))[:restarts]]
+    return _ascend(f, g, box, best, "linf", eps, steps)
+
+
+def compare_models(a: OnnxRunner, b: OnnxRunner, box: Box, n: int = 10000, seed: int = 0,
+                   witnesses: np.ndarray | None = None, tolerance: float = 1e-4, networks=None) -> ValidationReport:
+    """Worst absolute output difference of two models over sampled points of the region; with
+    `networks=(f, g)` (the two models as Networks) also at the points a gradient ascent on |f - g| finds."""
+    rng = np.random.default_rng(seed)
+    points = validation_points(box, n, rng, witnesses)
+    if networks is not None:
+        points["ascent"] = ascent_points(*networks, box, np.vstack(list(points.values())))
+    return compare_on_points(a, b, points, tolerance)
+
+
+def compare_on_points(a: OnnxRunner, b: OnnxRunner, points: dict, tolerance: float = 1e-4) -> ValidationReport:
+    """Worst absolute output difference of two models over named point sets {source: (n, dim) array}."""
+    by_source, worst, worst_x, total = {}, 0.0, None, 0
+    for name, x in points.items():
+        if not len(x):
+            continue
+        # a NaN output (e.g. corrupted weights) counts as an infinite difference, never as a match
+        d = np.nan_to_num(np.abs(a(x) - b(x)), nan=np.inf).max(axis=1)
+        i = int(np.argmax(d))
+        by_source[name] = (len(x), float(d[i]))
+        total += len(x)
+        if d[i] >= worst:
+            worst, worst_x = float(d[i]), x[i]
+    return ValidationReport(total, worst, [] if worst_x is None else worst_x.tolist(), by_source, tolerance)

@@ -1,0 +1,1 @@
+"""`equiv bench`: suites of real networks, results written to results/."""

@@ -1,0 +1,1 @@
+"""Networks as solver-neutral LP/MILP models."""

@@ -1,0 +1,1 @@
+"""Proofs: neuron stability, equivalence of two networks, falsification."""

@@ -1,0 +1,160 @@
+"""Look for inputs where two networks differ: sampling, then projected gradient ascent, then onnxruntime.
+
+Cheap and incomplete by design: it runs before any proof so that a pair that differs is reported
+with a real counterexample in seconds, and it supplies `max_diff_lower` (the largest difference
+actually seen).  Only points re-run in onnxruntime on both models count (`confirm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.network import Network
+from ..spec.region import Box
+
+
+def gradient(net: Network, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(n, n_in) gradients of v[i] . net(x) at each point x[i] (backpropagation through the ReLU pattern);
+    `net` may also be a Graph."""
+    if not isinstance(net, Network):
+        return net.gradient(x, v)
+    _, pre = net.forward(x, return_pre=True)
+    dense = net.dense
+    g = v @ dense[-1].W
+    for k in range(len(pre) - 1, -1, -1):
+        g = np.where(net.masks[k], g * (pre[k] > 0), g) @ dense[k].W   # ReLU' is 0 or 1 (0 at 0)
+    return g
+
+
+def linf_scores(fx: np.ndarray, gx: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """Per point, max_j |f_j - g_j| / eps_j: above 1 is a violation."""
+    return (np.abs(fx - gx) / eps).max(axis=1)
+
+
+def top1_scores(fx: np.ndarray, gx: np.ndarray) -> np.ndarray:
+    """Per point, how far f's winner c is from losing in g while still winning in f: min(m_f, -m_g) with
+    m_f = f_c - max_{k != c} f_k and m_g = g_c - max_{k != c} g_k.  Positive: the argmaxes differ."""
+    c = fx.argmax(axis=1)
+    rows = np.arange(fx.shape[0])
+    others = lambda y: np.where(np.arange(y.shape[1]) == c[:, None], -np.inf, y).max(axis=1)  # noqa: E731
+    m_f = fx[rows, c] - others(fx)
+    m_g = gx[rows, c] - others(gx)
+    return np.minimum(m_f, -m_g)
+
+
+@dataclass
+class Candidates:
+    points: np.ndarray      # (n, dim) the most promising points found, best first
+    scores: np.ndarray      # their scores (float64 evaluation)
+
+
+def search(f: Network, g: Network, box: Box, norm: str, eps: np.ndarray, rng: np.random.Generator,
+           samples: int = 10000, restarts: int = 32, steps: int = 40, extra: np.ndarray | None = None) -> Candidates:
+    """Random points, vertices (all, or 1024 at random), the centre and `extra` points, then signed-gradient ascent from the best ones."""
+    pts = [box.sample(samples, rng), box.vertices(1024, rng), box.center[None]]
+    if extra is not None and len(extra):
+        pts.append(np.clip(extra, box.lo, box.hi))
+    X = np.vstack(pts)
+    score = _scores(f, g, X, norm, eps)
+    start = X[np.argsort(-score)[:restarts]]
+    found = _ascend(f, g, box, start, norm, eps, steps)
+    X = np.vstack([X, found])
+    score = np.concatenate([score, _scores(f, g, found, norm, eps)])
+    order = np.argsort(-score)[:max(restarts, 64)]
+    return Candidates(X[order], score[order])
+
+
+def _scores(f, g, X, norm, eps):
+    fx, gx = f.forward(X), g.forward(X)
+    return linf_scores(fx, gx, eps) if norm == "linf" else top1_scores(fx, gx)
+
+
+def _ascend(f, g, box, X, norm, eps, steps):
+    """Signed-gradient ascent of the score, projected on the box; the best point of each run."""
+    width = box.hi - box.lo
+    x = X.copy()
+    best, best_s = x.copy(), _scores(f, g, x, norm, eps)
+    rows = np.arange(x.shape[0])
+    # the (output, sign) or class each run attacks is fixed by its starting point
+    fx, gx = f.forward(x), g.forward(x)
+    if norm == "linf":
+        r = (fx - gx) / eps
+        j = np.abs(r).argmax(axis=1)
+        sign = np.sign(r[rows, j]) + (r[rows, j] == 0)
+    else:
+        c = fx.argmax(axis=1)
+    step = 0.25
+    n_out = fx.shape[1]
+    eye = np.eye(n_out)
+    for _ in range(steps):
+        if norm == "linf":
+            v = sign[:, None] * eye[j]
+            grad = gradient(f, x, v) - gradient(g, x, v)
+        else:
+            fx, gx = f.forward(x), g.forward(x)
+            kf = np.where(np.arange(n_out) == c[:, None], -np.inf, fx).argmax(axis=1)
+            kg = np.where(np.arange(n_out) == c[:, None], -np.inf, gx).argmax(axis=1)
+            m_f = fx[rows, c] - fx[rows, kf]
+            m_g = gx[rows, c] - gx[rows, kg]
+            # ascend the smaller of m_f and -m_g
+            grad = np.where((m_f < -m_g)[:, None], gradient(f, x, eye[c] - eye[kf]), gradient(g, x, eye[kg] - eye[c]))
+        x = np.clip(x + step * np.sign(grad) * width, box.lo, box.hi)
+        s = _scores(f, g, x, norm, eps)
+        better = s > best_s
+        best[better], best_s[better] = x[better], s[better]
+        step *= 0.85
+    return best
+
+
+def to_float32_in_box(x: np.ndarray, box: Box) -> np.ndarray | None:
+    """The float32 point nearest x that still lies in the box (None if the box holds no float32 there)."""
+    x32 = np.clip(x, box.lo, box.hi).astype(np.float32)
+    lo_bad = x32.astype(np.float64) < box.lo
+    x32[lo_bad] = np.nextafter(x32[lo_bad], np.float32(np.inf))
+    hi_bad = x32.astype(np.float64) > box.hi
+    x32[hi_bad] = np.nextafter(x32[hi_bad], np.float32(-np.inf))
+    return x32 if bool(box.contains(x32.astype(np.float64)[None])[0]) else None
+
+
+@dataclass
+class Confirmed:
+    input: np.ndarray        # float32 point of the region
+    output_a: np.ndarray
+    output_b: np.ndarray
+    score: float             # linf: max_j |a_j - b_j| / eps_j; top1: 1 when the argmaxes differ
+
+    def to_json(self) -> dict:
+        return {"input": [float(v) for v in self.input], "output_a": [float(v) for v in self.output_a],
+                "output_b": [float(v) for v in self.output_b],
+                "max_abs_diff": float(np.abs(self.output_a - self.output_b).max()),
+                "argmax_a": int(np.argmax(self.output_a)), "argmax_b": int(np.argmax(self.output_b))}
+
+
+def evaluate(run_a, run_b, X: np.ndarray, box: Box):
+    """Run float32 versions of the points (kept inside the box) in both models: (points, out_a, out_b)."""
+    pts = [p for p in (to_float32_in_box(x, box) for x in np.atleast_2d(X)) if p is not None]
+    if not pts:
+        return np.empty((0, box.dim), np.float32), np.empty((0, 0)), np.empty((0, 0))
+    P = np.vstack(pts)
+    return P, run_a(P).astype(np.float64), run_b(P).astype(np.float64)
+
+
+def confirm(run_a, run_b, X: np.ndarray, box: Box, norm: str, eps: np.ndarray):
+    """The first point of X that is a counterexample in onnxruntime (None if none is), and the largest
+    absolute output difference seen at these points."""
+    P, A, B = evaluate(run_a, run_b, X, box)
+    if not len(P):
+        return None, 0.0
+    seen = float(np.abs(A - B).max())
+    if norm == "linf":
+        s = linf_scores(A, B, eps)
+        bad = np.flatnonzero(s > 1.0)
+    else:
+        s = (A.argmax(axis=1) != B.argmax(axis=1)).astype(float)
+        bad = np.flatnonzero(s > 0)
+    if not bad.size:
+        return None, seen
+    i = bad[np.argmax(s[bad])]
+    return Confirmed(P[i], A[i], B[i], float(s[i])), seen

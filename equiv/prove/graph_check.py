@@ -1,0 +1,120 @@
+"""`check` for graphs the chain checker cannot hold (convolutions, residual blocks): falsification, then
+DeepPoly on the *product graph* (both networks over one shared input, ending in their difference or
+their class margins).  A proof needs the product's bound; anything else is `unknown` with the proven
+interval.  No input splitting or MILP on graphs yet: high-dimensional regions are rarely split anyway.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import falsify
+from ..bounds.engine import deeppoly_graph
+from .equivalence import CheckOptions, CheckResult, Piece, eps_vector
+from ..errors import InputFileError
+from ..ir import ops
+from ..ir.graph import Graph
+from ..spec.region import Box
+
+
+def product_graph(f: Graph, g: Graph) -> Graph:
+    """One graph computing f(x) - g(x) (outputs flattened and concatenated) over a shared input."""
+    nodes = []
+    for prefix, net in (("a:", f), ("b:", g)):
+        shared = {n: "a:" + f.inputs[net.inputs.index(n)] for n in net.inputs}   # B reads A's inputs
+        for name in net.order:
+            op = net.op(name)
+            if op.kind == "input":
+                if prefix == "a:":
+                    nodes.append((prefix + name, op, []))
+                continue
+            nodes.append((prefix + name, op, [shared.get(a, prefix + a) for a in net.args(name)]))
+    flat_a, flat_b = _flatten(nodes, f, "a:"), _flatten(nodes, g, "b:")
+    m = f.n_outputs
+    nodes.append(("diff", ops.Add((1, m), in_shapes=[(1, m), (1, m)], signs=(1.0, -1.0)), [flat_a, flat_b]))
+    return Graph.build(nodes, ["a:" + n for n in f.inputs], ["diff"])
+
+
+def margin_graph(net: Graph, head: np.ndarray) -> Graph:
+    """net followed by head @ (its outputs flattened): e.g. the margins f_c - f_k of a class c."""
+    nodes = [(n, net.op(n), net.args(n)) for n in net.order]
+    flat = _flatten(nodes, net, "")
+    nodes.append(("margins", ops.Dense((1, head.shape[0]), W=head), [flat]))
+    return Graph.build(nodes, net.inputs, ["margins"])
+
+
+def _flatten(nodes: list, net: Graph, prefix: str) -> str:
+    """A (1, n_outputs) tensor: the outputs of `net` (named with `prefix`) flattened and concatenated."""
+    parts, shapes = [], []
+    for k, o in enumerate(net.outputs):
+        shape = net.shape(o)
+        name = f"{prefix}equiv_flat{k}"
+        nodes.append((name, ops.Reshape((1, int(np.prod(shape))), in_shape=shape), [prefix + o]))
+        parts.append(name)
+        shapes.append((1, int(np.prod(shape))))
+    if len(parts) == 1:
+        return parts[0]
+    name = f"{prefix}equiv_flat"
+    nodes.append((name, ops.Concat((1, net.n_outputs), axis=1, in_shapes=shapes), parts))
+    return name
+
+
+def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng) -> tuple:
+    """(verdict, upper bound on max_j |f_j - g_j|, largest difference seen, counterexample, notes) on one box."""
+    cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples)
+    cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, eps)
+    if cex is not None:
+        return "not_equivalent", np.inf, seen, cex, []
+    p = product_graph(f, g)
+    d = deeppoly_graph(p, box)
+    upper = float(np.maximum(np.abs(d.lo["diff"]), np.abs(d.hi["diff"])).max())
+    if opt.norm == "linf":
+        per_out = np.maximum(np.abs(d.lo["diff"]), np.abs(d.hi["diff"])).reshape(-1)
+        return ("equivalent" if np.all(per_out <= eps) else "unknown"), upper, seen, None, []
+    # top1: one class c winning strictly in both networks on the whole box (margins f_c - f_k > 0)
+    n = f.n_outputs
+    c = int(np.argmax(f.forward(box.center[None])[0]))
+    head = np.eye(n)[c][None, :] - np.delete(np.eye(n), c, axis=0)
+    proved = all(bool(np.all(deeppoly_graph(margin_graph(net, head), box).lo["margins"] > 0)) for net in (f, g))
+    notes = [] if proved else [f"top-1: DeepPoly could not show one class (the centre's, {c}) winning strictly in "
+                               "both networks on the whole box"]
+    return ("equivalent" if proved else "unknown"), upper, seen, None, notes
+
+
+def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckOptions) -> CheckResult:
+    """Check two graphs on every box of the region; the same verdict rules as `check_networks`."""
+    if f.n_inputs != g.n_inputs:
+        raise InputFileError(f"the models take different inputs: A has {f.n_inputs} input values, B has {g.n_inputs}")
+    if f.n_outputs != g.n_outputs:
+        raise InputFileError(f"the models give different outputs: A has {f.n_outputs} output values, "
+                             f"B has {g.n_outputs}")
+    t0 = time.perf_counter()
+    eps = eps_vector(opt, f.n_outputs)
+    rng = np.random.default_rng(opt.seed)
+    pieces, notes, uppers, seen_all, cex = [], [], [], 0.0, None
+    verdict = "equivalent"
+    for box in boxes:
+        box.check_dim(f.n_inputs)
+        v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng)
+        pieces.append(Piece(box.lo, box.hi, v, "bounds" if v == "equivalent" else "none", upper))
+        uppers.append(upper)
+        seen_all = max(seen_all, seen)
+        notes += more
+        if v == "not_equivalent":
+            verdict, cex = v, c
+            break
+        if v != "equivalent":
+            verdict = "unknown"
+    if opt.measure and opt.epsilon is None and verdict != "not_equivalent":
+        verdict = "measured"
+    notes.append("graph check: falsification, then DeepPoly on the product graph of the two networks; input "
+                 "splitting and the product MILP work on chains of dense layers only so far")
+    return CheckResult(verdict=verdict, norm=opt.norm, epsilon=None if opt.epsilon is None else eps.tolist(),
+                       max_diff_upper=float(max(uppers)) if verdict != "not_equivalent" else np.inf,
+                       max_diff_lower=seen_all, counterexample=cex, backend=opt.backend,
+                       seconds=time.perf_counter() - t0, pieces=pieces,
+                       stats={"boxes": len(pieces), "milp_queries": 0, "pipeline": "graph",
+                              "pieces": {v: sum(p.verdict == v for p in pieces)
+                                         for v in ("equivalent", "unknown", "not_equivalent")}}, notes=notes)

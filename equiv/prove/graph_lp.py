@@ -1,0 +1,85 @@
+"""LP tightening on graphs: ReLU layer by layer, each position neither proved stable nor seen unstable gets
+one triangle-relaxation LP over the graph up to that layer; only the solver's dual bound (made rigorous by
+`milp.safe_upper_bound`) proves it dead or active.  A query that ends any other way proves nothing.
+
+The LP of a layer is built once (sparse; convolutions from their adjoints) and its queries differ only
+in the objective, so HiGHS runs them warm, with presolve.  After each layer, DeepPoly is recomputed
+with the tighter bounds, so later layers start from better relaxations.
+"""
+
+from __future__ import annotations
+
+import time
+
+import networkx as nx
+import numpy as np
+from tqdm import tqdm
+
+from ..bounds.engine import GraphBounds, deeppoly_graph
+from ..encode.graph import encode_graph
+from ..ir.graph import Graph
+from ..spec.region import Box
+from ..solvers import Status
+from ..solvers.highs import HighsBackend
+
+
+def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
+             budget: float | None = None, progress: bool = False) -> tuple[GraphBounds, dict]:
+    """Tighter bounds (sound: intersections with LP dual bounds) and counts of the queries made.
+
+    pos / neg: per ReLU, the positions seen positive / negative at real points (updated in place with each
+    LP's input point, run in the real graph: a position seen with both signs is unstable, no query)."""
+    stats = {"lp": 0, "lp_unknown": 0, "lp_proved": 0, "lp_witnessed": 0, "lp_skipped": 0, "seconds": 0.0}
+    t_start = time.perf_counter()
+    for r in g.relus:
+        z = g.args(r)[0]
+        lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
+        seen = lambda: (pos[r] & neg[r]).reshape(-1)      # noqa: E731
+        todo = np.flatnonzero((lo < 0) & (hi > 0) & ~seen())
+        if todo.size == 0 or not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
+            continue       # affine in the input: interval/DeepPoly bounds are already exact, an LP adds nothing
+        if budget is not None and time.perf_counter() - t_start >= budget:
+            stats["lp_skipped"] += int(todo.size)
+            continue
+        enc = encode_graph(g, box, bounds, upto=z)
+        backend = HighsBackend(enc.model, warm_lp=True)
+        new_lo, new_hi = lo.copy(), hi.copy()
+        # the positions nearest to a proof first: the smaller side of [lo, hi] around 0, relative to the width
+        order = todo[np.argsort(np.minimum(-lo[todo], hi[todo]) / (hi[todo] - lo[todo]))]
+        for k, p in enumerate(tqdm(order, desc=f"LP {r}", unit="query", disable=not progress, leave=False)):
+            if seen()[p]:                             # an earlier LP's point already showed it unstable
+                stats["lp_witnessed"] += 1
+                continue
+            if budget is not None and time.perf_counter() - t_start >= budget:
+                stats["lp_skipped"] += int((~seen()[order[k:]]).sum())
+                break
+            dead_side = hi[p] <= -lo[p]               # try the phase the bounds make likelier
+            c, off = enc.objective(z, int(p), 1.0 if dead_side else -1.0)
+            res = backend.maximize(c, off, integer=False, time_limit=time_limit)
+            stats["lp"] += 1
+            if res.x is not None:
+                _witness(g, enc, res.x, box, pos, neg)
+            if res.status != Status.OPTIMAL or res.bound is None or not np.isfinite(res.bound):
+                stats["lp_unknown"] += 1
+                continue
+            if dead_side:
+                new_hi[p] = min(new_hi[p], res.bound)      # max z <= bound
+                stats["lp_proved"] += int(new_hi[p] <= 0)
+            else:
+                new_lo[p] = max(new_lo[p], -res.bound)     # max -z <= bound, so z >= -bound
+                stats["lp_proved"] += int(new_lo[p] >= 0)
+        known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
+                            {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
+        bounds = deeppoly_graph(g, box, known=known)     # later layers start from the tighter bounds
+    stats["seconds"] = time.perf_counter() - t_start
+    return bounds, stats
+
+
+def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict) -> None:
+    """Run the LP solution's input point (clipped into the box) in the real graph; record the signs seen."""
+    x = np.clip(np.concatenate([np.asarray(v)[enc.model.groups[i]] for i in g.inputs]), box.lo, box.hi)
+    vals = g.evaluate(x[None])
+    for r in g.relus:
+        z = vals[g.args(r)[0]][0]
+        pos[r] |= z > 0
+        neg[r] |= z < 0

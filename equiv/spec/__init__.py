@@ -1,0 +1,1 @@
+"""Input regions: boxes, VNN-LIB specs."""

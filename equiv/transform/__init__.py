@@ -1,0 +1,1 @@
+"""Exact rewrites of networks: proved phases applied, dead parts deleted, dispatchers."""
