@@ -16,6 +16,7 @@ import onnx
 
 from ..bounds.engine import GraphBounds, deeppoly_graph, interval_graph
 from ..errors import ValidationError
+from ..prove.graph_alpha import alpha_stage
 from ..prove.graph_lp import lp_stage
 from ..transform.graph_prune import prune_dead
 from ..ir import ops
@@ -89,8 +90,12 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     neg = {r: (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress)
     stats = {}
-    if method in ("lp", "milp"):      # pos / neg grow with the LPs' points
-        b, stats = lp_stage(g, box, b, pos, neg, time_limit=time_limit, budget=budget, progress=progress)
+    if method in ("lp", "milp"):      # slopes first (cheap), then LPs on what is left; pos / neg grow with the LPs' points
+        t0 = time.perf_counter()
+        b, stats = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress)
+        left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
+        b, lp_stats = lp_stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress)
+        stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"], **lp_stats}
     seen = {r: pos[r] & neg[r] for r in g.relus}
     dead, active, unstable = {}, {}, {}
     for r in g.relus:

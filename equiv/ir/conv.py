@@ -1,7 +1,7 @@
 """2-D convolution as a linear operator in numpy: forward on a batch and its transpose on a batch of rows.
 
-Both go through the kernel offsets (i, j): the forward gathers a strided window of the padded input per
-offset and contracts channels with W[:, :, i, j]; the transpose scatters back into the same windows.
+The forward multiplies the im2col patches (a strided view of the padded input) by the flattened kernel;
+the transpose multiplies by the kernel's transpose and scatters back into the same windows, offset by offset.
 Nothing of size (outputs x inputs) is ever built, so memory scales with the tensors, not with the
 dense matrix of the convolution.
 """
@@ -41,39 +41,48 @@ class ConvGeometry:
         return (slice(i * dh, i * dh + sh * (ho - 1) + 1, sh), slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
 
 
+def _patches(xp: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """im2col: (B, C, Hp, Wp) padded input -> view (B, C, Ho, Wo, kh, kw) of the window each output reads."""
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.strides, geo.dilations
+    ho, wo = geo.out_hw
+    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    return win[:, :, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw, ::dh, ::dw]
+
+
 def conv_forward(x: np.ndarray, W: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """x (B, C, H, W) -> (B, M, Ho, Wo), without bias."""
+    """x (B, C, H, W) -> (B, M, Ho, Wo), without bias: one matrix product per group over the im2col patches."""
     pt, pl, pb, pr = geo.pads
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any(geo.pads) else x
     ho, wo = geo.out_hw
     g, cg, mg = geo.group, geo.in_channels // geo.group, geo.out_channels // geo.group
-    out = np.zeros((x.shape[0], geo.out_channels, ho, wo), dtype=np.result_type(x, W))
-    kh, kw = geo.kernel
+    B = x.shape[0]
+    cols = _patches(xp, geo)
+    outs = []
     for gi in range(g):
-        xs = xp[:, gi * cg:(gi + 1) * cg]
-        ws = W[gi * mg:(gi + 1) * mg]
-        acc = out[:, gi * mg:(gi + 1) * mg]
-        for i in range(kh):
-            for j in range(kw):
-                rows, cols = geo._window(i, j)
-                # (B, Cg, Ho, Wo) x (Mg, Cg) -> (B, Mg, Ho, Wo)
-                acc += np.einsum("bchw,mc->bmhw", xs[:, :, rows, cols], ws[:, :, i, j], optimize=True)
-    return out
+        # (B, Ho, Wo, Cg*kh*kw) @ (Cg*kh*kw, Mg)
+        p = cols[:, gi * cg:(gi + 1) * cg].transpose(0, 2, 3, 1, 4, 5).reshape(B * ho * wo, -1)
+        outs.append((p @ W[gi * mg:(gi + 1) * mg].reshape(mg, -1).T).reshape(B, ho, wo, mg))
+    out = outs[0] if g == 1 else np.concatenate(outs, axis=3)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 def conv_transpose(a: np.ndarray, W: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """The adjoint: a (R, M, Ho, Wo) -> (R, C, H, W), so that <a, conv(x)> = <conv_transpose(a), x>."""
+    """The adjoint: a (R, M, Ho, Wo) -> (R, C, H, W), so that <a, conv(x)> = <conv_transpose(a), x>:
+    one matrix product per group gives every window's contribution, scattered back per kernel offset."""
     pt, pl, pb, pr = geo.pads
     g, cg, mg = geo.group, geo.in_channels // geo.group, geo.out_channels // geo.group
-    out = np.zeros((a.shape[0], geo.in_channels, geo.height + pt + pb, geo.width + pl + pr),
-                   dtype=np.result_type(a, W))
-    kh, kw = geo.kernel
+    (kh, kw) = geo.kernel
+    ho, wo = geo.out_hw
+    R = a.shape[0]
+    out = np.zeros((R, geo.in_channels, geo.height + pt + pb, geo.width + pl + pr), dtype=np.result_type(a, W))
+    at = a.transpose(0, 2, 3, 1)
     for gi in range(g):
-        as_ = a[:, gi * mg:(gi + 1) * mg]
-        ws = W[gi * mg:(gi + 1) * mg]
+        # (R*Ho*Wo, Mg) @ (Mg, Cg*kh*kw) -> per output position, what it sends to each input of its window
+        t = at[..., gi * mg:(gi + 1) * mg].reshape(R * ho * wo, mg) @ W[gi * mg:(gi + 1) * mg].reshape(mg, -1)
+        t = t.reshape(R, ho, wo, cg, kh, kw).transpose(0, 3, 4, 5, 1, 2)     # (R, Cg, kh, kw, Ho, Wo)
         acc = out[:, gi * cg:(gi + 1) * cg]
         for i in range(kh):
             for j in range(kw):
                 rows, cols = geo._window(i, j)
-                acc[:, :, rows, cols] += np.einsum("rmhw,mc->rchw", as_, ws[:, :, i, j], optimize=True)
+                acc[:, :, rows, cols] += t[:, :, i, j]
     return out[:, :, pt:pt + geo.height, pl:pl + geo.width]
