@@ -18,6 +18,7 @@ from ..bounds.engine import GraphBounds, deeppoly_graph, interval_graph
 from ..errors import ValidationError
 from ..prove.graph_alpha import alpha_stage
 from ..prove.graph_lp import lp_stage
+from ..prove.graph_milp import milp_stage
 from ..transform.graph_prune import prune_dead
 from ..ir import ops
 from ..ir.graph import Graph
@@ -81,8 +82,8 @@ class GraphPhases:
 
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
                  progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphPhases:
-    """Proved phases (interval or DeepPoly bounds on the DAG, then with method lp/milp one LP per position
-    still undecided) and positions seen with both signs at real points."""
+    """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes and one LP
+    or MILP decision per position still undecided) and positions seen with both signs at real points."""
     rng = np.random.default_rng(seed)
     pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
     vals = g.evaluate(pts)
@@ -90,12 +91,14 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     neg = {r: (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress)
     stats = {}
-    if method in ("lp", "milp"):      # slopes first (cheap), then LPs on what is left; pos / neg grow with the LPs' points
+    if method in ("lp", "milp"):      # slopes first (cheap), then LPs / MILPs on what is left; pos / neg grow with the LPs' points
         t0 = time.perf_counter()
         b, stats = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress)
         left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
-        b, lp_stats = lp_stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress)
-        stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"], **lp_stats}
+        stage = milp_stage if method == "milp" else lp_stage
+        b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress)
+        stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"],
+                 **{k: v for k, v in more.items() if k != "seconds"}, f"{method}_seconds": more["seconds"]}
     seen = {r: pos[r] & neg[r] for r in g.relus}
     dead, active, unstable = {}, {}, {}
     for r in g.relus:
@@ -182,12 +185,10 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     if any(removed.values()):
         notes.append(f"deleted {removed['dense_rows']} dead rows of dense layers and {removed['conv_channels']} dead "
                      "convolution channels (with the next layer's matching columns / input channels)")
-    if method == "milp":
-        notes.append("--method milp: MILP decisions run on chains of dense layers only so far; on this graph the "
-                     "phases come from DeepPoly, one triangle-relaxation LP per undecided position, and sampling")
-    if ph.stats.get("lp_skipped"):
-        notes.append(f"the solver budget ran out: {ph.stats['lp_skipped']} positions got no LP query (they stay "
-                     "'unknown' unless sampling showed them unstable)")
+    skipped = ph.stats.get("lp_skipped", 0) + ph.stats.get("milp_skipped", 0) + ph.stats.get("alpha_skipped", 0)
+    if skipped:
+        notes.append(f"the solver budget ran out: {skipped} positions got no solver query (they stay 'unknown' "
+                     "unless sampling showed them unstable)")
     if ph.counts()["unknown"]:
         notes.append(f"{ph.counts()['unknown']} ReLU positions are neither proved stable nor seen unstable; they "
                      "keep their ReLU")
