@@ -44,7 +44,9 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
         if deadline is not None and time.perf_counter() >= deadline:
             stats["alpha_skipped"] += int(todo.size)
             continue
-        low = alpha_lower(g, box, bounds, z, todo, signs, iters=iters, deadline=deadline)
+        corners = np.tile(box.center, (todo.size, 1))
+        low = alpha_lower(g, box, bounds, z, todo, signs, iters=iters, deadline=deadline, corners=corners)
+        _run_points(g, corners, pos, neg)
         new_lo, new_hi = lo.copy(), hi.copy()
         up = signs > 0
         np.maximum.at(new_lo, todo[up], low[up])
@@ -56,3 +58,13 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
         bounds = deeppoly_graph(g, box, known=known)
     stats["seconds"] = time.perf_counter() - t0
     return bounds, stats
+
+
+def _run_points(g: Graph, x: np.ndarray, pos: dict, neg: dict, batch: int = 256) -> None:
+    """Run points in the real graph and record the signs every ReLU input shows there."""
+    for s in range(0, len(x), batch):
+        vals = g.evaluate(x[s:s + batch])
+        for r in g.relus:
+            v = vals[g.args(r)[0]]
+            pos[r] |= (v > 0).any(axis=0).reshape(pos[r].shape)
+            neg[r] |= (v < 0).any(axis=0).reshape(neg[r].shape)

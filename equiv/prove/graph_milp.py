@@ -22,6 +22,7 @@ from ..solvers.highs import HighsBackend
 from ..spec.region import Box
 from .graph_lp import _witness
 
+QUERIES_PER_LAYER = 4
 MARGIN = 1e-6      # a decision proves z <= -MARGIN (or >= MARGIN) up to the solver's feasibility tolerance
 
 
@@ -52,6 +53,8 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
             continue
         later = sum(todo_counts[q] for q in g.relus[k + 1:])
         layer_end = None if end is None else now + (end - now) * todo.size / max(1, todo.size + later)
+        # at least QUERIES_PER_LAYER decisions per layer: one hard query must not eat the layer's share
+        limit = time_limit if layer_end is None else min(time_limit, max(0.5, (layer_end - now) / QUERIES_PER_LAYER))
         z = g.args(r)[0]
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
         new_lo, new_hi = lo.copy(), hi.copy()
@@ -70,7 +73,7 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
                 break
             dead_side = hi[p] <= -lo[p]               # decide the phase the bounds make likelier
             c, off = enc.objective(z, int(p), 1.0 if dead_side else -1.0)
-            dec = backend.decide(c, off, 0.0, time_limit=time_limit if left is None else min(time_limit, left),
+            dec = backend.decide(c, off, 0.0, time_limit=limit if left is None else min(limit, left),
                                  margin=MARGIN)
             stats["milp"] += 1
             if dec.verdict == "below":               # sign * z < -MARGIN everywhere on the region
