@@ -203,6 +203,16 @@ def test_dead_channels_and_rows_are_deleted(tmp_path, rng, capsys):
     x = np.vstack([Box(np.full(72, -1.0), np.ones(72)).sample(2000, rng),
                    Box(np.full(72, -1.0), np.ones(72)).random_vertices(200, rng)])
     assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= 1e-4
+    # check takes the pair although the widths differ (one channel and one row fewer): a tiny box around a
+    # point makes every ReLU stable, so the product graph's bound is tight and proves equivalence
+    small = ",".join(["0.1:0.1001"] * 72)
+    assert main(["check", str(path), str(out), "--box", small, "--epsilon", "1e-4", "--json", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["verdict"] == "equivalent" and r["max_diff_upper"] <= 1e-4
+    # on the whole box: a verdict or an honest unknown, never a counterexample (they are equal there)
+    code = main(["check", str(path), str(out), "--box", box, "--epsilon", "1e-4", "--json", "--no-progress"])
+    r = json.loads(capsys.readouterr().out)
+    assert (code, r["verdict"]) in ((0, "equivalent"), (3, "unknown")) and r["max_diff_lower"] <= 1e-4
 
 
 @needs_cifar
