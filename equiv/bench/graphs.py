@@ -2,7 +2,7 @@
 
 Per case: import time, interval and DeepPoly stable counts (against the CROWN reference counts of
 shared/benchmarks/cifar/README.md), DeepPoly time and peak memory of its arrays (tracemalloc), and a
-whole `simplify` (ReLUs after, validation, time).  Results in results/graphs.md and .json.
+whole `simplify` (ReLUs after, params (weights and biases) and mask entries, file size, validation, time).  Results in results/graphs.md and .json.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def run_graph_case(root: Path, network: str, spec: str, reference) -> dict:
             "crown_reference": reference, "deeppoly_seconds": round(t_dp, 3),
             "deeppoly_peak_mib": round(peak / 2 ** 20, 1), "relus_after": res.simplified.n_relus,
             "params_before": g.n_params, "params_after": res.simplified.n_params,
+            "mask_entries_after": res.simplified.n_mask_entries, "folded": res.folds.to_json(),
+            "file_bytes_before": (root / network).stat().st_size, "file_bytes_after": res.onnx_model.ByteSize(),
             "macs_before": g.n_macs, "macs_after": res.simplified.n_macs,
             "unknown": res.phases.counts()["unknown"], "validation_points": res.validation.samples,
             "validation_max_abs_diff": res.validation.max_abs_diff, "simplify_seconds": round(t_simplify, 3)}
@@ -72,15 +74,19 @@ def _markdown(data: dict) -> str:
     m = data["machine"]
     lines = ["# equiv bench --suite graphs", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}. DeepPoly on the DAG (graph engine); "
-             "`simplify` = sampling + DeepPoly phases, masked ReLUs, export, validation in onnxruntime.", "",
+             "`simplify` = sampling + DeepPoly phases, masked ReLUs, folds and dead-channel pruning, export, validation "
+             "in onnxruntime.", "",
              "| network | spec | ReLUs | interval | DeepPoly | CROWN ref. | DeepPoly s | peak MiB | ReLUs after | "
-             "unknown | params before → after | MACs before → after | simplify s | validation max diff (points) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "unknown | params before → after | mask entries | file KB before → after | MACs before → after | simplify s | "
+             "validation max diff (points) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["cases"]:
         lines.append(f"| {Path(r['network']).stem} | {Path(r['spec']).stem} | {r['relus']} | {r['interval_stable']} | "
                      f"{r['deeppoly_stable']} | {r['crown_reference'] or '–'} | {r['deeppoly_seconds']} | "
                      f"{r['deeppoly_peak_mib']} | {r['relus_after']} | {r['unknown']} | "
-                     f"{r['params_before']} → {r['params_after']} | {r['macs_before']} → {r['macs_after']} | "
+                     f"{r['params_before']} → {r['params_after']} | {r['mask_entries_after']} | "
+                     f"{r['file_bytes_before'] / 1000:.0f} → {r['file_bytes_after'] / 1000:.0f} | "
+                     f"{r['macs_before']} → {r['macs_after']} | "
                      f"{r['simplify_seconds']} | "
                      f"{r['validation_max_abs_diff']:.3g} ({r['validation_points']}) |")
     if data["cases"]:
