@@ -9,6 +9,7 @@ proved stable nor shown unstable by a real point stay `unknown`, and keep their 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from ..errors import ValidationError
 from ..prove.graph_alpha import alpha_stage
 from ..prove.graph_lp import lp_stage
 from ..prove.graph_milp import milp_stage
-from ..transform.graph_prune import prune_dead
+from ..transform.fold import FoldLog, shrink
 from ..ir import ops
 from ..ir.graph import Graph
 from ..ir.onnx_export import graph_to_onnx
@@ -134,30 +135,52 @@ class GraphSimplifyResult:
     validation: ValidationReport
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    folds: FoldLog = field(default_factory=FoldLog)
 
     def report(self) -> dict:
         c = self.phases.counts()
         return {"relus_before": self.original.n_relus, "relus_after": self.simplified.n_relus,
                 "params_before": self.original.n_params, "params_after": self.simplified.n_params,
+                "mask_entries_after": self.simplified.n_mask_entries, "file_bytes_before": _file_size(self.original),
+                "file_bytes_after": self.onnx_model.ByteSize(),
+                "folded": self.folds.to_json(),
                 "macs_before": self.original.n_macs, "macs_after": self.simplified.n_macs,
                 "relu_layers": len(self.original.relus), "method": self.phases.method,
                 "phases": c, "unknown": c["unknown"], "queries": self.phases.stats,
-                "per_layer": self.phases.per_layer(self.original),
+                "per_layer": self.per_layer(),
                 "per_node": self.per_node(), "validation": self.validation.to_json(),
                 "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "notes": self.notes}
 
+    def per_layer(self) -> list[dict]:
+        """Per ReLU layer: its phases, ReLUs and mask entries before -> after, and the rule that folded it away."""
+        rows = self.phases.per_layer(self.original)
+        for row in rows:
+            r = row["relu"]
+            op = self.simplified.op(r) if r in self.simplified.dag else None
+            row.update({"relus_before": row["positions"], "relus_after": getattr(op, "n_relus", 0),
+                        "mask_entries": getattr(op, "mask_entries", 0), "folded": self.folds.removed.get(r)})
+        return rows
+
     def per_node(self) -> list[dict]:
-        """Per node of the original graph that has parameters, MACs or ReLUs: before -> after."""
+        """Per node of the original graph that has parameters, MACs or ReLUs: before -> after (a node that a
+        fold merged into its neighbour has 0 after)."""
         rows = []
         for n in self.original.order:
-            a, b = self.original.op(n), self.simplified.op(n)
+            a = self.original.op(n)
+            b = self.simplified.op(n) if n in self.simplified.dag else ops.Op(())
             relus = getattr(a, "n_relus", 0), getattr(b, "n_relus", 0)
-            if a.params or a.macs or relus[0]:
-                rows.append({"node": n, "op": type(a).__name__, "shape_before": list(a.shape),
+            if a.params or a.macs or relus[0] or b.params or b.macs or relus[1]:
+                rows.append({"node": n, "op": type(a).__name__, "op_after": type(b).__name__ if n in self.simplified.dag
+                             else None, "shape_before": list(a.shape),
                              "shape_after": list(b.shape), "params_before": a.params, "params_after": b.params,
                              "macs_before": a.macs, "macs_after": b.macs, "relus_before": relus[0],
                              "relus_after": relus[1]})
         return rows
+
+
+def _file_size(g: Graph) -> int | None:
+    src = g.meta.get("source")
+    return Path(src).stat().st_size if src and Path(src).is_file() else None
 
 
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
@@ -168,7 +191,7 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    small, removed = prune_dead(reduce_graph(g, ph))
+    small, removed, folds = shrink(reduce_graph(g, ph))
     model = graph_to_onnx(small)
     seconds["reduce_export"] = time.perf_counter() - t1
     t1 = time.perf_counter()
@@ -192,4 +215,4 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     if ph.counts()["unknown"]:
         notes.append(f"{ph.counts()['unknown']} ReLU positions are neither proved stable nor seen unstable; they "
                      "keep their ReLU")
-    return GraphSimplifyResult(g, small, ph, model, val, seconds, notes)
+    return GraphSimplifyResult(g, small, ph, model, val, seconds, notes, folds)

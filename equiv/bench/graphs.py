@@ -3,8 +3,9 @@
 Per case: import time, interval and DeepPoly stable counts (against the CROWN / alpha-CROWN reference
 counts of shared/benchmarks/cifar/README.md), DeepPoly time and peak memory of its arrays (tracemalloc),
 a whole `simplify` as a user runs it (default method: slopes + MILP decisions, `--milp-budget 60`;
-stable count, ReLUs after, validation, time) and, for ResNet-2B, `check` against a copy with float16-
-rounded weights (top-1 and epsilon 0.05).  Results in results/graphs.md and .json.
+stable count, ReLUs after, params (weights and biases) and mask entries, file size, validation, time)
+and, for ResNet-2B, `check` against a copy with float16-rounded weights (top-1 and epsilon 0.05).
+Results in results/graphs.md and .json.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def run_graph_case(root: Path, network: str, spec: str, crown, alpha_crown) -> d
             "deeppoly_peak_mib": round(peak / 2 ** 20, 1), "stable": c["dead"] + c["active"],
             "relus_after": res.simplified.n_relus,
             "params_before": g.n_params, "params_after": res.simplified.n_params,
+            "mask_entries_after": res.simplified.n_mask_entries, "folded": res.folds.to_json(),
+            "file_bytes_before": (root / network).stat().st_size, "file_bytes_after": res.onnx_model.ByteSize(),
             "macs_before": g.n_macs, "macs_after": res.simplified.n_macs,
             "unknown": c["unknown"], "validation_points": res.validation.samples,
             "validation_max_abs_diff": res.validation.max_abs_diff, "simplify_seconds": round(t_simplify, 3),
@@ -116,17 +119,20 @@ def _markdown(data: dict) -> str:
     lines = ["# equiv bench --suite graphs", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}. DeepPoly on the DAG (graph engine); "
              f"`simplify` as a user runs it: sampling, DeepPoly, optimised slopes, MILP decisions with "
-             f"`--milp-budget {MILP_BUDGET:g}`, masked ReLUs, export, validation in onnxruntime.", "",
+             f"`--milp-budget {MILP_BUDGET:g}`, masked ReLUs, folds and dead-channel pruning, export, validation "
+             "in onnxruntime.", "",
              "| network | spec | ReLUs | interval | DeepPoly | CROWN ref. | DeepPoly s | peak MiB | stable (simplify) | "
-             "α-CROWN ref. | unknown | ReLUs after | params before → after | MACs before → after | simplify s "
-             "(prove / validate) | validation max diff (points) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "α-CROWN ref. | unknown | ReLUs after | params before → after | mask entries | file KB before → after | "
+             "MACs before → after | simplify s (prove / validate) | validation max diff (points) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["cases"]:
         lines.append(f"| {Path(r['network']).stem} | {Path(r['spec']).stem} | {r['relus']} | {r['interval_stable']} | "
                      f"{r['deeppoly_stable']} | {r['crown_reference'] or '–'} | {r['deeppoly_seconds']} | "
                      f"{r['deeppoly_peak_mib']} | {r['stable']} | {r['alpha_crown_reference'] or '–'} | "
                      f"{r['unknown']} | {r['relus_after']} | "
-                     f"{r['params_before']} → {r['params_after']} | {r['macs_before']} → {r['macs_after']} | "
+                     f"{r['params_before']} → {r['params_after']} | {r['mask_entries_after']} | "
+                     f"{r['file_bytes_before'] / 1000:.0f} → {r['file_bytes_after'] / 1000:.0f} | "
+                     f"{r['macs_before']} → {r['macs_after']} | "
                      f"{r['simplify_seconds']} ({r['prove_seconds']} / {r['validate_seconds']}) | "
                      f"{r['validation_max_abs_diff']:.3g} ({r['validation_points']}) |")
     if data["cases"]:
