@@ -132,92 +132,77 @@ def _upstream(g: Graph, target: str) -> list:
 def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts: dict, relax: dict,
               coef: bool = False):
     """DeepPoly lower and upper bounds (N, R) of the flat elements `rows` (or of the rows of a 2-D array of
-    coefficients) of `target` on N boxes (before
-    rounding), from bounds lo/hi {tensor: (N, *shape)} and parts {input: (lo, hi)}.  relax caches the
-    ReLUs' compact relaxations.  With coef, also the linear bounds over the flat inputs: (Al, bl, Au, bu),
-    Al x + bl <= y <= Au x + bu on each box (Al, Au (N, R, n_inputs))."""
+    coefficients) of `target` on N boxes, before rounding, from bounds lo/hi {tensor: (N, *shape)} and parts
+    {input: (lo, hi)}; relax caches the ReLUs' compact relaxations.  With coef, also the linear bounds over
+    the flat inputs (Al, bl, Au, bu): Al x + bl <= y <= Au x + bu on each box (Al, Au (N, R, n_inputs)).
+
+    The lower bound of a . y is minus the upper bound of -a . y, so both are computed as upper bounds of
+    one stacked array of 2R rows (-e; e): one product per op instead of two."""
     N, R = next(iter(parts.values()))[0].shape[0], rows.shape[0]
     shape = g.shape(target)
     if rows.ndim == 2:          # rows given as coefficient vectors (R, size) of the flat target
-        e = np.asarray(rows, np.float64)[None]
+        e = np.asarray(rows, np.float64)
     else:
-        e = np.zeros((1, R, math.prod(shape)))
-        e[0, np.arange(R), rows] = 1.0
-    A_lo = {target: e.reshape((1, R) + shape)}
-    A_hi = dict(A_lo)                       # the same arrays: nothing below writes into a received array
-    c_lo, c_hi = np.zeros((N, R)), np.zeros((N, R))
+        e = np.zeros((R, math.prod(shape)))
+        e[np.arange(R), rows] = 1.0
+    A = {target: np.concatenate([-e, e]).reshape((1, 2 * R) + shape)}
+    c = np.zeros((N, 2 * R))
     cols, at_input = {}, {}
 
-    def send(dest, al, ah):
-        if dest in A_lo:
-            A_lo[dest] = A_lo[dest] + al
-            A_hi[dest] = A_hi[dest] + ah
-        else:
-            A_lo[dest], A_hi[dest] = al, ah
+    def send(dest, a):
+        A[dest] = A[dest] + a if dest in A else a
 
     def flat(a):
         return a.reshape(a.shape[:2] + (-1,))
 
     for name, op, args in _upstream(g, target):
-        if name not in A_lo:
+        if name not in A:
             continue
-        al, ah = A_lo.pop(name), A_hi.pop(name)
+        a = A.pop(name)
         if op.kind == "input":
-            at_input[name] = (al, ah)
+            at_input[name] = flat(a)
         elif op.kind == "const":
-            v = np.broadcast_to(np.asarray(op.value, np.float64), op.shape).reshape(-1)
-            c_lo, c_hi = c_lo + _mm(flat(al), v), c_hi + _mm(flat(ah), v)
+            c = c + _mm(flat(a), np.broadcast_to(np.asarray(op.value, np.float64), op.shape).reshape(-1))
         elif op.kind == "relu":
             z = args[0]
             if name not in relax:
                 relax[name] = prepare(g, name, lo[z], hi[z])
             rx = relax[name]
-            fl = flat(al)
-            nl, nh, dl, dh = relu_step(rx, fl, fl if ah is al else flat(ah))
-            c_lo, c_hi = c_lo + dl, c_hi + dh
+            a, dc = relu_step(rx, flat(a))
+            c = c + dc
             if rx.keep is not None:     # z is a Dense op read only here: it multiplies the kept columns
                 cols[z] = rx.keep
-                send(z, nl, nh)
+                send(z, a)
             else:
-                send(z, nl.reshape(nl.shape[:2] + g.shape(z)), nh.reshape(nh.shape[:2] + g.shape(z)))
+                send(z, a.reshape(a.shape[:2] + g.shape(z)))
         elif isinstance(op, ops.Dense) and math.prod(op.shape[:-1]) == 1:
             # y = W x + b on the last axis (leading axes of size 1): coefficients a -> a W, intercept a . b
             keep = cols.pop(name, None)
             W = op.W if keep is None else op.W[keep]
-            b = None if op.bias is None else np.broadcast_to(op.bias, op.shape).reshape(-1)
-            b = b if keep is None or b is None else b[keep]
-            same, al, ah = ah is al, flat(al), flat(ah)
-            x = args[0]
-            tl = _mm(al, W)
-            th = tl if same else _mm(ah, W)
-            if b is not None:
-                c_lo, c_hi = c_lo + _mm(al, b), c_hi + _mm(ah, b)
-            send(x, tl.reshape(tl.shape[:2] + g.shape(x)), th.reshape(th.shape[:2] + g.shape(x)))
+            a = flat(a)
+            if op.bias is not None:
+                b = np.broadcast_to(op.bias, op.shape).reshape(-1)
+                c = c + _mm(a, b if keep is None else b[keep])
+            t = _mm(a, W)
+            send(args[0], t.reshape(t.shape[:2] + g.shape(args[0])))
         else:
             # any other linear op: its adjoint on the (boxes x rows) flattened batch
-            outs = []
-            for a in (al, ah) if ah is not al else (al,):
-                n = a.shape[0]
-                fa = a.reshape((n * R,) + a.shape[2:])
-                outs.append((op.bias_dot(fa).reshape(n, R),
-                             [t.reshape((n, R) + t.shape[1:]) for t in op.transpose(fa)]))
-            if len(outs) == 1:
-                outs.append(outs[0])
-            c_lo, c_hi = c_lo + outs[0][0], c_hi + outs[1][0]
-            for a, tl, th in zip(args, outs[0][1], outs[1][1]):
-                send(a, tl, th)
-    # at the inputs the box bounds the linear form: positive coefficients at lo (lower bound) or hi
-    b_lo, b_hi, forms = c_lo, c_hi, []
+            n = a.shape[0]
+            fa = a.reshape((n * 2 * R,) + a.shape[2:])
+            c = c + op.bias_dot(fa).reshape(n, 2 * R)
+            for x, t in zip(args, op.transpose(fa)):
+                send(x, t.reshape((n, 2 * R) + t.shape[1:]))
+    # at the inputs the box bounds the linear form from above: positive coefficients at hi, negative at lo
+    const, forms = c, []
     for name in g.inputs:
         lo_x, hi_x = (p.reshape(N, -1) for p in parts[name])
-        al, ah = (flat(a) for a in at_input.get(name, (np.zeros((1, R) + g.shape(name)),) * 2))
-        forms.append((al, ah))
-        c_lo = c_lo + rowdot(np.maximum(al, 0), lo_x) + rowdot(np.minimum(al, 0), hi_x)
-        c_hi = c_hi + rowdot(np.maximum(ah, 0), hi_x) + rowdot(np.minimum(ah, 0), lo_x)
+        a = at_input.get(name, np.zeros((1, 2 * R, g.op(name).size)))
+        forms.append(a)
+        c = c + rowdot(np.maximum(a, 0), hi_x) + rowdot(np.minimum(a, 0), lo_x)
     if not coef:
-        return c_lo, c_hi
-    Al, Au = (np.broadcast_to(np.concatenate([f[j] for f in forms], axis=2), (N, R, g.n_inputs)) for j in (0, 1))
-    return c_lo, c_hi, (Al, b_lo, Au, b_hi)
+        return -c[:, :R], c[:, R:]
+    F = np.broadcast_to(np.concatenate(forms, axis=2), (N, 2 * R, g.n_inputs))
+    return -c[:, :R], c[:, R:], (-F[:, :R], -const[:, :R], F[:, R:], const[:, R:])
 
 
 def backsubstitute(g: Graph, target: str, rows: np.ndarray, bounds: GraphBounds, parts: dict,

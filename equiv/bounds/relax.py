@@ -29,7 +29,8 @@ def _relaxation(l: np.ndarray, u: np.ndarray, op=None):
 
 @dataclass
 class Relax:
-    """A ReLU's relaxation on N boxes, flattened to columns: h >= sl z, h <= sl z + gap z[U] + tu on U.
+    """A ReLU's relaxation on N boxes, flattened to columns: sl z <= h <= sl z + gap z + tu, gap and tu
+    nonzero only on U.
 
     Off U (positions stable on every box) both lines are the same (slope 0 or 1, no intercept), so the
     choice of line by coefficient sign is only made on U.  `keep` (or None: all) are the columns alive on
@@ -59,25 +60,18 @@ def prepare(g, relu: str, lo: np.ndarray, hi: np.ndarray) -> Relax:
     return Relax(sl[:, None], U, (su - sl)[:, None, U], tu[:, U], keep)
 
 
-def relu_step(rx: Relax, al: np.ndarray, ah: np.ndarray):
-    """Through the ReLU: coefficients (n, R, S) of h -> coefficients of z and the intercepts (N, R) added to
-    the lower and upper bound.  A lower bound takes the lower line where its coefficient is >= 0, the
-    upper line where < 0:  al sl + min(al, 0) (su - sl), intercept min(al, 0) tu; an upper bound the
-    mirror image."""
-    same = ah is al
+def relu_step(rx: Relax, a: np.ndarray):
+    """Through the ReLU for upper bounds: coefficients (n, R, S) of h -> coefficients of z and the intercepts
+    (N, R).  An upper bound takes the upper line where its coefficient is > 0, the lower line elsewhere:
+    a sl + max(a, 0) (su - sl), intercept max(a, 0) . tu."""
     if rx.keep is not None:
-        al = al[..., rx.keep]
-        ah = al if same else ah[..., rx.keep]
-    nl = al * rx.sl
-    nh = nl.copy() if same else ah * rx.sl
+        a = a[..., rx.keep]
+    out = a * rx.sl
     if rx.U.size == 0:
-        zero = np.zeros(nl.shape[:2])
-        return nl, nh, zero, zero
-    neg = np.minimum(al[..., rx.U], 0)
-    pos = np.maximum(ah[..., rx.U], 0)
-    nl[..., rx.U] += neg * rx.gap
-    nh[..., rx.U] += pos * rx.gap
-    return nl, nh, rowdot(neg, rx.tu), rowdot(pos, rx.tu)
+        return out, np.zeros(out.shape[:2])
+    pos = np.maximum(a[..., rx.U], 0)
+    out[..., rx.U] += pos * rx.gap
+    return out, rowdot(pos, rx.tu)
 
 
 def rowdot(a: np.ndarray, v: np.ndarray) -> np.ndarray:
