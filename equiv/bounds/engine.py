@@ -34,7 +34,8 @@ ROW_BUDGET_BYTES = 256 * 2 ** 20     # memory for the coefficient arrays of one 
 
 @dataclass
 class GraphBounds:
-    """Sound lower/upper bounds of every tensor of a graph on a box: {tensor: array of its shape}."""
+    """Sound lower/upper bounds of every tensor of a graph on a box: {tensor: array of its shape}
+    (with a leading box axis when made on N boxes)."""
 
     lo: dict
     hi: dict
