@@ -268,7 +268,8 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
     known, L, H, relax, forms = GraphBounds(L, H), {}, {}, {}, {}
     t_int = time.perf_counter() - t0
     chunk = _chunk(g, N)
-    bar = tqdm(total=len(todo_targets), desc="DeepPoly", unit="layer", disable=not progress, leave=False)
+    # (no tqdm object unless asked: its first creation costs milliseconds, more than a small net's bounds)
+    bar = tqdm(total=len(todo_targets), desc="DeepPoly", unit="layer", leave=False) if progress else None
     for z in g.order:
         if z not in need:
             continue
@@ -277,7 +278,8 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
         t_int += time.perf_counter() - t1
         if z not in todo_targets:
             continue
-        bar.update()
+        if bar is not None:
+            bar.update()
         args = g.args(z)
         if len(set(args)) == len(args) and all(g.op(a).kind == "input" for a in args):
             continue            # one op of distinct inputs (a box): its interval bounds are already exact
@@ -295,7 +297,8 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
         L[z], H[z] = l.reshape(L[z].shape), h.reshape(H[z].shape)
         if coef and parts_out:
             forms[z] = (todo,) + tuple(np.concatenate([p[j] for p in parts_out], axis=1) for j in range(4))
-    bar.close()
+    if bar is not None:
+        bar.close()
     return GraphBounds(L, H, {"interval": t_int, "deeppoly": time.perf_counter() - t0 - t_int}), forms
 
 
