@@ -109,7 +109,7 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
         unstable[r] = seen[r] & ~dead[r] & ~active[r]
     # the witnesses: a thinned subset of the sampled points (they show the unstable positions)
     wit = pts[:: max(1, len(pts) // 64)]
-    return GraphPhases(dead, active, unstable, b, wit, "lp" if method in ("lp", "milp") else method, stats)
+    return GraphPhases(dead, active, unstable, b, wit, method, stats)
 
 
 def reduce_graph(g: Graph, ph: GraphPhases) -> Graph:

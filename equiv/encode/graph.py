@@ -24,12 +24,16 @@ from ..spec.region import Box
 CHUNK = 512
 
 
-def op_matrix(op, in_shapes: list) -> list[sp.csr_matrix]:
-    """The sparse matrices (out_size x in_size_i) of a linear op, one per input, from its adjoint."""
+def op_matrix(op, in_shapes: list, rows: np.ndarray | None = None) -> list[sp.csr_matrix]:
+    """The sparse matrices (out_size x in_size_i) of a linear op, one per input, from its adjoint; with
+    `rows`, only those output rows (len(rows) x in_size_i)."""
     n = op.size
+    todo = np.arange(n) if rows is None else np.asarray(rows)
     mats = [[] for _ in in_shapes]
-    for s in range(0, n, CHUNK):
-        rows = np.arange(s, min(n, s + CHUNK))
+    if todo.size == 0:
+        return [sp.csr_matrix((0, int(np.prod(s)))) for s in in_shapes]
+    for s in range(0, todo.size, CHUNK):
+        rows = todo[s:s + CHUNK]
         e = np.zeros((rows.size, n))
         e[np.arange(rows.size), rows] = 1.0
         for k, t in enumerate(op.transpose(e.reshape((rows.size,) + tuple(op.shape)))):
@@ -55,8 +59,42 @@ class GraphEncoding:
         return sign * M.getrow(position).toarray().ravel(), sign * float(c[position])
 
 
-def encode_graph(g: Graph, box: Box, bounds: GraphBounds, upto: str | None = None, integer: bool = False) -> GraphEncoding:
-    """The relaxation (or, with integer, the exact big-M MILP) of every node up to tensor `upto`."""
+def cone_of(g: Graph, target: str, position: int) -> dict:
+    """Per tensor, the flat positions that position `position` of `target` depends on (its cone of
+    influence), found by one adjoint pass with random positive weights (a cancellation to exactly 0 is
+    caught by `encode_graph`, which then refuses the cone)."""
+    rng = np.random.default_rng(0)
+    need = {target} | nx.ancestors(g.dag, target)
+    masks = {target: np.zeros(g.op(target).size, bool)}
+    masks[target][position] = True
+    for name in reversed(g.order):
+        if name not in need or name not in masks or not masks[name].any():
+            continue
+        op, m = g.op(name), masks[name]
+        args = g.args(name)
+        if op.kind == "relu":
+            sent = [m]
+        elif op.kind == "linear":
+            a = np.zeros((1, op.size))
+            a[0, m] = rng.uniform(1.0, 2.0, int(m.sum()))
+            sent = [np.broadcast_to(t, (1,) + tuple(g.shape(x))).reshape(-1) != 0
+                    for x, t in zip(args, op.transpose(a.reshape((1,) + tuple(op.shape))))]
+        else:
+            sent = []
+        for x, t in zip(args, sent):
+            masks[x] = masks[x] | t if x in masks else t.copy()
+    return masks
+
+
+class ConeError(ValueError):
+    """A linear op reads a position outside the computed cone: encode the whole graph instead."""
+
+
+def encode_graph(g: Graph, box: Box, bounds: GraphBounds, upto: str | None = None, integer: bool = False,
+                 cone: dict | None = None) -> GraphEncoding:
+    """The relaxation (or, with integer, the exact big-M MILP) of every node up to tensor `upto`; with a
+    `cone` (from `cone_of`), only the positions in it get rows and variables (a smaller, equally exact
+    model for one objective: nothing outside the cone can change that position's value)."""
     need = set(g.order) if upto is None else {upto} | nx.ancestors(g.dag, upto)
     n_vars = 0
     col_lo, col_hi, integral = [], [], []
@@ -90,12 +128,20 @@ def encode_graph(g: Graph, box: Box, bounds: GraphBounds, upto: str | None = Non
             expr[name] = (sp.csr_matrix((op.size, n_vars)),
                           np.asarray(np.broadcast_to(op.value, op.shape), float).reshape(-1))
         elif op.kind == "linear":   # M_out = sum_i L_i M_i, c_out = sum_i L_i c_i + bias
-            mats = op_matrix(op, [g.shape(a) for a in g.args(name)])
-            c, M = _bias(op).copy(), sp.csr_matrix((op.size, n_vars))
+            rows = None if cone is None else np.flatnonzero(cone.get(name, np.zeros(op.size, bool)))
+            mats = op_matrix(op, [g.shape(a) for a in g.args(name)], rows)
+            c, M = _bias(op).copy(), sp.csr_matrix((op.size if rows is None else rows.size, n_vars))
+            if rows is not None:
+                c = c[rows]
             for Lm, a in zip(mats, g.args(name)):
+                if cone is not None and Lm.nnz and not cone.get(a, np.zeros(0, bool))[Lm.indices].all():
+                    raise ConeError(f"node {name} reads positions of {a} outside the cone")
                 Ma, ca = expr[a]
                 c += Lm @ ca
                 M = M + Lm @ _pad(Ma, n_vars)
+            if rows is not None:      # back to full size: rows outside the cone stay empty (never read)
+                S = sp.csr_matrix((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(op.size, rows.size))
+                M, c = S @ M, S @ c
             expr[name] = (M.tocsr(), c)
         else:  # relu
             z = g.args(name)[0]
@@ -104,6 +150,9 @@ def encode_graph(g: Graph, box: Box, bounds: GraphBounds, upto: str | None = Non
             lin_mask = np.broadcast_to(getattr(op, "linear_mask", False), op.shape).reshape(-1)
             dead = (relu_mask & (u <= 0)) | (~relu_mask & ~lin_mask)
             linear = ~dead & (lin_mask | (relu_mask & (l >= 0)))
+            if cone is not None:        # positions outside the cone get no variable (never read)
+                dead = dead | ~cone.get(name, np.zeros(op.size, bool))
+                linear = linear & ~dead
             unstable = ~dead & ~linear
             Mz, cz = expr[z]
             alive = np.flatnonzero(~dead)

@@ -1,5 +1,6 @@
 """MILP decisions on graphs: for each position still undecided after the slopes stage, one exact big-M
-MILP over the graph up to its ReLU input asks "can z reach the other side of 0?".  Infeasible (the
+MILP over its cone of influence (the positions of earlier tensors it depends on: a window of each
+convolution) asks "can z reach the other side of 0?".  Infeasible (the
 solver's proof, with the house margin) settles the phase; a point found is run in the real graph and,
 if it shows both signs, the position is unstable.  A time limit or any other status proves nothing.
 
@@ -16,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..bounds.engine import GraphBounds, deeppoly_graph
-from ..encode.graph import encode_graph
+from ..encode.graph import ConeError, cone_of, encode_graph
 from ..ir.graph import Graph
 from ..solvers.highs import HighsBackend
 from ..spec.region import Box
@@ -32,6 +33,16 @@ def _candidates(g: Graph, bounds: GraphBounds, r: str, pos: dict, neg: dict) -> 
     if not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
         return np.zeros(0, int)        # affine in the input: DeepPoly is exact there already
     return np.flatnonzero((lo < 0) & (hi > 0) & ~(pos[r] & neg[r]).reshape(-1))
+
+
+def _encoding(g: Graph, box: Box, bounds: GraphBounds, z: str, p: int, full: list):
+    """The exact MILP of position p's cone of influence (small for a convolution), else of the whole graph."""
+    try:
+        return encode_graph(g, box, bounds, upto=z, integer=True, cone=cone_of(g, z, p))
+    except ConeError:
+        if not full:
+            full.append(encode_graph(g, box, bounds, upto=z, integer=True))
+        return full[0]
 
 
 def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
@@ -58,8 +69,7 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
         z = g.args(r)[0]
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
         new_lo, new_hi = lo.copy(), hi.copy()
-        enc = encode_graph(g, box, bounds, upto=z, integer=True)
-        backend = HighsBackend(enc.model)
+        full = []          # the whole graph's encoding, built only if a cone is refused
         order = todo[np.argsort(np.minimum(-lo[todo], hi[todo]) / (hi[todo] - lo[todo]))]
         for i, p in enumerate(order):
             bar.update(1)
@@ -72,6 +82,8 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
                 bar.update(order.size - i - 1)
                 break
             dead_side = hi[p] <= -lo[p]               # decide the phase the bounds make likelier
+            enc = _encoding(g, box, bounds, z, int(p), full)
+            backend = HighsBackend(enc.model)
             c, off = enc.objective(z, int(p), 1.0 if dead_side else -1.0)
             dec = backend.decide(c, off, 0.0, time_limit=limit if left is None else min(limit, left),
                                  margin=MARGIN)
