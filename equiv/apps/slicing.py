@@ -46,6 +46,7 @@ from ..transform.dispatch import build_dispatcher
 from ..errors import EquivError, InputFileError, RegionError, ValidationError
 from ..ir.network import Network
 from ..ir.chain_io import load_onnx
+from ..spec.bisect import Bisection, Node, Open
 from ..spec.region import Box
 from .simplify import prove_and_reduce, sha256_of, validate_model
 from ..prove.stability import StabilityOptions, StabilityResult
@@ -175,24 +176,36 @@ def build_tree(net: Network, region: Box, options: StabilityOptions, sopt: Slice
     slice budget is spent.  Every node is proved on its own box."""
     options = dataclasses.replace(options, progress=False)   # one progress bar: the slices
     root = Piece(region)
-    prove_piece(net, root, options)
-    leaves = [root]
     bar = _progress(sopt)
-    bar.set_postfix(max_relus=root.relus)
-    while len(leaves) < sopt.max_slices:
-        todo = [p for p in leaves if p.relus > sopt.target_relus and not p.final]
-        if not todo:
-            break
-        piece = max(todo, key=lambda p: (p.relus, -p.depth))
-        dim = choose_dim(net, piece, region, sopt.strategy)
-        if dim is None:
-            piece.final = True
-            continue
-        for child in piece.split(dim):
-            prove_piece(net, child, options, parent=piece)
-        leaves = [c for p in leaves for c in (p.children or [p])]
-        bar.update(1)
-        bar.set_postfix(max_relus=max(p.relus for p in leaves))
+
+    def decide(nodes):
+        out = []
+        for node in nodes:
+            parent = node.data
+            piece = parent.children[node.path[-1]] if parent is not None else root
+            prove_piece(net, piece, options, parent=parent)
+            # the leaf with the most ReLUs first; ties: the shallower, then the leftmost
+            out.append(Open(piece, key=(-piece.relus, piece.depth, node.path)) if piece.relus > sopt.target_relus
+                       else None)
+        if nodes[0].data is not None:
+            bar.update(1)
+        bar.set_postfix(max_relus=max(p.relus for p in root.leaves()))
+        return out
+
+    def choose_dims(nodes):
+        dims = []
+        for node in nodes:
+            piece = node.data
+            dims.append(choose_dim(net, piece, region, sopt.strategy))
+            if dims[-1] is None:
+                piece.final = True
+            else:
+                piece.split(dims[-1])
+        return dims
+
+    # leaves = 1 + splits < max_slices  <=>  boxes proved = 1 + 2 splits < 2 max_slices - 1
+    Bisection(decide, choose_dims=choose_dims, order="best", max_boxes=2 * sopt.max_slices - 1).run(
+        [Node(region.lo, region.hi)])
     bar.close()
     return root
 

@@ -20,7 +20,6 @@ the same way can stay "unknown"; a counterexample is a point whose two argmaxes 
 
 from __future__ import annotations
 
-import heapq
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +31,7 @@ from ..bounds.diff import PairBounds, output_bounds, pair_bounds
 from ..errors import InputFileError
 from ..ir.network import Network
 from ..encode.product import product_encoding
+from ..spec.bisect import Bisection, Node, Open
 from ..spec.region import Box
 from ..solvers import Status, make_backend
 
@@ -273,46 +273,40 @@ class _State:
         """Best-first bisection; returns the boxes still open when the budget ran out (with their info)."""
         opt = self.opt
         width0 = np.where(self.box.hi > self.box.lo, self.box.hi - self.box.lo, np.inf)
-        # heap entries: (-score, tiebreak, index into the store)
-        store = {0: (pb, absd[0], coef[0])}
-        heap = [(-float(score[0]), 0, 0)]
-        next_id = 1
-        bar = None
-        if opt.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=opt.max_boxes, desc="splitting", unit="box", leave=False)
+        bar = _bar(opt.progress, opt.max_boxes, "splitting", "box")
+
+        def choose_dims(nodes):
+            return _split_dims(np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes]),
+                               np.array([n.data[2] for n in nodes]), width0)
+
+        def decide(nodes):
+            # the halves inherit their parent's bounds (sound: they lie inside it)
+            child = pair_bounds(self.pair, np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes]),
+                                _stack_known([n.data[0] for n in nodes]))
+            self.stats["boxes"] += child.lo.shape[0]
+            proved, sc, ab, cof, attack = self.analyse(child)
+            self.try_points(np.vstack([attack, (child.lo + child.hi) / 2]))
+            out = []
+            for i in range(child.lo.shape[0]):
+                out.append(None)
+                if proved[i] and not self._wants_tighter(ab[i]):
+                    self.close(child.lo[i], child.hi[i], "equivalent", "bounds", ab[i])
+                elif self.opt.measure and self.opt.epsilon is None and not self._wants_tighter(ab[i]):
+                    self.close(child.lo[i], child.hi[i], "measured", "bounds", ab[i])
+                else:
+                    out[-1] = Open((child.take([i]), ab[i], cof[i]), key=-float(sc[i]))
+            return out
+
+        root = Node(self.box.lo, self.box.hi, (pb, absd[0], coef[0]), decided=True)
+        run = Bisection(decide, choose_dims=choose_dims, order="best", batch=opt.batch,
+                        max_boxes=opt.max_boxes - self.stats["boxes"], deadline=self.clock.t0 + self.clock.limit,
+                        stop=lambda: self.cex is not None, progress=bar.update if bar else None)
         try:
-            while heap and self.cex is None and self.stats["boxes"] < opt.max_boxes and self.clock.left > 0:
-                take = [heapq.heappop(heap) for _ in range(min(opt.batch, len(heap)))]
-                parents = [store.pop(t[2]) for t in take]
-                lo = np.vstack([p[0].lo for p in parents])
-                hi = np.vstack([p[0].hi for p in parents])
-                cf = np.vstack([p[2] for p in parents])
-                d = _split_dims(lo, hi, cf, width0)
-                at = np.arange(lo.shape[0])
-                mid = (lo[at, d] + hi[at, d]) / 2            # both halves share the face x_d = mid
-                hi1, lo2 = hi.copy(), lo.copy()
-                hi1[at, d], lo2[at, d] = mid, mid
-                known = _stack_known([p[0] for p in parents] * 2)
-                child = pair_bounds(self.pair, np.vstack([lo, lo2]), np.vstack([hi1, hi]), known)
-                self.stats["boxes"] += child.lo.shape[0]
-                if bar is not None:
-                    bar.update(child.lo.shape[0])
-                proved, sc, ab, cof, attack = self.analyse(child)
-                self.try_points(np.vstack([attack, (child.lo + child.hi) / 2]))
-                for i in range(child.lo.shape[0]):
-                    if proved[i] and not self._wants_tighter(ab[i]):
-                        self.close(child.lo[i], child.hi[i], "equivalent", "bounds", ab[i])
-                    elif self.opt.measure and self.opt.epsilon is None and not self._wants_tighter(ab[i]):
-                        self.close(child.lo[i], child.hi[i], "measured", "bounds", ab[i])
-                    else:
-                        store[next_id] = (child.take([i]), ab[i], cof[i])
-                        heapq.heappush(heap, (-float(sc[i]), next_id, next_id))
-                        next_id += 1
+            run = run.run([root], keys=[-float(score[0])])
         finally:
             if bar is not None:
                 bar.close()
-        return [(v[0].lo[0], v[0].hi[0], v[1], v[2]) for v in (store[t[2]] for t in heap)]
+        return [(n.lo, n.hi, n.data[1], n.data[2]) for n in run.pending]
 
     def _milp_pieces(self, open_: list):
         """Product MILP on each open piece; a piece whose queries run out of time is bisected and retried."""
@@ -326,41 +320,37 @@ class _State:
             self.stats["unknown_reason"] = (f"{len(open_)} pieces left open after input splitting "
                                             f"(budget {opt.max_boxes} boxes, {opt.time_limit:g} s)")
             return
-        queue = list(open_)
+        width0 = np.where(self.box.hi > self.box.lo, self.box.hi - self.box.lo, np.inf)
+        bar = _bar(opt.progress and open_, len(open_), "MILP pieces", "piece")
         bisections = 0
-        bar = None
-        if opt.progress and queue:
-            from tqdm import tqdm
-            bar = tqdm(total=len(queue), desc="MILP pieces", unit="piece", leave=False)
-        try:
-            while queue:
-                lo, hi, ab, cf = queue.pop(0)
-                if self.cex is not None:
-                    return
-                if self.clock.left <= 0.5:
-                    self.close(lo, hi, self._open_verdict(), "bounds", ab)
-                    self.stats["unknown_reason"] = f"time limit of {opt.time_limit:g} s reached"
-                    continue
-                verdict, ab2 = self._milp_piece(Box(lo, hi), ab)
+
+        def decide(nodes):
+            nonlocal bisections
+            (node,) = nodes
+            lo, hi, (ab, cf) = node.lo, node.hi, node.data
+            if self.clock.left <= 0.5:
+                self.close(lo, hi, self._open_verdict(), "bounds", ab)
+                self.stats["unknown_reason"] = f"time limit of {opt.time_limit:g} s reached"
+                return [None]
+            verdict, ab2 = self._milp_piece(Box(lo, hi), ab)
+            if bar is not None:
+                bar.update(1)
+            if verdict == "timeout" and bisections + run.queued + 2 <= opt.max_pieces and self.clock.left > 1:
+                bisections += 1
                 if bar is not None:
-                    bar.update(1)
-                if verdict == "timeout" and bisections + len(queue) + 2 <= opt.max_pieces and self.clock.left > 1:
-                    d = int(_split_dims(lo[None], hi[None], cf[None], np.where(self.box.hi > self.box.lo,
-                                                                               self.box.hi - self.box.lo, np.inf))[0])
-                    a, b = Box(lo, hi).bisect(d)
-                    queue += [(a.lo, a.hi, ab2, cf), (b.lo, b.hi, ab2, cf)]
-                    bisections += 1
-                    if bar is not None:
-                        bar.total += 2
-                        bar.refresh()
-                    continue
-                if verdict == "equivalent":
-                    self.close(lo, hi, "equivalent", "milp", ab2)
-                elif verdict == "measured":
-                    self.close(lo, hi, "measured", "milp", ab2)
-                elif verdict != "counterexample":
-                    self.close(lo, hi, self._open_verdict(), "milp", ab2)
-                    self.stats.setdefault("unknown_reason", "MILP queries did not finish or were inconclusive")
+                    bar.total += 2
+                    bar.refresh()
+                return [Open((ab2, cf), dim=int(_split_dims(lo[None], hi[None], cf[None], width0)[0]))]
+            if verdict in ("equivalent", "measured"):
+                self.close(lo, hi, verdict, "milp", ab2)
+            elif verdict != "counterexample":
+                self.close(lo, hi, self._open_verdict(), "milp", ab2)
+                self.stats.setdefault("unknown_reason", "MILP queries did not finish or were inconclusive")
+            return [None]
+
+        run = Bisection(decide, order="fifo", stop=lambda: self.cex is not None)
+        try:
+            run.run([Node(lo, hi, (ab, cf)) for lo, hi, ab, cf in open_])
         finally:
             if bar is not None:
                 bar.close()
@@ -521,6 +511,14 @@ class _State:
         if self._root is None:
             self._root = pair_bounds(self.pair, self.box.lo[None], self.box.hi[None])
         return float(np.maximum(self._root.d_hi[-1], -self._root.d_lo[-1]).max())
+
+
+def _bar(show, total: int, desc: str, unit: str):
+    """A progress bar, or None."""
+    if not show:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
 def _stack_known(pbs: list[PairBounds]) -> PairBounds:
