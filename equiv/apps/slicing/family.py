@@ -44,6 +44,7 @@ class SliceFamily:
     seconds: dict
     notes: list = field(default_factory=list)
     certificates: list | None = None      # per slice, the `equiv check` verdict against the original (--certify)
+    pipeline: str = "chain"               # chain (Network pieces) | graph (Graph pieces, see graph.py)
 
 
 def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float = 60.0, progress: bool = False) -> list:
@@ -96,29 +97,44 @@ def slice_model(model_path: str | Path, region: Box, options: StabilityOptions |
     seconds["tree"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    leaves = tree.leaves()
-    models, vals = [], []
-    for s, leaf in enumerate(leaves):
-        leaf.slice_id = s
-        models.append(network_to_onnx(leaf.network))
-        vals.append(validate_model(reference, models[-1], leaf.box, leaf.stability.witnesses, sopt.validation_samples,
-                                   options.seed + 1 + s, sopt.tolerance, what=f"slice {s}",
-                                   networks=(net, leaf.network)))
+    leaves, models, vals = export_leaves(tree, network_to_onnx, lambda s, leaf, model: validate_model(
+        reference, model, leaf.box, leaf.stability.witnesses, sopt.validation_samples, options.seed + 1 + s,
+        sopt.tolerance, what=f"slice {s}", networks=(net, leaf.network)))
     seconds["validate_slices"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     boxes = [p.box for p in leaves]
     dispatcher = build_dispatcher(region, boxes, [p.network for p in leaves])
-    points = dispatch_points(region, boxes, sopt.dispatch_samples, sopt.face_samples, options.seed + 7)
-    dval = compare_on_points(reference, OnnxRunner(dispatcher), points, sopt.tolerance)
-    if not dval.ok:
-        raise ValidationError(f"BUG: the dispatcher differs from the original by {dval.max_abs_diff:.3g} (tolerance "
-                              f"{sopt.tolerance:g}) at input {dval.worst_input}; nothing was written. Please report this.")
+    dval = check_dispatcher(reference, dispatcher, region, boxes, sopt, options.seed + 7)
     seconds["dispatch"] = time.perf_counter() - t0
     prepass = [prepass_unstable(net, b) for b in boxes]
     seconds["total"] = time.perf_counter() - t_start
     return SliceFamily(str(model_path), sha256_of(model_path), region, region_source, net, tree, leaves, models, vals,
                        dispatcher, dval, options, sopt, prepass, seconds, _stop_notes(leaves, sopt))
+
+
+def export_leaves(tree: Piece, export, validate) -> tuple[list, list, list]:
+    """Number the leaves in slice order, export each leaf's network, and validate the model:
+    `validate(s, leaf, model)` returns its report (or raises ValidationError)."""
+    leaves = tree.leaves()
+    models, vals = [], []
+    for s, leaf in enumerate(leaves):
+        leaf.slice_id = s
+        models.append(export(leaf.network))
+        vals.append(validate(s, leaf, models[-1]))
+    return leaves, models, vals
+
+
+def check_dispatcher(reference: OnnxRunner, dispatcher: onnx.ModelProto, region: Box, boxes: list[Box],
+                     sopt: SliceOptions, seed: int, inner_faces: bool = False) -> ValidationReport:
+    """The dispatcher against the original on the region, its slices' faces and corners; ValidationError
+    (nothing to write) above the tolerance."""
+    points = dispatch_points(region, boxes, sopt.dispatch_samples, sopt.face_samples, seed, inner_faces)
+    dval = compare_on_points(reference, OnnxRunner(dispatcher), points, sopt.tolerance)
+    if not dval.ok:
+        raise ValidationError(f"BUG: the dispatcher differs from the original by {dval.max_abs_diff:.3g} (tolerance "
+                              f"{sopt.tolerance:g}) at input {dval.worst_input}; nothing was written. Please report this.")
+    return dval
 
 
 def _stop_notes(leaves: list[Piece], sopt: SliceOptions) -> list[str]:

@@ -80,19 +80,16 @@ def write_family(fam: SliceFamily, out: str | Path) -> dict:
 def build_manifest(fam: SliceFamily, hashes: list[str], dispatch_sha: str, notes: list[str], plot: str | None) -> dict:
     """The manifest: model and region, options, summary, one entry per slice, the tree, the dispatcher."""
     slices = []
-    for s, (p, val, pre) in enumerate(zip(fam.slices, fam.validations, fam.prepass_unstable)):
-        st = p.stability
+    for s, (p, val) in enumerate(zip(fam.slices, fam.validations)):
         slices.append({
             "id": s, "file": slice_file(s), "sha256": hashes[s], "lo": p.box.lo.tolist(), "hi": p.box.hi.tolist(),
-            "relus": p.network.n_relus, "params": p.network.n_params, "depth": p.network.depth,
-            "hidden_widths": p.network.hidden_widths,
-            "phases": {ph: st.count(ph) for ph in ("dead", "active", "unstable", "unknown")},
-            "proved_by": st.proved_by(), "prepass_unstable": pre, "seconds": round(p.seconds, 4),
-            "validation": val.to_json(),
+            "relus": p.network.n_relus, "params": p.network.n_params,
+            **(_chain_entry(p, fam.prepass_unstable[s]) if fam.pipeline == "chain" else _graph_entry(p)),
+            "seconds": round(p.seconds, 4), "validation": val.to_json(),
             **({"certificate": fam.certificates[s]} if fam.certificates else {}),
         })
     return {
-        "equiv_version": __version__, "kind": "equiv slice family",
+        "equiv_version": __version__, "kind": "equiv slice family", "pipeline": fam.pipeline,
         "model": fam.model_path, "model_resolved": str(Path(fam.model_path).resolve()),
         "model_sha256": fam.model_sha256,
         "region": {"source": fam.region_source, **fam.region.to_json()},
@@ -107,19 +104,31 @@ def build_manifest(fam: SliceFamily, hashes: list[str], dispatch_sha: str, notes
     }
 
 
+def _chain_entry(p: Piece, prepass: int) -> dict:
+    st = p.stability
+    return {"depth": p.network.depth, "hidden_widths": p.network.hidden_widths,
+            "phases": {ph: st.count(ph) for ph in ("dead", "active", "unstable", "unknown")},
+            "proved_by": st.proved_by(), "prepass_unstable": prepass}
+
+
+def _graph_entry(p: Piece) -> dict:
+    return {"macs": p.network.n_macs, "phases": p.stability.counts(), "proved_by": p.stability.method}
+
+
 def family_summary(fam: SliceFamily) -> dict:
     relus = np.array([p.network.n_relus for p in fam.slices])
     params = np.array([p.network.n_params for p in fam.slices])
     depths = [p.depth for p in fam.slices]
+    chain = fam.pipeline == "chain"
     return {
-        "relus_original": fam.original.n_relus, "params_original": fam.original.n_params,
-        "depth_original": fam.original.depth,
+        "pipeline": fam.pipeline, "relus_original": fam.original.n_relus, "params_original": fam.original.n_params,
+        "depth_original": fam.original.depth if chain else None,
         "slices": len(fam.slices), "max_slices": fam.slice_options.max_slices,
         "target_relus": fam.slice_options.target_relus, "strategy": fam.slice_options.strategy,
         "relus_min": int(relus.min()), "relus_mean": float(relus.mean()), "relus_max": int(relus.max()),
         "params_min": int(params.min()), "params_mean": float(params.mean()), "params_max": int(params.max()),
-        "prepass_unstable_mean": float(np.mean(fam.prepass_unstable)),
-        "prepass_unstable_max": int(np.max(fam.prepass_unstable)),
+        "prepass_unstable_mean": float(np.mean(fam.prepass_unstable)) if chain else None,
+        "prepass_unstable_max": int(np.max(fam.prepass_unstable)) if chain else None,
         "tree_depth_min": min(depths), "tree_depth_max": max(depths),
         "slice_max_abs_diff": max(v.max_abs_diff for v in fam.validations),
         "slice_validation_samples": int(sum(v.samples for v in fam.validations)),
@@ -137,10 +146,12 @@ def format_summary(manifest: dict, folder: str | Path) -> str:
     lines = [f"equiv slice: {manifest['model']} on {manifest['region']['source']} -> {folder}",
              f"  {'':<8}{'original':>10}{'min':>9}{'mean':>10}{'max':>9}"]
     lines += [f"  {name:<8}{orig:>10}{lo:>9}{mean:>10.1f}{hi:>9}" for name, orig, lo, mean, hi in rows]
+    prepass = ("" if s.get("prepass_unstable_mean") is None else
+               f"; DeepPoly alone on the same boxes leaves {s['prepass_unstable_mean']:.1f} unstable on average, "
+               f"{s['prepass_unstable_max']} at most")
     lines += [
         f"  slices {s['slices']} (budget {s['max_slices']}, strategy {s['strategy']}, tree depth "
-        f"{s['tree_depth_min']}..{s['tree_depth_max']}); DeepPoly alone on the same boxes leaves "
-        f"{s['prepass_unstable_mean']:.1f} unstable on average, {s['prepass_unstable_max']} at most",
+        f"{s['tree_depth_min']}..{s['tree_depth_max']}){prepass}",
         f"  validation: slices on {s['slice_validation_samples']} points of their boxes (max |diff| "
         f"{s['slice_max_abs_diff']:.3g}); dispatcher on {s['dispatch_validation_samples']} points of the region "
         f"(max |diff| {s['dispatch_max_abs_diff']:.3g})",

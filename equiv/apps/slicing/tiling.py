@@ -83,22 +83,26 @@ def check_tree(tree: dict, slices: list[dict]) -> list[str]:
     return problems
 
 
-def face_points(boxes: list[Box], per_face: int, rng: np.random.Generator) -> np.ndarray:
+def face_points(boxes: list[Box], per_face: int, rng: np.random.Generator, region: Box | None = None) -> np.ndarray:
     """`per_face` random points on every face (x_d = lo_d or hi_d) of every box: the shared faces where
-    the dispatcher has to choose between two slices."""
+    the dispatcher has to choose between two slices.  With `region`, only the faces inside it (the shared
+    ones: a graph's thousands of inputs give far too many faces on the region's boundary)."""
     pts = []
     for b in boxes:
         for d in np.flatnonzero(b.hi > b.lo):
             for side in (b.lo[d], b.hi[d]):
+                if region is not None and side in (region.lo[d], region.hi[d]):
+                    continue
                 x = b.sample(per_face, rng)
                 x[:, d] = side
                 pts.append(x)
     return np.vstack(pts) if pts else np.empty((0, boxes[0].dim))
 
 
-def dispatch_points(region: Box, boxes: list[Box], n: int, per_face: int, seed: int) -> dict:
-    """Named point sets for checking a dispatcher: random points of the region, slice faces, slice corners."""
+def dispatch_points(region: Box, boxes: list[Box], n: int, per_face: int, seed: int, inner_faces: bool = False) -> dict:
+    """Named point sets for checking a dispatcher: random points of the region, slice faces (only those inside
+    the region with `inner_faces`), slice corners."""
     rng = np.random.default_rng(seed)
     corners = [b.corners(limit=64) for b in boxes]
-    return {"random": region.sample(n, rng), "faces": face_points(boxes, per_face, rng),
+    return {"random": region.sample(n, rng), "faces": face_points(boxes, per_face, rng, region if inner_faces else None),
             "slice_corners": np.unique(np.vstack(corners), axis=0), "region_center": region.center[None]}

@@ -11,13 +11,15 @@ import numpy as np
 
 from ...bounds import deeppoly_boxes
 from ...errors import InputFileError
+from ...ir.graph import Graph
 from ...ir.network import Network
 from ...spec.bisect import Bisection, Node, Open
 from ...spec.region import Box
 from ..simplify import prove_and_reduce
 from ...prove.stability import StabilityOptions, StabilityResult
+from ..graph_simplify import GraphPhases
 
-STRATEGIES = ("unstable", "width")
+STRATEGIES = ("unstable", "width", "gradient")   # gradient: graphs only
 
 
 @dataclass
@@ -26,7 +28,7 @@ class SliceOptions:
 
     max_slices: int = 64
     target_relus: int = 0            # stop splitting a leaf at <= this many ReLUs (0: spend the budget)
-    strategy: str = "unstable"       # unstable | width
+    strategy: str = "unstable"       # unstable | width (chains); gradient | width (graphs)
     validation_samples: int = 10000  # random points per slice (plus its corners, centre and witnesses)
     dispatch_samples: int = 100000   # random points of the region for the dispatcher (plus faces and corners)
     face_samples: int = 16           # points per face of every slice box, for the dispatcher
@@ -43,15 +45,16 @@ class SliceOptions:
 
 @dataclass(eq=False)
 class Piece:
-    """A node of the bisection tree: its box and, once proved, its stability result and smaller network."""
+    """A node of the bisection tree: its box and, once proved, its proofs (chains: StabilityResult, graphs:
+    GraphPhases) and its smaller network (a Network or a Graph)."""
 
     box: Box
     depth: int = 0
     dim: int | None = None            # split dimension (internal nodes)
     mid: float | None = None          # split point: children[0].hi[dim] == children[1].lo[dim] == mid
     children: list = field(default_factory=list)
-    stability: StabilityResult | None = None
-    network: Network | None = None
+    stability: StabilityResult | GraphPhases | None = None
+    network: Network | Graph | None = None
     seconds: float = 0.0
     final: bool = False               # no dimension left to bisect
     slice_id: int | None = None
@@ -135,6 +138,13 @@ def build_tree(net: Network, region: Box, options: StabilityOptions, sopt: Slice
     """Greedy bisection: split the leaf with the most ReLUs until every leaf meets the target or the
     slice budget is spent.  Every node is proved on its own box."""
     options = dataclasses.replace(options, progress=False)   # one progress bar: the slices
+    return grow_tree(region, sopt, lambda piece, parent: prove_piece(net, piece, options, parent=parent),
+                     lambda piece: choose_dim(net, piece, region, sopt.strategy))
+
+
+def grow_tree(region: Box, sopt: SliceOptions, prove, choose) -> Piece:
+    """The greedy bisection tree on any model: `prove(piece, parent)` sets the piece's network (and proofs),
+    `choose(piece)` its split dimension (None: it cannot be split)."""
     root = Piece(region)
     bar = _progress(sopt)
 
@@ -143,7 +153,7 @@ def build_tree(net: Network, region: Box, options: StabilityOptions, sopt: Slice
         for node in nodes:
             parent = node.data
             piece = parent.children[node.path[-1]] if parent is not None else root
-            prove_piece(net, piece, options, parent=parent)
+            prove(piece, parent)
             # the leaf with the most ReLUs first; ties: the shallower, then the leftmost
             out.append(Open(piece, key=(-piece.relus, piece.depth, node.path)) if piece.relus > sopt.target_relus
                        else None)
@@ -156,7 +166,7 @@ def build_tree(net: Network, region: Box, options: StabilityOptions, sopt: Slice
         dims = []
         for node in nodes:
             piece = node.data
-            dims.append(choose_dim(net, piece, region, sopt.strategy))
+            dims.append(choose(piece))
             if dims[-1] is None:
                 piece.final = True
             else:
