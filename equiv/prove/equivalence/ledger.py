@@ -96,6 +96,10 @@ class Ledger:
                                 for v in ("equivalent", "unknown", "measured")}
         if verdict == "unknown" and "unknown_reason" in self.stats:
             notes.append(self.stats["unknown_reason"])
+        if self.stats.get("milp_unconfirmed"):
+            notes.append(f"{self.stats['milp_unconfirmed']} MILP points above epsilon (within the solver's margin "
+                         "and tolerances) were not confirmed in onnxruntime and a maximisation did not settle them: "
+                         "they are not counterexamples, and their pieces were bisected while the budget allowed")
         if self.stats.get("too_large"):
             notes.append(f"{self.stats['too_large']} MILP queries were too large for the {opt.backend} licence and "
                          f"proved nothing: {self.stats.pop('too_large_message')}")

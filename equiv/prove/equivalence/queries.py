@@ -59,9 +59,11 @@ def _milp_linf(st, pm, pb: PairBounds, absd):
         if dec.verdict == "below":
             side[j, s] = min(known, float(st.eps[j]))
             continue
-        t, i = _failed_decision(st, dec, pm)
+        t, i, b = _failed_decision(st, dec, pm, backend, c, off, float(st.eps[j]), limit)
         if st.cex is not None:
             return "counterexample", absd
+        if b is not None:
+            side[j, s] = min(known, b)
         timeout, inconclusive = timeout or t, inconclusive or i
     upper = np.array([max(side[j, 1], side[j, -1], 0.0) for j in range(n_out)])
     upper = np.minimum(upper, absd)
@@ -118,11 +120,37 @@ def _milp_top1(st, piece: Box, pm, pb: PairBounds, absd):
     return ("timeout" if timeout else "unknown"), absd
 
 
-def _failed_decision(st, dec, pm) -> tuple[bool, bool]:
-    """A decision that proved nothing: try its point as a counterexample; (timed out, inconclusive)."""
+def _failed_decision(st, dec, pm, backend, c, off, threshold: float, limit: float,
+                     strict: bool = False) -> tuple[bool, bool, float | None]:
+    """A decision that proved nothing: (timed out, inconclusive, proven bound or None).  Its point is tried
+    as a counterexample; only onnxruntime confirms one."""
     st.stats["milp_unknown"] += 1
     if dec.verdict == "above" and dec.x is not None:
         st.try_points(pm.input_point(dec.x)[None])
-        return False, True       # unless confirmed, a point only the solver's tolerances let through
+        if st.cex is not None:
+            return False, False, None
+        return _maximise(st, pm, backend, c, off, threshold, limit, strict)
     st.note_status(dec)
-    return dec.status == Status.TIME_LIMIT, dec.status != Status.TIME_LIMIT
+    return dec.status == Status.TIME_LIMIT, dec.status != Status.TIME_LIMIT, None
+
+
+def _maximise(st, pm, backend, c, off, threshold: float, limit: float, strict: bool):
+    """After a point the real networks do not confirm (within the decision's margin of the threshold, or an
+    artefact of the solver's tolerances): one maximisation.  Its optimum may be a real counterexample, or
+    its bound may prove the query (max <= threshold; < with `strict`).  Otherwise the piece counts as
+    timed out, so that it is bisected (smaller boxes, tighter big-M constants) while the budget allows."""
+    st.stats["milp_queries"] += 1
+    r = backend.maximize(c, off, integer=True, time_limit=limit)
+    if r.x is not None:
+        st.try_points(pm.input_point(r.x)[None])
+    if st.cex is not None:
+        return False, False, None
+    bound = None
+    if r.bound is not None and r.status in (Status.OPTIMAL, Status.TIME_LIMIT):
+        b = float(r.bound)
+        bound = b + st.opt.margin * max(1.0, abs(b))     # the MIP dual bound carries the solver's tolerances
+        if bound < threshold or (bound <= threshold and not strict):
+            return False, False, bound
+    st.note_status(r)
+    st.stats["milp_unconfirmed"] = st.stats.get("milp_unconfirmed", 0) + 1
+    return True, False, bound
