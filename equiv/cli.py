@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--verify, on the whole region for the dispatcher (default 100000, 5000 on graphs)")
     c.add_argument("--validation-samples", type=positive_count, default=10000, metavar="N",
                    help="random points per slice for its validation (default 10000)")
-    c.add_argument("--dispatch-samples", type=positive_count, default=100000, metavar="N",
-                   help="random points of the region for the dispatcher's validation (default 100000)")
+    c.add_argument("--dispatch-samples", type=positive_count, default=None, metavar="N",
+                   help="random points of the region for the dispatcher's validation (default 100000; 5000 on graphs)")
     c.add_argument("--tolerance", type=non_negative, default=1e-4, help="largest accepted output difference (default 1e-4)")
     c.add_argument("--json", action="store_true", help="print the summary (or the --verify report) as JSON")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")

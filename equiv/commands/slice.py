@@ -7,6 +7,7 @@ import json
 from .common import inputs_of, progress_of, region_of, stability_options
 
 GRAPH_MAX_SLICES = 4       # default pieces on a graph (each piece is a full graph pipeline run)
+GRAPH_DISPATCH_SAMPLES = 5000   # default dispatcher points on a graph (thousands of inputs per point)
 
 
 def cmd_slice(args, out) -> int:
@@ -36,7 +37,7 @@ def cmd_slice(args, out) -> int:
     box, source = region_of(args)
     sopt = slicing.SliceOptions(max_slices=args.max_slices or 64, target_relus=args.target_relus,
                                 strategy=args.strategy or "unstable",
-                                validation_samples=args.validation_samples, dispatch_samples=args.dispatch_samples,
+                                validation_samples=args.validation_samples, dispatch_samples=args.dispatch_samples or 100000,
                                 tolerance=args.tolerance, progress=progress_of(args))
     args.samples = 2000 if args.samples is None else args.samples
     fam = slicing.slice_model(args.model, box, stability_options(args, progress=False), sopt, region_source=source)
@@ -70,7 +71,7 @@ def _slice_graph(args, out, graph) -> int:
     box, source = region_of(args)
     sopt = slicing.SliceOptions(max_slices=args.max_slices or GRAPH_MAX_SLICES, target_relus=args.target_relus,
                                 strategy=args.strategy or "gradient", validation_samples=args.validation_samples,
-                                dispatch_samples=args.dispatch_samples, tolerance=args.tolerance,
+                                dispatch_samples=args.dispatch_samples or GRAPH_DISPATCH_SAMPLES, tolerance=args.tolerance,
                                 progress=progress_of(args))
     gopt = GraphSliceOptions(method=args.method or "deeppoly", samples=2000 if args.samples is None else args.samples,
                              seed=args.seed, time_limit=args.time_limit,
