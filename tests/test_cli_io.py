@@ -120,3 +120,10 @@ def test_sigterm_exits_143_and_leaves_nothing(tmp_path):
     assert p.returncode == 143, err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_default_benchmarks_folder_is_next_to_the_repository():
+    """`equiv bench` without --benchmarks reads <repo>/../shared/benchmarks (a layout move once broke it)."""
+    from conftest import BENCH
+    from equiv.bench.core import DEFAULT_BENCHMARKS
+    assert DEFAULT_BENCHMARKS.resolve() == BENCH

@@ -38,7 +38,8 @@ def make_model(nodes, inputs, outputs, inits=None, opset: int = 13) -> onnx.Mode
     tensors = []
     for name, v in (inits or {}).items():
         v = np.asarray(v)
-        tensors.append(numpy_helper.from_array(v.astype(np.int64 if v.dtype.kind in "iu" else np.float32), name))
+        dtype = np.int64 if v.dtype.kind in "iu" else np.bool_ if v.dtype.kind == "b" else np.float32
+        tensors.append(numpy_helper.from_array(v.astype(dtype), name))
     graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
                                            for n, s in inputs],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
@@ -441,6 +442,16 @@ _simple_case("masked_relu_no_linear_part",
              lambda: [N("MatMul", ["x", "W"], ["z"]), N("Relu", ["z"], ["r"]), N("Mul", ["r", "m"], ["y"])],
              [("x", (1, 3))], inits={"W": (3, 4), "m": np.array([[1.0, 0, 1, 1]])})
 
+_simple_case("masked_relu_mask_first",    # equiv's export since fold: Relu(x * m) + x * a, a bool mask cast to float
+             lambda: [N("MatMul", ["x", "W"], ["z"]), N("Cast", ["mb"], ["m"], to=TensorProto.FLOAT),
+                      N("Mul", ["z", "m"], ["zm"]), N("Relu", ["zm"], ["r"]), N("Mul", ["z", "a"], ["za"]),
+                      N("Add", ["r", "za"], ["h"]), N("MatMul", ["h", "V"], ["y"])],
+             [("x", (1, 3))], inits={"W": (3, 5), "V": (5, 2), "mb": np.array([True, False, True, False, False]),
+                                     "a": np.array([0.0, 1, 0, 0, 1])})
+_simple_case("masked_relu_mask_first_no_linear_part",
+             lambda: [N("MatMul", ["x", "W"], ["z"]), N("Mul", ["z", "m"], ["zm"]), N("Relu", ["zm"], ["y"])],
+             [("x", (1, 3))], inits={"W": (3, 4), "m": np.array([[1.0, 0, 1, 1]])})
+
 
 CASE_NAMES = sorted(CASES)
 
@@ -500,6 +511,13 @@ def test_masked_relu_patterns_are_fused(built):
     assert op.linear_mask.tolist() == [[False, True, False, False, True]]
     _, g = built["masked_relu_no_linear_part"]
     assert g.n_relus == 3 and not g.op(g.relus[0]).linear_mask.any()
+    _, g = built["masked_relu_mask_first"]
+    (r,) = g.relus
+    assert type(g.op(r)).__name__ == "MaskedRelu" and g.n_relus == 2 and g.order == ["x", "z", "h", "y"]
+    assert g.op(r).relu_mask.tolist() == [[True, False, True, False, False]]
+    assert g.op(r).linear_mask.tolist() == [[False, True, False, False, True]]
+    _, g = built["masked_relu_mask_first_no_linear_part"]
+    assert g.n_relus == 3 and not g.op(g.relus[0]).linear_mask.any() and g.outputs == g.relus
 
 
 # ---- refusals ------------------------------------------------------------------------------------------

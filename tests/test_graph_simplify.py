@@ -88,7 +88,11 @@ def test_cli_simplify_resnet(tmp_path, capsys):
     want = OnnxRunner(str(model))(x)
     assert np.abs(got - want).max() <= 1e-4
     g = load_graph(out)                                                        # equiv reads its own output
-    assert g.n_relus == r["relus_after"]
+    assert g.n_relus == r["relus_after"] and g.n_params == r["params_after"]
+    assert g.n_mask_entries == r["mask_entries_after"] > 0                    # masks are not parameters
+    assert r["file_bytes_before"] == model.stat().st_size and r["file_bytes_after"] < r["file_bytes_before"]
+    assert sum(row["relus_after"] for row in r["per_layer"]) == r["relus_after"]
+    assert all(row["relus_before"] == row["positions"] for row in r["per_layer"])
 
 
 @needs_cifar
@@ -203,6 +207,42 @@ def test_dead_channels_and_rows_are_deleted(tmp_path, rng, capsys):
     x = np.vstack([Box(np.full(72, -1.0), np.ones(72)).sample(2000, rng),
                    Box(np.full(72, -1.0), np.ones(72)).random_vertices(200, rng)])
     assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= 1e-4
+    # check takes the pair although the widths differ (one channel and one row fewer): a tiny box around a
+    # point makes every ReLU stable, so the product graph's bound is tight and proves equivalence
+    small = ",".join(["0.1:0.1001"] * 72)
+    assert main(["check", str(path), str(out), "--box", small, "--epsilon", "1e-4", "--json", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["verdict"] == "equivalent" and r["max_diff_upper"] <= 1e-4
+    # on the whole box: a verdict or an honest unknown, never a counterexample (they are equal there)
+    code = main(["check", str(path), str(out), "--box", box, "--epsilon", "1e-4", "--json", "--no-progress"])
+    r = json.loads(capsys.readouterr().out)
+    assert (code, r["verdict"]) in ((0, "equivalent"), (3, "unknown")) and r["max_diff_lower"] <= 1e-4
+
+
+def test_an_all_active_block_folds_into_one_conv(tmp_path, rng, capsys):
+    """On a region where the residual block's inner ReLU is active everywhere, the block becomes one convolution
+    (conv∘conv, then x + conv(x)); the report says which rules fired and the layer's ReLUs are gone."""
+    model = residual_model(rng)
+    for t in model.graph.initializer:
+        if t.name == "b1":
+            t.CopyFrom(numpy_helper.from_array(np.full(2, 20.0, np.float32), "b1"))
+        if t.name == "W2":          # a 1x1 kernel: the composition conv(3x3) then conv(1x1) is exact and smaller
+            t.CopyFrom(numpy_helper.from_array(rng.normal(size=(2, 2, 1, 1)).astype(np.float32), "W2"))
+    for n in model.graph.node:
+        if n.output[0] == "c2":
+            del n.attribute[:]
+    path, out, rep = tmp_path / "m.onnx", tmp_path / "s.onnx", tmp_path / "r.json"
+    onnx.save(model, str(path))
+    assert main(["simplify", str(path), "--box", ",".join(["0.2:0.6"] * 32), "-o", str(out), "--report", str(rep),
+                 "--no-progress", "--method", "deeppoly"]) == 0
+    assert "folded:" in capsys.readouterr().out
+    r = json.loads(rep.read_text())
+    assert {"masked_relu", "conv_conv", "residual"} <= set(r["folded"])
+    inner = next(row for row in r["per_layer"] if row["relu"] == "r1")
+    assert inner["relus_after"] == 0 and inner["folded"] == "masked_relu"
+    written = onnx.load(str(out))
+    assert [n.op_type for n in written.graph.node].count("Conv") == 1
+    assert r["params_after"] < r["params_before"] and r["validation"]["ok"]
 
 
 @needs_cifar

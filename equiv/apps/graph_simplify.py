@@ -9,6 +9,7 @@ proved stable nor shown unstable by a real point stay `unknown`, and keep their 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,8 @@ from ..bounds.engine import GraphBounds, deeppoly_graph, interval_graph
 from ..errors import ValidationError
 from ..prove.graph_alpha import alpha_stage
 from ..prove.graph_lp import lp_stage
-from ..transform.graph_prune import prune_dead
+from ..prove.graph_milp import milp_stage
+from ..transform.fold import FoldLog, shrink
 from ..ir import ops
 from ..ir.graph import Graph
 from ..ir.onnx_export import graph_to_onnx
@@ -81,8 +83,8 @@ class GraphPhases:
 
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
                  progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphPhases:
-    """Proved phases (interval or DeepPoly bounds on the DAG, then with method lp/milp one LP per position
-    still undecided) and positions seen with both signs at real points."""
+    """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes and one LP
+    or MILP decision per position still undecided) and positions seen with both signs at real points."""
     rng = np.random.default_rng(seed)
     pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
     vals = g.evaluate(pts)
@@ -90,12 +92,14 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     neg = {r: (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress)
     stats = {}
-    if method in ("lp", "milp"):      # slopes first (cheap), then LPs on what is left; pos / neg grow with the LPs' points
+    if method in ("lp", "milp"):      # slopes first (cheap), then LPs / MILPs on what is left; pos / neg grow with the LPs' points
         t0 = time.perf_counter()
         b, stats = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress)
         left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
-        b, lp_stats = lp_stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress)
-        stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"], **lp_stats}
+        stage = milp_stage if method == "milp" else lp_stage
+        b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress)
+        stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"],
+                 **{k: v for k, v in more.items() if k != "seconds"}, f"{method}_seconds": more["seconds"]}
     seen = {r: pos[r] & neg[r] for r in g.relus}
     dead, active, unstable = {}, {}, {}
     for r in g.relus:
@@ -131,26 +135,43 @@ class GraphSimplifyResult:
     validation: ValidationReport
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    folds: FoldLog = field(default_factory=FoldLog)
 
     def report(self) -> dict:
         c = self.phases.counts()
         return {"relus_before": self.original.n_relus, "relus_after": self.simplified.n_relus,
                 "params_before": self.original.n_params, "params_after": self.simplified.n_params,
+                "mask_entries_after": self.simplified.n_mask_entries, "file_bytes_before": _file_size(self.original),
+                "file_bytes_after": self.onnx_model.ByteSize(),
+                "folded": self.folds.to_json(),
                 "macs_before": self.original.n_macs, "macs_after": self.simplified.n_macs,
                 "relu_layers": len(self.original.relus), "method": self.phases.method,
                 "phases": c, "unknown": c["unknown"], "queries": self.phases.stats,
-                "per_layer": self.phases.per_layer(self.original),
+                "per_layer": self.per_layer(),
                 "per_node": self.per_node(), "validation": self.validation.to_json(),
                 "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "notes": self.notes}
 
+    def per_layer(self) -> list[dict]:
+        """Per ReLU layer: its phases, ReLUs and mask entries before -> after, and the rule that folded it away."""
+        rows = self.phases.per_layer(self.original)
+        for row in rows:
+            r = row["relu"]
+            op = self.simplified.op(r) if r in self.simplified.dag else None
+            row.update({"relus_before": row["positions"], "relus_after": getattr(op, "n_relus", 0),
+                        "mask_entries": getattr(op, "mask_entries", 0), "folded": self.folds.removed.get(r)})
+        return rows
+
     def per_node(self) -> list[dict]:
-        """Per node of the original graph that has parameters, MACs or ReLUs: before -> after."""
+        """Per node of the original graph that has parameters, MACs or ReLUs: before -> after (a node that a
+        fold merged into its neighbour has 0 after)."""
         rows = []
         for n in self.original.order:
-            a, b = self.original.op(n), self.simplified.op(n)
+            a = self.original.op(n)
+            b = self.simplified.op(n) if n in self.simplified.dag else ops.Op(())
             relus = getattr(a, "n_relus", 0), getattr(b, "n_relus", 0)
-            if a.params or a.macs or relus[0]:
-                rows.append({"node": n, "op": type(a).__name__, "shape_before": list(a.shape),
+            if a.params or a.macs or relus[0] or b.params or b.macs or relus[1]:
+                rows.append({"node": n, "op": type(a).__name__, "op_after": type(b).__name__ if n in self.simplified.dag
+                             else None, "shape_before": list(a.shape),
                              "shape_after": list(b.shape), "params_before": a.params, "params_after": b.params,
                              "macs_before": a.macs, "macs_after": b.macs, "relus_before": relus[0],
                              "relus_after": relus[1]})
@@ -172,6 +193,11 @@ def validate_graph_model(reference: OnnxRunner, model: onnx.ModelProto, g: Graph
     return val
 
 
+def _file_size(g: Graph) -> int | None:
+    src = g.meta.get("source")
+    return Path(src).stat().st_size if src and Path(src).is_file() else None
+
+
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
                    seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
                    progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphSimplifyResult:
@@ -180,7 +206,7 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    small, removed = prune_dead(reduce_graph(g, ph))
+    small, removed, folds = shrink(reduce_graph(g, ph))
     model = graph_to_onnx(small)
     seconds["reduce_export"] = time.perf_counter() - t1
     t1 = time.perf_counter()
@@ -191,13 +217,11 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     if any(removed.values()):
         notes.append(f"deleted {removed['dense_rows']} dead rows of dense layers and {removed['conv_channels']} dead "
                      "convolution channels (with the next layer's matching columns / input channels)")
-    if method == "milp":
-        notes.append("--method milp: MILP decisions run on chains of dense layers only so far; on this graph the "
-                     "phases come from DeepPoly, one triangle-relaxation LP per undecided position, and sampling")
-    if ph.stats.get("lp_skipped"):
-        notes.append(f"the solver budget ran out: {ph.stats['lp_skipped']} positions got no LP query (they stay "
-                     "'unknown' unless sampling showed them unstable)")
+    skipped = ph.stats.get("lp_skipped", 0) + ph.stats.get("milp_skipped", 0) + ph.stats.get("alpha_skipped", 0)
+    if skipped:
+        notes.append(f"the solver budget ran out: {skipped} positions got no solver query (they stay 'unknown' "
+                     "unless sampling showed them unstable)")
     if ph.counts()["unknown"]:
         notes.append(f"{ph.counts()['unknown']} ReLU positions are neither proved stable nor seen unstable; they "
                      "keep their ReLU")
-    return GraphSimplifyResult(g, small, ph, model, val, seconds, notes)
+    return GraphSimplifyResult(g, small, ph, model, val, seconds, notes, folds)

@@ -17,7 +17,7 @@ from ..artifacts.files import write_json_atomic, write_text_atomic
 from ..apps.simplify import simplify
 from ..prove.stability import StabilityOptions, prove_stability
 
-DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[1] / ".." / "shared" / "benchmarks"
+DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchmarks"   # <repo>/../shared
 
 
 @dataclass

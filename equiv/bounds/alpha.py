@@ -66,6 +66,17 @@ def _backward(g: Graph, target: str, rows: np.ndarray, signs: np.ndarray, parts:
     return c, kept
 
 
+def _corner(g: Graph, kept: dict, parts: dict, R: int) -> np.ndarray:
+    """Per row, the input point where the linear lower bound is attained (lo where the coefficient is > 0)."""
+    cols = []
+    for name in g.inputs:
+        lo, hi = parts[name]
+        a = kept.get(name)
+        pt = np.broadcast_to((lo + hi) / 2, (R,) + lo.shape) if a is None else np.where(a > 0, lo, hi)
+        cols.append(pt.reshape(R, -1))
+    return np.concatenate(cols, axis=1)
+
+
 def _send(A: dict, dest: str, a: np.ndarray) -> None:
     A[dest] = A[dest] + a if dest in A else a
 
@@ -95,8 +106,11 @@ def _gradient(g: Graph, kept: dict, parts: dict, relax: dict, alpha: dict, need:
 
 
 def alpha_lower(g: Graph, box: Box, bounds: GraphBounds, target: str, rows: np.ndarray, signs: np.ndarray, *,
-                iters: int = 20, lr: float = 0.2, deadline: float | None = None) -> np.ndarray:
-    """Sound lower bounds of signs[i] * flat(target)[rows[i]] with optimised lower slopes (Adam on [0, 1])."""
+                iters: int = 20, lr: float = 0.2, deadline: float | None = None,
+                corners: np.ndarray | None = None) -> np.ndarray:
+    """Sound lower bounds of signs[i] * flat(target)[rows[i]] with optimised lower slopes (Adam on [0, 1]).
+    corners (rows x inputs), if given, receives each row's input corner of its last relaxed minimum: a
+    point worth running in the real network (it often shows the row's other sign)."""
     parts = _box_parts(g, box)
     need = nx.ancestors(g.dag, target) | {target}
     relax = {}
@@ -120,6 +134,8 @@ def alpha_lower(g: Graph, box: Box, bounds: GraphBounds, target: str, rows: np.n
         v2 = {r: np.zeros_like(alpha[r]) for r in opt}
         for it in range(1, iters + 1):
             c, kept = _backward(g, target, rr[live], ss[live], parts, relax, alpha, need, keep=True)
+            if corners is not None:
+                corners[s + live] = _corner(g, kept, parts, live.size)
             better = c > best_c[live]
             best_c[live[better]] = c[better]
             for r in opt:

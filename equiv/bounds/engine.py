@@ -8,10 +8,14 @@ adjoint (`transpose`), a ReLU through its linear relaxation on [l, u]:
 - unstable: upper line u/(u - l) (z - l), lower line 0 or z (z when u > -l, DeepPoly's choice);
 the upper line for positive coefficients of an upper bound (and negative ones of a lower bound).
 At an input the box concretises the linear form.  Every result is widened by the float safety margin.
+
+Both passes run on N boxes at once (`interval_boxes`, `deeppoly_boxes`): every bound carries a leading
+box axis and the coefficient arrays one more, (boxes, rows, *shape); the one-box functions are N = 1.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,16 +23,19 @@ import networkx as nx
 import numpy as np
 from tqdm import tqdm
 
+from ..ir import ops
 from ..ir.graph import Graph
 from ..spec.region import Box
 from .common import outward
+from .relax import _relaxation, prepare, relu_step, rowdot  # noqa: F401  (_relaxation: used by alpha)
 
 ROW_BUDGET_BYTES = 256 * 2 ** 20     # memory for the coefficient arrays of one chunk of rows
 
 
 @dataclass
 class GraphBounds:
-    """Sound lower/upper bounds of every tensor of a graph on a box: {tensor: array of its shape}."""
+    """Sound lower/upper bounds of every tensor of a graph on a box: {tensor: array of its shape}
+    (with a leading box axis when made on N boxes)."""
 
     lo: dict
     hi: dict
@@ -62,134 +69,243 @@ def _box_parts(g: Graph, box: Box) -> dict:
     return {n: (lo[n][0], hi[n][0]) for n in g.inputs}
 
 
-def interval_graph(g: Graph, box: Box, known: GraphBounds | None = None) -> GraphBounds:
-    """Interval bounds of every tensor (centre/radius through each op; |L| for the radius), intersected
-    with `known` bounds where given."""
-    box.check_dim(g.n_inputs)
-    parts = _box_parts(g, box)
-    lo, hi = {}, {}
+def _parts(g: Graph, lo: np.ndarray, hi: np.ndarray) -> dict:
+    """{input name: (lo, hi)} of N boxes given as (N, n_inputs) arrays; each (N, *shape)."""
+    L, H = g.split_input(lo), g.split_input(hi)
+    return {n: (L[n], H[n]) for n in g.inputs}
+
+
+def _squeeze(b: GraphBounds) -> GraphBounds:
+    return GraphBounds({k: v[0] for k, v in b.lo.items()}, {k: v[0] for k, v in b.hi.items()}, b.seconds)
+
+
+def _interval_node(g: Graph, name: str, parts: dict, lo: dict, hi: dict, known: GraphBounds | None, N: int):
+    """Interval bounds (N, *shape) of one node from those of its arguments (centre/radius through the op,
+    |L| for the radius), intersected with `known` where given."""
+    op = g.op(name)
+    if op.kind == "input":
+        l, h = parts[name]
+    elif op.kind == "const":
+        l = h = np.broadcast_to(np.asarray(op.value, np.float64), (N,) + tuple(op.shape))
+    elif op.kind == "relu":   # monotone elementwise (relu, identity or 0 per position)
+        a = g.args(name)[0]
+        l, h = op.forward(lo[a]), op.forward(hi[a])
+    else:
+        args = g.args(name)
+        c = op.forward(*[(lo[a] + hi[a]) / 2 for a in args])
+        r = op.abs_linear(*[(hi[a] - lo[a]) / 2 for a in args])
+        l, h = outward(c - r, c + r)
+    if known is not None and name in known.lo:
+        l, h = np.maximum(l, known.lo[name]), np.minimum(h, known.hi[name])
+    lo[name], hi[name] = np.asarray(l, np.float64), np.asarray(h, np.float64)
+
+
+def interval_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds | None = None) -> GraphBounds:
+    """Interval bounds of every tensor on each of the N boxes [lo[n], hi[n]] ((N, n_inputs) arrays):
+    {tensor: (N, *shape)}.  `known` bounds (broadcastable to that) are intersected in."""
+    parts, L, H = _parts(g, lo, hi), {}, {}
     for name in g.order:
-        op = g.op(name)
+        _interval_node(g, name, parts, L, H, known, lo.shape[0])
+    return GraphBounds(L, H)
+
+
+def interval_graph(g: Graph, box: Box, known: GraphBounds | None = None) -> GraphBounds:
+    """Interval bounds of every tensor on one box, intersected with `known` bounds where given."""
+    box.check_dim(g.n_inputs)
+    return _squeeze(interval_boxes(g, box.lo[None], box.hi[None], known))
+
+
+def _mm(a: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """a (..., k) @ W (k, m) or (k,) as one matrix product over all leading axes (not one per box)."""
+    return (a.reshape(math.prod(a.shape[:-1]), a.shape[-1]) @ W).reshape(a.shape[:-1] + W.shape[1:])
+
+
+def _upstream(g: Graph, target: str) -> list:
+    """(name, op, args) of target and its ancestors in reverse topological order (cached on the graph,
+    which is never changed after it is built)."""
+    cache = g.__dict__.setdefault("_upstream", {})
+    if target not in cache:
+        anc = nx.ancestors(g.dag, target) | {target}
+        cache[target] = [(n, g.op(n), g.args(n)) for n in reversed(g.order) if n in anc]
+    return cache[target]
+
+
+def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts: dict, relax: dict,
+              coef: bool = False):
+    """DeepPoly lower and upper bounds (N, R) of the flat elements `rows` (or of the rows of a 2-D array of
+    coefficients) of `target` on N boxes, before rounding, from bounds lo/hi {tensor: (N, *shape)} and parts
+    {input: (lo, hi)}; relax caches the ReLUs' compact relaxations.  With coef, also the linear bounds over
+    the flat inputs (Al, bl, Au, bu): Al x + bl <= y <= Au x + bu on each box (Al, Au (N, R, n_inputs)).
+
+    The lower bound of a . y is minus the upper bound of -a . y, so both are computed as upper bounds of
+    one stacked array of 2R rows (-e; e): one product per op instead of two."""
+    N, R = next(iter(parts.values()))[0].shape[0], rows.shape[0]
+    shape = g.shape(target)
+    if rows.ndim == 2:          # rows given as coefficient vectors (R, size) of the flat target
+        e = np.asarray(rows, np.float64)
+    else:
+        e = np.zeros((R, math.prod(shape)))
+        e[np.arange(R), rows] = 1.0
+    A = {target: np.concatenate([-e, e]).reshape((1, 2 * R) + shape)}
+    c = np.zeros((N, 2 * R))
+    cols, at_input = {}, {}
+
+    def send(dest, a):
+        A[dest] = A[dest] + a if dest in A else a
+
+    def flat(a):
+        return a.reshape(a.shape[:2] + (-1,))
+
+    for name, op, args in _upstream(g, target):
+        if name not in A:
+            continue
+        a = A.pop(name)
         if op.kind == "input":
-            l, h = parts[name]
+            at_input[name] = flat(a)
         elif op.kind == "const":
-            l = h = np.broadcast_to(op.value, op.shape).astype(np.float64)
-        elif op.kind == "relu":   # monotone elementwise (relu, identity or 0 per position)
-            a = g.args(name)[0]
-            l, h = op.forward(lo[a][None])[0], op.forward(hi[a][None])[0]
+            c = c + _mm(flat(a), np.broadcast_to(np.asarray(op.value, np.float64), op.shape).reshape(-1))
+        elif op.kind == "relu":
+            z = args[0]
+            if name not in relax:
+                relax[name] = prepare(g, name, lo[z], hi[z])
+            rx = relax[name]
+            a, dc = relu_step(rx, flat(a))
+            c = c + dc
+            if rx.keep is not None:     # z is a Dense op read only here: it multiplies the kept columns
+                cols[z] = rx.keep
+                send(z, a)
+            else:
+                send(z, a.reshape(a.shape[:2] + g.shape(z)))
+        elif isinstance(op, ops.Dense) and math.prod(op.shape[:-1]) == 1:
+            # y = W x + b on the last axis (leading axes of size 1): coefficients a -> a W, intercept a . b
+            keep = cols.pop(name, None)
+            W = op.W if keep is None else op.W[keep]
+            a = flat(a)
+            if op.bias is not None:
+                b = np.broadcast_to(op.bias, op.shape).reshape(-1)
+                c = c + _mm(a, b if keep is None else b[keep])
+            t = _mm(a, W)
+            send(args[0], t.reshape(t.shape[:2] + g.shape(args[0])))
         else:
-            args = g.args(name)
-            c = op.forward(*[((lo[a] + hi[a]) / 2)[None] for a in args])[0]
-            r = op.abs_linear(*[((hi[a] - lo[a]) / 2)[None] for a in args])[0]
-            l, h = outward(c - r, c + r)
-        if known is not None and name in known.lo:
-            l, h = np.maximum(l, known.lo[name]), np.minimum(h, known.hi[name])
-        lo[name], hi[name] = np.asarray(l, np.float64), np.asarray(h, np.float64)
-    return GraphBounds(lo, hi)
-
-
-def _relaxation(l: np.ndarray, u: np.ndarray, op=None):
-    """Slopes and upper intercept of the ReLU's linear bounds on [l, u]: h >= sl z, h <= su z + tu.
-    A MaskedRelu is exactly the identity or 0 off its ReLU positions, whatever the bounds."""
-    unstable = (l < 0) & (u > 0)
-    su = np.where(l >= 0, 1.0, 0.0)
-    tu = np.zeros_like(l)
-    den = np.where(unstable, u - l, 1.0)
-    su = np.where(unstable, u / den, su)
-    tu = np.where(unstable, -u * l / den, tu)
-    sl = np.where(unstable, (u > -l).astype(float), su)
-    mask = getattr(op, "relu_mask", None)
-    if mask is not None:
-        fixed = np.where(op.linear_mask, 1.0, 0.0)
-        sl, su, tu = np.where(mask, sl, fixed), np.where(mask, su, fixed), np.where(mask, tu, 0.0)
-    return sl, su, tu
+            # any other linear op: its adjoint on the (boxes x rows) flattened batch
+            n = a.shape[0]
+            fa = a.reshape((n * 2 * R,) + a.shape[2:])
+            c = c + op.bias_dot(fa).reshape(n, 2 * R)
+            for x, t in zip(args, op.transpose(fa)):
+                send(x, t.reshape((n, 2 * R) + t.shape[1:]))
+    # at the inputs the box bounds the linear form from above: positive coefficients at hi, negative at lo
+    const, forms = c, []
+    for name in g.inputs:
+        lo_x, hi_x = (p.reshape(N, -1) for p in parts[name])
+        a = at_input.get(name, np.zeros((1, 2 * R, g.op(name).size)))
+        forms.append(a)
+        c = c + rowdot(np.maximum(a, 0), hi_x) + rowdot(np.minimum(a, 0), lo_x)
+    if not coef:
+        return -c[:, :R], c[:, R:]
+    F = np.broadcast_to(np.concatenate(forms, axis=2), (N, 2 * R, g.n_inputs))
+    return -c[:, :R], c[:, R:], (-F[:, :R], -const[:, :R], F[:, R:], const[:, R:])
 
 
 def backsubstitute(g: Graph, target: str, rows: np.ndarray, bounds: GraphBounds, parts: dict,
                    relax: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """DeepPoly lower and upper bounds of the flat elements `rows` of tensor `target` (before rounding).
+    """DeepPoly lower and upper bounds (R,) of the flat elements `rows` of tensor `target` on one box
+    (before rounding); parts from `_box_parts`, relax a cache of the relaxations made from `bounds`."""
+    lo = {k: np.asarray(v)[None] for k, v in bounds.lo.items()}
+    hi = {k: np.asarray(v)[None] for k, v in bounds.hi.items()}
+    P = {n: (np.asarray(a)[None], np.asarray(b)[None]) for n, (a, b) in parts.items()}
+    cl, ch = _backward(g, target, np.asarray(rows), lo, hi, P, {} if relax is None else relax)
+    return cl[0], ch[0]
 
-    relax: {relu: (sl, su, tu)} relaxations computed from `bounds` (made here when not given)."""
-    R = rows.size
-    shape = g.shape(target)
-    e = np.zeros((R, int(np.prod(shape))))
-    e[np.arange(R), rows] = 1.0
-    A_lo = {target: e.reshape((R,) + shape)}
-    A_hi = {target: A_lo[target].copy()}
-    c_lo, c_hi = np.zeros(R), np.zeros(R)
-    relax = {} if relax is None else relax
-    need = nx.ancestors(g.dag, target) | {target}
 
-    def send(dest, al, ah):
-        if dest in A_lo:
-            A_lo[dest] = A_lo[dest] + al
-            A_hi[dest] = A_hi[dest] + ah
-        else:
-            A_lo[dest], A_hi[dest] = al, ah
+def _chunk(g: Graph, N: int) -> int:
+    widest = g.__dict__.get("_widest") or g.__dict__.setdefault("_widest", max(g.op(n).size for n in g.order))
+    return max(1, int(ROW_BUDGET_BYTES // (8 * widest * 4 * N)))
 
-    for name in reversed(g.order):
-        if name not in need or name not in A_lo:
+
+def _rows(g: Graph, z: str, lo: np.ndarray, hi: np.ndarray, rows: str):
+    """The flat positions of z to back-substitute and the (N, S) mask of the boxes each one is tightened on
+    (None: all).  rows="unstable": on each box its unstable positions, as N one-box runs would;
+    rows="open": the positions unstable on some box and the identity positions of a MaskedRelu reading z,
+    on every box; rows="all" (and any output): all of them."""
+    if rows == "all" or z in g.outputs:
+        return np.arange(lo.shape[1]), None
+    unstable = (lo < 0) & (hi > 0)
+    if rows == "unstable":
+        return np.flatnonzero(unstable.any(axis=0)), unstable
+    todo = unstable.any(axis=0)
+    for r in g.dag.successors(z):
+        m = getattr(g.op(r), "relu_mask", None)
+        if g.op(r).kind == "relu" and m is not None:
+            todo |= ~np.broadcast_to(m, g.shape(z)).reshape(-1)
+    return np.flatnonzero(todo), None
+
+
+def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds | None = None,
+                   targets: list | None = None, rows: str = "unstable", coef: bool = False,
+                   all_nodes: bool = False, progress: bool = False) -> tuple[GraphBounds, dict]:
+    """DeepPoly/CROWN bounds on each of the N boxes [lo[n], hi[n]] ((N, n_inputs) arrays) of every target
+    tensor (default: every ReLU input, then the outputs), intersected with interval bounds (and `known`,
+    broadcastable to (N, *shape)), and interval bounds of the tensors they need (of every tensor with
+    all_nodes or default targets): {tensor: (N, *shape)}.
+
+    One sweep in topological order: a node's interval bounds come from its arguments' final bounds, and a
+    target is then tightened by back-substituting its `rows` (see `_rows`) to the input, so every later
+    relaxation uses the tighter values.  With coef, also {target: (rows, Al, bl, Au, bu)}, the unrounded
+    input-space linear bounds of its back-substituted rows (see `_backward`)."""
+    t0 = time.perf_counter()
+    N = lo.shape[0]
+    parts = _parts(g, lo, hi)
+    if targets is None:
+        targets, all_nodes = [g.args(r)[0] for r in g.relus] + list(g.outputs), True
+    need = set(g.order) if all_nodes else {n for t in targets for n, _, _ in _upstream(g, t)}
+    todo_targets = set(targets)
+    # plain interval bounds first: the sweep's intervals (from tighter arguments) are intersected with
+    # them, so no bound comes out looser than the interval one by a rounding difference
+    L, H = {}, {}
+    for z in g.order:
+        if z in need:
+            _interval_node(g, z, parts, L, H, known, N)
+    known, L, H, relax, forms = GraphBounds(L, H), {}, {}, {}, {}
+    t_int = time.perf_counter() - t0
+    chunk = _chunk(g, N)
+    # (no tqdm object unless asked: its first creation costs milliseconds, more than a small net's bounds)
+    bar = tqdm(total=len(todo_targets), desc="DeepPoly", unit="layer", leave=False) if progress else None
+    for z in g.order:
+        if z not in need:
             continue
-        al, ah = A_lo.pop(name), A_hi.pop(name)
-        op = g.op(name)
-        if op.kind == "input":
-            lo, hi = parts[name]
-            c_lo += (np.maximum(al, 0) * lo + np.minimum(al, 0) * hi).reshape(R, -1).sum(axis=1)
-            c_hi += (np.maximum(ah, 0) * hi + np.minimum(ah, 0) * lo).reshape(R, -1).sum(axis=1)
-        elif op.kind == "const":
-            c_lo += (al * op.value).reshape(R, -1).sum(axis=1)
-            c_hi += (ah * op.value).reshape(R, -1).sum(axis=1)
-        elif op.kind == "relu":
-            z = g.args(name)[0]
-            if name not in relax:
-                relax[name] = _relaxation(bounds.lo[z], bounds.hi[z], op)
-            sl, su, tu = relax[name]
-            alp, aln, ahp, ahn = np.maximum(al, 0), np.minimum(al, 0), np.maximum(ah, 0), np.minimum(ah, 0)
-            c_lo += (aln * tu).reshape(R, -1).sum(axis=1)
-            c_hi += (ahp * tu).reshape(R, -1).sum(axis=1)
-            send(z, alp * sl + aln * su, ahp * su + ahn * sl)
-        else:
-            c_lo += op.bias_dot(al)
-            c_hi += op.bias_dot(ah)
-            for a, tl, th in zip(g.args(name), op.transpose(al), op.transpose(ah)):
-                send(a, tl, th)
-    return c_lo, c_hi
-
-
-def _chunk(g: Graph) -> int:
-    widest = max(g.op(n).size for n in g.order)
-    return max(1, int(ROW_BUDGET_BYTES // (8 * widest * 4)))
+        t1 = time.perf_counter()
+        _interval_node(g, z, parts, L, H, known, N)
+        t_int += time.perf_counter() - t1
+        if z not in todo_targets:
+            continue
+        if bar is not None:
+            bar.update()
+        args = g.args(z)
+        if len(set(args)) == len(args) and all(g.op(a).kind == "input" for a in args):
+            continue            # one op of distinct inputs (a box): its interval bounds are already exact
+        l, h = L[z].reshape(N, -1).copy(), H[z].reshape(N, -1).copy()
+        todo, on = _rows(g, z, l, h, rows)
+        parts_out = []
+        for s in range(0, todo.size, chunk):
+            r = todo[s:s + chunk]
+            res = _backward(g, z, r, L, H, parts, relax, coef)
+            cl, ch = outward(res[0], res[1])
+            if on is not None:      # off its boxes a row keeps its interval bounds
+                cl, ch = np.where(on[:, r], cl, -np.inf), np.where(on[:, r], ch, np.inf)
+            l[:, r], h[:, r] = np.maximum(l[:, r], cl), np.minimum(h[:, r], ch)
+            parts_out.append(res[2] if coef else None)
+        L[z], H[z] = l.reshape(L[z].shape), h.reshape(H[z].shape)
+        if coef and parts_out:
+            forms[z] = (todo,) + tuple(np.concatenate([p[j] for p in parts_out], axis=1) for j in range(4))
+    if bar is not None:
+        bar.close()
+    return GraphBounds(L, H, {"interval": t_int, "deeppoly": time.perf_counter() - t0 - t_int}), forms
 
 
 def deeppoly_graph(g: Graph, box: Box, known: GraphBounds | None = None, outputs: bool = True,
                    progress: bool = False) -> GraphBounds:
-    """DeepPoly/CROWN bounds of every ReLU input (and of the outputs), intersected with interval bounds:
-    each ReLU layer's unstable positions are back-substituted to the input in topological order, then
-    interval bounds are re-propagated from the tighter values."""
-    t0 = time.perf_counter()
-    parts = _box_parts(g, box)
-    b = interval_graph(g, box, known)
-    seconds = {"interval": time.perf_counter() - t0}
-    chunk = _chunk(g)
-    relax: dict = {}
-    # every ReLU input (its unstable positions), then every output (all of it)
-    targets = [(g.args(r)[0], False) for r in g.relus] + ([(o, True) for o in g.outputs] if outputs else [])
-    for z, is_output in tqdm(targets, desc="DeepPoly", unit="layer", disable=not progress, leave=False):
-        lo, hi = b.lo[z].reshape(-1), b.hi[z].reshape(-1)
-        todo = np.arange(lo.size) if is_output else np.flatnonzero((lo < 0) & (hi > 0))
-        if todo.size == 0:
-            continue
-        new_lo, new_hi = lo.copy(), hi.copy()
-        for s in range(0, todo.size, chunk):
-            rows = todo[s:s + chunk]
-            cl, ch = backsubstitute(g, z, rows, b, parts, relax)
-            cl, ch = outward(cl, ch)
-            new_lo[rows] = np.maximum(new_lo[rows], cl)
-            new_hi[rows] = np.minimum(new_hi[rows], ch)
-        # the tighter bounds of z flow forward (intervals) to everything after it
-        merged = GraphBounds({**b.lo, z: new_lo.reshape(b.lo[z].shape)}, {**b.hi, z: new_hi.reshape(b.hi[z].shape)})
-        b = interval_graph(g, box, merged)
-        relax = {r: v for r, v in relax.items() if g.args(r)[0] != z}
-    seconds["deeppoly"] = time.perf_counter() - t0 - seconds["interval"]
-    b.seconds = seconds
-    return b
+    """DeepPoly/CROWN bounds of every ReLU input (and of the outputs) on one box, intersected with interval
+    bounds: each ReLU input's unstable positions are back-substituted to the input in topological order."""
+    targets = [g.args(r)[0] for r in g.relus] + (list(g.outputs) if outputs else [])
+    b, _ = deeppoly_boxes(g, box.lo[None], box.hi[None], known, targets, all_nodes=True, progress=progress)
+    return _squeeze(b)

@@ -89,11 +89,14 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
     out.emit("\n".join([
         f"equiv simplify: {args.model} (graph: {len(graph.order)} nodes, {report['relu_layers']} ReLU layers)",
         f"  ReLUs   {report['relus_before']:>8} -> {report['relus_after']}",
-        f"  params  {report['params_before']:>8} -> {report['params_after']} (the masks of partly stable layers)",
+        f"  params  {report['params_before']:>8} -> {report['params_after']} (weights and biases; plus "
+        f"{report['mask_entries_after']} mask entries)",
+        f"  file    {report['file_bytes_before'] or 0:>8} -> {report['file_bytes_after']} bytes",
         f"  MACs    {report['macs_before']:>8} -> {report['macs_after']}",
         f"  positions dead {c['dead']}, active {c['active']}, unstable {c['unstable']}, unknown {c['unknown']} "
         f"(proved by {report['method']})",
         f"  validation: {res.validation.samples} points, max |diff| {res.validation.max_abs_diff:.3g}",
+        *([f"  folded: " + ", ".join(f"{k} {v}" for k, v in report["folded"].items())] if report["folded"] else []),
         *[f"  note: {n}" for n in report["notes"]],
         f"  time {report['seconds']['total']:.2f} s -> {target}"]))
     return 0

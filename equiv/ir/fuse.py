@@ -1,6 +1,7 @@
-"""Read back the masked ReLUs equiv writes: `Relu(x) * m` and `Relu(x) * m + x * a` become one MaskedRelu.
+"""Read back the masked ReLUs equiv writes: `Relu(x * m) + x * a` (and the older `Relu(x) * m + x * a`,
+either without its linear term) become one MaskedRelu.
 
-In ONNX a masked ReLU is a Relu over the whole tensor followed by masks; counted naively every position
+In ONNX a masked ReLU is a Relu over the whole tensor with masks around it; counted naively every position
 would still be a ReLU.  The rewrite is exact (the same function), so the graph keeps its meaning while
 the positions a mask zeroes stop counting as ReLUs.
 """
@@ -26,32 +27,48 @@ def _mask(op, shape) -> np.ndarray | None:
         return None
 
 
+def _sole_user(g: Graph, users: dict, n: str) -> str | None:
+    return users[n][0] if len(users[n]) == 1 and n not in g.outputs else None
+
+
+def _relu_part(g: Graph, users: dict, r: str):
+    """(x, relu mask, node computing the masked ReLU, nodes it replaces) for `Relu(x) * m` or `Relu(x * m)`."""
+    shape = g.shape(r)
+    post = _sole_user(g, users, r)
+    m = None if post is None or g.shape(post) != shape else _mask(g.op(post), shape)
+    if m is not None:
+        return g.args(r)[0], m, post, {r}
+    pre = g.args(r)[0]
+    m = _mask(g.op(pre), shape) if g.op(pre).kind == "linear" and _sole_user(g, users, pre) == r else None
+    if m is None or g.shape(g.args(pre)[0]) != shape:
+        return None
+    return g.args(pre)[0], m, r, {pre}
+
+
 def fuse_masked_relus(g: Graph) -> Graph:
     """The graph with the mask patterns replaced by MaskedRelu nodes (named like the pattern's output)."""
     replace, drop = {}, set()
     users = {n: list(g.dag.successors(n)) for n in g.order}
     for r in g.order:
-        if not isinstance(g.op(r), ops.Relu) or len(users[r]) != 1 or r in g.outputs:
+        if not isinstance(g.op(r), ops.Relu):
             continue
-        x = g.args(r)[0]
+        part = _relu_part(g, users, r)
+        if part is None:
+            continue
+        x, relu_mask, out, gone = part
         shape = g.shape(r)
-        m_node = users[r][0]
-        m = _mask(g.op(m_node), shape)
-        if m is None or g.shape(m_node) != shape:
-            continue
-        relu_mask, lin_mask, out = m, np.zeros(shape, bool), m_node
-        add = users[m_node][0] if len(users[m_node]) == 1 and m_node not in g.outputs else None
+        lin_mask = np.zeros(shape, bool)
+        add = _sole_user(g, users, out)
         if add is not None and isinstance(g.op(add), ops.Add) and g.op(add).signs == (1.0, 1.0):
-            other = [a for a in g.args(add) if a != m_node]
+            other = [a for a in g.args(add) if a != out]
             if len(other) == 1 and g.args(other[0]) == [x] and len(users[other[0]]) == 1:
                 a = _mask(g.op(other[0]), shape)
-                if a is not None and not np.any(a & m) and g.shape(add) == shape:
-                    lin_mask, out = a, add
-                    drop.add(other[0])
-        drop.update({r, m_node} - {out})
+                if a is not None and not np.any(a & relu_mask) and g.shape(add) == shape:
+                    lin_mask = a
+                    gone |= {other[0], out}
+                    out = add
+        drop.update(gone - {out})
         replace[out] = (ops.MaskedRelu(shape, relu_mask=relu_mask, linear_mask=lin_mask), [x])
-        if out != m_node:
-            drop.add(m_node)
     if not replace:
         return g
     nodes = []

@@ -73,6 +73,11 @@ class Graph:
         return int(sum(self.op(n).params for n in self.order))
 
     @property
+    def n_mask_entries(self) -> int:
+        """Mask constants of the masked ReLUs (not parameters: they only say which positions stay ReLUs)."""
+        return int(sum(getattr(self.op(n), "mask_entries", 0) for n in self.relus))
+
+    @property
     def n_macs(self) -> int:
         return int(sum(self.op(n).macs for n in self.order))
 

@@ -96,20 +96,33 @@ def _write(w: _Writer, g: Graph, name: str, out: str, args: list[str]) -> None:
 
 
 def _masked_relu(w: _Writer, op: ops.MaskedRelu, x: str, out: str) -> None:
-    """relu(x) * relu_mask + x * linear_mask (each term only when its mask is not empty)."""
+    """Relu(x * m) + x * a, m = 1 on ReLU positions, a = 1 on active ones (dead positions: 0 in both).
+
+    The mask goes before the Relu so that a verifier reading the file sees input 0 (a stable ReLU) at every
+    position that is not a ReLU; each term is written only when its mask is not empty."""
     r, lin = np.asarray(op.relu_mask, bool), np.asarray(op.linear_mask, bool)
     terms = []
     if r.any():
-        h = w.node("Relu", [x])
-        terms.append(h if r.all() else w.node("Mul", [h, w.const(r)]))
+        terms.append(w.node("Relu", [x if r.all() else w.node("Mul", [x, _mask(w, r)])]))
     if lin.any():
-        terms.append(x if lin.all() else w.node("Mul", [x, w.const(lin)]))
+        terms.append(x if lin.all() else w.node("Mul", [x, _mask(w, lin)]))
     if not terms:
         w.node("Mul", [x, w.const(np.zeros(1))], out)
     elif len(terms) == 1:
         w.node("Identity", terms, out)
     else:
         w.node("Add", terms, out)
+
+
+MASK_AS_BOOL = 1024     # masks with more entries are stored as booleans (1 byte, not 4) and cast to float
+
+
+def _mask(w: _Writer, m: np.ndarray) -> str:
+    """A 0/1 float tensor for the mask, reduced along the axes where it is constant (it broadcasts back)."""
+    m = ops.compact_mask(m)
+    if m.size <= MASK_AS_BOOL:
+        return w.const(m)
+    return w.node("Cast", [w.const(m, np.bool_)], to=TensorProto.FLOAT)
 
 
 def graph_to_onnx(g: Graph, producer: str = "equiv") -> onnx.ModelProto:

@@ -21,10 +21,10 @@ from .onnx_handlers import HANDLERS, _reshape_target
 
 # op -> positions of the inputs that must be constants
 CONST_OPERANDS = {"Conv": (1, 2), "BatchNormalization": (1, 2, 3, 4), "Reshape": (1,), "Squeeze": (1,),
-                  "Unsqueeze": (1,), "Pad": (1, 2, 3), "Dropout": (1, 2)}
+                  "Unsqueeze": (1,), "Pad": (1, 2, 3), "Dropout": (1, 2), "Cast": (0,)}
 SUPPORTED = ("Gemm", "MatMul", "Conv", "BatchNormalization", "AveragePool", "Pad", "Add", "Sub", "Mul", "Div",
              "Neg", "Concat", "Flatten", "Reshape", "Transpose", "Identity", "Dropout", "Squeeze", "Unsqueeze",
-             "Relu", "Constant")
+             "Relu", "Constant", "Cast")
 
 
 def _dims(vi) -> tuple:
@@ -180,6 +180,9 @@ def _fold(op: str, vals: list, attrs: dict, where: str) -> np.ndarray:
         return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](a, vals[1])
     if op == "Neg":
         return -a
+    if op == "Cast":              # to a float type: the same values; to bool or an integer type: C casts
+        to = helper.tensor_dtype_to_np_dtype(attrs["to"])
+        return a if np.issubdtype(to, np.floating) else a.astype(to).astype(np.float64)
     if op == "Transpose":
         return np.transpose(a, attrs.get("perm"))
     if op == "Reshape":

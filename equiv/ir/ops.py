@@ -86,10 +86,23 @@ class MaskedRelu(Op):
         return int(np.sum(self.relu_mask))
 
     @property
-    def params(self) -> int:
-        """The mask constants the written model holds (a mask that is all 0 or all 1 is not written)."""
-        return sum(m.size for m in (np.asarray(self.relu_mask), np.asarray(self.linear_mask))
-                   if m.any() and not m.all())
+    def mask_entries(self) -> int:
+        """Entries of the masks the written model holds (each mask compacted; an all-0 or all-1 one is not written)."""
+        return sum(compact_mask(m).size for m in (self.relu_mask, self.linear_mask)
+                   if np.any(m) and not np.all(m))
+
+
+def compact(a) -> np.ndarray:
+    """The array with every axis along which it is constant reduced to length 1 (it broadcasts back)."""
+    a = np.asarray(a)
+    for ax in range(a.ndim):
+        if a.shape[ax] > 1 and (a == np.take(a, [0], axis=ax)).all():
+            a = np.take(a, [0], axis=ax)
+    return a
+
+
+def compact_mask(m) -> np.ndarray:
+    return compact(np.asarray(m, bool))
 
 
 @dataclass

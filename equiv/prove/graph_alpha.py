@@ -1,6 +1,7 @@
-"""Slope optimisation on graphs: ReLU layer by layer, every position neither proved stable nor seen
-unstable gets the optimised-slope bound (`bounds.alpha`) of its likelier phase; the proved ones become
-stable, and DeepPoly is recomputed from the tighter bounds so later layers start better.  Cheaper than
+"""Slope optimisation on graphs: ReLU layer by layer, the optimised-slope bounds (`bounds.alpha`) of the
+open positions: both sides where later ReLU layers use this one's bounds (tighter triangles there), only
+the likelier phase of the undecided ones in the last layer; the proved ones become stable, and DeepPoly
+is recomputed from the tighter bounds so later layers start better.  Cheaper than
 one LP per position and, per position, as tight as the LP with the same intermediate bounds (when the
 ascent converges); the LP stage then gets only what is left.
 """
@@ -19,7 +20,7 @@ from ..ir.graph import Graph
 from ..spec.region import Box
 
 
-def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, iters: int = 20,
+def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, iters: int = 10,
                 budget: float | None = None, progress: bool = False) -> tuple[GraphBounds, dict]:
     """Tighter bounds (each one a sound back-substitution bound) and counts of the positions tried."""
     stats = {"alpha_rows": 0, "alpha_proved": 0, "alpha_skipped": 0, "seconds": 0.0}
@@ -28,22 +29,42 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
     for r in tqdm(g.relus, desc="slopes", unit="layer", disable=not progress, leave=False):
         z = g.args(r)[0]
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
-        todo = np.flatnonzero((lo < 0) & (hi > 0) & ~(pos[r] & neg[r]).reshape(-1))
-        if todo.size == 0 or not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
+        open_ = (lo < 0) & (hi > 0)
+        if not open_.any() or not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
             continue        # affine in the input: DeepPoly is already exact there
+        if any(g.op(d).kind == "relu" for d in nx.descendants(g.dag, r)):
+            # later layers relax this one: both sides of every open position pay (tighter triangles)
+            both = np.flatnonzero(open_)
+            todo, signs = np.concatenate([both, both]), np.concatenate([np.ones(both.size), -np.ones(both.size)])
+        else:               # the last ReLU layer: only a proof pays, on the likelier side
+            todo = np.flatnonzero(open_ & ~(pos[r] & neg[r]).reshape(-1))
+            signs = np.where(hi[todo] <= -lo[todo], -1.0, 1.0)     # -1: try to prove dead (bound -z from below)
+        if todo.size == 0:
+            continue
         if deadline is not None and time.perf_counter() >= deadline:
             stats["alpha_skipped"] += int(todo.size)
             continue
-        signs = np.where(hi[todo] <= -lo[todo], -1.0, 1.0)     # -1: try to prove dead (bound -z from below)
-        low = alpha_lower(g, box, bounds, z, todo, signs, iters=iters, deadline=deadline)
+        corners = np.tile(box.center, (todo.size, 1))
+        low = alpha_lower(g, box, bounds, z, todo, signs, iters=iters, deadline=deadline, corners=corners)
+        _run_points(g, corners, pos, neg)
         new_lo, new_hi = lo.copy(), hi.copy()
         up = signs > 0
-        new_lo[todo[up]] = np.maximum(lo[todo[up]], low[up])
-        new_hi[todo[~up]] = np.minimum(hi[todo[~up]], -low[~up])
+        np.maximum.at(new_lo, todo[up], low[up])
+        np.minimum.at(new_hi, todo[~up], -low[~up])
         stats["alpha_rows"] += int(todo.size)
-        stats["alpha_proved"] += int(np.sum(low >= 0))
+        stats["alpha_proved"] += int(np.sum(open_ & ((new_lo >= 0) | (new_hi <= 0))))
         known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
                             {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
         bounds = deeppoly_graph(g, box, known=known)
     stats["seconds"] = time.perf_counter() - t0
     return bounds, stats
+
+
+def _run_points(g: Graph, x: np.ndarray, pos: dict, neg: dict, batch: int = 256) -> None:
+    """Run points in the real graph and record the signs every ReLU input shows there."""
+    for s in range(0, len(x), batch):
+        vals = g.evaluate(x[s:s + batch])
+        for r in g.relus:
+            v = vals[g.args(r)[0]]
+            pos[r] |= (v > 0).any(axis=0).reshape(pos[r].shape)
+            neg[r] |= (v < 0).any(axis=0).reshape(neg[r].shape)

@@ -23,7 +23,7 @@ from ...ir.graph import Graph
 from ...ir.onnx_export import graph_to_onnx
 from ...spec.region import Box
 from ...transform.dispatch import GraphIO, build_graph_dispatcher
-from ...transform.graph_prune import prune_dead
+from ...transform.fold import shrink
 from ...artifacts.validate import OnnxRunner
 from ..graph_simplify import graph_phases, reduce_graph, validate_graph_model
 from ..simplify import sha256_of
@@ -74,10 +74,11 @@ def choose_graph_dim(g: Graph, piece: Piece, region: Box, strategy: str) -> int 
 
 
 def prove_graph_piece(g: Graph, piece: Piece, gopt: GraphSliceOptions) -> None:
-    """Phases on the piece's box, the ReLUs proved stable dropped and dead channels pruned (not exported)."""
+    """Phases on the piece's box, the ReLUs proved stable dropped, dead channels pruned and masks folded
+    (as `simplify` does; not exported)."""
     t0 = time.perf_counter()
     ph = graph_phases(g, piece.box, gopt.method, gopt.samples, gopt.seed, False, gopt.time_limit, gopt.budget)
-    piece.stability, piece.network = ph, prune_dead(reduce_graph(g, ph))[0]
+    piece.stability, piece.network = ph, shrink(reduce_graph(g, ph))[0]
     piece.seconds = time.perf_counter() - t0
 
 

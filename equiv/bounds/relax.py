@@ -1,0 +1,81 @@
+"""The linear relaxation of a ReLU node, and its compact form for batched back-substitution."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import ops
+
+
+def _relaxation(l: np.ndarray, u: np.ndarray, op=None):
+    """Slopes and upper intercept of the ReLU's linear bounds on [l, u]: h >= sl z, h <= su z + tu.
+    A MaskedRelu is exactly the identity or 0 off its ReLU positions, whatever the bounds."""
+    unstable = (l < 0) & (u > 0)
+    su = np.where(l >= 0, 1.0, 0.0)
+    tu = np.zeros_like(l)
+    den = np.where(unstable, u - l, 1.0)
+    su = np.where(unstable, u / den, su)
+    tu = np.where(unstable, -u * l / den, tu)
+    sl = np.where(unstable, (u > -l).astype(float), su)
+    mask = getattr(op, "relu_mask", None)
+    if mask is not None:
+        fixed = np.where(op.linear_mask, 1.0, 0.0)
+        sl, su, tu = np.where(mask, sl, fixed), np.where(mask, su, fixed), np.where(mask, tu, 0.0)
+    return sl, su, tu
+
+
+@dataclass
+class Relax:
+    """A ReLU's relaxation on N boxes, flattened to columns: sl z <= h <= sl z + gap z + tu, gap and tu
+    nonzero only on U.
+
+    Off U (positions stable on every box) both lines are the same (slope 0 or 1, no intercept), so the
+    choice of line by coefficient sign is only made on U.  `keep` (or None: all) are the columns alive on
+    some box: when the ReLU's input is a Dense op read by nothing else, the dead columns are dropped
+    before its matrix product."""
+
+    sl: np.ndarray        # (N, 1, K) lower slopes of the kept columns
+    U: np.ndarray         # positions, among the kept columns, of the columns unstable on some box
+    gap: np.ndarray       # (N, 1, |U|) su - sl there
+    tu: np.ndarray        # (N, |U|) upper intercepts there
+    keep: np.ndarray | None
+
+
+def prepare(g, relu: str, lo: np.ndarray, hi: np.ndarray) -> Relax:
+    """The compact relaxation of ReLU node `relu` from its input's bounds lo, hi (N, *shape)."""
+    N = lo.shape[0]
+    sl, su, tu = (a.reshape(N, -1) for a in _relaxation(lo, hi, g.op(relu)))
+    z = g.args(relu)[0]
+    keep = None
+    zop = g.op(z)
+    if g.dag.out_degree(z) == 1 and isinstance(zop, ops.Dense) and math.prod(zop.shape[:-1]) == 1:
+        alive = np.flatnonzero(((sl != 0) | (su != 0)).any(axis=0))
+        if alive.size < sl.shape[1]:
+            keep = alive
+            sl, su, tu = sl[:, keep], su[:, keep], tu[:, keep]
+    U = np.flatnonzero(((su != sl) | (tu != 0)).any(axis=0))
+    return Relax(sl[:, None], U, (su - sl)[:, None, U], tu[:, U], keep)
+
+
+def relu_step(rx: Relax, a: np.ndarray):
+    """Through the ReLU for upper bounds: coefficients (n, R, S) of h -> coefficients of z and the intercepts
+    (N, R).  An upper bound takes the upper line where its coefficient is > 0, the lower line elsewhere:
+    a sl + max(a, 0) (su - sl), intercept max(a, 0) . tu."""
+    if rx.keep is not None:
+        a = a[..., rx.keep]
+    out = a * rx.sl
+    if rx.U.size == 0:
+        return out, np.zeros(out.shape[:2])
+    pos = np.maximum(a[..., rx.U], 0)
+    out[..., rx.U] += pos * rx.gap
+    return out, rowdot(pos, rx.tu)
+
+
+def rowdot(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(N, R): a[n, r] . v[n] for a (n, R, k) with n = 1 or N and v (N, k)."""
+    if a.shape[0] == 1:
+        return (a[0] @ v.T).T
+    return np.einsum("nrk,nk->nr", a, v)

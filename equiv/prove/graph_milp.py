@@ -1,0 +1,96 @@
+"""MILP decisions on graphs: for each position still undecided after the slopes stage, one exact big-M
+MILP over the graph up to its ReLU input asks "can z reach the other side of 0?".  Infeasible (the
+solver's proof, with the house margin) settles the phase; a point found is run in the real graph and,
+if it shows both signs, the position is unstable.  A time limit or any other status proves nothing.
+
+The budget is shared out over the ReLU layers in proportion to their candidates (what one layer leaves
+unused flows on), and within a layer the positions whose bounds lie nearest to a proof go first.
+"""
+
+from __future__ import annotations
+
+import time
+
+import networkx as nx
+import numpy as np
+from tqdm import tqdm
+
+from ..bounds.engine import GraphBounds, deeppoly_graph
+from ..encode.graph import encode_graph
+from ..ir.graph import Graph
+from ..solvers.highs import HighsBackend
+from ..spec.region import Box
+from .graph_lp import _witness
+
+QUERIES_PER_LAYER = 4
+MARGIN = 1e-6      # a decision proves z <= -MARGIN (or >= MARGIN) up to the solver's feasibility tolerance
+
+
+def _candidates(g: Graph, bounds: GraphBounds, r: str, pos: dict, neg: dict) -> np.ndarray:
+    z = g.args(r)[0]
+    lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
+    if not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
+        return np.zeros(0, int)        # affine in the input: DeepPoly is exact there already
+    return np.flatnonzero((lo < 0) & (hi > 0) & ~(pos[r] & neg[r]).reshape(-1))
+
+
+def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
+               budget: float | None = None, progress: bool = False) -> tuple[GraphBounds, dict]:
+    """Tighter bounds (phases settled by infeasible decisions) and counts of the decisions made."""
+    stats = {"milp": 0, "milp_proved": 0, "milp_witnessed": 0, "milp_unknown": 0, "milp_skipped": 0,
+             "seconds": 0.0}
+    t_start = time.perf_counter()
+    end = None if budget is None else t_start + budget
+    todo_counts = {r: _candidates(g, bounds, r, pos, neg).size for r in g.relus}
+    bar = tqdm(total=sum(todo_counts.values()), desc="MILP", unit="query", disable=not progress, leave=False)
+    for k, r in enumerate(g.relus):
+        todo = _candidates(g, bounds, r, pos, neg)
+        if todo.size == 0:
+            continue
+        now = time.perf_counter()
+        if end is not None and now >= end:
+            stats["milp_skipped"] += int(todo.size)
+            continue
+        later = sum(todo_counts[q] for q in g.relus[k + 1:])
+        layer_end = None if end is None else now + (end - now) * todo.size / max(1, todo.size + later)
+        # at least QUERIES_PER_LAYER decisions per layer: one hard query must not eat the layer's share
+        limit = time_limit if layer_end is None else min(time_limit, max(0.5, (layer_end - now) / QUERIES_PER_LAYER))
+        z = g.args(r)[0]
+        lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
+        new_lo, new_hi = lo.copy(), hi.copy()
+        enc = encode_graph(g, box, bounds, upto=z, integer=True)
+        backend = HighsBackend(enc.model)
+        order = todo[np.argsort(np.minimum(-lo[todo], hi[todo]) / (hi[todo] - lo[todo]))]
+        for i, p in enumerate(order):
+            bar.update(1)
+            if (pos[r] & neg[r]).reshape(-1)[p]:
+                stats["milp_witnessed"] += 1         # an earlier point already showed it unstable
+                continue
+            left = None if layer_end is None else layer_end - time.perf_counter()
+            if left is not None and left <= 0.05:
+                stats["milp_skipped"] += int((~(pos[r] & neg[r]).reshape(-1)[order[i:]]).sum())
+                bar.update(order.size - i - 1)
+                break
+            dead_side = hi[p] <= -lo[p]               # decide the phase the bounds make likelier
+            c, off = enc.objective(z, int(p), 1.0 if dead_side else -1.0)
+            dec = backend.decide(c, off, 0.0, time_limit=limit if left is None else min(limit, left),
+                                 margin=MARGIN)
+            stats["milp"] += 1
+            if dec.verdict == "below":               # sign * z < -MARGIN everywhere on the region
+                if dead_side:
+                    new_hi[p] = min(new_hi[p], 0.0)
+                else:
+                    new_lo[p] = max(new_lo[p], 0.0)
+                stats["milp_proved"] += 1
+            elif dec.x is not None:
+                _witness(g, enc, dec.x, box, pos, neg)
+                stats["milp_unknown"] += int(not (pos[r] & neg[r]).reshape(-1)[p])
+            else:
+                stats["milp_unknown"] += 1
+        if (new_lo > lo).any() or (new_hi < hi).any():
+            known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
+                                {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
+            bounds = deeppoly_graph(g, box, known=known)     # later layers start from the tighter bounds
+    bar.close()
+    stats["seconds"] = time.perf_counter() - t_start
+    return bounds, stats
