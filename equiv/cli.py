@@ -98,8 +98,9 @@ def _add_region(p: argparse.ArgumentParser):
 
 def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_default=2000,
                 samples_help="random points used to witness unstable neurons"):
+    shown = default_method or "milp on chains of dense layers, deeppoly on graphs"
     p.add_argument("--method", choices=["interval", "deeppoly", "lp", "milp"], default=default_method,
-                   help=f"strongest proof method to use (default: {default_method}); each includes the cheaper ones")
+                   help=f"strongest proof method to use (default: {shown}); each includes the cheaper ones")
     p.add_argument("--backend", default="highs", help="LP/MILP solver backend (default: highs)")
     p.add_argument("--time-limit", type=positive_seconds, default=10.0, metavar="S",
                    help="seconds per solver query; a query that runs out leaves its neuron 'unknown' (default: 10)")
@@ -207,19 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", nargs="?", help="input ONNX model (never overwritten)")
     _add_region(c)
     c.add_argument("-o", "--output", metavar="FAMILY", help="folder to write the family into")
-    c.add_argument("--max-slices", type=positive_count, default=64, metavar="N", help="most pieces to make (default 64)")
+    c.add_argument("--max-slices", "--max-pieces", type=positive_count, default=None, metavar="N",
+                   help="most pieces to make (default 64 on chains of dense layers, 4 on graphs)")
     c.add_argument("--target-relus", type=count, default=0, metavar="K",
                    help="stop splitting a piece once it has at most K ReLUs (default 0: split until --max-slices)")
-    c.add_argument("--strategy", choices=["unstable", "width"], default="unstable",
-                   help="unstable (default): bisect the piece with the most ReLUs along the dimension whose halves "
-                        "have the fewest unstable ReLUs by DeepPoly; width: along its widest dimension")
-    _add_solver(c, samples_default=None,
+    c.add_argument("--strategy", choices=["unstable", "width", "gradient"], default=None,
+                   help="unstable (default on chains): bisect the piece with the most ReLUs along the dimension whose "
+                        "halves have the fewest unstable ReLUs by DeepPoly; gradient (default on graphs): along the "
+                        "input with the largest width x output gradient at the piece's centre; width: along its "
+                        "widest dimension")
+    _add_solver(c, default_method=None, samples_default=None,
                 samples_help="random points: making, to witness unstable neurons on each piece (default 2000); "
-                             "--verify, on the whole region for the dispatcher (default 100000)")
+                             "--verify, on the whole region for the dispatcher (default 100000, 5000 on graphs)")
     c.add_argument("--validation-samples", type=positive_count, default=10000, metavar="N",
                    help="random points per slice for its validation (default 10000)")
-    c.add_argument("--dispatch-samples", type=positive_count, default=100000, metavar="N",
-                   help="random points of the region for the dispatcher's validation (default 100000)")
+    c.add_argument("--dispatch-samples", type=positive_count, default=None, metavar="N",
+                   help="random points of the region for the dispatcher's validation (default 100000; 5000 on graphs)")
     c.add_argument("--tolerance", type=non_negative, default=1e-4, help="largest accepted output difference (default 1e-4)")
     c.add_argument("--json", action="store_true", help="print the summary (or the --verify report) as JSON")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")

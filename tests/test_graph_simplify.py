@@ -247,10 +247,9 @@ def test_an_all_active_block_folds_into_one_conv(tmp_path, rng, capsys):
 
 @needs_cifar
 def test_chain_only_commands_refuse_graphs_quickly(tmp_path, capsys):
-    """slice and LP/MILP bounds refuse a conv net at once (no densified convolutions, nothing written)."""
+    """LP/MILP bounds refuse a conv net at once (no densified convolutions, nothing written); slice takes graphs
+    (test_slicing_graph.py)."""
     model, spec = CIFAR / "cifar_deep_kw.onnx", CIFAR / "cifar_deep_kw-img386-eps0.024183006535947717.vnnlib"
-    assert main(["slice", str(model), "--spec", str(spec), "-o", str(tmp_path / "fam")]) == 2
-    assert "chains of dense layers" in capsys.readouterr().err
     assert main(["bounds", str(model), "--spec", str(spec), "--method", "lp"]) == 2
     assert "chains of dense layers" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

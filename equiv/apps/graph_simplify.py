@@ -178,6 +178,21 @@ class GraphSimplifyResult:
         return rows
 
 
+def validate_graph_model(reference: OnnxRunner, model: onnx.ModelProto, g: Graph, small: Graph, box: Box,
+                         witnesses: np.ndarray, n: int, seed: int, tolerance: float,
+                         what: str = "the simplified model") -> ValidationReport:
+    """Run `model` (computing `small`) against the original on random points, vertices, the centre, the
+    witnesses and gradient-ascent points of the box; ValidationError (nothing to write) above the tolerance."""
+    points = validation_points(box, n, np.random.default_rng(seed + 1), witnesses)
+    points["ascent"] = ascent_points(g, small, box, np.vstack(list(points.values())))
+    val = compare_on_points(reference, OnnxRunner(model), points, tolerance)
+    if not val.ok:
+        raise ValidationError(f"BUG: {what} differs from the original by {val.max_abs_diff:.3g} "
+                              f"(tolerance {tolerance:g}) at input {val.worst_input}; nothing was written. "
+                              "Please report this.")
+    return val
+
+
 def _file_size(g: Graph) -> int | None:
     src = g.meta.get("source")
     return Path(src).stat().st_size if src and Path(src).is_file() else None
@@ -195,14 +210,8 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     model = graph_to_onnx(small)
     seconds["reduce_export"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    points = validation_points(box, validation_samples, np.random.default_rng(seed + 1), ph.witnesses)
-    points["ascent"] = ascent_points(g, small, box, np.vstack(list(points.values())))
-    val = compare_on_points(reference, OnnxRunner(model), points, tolerance)
+    val = validate_graph_model(reference, model, g, small, box, ph.witnesses, validation_samples, seed, tolerance)
     seconds["validate"] = time.perf_counter() - t1
-    if not val.ok:
-        raise ValidationError(f"BUG: the simplified model differs from the original by {val.max_abs_diff:.3g} "
-                              f"(tolerance {tolerance:g}) at input {val.worst_input}; nothing was written. "
-                              "Please report this.")
     seconds["total"] = time.perf_counter() - t0
     notes = []
     if any(removed.values()):

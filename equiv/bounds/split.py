@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.network import Network
+from ..spec.bisect import Bisection, Node, Open
 from ..spec.region import Box
 from .batch import deeppoly_boxes
 from .common import Bounds
@@ -63,37 +64,70 @@ def split_bounds(net: Network, box: Box, known: Bounds, layer: np.ndarray, index
 def _split(net, box, known, layer, index, dead, max_boxes, batch) -> SplitResult:
     layer, index, dead = np.asarray(layer, int), np.asarray(index, int), np.asarray(dead, bool)
     C = layer.size
-    refuted = np.zeros(C, bool)
-    witnesses: list[np.ndarray] = []
-    out = known.copy()
     if C == 0:
-        return SplitResult(out, np.empty((0, box.dim)), refuted, 0, 0)
-    top = int(layer.max()) + 1          # dense layers 0..top-1 are ever bounded
-    # neurons whose bounds the leaves can tighten: the ReLUs not already stable
-    tracked = [np.flatnonzero(net.masks[k] & (known.lo[k] < 0) & (known.hi[k] > 0)) for k in range(top)]
-    ends = np.cumsum([t.size for t in tracked])
-    parts = [slice(e - t.size, e) for t, e in zip(tracked, ends)]   # each layer's columns in the rows below
-    n_tracked = int(ends[-1])
-    # the frontier holds at most max_boxes + 1 boxes, each with two float rows of tracked bounds
-    max_boxes = int(min(max_boxes, MEMORY_BYTES // (16 * (n_tracked + box.dim) + C + 1)))
-    fin_lo, fin_hi = np.full(n_tracked, np.inf), np.full(n_tracked, -np.inf)   # extremes over finished leaves
-    splittable = box.hi > box.lo
-    width0 = np.where(splittable, box.hi - box.lo, np.inf)
+        return SplitResult(known.copy(), np.empty((0, box.dim)), np.zeros(C, bool), 0, 0)
+    st = _SplitState(net, box, known, layer, index, dead)
+    # the queue holds at most max_boxes + 1 boxes, each with two float rows of tracked bounds
+    max_boxes = int(min(max_boxes, MEMORY_BYTES // (16 * (st.n_tracked + box.dim) + C + 1)))
+    root = Node(box.lo.copy(), box.hi.copy(), (np.ones(C, bool), st.root_lo, st.root_hi))
+    st.queued_open += 1
+    run = Bisection(st.decide, order="fifo", batch=batch, max_boxes=max_boxes).run([root])
+    # budget spent: the boxes never bounded are leaves too, with their inherited bounds
+    for node in run.pending:
+        st.finish(node.data[1][None], node.data[2][None])
+    open_left = sum(int((node.data[0] & ~st.refuted).any()) for node in run.pending)
+    return SplitResult(st.bounds(), st.witness_points(), st.refuted, run.boxes, open_left)
 
-    # the frontier (first in, first out): boxes to bound, their open candidates and inherited bounds
-    f_lo, f_hi = box.lo[None].copy(), box.hi[None].copy()
-    f_open = np.ones((1, C), bool)
-    f_tlo = np.concatenate([known.lo[k][t] for k, t in enumerate(tracked)])[None]
-    f_thi = np.concatenate([known.hi[k][t] for k, t in enumerate(tracked)])[None]
-    used = 0
-    while f_lo.shape[0] and used < max_boxes:
-        n = min(batch, f_lo.shape[0], max_boxes - used)
-        lo, hi, op, tlo, thi = f_lo[:n], f_hi[:n], f_open[:n], f_tlo[:n].copy(), f_thi[:n].copy()
-        f_lo, f_hi, f_open, f_tlo, f_thi = f_lo[n:], f_hi[n:], f_open[n:], f_tlo[n:], f_thi[n:]
-        used += n
+
+class _SplitState:
+    """What the bisection carries between batches: tracked neurons, refuted candidates, leaf extremes."""
+
+    def __init__(self, net, box, known, layer, index, dead):
+        self.net, self.known, self.layer, self.index, self.dead = net, known, layer, index, dead
+        self.dim = box.dim
+        self.refuted = np.zeros(layer.size, bool)
+        self.witnesses: list[np.ndarray] = []
+        self.top = int(layer.max()) + 1          # dense layers 0..top-1 are ever bounded
+        # neurons whose bounds the leaves can tighten: the ReLUs not already stable
+        self.tracked = [np.flatnonzero(net.masks[k] & (known.lo[k] < 0) & (known.hi[k] > 0)) for k in range(self.top)]
+        ends = np.cumsum([t.size for t in self.tracked])
+        self.parts = [slice(e - t.size, e) for t, e in zip(self.tracked, ends)]   # each layer's columns below
+        self.n_tracked = int(ends[-1])
+        self.fin_lo, self.fin_hi = np.full(self.n_tracked, np.inf), np.full(self.n_tracked, -np.inf)
+        self.root_lo = np.concatenate([known.lo[k][t] for k, t in enumerate(self.tracked)])
+        self.root_hi = np.concatenate([known.hi[k][t] for k, t in enumerate(self.tracked)])
+        self.splittable = box.hi > box.lo
+        self.width0 = np.where(self.splittable, box.hi - box.lo, np.inf)
+        self.queued_open = np.zeros(layer.size, int)   # per candidate: queued boxes where it is open
+
+    def finish(self, tlo, thi):
+        """Leaves: their tracked bounds widen the extremes over finished leaves."""
+        self.fin_lo = np.minimum(self.fin_lo, tlo.min(axis=0))
+        self.fin_hi = np.maximum(self.fin_hi, thi.max(axis=0))
+
+    def bounds(self) -> Bounds:
+        out = self.known.copy()
+        for k in range(self.top):
+            t = self.tracked[k]
+            out.lo[k][t] = np.maximum(out.lo[k][t], self.fin_lo[self.parts[k]])
+            out.hi[k][t] = np.minimum(out.hi[k][t], self.fin_hi[self.parts[k]])
+        return out
+
+    def witness_points(self) -> np.ndarray:
+        return np.vstack(self.witnesses) if self.witnesses else np.empty((0, self.dim))
+
+    def decide(self, nodes: list) -> list:
+        """Bound a batch of boxes, close candidates, refute with real points; bisect the boxes left open."""
+        net, known, layer, index, dead, refuted = self.net, self.known, self.layer, self.index, self.dead, self.refuted
+        lo, hi = np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes])
+        op = np.array([n.data[0] for n in nodes])
+        tlo, thi = np.array([n.data[1] for n in nodes]), np.array([n.data[2] for n in nodes])
+        n = len(nodes)
+        self.queued_open -= op.sum(axis=0)
+        op &= ~refuted
         # bound the layers up to the deepest candidate still open anywhere, so that finished leaves
         # carry fresh bounds for every layer a later stage may encode
-        alive = ~refuted & (op.any(axis=0) | f_open.any(axis=0))
+        alive = ~refuted & (op.any(axis=0) | (self.queued_open > 0))
         depth = int(layer[alive].max()) + 1 if alive.any() else 0
         coef = {}
         if depth:
@@ -101,10 +135,10 @@ def _split(net, box, known, layer, index, dead, max_boxes, batch) -> SplitResult
             for k in range(depth):
                 kl.append(np.repeat(known.lo[k][None], n, axis=0))
                 kh.append(np.repeat(known.hi[k][None], n, axis=0))
-                kl[k][:, tracked[k]], kh[k][:, tracked[k]] = tlo[:, parts[k]], thi[:, parts[k]]
+                kl[k][:, self.tracked[k]], kh[k][:, self.tracked[k]] = tlo[:, self.parts[k]], thi[:, self.parts[k]]
             los, his, coef = deeppoly_boxes(net, lo, hi, kl, kh, depth=depth)
             for k in range(depth):
-                tlo[:, parts[k]], thi[:, parts[k]] = los[k][:, tracked[k]], his[k][:, tracked[k]]
+                tlo[:, self.parts[k]], thi[:, self.parts[k]] = los[k][:, self.tracked[k]], his[k][:, self.tracked[k]]
             # a candidate is closed on the boxes whose bound proves its phase there
             for c in np.flatnonzero(op.any(axis=0) & (layer < depth)):
                 k, i = layer[c], index[c]
@@ -117,39 +151,22 @@ def _split(net, box, known, layer, index, dead, max_boxes, batch) -> SplitResult
             wrong = np.flatnonzero((z > 0) if dead[c] else (z < 0))
             if wrong.size:
                 refuted[c] = True
-                witnesses.append(pts[wrong[:1]])
+                self.witnesses.append(pts[wrong[:1]])
         op[:, refuted] = False
-        f_open[:, refuted] = False
         # boxes with nothing open (or nothing left to split) are leaves; the others are bisected
-        split = op.any(axis=1) & (hi > lo)[:, splittable].any(axis=1)
+        split = op.any(axis=1) & (hi > lo)[:, self.splittable].any(axis=1)
         if (~split).any():
-            fin_lo = np.minimum(fin_lo, tlo[~split].min(axis=0))
-            fin_hi = np.maximum(fin_hi, thi[~split].max(axis=0))
+            self.finish(tlo[~split], thi[~split])
+        out = [None] * n
         if not split.any():
-            continue
-        lo, hi, op, tlo, thi = lo[split], hi[split], op[split], tlo[split], thi[split]
+            return out
+        rows = np.flatnonzero(split)
         coef = {k: tuple(a if j == 0 else a[split] for j, a in enumerate(v)) for k, v in coef.items()}
-        d = _split_dims(lo, hi, op, layer, index, dead, coef, width0)
-        at = np.arange(lo.shape[0])
-        mid = (lo[at, d] + hi[at, d]) / 2        # both halves share the face x_d = mid: a tiling
-        hi1, lo2 = hi.copy(), lo.copy()
-        hi1[at, d] = mid
-        lo2[at, d] = mid
-        f_lo = np.vstack([f_lo, lo, lo2])
-        f_hi = np.vstack([f_hi, hi1, hi])
-        f_open = np.vstack([f_open, op, op])
-        f_tlo = np.vstack([f_tlo, tlo, tlo])
-        f_thi = np.vstack([f_thi, thi, thi])
-    # budget spent: the boxes never bounded are leaves too, with their inherited bounds
-    if f_lo.shape[0]:
-        fin_lo = np.minimum(fin_lo, f_tlo.min(axis=0))
-        fin_hi = np.maximum(fin_hi, f_thi.max(axis=0))
-    for k in range(top):
-        t = tracked[k]
-        out.lo[k][t] = np.maximum(out.lo[k][t], fin_lo[parts[k]])
-        out.hi[k][t] = np.minimum(out.hi[k][t], fin_hi[parts[k]])
-    wit = np.vstack(witnesses) if witnesses else np.empty((0, box.dim))
-    return SplitResult(out, wit, refuted, used, int(f_open.any(axis=1).sum()))
+        dims = _split_dims(lo[split], hi[split], op[split], layer, index, dead, coef, self.width0)
+        for r, d in zip(rows, dims):
+            out[r] = Open((op[r].copy(), tlo[r].copy(), thi[r].copy()), dim=int(d))
+        self.queued_open += 2 * op[split].sum(axis=0)
+        return out
 
 
 def _candidate_coefs(coef, layer, index, dead, c):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from .common import inputs_of, progress_of, region_of, require_chain, stability_options
+from .common import inputs_of, progress_of, region_of, stability_options
+
+GRAPH_MAX_SLICES = 4       # default pieces on a graph (each piece is a full graph pipeline run)
+GRAPH_DISPATCH_SAMPLES = 5000   # default dispatcher points on a graph (thousands of inputs per point)
 
 
 def cmd_slice(args, out) -> int:
@@ -13,7 +16,7 @@ def cmd_slice(args, out) -> int:
     from ..errors import InputFileError
     if args.verify:
         given = any(v is not None for v in (args.spec, args.box, args.center))
-        rep = slicing.verify_family(args.verify, model=args.original or args.model, samples=args.samples or 100000,
+        rep = slicing.verify_family(args.verify, model=args.original or args.model, samples=args.samples,
                                     region=region_of(args)[0] if given else None, certify=args.certify,
                                     certify_time_limit=args.certify_time_limit, backend=args.backend)
         out.emit(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
@@ -22,10 +25,19 @@ def cmd_slice(args, out) -> int:
         raise InputFileError("give MODEL.onnx and -o FAMILY to make a family, or --verify FAMILY to check one")
     guard = OutputGuard(inputs_of(args, "model"))
     slicing.claim_output_dir(args.output, guard, args.force)     # refuse before the work
-    require_chain(args.model, "equiv slice")
+    from ..apps.graph_simplify import takes_chain_pipeline
+    from ..ir import load_graph
+    graph = load_graph(args.model)            # refuses unsupported models at once, checks every node
+    if not takes_chain_pipeline(graph, args.model):
+        return _slice_graph(args, out, graph)
+    if args.strategy == "gradient":
+        raise InputFileError("--strategy gradient works on graphs (convolutions, residual blocks) only; on chains "
+                             "of dense layers use unstable or width")
+    args.method = args.method or "milp"
     box, source = region_of(args)
-    sopt = slicing.SliceOptions(max_slices=args.max_slices, target_relus=args.target_relus, strategy=args.strategy,
-                                validation_samples=args.validation_samples, dispatch_samples=args.dispatch_samples,
+    sopt = slicing.SliceOptions(max_slices=args.max_slices or 64, target_relus=args.target_relus,
+                                strategy=args.strategy or "unstable",
+                                validation_samples=args.validation_samples, dispatch_samples=args.dispatch_samples or 100000,
                                 tolerance=args.tolerance, progress=progress_of(args))
     args.samples = 2000 if args.samples is None else args.samples
     fam = slicing.slice_model(args.model, box, stability_options(args, progress=False), sopt, region_source=source)
@@ -45,3 +57,26 @@ def cmd_slice(args, out) -> int:
     manifest = slicing.write_family(fam, args.output)
     out.emit(json.dumps(manifest["summary"], indent=1) if args.json else slicing.format_summary(manifest, args.output))
     return code
+
+
+def _slice_graph(args, out, graph) -> int:
+    """slice for convolutional and residual graphs: the graph pipeline on every piece (see apps/slicing/graph.py)."""
+    from ..apps import slicing
+    from ..apps.slicing.graph import GraphSliceOptions, slice_graph
+    from ..errors import UnsupportedModelError
+    if args.certify:
+        raise UnsupportedModelError("--certify runs `equiv check`, which works on chains of dense layers so far; "
+                                    "this model has convolutions, branches or several inputs/outputs")
+    from .simplify import GRAPH_LP_BUDGET
+    box, source = region_of(args)
+    sopt = slicing.SliceOptions(max_slices=args.max_slices or GRAPH_MAX_SLICES, target_relus=args.target_relus,
+                                strategy=args.strategy or "gradient", validation_samples=args.validation_samples,
+                                dispatch_samples=args.dispatch_samples or GRAPH_DISPATCH_SAMPLES, tolerance=args.tolerance,
+                                progress=progress_of(args))
+    gopt = GraphSliceOptions(method=args.method or "deeppoly", samples=2000 if args.samples is None else args.samples,
+                             seed=args.seed, time_limit=args.time_limit,
+                             budget=GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget)
+    fam = slice_graph(args.model, graph, box, gopt, sopt, region_source=source)
+    manifest = slicing.write_family(fam, args.output)
+    out.emit(json.dumps(manifest["summary"], indent=1) if args.json else slicing.format_summary(manifest, args.output))
+    return 0

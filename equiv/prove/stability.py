@@ -14,17 +14,16 @@ non-optimal status leaves it "unknown", and unknown neurons are kept.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..bounds import Bounds, deeppoly_bounds, interval_bounds
 from ..bounds.split import split_bounds
-from ..encode.chain import encode_network
 from ..ir.network import Network
 from ..spec.region import Box
-from ..solvers import Status, make_backend
+from .stability_solvers import candidates as _candidates
+from .stability_solvers import solver_stages as _solver_stages
 
 METHODS = ("interval", "deeppoly", "lp", "milp")
 
@@ -216,11 +215,6 @@ def _first_layer_extremes(net: Network, box: Box) -> np.ndarray:
                       np.where(W > 0, box.lo, np.where(W < 0, box.hi, c))])
 
 
-def _candidates(tr: _Tracker, bounds: Bounds, k: int) -> np.ndarray:
-    """ReLUs of layer k that no bound decided and no real point showed unstable."""
-    return tr.masks[k] & (bounds.lo[k] < 0) & (bounds.hi[k] > 0) & ~tr.unstable(k)
-
-
 def _split_stage(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries) -> Bounds:
     """Input splitting for every candidate, each asked only the side no point contradicts."""
     t0 = time.perf_counter()
@@ -244,158 +238,3 @@ def _split_stage(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries
     stage_counts["split"] = tr.stable_count(bounds)
     stage_seconds["split"] = time.perf_counter() - t0
     return bounds
-
-
-def _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes) -> Bounds:
-    """Layer by layer: LP tightening of every undecided neuron, then MILP decisions (if asked)."""
-    dense = net.dense
-    stage_seconds.setdefault("lp", 0.0)
-    stage_seconds.setdefault("milp", 0.0)
-    lp_stable = 0
-    layers = range(len(tr.masks))
-    if opt.progress:
-        from tqdm import tqdm
-        layers = tqdm(layers, desc="proving layers", unit="layer", leave=False)
-    # method milp only needs bounds up to the deepest layer with an undecided candidate
-    last = max([k for k in range(len(tr.masks)) if _candidates(tr, bounds, k).any()], default=-1)
-    deadline = None if opt.milp_budget is None else time.perf_counter() + opt.milp_budget
-    for k in layers:
-        m = tr.masks[k]
-        W, b = dense[k].W, dense[k].b
-        todo = np.flatnonzero(m & (bounds.lo[k] < 0) & (bounds.hi[k] > 0))
-        if k == 0 or todo.size == 0 or (opt.method == "milp" and k > last):
-            # layer 1 is affine in x: interval/DeepPoly bounds are already exact
-            lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
-            continue
-        t0 = time.perf_counter()
-        enc = encode_network(net, box, bounds, depth=k, integer=True)
-        backend = make_backend(opt.backend, enc.model)
-        # --- LP: tighten both sides of every undecided neuron (rigorous dual bounds)
-        for i, up, lo_, secs in _lp_layer(W, b, todo, enc, backend, opt):
-            queries["lp"] += 2
-            tr.seconds[k][i] += secs
-            big = sum(r.status == Status.TOO_LARGE for r in (up, lo_))
-            if big:
-                queries["too_large"] = queries.get("too_large", 0) + big
-                queries["too_large_message"] = (f"LP bounds for hidden layer {k + 1}: "
-                                                + (up if up.status == Status.TOO_LARGE else lo_).message)
-            if up.bound is not None and up.status == Status.OPTIMAL:
-                bounds.hi[k][i] = min(bounds.hi[k][i], up.bound)
-            if lo_.bound is not None and lo_.status == Status.OPTIMAL:
-                bounds.lo[k][i] = max(bounds.lo[k][i], -lo_.bound)
-        tr.record_bounds(k, bounds, "lp")
-        lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
-        stage_seconds["lp"] += time.perf_counter() - t0
-
-        if opt.method == "milp":
-            t0 = time.perf_counter()
-            _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline)
-            stage_seconds["milp"] += time.perf_counter() - t0
-        # later layers benefit at once from the tightened bounds of this one
-        bounds = deeppoly_bounds(net, box, known=bounds)
-        for j in range(k + 1, len(tr.masks)):
-            tr.record_bounds(j, bounds, "deeppoly")
-    if queries.get("too_large"):
-        notes.append(f"{queries['too_large']} solver queries were too large for the {opt.backend} licence and proved "
-                     f"nothing (their neurons stay 'unknown' unless another method decided them): "
-                     f"{queries.pop('too_large_message')}")
-    if queries.get("milp_skipped"):
-        notes.append(f"MILP budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} decisions not "
-                     "attempted; their neurons stay 'unknown' and are kept")
-    stage_counts["lp"] = lp_stable if opt.method == "lp" else stage_counts.get("lp", lp_stable)
-    stage_counts[opt.method] = tr.stable_count(bounds)
-    return bounds
-
-
-def _lp_layer(W, b, todo, enc, backend, opt) -> list:
-    """Max and min of W[i] h + b[i] over the LP relaxation for every i in todo: (i, up, down, seconds).
-
-    With `opt.workers` > 1 (and a backend that allows threads) the neurons are dealt round robin to
-    that many threads, each with its own backend: LP queries reuse one solver object, which must not be
-    shared between threads.
-    """
-    def run(be, part):
-        out = []
-        for i in part:
-            c, off = enc.objective(W[i], b[i])
-            q0 = time.perf_counter()
-            up = be.maximize(c, off, integer=False, time_limit=opt.time_limit)
-            down = be.maximize(-c, -off, integer=False, time_limit=opt.time_limit)
-            out.append((i, up, down, time.perf_counter() - q0))
-        return out
-
-    n = min(opt.workers, len(todo)) if getattr(backend, "threads_ok", False) else 1
-    if n <= 1:
-        return run(backend, todo)
-    parts = [todo[j::n] for j in range(n)]
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        done = [pool.submit(run, backend, parts[0])]
-        done += [pool.submit(run, make_backend(opt.backend, enc.model), p) for p in parts[1:]]
-        return [r for f in done for r in f.result()]
-
-
-def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None):
-    """MILP decisions for layer k's neurons that no bound decided and no point showed unstable.
-
-    All candidates are first asked "dead?" (those no point showed z > 0), then "active?".  The queries
-    of one pass share the encoding and are independent, so with `opt.workers` > 1 and a backend whose
-    decisions may run concurrently they are solved by a pool of threads (HiGHS releases the GIL while
-    solving); results are recorded in this thread as they arrive, and a query whose neuron a witness
-    has meanwhile shown unstable is skipped when its turn comes.
-    """
-    W, b = net.dense[k].W, net.dense[k].b
-
-    def open_side(i, side) -> bool:
-        if tr.unstable(k)[i] or bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0:
-            return False
-        # a real point with z > 0 rules out dead, one with z < 0 rules out active
-        return not (tr.seen_pos[k][i] if side == "dead" else tr.seen_neg[k][i])
-
-    def ask(i, side):
-        if not open_side(i, side):
-            return None
-        limit = opt.time_limit
-        if deadline is not None:
-            limit = min(limit, deadline - time.perf_counter())
-            if limit <= 0.05:
-                return "skipped"
-        sign = 1.0 if side == "dead" else -1.0
-        c, off = enc.objective(sign * W[i], sign * b[i])
-        q0 = time.perf_counter()
-        dec = backend.decide(c, off, 0.0, time_limit=limit, margin=opt.margin)
-        return dec, time.perf_counter() - q0
-
-    def record(i, side, answer):
-        if answer is None:
-            return
-        if answer == "skipped":
-            queries["milp_skipped"] = queries.get("milp_skipped", 0) + 1
-            return
-        dec, secs = answer
-        tr.seconds[k][i] += secs
-        queries["milp"] += 1
-        if dec.verdict == "below":
-            if side == "dead":
-                bounds.hi[k][i] = 0.0
-            else:
-                bounds.lo[k][i] = 0.0
-            tr.method[k][i] = "milp"
-        elif dec.verdict == "above":
-            tr.absorb(enc.input_point(dec.x)[None], "witness")
-        else:
-            queries["milp_unknown"] += 1
-            if dec.status == Status.TOO_LARGE:
-                queries["too_large"] = queries.get("too_large", 0) + 1
-                queries["too_large_message"] = f"MILP decisions for hidden layer {k + 1}: {dec.message}"
-
-    parallel = opt.workers > 1 and getattr(backend, "threads_ok", False)
-    for side in ("dead", "active"):
-        jobs = [i for i in np.flatnonzero(_candidates(tr, bounds, k)) if open_side(i, side)]
-        if parallel and len(jobs) > 1:
-            with ThreadPoolExecutor(max_workers=opt.workers) as pool:
-                futures = {pool.submit(ask, i, side): i for i in jobs}
-                for f in as_completed(futures):
-                    record(futures[f], side, f.result())
-        else:
-            for i in jobs:
-                record(i, side, ask(i, side))

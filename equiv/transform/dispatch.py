@@ -23,6 +23,8 @@ the region: it is equivalent to the original only on the region, like every slic
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -40,11 +42,62 @@ def build_dispatcher(region: Box, boxes: list[Box], nets: list[Network], produce
           for n in nets}
     if len(io) != 1:
         raise ValueError("all slice networks must have the same input/output names and shapes")
-    return model_around(nets[0], lambda x: _dispatch_nodes(x, region, boxes, nets), "equiv_dispatch", producer)
+    pieces = [lambda x, prefix, net=net: network_nodes(net, x, prefix=prefix) for net in nets]
+    return model_around(nets[0], lambda x: _dispatch_nodes(x, region, boxes, pieces), "equiv_dispatch", producer)
 
 
-def _dispatch_nodes(x: str, region: Box, boxes: list[Box], nets: list[Network]):
-    """(nodes, initializers, output name) of the routing graph on the 2-D input tensor x."""
+@dataclass
+class GraphIO:
+    """The one input and one output of a graph model: what `model_around` needs to wrap the routing."""
+
+    input_name: str
+    input_shape: tuple
+    output_name: str
+    output_shape: tuple
+    n_inputs: int
+    n_outputs: int
+
+
+def build_graph_dispatcher(region: Box, boxes: list[Box], models: list[onnx.ModelProto], io: GraphIO,
+                           producer: str = "equiv") -> onnx.ModelProto:
+    """The dispatcher for slices given as ONNX models of one graph (1 input, 1 output, the original's names
+    and shapes): each model is inlined under its own name prefix, fed the clipped input in its shape."""
+    if not boxes or len(boxes) != len(models):
+        raise ValueError(f"need one model per slice box, got {len(boxes)} boxes and {len(models)} models")
+    pieces = [lambda x, prefix, m=m: _inline(m, x, prefix, io) for m in models]
+    return model_around(io, lambda x: _dispatch_nodes(x, region, boxes, pieces), "equiv_dispatch", producer)
+
+
+def _inline(model: onnx.ModelProto, x: str, prefix: str, io: GraphIO) -> tuple[list, list, str]:
+    """(nodes, initializers, output) of `model` on the 2-D tensor x (N, n_inputs), every name prefixed; the
+    output is reshaped to (N, n_outputs)."""
+    g = model.graph
+    if len(g.input) != 1 or len(g.output) != 1:
+        raise ValueError("a graph dispatcher needs models with one input and one output")
+    name = {"": ""}
+    rename = lambda t: name.setdefault(t, prefix + t)  # noqa: E731
+    inits = [numpy_helper.from_array(np.array([-1, *io.input_shape[1:]], np.int64), prefix + "in_shape"),
+             numpy_helper.from_array(np.array([-1, io.n_outputs], np.int64), prefix + "out_shape")]
+    nodes = [helper.make_node("Reshape", [x, prefix + "in_shape"], [rename(g.input[0].name)])]
+    for t in g.initializer:
+        c = onnx.TensorProto()
+        c.CopyFrom(t)
+        c.name = rename(t.name)
+        inits.append(c)
+    for n in g.node:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.name = prefix + n.name if n.name else ""
+        c.input[:] = [rename(t) for t in n.input]
+        c.output[:] = [rename(t) for t in n.output]
+        nodes.append(c)
+    nodes.append(helper.make_node("Reshape", [rename(g.output[0].name), prefix + "out_shape"], [prefix + "y2"]))
+    return nodes, inits, prefix + "y2"
+
+
+def _dispatch_nodes(x: str, region: Box, boxes: list[Box], pieces: list):
+    """(nodes, initializers, output name) of the routing graph on the 2-D input tensor x; `pieces[s](x, prefix)`
+    gives slice s's (nodes, initializers, output (N, n_outputs)) with every name prefixed."""
     inits = []
 
     def const(name, arr, dtype=np.float32):
@@ -73,8 +126,8 @@ def _dispatch_nodes(x: str, region: Box, boxes: list[Box], nets: list[Network]):
         node("Unsqueeze", ["d_onehot", "d_axis2"], ["d_weights"]),
     ]
     outs = []
-    for s, net in enumerate(nets):
-        n_nodes, n_inits, y = network_nodes(net, "d_x", prefix=f"s{s:03d}_")
+    for s, piece in enumerate(pieces):
+        n_nodes, n_inits, y = piece("d_x", f"s{s:03d}_")
         nodes += n_nodes + [node("Unsqueeze", [y, "d_axis1"], [f"s{s:03d}_y3"])]
         inits += n_inits
         outs.append(f"s{s:03d}_y3")

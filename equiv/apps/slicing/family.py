@@ -1,0 +1,150 @@
+"""Making a family: the tree, one validated model per leaf, the dispatcher, and optional certificates."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ...bounds import deeppoly_bounds, interval_bounds
+from ...ir.chain_export import network_to_onnx
+from ...transform.dispatch import build_dispatcher
+from ...errors import ValidationError
+from ...ir.network import Network
+from ...ir.chain_io import load_onnx
+from ...spec.region import Box
+from ..simplify import sha256_of, validate_model
+from ...prove.stability import StabilityOptions
+from ...artifacts.validate import OnnxRunner, ValidationReport, compare_on_points
+from .tree import Piece, SliceOptions, build_tree
+from .tiling import dispatch_points
+
+
+@dataclass
+class SliceFamily:
+    """Everything `slice_model` produced, validated and ready to write."""
+
+    model_path: str
+    model_sha256: str
+    region: Box
+    region_source: str
+    original: Network
+    tree: Piece
+    slices: list[Piece]
+    models: list[onnx.ModelProto]
+    validations: list[ValidationReport]
+    dispatcher: onnx.ModelProto
+    dispatch_validation: ValidationReport
+    options: StabilityOptions
+    slice_options: SliceOptions
+    prepass_unstable: list[int]
+    seconds: dict
+    notes: list = field(default_factory=list)
+    certificates: list | None = None      # per slice, the `equiv check` verdict against the original (--certify)
+    pipeline: str = "chain"               # chain (Network pieces) | graph (Graph pieces, see graph.py)
+
+
+def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float = 60.0, progress: bool = False) -> list:
+    """`slice --certify`: prove each slice equal to the original on its own box with the equivalence checker
+    (epsilon = the slicing tolerance); returns one summary per slice."""
+    reference = OnnxRunner(str(fam.model_path))
+    out = []
+    pieces = list(zip(fam.slices, fam.models))
+    if progress:
+        from tqdm import tqdm
+        pieces = tqdm(pieces, desc="certifying slices", unit="slice", leave=False)
+    for p, model in pieces:
+        r = _certify_slice(fam.original, p.network, p.box, reference, OnnxRunner(model), fam.slice_options.tolerance,
+                           backend, time_limit)
+        out.append({"verdict": r.verdict, "epsilon": fam.slice_options.tolerance,
+                    "max_diff_upper": None if not np.isfinite(r.max_diff_upper) else r.max_diff_upper,
+                    "max_diff_lower": r.max_diff_lower, "seconds": round(r.seconds, 4),
+                    "counterexample": None if r.counterexample is None else r.counterexample.to_json()})
+    fam.certificates = out
+    return out
+
+
+def _certify_slice(original: Network, net: Network, box: Box, reference, run, tolerance: float, backend: str,
+                   time_limit: float):
+    """`equiv check` of one slice against the original on the slice's box, epsilon = the tolerance."""
+    from ...prove.equivalence import CheckOptions, check_networks
+    return check_networks(original, net, box, reference, run,
+                          CheckOptions(epsilon=tolerance, backend=backend, time_limit=time_limit))
+
+
+def prepass_unstable(net: Network, box: Box) -> int:
+    """Unstable ReLUs on the box by interval and DeepPoly bounds alone (the reference the pipeline beats)."""
+    return deeppoly_bounds(net, box, known=interval_bounds(net, box)).counts(net.masks)["unstable"]
+
+
+def slice_model(model_path: str | Path, region: Box, options: StabilityOptions | None = None,
+                slice_options: SliceOptions | None = None, region_source: str = "box") -> SliceFamily:
+    """Split the region, simplify on every piece, build the dispatcher, and validate all of it against the
+    original model in onnxruntime.  Raises ValidationError (nothing to write) on any difference above the
+    tolerance."""
+    options, sopt = options or StabilityOptions(), slice_options or SliceOptions()
+    t_start = time.perf_counter()
+    net = load_onnx(model_path)
+    region.check_dim(net.n_inputs)
+    reference = OnnxRunner(str(model_path))
+    seconds = {}
+
+    t0 = time.perf_counter()
+    tree = build_tree(net, region, options, sopt)
+    seconds["tree"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    leaves, models, vals = export_leaves(tree, network_to_onnx, lambda s, leaf, model: validate_model(
+        reference, model, leaf.box, leaf.stability.witnesses, sopt.validation_samples, options.seed + 1 + s,
+        sopt.tolerance, what=f"slice {s}", networks=(net, leaf.network)))
+    seconds["validate_slices"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    boxes = [p.box for p in leaves]
+    dispatcher = build_dispatcher(region, boxes, [p.network for p in leaves])
+    dval = check_dispatcher(reference, dispatcher, region, boxes, sopt, options.seed + 7)
+    seconds["dispatch"] = time.perf_counter() - t0
+    prepass = [prepass_unstable(net, b) for b in boxes]
+    seconds["total"] = time.perf_counter() - t_start
+    return SliceFamily(str(model_path), sha256_of(model_path), region, region_source, net, tree, leaves, models, vals,
+                       dispatcher, dval, options, sopt, prepass, seconds, _stop_notes(leaves, sopt))
+
+
+def export_leaves(tree: Piece, export, validate) -> tuple[list, list, list]:
+    """Number the leaves in slice order, export each leaf's network, and validate the model:
+    `validate(s, leaf, model)` returns its report (or raises ValidationError)."""
+    leaves = tree.leaves()
+    models, vals = [], []
+    for s, leaf in enumerate(leaves):
+        leaf.slice_id = s
+        models.append(export(leaf.network))
+        vals.append(validate(s, leaf, models[-1]))
+    return leaves, models, vals
+
+
+def check_dispatcher(reference: OnnxRunner, dispatcher: onnx.ModelProto, region: Box, boxes: list[Box],
+                     sopt: SliceOptions, seed: int, inner_faces: bool = False) -> ValidationReport:
+    """The dispatcher against the original on the region, its slices' faces and corners; ValidationError
+    (nothing to write) above the tolerance."""
+    points = dispatch_points(region, boxes, sopt.dispatch_samples, sopt.face_samples, seed, inner_faces)
+    dval = compare_on_points(reference, OnnxRunner(dispatcher), points, sopt.tolerance)
+    if not dval.ok:
+        raise ValidationError(f"BUG: the dispatcher differs from the original by {dval.max_abs_diff:.3g} (tolerance "
+                              f"{sopt.tolerance:g}) at input {dval.worst_input}; nothing was written. Please report this.")
+    return dval
+
+
+def _stop_notes(leaves: list[Piece], sopt: SliceOptions) -> list[str]:
+    over = [p for p in leaves if p.relus > sopt.target_relus]
+    notes = []
+    if not over:
+        notes.append(f"every slice has at most {sopt.target_relus} ReLUs")
+    elif len(leaves) >= sopt.max_slices:
+        notes.append(f"slice budget of {sopt.max_slices} spent; {len(over)} of {len(leaves)} slices have more "
+                     f"than {sopt.target_relus} ReLUs")
+    if any(p.final for p in over):
+        notes.append(f"{sum(p.final for p in over)} slice(s) too thin to bisect further")
+    return notes

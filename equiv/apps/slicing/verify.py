@@ -1,0 +1,218 @@
+"""`slice --verify`: re-check a written family from its files alone."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UnsupportedModelError, EquivError, InputFileError, RegionError
+from ...spec.region import Box
+from ..simplify import sha256_of
+from ...artifacts.validate import OnnxRunner, compare_on_points
+from .family import _certify_slice
+from .manifest import MANIFEST, read_manifest
+from .tiling import check_tiling, check_tree, dispatch_points
+
+GRAPH_VERIFY_SAMPLES = 5000
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    folder: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, problems: list[str], ok_detail: str) -> bool:
+        self.checks.append(Check(name, not problems, "; ".join(problems) if problems else ok_detail))
+        return not problems
+
+    def to_json(self) -> dict:
+        return {"folder": self.folder, "ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks]}
+
+    def format(self) -> str:
+        lines = [f"equiv slice --verify {self.folder}"]
+        lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]
+        lines.append("  family verified" if self.ok else "  VERIFICATION FAILED")
+        return "\n".join(lines)
+
+
+def _find_model(manifest: dict, model: str | None) -> Path:
+    candidates = [model] if model else [manifest.get("model"), manifest.get("model_resolved")]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    raise InputFileError(f"original model not found (tried {[c for c in candidates if c]}); pass it with --model")
+
+
+def _member(folder: Path, name) -> Path | None:
+    """A file named in the manifest, only if it is a plain file name inside the folder."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        return None
+    return folder / name
+
+
+def verify_family(folder: str | Path, model: str | None = None, samples: int | None = None, region: Box | None = None,
+                  seed: int = 12345, certify: bool = False, certify_time_limit: float = 60.0,
+                  backend: str = "highs") -> VerifyReport:
+    """Re-check a family from its files alone: tiling of the region by the slice boxes, the tree, file
+    hashes, every slice against the original on its own box, and the dispatcher on the whole region.
+    `samples` defaults to 100000 points (chains) or 5000 (graphs: thousands of inputs, costly passes)."""
+    folder = Path(folder)
+    m = read_manifest(folder)
+    graph = m.get("pipeline") == "graph"
+    if certify and graph:
+        raise UnsupportedModelError("--certify runs `equiv check`, which works on chains of dense layers so far; "
+                                    "this family was made by the graph pipeline")
+    samples = samples or (GRAPH_VERIFY_SAMPLES if graph else 100000)
+    rep = VerifyReport(str(folder))
+    model_path = _find_model(m, model)
+    try:
+        reg = Box(np.asarray(m["region"]["lo"], float), np.asarray(m["region"]["hi"], float))
+        slices = list(m["slices"])
+        lo = [np.asarray(s["lo"], float) for s in slices]
+        hi = [np.asarray(s["hi"], float) for s in slices]
+    except (KeyError, TypeError, ValueError, RegionError) as exc:
+        raise InputFileError(f"{folder / MANIFEST}: malformed region or slices ({exc})") from exc
+    tol = float(m.get("options", {}).get("slicing", {}).get("tolerance", 1e-4))
+
+    sha = sha256_of(model_path)
+    model_ok = rep.add("original model", [] if sha == m["model_sha256"] else
+                       [f"{model_path} has sha256 {sha[:16]}..., the family was made from {str(m['model_sha256'])[:16]}..."],
+                       f"{model_path} (sha256 matches)")
+    if region is not None:
+        same = region.dim == reg.dim and np.array_equal(region.lo, reg.lo) and np.array_equal(region.hi, reg.hi)
+        rep.add("region", [] if same else ["the manifest's region is not the region given"], "equals the region given")
+    tiling = check_tiling(reg.lo, reg.hi, np.array(lo) if slices else np.empty((0, reg.dim)), np.array(hi) if slices
+                          else np.empty((0, reg.dim)))
+    tiled = rep.add("tiling", tiling, f"{len(slices)} boxes tile the region exactly (inside it, disjoint interiors, "
+                                      "volumes add up exactly)")
+    rep.add("tree", check_tree(m["tree"], slices), "every split is a bisection and its leaves are the slices")
+    files = _check_files(folder, slices, m, rep)
+    if not model_ok:
+        rep.checks.append(Check("outputs", False, "not compared: the original model is not the one the family was made from"))
+        return rep
+    reference = OnnxRunner(str(model_path))
+    per_slice = max(1000, samples // max(len(slices), 1))
+    _check_slice_outputs(slices, lo, hi, files, reference, per_slice, tol, seed, rep)
+    _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, seed, rep, inner_faces=graph)
+    if certify:
+        _certify_slices(model_path, slices, lo, hi, files, reference, tol, certify_time_limit, backend, rep)
+    return rep
+
+
+def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limit, backend, rep):
+    """`--verify --certify`: prove every slice file equal to the original on its box with `equiv check`."""
+    from ...ir.chain_io import load_onnx
+    original = load_onnx(model_path)
+    problems, proved, worst = [], 0, 0.0
+    for i in range(len(slices)):
+        if i not in files:
+            problems.append(f"slice {i}: no file to certify")
+            continue
+        try:
+            net = load_onnx(files[i])
+        except EquivError as exc:
+            problems.append(f"slice {i}: cannot be read for certification ({exc})")
+            continue
+        r = _certify_slice(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(str(files[i])), tol, backend,
+                           time_limit)
+        if r.verdict == "equivalent":
+            proved += 1
+            worst = max(worst, r.max_diff_upper)
+        elif r.verdict == "not_equivalent":
+            problems.append(f"slice {i}: differs from the original by {r.max_diff_lower:.3g} > {tol:g} at "
+                            f"{r.counterexample.input.tolist()}")
+        else:
+            problems.append(f"slice {i}: equivalence neither proved nor refuted in {time_limit:g} s")
+    rep.add("certificates", problems, f"all {proved} slices proved equal to the original on their boxes "
+                                      f"(max |diff| <= {worst:.3g}, epsilon {tol:g})")
+
+
+def _check_files(folder: Path, slices: list, m: dict, rep: VerifyReport) -> dict:
+    """sha256 of every slice file and the dispatcher against the manifest; returns {slice index: path} of
+    the slice files that exist."""
+    problems, found = [], {}
+    for i, s in enumerate(slices):
+        path = _member(folder, s.get("file"))
+        if path is None:
+            problems.append(f"slice {i}: file name {s.get('file')!r} is not a file of the folder")
+        elif not path.is_file():
+            problems.append(f"slice {i}: {s['file']} is missing")
+        else:
+            found[i] = path
+            if sha256_of(path) != s.get("sha256"):
+                problems.append(f"slice {i}: {s['file']} was changed (sha256 differs from the manifest)")
+    path = _member(folder, m["dispatch"])
+    if path is None or not path.is_file():
+        problems.append(f"dispatcher {m['dispatch']!r} is missing")
+    elif sha256_of(path) != m.get("dispatch_sha256"):
+        problems.append(f"dispatcher {m['dispatch']} was changed (sha256 differs from the manifest)")
+    rep.add("files", problems, f"{len(slices)} slice files and the dispatcher match their sha256")
+    return found
+
+
+def _runner(path: Path) -> tuple[OnnxRunner | None, str]:
+    try:
+        return OnnxRunner(str(path)), ""
+    except Exception as exc:  # a tampered file may fail in protobuf or onnxruntime in many ways
+        return None, f"{path.name} cannot be run ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+def _check_slice_outputs(slices, lo, hi, files, reference, n, tol, seed, rep):
+    problems, worst = [], 0.0
+    for i in range(len(slices)):
+        if i not in files:
+            problems.append(f"slice {i}: no file to run")
+            continue
+        run, err = _runner(files[i])
+        if run is None:
+            problems.append(f"slice {i}: {err}")
+            continue
+        try:
+            box = Box(lo[i], hi[i])
+            pts = {"random": box.sample(n, np.random.default_rng(seed + i)), "corners": box.corners(limit=1024),
+                   "center": box.center[None]}
+            val = compare_on_points(reference, run, pts, tol)
+        except Exception as exc:  # wrong shapes, bad box: a failed check, not a crash
+            problems.append(f"slice {i}: cannot be compared ({type(exc).__name__}: {str(exc)[:120]})")
+            continue
+        worst = max(worst, val.max_abs_diff)
+        if not val.ok:
+            problems.append(f"slice {i}: differs from the original by {val.max_abs_diff:.3g} on its box "
+                            f"(tolerance {tol:g}) at {np.round(val.worst_input, 6).tolist()}")
+    rep.add("slices vs original", problems, f"{len(slices)} slices, each on {n} random points, corners and centre "
+                                            f"of its box: max |diff| {worst:.3g} (tolerance {tol:g})")
+
+
+def _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, seed, rep, inner_faces=False):
+    path = _member(folder, m["dispatch"])
+    run, err = _runner(path) if path is not None and path.is_file() else (None, "the dispatcher file is missing")
+    if run is None:
+        rep.add("dispatcher vs original", [err], "")
+        return
+    try:
+        boxes = [Box(a, b) for a, b in zip(lo, hi)] if tiled else []
+        pts = dispatch_points(reg, boxes, samples, 16, seed, inner_faces) if boxes else \
+            {"random": reg.sample(samples, np.random.default_rng(seed))}
+        val = compare_on_points(reference, run, pts, tol)
+    except Exception as exc:
+        rep.add("dispatcher vs original", [f"cannot be compared ({type(exc).__name__}: {str(exc)[:120]})"], "")
+        return
+    rep.add("dispatcher vs original",
+            [] if val.ok else [f"differs from the original by {val.max_abs_diff:.3g} (tolerance {tol:g}) at "
+                               f"{np.round(val.worst_input, 6).tolist()}"],
+            f"{val.samples} points ({', '.join(f'{k} {c}' for k, (c, _) in val.by_source.items())}): "
+            f"max |diff| {val.max_abs_diff:.3g} (tolerance {tol:g})")

@@ -1,0 +1,215 @@
+"""The search of a check: falsify, bound the whole region, bisect the open boxes best first, then decide the
+pieces left with the product MILP (bisecting a piece whose queries time out)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import falsify
+from ..align import align
+from ...bounds.diff import PairBounds, output_bounds, pair_bounds
+from ...ir.network import Network
+from ...spec.bisect import Bisection, Node, Open
+from ...spec.region import Box
+from .ledger import Ledger, _Clock
+from .queries import milp_piece
+from .result import CheckOptions, CheckResult, eps_vector
+
+
+def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: CheckOptions) -> CheckResult:
+    """Check f (run in onnxruntime by run_a) against g (run_b) on the box; see the module docstring."""
+    opt = options
+    clock = _Clock(opt.time_limit)
+    box.check_dim(f.n_inputs)
+    rng = np.random.default_rng(opt.seed)
+    pair = align(f, g, np.vstack([box.center[None], box.sample(500, rng)]))
+    n_out = f.n_outputs
+    eps = eps_vector(opt, n_out)
+    stats = {"aligned": pair.same_shape, "match_cost": [round(c, 4) for c in pair.match_cost],
+             "boxes": 0, "milp_queries": 0, "milp_unknown": 0, "seconds": {}}
+    notes = []
+    if not pair.same_shape:
+        notes.append("the networks have different layer widths or depths: neurons were paired by their values at sample points "
+                     f"(mean relative distance per layer {stats['match_cost']})")
+    st = Ledger(pair, box, opt, eps, run_a, run_b, clock, stats)
+
+    # 1. falsification
+    t0 = time.perf_counter()
+    cand = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples)
+    st.try_points(cand.points)
+    stats["seconds"]["falsify"] = time.perf_counter() - t0
+    if st.cex is None:
+        # 2-4. bounds, splitting, MILP
+        t0 = time.perf_counter()
+        prove(st)
+        stats["seconds"]["prove"] = time.perf_counter() - t0
+    return st.result(clock.elapsed, notes)
+
+
+def analyse(st, pb: PairBounds):
+    """Per box: proved?, a score to order open boxes (higher: worse), the proven |diff| bound per
+    output, the attack points, and per box the input coefficients guiding the split."""
+    eye = np.eye(st.pair.f.n_outputs)
+    dl, du, Al, Au = output_bounds(st.pair, pb, eye, "d", return_coef=True)
+    absd = np.maximum(du, -dl)                       # (N, out)
+    N = dl.shape[0]
+    if st.opt.norm == "linf":
+        ratio = absd / st.eps
+        score = ratio.max(axis=1)
+        proved = score <= 1.0 if st.opt.epsilon is not None else np.zeros(N, bool)
+        j = ratio.argmax(axis=1)
+        rows = np.arange(N)
+        coef = np.where((du[rows, j] >= -dl[rows, j])[:, None], Au[rows, j], -Al[rows, j])
+    else:
+        mf_lo, _, Afl, _ = output_bounds(st.pair, pb, st.C, "f", return_coef=True)
+        mg_lo, _ = output_bounds(st.pair, pb, st.C, "g")
+        _, md_hi = output_bounds(st.pair, pb, st.C, "d")
+        # g_c - g_k = (f_c - f_k) - (d_c - d_k): the difference bounds often beat g's own
+        mg_lo = np.maximum(mg_lo, mf_lo - md_hi)
+        n_out = st.pair.f.n_outputs
+        win_f = mf_lo.reshape(N, n_out, n_out - 1).min(axis=2)   # per class c: min_k lower(f_c - f_k)
+        win_g = mg_lo.reshape(N, n_out, n_out - 1).min(axis=2)
+        both = np.minimum(win_f, win_g)
+        proved = (both > 0).any(axis=1)
+        score = -both.max(axis=1)
+        c = both.argmax(axis=1)
+        # split along the inputs that move f's weakest margin for the best class the most
+        rows = np.arange(N)
+        r = c * (n_out - 1) + mf_lo.reshape(N, n_out, n_out - 1)[rows, c].argmin(axis=1)
+        coef = -Afl[rows, r]
+    # attack points: per box, the corner maximising the worst linear bound, and the centre
+    attack = np.where(coef > 0, pb.hi, np.where(coef < 0, pb.lo, (pb.lo + pb.hi) / 2))
+    return proved, score, absd, coef, attack
+
+
+def prove(st):
+    opt, box = st.opt, st.box
+    pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None])
+    st.stats["boxes"] += 1
+    proved, score, absd, coef, attack = analyse(st, pb)
+    st.try_points(attack)
+    if st.cex is not None:
+        return
+    if proved[0] and not st.wants_tighter(absd[0]):
+        st.close(box.lo, box.hi, "equivalent", "bounds", absd[0])
+        return
+    if 0 < st.varying <= opt.split_max_inputs:
+        open_ = _split_loop(st, pb, score, absd, coef)
+    else:
+        open_ = [(box.lo, box.hi, absd[0], coef[0])]
+    milp_pieces(st, open_)
+
+
+def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
+    """Best-first bisection; returns the boxes still open when the budget ran out (with their info)."""
+    opt = st.opt
+    width0 = np.where(st.box.hi > st.box.lo, st.box.hi - st.box.lo, np.inf)
+    bar = _bar(opt.progress, opt.max_boxes, "splitting", "box")
+
+    def choose_dims(nodes):
+        return _split_dims(np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes]),
+                           np.array([n.data[2] for n in nodes]), width0)
+
+    def decide(nodes):
+        # the halves inherit their parent's bounds (sound: they lie inside it)
+        child = pair_bounds(st.pair, np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes]),
+                            _stack_known([n.data[0] for n in nodes]))
+        st.stats["boxes"] += child.lo.shape[0]
+        proved, sc, ab, cof, attack = analyse(st, child)
+        st.try_points(np.vstack([attack, (child.lo + child.hi) / 2]))
+        out = []
+        for i in range(child.lo.shape[0]):
+            out.append(None)
+            if proved[i] and not st.wants_tighter(ab[i]):
+                st.close(child.lo[i], child.hi[i], "equivalent", "bounds", ab[i])
+            elif st.opt.measure and st.opt.epsilon is None and not st.wants_tighter(ab[i]):
+                st.close(child.lo[i], child.hi[i], "measured", "bounds", ab[i])
+            else:
+                out[-1] = Open((child.take([i]), ab[i], cof[i]), key=-float(sc[i]))
+        return out
+
+    root = Node(st.box.lo, st.box.hi, (pb, absd[0], coef[0]), decided=True)
+    run = Bisection(decide, choose_dims=choose_dims, order="best", batch=opt.batch,
+                    max_boxes=opt.max_boxes - st.stats["boxes"], deadline=st.clock.t0 + st.clock.limit,
+                    stop=lambda: st.cex is not None, progress=bar.update if bar else None)
+    try:
+        run = run.run([root], keys=[-float(score[0])])
+    finally:
+        if bar is not None:
+            bar.close()
+    return [(n.lo, n.hi, n.data[1], n.data[2]) for n in run.pending]
+
+
+def milp_pieces(st, open_: list):
+    """Product MILP on each open piece; a piece whose queries run out of time is bisected and retried."""
+    opt = st.opt
+    if st.cex is not None:
+        return
+    if len(open_) > opt.max_pieces:
+        # too many to send to the MILP: they stay unknown with their bound
+        for lo, hi, ab, _ in open_:
+            st.close(lo, hi, st.open_verdict(), "bounds", ab)
+        st.stats["unknown_reason"] = (f"{len(open_)} pieces left open after input splitting "
+                                        f"(budget {opt.max_boxes} boxes, {opt.time_limit:g} s)")
+        return
+    width0 = np.where(st.box.hi > st.box.lo, st.box.hi - st.box.lo, np.inf)
+    bar = _bar(opt.progress and open_, len(open_), "MILP pieces", "piece")
+    bisections = 0
+
+    def decide(nodes):
+        nonlocal bisections
+        (node,) = nodes
+        lo, hi, (ab, cf) = node.lo, node.hi, node.data
+        if st.clock.left <= 0.5:
+            st.close(lo, hi, st.open_verdict(), "bounds", ab)
+            st.stats["unknown_reason"] = f"time limit of {opt.time_limit:g} s reached"
+            return [None]
+        verdict, ab2 = milp_piece(st, Box(lo, hi), ab)
+        if bar is not None:
+            bar.update(1)
+        if verdict == "timeout" and bisections + run.queued + 2 <= opt.max_pieces and st.clock.left > 1:
+            bisections += 1
+            if bar is not None:
+                bar.total += 2
+                bar.refresh()
+            return [Open((ab2, cf), dim=int(_split_dims(lo[None], hi[None], cf[None], width0)[0]))]
+        if verdict in ("equivalent", "measured"):
+            st.close(lo, hi, verdict, "milp", ab2)
+        elif verdict != "counterexample":
+            st.close(lo, hi, st.open_verdict(), "milp", ab2)
+            st.stats.setdefault("unknown_reason", "MILP queries did not finish or were inconclusive")
+        return [None]
+
+    run = Bisection(decide, order="fifo", stop=lambda: st.cex is not None)
+    try:
+        run.run([Node(lo, hi, (ab, cf)) for lo, hi, ab, cf in open_])
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _bar(show, total: int, desc: str, unit: str):
+    """A progress bar, or None."""
+    if not show:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+
+
+def _stack_known(pbs: list[PairBounds]) -> PairBounds:
+    cat = lambda name: [np.vstack([getattr(p, name)[k] for p in pbs]) for k in range(len(getattr(pbs[0], name)))]  # noqa: E731
+    return PairBounds(cat("f_lo"), cat("f_hi"), cat("g_lo"), cat("g_hi"), cat("d_lo"), cat("d_hi"), [],
+                      np.vstack([p.lo for p in pbs]), np.vstack([p.hi for p in pbs]))
+
+
+def _split_dims(lo, hi, coef, width0):
+    """Per box, the input dimension to bisect: the largest |coefficient| x width of the worst linear
+    bound (the part of its spread over the box due to that input); else the widest relative dimension."""
+    width = hi - lo
+    score = np.abs(coef) * width
+    widest = width / width0
+    score = np.where(score.sum(axis=1, keepdims=True) > 0, score, widest)
+    score[width <= 0] = -1.0
+    return np.argmax(score, axis=1)
