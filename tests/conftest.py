@@ -8,10 +8,18 @@ when the folder is absent.
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Hypothesis draws the same examples on every run (a CI verdict must not depend on luck); set
+# HYPOTHESIS_PROFILE=explore to draw new random examples while developing.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 from equiv.ir.network import Dense, Network
 

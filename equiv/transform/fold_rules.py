@@ -141,6 +141,8 @@ def affine_into_producer(rw: Rewriter, n: str) -> bool:
         new = dataclasses.replace(prod, W=prod.W * s_k[:, None], bias=None if _zero(b) else b)
     else:
         return False
+    if new.params > prod.params + rw.op(n).params:     # e.g. a scalar shift becoming a per-channel bias
+        return False
     rw.set(n, new, rw.args(p))
     rw.drop(p, "affine_into_producer")
     return True
@@ -181,6 +183,8 @@ def affine_into_consumer(rw: Rewriter, n: str) -> bool:
             return False
         bias = op.bias if _zero(t_c) else _conv_bias_or_none(_conv_bias(op) + np.einsum("mcij,c->m", op.W, t_c))
         new = dataclasses.replace(op, W=op.W * s_c[None, :, None, None], bias=bias)
+    if new.params > op.params + rw.op(p).params:       # folding must never make the graph larger
+        return False
     rw.set(n, new)
     rw.set(flat or n, rw.op(flat or n), [x])
     rw.drop(p, "affine_into_consumer")
