@@ -100,7 +100,9 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
                 samples_help="random points used to witness unstable neurons"):
     p.add_argument("--method", choices=["interval", "deeppoly", "lp", "milp"], default=default_method,
                    help=f"strongest proof method to use (default: {default_method}); each includes the cheaper ones")
-    p.add_argument("--backend", default="highs", help="LP/MILP solver backend (default: highs)")
+    p.add_argument("--backend", default="highs",
+                   help="LP/MILP solver backend: highs (default), gurobi, cbc, or admm (LP stage only: batched ADMM "
+                        "with certified bounds; MILP decisions and --certify then use highs)")
     p.add_argument("--time-limit", type=positive_seconds, default=10.0, metavar="S",
                    help="seconds per solver query; a query that runs out leaves its neuron 'unknown' (default: 10)")
     p.add_argument("--milp-budget", type=positive_seconds, default=None, metavar="S",
@@ -169,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--measure", action="store_true",
                    help="compute the tightest proven bound on max |A - B| (to within 5%% of the largest difference seen, or until the limits) instead of stopping once "
                         "epsilon is proved; without --epsilon the verdict is 'measured'")
-    q.add_argument("--backend", default="highs", help="MILP solver backend (default: highs)")
+    q.add_argument("--backend", default="highs", help="MILP solver backend: highs (default), gurobi, cbc")
     q.add_argument("--time-limit", type=positive_seconds, default=300.0, metavar="S",
                    help="seconds for the whole check (default 300); when spent the verdict is 'unknown'")
     q.add_argument("--query-time-limit", type=positive_seconds, default=60.0, metavar="S",

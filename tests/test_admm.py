@@ -135,3 +135,24 @@ def test_acas_layer_lp_batched_against_highs(prop3_box):
             n_opt += 1
             assert r.bound <= opt + 1e-4 * (1 + abs(opt))
     assert n_opt >= len(res) // 2
+
+
+@needs_bench
+def test_lp_tightening_with_admm_backend(prop3_box):
+    """prove_stability --method lp with the admm backend on the first three layers of ACAS Xu 1_1: sound
+    (the bounds contain samples), and decides at least
+    as many neurons as DeepPoly and nearly as many as HiGHS; method milp falls back to highs with a note."""
+    from equiv.prove.stability import StabilityOptions, prove_stability
+    full = load_cached(acas_path(1, 1))
+    small = Network.from_layers(full.dense[:4], full.masks[:3])    # hidden layers 1-3, layer 4 as output
+    ad = prove_stability(small, prop3_box, StabilityOptions(method="lp", backend="admm"))
+    hi = prove_stability(small, prop3_box, StabilityOptions(method="lp", backend="highs"))
+    dp = prove_stability(small, prop3_box, StabilityOptions(method="deeppoly"))
+    x = prop3_box.sample(3000, np.random.default_rng(0))
+    _, pre = small.forward(x, return_pre=True)
+    for k, z in enumerate(pre):
+        assert (z >= ad.bounds.lo[k] - 1e-9).all() and (z <= ad.bounds.hi[k] + 1e-9).all()
+    n_ad, n_hi, n_dp = (r.count("dead") + r.count("active") for r in (ad, hi, dp))
+    assert n_dp <= n_ad <= n_hi + 2
+    assert n_ad >= n_hi - 3
+    assert "lp" in ad.proved_by()
