@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=exit_codes("bench"), formatter_class=argparse.RawDescriptionHelpFormatter)
     n.add_argument("--suite", default="core", help="suite name: core (all ACAS Xu on prop_3/prop_4 + MNIST), "
                    "quick (ACAS Xu 1_1 prop_3 and MNIST 256x2 prop_0), solvers (the same LP/MILP queries on "
-                   "every backend), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
+                   "every backend), admm (ADMM's certified LP bounds, batched, against HiGHS one by one), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
                    "on float16 ACAS Xu copies, pruned MNIST and the core suite's simplified models), graphs (the CIFAR conv and "
                    "residual nets: DeepPoly on the DAG against CROWN's counts, and simplify)")
     n.add_argument("--case-time-limit", type=positive_seconds, default=300.0, metavar="S",

@@ -156,3 +156,16 @@ def test_lp_tightening_with_admm_backend(prop3_box):
     assert n_dp <= n_ad <= n_hi + 2
     assert n_ad >= n_hi - 3
     assert "lp" in ad.proved_by()
+
+
+@needs_bench
+def test_bench_compare_reports_no_bound_below_the_optimum(prop3_box):
+    """The admm bench's comparison on a small ACAS Xu query set: every certified bound >= HiGHS's optimum."""
+    from equiv.bench.admm import compare
+    net = load_cached(acas_path(1, 1))
+    b = deeppoly_bounds(net, prop3_box)
+    enc = encode_network(net, prop3_box, b, depth=2)
+    todo = np.flatnonzero((b.lo[2] < 0) & (b.hi[2] > 0))[:6]
+    C, off = map(np.array, zip(*[enc.objective(net.dense[2].W[i], net.dense[2].b[i]) for i in todo]))
+    r = compare(enc, np.vstack([C, -C]), np.concatenate([off, -off]), tol=1e-4, time_limit=120)
+    assert r["queries"] == 2 * todo.size and r["below_optimum"] == 0 and r["gap_max"] >= -1e-9
