@@ -113,7 +113,16 @@ class AdmmBackend(Backend):
     def maximize_many(self, C, offsets, time_limit: float = 60.0) -> list[SolveResult]:
         """max C[k].v + offsets[k] for every row k, all objectives iterating together (one multi-right-hand
         side solve per iteration).  Returns one SolveResult per objective; `seconds` is its share of the
-        batch time."""
+        batch time.  BLAS runs on `threads` threads: measured on this loaded 2-core machine, a 796 x 796
+        matrix-vector product took 0.13 ms on one OpenBLAS thread and 4 ms on two."""
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:                         # optional: without it BLAS keeps its own thread count
+            return self._maximize_many(C, offsets, time_limit)
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            return self._maximize_many(C, offsets, time_limit)
+
+    def _maximize_many(self, C, offsets, time_limit):
         t0 = time.perf_counter()
         C = np.atleast_2d(np.asarray(C, dtype=np.float64))
         offsets = np.broadcast_to(np.asarray(offsets, dtype=np.float64), (C.shape[0],)).copy()
