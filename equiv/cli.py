@@ -101,7 +101,9 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
     shown = default_method or "milp on chains of dense layers, deeppoly on graphs"
     p.add_argument("--method", choices=["interval", "deeppoly", "lp", "milp"], default=default_method,
                    help=f"strongest proof method to use (default: {shown}); each includes the cheaper ones")
-    p.add_argument("--backend", default="highs", help="LP/MILP solver backend (default: highs)")
+    p.add_argument("--backend", default="highs",
+                   help="LP/MILP solver backend: highs (default), gurobi, cbc, or admm (LP stage only: batched ADMM "
+                        "with certified bounds; MILP decisions and --certify then use highs)")
     p.add_argument("--time-limit", type=positive_seconds, default=10.0, metavar="S",
                    help="seconds per solver query; a query that runs out leaves its neuron 'unknown' (default: 10)")
     p.add_argument("--milp-budget", type=positive_seconds, default=None, metavar="S",
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--measure", action="store_true",
                    help="compute the tightest proven bound on max |A - B| (to within 5%% of the largest difference seen, or until the limits) instead of stopping once "
                         "epsilon is proved; without --epsilon the verdict is 'measured'")
-    q.add_argument("--backend", default="highs", help="MILP solver backend (default: highs)")
+    q.add_argument("--backend", default="highs", help="MILP solver backend: highs (default), gurobi, cbc")
     q.add_argument("--time-limit", type=positive_seconds, default=300.0, metavar="S",
                    help="seconds for the whole check (default 300); when spent the verdict is 'unknown'")
     q.add_argument("--query-time-limit", type=positive_seconds, default=60.0, metavar="S",
@@ -244,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=exit_codes("bench"), formatter_class=argparse.RawDescriptionHelpFormatter)
     n.add_argument("--suite", default="core", help="suite name: core (all ACAS Xu on prop_3/prop_4 + MNIST), "
                    "quick (ACAS Xu 1_1 prop_3 and MNIST 256x2 prop_0), solvers (the same LP/MILP queries on "
-                   "every backend), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
+                   "every backend), admm (ADMM's certified LP bounds, batched, against HiGHS one by one), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
                    "on float16 ACAS Xu copies, pruned MNIST and the core suite's simplified models), graphs (the CIFAR conv and "
                    "residual nets: DeepPoly on the DAG against CROWN's counts, and simplify)")
     n.add_argument("--case-time-limit", type=positive_seconds, default=300.0, metavar="S",

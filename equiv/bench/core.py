@@ -37,7 +37,7 @@ def suite_cases(name: str) -> list[Case]:
         cases += [Case(mnist[0], f"mnist_fc/prop_{i}_0.03.vnnlib") for i in (0, 1, 2)]
         cases += [Case(n, "mnist_fc/prop_0_0.03.vnnlib") for n in mnist[1:]]
         return cases
-    raise InputFileError(f"unknown suite '{name}'; available: core, quick, solvers, slicing")
+    raise InputFileError(f"unknown suite '{name}'; available: core, quick, solvers, admm, slicing, equivalence, graphs")
 
 
 def machine() -> dict:

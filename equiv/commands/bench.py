@@ -17,6 +17,11 @@ def cmd_bench(args, out) -> int:
                                  backends, time_limit=args.time_limit, plot=args.plot)
         out.emit((Path(args.out) / "solvers.md").read_text())
         return 1 if data["disagreements"] else 0
+    if args.suite == "admm":
+        from ..bench.admm import run_admm_bench
+        run_admm_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out))
+        out.emit((Path(args.out) / "admm.md").read_text())
+        return 0
     if args.suite == "equivalence":
         from ..bench.equivalence import run_equivalence_bench
         run_equivalence_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),

@@ -27,7 +27,7 @@ def cmd_check(args, out) -> int:
     guard = OutputGuard(inputs_of(args, "model_a", "model_b"))
     if args.report:
         guard.claim(args.report, "report")
-    check_backend(args.backend)
+    check_backend(args.backend, milp=True)
     boxes, source = regions_of(args)
     opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,
                        time_limit=args.time_limit, query_time_limit=args.query_time_limit, max_boxes=args.max_boxes,

@@ -32,7 +32,8 @@ def cmd_simplify(args, out) -> int:
     code = 0
     if args.certify:
         from ..prove.equivalence import certify_simplified
-        cert = certify_simplified(res, tolerance=args.tolerance, backend=args.backend,
+        from ..solvers import milp_backend
+        cert = certify_simplified(res, tolerance=args.tolerance, backend=milp_backend(args.backend),
                                   time_limit=args.certify_time_limit, progress=progress)
         report["certificate"] = {k: v for k, v in cert.to_json().items() if k != "pieces"}
         if cert.verdict == "not_equivalent":

@@ -14,11 +14,12 @@ def cmd_slice(args, out) -> int:
     from ..apps import slicing
     from ..artifacts.files import OutputGuard
     from ..errors import InputFileError
+    from ..solvers import milp_backend
     if args.verify:
         given = any(v is not None for v in (args.spec, args.box, args.center))
         rep = slicing.verify_family(args.verify, model=args.original or args.model, samples=args.samples,
                                     region=region_of(args)[0] if given else None, certify=args.certify,
-                                    certify_time_limit=args.certify_time_limit, backend=args.backend)
+                                    certify_time_limit=args.certify_time_limit, backend=milp_backend(args.backend))
         out.emit(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
         return 0 if rep.ok else 1
     if not (args.model and args.output):
@@ -43,7 +44,7 @@ def cmd_slice(args, out) -> int:
     fam = slicing.slice_model(args.model, box, stability_options(args, progress=False), sopt, region_source=source)
     code = 0
     if args.certify:
-        certs = slicing.certify_family(fam, backend=args.backend, time_limit=args.certify_time_limit,
+        certs = slicing.certify_family(fam, backend=milp_backend(args.backend), time_limit=args.certify_time_limit,
                                        progress=sopt.progress)
         bad = [i for i, c in enumerate(certs) if c["verdict"] == "not_equivalent"]
         if bad:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..bounds import Bounds, deeppoly_bounds
 from ..encode.chain import encode_network
-from ..solvers import Status, make_backend
+from ..solvers import Status, make_backend, milp_backend
 
 
 def candidates(tr, bounds: Bounds, k: int) -> np.ndarray:
@@ -42,6 +42,7 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
         t0 = time.perf_counter()
         enc = encode_network(net, box, bounds, depth=k, integer=True)
         backend = make_backend(opt.backend, enc.model)
+        certified = getattr(backend, "certified_at_limit", False)   # admm: a bound at a limit is a proof too
         # --- LP: tighten both sides of every undecided neuron (rigorous dual bounds)
         for i, up, lo_, secs in _lp_layer(W, b, todo, enc, backend, opt):
             queries["lp"] += 2
@@ -51,9 +52,9 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
                 queries["too_large"] = queries.get("too_large", 0) + big
                 queries["too_large_message"] = (f"LP bounds for hidden layer {k + 1}: "
                                                 + (up if up.status == Status.TOO_LARGE else lo_).message)
-            if up.bound is not None and up.status == Status.OPTIMAL:
+            if up.bound is not None and (up.status == Status.OPTIMAL or certified):
                 bounds.hi[k][i] = min(bounds.hi[k][i], up.bound)
-            if lo_.bound is not None and lo_.status == Status.OPTIMAL:
+            if lo_.bound is not None and (lo_.status == Status.OPTIMAL or certified):
                 bounds.lo[k][i] = max(bounds.lo[k][i], -lo_.bound)
         tr.record_bounds(k, bounds, "lp")
         lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
@@ -61,7 +62,8 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
 
         if opt.method == "milp":
             t0 = time.perf_counter()
-            _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline)
+            milp_be = backend if milp_backend(opt.backend) == opt.backend else make_backend("highs", enc.model)
+            _milp_layer(net, k, enc, milp_be, bounds, tr, opt, queries, deadline)
             stage_seconds["milp"] += time.perf_counter() - t0
         # later layers benefit at once from the tightened bounds of this one
         bounds = deeppoly_bounds(net, box, known=bounds)
@@ -71,6 +73,8 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
         notes.append(f"{queries['too_large']} solver queries were too large for the {opt.backend} licence and proved "
                      f"nothing (their neurons stay 'unknown' unless another method decided them): "
                      f"{queries.pop('too_large_message')}")
+    if opt.method == "milp" and milp_backend(opt.backend) != opt.backend:
+        notes.append(f"the {opt.backend} backend solves LP relaxations only: the MILP decisions used highs")
     if queries.get("milp_skipped"):
         notes.append(f"MILP budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} decisions not "
                      "attempted; their neurons stay 'unknown' and are kept")
@@ -96,6 +100,10 @@ def _lp_layer(W, b, todo, enc, backend, opt) -> list:
             out.append((i, up, down, time.perf_counter() - q0))
         return out
 
+    if hasattr(backend, "maximize_many"):   # batched backend (admm): all 2 x len(todo) objectives at once
+        C, off = map(np.array, zip(*[enc.objective(W[i], b[i]) for i in todo]))
+        res = backend.maximize_many(np.vstack([C, -C]), np.concatenate([off, -off]), opt.time_limit * 2 * len(todo))
+        return [(i, res[j], res[len(todo) + j], 2 * res[j].seconds) for j, i in enumerate(todo)]
     n = min(opt.workers, len(todo)) if getattr(backend, "threads_ok", False) else 1
     if n <= 1:
         return run(backend, todo)
