@@ -149,5 +149,5 @@ def test_resnet_2b_residual_blocks_are_sound(rng):
     g = load_graph_cached(CIFAR / "resnet_2b.onnx")
     blocks = residual_blocks(g)
     assert [(b.start, b.end) for b in blocks] == [("18", "23"), ("24", "28")]
-    assert find_blocks(g, "auto") == blocks
-    _real_check(g, load_box(CIFAR / "resnet_2b-img386-eps2_255.vnnlib"), "auto", 0.95, rng)
+    assert find_blocks(g, "auto") == []          # two residual blocks: summaries do not pay (measured)
+    _real_check(g, load_box(CIFAR / "resnet_2b-img386-eps2_255.vnnlib"), blocks, 0.95, rng)

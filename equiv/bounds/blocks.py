@@ -35,6 +35,7 @@ from ..ir.graph import Graph
 from .relax import rowdot
 
 AUTO_MIN_RELU_LAYERS = 16       # chains shallower than this get no blocks under `auto` (they do not pay)
+AUTO_MIN_RESIDUAL = 4           # graphs with fewer residual blocks get none under `auto` (ResNet-2B's 2 do not pay)
 
 
 def auto_k(layers: int) -> int:
@@ -118,14 +119,17 @@ def chain_blocks(g: Graph, k: int) -> list[Block]:
 
 def find_blocks(g: Graph, mode) -> list[Block]:
     """The blocks for --blocks mode: "none" (or None, 0), K (ReLU layers per block, an int or its string),
-    or "auto": the residual blocks of a graph that has them, else K = `auto_k` on chains of at least
-    AUTO_MIN_RELU_LAYERS ReLU layers, else none."""
+    "residual" (every residual block),
+    or "auto": the residual blocks of a graph that has at least AUTO_MIN_RESIDUAL of them (none if it has
+    fewer), else K = `auto_k` on chains of at least AUTO_MIN_RELU_LAYERS ReLU layers, else none."""
     if mode in (None, "none", 0, "0"):
         return []
+    if mode == "residual":
+        return residual_blocks(g)
     if mode == "auto":
         res = residual_blocks(g)
         if res:
-            return res
+            return res if len(res) >= AUTO_MIN_RESIDUAL else []
         n = len(g.relus)
         return chain_blocks(g, auto_k(n)) if n >= AUTO_MIN_RELU_LAYERS else []
     k = int(mode)
