@@ -65,6 +65,19 @@ positive_number = _number("a positive number", 0.0, strict=True)
 count = _number("a whole number >= 0", 0, strict=False, cast=int)
 positive_count = _number("a whole number >= 1", 1, strict=False, cast=int)
 
+
+def blocks_mode(text: str):
+    """--blocks: auto, none, residual, or a whole number >= 1 of ReLU layers per block."""
+    if text in ("auto", "none", "residual"):
+        return text
+    try:
+        return positive_count(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto, none, residual or a whole number >= 1, got '{text}'") from None
+
+
+blocks_mode.__name__ = "auto, none, residual or K"
+
 # options whose value may start with a minus sign ("--box -0.5:0.5,..."): argparse would read it as an option
 _SIGNED_VALUE_OPTIONS = ("--box", "--clip", "--epsilon", "--radius")
 _NEGATIVE = re.compile(r"^-(\d|\.\d|inf)", re.IGNORECASE)
@@ -114,6 +127,11 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
                         "(0 turns it off; default 10000)")
     p.add_argument("--samples", type=count, default=samples_default, help=samples_help)
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
+    p.add_argument("--blocks", type=blocks_mode, default="auto", metavar="auto|none|residual|K",
+                   help="block summaries in DeepPoly (BBPoly): K ReLU layers per block, the residual blocks, or none; "
+                        "auto (default) uses them only where they were measured to pay (deep chains, many residual "
+                        "blocks), so none on shallow nets; graph pipeline and `bounds` (the chain pipeline's own "
+                        "bounds do not take it yet)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "quick (ACAS Xu 1_1 prop_3 and MNIST 256x2 prop_0), solvers (the same LP/MILP queries on "
                    "every backend), admm (ADMM's certified LP bounds, batched, against HiGHS one by one), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
                    "on float16 ACAS Xu copies, pruned MNIST and the core suite's simplified models), graphs (the CIFAR conv and "
-                   "residual nets: DeepPoly on the DAG against CROWN's counts, and simplify)")
+                   "residual nets: DeepPoly on the DAG against CROWN's counts, and simplify), scale (DeepPoly with "
+                   "and without block summaries on mnist 256x6, ResNet-2B and deep random chains)")
     n.add_argument("--case-time-limit", type=positive_seconds, default=300.0, metavar="S",
                    help="equivalence suite: seconds per pair (default 300)")
     n.add_argument("--benchmarks", default=None, help="folder with acasxu/ and mnist_fc/ (default: ../shared/benchmarks)")

@@ -82,7 +82,8 @@ class GraphPhases:
 
 
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
-                 progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphPhases:
+                 progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
+                 blocks=None) -> GraphPhases:
     """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes and one LP
     or MILP decision per position still undecided) and positions seen with both signs at real points."""
     rng = np.random.default_rng(seed)
@@ -90,7 +91,7 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     vals = g.evaluate(pts)
     pos = {r: (vals[g.args(r)[0]] > 0).any(axis=0) for r in g.relus}
     neg = {r: (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
-    b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress)
+    b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress, blocks=blocks)
     stats = {}
     if method in ("lp", "milp"):      # slopes first (cheap), then LPs / MILPs on what is left; pos / neg grow with the LPs' points
         t0 = time.perf_counter()
@@ -200,10 +201,11 @@ def _file_size(g: Graph) -> int | None:
 
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
                    seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
-                   progress: bool = False, time_limit: float = 10.0, budget: float | None = None) -> GraphSimplifyResult:
+                   progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
+                   blocks=None) -> GraphSimplifyResult:
     """Prove, reduce, export and validate; ValidationError (nothing to write) above the tolerance."""
     t0 = time.perf_counter()
-    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget)
+    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget, blocks)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
     small, removed, folds = shrink(reduce_graph(g, ph))

@@ -27,6 +27,7 @@ from ..ir import ops
 from ..ir.graph import Graph
 from ..spec.region import Box
 from .common import outward
+from .blocks import find_blocks, jump, make_summary, needed_rows
 from .relax import _relaxation, prepare, relu_step, rowdot  # noqa: F401  (_relaxation: used by alpha)
 
 ROW_BUDGET_BYTES = 256 * 2 ** 20     # memory for the coefficient arrays of one chunk of rows
@@ -40,6 +41,7 @@ class GraphBounds:
     lo: dict
     hi: dict
     seconds: dict = field(default_factory=dict)
+    summaries: dict = field(default_factory=dict)    # {block output: blocks.Summary} when made with blocks
 
     def relu_input(self, g: Graph, relu: str) -> tuple[np.ndarray, np.ndarray]:
         z = g.args(relu)[0]
@@ -76,7 +78,8 @@ def _parts(g: Graph, lo: np.ndarray, hi: np.ndarray) -> dict:
 
 
 def _squeeze(b: GraphBounds) -> GraphBounds:
-    return GraphBounds({k: v[0] for k, v in b.lo.items()}, {k: v[0] for k, v in b.hi.items()}, b.seconds)
+    return GraphBounds({k: v[0] for k, v in b.lo.items()}, {k: v[0] for k, v in b.hi.items()}, b.seconds,
+                       b.summaries)
 
 
 def _interval_node(g: Graph, name: str, parts: dict, lo: dict, hi: dict, known: GraphBounds | None, N: int):
@@ -131,14 +134,18 @@ def _upstream(g: Graph, target: str) -> list:
 
 
 def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts: dict, relax: dict,
-              coef: bool = False):
+              coef: bool = False, summaries: dict | None = None, stop: str | None = None):
     """DeepPoly lower and upper bounds (N, R) of the flat elements `rows` (or of the rows of a 2-D array of
     coefficients) of `target` on N boxes, before rounding, from bounds lo/hi {tensor: (N, *shape)} and parts
     {input: (lo, hi)}; relax caches the ReLUs' compact relaxations.  With coef, also the linear bounds over
     the flat inputs (Al, bl, Au, bu): Al x + bl <= y <= Au x + bu on each box (Al, Au (N, R, n_inputs)).
 
     The lower bound of a . y is minus the upper bound of -a . y, so both are computed as upper bounds of
-    one stacked array of 2R rows (-e; e): one product per op instead of two."""
+    one stacked array of 2R rows (-e; e): one product per op instead of two.
+
+    summaries {block output: blocks.Summary}: the walk jumps each such block in one step (`blocks.jump`).
+    stop: a tensor where the walk ends (a block's input): returns its stacked coefficients (n, 2R, |stop|)
+    and the intercepts (N, 2R) gathered inside, not concretised (how a block's summary is made)."""
     N, R = next(iter(parts.values()))[0].shape[0], rows.shape[0]
     shape = g.shape(target)
     if rows.ndim == 2:          # rows given as coefficient vectors (R, size) of the flat target
@@ -148,7 +155,7 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
         e[np.arange(R), rows] = 1.0
     A = {target: np.concatenate([-e, e]).reshape((1, 2 * R) + shape)}
     c = np.zeros((N, 2 * R))
-    cols, at_input = {}, {}
+    cols, at_input, at_stop = {}, {}, None
 
     def send(dest, a):
         A[dest] = A[dest] + a if dest in A else a
@@ -160,7 +167,15 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
         if name not in A:
             continue
         a = A.pop(name)
-        if op.kind == "input":
+        if name == stop:
+            at_stop = flat(a)
+            continue
+        if summaries is not None and name in summaries:
+            sm = summaries[name]
+            a, dc = jump(sm, flat(a), cols.pop(name, None))
+            c = c + dc
+            send(sm.block.start, a.reshape(a.shape[:2] + g.shape(sm.block.start)))
+        elif op.kind == "input":
             at_input[name] = flat(a)
         elif op.kind == "const":
             c = c + _mm(flat(a), np.broadcast_to(np.asarray(op.value, np.float64), op.shape).reshape(-1))
@@ -193,6 +208,8 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
             c = c + op.bias_dot(fa).reshape(n, 2 * R)
             for x, t in zip(args, op.transpose(fa)):
                 send(x, t.reshape((n, 2 * R) + t.shape[1:]))
+    if stop is not None:
+        return (np.zeros((1, 2 * R, g.op(stop).size)) if at_stop is None else at_stop), c
     # at the inputs the box bounds the linear form from above: positive coefficients at hi, negative at lo
     const, forms = c, []
     for name in g.inputs:
@@ -242,7 +259,7 @@ def _rows(g: Graph, z: str, lo: np.ndarray, hi: np.ndarray, rows: str):
 
 def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds | None = None,
                    targets: list | None = None, rows: str = "unstable", coef: bool = False,
-                   all_nodes: bool = False, progress: bool = False) -> tuple[GraphBounds, dict]:
+                   all_nodes: bool = False, progress: bool = False, blocks=None) -> tuple[GraphBounds, dict]:
     """DeepPoly/CROWN bounds on each of the N boxes [lo[n], hi[n]] ((N, n_inputs) arrays) of every target
     tensor (default: every ReLU input, then the outputs), intersected with interval bounds (and `known`,
     broadcastable to (N, *shape)), and interval bounds of the tensors they need (of every tensor with
@@ -251,7 +268,11 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
     One sweep in topological order: a node's interval bounds come from its arguments' final bounds, and a
     target is then tightened by back-substituting its `rows` (see `_rows`) to the input, so every later
     relaxation uses the tighter values.  With coef, also {target: (rows, Al, bl, Au, bu)}, the unrounded
-    input-space linear bounds of its back-substituted rows (see `_backward`)."""
+    input-space linear bounds of its back-substituted rows (see `_backward`).
+
+    blocks (a --blocks mode or a list of `blocks.Block`): when the sweep reaches a block's output, the
+    block's summary is made (its relaxations inside are final by then), and every later back-substitution
+    jumps the block with it; None / "none" leaves the engine exactly as without blocks."""
     t0 = time.perf_counter()
     N = lo.shape[0]
     parts = _parts(g, lo, hi)
@@ -266,6 +287,8 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
         if z in need:
             _interval_node(g, z, parts, L, H, known, N)
     known, L, H, relax, forms = GraphBounds(L, H), {}, {}, {}, {}
+    ends = {b.end: b for b in (blocks if isinstance(blocks, list) else find_blocks(g, blocks))}
+    summaries, t_blk = {}, 0.0
     t_int = time.perf_counter() - t0
     chunk = _chunk(g, N)
     # (no tqdm object unless asked: its first creation costs milliseconds, more than a small net's bounds)
@@ -276,6 +299,10 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
         t1 = time.perf_counter()
         _interval_node(g, z, parts, L, H, known, N)
         t_int += time.perf_counter() - t1
+        if z in ends:
+            t1 = time.perf_counter()
+            summaries[z] = _summarize(g, ends[z], L, H, parts, relax, chunk)
+            t_blk += time.perf_counter() - t1
         if z not in todo_targets:
             continue
         if bar is not None:
@@ -288,7 +315,7 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
         parts_out = []
         for s in range(0, todo.size, chunk):
             r = todo[s:s + chunk]
-            res = _backward(g, z, r, L, H, parts, relax, coef)
+            res = _backward(g, z, r, L, H, parts, relax, coef, summaries=summaries or None)
             cl, ch = outward(res[0], res[1])
             if on is not None:      # off its boxes a row keeps its interval bounds
                 cl, ch = np.where(on[:, r], cl, -np.inf), np.where(on[:, r], ch, np.inf)
@@ -299,13 +326,28 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
             forms[z] = (todo,) + tuple(np.concatenate([p[j] for p in parts_out], axis=1) for j in range(4))
     if bar is not None:
         bar.close()
-    return GraphBounds(L, H, {"interval": t_int, "deeppoly": time.perf_counter() - t0 - t_int}), forms
+    seconds = {"interval": t_int, "deeppoly": time.perf_counter() - t0 - t_int - t_blk}
+    if ends:
+        seconds["summaries"] = t_blk
+    return GraphBounds(L, H, seconds, summaries), forms
+
+
+def _summarize(g: Graph, block, lo: dict, hi: dict, parts: dict, relax: dict, chunk: int):
+    """The summary of a block (`blocks.Summary`): its output's reachable rows back-substituted inside the
+    block to its input, in chunks of rows."""
+    t = block.end
+    rows = needed_rows(g, t, lo, hi, _relaxation)
+    s = block.start
+    cols = np.arange(g.op(s).size) if g.op(s).kind != "relu" else needed_rows(g, s, lo, hi, _relaxation)
+    chunks = (_backward(g, t, rows[i:i + chunk], lo, hi, parts, relax, stop=s) for i in range(0, rows.size, chunk))
+    return make_summary(block, rows, cols, math.prod(g.shape(t)), g.op(s).size, chunks)
 
 
 def deeppoly_graph(g: Graph, box: Box, known: GraphBounds | None = None, outputs: bool = True,
-                   progress: bool = False) -> GraphBounds:
+                   progress: bool = False, blocks=None) -> GraphBounds:
     """DeepPoly/CROWN bounds of every ReLU input (and of the outputs) on one box, intersected with interval
     bounds: each ReLU input's unstable positions are back-substituted to the input in topological order."""
     targets = [g.args(r)[0] for r in g.relus] + (list(g.outputs) if outputs else [])
-    b, _ = deeppoly_boxes(g, box.lo[None], box.hi[None], known, targets, all_nodes=True, progress=progress)
+    b, _ = deeppoly_boxes(g, box.lo[None], box.hi[None], known, targets, all_nodes=True, progress=progress,
+                          blocks=blocks)
     return _squeeze(b)

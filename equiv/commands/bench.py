@@ -33,6 +33,11 @@ def cmd_bench(args, out) -> int:
         run_graphs_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out), limit=args.limit)
         out.emit((Path(args.out) / "graphs.md").read_text())
         return 0
+    if args.suite == "scale":
+        from ..bench.scale import run_scale_bench
+        run_scale_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out))
+        out.emit((Path(args.out) / "scale.md").read_text())
+        return 0
     if args.suite == "slicing":
         from ..bench.slicing import run_slicing_bench
         data = run_slicing_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),

@@ -17,7 +17,7 @@ def cmd_bounds(args, out) -> int:
     g = load_graph(args.model)
     box, source = region_of(args)
     box.check_dim(g.n_inputs)
-    b = interval_graph(g, box) if args.method == "interval" else deeppoly_graph(g, box)
+    b = interval_graph(g, box) if args.method == "interval" else deeppoly_graph(g, box, blocks=args.blocks)
     counts = b.counts(g)
     layers = [{"layer": k, "kind": "relu input", "tensor": g.args(row["relu"])[0], **row,
                "lo": b.lo[g.args(row["relu"])[0]].reshape(-1).tolist(),
@@ -29,6 +29,7 @@ def cmd_bounds(args, out) -> int:
     if args.json:
         out.emit(json.dumps({"model": args.model, "region": {"source": source, **box.to_json()}, "method": args.method,
                              "relus": g.n_relus, "counts": counts, "layers": layers,
+                             "blocks": [[s.block.start, s.block.end] for s in b.summaries.values()],
                              "seconds": {k: round(v, 4) for k, v in b.seconds.items()}}, indent=1))
         return 0
     lines = [f"{args.model}: {args.method} bounds on {source}"]
