@@ -95,3 +95,20 @@ def test_cone_encoding_matches_the_whole_graph_on_a_conv_net():
             assert sign * g.evaluate(x[None])["c2"].reshape(-1)[p] == pytest.approx(r_part.bound, rel=1e-3)
             if r_whole.status == Status.OPTIMAL:     # (the whole graph's MILP may run out of time: that is the point)
                 assert r_part.bound == pytest.approx(r_whole.bound, rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["highs", "gurobi", "cbc", "admm"])
+def test_graph_lp_and_milp_stages_on_every_backend(backend):
+    """The graph's LP and MILP stages run on every backend (admm solves the LPs; its MILP decisions use
+    highs): the same LP bound (max t = 0.5 on the triangles) and the same MILP proof (t is dead)."""
+    from equiv.prove.graph_lp import lp_stage
+    from equiv.solvers import available_backends
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    g, box = two_relus(-2.5), Box([-1.0, -1.0], [1.0, 1.0])
+    b = deeppoly_graph(g, box)
+    pos, neg = _signs(g, box)
+    b_lp, s_lp = lp_stage(g, box, b, dict(pos), dict(neg), time_limit=10, backend=backend)
+    assert s_lp["lp"] == 1 and b_lp.hi["t"].item() == pytest.approx(0.5, abs=1e-4) and b_lp.hi["t"].item() >= 0.5 - 1e-9
+    b_milp, s_milp = milp_stage(g, box, b, dict(pos), dict(neg), time_limit=10, backend=backend)
+    assert s_milp["milp_proved"] == 1 and b_milp.hi["t"].item() <= 0

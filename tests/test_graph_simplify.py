@@ -339,3 +339,4 @@ def test_graph_lp_matches_the_chain_lp_on_acas(bench):
         c2, off2 = enc_c.objective(W[i], b[i])
         want = bc.maximize(c2, off2, integer=False, time_limit=10).bound
         assert abs(got - want) <= 1e-6 * (1 + abs(want))
+

@@ -17,6 +17,7 @@ import onnx
 
 from ..bounds.engine import GraphBounds, deeppoly_graph, interval_graph
 from ..errors import ValidationError
+from ..solvers import milp_backend
 from ..prove.graph_alpha import alpha_stage
 from ..prove.graph_lp import lp_stage
 from ..prove.graph_milp import milp_stage
@@ -83,7 +84,7 @@ class GraphPhases:
 
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
                  progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
-                 blocks=None) -> GraphPhases:
+                 blocks=None, backend: str = "highs") -> GraphPhases:
     """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes and one LP
     or MILP decision per position still undecided) and positions seen with both signs at real points."""
     rng = np.random.default_rng(seed)
@@ -98,7 +99,7 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
         b, stats = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress)
         left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
         stage = milp_stage if method == "milp" else lp_stage
-        b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress)
+        b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress, backend=backend)
         stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"],
                  **{k: v for k, v in more.items() if k != "seconds"}, f"{method}_seconds": more["seconds"]}
     seen = {r: pos[r] & neg[r] for r in g.relus}
@@ -202,10 +203,10 @@ def _file_size(g: Graph) -> int | None:
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
                    seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
                    progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
-                   blocks=None) -> GraphSimplifyResult:
+                   blocks=None, backend: str = "highs") -> GraphSimplifyResult:
     """Prove, reduce, export and validate; ValidationError (nothing to write) above the tolerance."""
     t0 = time.perf_counter()
-    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget, blocks)
+    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget, blocks, backend)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
     small, removed, folds = shrink(reduce_graph(g, ph))
@@ -223,6 +224,11 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     if skipped:
         notes.append(f"the solver budget ran out: {skipped} positions got no solver query (they stay 'unknown' "
                      "unless sampling showed them unstable)")
+    if ph.stats.get("milp_too_large"):
+        notes.append(f"{ph.stats['milp_too_large']} MILP decisions were too large for the {backend} licence and proved "
+                     "nothing")
+    if method == "milp" and milp_backend(backend) != backend:
+        notes.append(f"the {backend} backend solves LP relaxations only: the MILP decisions used highs")
     if ph.counts()["unknown"]:
         notes.append(f"{ph.counts()['unknown']} ReLU positions are neither proved stable nor seen unstable; they "
                      "keep their ReLU")

@@ -77,7 +77,7 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
                          seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
                          progress=progress_of(args), time_limit=args.time_limit,
                          budget=GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget,
-                         blocks=args.blocks)
+                         blocks=args.blocks, backend=args.backend)
     save_onnx_atomic(res.onnx_model, target)
     report = {"equiv_version": __version__, "model": args.model, "model_sha256": sha256_of(args.model),
               "output": str(target), "region": {"source": source, **box.to_json()}, "pipeline": "graph",

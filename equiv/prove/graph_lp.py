@@ -20,11 +20,12 @@ from ..encode.graph import encode_graph
 from ..ir.graph import Graph
 from ..spec.region import Box
 from ..solvers import Status
+from ..solvers import make_backend
 from ..solvers.highs import HighsBackend
 
 
 def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
-             budget: float | None = None, progress: bool = False) -> tuple[GraphBounds, dict]:
+             budget: float | None = None, progress: bool = False, backend: str = "highs") -> tuple[GraphBounds, dict]:
     """Tighter bounds (sound: intersections with LP dual bounds) and counts of the queries made.
 
     pos / neg: per ReLU, the positions seen positive / negative at real points (updated in place with each
@@ -42,7 +43,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             stats["lp_skipped"] += int(todo.size)
             continue
         enc = encode_graph(g, box, bounds, upto=z)
-        backend = HighsBackend(enc.model, warm_lp=True)
+        solver = HighsBackend(enc.model, warm_lp=True) if backend == "highs" else make_backend(backend, enc.model)
         new_lo, new_hi = lo.copy(), hi.copy()
         # the positions nearest to a proof first: the smaller side of [lo, hi] around 0, relative to the width
         order = todo[np.argsort(np.minimum(-lo[todo], hi[todo]) / (hi[todo] - lo[todo]))]
@@ -55,11 +56,12 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
                 break
             dead_side = hi[p] <= -lo[p]               # try the phase the bounds make likelier
             c, off = enc.objective(z, int(p), 1.0 if dead_side else -1.0)
-            res = backend.maximize(c, off, integer=False, time_limit=time_limit)
+            res = solver.maximize(c, off, integer=False, time_limit=time_limit)
             stats["lp"] += 1
             if res.x is not None:
                 _witness(g, enc, res.x, box, pos, neg)
-            if res.status != Status.OPTIMAL or res.bound is None or not np.isfinite(res.bound):
+            proved = res.status == Status.OPTIMAL or getattr(solver, "certified_at_limit", False)   # admm: certified
+            if not proved or res.bound is None or not np.isfinite(res.bound):
                 stats["lp_unknown"] += 1
                 continue
             if dead_side:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..encode.graph import ConeError, cone_of, encode_graph
 from ..ir.graph import Graph
-from ..solvers.highs import HighsBackend
+from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
 from .graph_lp import _witness
 
@@ -46,7 +46,7 @@ def _encoding(g: Graph, box: Box, bounds: GraphBounds, z: str, p: int, full: lis
 
 
 def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
-               budget: float | None = None, progress: bool = False) -> tuple[GraphBounds, dict]:
+               budget: float | None = None, progress: bool = False, backend: str = "highs") -> tuple[GraphBounds, dict]:
     """Tighter bounds (phases settled by infeasible decisions) and counts of the decisions made."""
     stats = {"milp": 0, "milp_proved": 0, "milp_witnessed": 0, "milp_unknown": 0, "milp_skipped": 0,
              "seconds": 0.0}
@@ -83,9 +83,9 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
                 break
             dead_side = hi[p] <= -lo[p]               # decide the phase the bounds make likelier
             enc = _encoding(g, box, bounds, z, int(p), full)
-            backend = HighsBackend(enc.model)
+            solver = make_backend(milp_backend(backend), enc.model)
             c, off = enc.objective(z, int(p), 1.0 if dead_side else -1.0)
-            dec = backend.decide(c, off, 0.0, time_limit=limit if left is None else min(limit, left),
+            dec = solver.decide(c, off, 0.0, time_limit=limit if left is None else min(limit, left),
                                  margin=MARGIN)
             stats["milp"] += 1
             if dec.verdict == "below":               # sign * z < -MARGIN everywhere on the region
@@ -99,6 +99,8 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
                 stats["milp_unknown"] += int(not (pos[r] & neg[r]).reshape(-1)[p])
             else:
                 stats["milp_unknown"] += 1
+                if dec.status == Status.TOO_LARGE:        # e.g. gurobi's size-limited licence: proves nothing
+                    stats["milp_too_large"] = stats.get("milp_too_large", 0) + 1
         if (new_lo > lo).any() or (new_hi < hi).any():
             known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
                                 {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
