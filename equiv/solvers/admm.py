@@ -55,45 +55,14 @@ class AdmmBackend(Backend):
                  adaptive_rho: bool = True, dense_max: int = 3000):
         super().__init__(model, threads)
         t0 = time.perf_counter()
-        self.rho, self.sigma, self.alpha = rho, sigma, alpha
-        self.tol, self.max_iter, self.check_every, self.adaptive_rho = tol, max_iter, check_every, adaptive_rho
-        A = model.A.tocsr().astype(np.float64)
-        self.A, self.AT = A, A.T.tocsr()
-        self.E, self.D = _scaling(model)
-        # scaled problem in x' = x / D:   E l_r <= (E A D) x' <= E u_r,   l_c / D <= x' <= u_c / D
-        self.As = (sp.diags(self.E) @ A @ sp.diags(self.D)).tocsr()
-        n_vars, n_rows = A.shape[1], A.shape[0]
-        self.dense = n_vars <= dense_max
-        if self.dense and A.nnz > 0.1 * n_vars * n_rows:
-            self.As = self.As.toarray()           # dense rows (a first dense layer): BLAS beats sparse products
-        self.AsT = self.As.T.copy() if isinstance(self.As, np.ndarray) else self.As.T.tocsr()
-        self.lr, self.ur = self.E * model.row_lo, self.E * model.row_hi
-        self.lc, self.uc = model.col_lo / self.D, model.col_hi / self.D
-        # OSQP: equality rows (and fixed columns) get a 1000x larger penalty
-        self.eq_r = np.where(model.row_lo == model.row_hi, 1e3, 1.0)
-        self.eq_c = np.where(model.col_lo == model.col_hi, 1e3, 1.0)
-        self._factor(rho)
+        self.alpha, self.tol, self.max_iter, self.check_every = alpha, tol, max_iter, check_every
+        self.adaptive_rho = adaptive_rho
+        self.kkt = _ScaledLP(model, rho, sigma, dense_max)
         self.build_seconds = time.perf_counter() - t0
-        self.factorisations = 1
 
-    def _factor(self, rho: float) -> None:
-        """One factorisation of  M = sigma I + A'^T R_r A' + R_c  (R: the diagonal penalties), reused by every
-        iteration and every objective until rho changes: a sparse LU (splu), or for at most `dense_max`
-        variables the explicit inverse (Cholesky), since then one matrix product (BLAS) solves all right-hand
-        sides at once: measured 9x faster than splu's solve on an MNIST LP (796 variables, 200 objectives).
-        Solve accuracy only affects the iterates, never the certificate."""
-        self.rho = rho
-        self.rr, self.rc = rho * self.eq_r, rho * self.eq_c
-        n = self.As.shape[1]
-        As = sp.csr_matrix(self.As)
-        M = self.sigma * sp.identity(n) + As.T @ sp.diags(self.rr) @ As + sp.diags(self.rc)
-        if self.dense:
-            from scipy.linalg import cho_factor, cho_solve
-            Minv = cho_solve(cho_factor(M.toarray()), np.eye(n))
-            self.solve = lambda B: Minv @ B
-        else:
-            lu = splu(sp.csc_matrix(M), permc_spec="MMD_AT_PLUS_A")
-            self.solve = lu.solve
+    @property
+    def factorisations(self) -> int:
+        return self.kkt.factorisations
 
     # -- queries ---------------------------------------------------------------------------------
     def maximize(self, c, offset, *, integer=False, time_limit=10.0) -> SolveResult:
@@ -123,20 +92,21 @@ class AdmmBackend(Backend):
             return self._maximize_many(C, offsets, time_limit)
 
     def _maximize_many(self, C, offsets, time_limit):
+        lp = self.kkt
         t0 = time.perf_counter()
         C = np.atleast_2d(np.asarray(C, dtype=np.float64))
         offsets = np.broadcast_to(np.asarray(offsets, dtype=np.float64), (C.shape[0],)).copy()
         K, n = C.shape
-        m = self.As.shape[0]
+        m = lp.As.shape[0]
         model = self.model
         # scaled costs (minimise q'.x'), each normalised to infinity norm 1: q' = -D c / s
-        Q = -(C * self.D[None]).T                     # (n, K)
+        Q = -(C * lp.D[None]).T                     # (n, K)
         s = np.abs(Q).max(axis=0) if n else np.zeros(K)
         s = np.where(s > 0, s, 1.0)
         Q /= s
         x = np.zeros((n, K))
         zr, yr = np.zeros((m, K)), np.zeros((m, K))
-        zc, yc = np.clip(np.zeros((n, K)), self.lc[:, None], self.uc[:, None]), np.zeros((n, K))
+        zc, yc = np.clip(np.zeros((n, K)), lp.lc[:, None], lp.uc[:, None]), np.zeros((n, K))
         best = np.full(K, np.inf)                     # best certified bound per objective
         best_y = np.zeros((m, K))
         primal = np.full(K, np.nan)
@@ -144,21 +114,21 @@ class AdmmBackend(Backend):
         done = np.zeros(K, bool)
         iters = np.zeros(K, int)
         act = np.arange(K)                            # objectives still iterating
-        lr, ur, lc, uc = self.lr[:, None], self.ur[:, None], self.lc[:, None], self.uc[:, None]
+        lr, ur, lc, uc = lp.lr[:, None], lp.ur[:, None], lp.lc[:, None], lp.uc[:, None]
         a = self.alpha
         it = 0
         while act.size and it < self.max_iter and time.perf_counter() - t0 < time_limit:
             it += 1
-            rr, rc = self.rr[:, None], self.rc[:, None]
+            rr, rc = lp.rr[:, None], lp.rc[:, None]
             # ADMM on  min q.x  s.t.  (A'x, x) = (z_r, z_c),  z_r in [l_r, u_r],  z_c in [l_c, u_c]:
             #   x~   = (sigma I + A'^T R_r A' + R_c)^-1 (sigma x - q + A'^T (R_r z_r - y_r) + R_c z_c - y_c)
             #   z~   = (A' x~, x~);  over-relaxed  w = alpha z~ + (1 - alpha) z
             #   x   <- alpha x~ + (1 - alpha) x
             #   z   <- clip(w + R^-1 y, l, u)          (projection on the row / column boxes)
             #   y   <- y + R (w - z)                   (dual ascent: y > 0 where an upper bound binds)
-            rhs = self.sigma * x - Q + self.AsT @ (rr * zr - yr) + rc * zc - yc
-            xt = self.solve(rhs)
-            wr = a * (self.As @ xt) + (1 - a) * zr
+            rhs = lp.sigma * x - Q + lp.AsT @ (rr * zr - yr) + rc * zc - yc
+            xt = lp.solve(rhs)
+            wr = a * (lp.As @ xt) + (1 - a) * zr
             wc = a * xt + (1 - a) * zc
             x = a * xt + (1 - a) * x
             zr_new = np.clip(wr + yr / rr, lr, ur)
@@ -171,16 +141,16 @@ class AdmmBackend(Backend):
             # --- certificate and stopping test (original units) ---
             Ca, off, sa = C[act], offsets[act], s[act]
             # the scaled KKT  -D c / s + D A^T E y' + y_c' = 0  gives original row multipliers  y = s E y'
-            Y = self.E[:, None] * yr * sa[None]
-            U = _safe_bounds(model, self.AT, Ca, off, Y)
+            Y = lp.E[:, None] * yr * sa[None]
+            U = _safe_bounds(model, lp.AT, Ca, off, Y)
             better = U < best[act]
             best[act[better]] = U[better]
             best_y[:, act[better]] = Y[:, better]
-            xo = np.clip(self.D[:, None] * x, model.col_lo[:, None], model.col_hi[:, None])
+            xo = np.clip(lp.D[:, None] * x, model.col_lo[:, None], model.col_hi[:, None])
             P = np.einsum("kn,nk->k", Ca, xo) + off
-            Ax = self.A @ xo
+            Ax = lp.A @ xo
             viol = np.maximum(np.maximum(model.row_lo[:, None] - Ax, Ax - model.row_hi[:, None]), 0.0)
-            feas = (self.E[:, None] * viol).max(axis=0) if m else np.zeros(act.size)
+            feas = (lp.E[:, None] * viol).max(axis=0) if m else np.zeros(act.size)
             xs = np.abs(x).max(axis=0) if n else np.zeros(act.size)
             primal[act], x_out[:, act] = P, xo
             # x violates rows by viol; for the max LP,  opt(bounds) >= c.x - y*.viol  (weak duality on the
@@ -191,7 +161,7 @@ class AdmmBackend(Backend):
             scale = np.maximum(1.0, np.maximum(np.abs(Ub), np.abs(Pc)))
             conv = (Ub - Pc <= self.tol * scale) & (feas <= self.tol * (1.0 + xs))
             if self.adaptive_rho:
-                self._adapt(x, zr, zc, yr, yc, Q, feas)
+                lp.adapt(x, zr, zc, yr, yc, Q, feas)
             if conv.any():
                 done[act[conv]] = True
                 iters[act[conv]] = it
@@ -214,7 +184,51 @@ class AdmmBackend(Backend):
                 out.append(SolveResult(Status.TIME_LIMIT, bound, obj, x_out[:, k], secs, message=msg))
         return out
 
-    def _adapt(self, x, zr, zc, yr, yc, Q, feas) -> None:
+class _ScaledLP:
+    """The LP scaled for ADMM (rows equilibrated, columns by their box width), its penalties and the
+    factorisation of the ADMM linear system, refactorised when rho moves."""
+
+    def __init__(self, model: LinearModel, rho: float, sigma: float, dense_max: int):
+        self.rho, self.sigma = rho, sigma
+        A = model.A.tocsr().astype(np.float64)
+        self.A, self.AT = A, A.T.tocsr()
+        self.E, self.D = _scaling(model)
+        # scaled problem in x' = x / D:   E l_r <= (E A D) x' <= E u_r,   l_c / D <= x' <= u_c / D
+        self.As = (sp.diags(self.E) @ A @ sp.diags(self.D)).tocsr()
+        n_vars, n_rows = A.shape[1], A.shape[0]
+        self.dense = n_vars <= dense_max
+        if self.dense and A.nnz > 0.1 * n_vars * n_rows:
+            self.As = self.As.toarray()           # dense rows (a first dense layer): BLAS beats sparse products
+        self.AsT = self.As.T.copy() if isinstance(self.As, np.ndarray) else self.As.T.tocsr()
+        self.lr, self.ur = self.E * model.row_lo, self.E * model.row_hi
+        self.lc, self.uc = model.col_lo / self.D, model.col_hi / self.D
+        # OSQP: equality rows (and fixed columns) get a 1000x larger penalty
+        self.eq_r = np.where(model.row_lo == model.row_hi, 1e3, 1.0)
+        self.eq_c = np.where(model.col_lo == model.col_hi, 1e3, 1.0)
+        self.factorisations = 0
+        self.factor(rho)
+
+    def factor(self, rho: float) -> None:
+        """One factorisation of  M = sigma I + A'^T R_r A' + R_c  (R: the diagonal penalties), reused by every
+        iteration and every objective until rho changes: a sparse LU (splu), or for at most `dense_max`
+        variables the explicit inverse (Cholesky), since then one matrix product (BLAS) solves all right-hand
+        sides at once: measured 9x faster than splu's solve on an MNIST LP (796 variables, 200 objectives).
+        Solve accuracy only affects the iterates, never the certificate."""
+        self.rho = rho
+        self.rr, self.rc = rho * self.eq_r, rho * self.eq_c
+        n = self.As.shape[1]
+        As = sp.csr_matrix(self.As)
+        M = self.sigma * sp.identity(n) + As.T @ sp.diags(self.rr) @ As + sp.diags(self.rc)
+        if self.dense:
+            from scipy.linalg import cho_factor, cho_solve
+            Minv = cho_solve(cho_factor(M.toarray()), np.eye(n))
+            self.solve = lambda B: Minv @ B
+        else:
+            lu = splu(sp.csc_matrix(M), permc_spec="MMD_AT_PLUS_A")
+            self.solve = lu.solve
+        self.factorisations += 1
+
+    def adapt(self, x, zr, zc, yr, yc, Q, feas) -> None:
         """OSQP's rho update  rho *= sqrt((r_prim / |z|) / (r_dual / |q|)), one rho for the batch (the
         median over objectives); refactorise only when it moves by more than 5x."""
         if x.shape[1] == 0:
@@ -233,8 +247,7 @@ class AdmmBackend(Backend):
             return
         new = float(np.clip(self.rho * np.sqrt(np.median(ratio)), 1e-6, 1e6))
         if new > 5 * self.rho or new < self.rho / 5:
-            self._factor(new)
-            self.factorisations += 1
+            self.factor(new)
 
 
 def _safe_bounds(model: LinearModel, AT, C, offsets, Y) -> np.ndarray:
