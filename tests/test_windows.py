@@ -74,7 +74,7 @@ def test_windowed_mnist_sampled_soundness_and_budget(tmp_path):
     out = tmp_path / "small.onnx"
     res = simplify(model, box, StabilityOptions(milp_budget=3.0), output_path=out, validation_samples=2000)
     st = res.stability
-    assert st.count("unknown") > 0 and st.queries["skipped"] > 0 and out.is_file()
+    assert st.count("unknown") > 0 and st.queries["milp_skipped"] > 0 and out.is_file()
     assert res.validation.max_abs_diff <= 1e-4
     from equiv.ir.chain_io import load_onnx
     net = load_onnx(model)

@@ -105,7 +105,7 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
     """Slopes, then per layer windowed LPs (stopped when their yield drops) and windowed MILP decisions."""
     budget = Budget(opt.milp_budget, opt.time_limit)
     queries.setdefault("windows", {})
-    queries.setdefault("skipped", 0)
+    queries.setdefault("milp_skipped", 0)
     t0 = time.perf_counter()
     if opt.alpha:
         bounds, st = alpha_chain(net, box, bounds, tr, budget.end, opt.progress)
@@ -146,13 +146,15 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
             tr.record_bounds(j, bounds, "deeppoly")
     if bar is not None:
         bar.close()
-    if queries["skipped"]:
-        notes.append(f"solver budget of {opt.milp_budget:g} s spent: {queries['skipped']} neurons got no (or no "
+    if queries["milp_skipped"]:
+        notes.append(f"solver budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} neurons got no (or no "
                      "further) query; they stay 'unknown' and are kept")
     if opt.method == "milp" and milp_backend(opt.backend) != opt.backend:
         notes.append(f"the {opt.backend} backend solves LP relaxations only: the MILP decisions used highs")
     queries["budget_spent"] = round(budget.spent(), 3)
     stage_counts[opt.method] = tr.stable_count(bounds)
+    # stable before the MILP decisions: everything not proved by a MILP
+    stage_counts["lp"] = stage_counts[opt.method] - sum(int(np.sum(m == "milp")) for m in tr.method)
     return bounds
 
 
@@ -208,7 +210,7 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
             while True:
                 lim = budget.limit()
                 if lim is None:
-                    queries["skipped"] += 1
+                    queries["milp_skipped"] += 1
                     return _skip_rest(todo[n + 1:], tr, bounds, k, queries)
                 enc, be = enc_of(w)
                 if milp_backend(opt.backend) != opt.backend:
@@ -241,4 +243,4 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
 
 
 def _skip_rest(rest, tr, bounds, k, queries):
-    queries["skipped"] += int(np.sum(_open(tr, bounds, k)[rest]))
+    queries["milp_skipped"] += int(np.sum(_open(tr, bounds, k)[rest]))
