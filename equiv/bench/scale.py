@@ -71,7 +71,8 @@ def block_rows(root: Path) -> list[dict]:
 
 
 def run_scale_bench(root: Path, out: Path) -> dict:
-    data = {"machine": machine(), "blocks": block_rows(root)}
+    from .scale_chains import chain_lines, chain_rows
+    data = {"machine": machine(), "blocks": block_rows(root), "chains": chain_rows(root)}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(data, out / "scale.json")
     lines = ["# Scale (issue 12)", "", f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores "
@@ -84,5 +85,6 @@ def run_scale_bench(root: Path, out: Path) -> dict:
     for r in data["blocks"]:
         lines.append(f"| {r['network']} | {r['region']} | {r['blocks']} | {r['cut']} | {r['seconds']:.3f} | "
                      f"{r['speedup']:.2f}x | {r['stable']} / {r['relus']} | {100 * r['share']:.1f} % |")
+    lines += chain_lines(data["chains"])
     write_text_atomic(out / "scale.md", "\n".join(lines) + "\n")
     return data

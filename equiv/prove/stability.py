@@ -24,6 +24,7 @@ from ..ir.network import Network
 from ..spec.region import Box
 from .stability_solvers import candidates as _candidates
 from .stability_solvers import solver_stages as _solver_stages
+from .stability_window import windowed_stages
 
 METHODS = ("interval", "deeppoly", "lp", "milp")
 
@@ -44,13 +45,19 @@ class StabilityOptions:
     split_boxes: int = 10000
     split_max_inputs: int = 12
     workers: int = 2              # threads solving one layer's LP/MILP queries at once (1 = one by one)
-    milp_budget: float | None = None  # total seconds for all MILP decisions; later ones are skipped (unknown)
+    milp_budget: float | None = None  # total seconds for the solver stages; later queries are skipped (unknown)
+    # deep chains without input splitting (issue 12): slopes, then LP/MILP on windows of the last layers
+    windowed: str = "auto"        # auto (when the split stage does not run) | on | off
+    alpha: bool = True            # optimised slopes before the windowed queries
+    window_lp: bool = True        # windowed LPs (stopped when their yield drops) before the MILPs
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.workers < 1 or self.split_boxes < 0:
             raise ValueError(f"need workers >= 1 and split_boxes >= 0, got {self.workers} and {self.split_boxes}")
+        if self.windowed not in ("auto", "on", "off"):
+            raise ValueError(f"windowed must be auto, on or off, got {self.windowed!r}")
 
 
 @dataclass
@@ -189,9 +196,12 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
         stage_counts["inherited"] = tr.stable_count(bounds)
     stage_seconds["deeppoly"] = time.perf_counter() - t0
 
-    if opt.method == "milp" and 0 < opt.split_boxes and np.sum(box.hi > box.lo) <= opt.split_max_inputs:
+    split = opt.method == "milp" and 0 < opt.split_boxes and np.sum(box.hi > box.lo) <= opt.split_max_inputs
+    if split:
         bounds = _split_stage(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries)
-    if opt.method in ("lp", "milp"):
+    if opt.method == "milp" and (opt.windowed == "on" or (opt.windowed == "auto" and not split)):
+        bounds = windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes)
+    elif opt.method in ("lp", "milp"):
         bounds = _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes)
 
     neurons = []

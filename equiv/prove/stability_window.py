@@ -1,0 +1,246 @@
+"""Solver stages on deep dense chains (issue 12 parts 2 and 4): optimised slopes first, then LP and MILP
+queries on *windows* (the last w hidden layers before the neuron), under one budget for the whole stage.
+
+A window of w layers for a neuron of hidden layer k (0-based) encodes hidden layers k-w .. k-1 and takes
+as its input box the known bounds of the activations of layer k-w-1 (the input box itself when k-w = 0):
+every real input maps into that box, so a window's "infeasible" is a proof.  A window's feasible point
+is not a real input; only the full window (w = k) yields witnesses.  A neuron the window cannot decide
+gets the next wider window.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..bounds import Bounds, deeppoly_bounds
+from ..encode.chain import encode_network
+from ..ir.network import Network
+from ..solvers import Status, make_backend, milp_backend
+from ..spec.region import Box
+
+FIRST_WINDOW = 2      # w = 1 is little more than interval arithmetic on the previous layer's box
+import os
+_DEBUG = bool(os.environ.get("EQUIV_DEBUG_WINDOWS"))
+LP_CHUNK = 8          # a layer's LPs stop after a chunk of this many neurons that decides none
+
+
+def window(net: Network, box: Box, bounds: Bounds, k: int, w: int):
+    """(sub-network, its input box, its bounds) of the window of w hidden layers before hidden layer k."""
+    s = k - w
+    masks, dense = net.masks, net.dense
+    if s == 0:
+        sub_box = box
+    else:
+        m, lo, hi = masks[s - 1], bounds.lo[s - 1], bounds.hi[s - 1]
+        # activations of layer s-1: ReLU(z) in [max(lo, 0), max(hi, 0)]; linear channels keep [lo, hi]
+        sub_box = Box(np.where(m, np.maximum(lo, 0.0), lo), np.where(m, np.maximum(hi, 0.0), hi))
+    sub = Network.from_layers(dense[s:k + 1], masks[s:k])
+    return sub, sub_box, Bounds([a for a in bounds.lo[s:k + 1]], [a for a in bounds.hi[s:k + 1]])
+
+
+def window_encoding(net: Network, box: Box, bounds: Bounds, k: int, w: int):
+    sub, sub_box, sub_bounds = window(net, box, bounds, k, w)
+    return encode_network(sub, sub_box, sub_bounds, depth=w, integer=True)
+
+
+def alpha_chain(net, box, bounds, tr, deadline, progress=False) -> tuple[Bounds, dict]:
+    """Optimised-slope bounds (`graph_alpha.alpha_stage`) on the chain's graph, mapped back to layers."""
+    from ..ir.chain_graph import network_graph
+    from ..bounds.engine import GraphBounds
+    from .graph_alpha import alpha_stage
+    g = network_graph(net)
+    names = [f"dense_{k + 1}" for k in range(len(net.dense))]
+    gb = GraphBounds(dict(zip(names, bounds.lo)), dict(zip(names, bounds.hi)))
+    # the other tensors' bounds (inputs, ReLU outputs) follow from these
+    from ..bounds.engine import deeppoly_graph
+    gb = deeppoly_graph(g, box, known=gb)
+    relus = [f"relu_{k + 1}" for k in range(len(tr.masks))]
+    pos = {r: tr.seen_pos[k].copy() for k, r in enumerate(relus)}
+    neg = {r: tr.seen_neg[k].copy() for k, r in enumerate(relus)}
+    budget = None if deadline is None else max(0.0, deadline - time.perf_counter())
+    gb, stats = alpha_stage(g, box, gb, pos, neg, budget=budget, progress=progress)
+    for k, r in enumerate(relus):      # corner points the slopes found, run in the real network
+        newly = pos[r] & neg[r] & ~tr.unstable(k) & (tr.method[k] == "none")
+        tr.method[k][newly] = "witness"
+        tr.seen_pos[k] |= pos[r]
+        tr.seen_neg[k] |= neg[r]
+    out = Bounds([np.maximum(gb.lo[n], lo) for n, lo in zip(names, bounds.lo)],
+                 [np.minimum(gb.hi[n], hi) for n, hi in zip(names, bounds.hi)])
+    return out, stats
+
+
+class Budget:
+    """One deadline for the whole solver stage; per-query limits never pass it."""
+
+    def __init__(self, seconds, per_query):
+        self.t0 = time.perf_counter()
+        self.end = None if seconds is None else self.t0 + seconds
+        self.per_query = per_query
+
+    def limit(self) -> float | None:
+        """Seconds for the next query, None when the budget is spent."""
+        if self.end is None:
+            return self.per_query
+        left = self.end - time.perf_counter()
+        return None if left <= 0.05 else min(self.per_query, left)
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def _open(tr, bounds, k):
+    return tr.masks[k] & (bounds.lo[k] < 0) & (bounds.hi[k] > 0) & ~tr.unstable(k)
+
+
+def _ordered(tr, bounds, k):
+    """Open neurons of layer k, narrowest interval around 0 (relative) first."""
+    todo = np.flatnonzero(_open(tr, bounds, k))
+    lo, hi = bounds.lo[k][todo], bounds.hi[k][todo]
+    return todo[np.argsort(np.minimum(-lo, hi) / (hi - lo), kind="stable")]
+
+
+def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes) -> Bounds:
+    """Slopes, then per layer windowed LPs (stopped when their yield drops) and windowed MILP decisions."""
+    budget = Budget(opt.milp_budget, opt.time_limit)
+    queries.setdefault("windows", {})
+    queries.setdefault("milp_skipped", 0)
+    t0 = time.perf_counter()
+    if opt.alpha:
+        bounds, st = alpha_chain(net, box, bounds, tr, budget.end, opt.progress)
+        bounds = deeppoly_bounds(net, box, known=bounds)
+        for k in range(len(tr.masks)):
+            tr.record_bounds(k, bounds, "alpha")
+        queries["alpha_rows"] = st["alpha_rows"]
+        stage_counts["alpha"] = tr.stable_count(bounds)
+    stage_seconds["alpha"] = time.perf_counter() - t0
+    stage_seconds.setdefault("lp", 0.0)
+    stage_seconds.setdefault("milp", 0.0)
+    layers = [k for k in range(1, len(tr.masks)) if _open(tr, bounds, k).any()]
+    bar = None
+    if opt.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(int(_open(tr, bounds, k).sum()) for k in layers), desc="queries", unit="neuron",
+                   leave=False)
+    for k in layers:
+        encs = {}
+
+        def enc_of(w):
+            if w not in encs:
+                e = window_encoding(net, box, bounds, k, w)
+                encs[w] = (e, make_backend(opt.backend, e.model))
+            return encs[w]
+
+        t1 = time.perf_counter()
+        if opt.window_lp:
+            _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of)
+        tr.record_bounds(k, bounds, "lp")
+        stage_seconds["lp"] += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        if opt.method == "milp":
+            _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar)
+        stage_seconds["milp"] += time.perf_counter() - t1
+        bounds = deeppoly_bounds(net, box, known=bounds)   # later layers start from the tighter bounds
+        for j in range(k + 1, len(tr.masks)):
+            tr.record_bounds(j, bounds, "deeppoly")
+    if bar is not None:
+        bar.close()
+    if queries["milp_skipped"]:
+        notes.append(f"solver budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} neurons got no (or no "
+                     "further) query; they stay 'unknown' and are kept")
+    if opt.method == "milp" and milp_backend(opt.backend) != opt.backend:
+        notes.append(f"the {opt.backend} backend solves LP relaxations only: the MILP decisions used highs")
+    queries["budget_spent"] = round(budget.spent(), 3)
+    stage_counts[opt.method] = tr.stable_count(bounds)
+    # stable before the MILP decisions: everything not proved by a MILP
+    stage_counts["lp"] = stage_counts[opt.method] - sum(int(np.sum(m == "milp")) for m in tr.method)
+    return bounds
+
+
+def _count(queries, w):
+    queries["windows"][w] = queries["windows"].get(w, 0) + 1
+
+
+def _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of):
+    """LP bounds of the open neurons (both sides) on the first window, narrowest first, in chunks."""
+    W, b = net.dense[k].W, net.dense[k].b
+    w = min(k, FIRST_WINDOW)
+    todo = _ordered(tr, bounds, k)
+    for s in range(0, todo.size, LP_CHUNK):
+        decided = 0
+        for i in todo[s:s + LP_CHUNK]:
+            enc, be = enc_of(w)
+            c, off = enc.objective(W[i], b[i])
+            for sign in (1.0, -1.0):
+                lim = budget.limit()
+                if lim is None:
+                    return
+                q0 = time.perf_counter()
+                r = be.maximize(sign * c, sign * off, integer=False, time_limit=lim)
+                tr.seconds[k][i] += time.perf_counter() - q0
+                queries["lp"] += 1
+                if r.bound is not None and r.status == Status.OPTIMAL:
+                    if sign > 0:
+                        bounds.hi[k][i] = min(bounds.hi[k][i], r.bound)
+                    else:
+                        bounds.lo[k][i] = max(bounds.lo[k][i], -r.bound)
+            decided += int(bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0)
+        if decided == 0:          # the yield dropped: the rest (wider intervals) go to the MILPs
+            queries["lp_stopped"] = queries.get("lp_stopped", 0) + int(todo.size - s - LP_CHUNK > 0)
+            return
+
+
+def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
+    """Per open neuron, narrowest first: decide the likelier phase, then the other, widening the window
+    while it finds only (non-real) points; a full-window point is run in the real network."""
+    W, b = net.dense[k].W, net.dense[k].b
+    todo = _ordered(tr, bounds, k)
+    for n, i in enumerate(todo):
+        if bar is not None:
+            bar.set_postfix(layer=k + 1, left=int(todo.size - n), spent=f"{budget.spent():.0f}s")
+        dead_first = bounds.hi[k][i] <= -bounds.lo[k][i]
+        for side in (("dead", "active") if dead_first else ("active", "dead")):
+            if tr.unstable(k)[i] or bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0:
+                break
+            if tr.seen_pos[k][i] if side == "dead" else tr.seen_neg[k][i]:
+                continue
+            sign = 1.0 if side == "dead" else -1.0
+            w = min(k, FIRST_WINDOW)
+            while True:
+                lim = budget.limit()
+                if lim is None:
+                    queries["milp_skipped"] += 1
+                    return _skip_rest(todo[n + 1:], tr, bounds, k, queries)
+                enc, be = enc_of(w)
+                if milp_backend(opt.backend) != opt.backend:
+                    be = make_backend("highs", enc.model)
+                c, off = enc.objective(sign * W[i], sign * b[i])
+                q0 = time.perf_counter()
+                dec = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin)
+                tr.seconds[k][i] += time.perf_counter() - q0
+                queries["milp"] += 1
+                _count(queries, w)
+                if _DEBUG:
+                    print(f"k={k} i={i} w={w} {side} {dec.verdict} {time.perf_counter() - q0:.2f}s", flush=True)
+                if dec.verdict == "below":
+                    if side == "dead":
+                        bounds.hi[k][i] = 0.0
+                    else:
+                        bounds.lo[k][i] = 0.0
+                    tr.method[k][i] = "milp"
+                    break
+                if dec.verdict == "above" and w < k:
+                    w += 1                  # the window's point may not be reachable: widen
+                    continue
+                if dec.verdict == "above":
+                    tr.absorb(enc.input_point(dec.x)[None], "witness")
+                else:
+                    queries["milp_unknown"] += 1
+                break
+        if bar is not None:
+            bar.update(1)
+
+
+def _skip_rest(rest, tr, bounds, k, queries):
+    queries["milp_skipped"] += int(np.sum(_open(tr, bounds, k)[rest]))
