@@ -21,8 +21,6 @@ from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
 
 FIRST_WINDOW = 2      # w = 1 is little more than interval arithmetic on the previous layer's box
-import os
-_DEBUG = bool(os.environ.get("EQUIV_DEBUG_WINDOWS"))
 LP_CHUNK = 8          # a layer's LPs stop after a chunk of this many neurons that decides none
 
 
@@ -221,8 +219,6 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
                 tr.seconds[k][i] += time.perf_counter() - q0
                 queries["milp"] += 1
                 _count(queries, w)
-                if _DEBUG:
-                    print(f"k={k} i={i} w={w} {side} {dec.verdict} {time.perf_counter() - q0:.2f}s", flush=True)
                 if dec.verdict == "below":
                     if side == "dead":
                         bounds.hi[k][i] = 0.0
