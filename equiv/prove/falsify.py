@@ -60,6 +60,8 @@ def search(f: Network, g: Network, box: Box, norm: str, eps: np.ndarray, rng: np
     score = _scores(f, g, X, norm, eps)
     start = X[np.argsort(-score)[:restarts]]
     found = _ascend(f, g, box, start, norm, eps, steps)
+    if norm == "top1":
+        found = np.vstack([found, _pair_ascent(f, g, box, X, steps)])
     X = np.vstack([X, found])
     score = np.concatenate([score, _scores(f, g, found, norm, eps)])
     order = np.argsort(-score)[:max(restarts, 64)]
@@ -108,14 +110,70 @@ def _ascend(f, g, box, X, norm, eps, steps):
     return best
 
 
+def float32_gaps(box: Box) -> np.ndarray:
+    """The inputs whose interval [lo, hi] holds no float32 value (e.g. an input fixed at -0.3)."""
+    lo32 = box.lo.astype(np.float32)
+    up = np.where(lo32.astype(np.float64) < box.lo, np.nextafter(lo32, np.float32(np.inf)), lo32)
+    return np.flatnonzero(up.astype(np.float64) > box.hi)
+
+
+def _pair_ascent(f, g, box, X, steps, per_pair: int = 2):
+    """Top-1: for each ordered pair of classes (c, k) and each network b in {f, g} (a being the other), ascend
+    b_k - b_c (the class change itself) and (b_k - b_c) - (a_k - a_c) (the change of the margin) from the
+    points where a picks c and, respectively, b's margin b_c - b_k is smallest or the change is largest."""
+    fx, gx = f.forward(X), g.forward(X)
+    n_out = fx.shape[1]
+    starts, V, cf, cg = [], [], [], []
+    for a_out, b_out, b_is_g in ((fx, gx, True), (gx, fx, False)):
+        cls = a_out.argmax(axis=1)
+        for c in range(n_out):
+            idx = np.flatnonzero(cls == c)
+            if not idx.size:
+                continue
+            for k in range(n_out):
+                if k == c:
+                    continue
+                m_b = b_out[idx, c] - b_out[idx, k]
+                change = -m_b + (a_out[idx, c] - a_out[idx, k])
+                v = np.zeros(n_out)
+                v[k], v[c] = 1.0, -1.0
+                for order, w in ((np.argsort(m_b), 0.0), (np.argsort(-change), 1.0)):
+                    for i in idx[order[:per_pair]]:
+                        starts.append(X[i])
+                        V.append(v)
+                        cb, ca = 1.0, -w       # objective cb * v.b + ca * v.a
+                        cf.append(ca if b_is_g else cb)
+                        cg.append(cb if b_is_g else ca)
+    if not starts:
+        return np.empty((0, box.dim))
+    x = np.array(starts)
+    V, cf, cg = np.array(V), np.array(cf)[:, None], np.array(cg)[:, None]
+    width = box.hi - box.lo
+    best, best_s = x.copy(), top1_scores(f.forward(x), g.forward(x))
+    step = 0.05          # small steps: a class change may live on a small part of the box
+    for _ in range(steps):
+        grad = gradient(f, x, cf * V) + gradient(g, x, cg * V)
+        x = np.clip(x + step * np.sign(grad) * width, box.lo, box.hi)
+        s = top1_scores(f.forward(x), g.forward(x))
+        better = s > best_s
+        best[better], best_s[better] = x[better], s[better]
+        step *= 0.85
+    return best
+
+
 def to_float32_in_box(x: np.ndarray, box: Box) -> np.ndarray | None:
-    """The float32 point nearest x that still lies in the box (None if the box holds no float32 there)."""
+    """The float32 point nearest x that still lies in the box (None if the box holds no float32 there);
+    an input whose interval holds no float32 (`float32_gaps`) takes the float32 nearest its lower end."""
     x32 = np.clip(x, box.lo, box.hi).astype(np.float32)
     lo_bad = x32.astype(np.float64) < box.lo
     x32[lo_bad] = np.nextafter(x32[lo_bad], np.float32(np.inf))
     hi_bad = x32.astype(np.float64) > box.hi
     x32[hi_bad] = np.nextafter(x32[hi_bad], np.float32(-np.inf))
-    return x32 if bool(box.contains(x32.astype(np.float64)[None])[0]) else None
+    gaps = float32_gaps(box)
+    x32[gaps] = box.lo[gaps].astype(np.float32)
+    inside = (x32.astype(np.float64) >= box.lo) & (x32.astype(np.float64) <= box.hi)
+    inside[gaps] = True
+    return x32 if bool(inside.all()) else None
 
 
 @dataclass

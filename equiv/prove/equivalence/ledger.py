@@ -106,6 +106,10 @@ class Ledger:
         lower = self.seen
         if self.cex is not None:
             lower = max(lower, float(np.abs(self.cex.output_a - self.cex.output_b).max()))
+            if opt.norm == "linf" and self.cex.score <= 1 + 1e-6:
+                self.stats["near_miss"] = True
+                notes.append(f"near miss: the counterexample exceeds epsilon by a factor of only {self.cex.score:.9g} "
+                             "(at most 1 + 1e-6, the size of float32 rounding)")
         return CheckResult(verdict, opt.norm, eps_json, upper, lower, self.cex, opt.backend, seconds, self.pieces,
                            self.stats, notes, [float(v) for v in self.per_out] if covered else None)
 

@@ -34,6 +34,18 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         notes.append("the networks have different layer widths or depths: neurons were paired by their values at sample points "
                      f"(mean relative distance per layer {stats['match_cost']})")
     st = Ledger(pair, box, opt, eps, run_a, run_b, clock, stats)
+    gaps = falsify.float32_gaps(box)
+    if gaps.size:
+        near = box.lo[gaps].astype(np.float32)
+        notes.append(f"inputs {gaps.tolist()} are fixed at values with no float32 in their interval "
+                     f"({box.lo[gaps].tolist()}): onnxruntime points use the nearest float32 values "
+                     f"({[float(v) for v in near]}); the proof covers the box as given")
+    if identical(f, g):
+        # same layers and weights: the same function, and onnxruntime runs the same operations on both
+        st.try_points(box.center[None])
+        st.close(box.lo, box.hi, "equivalent", "identical", np.zeros(n_out))
+        notes.append("the two networks have the same layers and weights: they compute the same function")
+        return st.result(clock.elapsed, notes)
 
     # 1. falsification
     t0 = time.perf_counter()
@@ -46,6 +58,15 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         prove(st)
         stats["seconds"]["prove"] = time.perf_counter() - t0
     return st.result(clock.elapsed, notes)
+
+
+def identical(f: Network, g: Network) -> bool:
+    """Same depth, same ReLU masks, bitwise-equal weights and biases."""
+    if len(f.dense) != len(g.dense) or len(f.masks) != len(g.masks):
+        return False
+    same = lambda a, b: a.shape == b.shape and bool(np.array_equal(a, b))  # noqa: E731
+    return all(same(a.W, b.W) and same(a.b, b.b) for a, b in zip(f.dense, g.dense)) and \
+        all(same(np.asarray(a), np.asarray(b)) for a, b in zip(f.masks, g.masks))
 
 
 def analyse(st, pb: PairBounds):
@@ -72,7 +93,8 @@ def analyse(st, pb: PairBounds):
         win_f = mf_lo.reshape(N, n_out, n_out - 1).min(axis=2)   # per class c: min_k lower(f_c - f_k)
         win_g = mg_lo.reshape(N, n_out, n_out - 1).min(axis=2)
         both = np.minimum(win_f, win_g)
-        proved = (both > 0).any(axis=1)
+        # a strict winner in both, or a difference that is exactly zero (f = g on the box)
+        proved = (both > 0).any(axis=1) | (absd.max(axis=1) == 0)
         score = -both.max(axis=1)
         c = both.argmax(axis=1)
         # split along the inputs that move f's weakest margin for the best class the most

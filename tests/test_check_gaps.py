@@ -1,0 +1,101 @@
+"""`check` gaps of issue 13: identical networks, inputs fixed at non-float32 values, top-1 class changes on a small
+part of the box (a planted bump), near misses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import acas_path, load_cached, tiny_net
+from equiv.artifacts.validate import OnnxRunner
+from equiv.ir.chain_io import network_to_onnx
+from equiv.prove import falsify
+from equiv.ir.network import Dense
+from equiv.prove.equivalence import CheckOptions, check_networks
+from equiv.spec.region import Box
+
+
+def run_check(f, g, box, **kw):
+    kw.setdefault("samples", 2000)
+    return check_networks(f, g, box, OnnxRunner(network_to_onnx(f)), OnnxRunner(network_to_onnx(g)),
+                          CheckOptions(**kw))
+
+
+def with_bump(net, box: Box, centre: np.ndarray, radius: float, k: int, height: float):
+    """net plus height * tent(x) on output k, tent(x) = relu(1 - sum_i |x_i - centre_i| / (radius w_i)):
+    two extra neurons per input in layer 1, the tent in layer 2, passed on by one neuron per later layer."""
+    d, w = net.dense, box.hi - box.lo
+    n_in = net.n_inputs
+    scale = 1.0 / (radius * np.where(w > 0, w, 1.0))
+    # layer 1: u_i+ = relu(s_i (x_i - m_i)), u_i- = relu(-s_i (x_i - m_i))
+    W1 = np.zeros((2 * n_in, n_in))
+    W1[np.arange(n_in), np.arange(n_in)] = scale
+    W1[n_in + np.arange(n_in), np.arange(n_in)] = -scale
+    b1 = np.concatenate([-scale * centre, scale * centre])
+    layers = [Dense(np.vstack([d[0].W, W1]), np.concatenate([d[0].b, b1]))]
+    extra = 2 * n_in
+    for j, L in enumerate(d[1:-1]):
+        n = 1
+        W = np.zeros((L.W.shape[0] + n, L.W.shape[1] + extra))
+        W[:L.W.shape[0], :L.W.shape[1]] = L.W
+        W[-1, L.W.shape[1]:] = -1.0 if j == 0 else 1.0
+        layers.append(Dense(W, np.concatenate([L.b, [1.0 if j == 0 else 0.0]])))
+        extra = n
+    L = d[-1]
+    W = np.zeros((L.W.shape[0], L.W.shape[1] + extra))
+    W[:, :L.W.shape[1]] = L.W
+    W[k, -1] = height
+    layers.append(Dense(W, L.b.copy()))
+    masks = [np.ones(x.W.shape[0], bool) for x in layers[:-1]]
+    return net.with_layers(layers, masks)
+
+
+@pytest.fixture(scope="module")
+def acas(bench):
+    return load_cached(acas_path(1, 1))
+
+
+def test_identical_networks_top1_proved_at_once(acas, prop3_box):
+    r = run_check(acas, acas, prop3_box, norm="top1")
+    assert r.verdict == "equivalent" and r.max_diff_upper == 0.0
+    assert any("same layers and weights" in n for n in r.notes)
+
+
+def test_input_fixed_at_a_non_float32_value():
+    f = tiny_net([([[1.0, 1.0]], [0.0]), ([[1.0]], [0.0])])
+    g = tiny_net([([[1.0, 1.0]], [0.0]), ([[1.0]], [0.02])])       # differs by 2 eps everywhere
+    box = Box([-0.3, 0.0], [-0.3, 1.0])
+    r = run_check(f, g, box, epsilon=0.01)
+    assert r.verdict == "not_equivalent"
+    assert r.counterexample.input[0] == np.float32(-0.3)
+    assert any("nearest float32" in n for n in r.notes)
+
+
+def test_near_miss_is_reported():
+    f = tiny_net([([[1.0]], [0.0]), ([[1.0]], [0.0])])
+    g = tiny_net([([[1.0]], [0.0]), ([[1.0]], [0.25])])              # difference 0.25 exactly in float32
+    r = run_check(f, g, Box([0.0], [1.0]), epsilon=0.25 * (1 - 1e-7))
+    assert r.verdict == "not_equivalent"
+    assert r.stats.get("near_miss") and any("near miss" in n for n in r.notes)
+    far = run_check(f, g, Box([0.0], [1.0]), epsilon=0.2)
+    assert not far.stats.get("near_miss")
+
+
+def test_top1_finds_a_planted_bump(acas, prop3_box):
+    box = prop3_box
+    rng = np.random.default_rng(3)
+    centre = box.lo + (0.3 + 0.4 * rng.random(box.dim)) * (box.hi - box.lo)
+    c = int(np.argmax(acas.forward(centre[None])[0]))
+    k = (c + 1) % acas.n_outputs
+    g = with_bump(acas, box, centre, radius=0.2, k=k, height=2.0)
+    # the bump changes the argmax only near its centre: random points rarely see it
+    X = box.sample(20000, rng)
+    changed = np.mean(acas.forward(X).argmax(axis=1) != g.forward(X).argmax(axis=1))
+    assert changed < 1e-3
+    # falsification alone finds it (pair-of-classes margin ascent), before any bounds or splitting
+    cand = falsify.search(acas, g, box, "top1", np.ones(acas.n_outputs), np.random.default_rng(0), samples=10000)
+    assert cand.scores[0] > 0
+    r = run_check(acas, g, box, norm="top1", time_limit=60)
+    assert r.verdict == "not_equivalent"
+    cex = r.counterexample
+    assert np.argmax(cex.output_a) != np.argmax(cex.output_b)
