@@ -13,6 +13,15 @@ from ..encode.chain import encode_network
 from ..solvers import Status, make_backend, milp_backend
 
 
+def settle(bounds, tr, k: int, i: int, side: str) -> None:
+    """Record a MILP proof (the decision was infeasible) that neuron i of layer k is dead / active."""
+    if side == "dead":
+        bounds.hi[k][i] = 0.0
+    else:
+        bounds.lo[k][i] = 0.0
+    tr.method[k][i] = "milp"
+
+
 def candidates(tr, bounds: Bounds, k: int) -> np.ndarray:
     """ReLUs of layer k that no bound decided and no real point showed unstable."""
     return tr.masks[k] & (bounds.lo[k] < 0) & (bounds.hi[k] > 0) & ~tr.unstable(k)
@@ -155,11 +164,7 @@ def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None):
         tr.seconds[k][i] += secs
         queries["milp"] += 1
         if dec.verdict == "below":
-            if side == "dead":
-                bounds.hi[k][i] = 0.0
-            else:
-                bounds.lo[k][i] = 0.0
-            tr.method[k][i] = "milp"
+            settle(bounds, tr, k, i, side)
         elif dec.verdict == "above":
             tr.absorb(enc.input_point(dec.x)[None], "witness")
         else:

@@ -19,6 +19,7 @@ from ..encode.chain import encode_network
 from ..ir.network import Network
 from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
+from .stability_solvers import settle
 
 FIRST_WINDOW = 2      # w = 1 is little more than interval arithmetic on the previous layer's box
 LP_CHUNK = 8          # a layer's LPs stop after a chunk of this many neurons that decides none
@@ -220,11 +221,7 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
                 queries["milp"] += 1
                 _count(queries, w)
                 if dec.verdict == "below":
-                    if side == "dead":
-                        bounds.hi[k][i] = 0.0
-                    else:
-                        bounds.lo[k][i] = 0.0
-                    tr.method[k][i] = "milp"
+                    settle(bounds, tr, k, i, side)
                     break
                 if dec.verdict == "above" and w < k:
                     w += 1                  # the window's point may not be reachable: widen
