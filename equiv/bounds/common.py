@@ -10,6 +10,9 @@ import numpy as np
 # terms are exact to ~1e-13 relative, so 1e-9 is a generous safety margin that costs no precision.
 ROUND_REL = 1e-9
 ROUND_ABS = 1e-9
+# Relative margin on the sum of |terms| of a back-substituted bound (`engine._backward(magnitude=True)`):
+# a difference of two networks is a small sum of large terms, which the margins above do not cover.
+ROUND_TERMS = 1e-12
 
 
 def outward(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 import numpy as np
@@ -26,9 +26,9 @@ from tqdm import tqdm
 from ..ir import ops
 from ..ir.graph import Graph
 from ..spec.region import Box
-from .common import outward
+from .common import ROUND_TERMS, outward
 from .blocks import find_blocks, jump, make_summary, needed_rows
-from .relax import _relaxation, prepare, relu_step, rowdot  # noqa: F401  (_relaxation: used by alpha)
+from .relax import _relaxation, diff_step, prepare, prepare_diff, relu_step, rowdot  # noqa: F401  (_relaxation: alpha)
 
 ROW_BUDGET_BYTES = 256 * 2 ** 20     # memory for the coefficient arrays of one chunk of rows
 
@@ -93,6 +93,9 @@ def _interval_node(g: Graph, name: str, parts: dict, lo: dict, hi: dict, known: 
     elif op.kind == "relu":   # monotone elementwise (relu, identity or 0 per position)
         a = g.args(name)[0]
         l, h = op.forward(lo[a]), op.forward(hi[a])
+    elif op.kind == "relu_diff":
+        args = g.args(name)
+        l, h = outward(*op.interval([lo[a] for a in args], [hi[a] for a in args]))
     else:
         args = g.args(name)
         c = op.forward(*[(lo[a] + hi[a]) / 2 for a in args])
@@ -134,7 +137,8 @@ def _upstream(g: Graph, target: str) -> list:
 
 
 def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts: dict, relax: dict,
-              coef: bool = False, summaries: dict | None = None, stop: str | None = None):
+              coef: bool = False, summaries: dict | None = None, stop: str | None = None,
+              magnitude: bool = False):
     """DeepPoly lower and upper bounds (N, R) of the flat elements `rows` (or of the rows of a 2-D array of
     coefficients) of `target` on N boxes, before rounding, from bounds lo/hi {tensor: (N, *shape)} and parts
     {input: (lo, hi)}; relax caches the ReLUs' compact relaxations.  With coef, also the linear bounds over
@@ -145,7 +149,12 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
 
     summaries {block output: blocks.Summary}: the walk jumps each such block in one step (`blocks.jump`).
     stop: a tensor where the walk ends (a block's input): returns its stacked coefficients (n, 2R, |stop|)
-    and the intercepts (N, 2R) gathered inside, not concretised (how a block's summary is made)."""
+    and the intercepts (N, 2R) gathered inside, not concretised (how a block's summary is made).
+    magnitude: also sum the absolute values of every term (intercepts, and |a| max(|lo|, |hi|) at the
+    inputs) and widen the bounds by ROUND_TERMS times that: a bound that is a small difference of large
+    terms (two networks' difference) keeps a rounding margin relative to the terms, not to the result."""
+    if magnitude and (summaries or stop is not None):
+        raise ValueError("magnitude tracking is not available with block summaries")
     N, R = next(iter(parts.values()))[0].shape[0], rows.shape[0]
     shape = g.shape(target)
     if rows.ndim == 2:          # rows given as coefficient vectors (R, size) of the flat target
@@ -155,6 +164,7 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
         e[np.arange(R), rows] = 1.0
     A = {target: np.concatenate([-e, e]).reshape((1, 2 * R) + shape)}
     c = np.zeros((N, 2 * R))
+    m = np.zeros((N, 2 * R)) if magnitude else None      # sum of |terms| (with magnitude)
     cols, at_input, at_stop = {}, {}, None
 
     def send(dest, a):
@@ -178,7 +188,10 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
         elif op.kind == "input":
             at_input[name] = flat(a)
         elif op.kind == "const":
-            c = c + _mm(flat(a), np.broadcast_to(np.asarray(op.value, np.float64), op.shape).reshape(-1))
+            v = np.broadcast_to(np.asarray(op.value, np.float64), op.shape).reshape(-1)
+            c = c + _mm(flat(a), v)
+            if magnitude:
+                m = m + _mm(np.abs(flat(a)), np.abs(v))
         elif op.kind == "relu":
             z = args[0]
             if name not in relax:
@@ -186,11 +199,22 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
             rx = relax[name]
             a, dc = relu_step(rx, flat(a))
             c = c + dc
+            if magnitude:
+                m = m + dc          # (max(a, 0) . tu with tu >= 0: already nonnegative)
             if rx.keep is not None:     # z is a Dense op read only here: it multiplies the kept columns
                 cols[z] = rx.keep
                 send(z, a)
             else:
                 send(z, a.reshape(a.shape[:2] + g.shape(z)))
+        elif op.kind == "relu_diff":
+            if name not in relax:
+                relax[name] = prepare_diff(op, [lo[x] for x in args], [hi[x] for x in args])
+            a_dz, a_zg, dc, dm = diff_step(relax[name], flat(a), magnitude)
+            c = c + dc
+            if magnitude:
+                m = m + dm
+            send(args[0], a_dz.reshape(a_dz.shape[:2] + g.shape(args[0])))
+            send(args[1], a_zg.reshape(a_zg.shape[:2] + g.shape(args[1])))
         elif isinstance(op, ops.Dense) and math.prod(op.shape[:-1]) == 1:
             # y = W x + b on the last axis (leading axes of size 1): coefficients a -> a W, intercept a . b
             keep = cols.pop(name, None)
@@ -198,7 +222,10 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
             a = flat(a)
             if op.bias is not None:
                 b = np.broadcast_to(op.bias, op.shape).reshape(-1)
-                c = c + _mm(a, b if keep is None else b[keep])
+                b = b if keep is None else b[keep]
+                c = c + _mm(a, b)
+                if magnitude:
+                    m = m + _mm(np.abs(a), np.abs(b))
             t = _mm(a, W)
             send(args[0], t.reshape(t.shape[:2] + g.shape(args[0])))
         else:
@@ -206,6 +233,8 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
             n = a.shape[0]
             fa = a.reshape((n * 2 * R,) + a.shape[2:])
             c = c + op.bias_dot(fa).reshape(n, 2 * R)
+            if magnitude and op.bias is not None:
+                m = m + replace(op, bias=np.abs(op.bias)).bias_dot(np.abs(fa)).reshape(n, 2 * R)
             for x, t in zip(args, op.transpose(fa)):
                 send(x, t.reshape((n, 2 * R) + t.shape[1:]))
     if stop is not None:
@@ -217,6 +246,10 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
         a = at_input.get(name, np.zeros((1, 2 * R, g.op(name).size)))
         forms.append(a)
         c = c + rowdot(np.maximum(a, 0), hi_x) + rowdot(np.minimum(a, 0), lo_x)
+        if magnitude:
+            m = m + rowdot(np.abs(a), np.maximum(np.abs(lo_x), np.abs(hi_x)))
+    if magnitude:
+        c, const = c + ROUND_TERMS * m, const + ROUND_TERMS * m
     if not coef:
         return -c[:, :R], c[:, R:]
     F = np.broadcast_to(np.concatenate(forms, axis=2), (N, 2 * R, g.n_inputs))
@@ -259,7 +292,8 @@ def _rows(g: Graph, z: str, lo: np.ndarray, hi: np.ndarray, rows: str):
 
 def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds | None = None,
                    targets: list | None = None, rows: str = "unstable", coef: bool = False,
-                   all_nodes: bool = False, progress: bool = False, blocks=None) -> tuple[GraphBounds, dict]:
+                   all_nodes: bool = False, progress: bool = False, blocks=None, tie=None,
+                   magnitude=False, relax: dict | None = None) -> tuple[GraphBounds, dict]:
     """DeepPoly/CROWN bounds on each of the N boxes [lo[n], hi[n]] ((N, n_inputs) arrays) of every target
     tensor (default: every ReLU input, then the outputs), intersected with interval bounds (and `known`,
     broadcastable to (N, *shape)), and interval bounds of the tensors they need (of every tensor with
@@ -272,7 +306,12 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
 
     blocks (a --blocks mode or a list of `blocks.Block`): when the sweep reaches a block's output, the
     block's summary is made (its relaxations inside are final by then), and every later back-substitution
-    jumps the block with it; None / "none" leaves the engine exactly as without blocks."""
+    jumps the block with it; None / "none" leaves the engine exactly as without blocks.
+
+    rows may also be a function (tensor, lo, hi) -> (positions, mask or None) like `_rows`; tie(tensor, L, H)
+    is called when a tensor's bounds are final and may tighten them, and earlier ones, in place (bounds
+    that relations between tensors imply, such as z_f = z_g + dz); magnitude (True, or the set of targets
+    that need it): see `_backward`; relax: a dict to keep the ReLUs' relaxations in (for later walks)."""
     t0 = time.perf_counter()
     N = lo.shape[0]
     parts = _parts(g, lo, hi)
@@ -286,7 +325,8 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
     for z in g.order:
         if z in need:
             _interval_node(g, z, parts, L, H, known, N)
-    known, L, H, relax, forms = GraphBounds(L, H), {}, {}, {}, {}
+    known, L, H, forms = GraphBounds(L, H), {}, {}, {}
+    relax = {} if relax is None else relax
     ends = {b.end: b for b in (blocks if isinstance(blocks, list) else find_blocks(g, blocks))}
     summaries, t_blk = {}, 0.0
     t_int = time.perf_counter() - t0
@@ -303,33 +343,42 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
             t1 = time.perf_counter()
             summaries[z] = _summarize(g, ends[z], L, H, parts, relax, chunk)
             t_blk += time.perf_counter() - t1
-        if z not in todo_targets:
-            continue
-        if bar is not None:
-            bar.update()
-        args = g.args(z)
-        if len(set(args)) == len(args) and all(g.op(a).kind == "input" for a in args):
-            continue            # one op of distinct inputs (a box): its interval bounds are already exact
-        l, h = L[z].reshape(N, -1).copy(), H[z].reshape(N, -1).copy()
-        todo, on = _rows(g, z, l, h, rows)
-        parts_out = []
-        for s in range(0, todo.size, chunk):
-            r = todo[s:s + chunk]
-            res = _backward(g, z, r, L, H, parts, relax, coef, summaries=summaries or None)
-            cl, ch = outward(res[0], res[1])
-            if on is not None:      # off its boxes a row keeps its interval bounds
-                cl, ch = np.where(on[:, r], cl, -np.inf), np.where(on[:, r], ch, np.inf)
-            l[:, r], h[:, r] = np.maximum(l[:, r], cl), np.minimum(h[:, r], ch)
-            parts_out.append(res[2] if coef else None)
-        L[z], H[z] = l.reshape(L[z].shape), h.reshape(H[z].shape)
-        if coef and parts_out:
-            forms[z] = (todo,) + tuple(np.concatenate([p[j] for p in parts_out], axis=1) for j in range(4))
+        if z in todo_targets:
+            if bar is not None:
+                bar.update()
+            mag = z in magnitude if isinstance(magnitude, (set, frozenset, dict)) else bool(magnitude)
+            _tighten(g, z, L, H, parts, relax, rows, coef, summaries, mag, chunk, forms)
+        if tie is not None:
+            tie(z, L, H)
     if bar is not None:
         bar.close()
     seconds = {"interval": t_int, "deeppoly": time.perf_counter() - t0 - t_int - t_blk}
     if ends:
         seconds["summaries"] = t_blk
     return GraphBounds(L, H, seconds, summaries), forms
+
+
+def _tighten(g: Graph, z: str, L: dict, H: dict, parts: dict, relax: dict, rows, coef: bool, summaries: dict,
+             magnitude: bool, chunk: int, forms: dict):
+    """One target of the sweep: back-substitute its rows to the input in chunks and intersect (in L, H)."""
+    args = g.args(z)
+    if len(set(args)) == len(args) and all(g.op(a).kind == "input" for a in args):
+        return                  # one op of distinct inputs (a box): its interval bounds are already exact
+    N = L[z].shape[0]
+    l, h = L[z].reshape(N, -1).copy(), H[z].reshape(N, -1).copy()
+    todo, on = rows(z, l, h) if callable(rows) else _rows(g, z, l, h, rows)
+    parts_out = []
+    for s in range(0, todo.size, chunk):
+        r = todo[s:s + chunk]
+        res = _backward(g, z, r, L, H, parts, relax, coef, summaries=summaries or None, magnitude=magnitude)
+        cl, ch = outward(res[0], res[1])
+        if on is not None:      # off its boxes a row keeps its interval bounds
+            cl, ch = np.where(on[:, r], cl, -np.inf), np.where(on[:, r], ch, np.inf)
+        l[:, r], h[:, r] = np.maximum(l[:, r], cl), np.minimum(h[:, r], ch)
+        parts_out.append(res[2] if coef else None)
+    L[z], H[z] = l.reshape(L[z].shape), h.reshape(H[z].shape)
+    if coef and parts_out:
+        forms[z] = (todo,) + tuple(np.concatenate([p[j] for p in parts_out], axis=1) for j in range(4))
 
 
 def _summarize(g: Graph, block, lo: dict, hi: dict, parts: dict, relax: dict, chunk: int):

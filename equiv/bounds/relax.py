@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -79,3 +80,59 @@ def rowdot(a: np.ndarray, v: np.ndarray) -> np.ndarray:
     if a.shape[0] == 1:
         return (a[0] @ v.T).T
     return np.einsum("nrk,nk->nr", a, v)
+
+
+@dataclass
+class DiffRelax:
+    """A `ops.ReluDiff` node's lines on N boxes, flattened: Pl dz + Ql z_g + Rl <= dh <= Pu dz + Qu z_g + Ru
+    (slopes (N, 1, K), intercepts (N, K))."""
+
+    Pl: np.ndarray
+    Ql: np.ndarray
+    Rl: np.ndarray
+    Pu: np.ndarray
+    Qu: np.ndarray
+    Ru: np.ndarray
+
+
+def prepare_diff(op, lo: list, hi: list) -> DiffRelax:
+    """The lines of dh = act_f(z_g + dz) - act_g(z_g) from the bounds (N, *shape) of (dz, z_g, z_f).
+
+    Per neuron, the difference of the two DeepPoly relaxations (z_f = z_g + dz; exact when either neuron
+    is stable), or, for a ReLU pair unstable in both, whichever is narrower of that and the chords of
+    min(dz, 0) <= dh <= max(dz, 0) over [dl, du]:  -dl/(du-dl) (dz - du) <= dh <= du/(du-dl) (dz - dl)."""
+    N = lo[0].shape[0]
+    (dlo, glo, flo), (dhi, ghi, fhi) = ([a.reshape(N, -1) for a in x] for x in (lo, hi))
+    flat = lambda m: np.broadcast_to(np.asarray(m, bool), op.shape).reshape(1, -1)  # noqa: E731
+    f_act = SimpleNamespace(relu_mask=flat(op.f_relu), linear_mask=flat(op.f_linear))
+    g_act = SimpleNamespace(relu_mask=flat(op.g_relu), linear_mask=flat(op.g_linear))
+    alf, auf, tuf = _relaxation(flo, fhi, f_act)
+    alg, aug, tug = _relaxation(glo, ghi, g_act)
+    Pu, Qu, Ru = auf, auf - alg, tuf
+    Pl, Ql, Rl = alf, alf - aug, -tug
+    both = f_act.relu_mask & g_act.relu_mask & (flo < 0) & (fhi > 0) & (glo < 0) & (ghi > 0)
+    if both.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            span = dhi - dlo
+            cross = (dlo < 0) & (dhi > 0)
+            su = np.where(cross, dhi / span, np.where(dlo >= 0, 1.0, 0.0))
+            ru = np.where(cross, -su * dlo, 0.0)
+            sl = np.where(cross, -dlo / span, np.where(dhi <= 0, 1.0, 0.0))
+            rl = np.where(cross, -sl * dhi, 0.0)
+            gap_delta = np.where(cross, dhi * -dlo / span, 0.0)
+            gap_naive = fhi * -flo / (fhi - flo) + ghi * -glo / (ghi - glo)
+        use = both & (gap_delta < gap_naive)
+        Pu, Qu, Ru = np.where(use, su, Pu), np.where(use, 0.0, Qu), np.where(use, ru, Ru)
+        Pl, Ql, Rl = np.where(use, sl, Pl), np.where(use, 0.0, Ql), np.where(use, rl, Rl)
+    return DiffRelax(Pl[:, None], Ql[:, None], Rl, Pu[:, None], Qu[:, None], Ru)
+
+
+def diff_step(rx: DiffRelax, a: np.ndarray, magnitude: bool = False):
+    """Through a ReluDiff node for upper bounds: coefficients (n, R, K) of dh -> those of dz and of z_g, the
+    intercepts (N, R), and (with magnitude) the size of the intercept terms (N, R), for a rounding margin.
+    Positive coefficients take the upper line, negative ones the lower line."""
+    pos, neg = np.maximum(a, 0), np.minimum(a, 0)
+    c = rowdot(pos, rx.Ru) + rowdot(neg, rx.Rl)
+    m = rowdot(pos, np.abs(rx.Ru)) - rowdot(neg, np.abs(rx.Rl)) if magnitude else None
+    return pos * rx.Pu + neg * rx.Pl, pos * rx.Qu + neg * rx.Ql, c, m
+

@@ -26,7 +26,7 @@ class Op:
     """Base class: `shape` is the output shape without the batch axis."""
 
     shape: tuple
-    kind = "linear"          # input | const | relu | linear
+    kind = "linear"          # input | const | relu | relu_diff | linear
 
     @property
     def size(self) -> int:
@@ -90,6 +90,40 @@ class MaskedRelu(Op):
         """Entries of the masks the written model holds (each mask compacted; an all-0 or all-1 one is not written)."""
         return sum(compact_mask(m).size for m in (self.relu_mask, self.linear_mask)
                    if np.any(m) and not np.all(m))
+
+
+@dataclass
+class ReluDiff(Op):
+    """The difference of two aligned activations, dh = act_f(z_f) - act_g(z_g), read as (dz, z_g, z_f) with
+    dz = z_f - z_g: the node of a difference graph (`ir.pair_graph`) whose relaxation is in (dz, z_g).
+    act is relu where its relu mask is set, the identity where its linear mask is, 0 elsewhere (a
+    MaskedRelu's dead positions); the masks broadcast to the shape."""
+
+    f_relu: np.ndarray = True
+    f_linear: np.ndarray = False
+    g_relu: np.ndarray = True
+    g_linear: np.ndarray = False
+    kind = "relu_diff"
+
+    @staticmethod
+    def _act(z, relu, linear):
+        return np.where(relu, np.maximum(z, 0.0), np.where(linear, z, 0.0))
+
+    def forward(self, dz, zg, zf):
+        return self._act(zf, self.f_relu, self.f_linear) - self._act(zg, self.g_relu, self.g_linear)
+
+    def interval(self, lo: list, hi: list) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds of dh from those of (dz, z_g, z_f): h_f - h_g from the two activations' bounds, and where
+        both are relus, between min(dz, 0) and max(dz, 0) (relu is monotone and 1-Lipschitz); where both
+        are identities, dz itself."""
+        (dl, gl, fl), (du, gu, fu) = lo, hi
+        l = self._act(fl, self.f_relu, self.f_linear) - self._act(gu, self.g_relu, self.g_linear)
+        h = self._act(fu, self.f_relu, self.f_linear) - self._act(gl, self.g_relu, self.g_linear)
+        both_relu = np.asarray(self.f_relu) & np.asarray(self.g_relu)
+        both_lin = ~np.asarray(self.f_relu) & ~np.asarray(self.g_relu) & self.f_linear & self.g_linear
+        l = np.where(both_relu, np.maximum(l, np.minimum(dl, 0)), np.where(both_lin, np.maximum(l, dl), l))
+        h = np.where(both_relu, np.minimum(h, np.maximum(du, 0)), np.where(both_lin, np.minimum(h, du), h))
+        return l, h
 
 
 def compact(a) -> np.ndarray:
@@ -344,7 +378,9 @@ class Add(Linear):
         return self._sum(xs, self.signs)
 
     def transpose(self, a):
-        return [s * _unbroadcast(a, shape) for s, shape in zip(self.signs, self.in_shapes)]
+        # (a sign of +1 passes the array itself: consumers never change their coefficients in place)
+        return [t if s == 1 else s * t for s, t in ((s, _unbroadcast(a, shape)) for s, shape in
+                                                    zip(self.signs, self.in_shapes))]
 
     def abs_linear(self, *rs):
         return self._sum(rs, [abs(s) for s in self.signs])
