@@ -127,10 +127,15 @@ def test_check_on_a_residual_graph(tmp_path, rng, capsys):
     assert main(["check", str(a), str(b), "--box", small_box, "--epsilon", "0.01", "--json", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["verdict"] == "equivalent" and r["max_diff_upper"] <= 0.01 and r["stats"]["pipeline"] == "graph"
-    # on the wide box DeepPoly on the product cannot prove 0.01 (independent relaxations): an honest unknown
-    assert main(["check", str(a), str(b), "--box", box, "--epsilon", "0.01", "--json", "--no-progress"]) == 3
+    # on the wide box DeepPoly on the product cannot prove 0.01 (independent relaxations), but the difference
+    # graph (same structure) carries the bias change straight through: f - g = 1e-3 in one output
+    assert main(["check", str(a), str(b), "--box", box, "--epsilon", "0.01", "--json", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["verdict"] == "unknown" and r["max_diff_lower"] <= 0.01 < r["max_diff_upper"]
+    assert r["verdict"] == "equivalent" and 1e-3 - 1e-6 <= r["max_diff_upper"] <= 1.01e-3
+    # ... and below that, an honest unknown or a confirmed counterexample, never a proof
+    code = main(["check", str(a), str(b), "--box", box, "--epsilon", "5e-4", "--json", "--no-progress"])
+    r = json.loads(capsys.readouterr().out)
+    assert (code, r["verdict"]) in ((1, "not_equivalent"), (3, "unknown"))
     assert main(["check", str(a), str(c), "--box", box, "--epsilon", "0.01", "--json", "--no-progress"]) == 1
     r = json.loads(capsys.readouterr().out)
     x = np.array(r["counterexample"]["input"])
@@ -157,6 +162,11 @@ def test_check_resnet_against_its_float16_copy(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert (code, r["verdict"]) == (0, "equivalent")      # both networks pick the same class on all of img386's ball
     assert r["max_diff_lower"] < 0.01
+    # the difference graph bounds |f - g| on the whole ball (the product graph: only ~3.2)
+    code = main(["check", str(model), str(path), "--spec", str(spec), "--epsilon", "0.05", "--json", "--no-progress",
+                 "--samples", "500"])
+    r = json.loads(capsys.readouterr().out)
+    assert (code, r["verdict"]) == (0, "equivalent") and r["max_diff_upper"] <= 0.05
 
 
 # ---- deleting dead rows and channels -------------------------------------------------------------------

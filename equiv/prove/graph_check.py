@@ -1,6 +1,7 @@
 """`check` for graphs the chain checker cannot hold (convolutions, residual blocks): falsification, then
-DeepPoly on the *product graph* (both networks over one shared input, ending in their difference or
-their class margins).  A proof needs the product's bound; anything else is `unknown` with the proven
+DeepPoly on their *difference graph* (`ir.pair_graph`: when the two networks share a structure, their
+difference is back-substituted as one, NeuroDiff-style) or else on the *product graph* (both networks over
+one shared input, ending in their difference), and on each network's class margins for top-1.  A proof needs the product's bound; anything else is `unknown` with the proven
 interval.  No input splitting or MILP on graphs yet: high-dimensional regions are rarely split anyway.
 """
 
@@ -11,7 +12,9 @@ import time
 import numpy as np
 
 from . import falsify
+from ..bounds.diff import difference_boxes
 from ..bounds.engine import deeppoly_graph
+from ..ir.pair_graph import StructureError, difference_graph
 from .equivalence import CheckOptions, CheckResult, Piece, eps_vector
 from ..errors import InputFileError
 from ..ir import ops
@@ -61,17 +64,31 @@ def _flatten(nodes: list, net: Graph, prefix: str) -> str:
     return name
 
 
+def difference_bounds(f: Graph, g: Graph, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of f(x) - g(x) (flattened outputs) on the box: DeepPoly on their difference graph when the two
+    share a structure (a float16 copy, equiv's own output), else on the product graph."""
+    try:
+        G = difference_graph(f, g)
+    except StructureError:
+        d = deeppoly_graph(product_graph(f, g), box)
+        return d.lo["diff"].reshape(-1), d.hi["diff"].reshape(-1)
+    if not any(o in G.meta["d_of"] for o in G.meta["outputs"]):      # the outputs differ by exactly 0
+        return np.zeros(f.n_outputs), np.zeros(f.n_outputs)
+    out = G.meta["out"]["d"]
+    b = difference_boxes(G, box.lo[None], box.hi[None])
+    return b.lo[out][0].reshape(-1), b.hi[out][0].reshape(-1)
+
+
 def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng) -> tuple:
     """(verdict, upper bound on max_j |f_j - g_j|, largest difference seen, counterexample, notes) on one box."""
     cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples)
     cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, eps)
     if cex is not None:
         return "not_equivalent", np.inf, seen, cex, []
-    p = product_graph(f, g)
-    d = deeppoly_graph(p, box)
-    upper = float(np.maximum(np.abs(d.lo["diff"]), np.abs(d.hi["diff"])).max())
+    dlo, dhi = difference_bounds(f, g, box)
+    per_out = np.maximum(np.abs(dlo), np.abs(dhi)).reshape(-1)
+    upper = float(per_out.max())
     if opt.norm == "linf":
-        per_out = np.maximum(np.abs(d.lo["diff"]), np.abs(d.hi["diff"])).reshape(-1)
         return ("equivalent" if np.all(per_out <= eps) else "unknown"), upper, seen, None, []
     # top1: one class c winning strictly in both networks on the whole box (margins f_c - f_k > 0)
     n = f.n_outputs
@@ -109,7 +126,7 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
             verdict = "unknown"
     if opt.measure and opt.epsilon is None and verdict != "not_equivalent":
         verdict = "measured"
-    notes.append("graph check: falsification, then DeepPoly on the product graph of the two networks; input "
+    notes.append("graph check: falsification, then DeepPoly on the difference (or product) graph of the two networks; input "
                  "splitting and the product MILP work on chains of dense layers only so far")
     return CheckResult(verdict=verdict, norm=opt.norm, epsilon=None if opt.epsilon is None else eps.tolist(),
                        max_diff_upper=float(max(uppers)) if verdict != "not_equivalent" else np.inf,

@@ -222,7 +222,7 @@ def _bar(show, total: int, desc: str, unit: str):
 
 def _stack_known(pbs: list[PairBounds]) -> PairBounds:
     cat = lambda name: [np.vstack([getattr(p, name)[k] for p in pbs]) for k in range(len(getattr(pbs[0], name)))]  # noqa: E731
-    return PairBounds(cat("f_lo"), cat("f_hi"), cat("g_lo"), cat("g_hi"), cat("d_lo"), cat("d_hi"), [],
+    return PairBounds(cat("f_lo"), cat("f_hi"), cat("g_lo"), cat("g_hi"), cat("d_lo"), cat("d_hi"), None,
                       np.vstack([p.lo for p in pbs]), np.vstack([p.hi for p in pbs]))
 
 

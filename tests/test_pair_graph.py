@@ -1,0 +1,214 @@
+"""The difference graph of two networks on the one bounds engine: the graph computes exactly f, g and their
+difference; its bounds are exact on a hand-made pair, contain sampled values on random batched pairs (with
+linear channels and known parent bounds) and the exact rational difference where large terms meet, and the
+engine keeps a rounding margin relative to large cancelling terms."""
+
+from __future__ import annotations
+
+import zlib
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import CIFAR, load_box, load_graph_cached, needs_cifar, tiny_net
+from test_graph_bounds import small_dags
+from test_graph_ir import CASE_NAMES, CASES
+from equiv.ir import graph_from_onnx
+from equiv.bounds.common import ROUND_TERMS
+from equiv.bounds.diff import dh_bounds, output_bounds, pair_bounds
+from equiv.ir.network import Dense
+from equiv.ir.pair_graph import StructureError, difference_graph, pair_graph
+from equiv.prove.align import align
+from equiv.spec.region import Box
+
+
+def _random_pair(seed: int, linear: bool):
+    r = np.random.default_rng(seed)
+    sizes = [2, 4, 3, 2]
+    f = tiny_net([(r.normal(size=(b, a)).tolist(), r.normal(scale=0.5, size=b).tolist()) for a, b in zip(sizes, sizes[1:])])
+    if linear:      # some linear channels in both networks (what equiv's own simplified models hold)
+        masks = [np.array([True, False, True, True]), np.array([False, True, True])]
+        f = f.with_layers(f.dense, masks)
+    g = f.with_layers([Dense(d.W + 0.05 * r.normal(size=d.W.shape), d.b + 0.05 * r.normal(size=d.b.shape))
+                       for d in f.dense], f.masks)
+    return f, g
+
+
+def test_graph_computes_both_networks_and_their_difference():
+    f, g = _random_pair(0, linear=True)
+    pair = align(f, g)
+    G = pair_graph(pair)
+    X = np.random.default_rng(1).normal(size=(50, 2))
+    vals = G.evaluate(X)
+    hf, zf = pair.f.forward(X, return_pre=True)
+    _, zg = pair.g.forward(X, return_pre=True)
+    d_of = G.meta["d_of"]
+    act = lambda z, m: np.where(m, np.maximum(z, 0), z)  # noqa: E731
+    for k in range(len(zf)):
+        assert np.allclose(vals[d_of[f"dense_{k + 1}"]], zf[k] - zg[k])
+        assert np.allclose(vals[f"g:dense_{k + 1}"], zg[k]) and np.allclose(vals[f"f:dense_{k + 1}"], zf[k])
+        assert np.allclose(vals[d_of[f"relu_{k + 1}"]], act(zf[k], pair.f.masks[k]) - act(zg[k], pair.g.masks[k]))
+    assert np.allclose(vals["pair:f"][:, 0], pair.f.forward(X))
+    assert np.allclose(vals[G.outputs[0]][:, 0], pair.f.forward(X) - pair.g.forward(X))
+
+
+def test_exact_difference_bound_on_a_hand_made_pair():
+    # f(x) = relu(x), g(x) = relu(x + 0.1) on [-1, 1]: f - g ranges over exactly [-0.1, 0]
+    f = tiny_net([([[1.0]], [0.0]), ([[1.0]], [0.0])])
+    g = tiny_net([([[1.0]], [0.1]), ([[1.0]], [0.0])])
+    pb = pair_bounds(align(f, g), np.array([[-1.0]]), np.array([[1.0]]))
+    lo, hi = pb.out_diff
+    assert -0.1 - 1e-8 <= lo[0, 0] <= -0.1 and 0.0 <= hi[0, 0] <= 1e-8
+    # dh of the hidden layer: between min(dz, 0) and max(dz, 0) with dz = -0.1 exactly
+    hl, hu = dh_bounds(pb, align(f, g), 0)
+    assert -0.1 - 1e-8 <= hl[0, 0] and hu[0, 0] <= 1e-8
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), linear=st.booleans())
+def test_batched_bounds_contain_samples_and_children_tighten(seed, linear):
+    f, g = _random_pair(seed, linear)
+    pair = align(f, g)
+    r = np.random.default_rng(seed + 1)
+    a, b = r.normal(size=(4, 2)), r.normal(size=(4, 2))
+    lo, hi = np.minimum(a, b) - 0.1, np.maximum(a, b) + 0.1
+    parent = pair_bounds(pair, lo, hi)
+    # the two halves of each box along dimension 0, with the parent's bounds as known bounds
+    mid = (lo[:, 0] + hi[:, 0]) / 2
+    clo, chi = lo.copy(), hi.copy()
+    chi[:, 0] = mid
+    child = pair_bounds(pair, clo, chi, known=parent)
+    C = r.normal(size=(3, 2))
+    for pb, (L, H) in ((parent, (lo, hi)), (child, (clo, chi))):
+        out = {w: output_bounds(pair, pb, C, w) for w in "fgd"}
+        for n in range(4):
+            X = Box(L[n], H[n]).sample(300, r)
+            X = np.vstack([X, L[n], H[n]])
+            hf, zf = pair.f.forward(X, return_pre=True)
+            _, zg = pair.g.forward(X, return_pre=True)
+            zf.append(pair.f.forward(X))
+            zg.append(pair.g.forward(X))
+            for k in range(len(zf)):
+                for v, l, h in ((zf[k], pb.f_lo, pb.f_hi), (zg[k], pb.g_lo, pb.g_hi), (zf[k] - zg[k], pb.d_lo, pb.d_hi)):
+                    assert np.all(v >= l[k][n] - 1e-9) and np.all(v <= h[k][n] + 1e-9), k
+            for w, v in (("f", zf[-1]), ("g", zg[-1]), ("d", zf[-1] - zg[-1])):
+                y = v @ C.T
+                assert np.all(y >= out[w][0][n] - 1e-9) and np.all(y <= out[w][1][n] + 1e-9), w
+    for k in range(len(parent.d_lo)):        # a child is never looser than its parent
+        assert np.all(child.d_lo[k] >= parent.d_lo[k]) and np.all(child.d_hi[k] <= parent.d_hi[k])
+
+
+def test_difference_of_large_cancelling_terms_keeps_a_margin():
+    # f and g differ by 1e-6 in one output weight behind hidden values near 1e8: the difference is small,
+    # the terms summed are large; the bound must contain the exact (rational) difference at every point
+    W1 = [[1e8, -3e7], [2e7, 5e7]]
+    f = tiny_net([(W1, [1e8, 0.0]), ([[1.0, 1.0]], [0.0])])
+    g = tiny_net([(W1, [1e8, 0.0]), ([[1.0 + 1e-6, 1.0]], [0.0])])
+    pair = align(f, g)
+    box = Box([0.3, 0.1], [0.7, 0.4])
+    pb = pair_bounds(pair, box.lo[None], box.hi[None])
+    lo, hi = pb.out_diff
+    X = np.vstack([box.corners(), box.sample(200, np.random.default_rng(0))])
+    exact = []
+    for x in X:
+        fx = [Fraction(v) for v in x]
+        h = [max(Fraction(W1[i][0]) * fx[0] + Fraction(W1[i][1]) * fx[1] + Fraction([1e8, 0.0][i]), Fraction(0))
+             for i in range(2)]
+        exact.append((h[0] + h[1]) - (Fraction(1.0 + 1e-6) * h[0] + h[1]))
+    assert all(Fraction(lo[0, 0]) <= e <= Fraction(hi[0, 0]) for e in exact)
+
+
+def test_magnitude_margin_widens_a_bound_that_cancels_large_terms():
+    # y = 1e8 x1 - 1e8 x2 at x = (1, 1): exactly 0 as a sum of two terms of 1e8; the engine's magnitude
+    # mode widens it by ROUND_TERMS times the terms, plain mode only by the margin relative to the result
+    from equiv.bounds.engine import _backward, _parts
+    from equiv.ir import ops
+    from equiv.ir.graph import Graph
+    G = Graph.build([("x", ops.Input((2,)), []), ("y", ops.Dense((1,), W=np.array([[1e8, -1e8]])), ["x"])],
+                    ["x"], ["y"])
+    one = np.ones((1, 2))
+    args = (G, "y", np.array([0]), {}, {}, _parts(G, one, one), {})
+    plain, wide = _backward(*args), _backward(*args, magnitude=True)
+    assert plain[0][0, 0] == 0.0 and plain[1][0, 0] == 0.0
+    assert wide[0][0, 0] <= -ROUND_TERMS * 2e8 * 0.99 and wide[1][0, 0] >= ROUND_TERMS * 2e8 * 0.99
+
+
+# ---- difference graphs of DAGs: every op of the catalogue, random residual/concat DAGs, a real CNN ------
+
+def perturbed(g, r, scale: float = 0.01, masks: bool = False):
+    """g with every parameter, bias and constant moved by a relative `scale` (a float16-like copy); with
+    masks, some ReLU positions of each MaskedRelu switched to identity or 0 (equiv's own output)."""
+    import dataclasses
+    from equiv.ir import ops
+    from equiv.ir.graph import Graph
+    nodes = []
+    for n in g.order:
+        op = g.op(n)
+        changes = {}
+        for fl in ("W", "s", "bias", "value"):
+            v = getattr(op, fl, None)
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+                changes[fl] = v * (1 + scale * r.normal(size=v.shape))
+        if masks and isinstance(op, ops.MaskedRelu):
+            phase = r.integers(0, 3, size=np.shape(op.relu_mask))
+            changes["relu_mask"], changes["linear_mask"] = op.relu_mask & (phase > 0), op.linear_mask | (phase == 0)
+        nodes.append((n, dataclasses.replace(op, **changes) if changes else op, g.args(n)))
+    return Graph.build(nodes, g.inputs, g.outputs)
+
+
+def _assert_difference_sound(f, g, box, r):
+    from equiv.prove.graph_check import difference_bounds
+    G = difference_graph(f, g)
+    X = np.vstack([box.sample(400, r), box.vertices(64, r)])
+    want = f.forward(X) - g.forward(X)
+    got = G.evaluate(X)[G.meta["out"]["d"]].reshape(len(X), -1)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    lo, hi = difference_bounds(f, g, box)
+    tol = 1e-9 * (1 + np.abs(want))
+    assert np.all(want >= lo - tol) and np.all(want <= hi + tol)
+    return lo, hi
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_difference_bounds_are_sound_on_every_op_case(name):
+    r = np.random.default_rng(zlib.crc32(name.encode()) + 1)
+    f = graph_from_onnx(CASES[name](r), check=False)
+    g = perturbed(f, r)
+    lo = r.uniform(-2.0, 1.0, size=f.n_inputs)
+    _assert_difference_sound(f, g, Box(lo, lo + r.uniform(0.0, 2.0, size=f.n_inputs)), r)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=small_dags(), seed=st.integers(0, 2 ** 32 - 1), scale=st.sampled_from([0.0, 1e-3, 0.1]),
+       masks=st.booleans())
+def test_difference_bounds_are_sound_on_random_dags(problem, seed, scale, masks):
+    f, box = problem
+    r = np.random.default_rng(seed)
+    lo, hi = _assert_difference_sound(f, perturbed(f, r, scale, masks), box, r)
+    if scale == 0.0 and not masks:      # the same network: the difference is exactly 0
+        assert np.all(lo == 0.0) and np.all(hi == 0.0)
+
+
+def test_graphs_of_another_structure_are_refused():
+    f = graph_from_onnx(CASES[CASE_NAMES[0]](np.random.default_rng(0)), check=False)
+    other = graph_from_onnx(CASES[CASE_NAMES[1]](np.random.default_rng(0)), check=False)
+    with pytest.raises(StructureError):
+        difference_graph(f, other)
+
+
+@needs_cifar
+def test_cnn_against_its_float16_copy_is_bounded_far_tighter_than_by_the_product(tmp_path):
+    from equiv.bench.graphs import float16_copy
+    from equiv.prove.graph_check import product_graph
+    from equiv.bounds.engine import deeppoly_graph
+    net = CIFAR / "cifar_wide_kw.onnx"
+    float16_copy(net, tmp_path / "fp16.onnx")
+    f, g = load_graph_cached(net), graph_from_onnx(onnx.load(tmp_path / "fp16.onnx"))
+    box = load_box(CIFAR / "cifar_wide_kw-img19-eps0.007973856209150327.vnnlib")
+    lo, hi = _assert_difference_sound(f, g, box, np.random.default_rng(0))
+    p = deeppoly_graph(product_graph(f, g), box)
+    assert np.maximum(-lo, hi).max() < 0.1 * np.maximum(-p.lo["diff"], p.hi["diff"]).max()
