@@ -34,9 +34,7 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
     stage_seconds.setdefault("milp", 0.0)
     lp_stable = 0
     layers = range(len(tr.masks))
-    if opt.progress:
-        from tqdm import tqdm
-        layers = tqdm(layers, desc="proving layers", unit="layer", leave=False)
+    bar = _QueryBar(opt, tr, bounds) if opt.progress else None
     # method milp only needs bounds up to the deepest layer with an undecided candidate
     last = max([k for k in range(len(tr.masks)) if candidates(tr, bounds, k).any()], default=-1)
     deadline = None if opt.milp_budget is None else time.perf_counter() + opt.milp_budget
@@ -53,7 +51,9 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
         backend = make_backend(opt.backend, enc.model)
         certified = getattr(backend, "certified_at_limit", False)   # admm: a bound at a limit is a proof too
         # --- LP: tighten both sides of every undecided neuron (rigorous dual bounds)
-        for i, up, lo_, secs in _lp_layer(W, b, todo, enc, backend, opt):
+        if bar is not None:
+            bar.add(todo.size, f"LP {k + 1}")
+        for i, up, lo_, secs in _lp_layer(W, b, todo, enc, backend, opt, bar):
             queries["lp"] += 2
             tr.seconds[k][i] += secs
             big = sum(r.status == Status.TOO_LARGE for r in (up, lo_))
@@ -72,12 +72,16 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
         if opt.method == "milp":
             t0 = time.perf_counter()
             milp_be = backend if milp_backend(opt.backend) == opt.backend else make_backend("highs", enc.model)
-            _milp_layer(net, k, enc, milp_be, bounds, tr, opt, queries, deadline)
+            _milp_layer(net, k, enc, milp_be, bounds, tr, opt, queries, deadline, bar)
             stage_seconds["milp"] += time.perf_counter() - t0
         # later layers benefit at once from the tightened bounds of this one
         bounds = deeppoly_bounds(net, box, known=bounds)
+        if bar is not None:
+            bar.bounds = bounds
         for j in range(k + 1, len(tr.masks)):
             tr.record_bounds(j, bounds, "deeppoly")
+    if bar is not None:
+        bar.close()
     if queries.get("too_large"):
         notes.append(f"{queries['too_large']} solver queries were too large for the {opt.backend} licence and proved "
                      f"nothing (their neurons stay 'unknown' unless another method decided them): "
@@ -92,7 +96,31 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
     return bounds
 
 
-def _lp_layer(W, b, todo, enc, backend, opt) -> list:
+class _QueryBar:
+    """Progress per solver query (an LP pair or a MILP decision): queries done of those known so far (a
+    layer's are added when it starts), with the stable count and the MILP budget spent."""
+
+    def __init__(self, opt, tr, bounds):
+        from tqdm import tqdm
+        self.opt, self.tr, self.bounds, self.t0 = opt, tr, bounds, time.perf_counter()
+        self.bar = tqdm(total=0, desc="queries", unit="query", leave=False)
+
+    def add(self, n: int, stage: str):
+        self.bar.total += n
+        self.bar.set_description(f"queries ({stage})")
+        self.bar.refresh()
+
+    def tick(self):
+        spent = time.perf_counter() - self.t0
+        budget = "" if self.opt.milp_budget is None else f"/{self.opt.milp_budget:g}"
+        self.bar.set_postfix_str(f"stable {self.tr.stable_count(self.bounds)}, {spent:.0f}{budget} s", refresh=False)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def _lp_layer(W, b, todo, enc, backend, opt, bar=None) -> list:
     """Max and min of W[i] h + b[i] over the LP relaxation for every i in todo: (i, up, down, seconds).
 
     With `opt.workers` > 1 (and a backend that allows threads) the neurons are dealt round robin to
@@ -107,6 +135,8 @@ def _lp_layer(W, b, todo, enc, backend, opt) -> list:
             up = be.maximize(c, off, integer=False, time_limit=opt.time_limit)
             down = be.maximize(-c, -off, integer=False, time_limit=opt.time_limit)
             out.append((i, up, down, time.perf_counter() - q0))
+            if bar is not None:
+                bar.tick()      # (tqdm's update is thread-safe)
         return out
 
     if hasattr(backend, "maximize_many"):   # batched backend (admm): all 2 x len(todo) objectives at once
@@ -123,7 +153,7 @@ def _lp_layer(W, b, todo, enc, backend, opt) -> list:
         return [r for f in done for r in f.result()]
 
 
-def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None):
+def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None, bar=None):
     """MILP decisions for layer k's neurons that no bound decided and no point showed unstable.
 
     All candidates are first asked "dead?" (those no point showed z > 0), then "active?".  The queries
@@ -155,6 +185,8 @@ def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None):
         return dec, time.perf_counter() - q0
 
     def record(i, side, answer):
+        if bar is not None:
+            bar.tick()
         if answer is None:
             return
         if answer == "skipped":
@@ -176,6 +208,8 @@ def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None):
     parallel = opt.workers > 1 and getattr(backend, "threads_ok", False)
     for side in ("dead", "active"):
         jobs = [i for i in np.flatnonzero(candidates(tr, bounds, k)) if open_side(i, side)]
+        if bar is not None:
+            bar.add(len(jobs), f"MILP {k + 1} {side}?")
         if parallel and len(jobs) > 1:
             with ThreadPoolExecutor(max_workers=opt.workers) as pool:
                 futures = {pool.submit(ask, i, side): i for i in jobs}
