@@ -321,3 +321,49 @@ def test_unconfirmed_milp_point_is_never_a_counterexample(seed, verdict):
     assert true_max <= res.max_diff_upper <= eps + 0.011 * max(1.0, eps)
     unknown = sum(p.verdict == "unknown" for p in res.pieces)
     assert unknown == 0 if verdict == "equivalent" else unknown >= 1
+
+
+# ---- choosing the split dimension by looking ahead ------------------------------------------------------
+
+def test_lookahead_picks_the_dimension_with_the_best_worse_half():
+    """The batched lookahead agrees with bounding the halves of each dimension one at a time."""
+    from types import SimpleNamespace
+    from equiv.prove.equivalence import search
+    from equiv.spec.bisect import Node
+    for seed in range(6):
+        f, g, box, r = random_pair(seed)
+        pair = align(f, g)
+        st_ = SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=0.01), eps=np.full(2, 0.01), stats={"boxes": 0})
+        los = [box.lo, np.array([-0.5, 0.0])]
+        his = [box.hi, np.array([0.5, 1.0])]
+        nodes = [Node(lo, hi, (pair_bounds(pair, lo[None], hi[None]),)) for lo, hi in zip(los, his)]
+        got = search._lookahead_dims(st_, nodes)
+        for n, d in zip(nodes, got):
+            worse = []
+            for dim in range(2):
+                mid = (n.lo[dim] + n.hi[dim]) / 2
+                a_hi, b_lo = n.hi.copy(), n.lo.copy()
+                a_hi[dim], b_lo[dim] = mid, mid
+                pb = pair_bounds(pair, np.array([n.lo, b_lo]), np.array([a_hi, n.hi]))
+                worse.append(search.analyse(st_, pb)[1].max())
+            assert worse[d] <= min(worse) + 1e-9
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10 ** 6))
+def test_verdicts_with_lookahead_from_the_start_agree_with_sampling(seed):
+    from equiv.prove.equivalence import search
+    f, g, box, r = random_pair(seed)
+    X = box.sample(20000, r)
+    true_max = np.abs(f.forward(X) - g.forward(X)).max()
+    eps = max(float(true_max) * float(r.choice([0.9, 1.1, 2.0])), 1e-3)
+    old, search.LOOKAHEAD_AFTER = search.LOOKAHEAD_AFTER, 0
+    try:
+        res = run_check(f, g, box, epsilon=eps)
+    finally:
+        search.LOOKAHEAD_AFTER = old
+    assert res.verdict in ("equivalent", "not_equivalent")
+    if res.verdict == "equivalent":
+        assert true_max <= eps + 1e-9 and res.max_diff_upper >= true_max - 1e-9
+    else:
+        assert true_max > eps or res.max_diff_lower > eps

@@ -131,6 +131,9 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
     bar = _bar(opt.progress, opt.max_boxes, "splitting", "box")
 
     def choose_dims(nodes):
+        # the cheap guess first (most pairs finish within a few hundred boxes), then look ahead
+        if st.stats["boxes"] >= LOOKAHEAD_AFTER:
+            return _lookahead_dims(st, nodes)
         return _split_dims(np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes]),
                            np.array([n.data[2] for n in nodes]), width0)
 
@@ -162,6 +165,33 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
         if bar is not None:
             bar.close()
     return [(n.lo, n.hi, n.data[1], n.data[2]) for n in run.pending]
+
+
+LOOKAHEAD_AFTER = 400     # boxes bounded before splits are chosen by looking ahead
+
+
+def _lookahead_dims(st, nodes) -> list:
+    """Per box, the input dimension whose bisection gives the best worse half: both halves of every varying
+    dimension bounded at once (the parent's bounds known), scored as the open boxes are.  It costs 2 x
+    (varying inputs) bounded boxes per split, against a guess from the worst bound's input coefficients,
+    which misleads where the looseness comes from relaxations rather than from the inputs (ACAS Xu
+    1_4 on prop_1 against its float16 copy: unknown after 61 000 boxes by the guess, proved in 1 045)."""
+    lo, hi = np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes])
+    dims = np.flatnonzero((hi > lo).any(axis=0))
+    B, D = len(nodes), dims.size
+    LO = np.repeat(lo, 2 * D, axis=0)
+    HI = np.repeat(hi, 2 * D, axis=0)
+    mid = (lo + hi) / 2
+    for j, d in enumerate(dims):
+        rows = np.arange(B) * 2 * D + 2 * j
+        HI[rows, d] = mid[:, d]
+        LO[rows + 1, d] = mid[:, d]
+    known = _stack_known([n.data[0] for n in nodes for _ in range(2 * D)])
+    pb = pair_bounds(st.pair, LO, HI, known)
+    st.stats["boxes"] += LO.shape[0]
+    _, score, _, _, _ = analyse(st, pb)
+    worse = score.reshape(B, D, 2).max(axis=2)
+    return [int(dims[k]) for k in worse.argmin(axis=1)]
 
 
 def milp_pieces(st, open_: list):
