@@ -8,7 +8,7 @@ import numpy as np
 from ...ir.network import Dense, Network
 from .candidate import Candidate
 from .lowrank import allocate_ranks, spectrum, spectrum_on, truncate, truncate_on, whitening
-from .prune import activations, prune_neurons, prune_weights
+from .prune import activations, prune_neurons, prune_weights, refit
 
 
 def lowrank(base: Candidate, level: float, points: np.ndarray, data_aware: bool = True) -> Candidate:
@@ -54,6 +54,7 @@ def neurons(base: Candidate, level: float, points: np.ndarray) -> Candidate:
             lo = mid
     if best is net:
         best = prune_neurons(net, hi, points)
+    best = refit(net, best, points)
     c = Candidate(f"{base.name}+neurons({level:.3g})", "neurons", level, best, [None] * best.depth, base.weights,
                   base.name)
     c.note = f"hidden widths {best.hidden_widths}"
@@ -67,7 +68,7 @@ def weights(base: Candidate, level: float, points: np.ndarray) -> Candidate:
                      base.name)
 
 
-def minimax_affine(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def minimax_affine(X: np.ndarray, Y: np.ndarray, max_size: int = 40000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(A, c, t): the affine map minimising the largest |A x + c - y| over the points, per output (an LP
     for each output, HiGHS through scipy); t holds each output's largest residual."""
     from scipy.optimize import linprog

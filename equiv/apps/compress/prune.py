@@ -26,8 +26,36 @@ def neuron_scores(net: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
     return [np.abs(h).mean(axis=0) * np.linalg.norm(dense[k + 1].W, axis=0) for k, h in enumerate(acts)]
 
 
+def refit(net: Network, small: Network, points: np.ndarray, ridge: float = 1e-6) -> Network:
+    """`small` with every dense layer after the first refitted, in order, by least squares: layer k maps the
+    small network's own layer-(k-1) outputs on the points to the original's pre-activations of the
+    neurons it kept (its outputs, for the last layer), so later layers absorb the error of earlier cuts."""
+    _, pre = net.forward(points, return_pre=True)
+    targets = list(pre) + [net.forward(points)]
+    keep_rows = small.meta.get("kept_rows")
+    if keep_rows is None:
+        return small
+    dense = list(small.dense)
+    h = np.asarray(points, float)
+    cur = small.with_layers(dense, small.masks)
+    for k in range(len(dense)):
+        if k > 0:
+            X = np.hstack([h, np.ones((len(h), 1))])
+            Y = targets[k][:, keep_rows[k]] if k < len(keep_rows) else targets[k]
+            G = X.T @ X
+            G += ridge * max(np.trace(G) / G.shape[0], 1e-12) * np.eye(G.shape[0])
+            theta = np.linalg.solve(G, X.T @ Y)
+            dense[k] = Dense(theta[:-1].T.copy(), theta[-1].copy())
+            cur = small.with_layers(dense, small.masks)
+        if k < len(dense) - 1:
+            h = activations(cur, points)[k]
+    cur.meta.pop("kept_rows", None)
+    return cur
+
+
 def prune_neurons(net: Network, fraction: float, points: np.ndarray) -> Network:
-    """The network without the `fraction` of hidden neurons that score lowest (see the module doc)."""
+    """The network without the `fraction` of hidden neurons that score lowest (see the module doc).
+    `meta["kept_rows"]` of the result lists, per dense layer, the rows (neurons) of `net` it kept."""
     acts = activations(net, points)
     scores = neuron_scores(net, acts)
     flat = np.concatenate(scores)
@@ -36,7 +64,7 @@ def prune_neurons(net: Network, fraction: float, points: np.ndarray) -> Network:
     drop[np.argsort(flat, kind="stable")[:n_drop]] = True
     dense = [Dense(d.W.copy(), d.b.copy()) for d in net.dense]
     masks = [m.copy() for m in net.masks]
-    start = 0
+    start, kept = 0, []
     for k, s in enumerate(scores):
         d = drop[start:start + s.size]
         start += s.size
@@ -48,7 +76,10 @@ def prune_neurons(net: Network, fraction: float, points: np.ndarray) -> Network:
         dense[k + 1] = Dense(nxt.W[:, keep], bias)
         dense[k] = Dense(dense[k].W[keep], dense[k].b[keep])
         masks[k] = masks[k][keep]
-    return net.with_layers(dense, masks)
+        kept.append(np.flatnonzero(keep))
+    out = net.with_layers(dense, masks)
+    out.meta["kept_rows"] = kept
+    return out
 
 
 def prune_weights(net: Network, fraction: float) -> Network:

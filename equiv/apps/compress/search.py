@@ -40,7 +40,7 @@ class CompressOptions:
     time_limit: float = 600.0          # seconds for the whole search (simplification and checks)
     check_time_limit: float = 60.0     # seconds per candidate check
     simplify_budget: float = 60.0      # MILP seconds for the exact simplification
-    makers: tuple = ("affine", "neurons", "lowrank", "float16", "int8")
+    makers: tuple = ("neurons", "neurons", "lowrank", "affine", "float16", "int8")
     bisect_steps: int = 5
     samples: int = 2000                # region points for pruning scores
     seed: int = 0
@@ -95,10 +95,13 @@ class Search:
         box.check_dim(self.net.n_inputs)
         self.original = size_of(network_to_onnx(self.net))
         self.result = CompressResult(self.original, target)
-        self.points = box.sample(options.samples, np.random.default_rng(options.seed))
+        rng = np.random.default_rng(options.seed)
+        # region points the makers fit to: uniform samples, vertices, and every counterexample a check returns
+        self.points = np.vstack([box.sample(options.samples, rng), box.vertices(256, rng), box.center[None]])
         self.files = {}
         self.bar = None
         self.last_counterexample = None
+        self.best_candidate = None
 
     # ---- budget and goal ------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -131,6 +134,8 @@ class Search:
             res = check_models(self.path, f, self.box, opt)
             verdict, upper, seen = res.verdict, res.max_diff_upper, res.max_diff_lower
             self.last_counterexample = None if res.counterexample is None else np.asarray(res.counterexample.input, float)
+            if self.last_counterexample is not None:
+                self.points = np.vstack([self.points, self.last_counterexample.reshape(1, -1)])
             note = cand.note
         except Exception as exc:          # a candidate equiv cannot check is a failed candidate, said so
             self.last_counterexample = None
@@ -147,6 +152,7 @@ class Search:
             best = self.result.best
             if best is None or self.result.metric(size) < self.result.metric(best.size):
                 self.result.best, self.result.best_file = rec, f
+                self.best_candidate = cand
                 self.result.best_model = model.SerializeToString()
         else:
             f.unlink()
@@ -177,16 +183,13 @@ class Search:
         return Candidate(cand.name + "+simplified", "simplify", None, small, [None] * small.depth, cand.weights,
                          cand.name, note=f"hidden widths {small.hidden_widths}")
 
-    def affine_rounds(self, base: Candidate, rounds: int = 3) -> None:
+    def affine_rounds(self, base: Candidate, rounds: int = 2) -> None:
         """The affine fit, refitted with each counterexample the check finds (a few rounds)."""
-        pts = np.vstack([self.points, self.box.vertices(1024, np.random.default_rng(self.opt.seed))])
         for _ in range(rounds):
             if self.done():
                 return
-            cand = affine(base, pts)
-            if self.certify(cand) or self.last_counterexample is None:
+            if self.certify(affine(base, self.points)) or self.last_counterexample is None:
                 return
-            pts = np.vstack([pts, self.last_counterexample[None]])
 
     def bisect(self, base: Candidate, maker: str) -> Candidate:
         """Smallest level of `maker` on `base` that is proved, by bisection on the kept fraction; the base when
@@ -237,8 +240,9 @@ class Search:
                 self.affine_rounds(base)
             elif maker in ("float16", "int8"):
                 # rounding keeps the stored size: tried on the best model found, for the report and the file size
-                if self.remaining() > 1.0:
-                    self.certify(rounded(base, maker))
+                top = self.best_candidate or base
+                if self.remaining() > 1.0 and top.weights == "float32":
+                    self.certify(rounded(top, maker))
         self.result.seconds = time.perf_counter() - self.t0
         return self.result
 
