@@ -39,7 +39,7 @@ def lowrank(base: Candidate, level: float, points: np.ndarray, data_aware: bool 
     return c
 
 
-def neurons(base: Candidate, level: float, points: np.ndarray) -> Candidate:
+def neurons(base: Candidate, level: float, points: np.ndarray, reference: Network | None = None) -> Candidate:
     """Remove about 1 - level of the base's weights by dropping the lowest-scoring hidden neurons."""
     net = base.net
     total = net.n_params
@@ -54,7 +54,7 @@ def neurons(base: Candidate, level: float, points: np.ndarray) -> Candidate:
             lo = mid
     if best is net:
         best = prune_neurons(net, hi, points)
-    best = refit(net, best, points)
+    best = refit(net, best, points, reference=reference)
     c = Candidate(f"{base.name}+neurons({level:.3g})", "neurons", level, best, [None] * best.depth, base.weights,
                   base.name)
     c.note = f"hidden widths {best.hidden_widths}"

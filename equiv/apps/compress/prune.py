@@ -26,12 +26,13 @@ def neuron_scores(net: Network, acts: list[np.ndarray]) -> list[np.ndarray]:
     return [np.abs(h).mean(axis=0) * np.linalg.norm(dense[k + 1].W, axis=0) for k, h in enumerate(acts)]
 
 
-def refit(net: Network, small: Network, points: np.ndarray, ridge: float = 1e-6) -> Network:
+def refit(net: Network, small: Network, points: np.ndarray, ridge: float = 1e-6, reference: Network | None = None) -> Network:
     """`small` with every dense layer after the first refitted, in order, by least squares: layer k maps the
     small network's own layer-(k-1) outputs on the points to the original's pre-activations of the
-    neurons it kept (its outputs, for the last layer), so later layers absorb the error of earlier cuts."""
-    _, pre = net.forward(points, return_pre=True)
-    targets = list(pre) + [net.forward(points)]
+    neurons it kept (its outputs, for the last layer), so later layers absorb the error of earlier cuts.
+    With `reference` (the network the result will be checked against), the last layer fits its outputs."""
+    out, pre = net.forward(points, return_pre=True)
+    targets = list(pre) + [out if reference is None else reference.forward(points)]
     keep_rows = small.meta.get("kept_rows")
     if keep_rows is None:
         return small

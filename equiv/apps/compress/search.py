@@ -4,6 +4,7 @@ candidate written to a file and certified against the original with `equiv check
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -42,6 +43,8 @@ class CompressOptions:
     simplify_budget: float = 60.0      # MILP seconds for the exact simplification
     makers: tuple = ("neurons", "neurons", "lowrank", "affine", "float16", "int8")
     bisect_steps: int = 5
+    refits: int = 2                    # remakes of a level after a counterexample (the check finds them fast)
+    cex_weight: int = 20               # weight of each counterexample among the fit points
     samples: int = 2000                # region points for pruning scores
     seed: int = 0
     backend: str = "highs"
@@ -102,6 +105,8 @@ class Search:
         self.bar = None
         self.last_counterexample = None
         self.best_candidate = None
+        self.counterexamples = []
+        self.seen = set()
 
     # ---- budget and goal ------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -123,6 +128,11 @@ class Search:
         from ...prove.equivalence import CheckOptions, check_models
         model = cand.to_onnx()
         size = size_of(model)
+        key = hashlib.sha256(model.SerializeToString()).hexdigest()
+        if key in self.seen:              # the same file again (a refit that changed nothing): no new check
+            self.last_counterexample = None
+            return False
+        self.seen.add(key)
         f = self.workdir / f"cand_{len(self.result.records):03d}.onnx"
         f.write_bytes(model.SerializeToString())
         t = time.perf_counter()
@@ -135,7 +145,7 @@ class Search:
             verdict, upper, seen = res.verdict, res.max_diff_upper, res.max_diff_lower
             self.last_counterexample = None if res.counterexample is None else np.asarray(res.counterexample.input, float)
             if self.last_counterexample is not None:
-                self.points = np.vstack([self.points, self.last_counterexample.reshape(1, -1)])
+                self.counterexamples.append(self.last_counterexample.reshape(-1))
             note = cand.note
         except Exception as exc:          # a candidate equiv cannot check is a failed candidate, said so
             self.last_counterexample = None
@@ -183,12 +193,20 @@ class Search:
         return Candidate(cand.name + "+simplified", "simplify", None, small, [None] * small.depth, cand.weights,
                          cand.name, note=f"hidden widths {small.hidden_widths}")
 
+    def fit_points(self) -> np.ndarray:
+        """Region points for the makers: samples, vertices, centre, and every counterexample so far, each
+        repeated `cex_weight` times (a least-squares refit then weighs the places where a check failed)."""
+        if not self.counterexamples:
+            return self.points
+        cex = np.repeat(np.vstack(self.counterexamples), self.opt.cex_weight, axis=0)
+        return np.vstack([self.points, cex])
+
     def affine_rounds(self, base: Candidate, rounds: int = 2) -> None:
         """The affine fit, refitted with each counterexample the check finds (a few rounds)."""
         for _ in range(rounds):
             if self.done():
                 return
-            if self.certify(affine(base, self.points)) or self.last_counterexample is None:
+            if self.certify(affine(base, self.fit_points())) or self.last_counterexample is None:
                 return
 
     def bisect(self, base: Candidate, maker: str) -> Candidate:
@@ -205,12 +223,16 @@ class Search:
             level = first if (step == 0 and first is not None) else (ok + bad) / 2
             if level >= 0.999:
                 break
-            cand = make(base, level, self.points)
-            best_size = None if self.result.best is None else self.result.metric(self.result.best.size)
-            if best_size is not None and self.result.metric(size_of(cand.to_onnx())) >= best_size:
-                bad = level          # no smaller than what is proved already: only smaller levels can help
-                continue
-            if self.certify(cand):
+            proved = False
+            for attempt in range(1 + self.opt.refits):
+                cand = make(base, level, self.fit_points(), **({"reference": self.net} if maker == "neurons" else {}))
+                best_size = None if self.result.best is None else self.result.metric(self.result.best.size)
+                if best_size is not None and self.result.metric(size_of(cand.to_onnx())) >= best_size:
+                    break            # no smaller than what is proved already: only smaller levels can help
+                proved = self.certify(cand)
+                if proved or self.last_counterexample is None or self.done():
+                    break            # refit with the new counterexample only when the check found one (cheap)
+            if proved:
                 ok, best = level, cand
                 if goal is not None and step == 0:
                     break
