@@ -54,7 +54,7 @@ def cmd_compress(args, out) -> int:
     if args.report:
         write_json_atomic(report, args.report)
     if args.plot:
-        save_figure_atomic(pareto_figure(res, f"{Path(args.model).name}: {source}"), args.plot)
+        save_figure_atomic(pareto_figure(res, f"{Path(args.model).name} on {Path(source.split(':', 1)[-1]).name}"), args.plot)
     out.emit(json.dumps(report, indent=1) if args.json else summary(res, written))
     return 0 if written else 3
 

@@ -52,9 +52,10 @@ def pareto_figure(res: CompressResult, title: str = ""):
     o = getattr(res.original, m)
     ax.axvline(o, color="grey", lw=0.8)
     ax.text(o, 0.98, " original", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
-    proved = [(getattr(r.size, m), r.proven_bound) for r in res.records
+    floor = 1e-9          # a log axis: an exact (0) bound is drawn at the floor
+    proved = [(getattr(r.size, m), max(r.proven_bound, floor)) for r in res.records
               if r.verdict == "equivalent" and r.proven_bound is not None]
-    other = [(getattr(r.size, m), r.proven_bound) for r in res.records
+    other = [(getattr(r.size, m), max(r.proven_bound, floor)) for r in res.records
              if r.verdict != "equivalent" and r.proven_bound is not None]
     if other:
         ax.scatter(*zip(*other), marker="x", color="tab:red", label="not proved (proven bound shown)")
@@ -67,12 +68,12 @@ def pareto_figure(res: CompressResult, title: str = ""):
                 lowest = y
         ax.step(*zip(*front), where="post", color="tab:green", lw=1)
     if res.best is not None and res.best.proven_bound is not None:
-        ax.scatter([getattr(res.best.size, m)], [res.best.proven_bound], s=160, facecolors="none",
+        ax.scatter([getattr(res.best.size, m)], [max(res.best.proven_bound, floor)], s=160, facecolors="none",
                    edgecolors="black", label="returned", zorder=4)
     if res.target.norm == "linf" and res.target.epsilon:
         ax.axhline(res.target.epsilon, ls="--", color="black", lw=0.8, label=f"epsilon {res.target.epsilon:g}")
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_yscale("log")
     ax.set_xlabel(f"{m} (log)")
     ax.set_ylabel("proven bound on max |original - candidate|")
     ax.set_title(title or "equiv compress: size against proven difference", fontsize=10)

@@ -123,7 +123,7 @@ class Search:
         return self.remaining() <= 1.0 or (g is not None and b is not None and self.result.metric(b.size) <= g)
 
     # ---- one candidate --------------------------------------------------------------------------
-    def certify(self, cand: Candidate) -> bool:
+    def certify(self, cand: Candidate, limit: float | None = None) -> bool:
         """Write the candidate, check the file against the original, record it; True when proved."""
         from ...prove.equivalence import CheckOptions, check_models
         model = cand.to_onnx()
@@ -136,7 +136,7 @@ class Search:
         f = self.workdir / f"cand_{len(self.result.records):03d}.onnx"
         f.write_bytes(model.SerializeToString())
         t = time.perf_counter()
-        limit = max(1.0, min(self.opt.check_time_limit, self.remaining()))
+        limit = max(1.0, min(limit or self.opt.check_time_limit, self.remaining()))
         opt = CheckOptions(norm=self.target.norm, epsilon=self.target.epsilon, backend=self.opt.backend,
                            time_limit=limit, query_time_limit=min(limit, 30.0), seed=self.opt.seed,
                            samples=2000)
@@ -160,7 +160,8 @@ class Search:
         if ok:
             self.files[cand.name] = f
             best = self.result.best
-            if best is None or self.result.metric(size) < self.result.metric(best.size):
+            smaller = self.result.metric(size) < self.result.metric(self.original)    # never hand back the original
+            if smaller and (best is None or self.result.metric(size) < self.result.metric(best.size)):
                 self.result.best, self.result.best_file = rec, f
                 self.best_candidate = cand
                 self.result.best_model = model.SerializeToString()
@@ -244,10 +245,10 @@ class Search:
 
     def run(self) -> CompressResult:
         base = self.simplified()
-        proved = self.certify(base) if base.maker == "simplify" else False
+        # the exact simplification is worth a longer check: everything else builds on it
+        proved = self.certify(base, limit=self.opt.check_time_limit * 3) if base.maker == "simplify" else False
         if not proved:
-            base = exact_simplified("original", self.net)
-            self.certify(base)
+            base = exact_simplified("original", self.net)     # the makers then start from the original itself
         for maker in self.opt.makers:
             if self.done():
                 break
