@@ -331,6 +331,10 @@ def _add_compress(sub) -> None:
                    help="seconds per candidate check; a check that runs out is 'unknown', a failure (default 60)")
     z.add_argument("--simplify-budget", type=positive_seconds, default=60.0, metavar="S",
                    help="MILP seconds for the exact simplification (default 60)")
+    z.add_argument("--no-simplify", action="store_true",
+                   help="do not start from equiv's exact simplification: the makers work on the original (e.g. "
+                        "when the check cannot prove the simplified model in time, while a same-shape candidate such "
+                        "as a weight-pruned copy is checked fast)")
     z.add_argument("--bisect-steps", type=positive_count, default=5, metavar="N",
                    help="bisection steps per maker on the fraction of weights kept (default 5)")
     z.add_argument("--backend", default="highs", help="MILP backend for the checks (default highs)")

@@ -36,7 +36,7 @@ def cmd_compress(args, out) -> int:
     target = Target(norm=args.preserve, epsilon=args.epsilon if args.preserve == "linf" else None,
                     size=args.target_params, metric=args.metric)
     opt = CompressOptions(time_limit=args.time_limit, check_time_limit=args.check_time_limit,
-                          simplify_budget=args.simplify_budget, makers=makers, bisect_steps=args.bisect_steps,
+                          simplify_budget=args.simplify_budget, simplify=not args.no_simplify, makers=makers, bisect_steps=args.bisect_steps,
                           seed=args.seed, backend=args.backend, progress=progress_of(args))
     res = compress(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
     written = None

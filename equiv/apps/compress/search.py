@@ -41,6 +41,7 @@ class CompressOptions:
     time_limit: float = 600.0          # seconds for the whole search (simplification and checks)
     check_time_limit: float = 60.0     # seconds per candidate check
     simplify_budget: float = 60.0      # MILP seconds for the exact simplification
+    simplify: bool = True              # start from the exact simplification (off: the makers start from the original)
     makers: tuple = ("neurons", "neurons", "lowrank", "affine", "float16", "int8")
     bisect_steps: int = 5
     refits: int = 2                    # remakes of a level after a counterexample (the check finds them fast)
@@ -244,9 +245,9 @@ class Search:
         return best
 
     def run(self) -> CompressResult:
-        base = self.simplified()
+        base = self.simplified() if self.opt.simplify else exact_simplified("original", self.net)
         # the exact simplification is worth a longer check: everything else builds on it
-        proved = self.certify(base, limit=self.opt.check_time_limit * 3) if base.maker == "simplify" else False
+        proved = self.certify(base, limit=self.opt.check_time_limit * 3) if base.name == "simplified" else False
         if not proved:
             base = exact_simplified("original", self.net)     # the makers then start from the original itself
         for maker in self.opt.makers:
