@@ -182,3 +182,14 @@ def test_compress_acas_prop3_is_proved_and_smaller(tmp_path):
     res.best_file.rename(out)
     assert res.validation["ok"]
     _recheck(acas_path(1, 1), out, box, "linf", 0.05)
+
+
+def test_a_candidate_no_smaller_than_the_original_is_never_returned(tmp_path):
+    """float16 rounding of the original keeps its size: proved or not, it is not a compression."""
+    box, _ = load_region(spec=str(DIGITS_BALL))
+    res = compress(DIGITS, box, Target("top1"), CompressOptions(simplify=False, makers=("float16",), time_limit=60,
+                                                                 check_time_limit=20), workdir=tmp_path)
+    assert [r.maker for r in res.records] == ["float16"]
+    assert res.records[0].size.params == res.original.params
+    assert res.best is None and res.best_file is None
+    assert not list(tmp_path.iterdir())
