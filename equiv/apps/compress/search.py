@@ -295,7 +295,11 @@ def compress(model_path, box: Box, target: Target, options: CompressOptions | No
             keep = work.parent / f".{work.name}.best.onnx"
             os.replace(res.best_file, keep)
             res.best_file = keep
-            res.validation = validate_best(model_path, res.best_model, box, target, options.seed)
+            try:
+                res.validation = validate_best(model_path, res.best_model, box, target, options.seed)
+            except BaseException:
+                keep.unlink()              # a failed re-check leaves nothing behind
+                raise
         return res
     finally:
         shutil.rmtree(work, ignore_errors=True)
