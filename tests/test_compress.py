@@ -131,7 +131,7 @@ def _recheck(original, written, box, norm, epsilon):
 def test_cli_compress_digits_top1(tmp_path, capsys):
     out, rep, plot = tmp_path / "small.onnx", tmp_path / "r.json", tmp_path / "p.png"
     code = main(["compress", str(DIGITS), "--spec", str(DIGITS_BALL), "--preserve", "top1", "-o", str(out),
-                 "--report", str(rep), "--plot", str(plot), "--makers", "affine", "--simplify-budget", "3",
+                 "--report", str(rep), "--plot", str(plot), "--makers", "affine", "--no-simplify",
                  "--time-limit", "60", "--check-time-limit", "15", "--no-progress"])
     assert code == 0
     report = json.loads(rep.read_text())
@@ -162,19 +162,17 @@ def test_nothing_proved_writes_nothing(tmp_path, capsys):
     out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
     code = main(["compress", str(DIGITS), "--spec", str(DIGITS_BALL), "--epsilon", "1e-9", "-o", str(out),
                  "--report", str(rep), "--makers", "affine", "--time-limit", "20", "--check-time-limit", "5",
-                 "--simplify-budget", "2", "--no-progress"])
+                 "--no-simplify", "--no-progress"])
     report = json.loads(rep.read_text())
-    if code == 0:     # the exact simplification alone may be proved within 1e-9: then it is the answer
-        assert report["best"]["maker"] == "simplify"
-        return
     assert code == 3 and not out.exists() and report["best"] is None
 
 
 @needs_bench
 def test_compress_acas_prop3_is_proved_and_smaller(tmp_path):
     box, _ = load_region(spec=str(ACAS / "prop_3.vnnlib"))
-    res = compress(acas_path(1, 1), box, Target("linf", 0.05), CompressOptions(
-        time_limit=60, check_time_limit=10, simplify_budget=3, makers=("neurons",), bisect_steps=1),
+    # a size goal of 17 % makes the first (and only) neuron-pruning level about 0.91 of the simplified model
+    res = compress(acas_path(1, 1), box, Target("linf", 0.05, size=0.17), CompressOptions(
+        time_limit=60, check_time_limit=20, simplify_budget=3, makers=("neurons",), bisect_steps=1, refits=0),
         workdir=tmp_path)
     assert res.best is not None and res.best.verdict == "equivalent"
     assert res.best.size.params < res.original.params == 13305

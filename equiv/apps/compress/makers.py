@@ -70,9 +70,16 @@ def weights(base: Candidate, level: float, points: np.ndarray) -> Candidate:
 
 def minimax_affine(X: np.ndarray, Y: np.ndarray, max_size: int = 40000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(A, c, t): the affine map minimising the largest |A x + c - y| over the points, per output (an LP
-    for each output, HiGHS through scipy); t holds each output's largest residual."""
+    for each output, HiGHS through scipy); t holds each output's largest residual.  Beyond `max_size`
+    points x coefficients the LPs get slow: least squares then, its offset moved so the largest residuals
+    above and below balance."""
     from scipy.optimize import linprog
     Xa = np.hstack([X, np.ones((len(X), 1))])
+    if Xa.size > max_size:
+        theta = np.linalg.lstsq(Xa, Y, rcond=None)[0]
+        R = Y - Xa @ theta
+        mid = (R.max(axis=0) + R.min(axis=0)) / 2
+        return theta[:-1].T.copy(), theta[-1] + mid, (R.max(axis=0) - R.min(axis=0)) / 2
     d = Xa.shape[1]
     ones = np.ones((len(X), 1))
     A_ub = np.vstack([np.hstack([Xa, -ones]), np.hstack([-Xa, -ones])])
