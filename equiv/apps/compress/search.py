@@ -177,11 +177,14 @@ class Search:
         from ..simplify import simplify_network
         opt = StabilityOptions(milp_budget=min(self.opt.simplify_budget, max(1.0, self.remaining() / 4)),
                                time_limit=5.0, seed=self.opt.seed, backend=self.opt.backend)
+        t = time.perf_counter()
         try:
-            _, small, _, _ = simplify_network(self.net, OnnxRunner(self.path), self.box, opt, validation_samples=2000)
+            stab, small, _, _ = simplify_network(self.net, OnnxRunner(self.path), self.box, opt, validation_samples=2000)
         except ValidationError as exc:
             self.result.notes.append(f"exact simplification skipped: {exc}")
             return exact_simplified("original", self.net)
+        self.result.notes.append(f"exact simplification: {self.net.n_relus} -> {small.n_relus} ReLUs, "
+                                 f"{stab.count('unknown')} neurons unknown, {time.perf_counter() - t:.1f} s")
         return exact_simplified("simplified", small)
 
     def resimplify(self, cand: Candidate) -> Candidate:
