@@ -1,4 +1,4 @@
-"""Command line: `equiv simplify | check | bounds | slice | bench`.  Parses arguments and calls the API, nothing more."""
+"""Command line: `equiv simplify | check | bounds | slice | compress | bench`.  Parses arguments and calls the API, nothing more."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ CODES = {
               ("1", "making: a slice or the dispatcher disagreed with the original (a bug: nothing is written); "
                     "--verify: a check failed (tiling, tree, a changed or missing file, outputs that differ)"),
               ("3", "--certify: some slice was neither proved nor refuted in its time (the family is written)")],
+    "compress": [("0", "a smaller model proved equivalent to the original (the file that was checked) was written"),
+                 ("1", "the certified model failed the sampled re-check in onnxruntime: a bug in equiv; nothing is "
+                       "written"),
+                 ("3", "no candidate smaller than the original was proved in the time given; nothing is written "
+                       "(the report lists every candidate)")],
     "bench": [("0", "the suite ran (solvers: the backends agreed; slicing: every family verified)"),
               ("1", "solvers: two backends disagreed; slicing: a family failed verification")],
 }
@@ -258,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", dest="original", metavar="ORIGINAL.onnx",
                    help="with --verify: the original model (default: the path recorded in the manifest)")
 
+    _add_compress(sub)
+
     n = sub.add_parser("bench", help="run a benchmark suite and write results/*.md and *.json",
                        description="Run `equiv simplify` over a named suite of real networks and record stable counts, "
                                    "sizes and times, with the machine they ran on.",
@@ -280,6 +287,62 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in sub.choices.values():
         sp.add_argument("--debug", action="store_true", help="on an internal error, print the traceback")
     return p
+
+
+def _add_compress(sub) -> None:
+    z = sub.add_parser(
+        "compress", help="compress a model and return only what is proved equivalent on the region",
+        description="Propose smaller models and prove each equivalent to the original on the region with `equiv check` "
+                    "(only 'equivalent' counts; unknown never does); write the smallest proved one. Candidates, "
+                    "cheapest first: equiv's exact simplification (stable neurons removed), neuron pruning (lowest "
+                    "mean|activation| x outgoing weight; later layers refitted by least squares on region points "
+                    "and counterexamples) then exact simplification again, ALDS-style low rank (per-layer ranks minimising the largest relative error for a budget, "
+                    "each layer as two Gemms, whole where factoring does not pay; 'lowrank' weights the SVD by the "
+                    "layer's inputs on the region, 'lowrank-svd' is plain ALDS), an affine fit (no hidden layer: a ReLU "
+                    "net is often nearly affine on a small region), weight pruning, and float16/int8 "
+                    "rounding of the best model. Each level is bisected; every candidate is written and that file is "
+                    "checked, so the returned file is the one that was proved. Dense chains only so far.",
+        epilog="examples:\n  equiv compress model.onnx --spec prop.vnnlib --epsilon 0.05 -o small.onnx --report r.json "
+               "--plot pareto.png\n  equiv compress model.onnx --spec prop.vnnlib --preserve top1 --target-params 0.3 "
+               "-o small.onnx\n\nsizes: params = stored weights and biases of the written model (a factored layer "
+               "counts r(m+n)); nonzero counts non-zeros (weight pruning lowers only that); the original is counted "
+               "the same way after equiv's import.\n\n" + exit_codes("compress"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    z.add_argument("model", help="input ONNX model (never overwritten)")
+    _add_region(z)
+    z.add_argument("-o", "--output", help="where to write the compressed model (default: MODEL.compressed.onnx)")
+    z.add_argument("--preserve", choices=["linf", "top1"], default="linf",
+                   help="what must be proved: every output within --epsilon of the original (linf, default) or the "
+                        "same top-1 class (top1)")
+    z.add_argument("--epsilon", type=positive_number, default=None, metavar="E",
+                   help="linf: largest allowed |original - compressed| on every output")
+    z.add_argument("--target-params", type=positive_number, default=None, metavar="F",
+                   help="stop once a proved model has at most F times the original's size (F <= 1) or F units "
+                        "(F > 1) of --metric; default: as small as the search can prove")
+    z.add_argument("--metric", choices=["params", "nonzero", "macs", "file_bytes"], default="params",
+                   help="what 'smaller' means (default params: stored weights and biases)")
+    z.add_argument("--makers", default="neurons,neurons,lowrank,affine,float16,int8", metavar="LIST",
+                   help="candidate makers after the exact simplification, in order (each builds on the best proved "
+                        "so far): affine, neurons, lowrank, lowrank-svd, weights, float16, int8 "
+                        "(default neurons,neurons,lowrank,affine,float16,int8; a maker may repeat)")
+    z.add_argument("--time-limit", type=positive_seconds, default=600.0, metavar="S",
+                   help="seconds for the whole search (default 600)")
+    z.add_argument("--check-time-limit", type=positive_seconds, default=60.0, metavar="S",
+                   help="seconds per candidate check; a check that runs out is 'unknown', a failure (default 60)")
+    z.add_argument("--simplify-budget", type=positive_seconds, default=60.0, metavar="S",
+                   help="MILP seconds for the exact simplification (default 60)")
+    z.add_argument("--no-simplify", action="store_true",
+                   help="do not start from equiv's exact simplification: the makers work on the original (e.g. "
+                        "when the check cannot prove the simplified model in time, while a same-shape candidate such "
+                        "as a weight-pruned copy is checked fast)")
+    z.add_argument("--bisect-steps", type=positive_count, default=5, metavar="N",
+                   help="bisection steps per maker on the fraction of weights kept (default 5)")
+    z.add_argument("--backend", default="highs", help="MILP backend for the checks (default highs)")
+    z.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    z.add_argument("--report", metavar="FILE.json", help="write the JSON report (every candidate) here")
+    z.add_argument("--plot", metavar="FILE.png", help="write the Pareto plot (size against proven bound) here")
+    z.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the summary")
+    z.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 class ResultStream:

@@ -1,0 +1,332 @@
+"""The search: exact simplification first, then makers from cheap to aggressive, each level bisected, every
+candidate written to a file and certified against the original with `equiv check`.  Only an
+`equivalent` verdict is accepted; unknown counts as a failure."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...artifacts.validate import OnnxRunner
+from ...errors import ValidationError
+from ...ir.chain_io import load_onnx
+from ...ir.chain_export import network_to_onnx
+from ...spec.region import Box
+from .candidate import Candidate, Size, size_of
+from .makers import LEVEL_MAKERS, affine, exact_simplified, rounded
+
+METRICS = ("params", "nonzero", "macs", "file_bytes")
+
+
+@dataclass
+class Target:
+    """What `equivalent` means (linf within epsilon, or the same top-1 class) and how small to go:
+    `size` is a fraction of the original's metric (<= 1) or an absolute count; None: as small as proved."""
+
+    norm: str = "linf"
+    epsilon: float | None = None
+    size: float | None = None
+    metric: str = "params"
+
+
+@dataclass
+class CompressOptions:
+    time_limit: float = 600.0          # seconds for the whole search (simplification and checks)
+    check_time_limit: float = 60.0     # seconds per candidate check
+    simplify_budget: float = 60.0      # MILP seconds for the exact simplification
+    simplify: bool = True              # start from the exact simplification (off: the makers start from the original)
+    makers: tuple = ("neurons", "neurons", "lowrank", "affine", "float16", "int8")
+    bisect_steps: int = 5
+    refits: int = 2                    # remakes of a level after a counterexample (the check finds them fast)
+    cex_weight: int = 20               # weight of each counterexample among the fit points
+    samples: int = 2000                # region points for pruning scores
+    seed: int = 0
+    backend: str = "highs"
+    progress: bool = False
+
+
+@dataclass
+class Record:
+    """One certified (or not) candidate, as the report shows it."""
+
+    name: str
+    maker: str
+    level: float | None
+    parent: str | None
+    size: Size
+    verdict: str
+    proven_bound: float | None
+    seen_diff: float | None
+    seconds: float
+    note: str = ""
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "maker": self.maker, "level": self.level, "parent": self.parent,
+                **self.size.to_json(), "verdict": self.verdict, "proven_bound": self.proven_bound,
+                "seen_diff": self.seen_diff, "seconds": round(self.seconds, 3), "note": self.note}
+
+
+@dataclass
+class CompressResult:
+    original: Size
+    target: Target
+    records: list = field(default_factory=list)
+    best: Record | None = None
+    best_model: bytes | None = None
+    best_file: Path | None = None      # the certified file (in the work folder) until the caller moves it
+    validation: dict | None = None
+    seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+    def metric(self, size: Size) -> int:
+        return getattr(size, self.target.metric)
+
+
+class Search:
+    """State of one compress run: the original, the region, the work folder of candidate files."""
+
+    def __init__(self, model_path, box: Box, target: Target, options: CompressOptions, workdir: Path):
+        self.path, self.box, self.target, self.opt, self.workdir = str(model_path), box, target, options, workdir
+        self.t0 = time.perf_counter()
+        self.net = load_onnx(self.path)
+        box.check_dim(self.net.n_inputs)
+        self.original = size_of(network_to_onnx(self.net))
+        self.result = CompressResult(self.original, target)
+        rng = np.random.default_rng(options.seed)
+        # region points the makers fit to: uniform samples, vertices, and every counterexample a check returns
+        self.points = np.vstack([box.sample(options.samples, rng), box.vertices(256, rng), box.center[None]])
+        self.files = {}
+        self.bar = None
+        self.last_counterexample = None
+        self.best_candidate = None
+        self.counterexamples = []
+        self.seen = set()
+
+    # ---- budget and goal ------------------------------------------------------------------------
+    def remaining(self) -> float:
+        return self.opt.time_limit - (time.perf_counter() - self.t0)
+
+    def goal(self) -> float | None:
+        s = self.target.size
+        if s is None:
+            return None
+        return s * self.result.metric(self.original) if s <= 1 else s
+
+    def done(self) -> bool:
+        b, g = self.result.best, self.goal()
+        return self.remaining() <= 1.0 or (g is not None and b is not None and self.result.metric(b.size) <= g)
+
+    # ---- one candidate --------------------------------------------------------------------------
+    def certify(self, cand: Candidate, limit: float | None = None) -> bool:
+        """Write the candidate, check the file against the original, record it; True when proved."""
+        from ...prove.equivalence import CheckOptions, check_models
+        model = cand.to_onnx()
+        size = size_of(model)
+        key = hashlib.sha256(model.SerializeToString()).hexdigest()
+        if key in self.seen:              # the same file again (a refit that changed nothing): no new check
+            self.last_counterexample = None
+            return False
+        self.seen.add(key)
+        f = self.workdir / f"cand_{len(self.result.records):03d}.onnx"
+        f.write_bytes(model.SerializeToString())
+        t = time.perf_counter()
+        limit = max(1.0, min(limit or self.opt.check_time_limit, self.remaining()))
+        opt = CheckOptions(norm=self.target.norm, epsilon=self.target.epsilon, backend=self.opt.backend,
+                           time_limit=limit, query_time_limit=min(limit, 30.0), seed=self.opt.seed,
+                           samples=2000)
+        try:
+            res = check_models(self.path, f, self.box, opt)
+            verdict, upper, seen = res.verdict, res.max_diff_upper, res.max_diff_lower
+            self.last_counterexample = None if res.counterexample is None else np.asarray(res.counterexample.input, float)
+            if self.last_counterexample is not None:
+                self.counterexamples.append(self.last_counterexample.reshape(-1))
+            note = cand.note
+        except Exception as exc:          # a candidate equiv cannot check is a failed candidate, said so
+            self.last_counterexample = None
+            verdict, upper, seen, note = "error", float("inf"), None, f"{cand.note}; check failed: {exc}".strip("; ")
+        rec = Record(cand.name, cand.maker, cand.level, cand.parent, size, verdict,
+                     float(upper) if np.isfinite(upper) else None, seen, time.perf_counter() - t, note)
+        self.result.records.append(rec)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{cand.name}: {verdict}")
+            self.bar.update(1)
+        ok = verdict == "equivalent"
+        if ok:
+            self.files[cand.name] = f
+            best = self.result.best
+            smaller = self.result.metric(size) < self.result.metric(self.original)    # never hand back the original
+            if smaller and (best is None or self.result.metric(size) < self.result.metric(best.size)):
+                self.result.best, self.result.best_file = rec, f
+                self.best_candidate = cand
+                self.result.best_model = model.SerializeToString()
+        else:
+            f.unlink()
+        return ok
+
+    # ---- the stages -----------------------------------------------------------------------------
+    def simplified(self) -> Candidate:
+        """Equiv's exact simplification on the region (the cheapest big win); the original if it fails."""
+        from ...prove.stability import StabilityOptions
+        from ..simplify import simplify_network
+        opt = StabilityOptions(milp_budget=min(self.opt.simplify_budget, max(1.0, self.remaining() / 4)),
+                               time_limit=5.0, seed=self.opt.seed, backend=self.opt.backend)
+        t = time.perf_counter()
+        try:
+            stab, small, _, _ = simplify_network(self.net, OnnxRunner(self.path), self.box, opt, validation_samples=2000)
+        except ValidationError as exc:
+            self.result.notes.append(f"exact simplification skipped: {exc}")
+            return exact_simplified("original", self.net)
+        self.result.notes.append(f"exact simplification: {self.net.n_relus} -> {small.n_relus} ReLUs, "
+                                 f"{stab.count('unknown')} neurons unknown, {time.perf_counter() - t:.1f} s")
+        return exact_simplified("simplified", small)
+
+    def resimplify(self, cand: Candidate) -> Candidate:
+        """Exact simplification of a pruned candidate (its own stable neurons go too); same function."""
+        from ...prove.stability import StabilityOptions
+        from ...prove.stability import prove_stability
+        from ...transform.reduce import reduce_network
+        opt = StabilityOptions(method="lp", time_limit=2.0, seed=self.opt.seed, backend=self.opt.backend)
+        stab = prove_stability(cand.net, self.box, opt)
+        small = reduce_network(cand.net, *stab.phase_masks(cand.net))
+        return Candidate(cand.name + "+simplified", "simplify", None, small, [None] * small.depth, cand.weights,
+                         cand.name, note=f"hidden widths {small.hidden_widths}")
+
+    def fit_points(self) -> np.ndarray:
+        """Region points for the makers: samples, vertices, centre, and every counterexample so far, each
+        repeated `cex_weight` times (a least-squares refit then weighs the places where a check failed)."""
+        if not self.counterexamples:
+            return self.points
+        cex = np.repeat(np.vstack(self.counterexamples), self.opt.cex_weight, axis=0)
+        return np.vstack([self.points, cex])
+
+    def affine_rounds(self, base: Candidate, rounds: int = 2) -> None:
+        """The affine fit, refitted with each counterexample the check finds (a few rounds)."""
+        for _ in range(rounds):
+            if self.done():
+                return
+            if self.certify(affine(base, self.fit_points())) or self.last_counterexample is None:
+                return
+
+    def bisect(self, base: Candidate, maker: str) -> Candidate:
+        """Smallest level of `maker` on `base` that is proved, by bisection on the kept fraction; the base when
+        none is.  With a size goal, the level that meets it is tried first."""
+        make = LEVEL_MAKERS[maker]
+        ok, bad, best = 1.0, 0.0, base
+        base_metric = max(1, self.result.metric(size_of(base.to_onnx())))
+        goal = self.goal()
+        first = None if goal is None else min(0.999, max(0.01, goal / base_metric))
+        for step in range(self.opt.bisect_steps + (first is not None)):
+            if self.done():
+                break
+            level = first if (step == 0 and first is not None) else (ok + bad) / 2
+            if level >= 0.999:
+                break
+            proved = False
+            for attempt in range(1 + self.opt.refits):
+                cand = make(base, level, self.fit_points(), **({"reference": self.net} if maker == "neurons" else {}))
+                best_size = None if self.result.best is None else self.result.metric(self.result.best.size)
+                if best_size is not None and self.result.metric(size_of(cand.to_onnx())) >= best_size:
+                    break            # no smaller than what is proved already: only smaller levels can help
+                proved = self.certify(cand)
+                if proved or self.last_counterexample is None or self.done():
+                    break            # refit with the new counterexample only when the check found one (cheap)
+            if proved:
+                ok, best = level, cand
+                if goal is not None and step == 0:
+                    break
+            else:
+                bad = level
+            if ok - bad < 0.02:
+                break
+        return best
+
+    def run(self) -> CompressResult:
+        base = self.simplified() if self.opt.simplify else exact_simplified("original", self.net)
+        # the exact simplification is worth a longer check: everything else builds on it
+        proved = self.certify(base, limit=self.opt.check_time_limit * 3) if base.name == "simplified" else False
+        if not proved:
+            base = exact_simplified("original", self.net)     # the makers then start from the original itself
+        for maker in self.opt.makers:
+            if self.done():
+                break
+            if maker in LEVEL_MAKERS:
+                nxt = self.bisect(base, maker)
+                if nxt is not base and maker == "neurons" and not self.done():
+                    again = self.resimplify(nxt)
+                    if again.net.n_params < nxt.net.n_params and self.certify(again):
+                        nxt = again
+                base = nxt
+            elif maker == "affine":
+                self.affine_rounds(base)
+            elif maker in ("float16", "int8"):
+                # rounding keeps the stored size: tried on the best model found, for the report and the file size
+                top = self.best_candidate or base
+                if self.remaining() > 1.0 and top.weights == "float32":
+                    self.certify(rounded(top, maker))
+        self.result.seconds = time.perf_counter() - self.t0
+        return self.result
+
+
+def compress(model_path, box: Box, target: Target, options: CompressOptions | None = None,
+             workdir: str | Path | None = None) -> CompressResult:
+    """Search for the smallest model proved equivalent to `model_path` on `box` (see the module doc).
+
+    Candidate files go to a fresh folder inside `workdir` (default: the system's temporary folder); the
+    folder is removed afterwards, except the certified best file, which the caller moves into place (its
+    path is `result.best_file`) -- so the file that was checked is the file that is delivered.
+    """
+    options = options or CompressOptions()
+    work = Path(tempfile.mkdtemp(prefix=".equiv-compress.", dir=None if workdir is None else str(workdir)))
+    try:
+        s = Search(model_path, box, target, options, work)
+        if options.progress:
+            from tqdm import tqdm
+            s.bar = tqdm(desc="compress: candidates certified", unit="cand", leave=False)
+        try:
+            res = s.run()
+        finally:
+            if s.bar is not None:
+                s.bar.close()
+        if res.best_file is not None:
+            keep = work.parent / f".{work.name}.best.onnx"
+            os.replace(res.best_file, keep)
+            res.best_file = keep
+            try:
+                res.validation = validate_best(model_path, res.best_model, box, target, options.seed)
+            except BaseException:
+                keep.unlink()              # a failed re-check leaves nothing behind
+                raise
+        return res
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def validate_best(model_path, model_bytes: bytes, box: Box, target: Target, seed: int, n: int = 10000) -> dict:
+    """Sampled re-check in onnxruntime of the certified model: outputs within epsilon (linf) or the same
+    argmax (top1) on random points, vertices and the centre; a failure would be a bug in equiv."""
+    import onnx
+    from ...artifacts.validate import validation_points
+    a, b = OnnxRunner(str(model_path)), OnnxRunner(onnx.ModelProto.FromString(model_bytes))
+    pts = np.vstack(list(validation_points(box, n, np.random.default_rng(seed + 7)).values()))
+    ya, yb = a(pts), b(pts)
+    diff = float(np.abs(ya - yb).max())
+    if target.norm == "linf":
+        ok = diff <= target.epsilon * (1 + 1e-6)
+        out = {"points": len(pts), "max_abs_diff": diff, "epsilon": target.epsilon, "ok": ok}
+    else:
+        srt = np.sort(ya, axis=1)
+        clear = srt[:, -1] - srt[:, -2] > 1e-6          # ties in the original are not a top-1 statement
+        agree = np.argmax(ya, axis=1) == np.argmax(yb, axis=1)
+        ok = bool(np.all(agree | ~clear))
+        out = {"points": len(pts), "max_abs_diff": diff, "argmax_agree": int(agree.sum()), "ok": ok}
+    if not ok:
+        raise ValidationError(f"BUG: the certified model fails the sampled re-check in onnxruntime ({out}); "
+                              "nothing was written. Please report this.")
+    return out
