@@ -134,6 +134,21 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
                         "bounds do not take it yet)")
 
 
+def _add_distributed(p, journal: bool = True) -> None:
+    """--workers / --scheduler (and --journal): where the solver queries run, and where their answers are kept."""
+    g = p.add_argument_group("distributed work (issue 16; needs the extra equiv[dask] for --workers/--scheduler)")
+    g.add_argument("--workers", type=positive_count, default=None, metavar="N",
+                   help="run the independent solver queries on a local Dask cluster of N worker processes "
+                        "(127.0.0.1); the result is the same as without it")
+    g.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
+    if journal:
+        g.add_argument("--journal", metavar="FILE", default=None,
+                       help="append every finished answer to FILE (fsync'd, checksummed lines); run the same command "
+                            "again after a kill and the answers in FILE are reused; a journal of other inputs "
+                            "(model, region, options) is refused")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="equiv",
@@ -168,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--tolerance) before writing it; the verdict goes in the report")
     s.add_argument("--certify-time-limit", type=positive_seconds, default=300.0, metavar="S",
                    help="seconds for --certify (default 300)")
+    _add_distributed(s)
 
     q = sub.add_parser("check", help="prove two models equivalent on a region, or find a counterexample",
                        description="Prove that two ONNX models with the same inputs and outputs agree on the region: "

@@ -100,8 +100,11 @@ def _ordered(tr, bounds, k):
     return todo[np.argsort(np.minimum(-lo, hi) / (hi - lo), kind="stable")]
 
 
-def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes) -> Bounds:
-    """Slopes, then per layer windowed LPs (stopped when their yield drops) and windowed MILP decisions."""
+def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes, runner=None) -> Bounds:
+    """Slopes, then per layer windowed LPs (stopped when their yield drops) and windowed MILP decisions.
+
+    runner (`distributed.Runner`): the MILP decisions go out as tasks (an executor, a journal); None runs
+    them here, one by one, as always."""
     budget = Budget(opt.milp_budget, opt.time_limit)
     queries.setdefault("windows", {})
     queries.setdefault("milp_skipped", 0)
@@ -137,7 +140,10 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
         tr.record_bounds(k, bounds, "lp")
         stage_seconds["lp"] += time.perf_counter() - t1
         t1 = time.perf_counter()
-        if opt.method == "milp":
+        if opt.method == "milp" and runner is not None:
+            from .stability_tasks import milp_layer_tasks
+            milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar)
+        elif opt.method == "milp":
             _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar)
         stage_seconds["milp"] += time.perf_counter() - t1
         bounds = deeppoly_bounds(net, box, known=bounds)   # later layers start from the tighter bounds
