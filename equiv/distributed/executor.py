@@ -81,7 +81,7 @@ class DaskExecutor:
             self.client = Client(scheduler, timeout="20s")
         else:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                                        host="127.0.0.1", dashboard_address=":0")
+                                        host="127.0.0.1", protocol="tcp://", dashboard_address=":0")
             self.client = Client(self.cluster)
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})) or (workers or 1))
 
