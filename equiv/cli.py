@@ -138,8 +138,9 @@ def _add_distributed(p, journal: bool = True) -> None:
     """--workers / --scheduler (and --journal): where the solver queries run, and where their answers are kept."""
     g = p.add_argument_group("distributed work (issue 16; needs the extra equiv[dask] for --workers/--scheduler)")
     g.add_argument("--workers", type=positive_count, default=None, metavar="N",
-                   help="run the independent solver queries on a local Dask cluster of N worker processes "
-                        "(127.0.0.1); the result is the same as without it")
+                   help="run the independent work (simplify: the MILP decisions of a layer; bench --suite "
+                        "equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
+                        "result is the same as without it")
     g.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
     if journal:
@@ -291,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--time-limit", type=positive_seconds, default=10.0, help="seconds per solver query")
     n.add_argument("--milp-budget", type=positive_seconds, default=60.0, help="total MILP seconds per case (default 60)")
     n.add_argument("--limit", type=positive_count, default=None, help="run only the first N cases (for a smoke run)")
+    n.add_argument("--group", default=None, metavar="NAME", help="equivalence suite: run only the pairs of this group "
+                   "(e.g. 'ACAS Xu float16, prop_1')")
+    _add_distributed(n, journal=False)
     n.add_argument("--backends", default=None, help="solvers suite: comma-separated backends (default: all installed)")
     n.add_argument("--plot", default=None, metavar="FILE.png", help="solvers suite: box plot of solve times")
     for sp in sub.choices.values():

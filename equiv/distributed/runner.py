@@ -8,6 +8,7 @@ queries still running).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from .executor import InProcessExecutor
@@ -109,3 +110,21 @@ class Runner:
             if bar is not None:
                 bar.update(1)
             yield i, hit
+
+
+def map_tasks(executor, fn, items, *shared, bar=None) -> list:
+    """[fn(item, *shared) for item in items] through the executor, in order; a task that failed (e.g. its
+    workers were killed too often) gives ("failed", message) instead of a result.  Used for whole cases
+    (an equivalence pair, a slice): each is independent and refers to its files by path."""
+    handles = [s if isinstance(s, (str, int, float, os.PathLike)) else executor.scatter(s) for s in shared]
+    futures = [executor.submit(fn, item, *handles) for item in items]
+    index = {id(f): n for n, f in enumerate(futures)}
+    out = [None] * len(futures)
+    for f in executor.as_completed(futures):
+        try:
+            out[index[id(f)]] = f.result()
+        except Exception as exc:
+            out[index[id(f)]] = ("failed", f"{type(exc).__name__}: {exc}")
+        if bar is not None:
+            bar.update(1)
+    return out
