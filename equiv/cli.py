@@ -138,8 +138,8 @@ def _add_distributed(p, journal: bool = True) -> None:
     """--workers / --scheduler (and --journal): where the solver queries run, and where their answers are kept."""
     g = p.add_argument_group("distributed work (issue 16; needs the extra equiv[dask] for --workers/--scheduler)")
     g.add_argument("--workers", type=positive_count, default=None, metavar="N",
-                   help="run the independent work (simplify: the MILP decisions of a layer; bench --suite "
-                        "equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
+                   help="run the independent work (simplify: the MILP decisions of a layer; slice: the two "
+                        "halves of every split; bench --suite equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
                         "result is the same as without it")
     g.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--tolerance): before writing (verdicts go in the manifest), or with --verify, from the files")
     c.add_argument("--certify-time-limit", type=positive_seconds, default=60.0, metavar="S",
                    help="seconds per slice for --certify (default 60)")
+    _add_distributed(c, journal=False)
     c.add_argument("--verify", metavar="FAMILY", help="re-check a written family instead of making one")
     c.add_argument("--model", dest="original", metavar="ORIGINAL.onnx",
                    help="with --verify: the original model (default: the path recorded in the manifest)")
