@@ -138,8 +138,9 @@ def _add_distributed(p, journal: bool = True) -> None:
     """--workers / --scheduler (and --journal): where the solver queries run, and where their answers are kept."""
     g = p.add_argument_group("distributed work (issue 16; needs the extra equiv[dask] for --workers/--scheduler)")
     g.add_argument("--workers", type=positive_count, default=None, metavar="N",
-                   help="run the independent work (simplify: the MILP decisions of a layer; slice: the two "
-                        "halves of every split; bench --suite equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
+                   help="run the independent work (simplify: the MILP decisions of a layer; check: sub-boxes "
+                        "tiling the region, 4 per worker; slice: the two halves of every split; bench --suite "
+                        "equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
                         "result is the same as without it")
     g.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     q.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the summary")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_distributed(q, journal=False)
 
     b = sub.add_parser("bounds", help="sound lower/upper bounds of every neuron on a region",
                        description="Per-layer pre-activation bounds by interval arithmetic, DeepPoly back-substitution, "

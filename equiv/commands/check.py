@@ -35,7 +35,16 @@ def cmd_check(args, out) -> int:
     from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
     ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once
-    if takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b):
+    chains = takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b)
+    if chains and (args.workers or args.scheduler):
+        from ..distributed import make_executor
+        from ..prove.check_split import check_split
+        executor = make_executor(args.workers, args.scheduler)
+        try:
+            res = check_split(args.model_a, args.model_b, boxes, opt, executor)
+        finally:
+            executor.close()
+    elif chains:
         res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
     else:
         from ..prove.graph_check import check_graphs
