@@ -238,3 +238,126 @@ def test_scheduler_and_two_worker_processes_on_loopback(tmp_path):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# ---- check and slice ---------------------------------------------------------------------------------------
+
+def test_split_region_tiles_the_box():
+    from equiv.prove.check_split import split_region
+    box = Box(np.array([0.0, 1.0, -1.0]), np.array([1.0, 1.0, 3.0]))      # the middle input is fixed
+    subs = split_region(box, 8)
+    assert len(subs) >= 8
+    vol = lambda b: float(np.prod(np.where(b.hi > b.lo, b.hi - b.lo, 1.0)))   # noqa: E731
+    assert abs(sum(vol(s) for s in subs) - vol(box)) < 1e-12
+    assert all((s.lo >= box.lo).all() and (s.hi <= box.hi).all() and s.lo[1] == s.hi[1] == 1.0 for s in subs)
+    assert len(split_region(Box(np.ones(2), np.ones(2)), 4)) == 1        # a point: nothing to cut
+
+
+@pytest.fixture(scope="module")
+def float16_pair(tmp_path_factory):
+    from conftest import ACAS, acas_path
+    if not ACAS.is_dir():
+        pytest.skip("benchmarks absent")
+    import onnx
+    from equiv.bench.equivalence import float16_copy
+    from equiv.ir.chain_export import network_to_onnx
+    from equiv.ir.chain_io import load_onnx
+    out = tmp_path_factory.mktemp("f16") / "acas_1_1_f16.onnx"
+    onnx.save(network_to_onnx(float16_copy(load_onnx(acas_path(1, 1)))), out)
+    return str(acas_path(1, 1)), str(out)
+
+
+@needs_bench
+def test_check_on_a_cluster_gives_the_serial_verdict(float16_pair, cluster):
+    from conftest import ACAS
+    from equiv.prove.check_split import check_split
+    from equiv.prove.equivalence import CheckOptions, check_models
+    from equiv.spec.region import load_region
+    box = load_region(spec=ACAS / "prop_3.vnnlib")[0]
+    opt = CheckOptions(epsilon=0.05)
+    serial = check_models(*float16_pair, box, opt)
+    dist = check_split(*float16_pair, [box], opt, cluster)
+    assert serial.verdict == dist.verdict == "equivalent"
+    assert dist.stats["tasks_failed"] == 0 and dist.stats["input_boxes"] >= 8
+
+
+@needs_bench
+def test_check_survives_a_killed_worker(float16_pair):
+    """Two worker processes; one is SIGKILLed while it runs a sub-box: the scheduler re-runs its tasks
+    on the other and the verdict is the serial one."""
+    import threading
+    from conftest import ACAS
+    from equiv.prove.check_split import check_split
+    from equiv.prove.equivalence import CheckOptions, check_models
+    from equiv.spec.region import load_region
+    box = load_region(spec=ACAS / "prop_1.vnnlib")[0]
+    opt = CheckOptions(epsilon=0.05)
+    serial = check_models(*float16_pair, box, opt)
+    ex = DaskExecutor(workers=2)
+    try:
+        pids = ex.client.run(os.getpid)
+        killed = []
+
+        def killer():
+            for _ in range(600):
+                busy = [w for w, keys in ex.client.processing().items() if keys]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+                    return
+                time.sleep(0.1)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        dist = check_split(*float16_pair, [box], opt, ex)
+        t.join()
+        assert killed
+        assert dist.verdict == serial.verdict
+    finally:
+        ex.close()
+
+
+@needs_bench
+def test_slice_family_on_a_cluster_is_the_serial_family(cluster):
+    from conftest import ACAS, acas_path
+    from equiv.apps.slicing.tree import SliceOptions, build_tree
+    from equiv.ir.chain_export import network_to_onnx
+    from equiv.ir.chain_io import load_onnx
+    from equiv.spec.region import load_region
+    net = load_onnx(acas_path(1, 1))
+    box = load_region(spec=ACAS / "prop_3.vnnlib")[0]
+    opt, sopt = StabilityOptions(samples=200), SliceOptions(max_slices=4)
+    a, b = build_tree(net, box, opt, sopt), build_tree(net, box, opt, sopt, executor=cluster)
+    la, lb = a.leaves(), b.leaves()
+    assert len(la) == len(lb) > 1
+    for p, q in zip(la, lb):
+        assert np.array_equal(p.box.lo, q.box.lo) and np.array_equal(p.box.hi, q.box.hi)
+        assert network_to_onnx(p.network).SerializeToString() == network_to_onnx(q.network).SerializeToString()
+
+
+@needs_bench
+def test_sigterm_leaves_no_output_and_a_usable_journal(tmp_path):
+    """simplify --journal on mnist 256x4, SIGTERM once a few answers are journalled: exit 143, no model
+    written, and every journalled answer is intact for the next run."""
+    jn, dst = tmp_path / "run.jnl", tmp_path / "small.onnx"
+    args = ["simplify", MNIST / "mnist-net_256x4.onnx", "--spec", MNIST / "prop_0_0.03.vnnlib", "--time-limit", "1",
+            "-o", dst, "--journal", jn, "--no-progress"]
+    p = subprocess.Popen(CLI + list(map(str, args)), env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):
+            if p.poll() is not None or (jn.exists() and jn.read_bytes().count(b"\n") >= 4):
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, "the run ended before it could be killed"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert not dst.exists()
+    desc = json.loads(jn.read_text().splitlines()[0].rsplit("\t", 1)[0])["describe"]
+    j = Journal(jn, desc)
+    assert len(j.answers) >= 3
+    j.close()
