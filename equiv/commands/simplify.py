@@ -91,6 +91,9 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
         raise UnsupportedModelError("--certify runs `equiv check`, which works on chains of dense layers so far; "
                                     "this model has convolutions, branches or several inputs/outputs")
     box.check_dim(graph.n_inputs)
+    if args.workers or args.scheduler or args.journal:
+        print("equiv: note: --workers, --scheduler and --journal apply to chains of dense layers so far; this graph "
+              "is simplified in this process, without a journal", file=sys.stderr)
     res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
                          seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
                          progress=progress_of(args), time_limit=args.time_limit,
