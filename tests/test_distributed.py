@@ -84,8 +84,9 @@ def test_journal_runner_in_process_gives_the_same_phases(problem, tmp_path):
     first = prove_stability(net, box, opt, runner=runner)
     jn.close()
     assert _phases(first) == _phases(serial)
-    assert runner.tasks > 0 and jn.written == runner.tasks
-    # a second run reuses every answer and computes nothing
+    # every MILP task and every windowed LP answer is journalled
+    assert runner.tasks > 0 and jn.written == runner.tasks + serial.queries["lp"]
+    # a second run reuses every answer and solves nothing
     jn2 = Journal(tmp_path / "run.jnl", {"case": "problem"})
     runner2 = Runner(InProcessExecutor(), jn2)
     second = prove_stability(net, box, opt, runner=runner2)

@@ -52,6 +52,29 @@ def identical_outputs(tmp: Path) -> list[dict]:
     return rows
 
 
+def slice_family(tmp: Path) -> dict:
+    """A 64-slice family of ACAS 1_1 on prop_1 (the slicing suite's first case), serial vs --workers 2:
+    every written ONNX file byte for byte."""
+    import shutil
+    out = {}
+    for mode, extra in [("serial", []), ("workers2", ["--workers", "2"])]:
+        dst = tmp / f"family_{mode}"
+        shutil.rmtree(dst, ignore_errors=True)
+        t0 = time.perf_counter()
+        r = subprocess.run(CLI + ["slice", str(BENCH / "acasxu/ACASXU_run2a_1_1_batch_2000.onnx"), "--spec",
+                                  str(BENCH / "acasxu/prop_1.vnnlib"), "--max-slices", "64", "--milp-budget", "60",
+                                  "-o", str(dst), "--no-progress", "--json", *extra], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        out[mode] = {"wall_seconds": round(time.perf_counter() - t0, 2),
+                     "files": {f.name: _sha(f) for f in sorted(dst.glob("*.onnx"))}, "summary": json.loads(r.stdout)}
+    same = out["serial"]["files"] == out["workers2"]["files"]
+    res = {"case": "ACAS 1_1 prop_1, 64 slices", "slices": len(out["serial"]["files"]) - 1, "same_bytes": same,
+           "serial_wall_seconds": out["serial"]["wall_seconds"], "workers2_wall_seconds": out["workers2"]["wall_seconds"],
+           "onnx_files_compared": len(out["serial"]["files"])}
+    print(res, flush=True)
+    return res
+
+
 def _solver_seconds(rep) -> float:
     st = rep["seconds"]["stages"]
     return round(st.get("lp", 0.0) + st.get("milp", 0.0), 3)
@@ -211,7 +234,8 @@ def main(argv=None):
     data["load_average_at_start"] = os.getloadavg()
     for name in a.only.split(","):
         fn = {"identical": lambda: identical_outputs(tmp), "resume": lambda: kill_and_resume(tmp),
-              "speedup": check_speedup, "killed": worker_killed}[name]
+              "speedup": check_speedup, "killed": worker_killed,
+              "slice": lambda: slice_family(tmp)}[name]
         data[name] = fn()
         path.write_text(json.dumps(data, indent=1))
     print(json.dumps(data)[:2000])

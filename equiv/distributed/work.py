@@ -160,3 +160,17 @@ def run_neuron(spec: LayerSpec, q: NeuronQuery) -> NeuronAnswer:
         if ans.verdicts.get(side) == "below":
             break
     return ans
+
+
+def model_digest(model) -> str:
+    """sha256 of a LinearModel's content (matrix, row and column bounds, integrality): the identity of every
+    query on it."""
+    A = model.A.tocsr()
+    return _digest(A.indptr, A.indices, A.data, np.array(A.shape), model.row_lo, model.row_hi, model.col_lo,
+                   model.col_hi, model.integer)
+
+
+def lp_key(model_key: str, c: np.ndarray, offset: float, time_limit: float, backend: str) -> str:
+    """The journal key of one LP bound query: max c.v + offset over the relaxation of that model."""
+    return "lp:" + _digest(np.frombuffer(model_key.encode(), np.uint8), np.asarray(c, np.float64),
+                           np.array([offset, time_limit]), np.frombuffer(backend.encode(), np.uint8))
