@@ -95,6 +95,7 @@ def kill_and_resume(tmp: Path, time_limit: float = 2.0) -> dict:
     print("fresh", fresh["relus_after"], _solver_seconds(fresh), answers, flush=True)
     # the killed run
     dst = tmp / "resumed.onnx"
+    dst.unlink(missing_ok=True)              # a model left by an earlier measurement must not count as written
     p = subprocess.Popen(CLI + ["simplify", *map(str, base), "-o", str(dst), "--journal", str(kill_j), "--no-progress",
                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.perf_counter()
