@@ -112,6 +112,8 @@ def kill_and_resume(tmp: Path, time_limit: float = 2.0) -> dict:
     r, resumed_wall = _simplify(base + ["-o", dst, "--journal", kill_j])
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
+    (tmp / "resumed.json").write_text(r.stdout)
+    (tmp / "fresh.json").write_text(json.dumps(fresh))
     out = {"time_limit_per_query": time_limit, "fresh": _summary(fresh, fresh_wall, tmp / "fresh.onnx"),
            "killed": killed, "resumed": _summary(res, resumed_wall, dst)}
     out["same_relus_after"] = out["fresh"]["relus_after"] == out["resumed"]["relus_after"]
@@ -132,7 +134,8 @@ def _journal_task_seconds(path) -> list:
     out = []
     for line in Path(path).read_text().splitlines()[1:]:
         a = json.loads(line.rsplit("\t", 1)[0])["answer"]
-        out.append([a["k"], round(a["seconds"], 4)])
+        if "k" in a:                           # a MILP task (LP answers are kept without their time)
+            out.append([a["k"], round(a["seconds"], 4)])
     return out
 
 
