@@ -141,12 +141,13 @@ def _add_distributed(p, journal: bool = True) -> None:
                    help="run the independent work (simplify: the MILP decisions of a layer; check: sub-boxes "
                         "tiling the region, 4 per worker; slice: the two halves of every split; bench --suite "
                         "equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
-                        "result is the same as without it")
+                        "proofs, and so the written models and verdicts, are the same as without it")
     g.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
     if journal:
         g.add_argument("--journal", metavar="FILE", default=None,
-                       help="append every finished answer to FILE (fsync'd, checksummed lines); run the same command "
+                       help="(chains of dense layers) append every finished solver answer to FILE (fsync'd, checksummed "
+                            "lines); run the same command "
                             "again after a kill and the answers in FILE are reused; a journal of other inputs "
                             "(model, region, options) is refused")
 

@@ -224,6 +224,67 @@ def estimate(task_seconds: list, workers: int, barriers: list | None = None) -> 
             "makespan_seconds": round(span, 2), "speedup": round(total / span, 2) if span else None}
 
 
+def write_md(data: dict, path: Path) -> None:
+    """results/distributed.md from the JSON (every number in it comes from there)."""
+    m = data.get("machine", {})
+    la = data.get("load_average_at_start")
+    L = ["# Distributed work and journals (issue 16)", "",
+         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, shared with three other "
+         f"engineers' runs (load average at the start of the last measurement: {la}). Every time here is "
+         "pessimistic; the 2-worker runs never had two free cores.", "",
+         "Command: `PYTHONPATH=. python -m equiv.bench.distributed [--only identical,resume,speedup,killed,slice]`.", ""]
+    L += ["## Same output, serial vs `--workers 2`", "", "| case | relus_after serial / 2 workers | same bytes | "
+          "MILP queries | wall s serial / 2 workers |", "|---|---|---|---|---|"]
+    for r in data.get("identical", []):
+        L.append(f"| {r['case']} | {r['serial']['relus_after']} / {r['workers2']['relus_after']} | {r['same_bytes']} | "
+                 f"{r['serial']['milp_queries']} | {r['serial']['wall_seconds']} / {r['workers2']['wall_seconds']} |")
+    if "slice" in data:
+        r = data["slice"]
+        L.append(f"| {r['case']} ({r['onnx_files_compared']} ONNX files) | - | {r['same_bytes']} | - | "
+                 f"{r['serial_wall_seconds']} / {r['workers2_wall_seconds']} |")
+    if "killed" in data:
+        r = data["killed"]
+        L += ["", "## A worker killed during `check`", "",
+              f"Pairs {', '.join(p.split('_batch')[0] for p in r['pairs'])} (ACAS float16, prop_1, epsilon 0.05) on a "
+              f"LocalCluster of 2 worker processes; once the first pair was done, the worker running the most tasks "
+              f"({r['killed']['tasks_on_it']}) was SIGKILLed.", "",
+              f"Serial verdicts {r['serial_verdicts']}; cluster verdicts {r['cluster_verdicts']}: same = "
+              f"**{r['same_verdicts']}**; workers after the kill: {r['workers_after']} (the nanny restarted it)."]
+    if "resume" in data:
+        r = data["resume"]
+        f, k, s2 = r["fresh"], r["killed"], r["resumed"]
+        L += ["", "## Kill and resume: `simplify` mnist 256x4 prop_0 with `--journal`", "",
+              f"`--time-limit {r['time_limit_per_query']}` per query. A fresh run with a journal; a second run "
+              f"SIGTERMed once its journal held half as many answers as the fresh run wrote; the same command again.", "",
+              "| run | relus_after | phases | solver s (LP + MILP stages) | wall s | answers reused / computed |",
+              "|---|---|---|---|---|---|",
+              f"| fresh | {f['relus_after']} | {f['phases']} | {f['solver_seconds']} | {f['wall_seconds']} | "
+              f"0 / {f['distributed']['journal']['answers_written']} |",
+              f"| killed (SIGTERM) | exit {k['returncode']}, output written: {k['output_written']} | - | - | "
+              f"{k['wall_seconds']} | {k['answers_in_journal']} journalled |",
+              f"| resumed | {s2['relus_after']} | {s2['phases']} | {s2['solver_seconds']} | {s2['wall_seconds']} | "
+              f"{s2['distributed']['journal']['answers_reused']} / {s2['distributed']['journal']['answers_written']} |",
+              "", f"Resumed solver time / fresh: **{r['solver_time_ratio']}**; same relus_after: {r['same_relus_after']}; "
+              f"same bytes: {r['same_bytes']}."]
+    if "speedup" in data:
+        r = data["speedup"]
+        L += ["", "## Speed-up with 2 workers: ACAS float16 prop_1 pairs", "",
+              f"{len(r['pairs'])} pairs (the ones of the prop_1 group that finish within the 300 s limit), one after "
+              "another in one process, then as tasks on a LocalCluster of 2 worker processes.", "",
+              f"Serial {r['serial_wall_seconds']} s; 2 workers {r['workers2_wall_seconds']} s (+ "
+              f"{r['cluster_startup_seconds']} s cluster start): **{r['speedup']}x** ({r['speedup_with_startup']}x "
+              f"with the start). Same verdicts: {r['same_verdicts']}.", "",
+              "| pair | serial s | on the cluster s |", "|---|---|---|"]
+        for p, a, b in zip(r["pairs"], r["serial_pair_seconds"], r["workers2_pair_seconds"]):
+            L.append(f"| {p.split('_batch')[0]} | {a} | {b} |")
+        ideal = estimate(r["serial_pair_seconds"], 2)
+        L += ["", f"On two idle cores the serial pair times schedule to {ideal['makespan_seconds']} s "
+                  f"({ideal['speedup']}x): the shortfall is the machine's load, not the split."]
+    for name, est in data.get("estimates", {}).items():
+        L += ["", f"Estimate {name}: {est}"]
+    path.write_text("\n".join(L) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="identical,resume,speedup,killed")
@@ -242,6 +303,7 @@ def main(argv=None):
               "slice": lambda: slice_family(tmp)}[name]
         data[name] = fn()
         path.write_text(json.dumps(data, indent=1))
+    write_md(data, Path(a.out) / "distributed.md")
     print(json.dumps(data)[:2000])
 
 
