@@ -188,6 +188,9 @@ def test_cli_refuses_a_journal_of_other_inputs(tmp_path):
     r = _simplify(a + ["-o", tmp_path / "b.onnx", "--seed", "3"])
     assert r.returncode == 2 and "other inputs" in r.stderr
     assert not (tmp_path / "b.onnx").exists()
+    r = _simplify(["models/digits_mlp.onnx", "--spec", "models/digits_mlp_ball.vnnlib", "-o", tmp_path / "c.onnx",
+                   "--journal", "models/digits_mlp.onnx"])
+    assert r.returncode == 2 and "input or output" in r.stderr
 
 
 @needs_bench

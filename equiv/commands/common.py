@@ -69,13 +69,27 @@ def runner_of(args, description: dict):
     if not (workers or scheduler or journal):
         return None
     from ..distributed import Journal, Runner, make_executor
-    jn = Journal(journal, description) if journal else None     # refuse a foreign journal before starting a cluster
+    jn = open_journal(args, journal, description) if journal else None   # refuse a bad journal before starting a cluster
     try:
         return Runner(make_executor(workers, scheduler), jn, progress_of(args))
     except BaseException:
         if jn is not None:
             jn.close()
         raise
+
+
+def open_journal(args, path, description):
+    """The journal at `path`, refused (exit 2) when it is a file the run reads or writes, or cannot be opened."""
+    from pathlib import Path
+    from ..distributed import Journal
+    from ..errors import InputFileError
+    others = [getattr(args, n, None) for n in ("model", "spec", "center", "output", "report")]
+    if any(o and Path(o).resolve() == Path(path).resolve() for o in others):
+        raise InputFileError(f"--journal {path} is also an input or output of this run; choose another file")
+    try:
+        return Journal(path, description)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"cannot use --journal {path}: {exc}") from None
 
 
 def distributed_report(runner) -> dict:
