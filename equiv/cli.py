@@ -146,8 +146,8 @@ def _add_distributed(p, journal: bool = True) -> None:
                    help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
     if journal:
         g.add_argument("--journal", metavar="FILE", default=None,
-                       help="(chains of dense layers) append every finished solver answer to FILE (fsync'd, checksummed "
-                            "lines); run the same command "
+                       help="(chains of dense layers) append every finished answer (simplify: each solver query; check: "
+                            "each sub-box proved) to FILE (fsync'd, checksummed lines); run the same command "
                             "again after a kill and the answers in FILE are reused; a journal of other inputs "
                             "(model, region, options) is refused")
 
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     q.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the summary")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_distributed(q, journal=False)
+    _add_distributed(q)
 
     b = sub.add_parser("bounds", help="sound lower/upper bounds of every neuron on a region",
                        description="Per-layer pre-activation bounds by interval arithmetic, DeepPoly back-substitution, "

@@ -365,3 +365,20 @@ def test_sigterm_leaves_no_output_and_a_usable_journal(tmp_path):
     j = Journal(jn, desc)
     assert len(j.answers) >= 3
     j.close()
+
+
+@needs_bench
+def test_check_journal_reuses_the_proved_sub_boxes(float16_pair, tmp_path):
+    from conftest import ACAS
+    jn = tmp_path / "check.jnl"
+    args = CLI + ["check", *float16_pair, "--spec", str(ACAS / "prop_3.vnnlib"), "--epsilon", "0.05", "--json",
+                  "--no-progress", "--journal", str(jn)]
+    r1 = subprocess.run(args, env=ENV, cwd=ROOT, capture_output=True, text=True)
+    r2 = subprocess.run(args, env=ENV, cwd=ROOT, capture_output=True, text=True)
+    assert r1.returncode == r2.returncode == 0, r1.stderr + r2.stderr
+    a, b = json.loads(r1.stdout), json.loads(r2.stdout)
+    assert a["verdict"] == b["verdict"] == "equivalent"
+    assert a["max_diff_upper"] == b["max_diff_upper"]
+    assert "4 proofs taken from the journal" in b["notes"][0]
+    r3 = subprocess.run(args[:-1] + [str(jn), "--epsilon", "0.04"], env=ENV, cwd=ROOT, capture_output=True, text=True)
+    assert r3.returncode == 2 and "other inputs" in r3.stderr

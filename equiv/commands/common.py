@@ -83,7 +83,7 @@ def open_journal(args, path, description):
     from pathlib import Path
     from ..distributed import Journal
     from ..errors import InputFileError
-    others = [getattr(args, n, None) for n in ("model", "spec", "center", "output", "report")]
+    others = [getattr(args, n, None) for n in ("model", "model_a", "model_b", "spec", "center", "output", "report")]
     if any(o and Path(o).resolve() == Path(path).resolve() for o in others):
         raise InputFileError(f"--journal {path} is also an input or output of this run; choose another file")
     try:
