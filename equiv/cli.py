@@ -139,6 +139,24 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
                         "bounds do not take it yet)")
 
 
+def _add_distributed(p, journal: bool = True) -> None:
+    """--workers / --scheduler (and --journal): where the solver queries run, and where their answers are kept."""
+    g = p.add_argument_group("distributed work (issue 16; needs the extra equiv[dask] for --workers/--scheduler)")
+    g.add_argument("--workers", type=positive_count, default=None, metavar="N",
+                   help="run the independent work (simplify: the MILP decisions of a layer; check: sub-boxes "
+                        "tiling the region, 4 per worker; slice: the two halves of every split; bench --suite "
+                        "equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
+                        "proofs, and so the written models and verdicts, are the same as without it")
+    g.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
+    if journal:
+        g.add_argument("--journal", metavar="FILE", default=None,
+                       help="(chains of dense layers) append every finished answer (simplify: each solver query; check: "
+                            "each sub-box proved) to FILE (fsync'd, checksummed lines); run the same command "
+                            "again after a kill and the answers in FILE are reused; a journal of other inputs "
+                            "(model, region, options) is refused")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="equiv",
@@ -173,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--tolerance) before writing it; the verdict goes in the report")
     s.add_argument("--certify-time-limit", type=positive_seconds, default=300.0, metavar="S",
                    help="seconds for --certify (default 300)")
+    _add_distributed(s)
 
     q = sub.add_parser("check", help="prove two models equivalent on a region, or find a counterexample",
                        description="Prove that two ONNX models with the same inputs and outputs agree on the region: "
@@ -209,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     q.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the summary")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_distributed(q)
 
     b = sub.add_parser("bounds", help="sound lower/upper bounds of every neuron on a region",
                        description="Per-layer pre-activation bounds by interval arithmetic, DeepPoly back-substitution, "
@@ -259,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--tolerance): before writing (verdicts go in the manifest), or with --verify, from the files")
     c.add_argument("--certify-time-limit", type=positive_seconds, default=60.0, metavar="S",
                    help="seconds per slice for --certify (default 60)")
+    _add_distributed(c, journal=False)
     c.add_argument("--verify", metavar="FAMILY", help="re-check a written family instead of making one")
     c.add_argument("--model", dest="original", metavar="ORIGINAL.onnx",
                    help="with --verify: the original model (default: the path recorded in the manifest)")
@@ -282,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--time-limit", type=positive_seconds, default=10.0, help="seconds per solver query")
     n.add_argument("--milp-budget", type=positive_seconds, default=60.0, help="total MILP seconds per case (default 60)")
     n.add_argument("--limit", type=positive_count, default=None, help="run only the first N cases (for a smoke run)")
+    n.add_argument("--group", default=None, metavar="NAME", help="equivalence suite: run only the pairs of this group "
+                   "(e.g. 'ACAS Xu float16, prop_1')")
+    _add_distributed(n, journal=False)
     n.add_argument("--backends", default=None, help="solvers suite: comma-separated backends (default: all installed)")
     n.add_argument("--plot", default=None, metavar="FILE.png", help="solvers suite: box plot of solve times")
     for sp in sub.choices.values():

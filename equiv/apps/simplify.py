@@ -48,11 +48,12 @@ def sha256_of(path: str | Path) -> str:
 
 def simplify(model_path: str | Path, region: Box, options: StabilityOptions | None = None, *,
              output_path: str | Path | None = None, region_source: str = "box",
-             validation_samples: int = 10000, tolerance: float = 1e-4) -> SimplifyResult:
+             validation_samples: int = 10000, tolerance: float = 1e-4, runner=None) -> SimplifyResult:
     """Prove neuron phases of the model on the region, reduce, export, validate; write output_path if given.
 
     Raises ValidationError (after writing nothing) if the simplified model differs from the original by
     more than `tolerance` anywhere it was sampled: that would be a bug, never an accepted result.
+    runner: a `distributed.Runner` (executor and journal) for the solver queries; None: this process.
     """
     options = options or StabilityOptions()
     t_start = time.perf_counter()
@@ -65,7 +66,8 @@ def simplify(model_path: str | Path, region: Box, options: StabilityOptions | No
     seconds["load"] = time.perf_counter() - t0
 
     stab, small, model, val = simplify_network(net, OnnxRunner(str(model_path)), region, options, seconds=seconds,
-                                               validation_samples=validation_samples, tolerance=tolerance)
+                                               validation_samples=validation_samples, tolerance=tolerance,
+                                               runner=runner)
     seconds["total"] = time.perf_counter() - t_start
     result = SimplifyResult(str(model_path), sha256_of(model_path), region, region_source, net, small, model,
                             stab, val, options, seconds)
@@ -77,7 +79,7 @@ def simplify(model_path: str | Path, region: Box, options: StabilityOptions | No
 
 def simplify_network(net: Network, reference: OnnxRunner, region: Box, options: StabilityOptions, *,
                      validation_samples: int = 10000, tolerance: float = 1e-4, seconds: dict | None = None,
-                     known=None, seen_points=None, what: str = "the simplified model"):
+                     known=None, seen_points=None, what: str = "the simplified model", runner=None):
     """The in-memory core of `simplify` for an already-loaded network: (stability, smaller Network, ONNX,
     validation against `reference`).  known / seen_points are passed to `prove_stability`.
 
@@ -85,7 +87,7 @@ def simplify_network(net: Network, reference: OnnxRunner, region: Box, options: 
     """
     seconds = {} if seconds is None else seconds
     t0 = time.perf_counter()
-    stab, small = prove_and_reduce(net, region, options, known=known, seen_points=seen_points)
+    stab, small = prove_and_reduce(net, region, options, known=known, seen_points=seen_points, runner=runner)
     seconds["prove"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = network_to_onnx(small)
@@ -98,9 +100,9 @@ def simplify_network(net: Network, reference: OnnxRunner, region: Box, options: 
 
 
 def prove_and_reduce(net: Network, region: Box, options: StabilityOptions, *, known=None,
-                     seen_points=None) -> tuple[StabilityResult, Network]:
+                     seen_points=None, runner=None) -> tuple[StabilityResult, Network]:
     """Proved phases of every neuron on the region and the smaller network they give (no export)."""
-    stab = prove_stability(net, region, options, known=known, seen_points=seen_points)
+    stab = prove_stability(net, region, options, known=known, seen_points=seen_points, runner=runner)
     dead, active = stab.phase_masks(net)
     return stab, reduce_network(net, dead, active)
 

@@ -86,15 +86,32 @@ def run_case(case: dict, root: Path, time_limit: float) -> dict:
             "milp_queries": r.stats.get("milp_queries", 0), "pieces": len(r.pieces), "notes": r.notes, **extra}
 
 
-def run_equivalence_bench(root: Path, out: Path, time_limit: float = 300.0, limit: int | None = None) -> list[dict]:
+def run_equivalence_bench(root: Path, out: Path, time_limit: float = 300.0, limit: int | None = None,
+                          executor=None, group: str | None = None) -> list[dict]:
+    """Run the suite (or the cases of one `group`); with a Dask `executor` every pair is one task (the models
+    are read from `root` on the workers: a shared file system), the rows kept in suite order."""
     if not (root / "acasxu").is_dir():
         raise InputFileError(f"benchmark folder not found: {root} (expected acasxu/ and mnist_fc/ inside)")
-    todo = cases()[:limit]
+    todo = [c for c in cases() if group is None or c["group"] == group][:limit]
+    if executor is not None:
+        from ..distributed.runner import map_tasks
+        with tqdm(total=len(todo), desc="bench equivalence", unit="pair") as bar:
+            res = map_tasks(executor, run_case, todo, root, time_limit, bar=bar)
+        rows = [r if isinstance(r, dict) else _failed_row(c, r[1]) for c, r in zip(todo, res)]
+        _write(rows, len(todo), out, time_limit)
+        return rows
     rows = []
     for case in tqdm(todo, desc="bench equivalence", unit="pair"):
         rows.append(run_case(case, root, time_limit))
         _write(rows, len(todo), out, time_limit)
     return rows
+
+
+def _failed_row(case: dict, message: str) -> dict:
+    """A pair whose task failed on the cluster: no verdict (it proves nothing)."""
+    return {**case, "network": Path(case["network"]).stem.replace("_batch_2000", ""), "prop": Path(case["prop"]).stem,
+            "verdict": "failed", "seconds": float("nan"), "max_diff_upper": float("inf"), "max_diff_lower": 0.0,
+            "boxes": 0, "milp_queries": 0, "pieces": 0, "notes": [message]}
 
 
 def _fmt(v: float) -> str:

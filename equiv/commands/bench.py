@@ -24,8 +24,15 @@ def cmd_bench(args, out) -> int:
         return 0
     if args.suite == "equivalence":
         from ..bench.equivalence import run_equivalence_bench
-        run_equivalence_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
-                              time_limit=args.case_time_limit, limit=args.limit)
+        from ..distributed import make_executor
+        executor = make_executor(args.workers, args.scheduler) if (args.workers or args.scheduler) else None
+        try:
+            run_equivalence_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
+                                  time_limit=args.case_time_limit, limit=args.limit, executor=executor,
+                                  group=args.group)
+        finally:
+            if executor is not None:
+                executor.close()
         out.emit((Path(args.out) / "equivalence.md").read_text())
         return 0
     if args.suite == "graphs":

@@ -35,7 +35,10 @@ def cmd_check(args, out) -> int:
     from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
     ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once
-    if takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b):
+    chains = takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b)
+    if chains and (args.workers or args.scheduler or args.journal):
+        res = _check_split(args, boxes, opt)
+    elif chains:
         res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
     else:
         from ..prove.graph_check import check_graphs
@@ -52,3 +55,27 @@ def cmd_check(args, out) -> int:
         write_json_atomic(report, args.report)
     out.emit(json.dumps(report, indent=1) if args.json else summary(res, "A", "B"))
     return res.exit_code
+
+
+def _check_split(args, boxes, opt):
+    """check as sub-box tasks (--workers / --scheduler), with their proofs kept in --journal if given."""
+    import dataclasses
+    from ..apps.simplify import sha256_of
+    from ..distributed import make_executor
+    from ..prove.check_split import check_split
+    from .common import open_journal
+    journal = None
+    if args.journal:
+        desc = {"command": "check", "model_a_sha256": sha256_of(args.model_a), "model_b_sha256": sha256_of(args.model_b),
+                "boxes": [b.to_json() for b in boxes],
+                "options": {k: v for k, v in dataclasses.asdict(opt).items() if k != "progress"}}
+        journal = open_journal(args, args.journal, desc)
+    try:
+        executor = make_executor(args.workers, args.scheduler)
+        try:
+            return check_split(args.model_a, args.model_b, boxes, opt, executor, journal=journal)
+        finally:
+            executor.close()
+    finally:
+        if journal is not None:
+            journal.close()

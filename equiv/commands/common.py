@@ -60,3 +60,43 @@ def require_chain(path, what: str) -> None:
         raise UnsupportedModelError(f"{what} works on chains of dense layers so far; {path} has convolutions, "
                                     "branches or several inputs/outputs (simplify, check and bounds "
                                     "--method interval|deeppoly accept it)")
+
+
+def runner_of(args, description: dict):
+    """The `distributed.Runner` the flags ask for, or None (in this process, no journal: the default path)."""
+    workers, scheduler, journal = getattr(args, "workers", None), getattr(args, "scheduler", None), \
+        getattr(args, "journal", None)
+    if not (workers or scheduler or journal):
+        return None
+    from ..distributed import Journal, Runner, make_executor
+    jn = open_journal(args, journal, description) if journal else None   # refuse a bad journal before starting a cluster
+    try:
+        return Runner(make_executor(workers, scheduler), jn, progress_of(args))
+    except BaseException:
+        if jn is not None:
+            jn.close()
+        raise
+
+
+def open_journal(args, path, description):
+    """The journal at `path`, refused (exit 2) when it is a file the run reads or writes, or cannot be opened."""
+    from pathlib import Path
+    from ..distributed import Journal
+    from ..errors import InputFileError
+    others = [getattr(args, n, None) for n in ("model", "model_a", "model_b", "spec", "center", "output", "report")]
+    if any(o and Path(o).resolve() == Path(path).resolve() for o in others):
+        raise InputFileError(f"--journal {path} is also an input or output of this run; choose another file")
+    try:
+        return Journal(path, description)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"cannot use --journal {path}: {exc}") from None
+
+
+def distributed_report(runner) -> dict:
+    ex = runner.executor
+    out = {"executor": ex.kind, "workers": ex.workers, "tasks_run": runner.tasks, "tasks_failed": len(runner.failed)}
+    if runner.failed:
+        out["failures"] = runner.failed[:20]
+    if runner.journal is not None:
+        out["journal"] = runner.journal.stats()
+    return out

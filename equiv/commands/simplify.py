@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from .common import inputs_of, progress_of, region_of, stability_options
+from .common import distributed_report, inputs_of, progress_of, region_of, runner_of, stability_options
 
 
 def cmd_simplify(args, out) -> int:
@@ -26,9 +26,17 @@ def cmd_simplify(args, out) -> int:
     if not takes_chain_pipeline(graph, args.model):
         return _simplify_graph(args, out, graph, box, source, target)
     progress = progress_of(args)
-    res = simplify(args.model, box, stability_options(args, progress), region_source=source,
-                   validation_samples=args.validation_samples, tolerance=args.tolerance)
+    options = stability_options(args, progress)
+    runner = runner_of(args, journal_inputs(args.model, box, options, args))
+    try:
+        res = simplify(args.model, box, options, region_source=source, validation_samples=args.validation_samples,
+                       tolerance=args.tolerance, runner=runner)
+    finally:
+        if runner is not None:
+            runner.close()
     report = build_report(res)
+    if runner is not None:
+        report["distributed"] = distributed_report(runner)
     code = 0
     if args.certify:
         from ..prove.equivalence import certify_simplified
@@ -59,6 +67,16 @@ def cmd_simplify(args, out) -> int:
     return code
 
 
+def journal_inputs(model, box, options, args) -> dict:
+    """What a journal's answers depend on: the model's bytes, the region and every option of the proof."""
+    from ..apps.simplify import sha256_of
+    return {"command": "simplify", "model_sha256": sha256_of(model), "region": box.to_json(),
+            "method": options.method, "backend": options.backend, "time_limit": options.time_limit,
+            "samples": options.samples, "seed": options.seed, "margin": options.margin,
+            "milp_budget": options.milp_budget, "split_boxes": options.split_boxes, "windowed": options.windowed,
+            "alpha": options.alpha, "window_lp": options.window_lp}
+
+
 GRAPH_LP_BUDGET = 60.0     # seconds of LP queries on a graph when --milp-budget is not given
 
 
@@ -73,6 +91,9 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
         raise UnsupportedModelError("--certify runs `equiv check`, which works on chains of dense layers so far; "
                                     "this model has convolutions, branches or several inputs/outputs")
     box.check_dim(graph.n_inputs)
+    if args.workers or args.scheduler or args.journal:
+        print("equiv: note: --workers, --scheduler and --journal apply to chains of dense layers so far; this graph "
+              "is simplified in this process, without a journal", file=sys.stderr)
     res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
                          seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
                          progress=progress_of(args), time_limit=args.time_limit,

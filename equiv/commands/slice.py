@@ -41,7 +41,16 @@ def cmd_slice(args, out) -> int:
                                 validation_samples=args.validation_samples, dispatch_samples=args.dispatch_samples or 100000,
                                 tolerance=args.tolerance, progress=progress_of(args))
     args.samples = 2000 if args.samples is None else args.samples
-    fam = slicing.slice_model(args.model, box, stability_options(args, progress=False), sopt, region_source=source)
+    executor = None
+    if args.workers or args.scheduler:
+        from ..distributed import make_executor
+        executor = make_executor(args.workers, args.scheduler)
+    try:
+        fam = slicing.slice_model(args.model, box, stability_options(args, progress=False), sopt, region_source=source,
+                                  executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     code = 0
     if args.certify:
         certs = slicing.certify_family(fam, backend=milp_backend(args.backend), time_limit=args.certify_time_limit,

@@ -156,12 +156,15 @@ def _phase(lo, hi, mask, unstable):
 
 
 def prove_stability(net: Network, box: Box, options: StabilityOptions | None = None, *,
-                    known: Bounds | None = None, seen_points: np.ndarray | None = None) -> StabilityResult:
+                    known: Bounds | None = None, seen_points: np.ndarray | None = None,
+                    runner=None) -> StabilityResult:
     """Phase of every hidden neuron of `net` on `box`, with the method that decided it.
 
     known: sound bounds valid on `box` (e.g. proved on a box containing it), intersected in after the
     DeepPoly stage; neurons only they decide get method "inherited".  seen_points: real points (e.g. a
     parent box's witnesses); those inside `box` are evaluated as witnesses, the others are ignored.
+    runner: a `distributed.Runner` sending the windowed MILP decisions to an executor and a journal
+    (None: in this process, as always).
     """
     opt = options or StabilityOptions()
     box.check_dim(net.n_inputs)
@@ -200,7 +203,7 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
     if split:
         bounds = _split_stage(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries)
     if opt.method == "milp" and (opt.windowed == "on" or (opt.windowed == "auto" and not split)):
-        bounds = windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes)
+        bounds = windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes, runner)
     elif opt.method in ("lp", "milp"):
         bounds = _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes)
 

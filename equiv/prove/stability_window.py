@@ -100,8 +100,11 @@ def _ordered(tr, bounds, k):
     return todo[np.argsort(np.minimum(-lo, hi) / (hi - lo), kind="stable")]
 
 
-def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes) -> Bounds:
-    """Slopes, then per layer windowed LPs (stopped when their yield drops) and windowed MILP decisions."""
+def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes, runner=None) -> Bounds:
+    """Slopes, then per layer windowed LPs (stopped when their yield drops) and windowed MILP decisions.
+
+    runner (`distributed.Runner`): the MILP decisions go out as tasks (an executor, a journal); None runs
+    them here, one by one, as always."""
     budget = Budget(opt.milp_budget, opt.time_limit)
     queries.setdefault("windows", {})
     queries.setdefault("milp_skipped", 0)
@@ -133,11 +136,14 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
 
         t1 = time.perf_counter()
         if opt.window_lp:
-            _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of)
+            _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of, runner)
         tr.record_bounds(k, bounds, "lp")
         stage_seconds["lp"] += time.perf_counter() - t1
         t1 = time.perf_counter()
-        if opt.method == "milp":
+        if opt.method == "milp" and runner is not None:
+            from .stability_tasks import milp_layer_tasks
+            milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar)
+        elif opt.method == "milp":
             _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar)
         stage_seconds["milp"] += time.perf_counter() - t1
         bounds = deeppoly_bounds(net, box, known=bounds)   # later layers start from the tighter bounds
@@ -161,8 +167,12 @@ def _count(queries, w):
     queries["windows"][w] = queries["windows"].get(w, 0) + 1
 
 
-def _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of):
-    """LP bounds of the open neurons (both sides) on the first window, narrowest first, in chunks."""
+def _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of, runner=None):
+    """LP bounds of the open neurons (both sides) on the first window, narrowest first, in chunks.
+
+    With a runner that keeps a journal, every LP answer is journalled under the content hash of its model and
+    objective, and a journalled one is reused instead of solved (the LPs themselves stay in this process)."""
+    maximize = _journalled_lp(runner, opt) if runner is not None and runner.journal is not None else None
     W, b = net.dense[k].W, net.dense[k].b
     w = min(k, FIRST_WINDOW)
     todo = _ordered(tr, bounds, k)
@@ -176,7 +186,10 @@ def _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of):
                 if lim is None:
                     return
                 q0 = time.perf_counter()
-                r = be.maximize(sign * c, sign * off, integer=False, time_limit=lim)
+                if maximize is not None:
+                    r = maximize(enc, be, sign * c, sign * off, lim)
+                else:
+                    r = be.maximize(sign * c, sign * off, integer=False, time_limit=lim)
                 tr.seconds[k][i] += time.perf_counter() - q0
                 queries["lp"] += 1
                 if r.bound is not None and r.status == Status.OPTIMAL:
@@ -188,6 +201,29 @@ def _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of):
         if decided == 0:          # the yield dropped: the rest (wider intervals) go to the MILPs
             queries["lp_stopped"] = queries.get("lp_stopped", 0) + int(todo.size - s - LP_CHUNK > 0)
             return
+
+
+def _journalled_lp(runner, opt):
+    """maximize(enc, backend, c, offset, limit) -> SolveResult, through the runner's journal: only the status and
+    the proven bound are kept (all the LP stage uses); a journalled answer costs no solver time."""
+    from types import SimpleNamespace
+    from ..distributed.work import lp_key, model_digest
+    digests = {}
+
+    def maximize(enc, be, c, off, lim):
+        held = digests.get(id(enc.model))         # (model, digest): the reference keeps the id from being reused
+        if held is None or held[0] is not enc.model:
+            held = digests[id(enc.model)] = (enc.model, model_digest(enc.model))
+        mkey = held[1]
+        key = lp_key(mkey, c, off, opt.time_limit, opt.backend)
+        hit = runner.journal.get(key)
+        if hit is not None:
+            return SimpleNamespace(status=Status(hit["status"]), bound=hit["bound"])
+        r = be.maximize(c, off, integer=False, time_limit=lim)
+        if lim >= opt.time_limit:       # a limit cut by the budget is not the keyed one: not journalled
+            runner.journal.put(key, {"status": r.status.value, "bound": None if r.bound is None else float(r.bound)})
+        return r
+    return maximize
 
 
 def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):

@@ -81,10 +81,10 @@ def prepass_unstable(net: Network, box: Box) -> int:
 
 
 def slice_model(model_path: str | Path, region: Box, options: StabilityOptions | None = None,
-                slice_options: SliceOptions | None = None, region_source: str = "box") -> SliceFamily:
+                slice_options: SliceOptions | None = None, region_source: str = "box", executor=None) -> SliceFamily:
     """Split the region, simplify on every piece, build the dispatcher, and validate all of it against the
     original model in onnxruntime.  Raises ValidationError (nothing to write) on any difference above the
-    tolerance."""
+    tolerance.  executor (`distributed`): the slice boxes are proved as tasks there (same family)."""
     options, sopt = options or StabilityOptions(), slice_options or SliceOptions()
     t_start = time.perf_counter()
     net = load_onnx(model_path)
@@ -93,7 +93,7 @@ def slice_model(model_path: str | Path, region: Box, options: StabilityOptions |
     seconds = {}
 
     t0 = time.perf_counter()
-    tree = build_tree(net, region, options, sopt)
+    tree = build_tree(net, region, options, sopt, executor)
     seconds["tree"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -134,26 +134,57 @@ def prove_piece(net: Network, piece: Piece, options: StabilityOptions, parent: P
     piece.seconds = time.perf_counter() - t0
 
 
-def build_tree(net: Network, region: Box, options: StabilityOptions, sopt: SliceOptions) -> Piece:
+def prove_box(net: Network, box: Box, options: StabilityOptions, known, seen) -> tuple:
+    """`prove_piece` as a task (work as data): (stability, smaller network, seconds) of the box, given the
+    parent's bounds and witnesses; a pure function of its arguments, run on any process."""
+    t0 = time.perf_counter()
+    stab, small = prove_and_reduce(net, box, options, known=known, seen_points=seen)
+    return stab, small, time.perf_counter() - t0
+
+
+def build_tree(net: Network, region: Box, options: StabilityOptions, sopt: SliceOptions, executor=None) -> Piece:
     """Greedy bisection: split the leaf with the most ReLUs until every leaf meets the target or the
-    slice budget is spent.  Every node is proved on its own box."""
+    slice budget is spent.  Every node is proved on its own box.
+
+    executor (`distributed`): the two halves of a split are proved at once, as tasks (the network is
+    scattered once); each proof depends only on its box and its parent's proofs, so the tree and every
+    slice are the same as without it."""
     options = dataclasses.replace(options, progress=False)   # one progress bar: the slices
+    batch = None
+    if executor is not None:
+        handle = executor.scatter(net)
+
+        def batch(pairs):
+            futures = [executor.submit(prove_box, handle, piece.box, options,
+                                       None if parent is None else parent.stability.bounds,
+                                       None if parent is None else parent.stability.witnesses)
+                       for piece, parent in pairs]
+            for (piece, _), f in zip(pairs, futures):
+                try:
+                    piece.stability, piece.network, piece.seconds = f.result()
+                except Exception as exc:
+                    from ...errors import EquivError
+                    raise EquivError(f"proving the slice box {piece.box.to_json()} failed on the cluster "
+                                     f"({type(exc).__name__}: {exc}); nothing was written") from exc
     return grow_tree(region, sopt, lambda piece, parent: prove_piece(net, piece, options, parent=parent),
-                     lambda piece: choose_dim(net, piece, region, sopt.strategy))
+                     lambda piece: choose_dim(net, piece, region, sopt.strategy), prove_batch=batch)
 
 
-def grow_tree(region: Box, sopt: SliceOptions, prove, choose) -> Piece:
+def grow_tree(region: Box, sopt: SliceOptions, prove, choose, prove_batch=None) -> Piece:
     """The greedy bisection tree on any model: `prove(piece, parent)` sets the piece's network (and proofs),
-    `choose(piece)` its split dimension (None: it cannot be split)."""
+    `choose(piece)` its split dimension (None: it cannot be split); `prove_batch([(piece, parent), ...])`,
+    when given, does the same for the boxes of one round at once."""
     root = Piece(region)
     bar = _progress(sopt)
 
     def decide(nodes):
         out = []
-        for node in nodes:
-            parent = node.data
-            piece = parent.children[node.path[-1]] if parent is not None else root
-            prove(piece, parent)
+        pairs = [((n.data.children[n.path[-1]] if n.data is not None else root), n.data) for n in nodes]
+        if prove_batch is not None:
+            prove_batch(pairs)
+        for node, (piece, parent) in zip(nodes, pairs):
+            if prove_batch is None:
+                prove(piece, parent)
             # the leaf with the most ReLUs first; ties: the shallower, then the leftmost
             out.append(Open(piece, key=(-piece.relus, piece.depth, node.path)) if piece.relus > sopt.target_relus
                        else None)

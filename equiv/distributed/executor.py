@@ -1,0 +1,110 @@
+"""Where tasks run: in this process (the default, lazily and in order) or on a Dask cluster.
+
+Both executors offer the same small interface: `scatter(obj)` (ship a large object once; tasks take the
+handle it returns), `submit(fn, *args)` (a future with `.result()` and `.cancel()`), `as_completed(futures)`
+and `close()`.  The in-process executor runs a task only when its result is asked for, so a caller that
+cancels the tasks a previous answer made pointless does exactly the work of a serial loop.
+
+Dask is optional: asking for a cluster without it installed raises `DaskMissingError` (exit 2) naming the
+extra `equiv[dask]`.
+"""
+
+from __future__ import annotations
+
+from ..errors import EquivError
+
+ALLOWED_FAILURES = 2      # a task whose worker died this many times is reported as failed, not retried again
+
+
+class DaskMissingError(EquivError):
+    """--workers / --scheduler without dask.distributed installed."""
+
+    exit_code = 2
+
+
+class _Lazy:
+    """A future of the in-process executor: the call runs at the first `result()`, never if cancelled."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args, self.done, self.value, self.cancelled = fn, args, False, None, False
+
+    def result(self):
+        if not self.done:
+            self.value, self.done = self.fn(*self.args), True
+        return self.value
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class InProcessExecutor:
+    """Runs every task in this process, in submission order, when its result is asked for."""
+
+    kind = "in-process"
+    workers = 1
+
+    def scatter(self, obj):
+        return obj
+
+    def submit(self, fn, *args):
+        return _Lazy(fn, args)
+
+    def as_completed(self, futures):
+        for f in futures:
+            if not f.cancelled:
+                f.result()
+                yield f
+
+    def close(self):
+        pass
+
+
+class DaskExecutor:
+    """Tasks on a dask.distributed cluster: a LocalCluster of `workers` single-threaded worker processes
+    on 127.0.0.1, or the existing cluster at `scheduler`.  A worker that dies mid-task has its tasks
+    re-run elsewhere by the scheduler; a task that killed ALLOWED_FAILURES workers comes back as an error
+    (`distributed.KilledWorker`), which callers record as a failed task that proves nothing."""
+
+    kind = "dask"
+
+    def __init__(self, workers: int | None = None, scheduler: str | None = None, processes: bool = True):
+        try:
+            import dask
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise DaskMissingError("--workers and --scheduler need dask.distributed, which is not installed: "
+                                   "pip install 'equiv[dask]'") from None
+        dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                         "distributed.worker.daemon": False})
+        self.cluster = None
+        if scheduler:
+            self.client = Client(scheduler, timeout="20s")
+        else:
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                                        host="127.0.0.1", protocol="tcp://", dashboard_address=":0")
+            self.client = Client(self.cluster)
+        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})) or (workers or 1))
+
+    def scatter(self, obj):
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
+    def submit(self, fn, *args):
+        return self.client.submit(fn, *args, pure=False)
+
+    def as_completed(self, futures):
+        from distributed import as_completed
+        return as_completed(futures)
+
+    def close(self):
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def make_executor(workers: int | None = None, scheduler: str | None = None):
+    """The executor the flags ask for: in-process without them, else a Dask one."""
+    if scheduler or (workers and workers > 0):
+        return DaskExecutor(workers=workers, scheduler=scheduler)
+    return InProcessExecutor()

@@ -1,0 +1,124 @@
+"""An append-only journal of finished answers, so a killed run resumes without redoing its proofs.
+
+File format: text lines `<json>\t<sha256 of the json, first 16 hex>`.  The first line is a header holding
+the hash of the run's inputs (model sha256, region, options); the others hold one answer each, under the
+content key of its query.  Every append is flushed and fsync'd before the run goes on, so an answer in
+the journal survives a kill.  On opening:
+- no file (or an empty one): a new journal with this header;
+- a header with other inputs: refused (`JournalMismatchError`, exit 2) rather than mixed;
+- a last line without its newline or with a wrong checksum (a write torn by the kill): dropped (and cut
+  off the file), the run redoes that answer; a bad line elsewhere: refused as corrupt.
+An answer is reused only under the key of a query with the same content (see `work.NeuronQuery.key`);
+failed tasks are never journalled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import EquivError
+
+FORMAT = 1
+
+
+class JournalMismatchError(EquivError):
+    """The journal holds answers of a run with other inputs, or is corrupt."""
+
+    exit_code = 2
+
+
+def inputs_hash(description: dict) -> str:
+    """sha256 of the canonical JSON of the run's inputs."""
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _line(obj: dict) -> bytes:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return f"{text}\t{hashlib.sha256(text.encode()).hexdigest()[:16]}\n".encode()
+
+
+def _parse(raw: bytes):
+    """The object of a complete, intact line, else None."""
+    try:
+        text, crc = raw.decode().rstrip("\n").rsplit("\t", 1)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if hashlib.sha256(text.encode()).hexdigest()[:16] != crc:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+class Journal:
+    """Answers of earlier runs with the same inputs (`get`), and `put` for new ones."""
+
+    def __init__(self, path: str | Path, description: dict):
+        self.path = Path(path)
+        self.inputs = inputs_hash(description)
+        self.answers: dict[str, dict] = {}
+        self.reused = 0
+        self.written = 0
+        self.dropped_torn = False
+        header = {"equiv_journal": FORMAT, "inputs": self.inputs, "describe": description}
+        data = self.path.read_bytes() if self.path.exists() else b""
+        if not data:
+            self._fh = open(self.path, "wb")
+            self._append(header)
+            return
+        lines = data.split(b"\n")
+        tail = lines.pop()                 # b"" when the file ends with a newline, else a torn line
+        keep = len(data) - len(tail)
+        objs = []
+        for n, raw in enumerate(lines):
+            obj = _parse(raw + b"\n")
+            if obj is None:
+                if n == len(lines) - 1 and not tail:     # the last full line is torn: drop it
+                    keep -= len(raw) + 1
+                    self.dropped_torn = True
+                    break
+                raise JournalMismatchError(f"journal {self.path} is corrupt at line {n + 1} (bad checksum); "
+                                           "move it away to start afresh")
+            objs.append(obj)
+        self.dropped_torn |= bool(tail)
+        if not objs or objs[0].get("equiv_journal") != FORMAT:
+            raise JournalMismatchError(f"{self.path} is not an equiv journal; move it away or choose another file")
+        if objs[0].get("inputs") != self.inputs:
+            raise JournalMismatchError(
+                f"journal {self.path} belongs to a run with other inputs (model, region or options differ: "
+                f"journal {objs[0].get('inputs', '?')[:12]}, this run {self.inputs[:12]}); its answers cannot be "
+                "reused: move it away or choose another file")
+        for obj in objs[1:]:
+            self.answers[obj["key"]] = obj["answer"]
+        self._fh = open(self.path, "r+b")
+        self._fh.truncate(keep)            # cut a torn tail so the next line starts clean
+        self._fh.seek(keep)
+
+    def _append(self, obj: dict):
+        self._fh.write(_line(obj))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def get(self, key: str):
+        """The journalled answer (a dict) of the query with this content key, or None."""
+        a = self.answers.get(key)
+        if a is not None:
+            self.reused += 1
+        return a
+
+    def put(self, key: str, answer: dict):
+        """Journal one finished answer (durably, before returning)."""
+        self.answers[key] = answer
+        self._append({"key": key, "answer": answer})
+        self.written += 1
+
+    def close(self):
+        self._fh.close()
+
+    def stats(self) -> dict:
+        return {"path": str(self.path), "answers_reused": self.reused, "answers_written": self.written,
+                "torn_line_dropped": self.dropped_torn}

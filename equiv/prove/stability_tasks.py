@@ -1,0 +1,65 @@
+"""The windowed MILP decisions of one layer as tasks (issue 16): one `NeuronQuery` per open neuron, sent
+out through a `distributed.Runner` (an executor and a journal), the answers recorded in the same order and
+by the same rules as the serial `stability_window._milp_layer`.
+
+What stays the same: a neuron is dead/active only by an infeasible decision (the solver's proof); a
+witness is a real point, re-run in the network here; an answer is recorded only while its neuron is still
+open.  What a cluster changes: the queries of a layer run at once, so a neuron that an earlier neuron's
+witness shows unstable may have been asked anyway (its answer is then dropped, as the serial loop would
+not have asked) - the proved phases are the same, only the query count grows.  Under --milp-budget the
+per-query limit is not cut to the budget left (a query's limit is part of its journal key); the budget
+stops further queries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..distributed.work import LayerSpec, NeuronQuery
+from .stability_solvers import settle
+from .stability_window import FIRST_WINDOW, _ordered
+
+
+def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=None):
+    """MILP decisions for every open neuron of hidden layer k (0-based), through `runner`."""
+    todo = _ordered(tr, bounds, k)
+    if todo.size == 0:
+        return
+    spec = LayerSpec(net, box, bounds.copy(), k)     # a snapshot: settle() changes `bounds` as answers come
+
+    def is_open(i):
+        return not tr.unstable(k)[i] and bounds.hi[k][i] > 0 and bounds.lo[k][i] < 0
+
+    def make_query(i):
+        if not is_open(i):
+            return None
+        dead_first = bool(bounds.hi[k][i] <= -bounds.lo[k][i])
+        return NeuronQuery(k, int(i), ("dead", "active") if dead_first else ("active", "dead"), FIRST_WINDOW,
+                           bool(tr.seen_pos[k][i]), bool(tr.seen_neg[k][i]), float(opt.time_limit),
+                           float(opt.margin), opt.backend)
+
+    spent = [False]
+
+    def in_budget():
+        spent[0] = spent[0] or budget.limit() is None
+        return not spent[0]
+
+    for i, ans in runner.neuron_answers(spec, todo, make_query, is_open, in_budget, bar):
+        if ans is None:
+            if spent[0] and is_open(i):
+                queries["milp_skipped"] += 1
+            continue
+        tr.seconds[k][i] += ans.seconds
+        for w, n in ans.windows.items():
+            queries["milp"] += n
+            queries["windows"][w] = queries["windows"].get(w, 0) + n
+        queries["milp_unknown"] += ans.unknown
+        if ans.status != "done":
+            queries["tasks_failed"] = queries.get("tasks_failed", 0) + 1
+            continue
+        for side, verdict in ans.verdicts.items():
+            if verdict == "below":
+                settle(bounds, tr, k, i, side)
+        if ans.witnesses:
+            tr.absorb(np.array(ans.witnesses, dtype=np.float64), "witness")
+

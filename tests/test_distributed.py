@@ -1,0 +1,384 @@
+"""Issue 16: work as data, executors (in-process and a real Dask LocalCluster on 127.0.0.1), the journal,
+and the CLI flags --workers / --scheduler / --journal.  No mocks: real clusters, real solvers, real kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from equiv.distributed import InProcessExecutor, Journal, JournalMismatchError, Runner
+from equiv.distributed.executor import DaskExecutor
+from equiv.distributed.work import LayerSpec, NeuronAnswer, NeuronQuery, run_neuron
+from equiv.ir.network import Dense, Network
+from equiv.prove.stability import StabilityOptions, prove_stability
+from equiv.spec.region import Box
+
+from conftest import MNIST, ROOT, needs_bench
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+CLI = [sys.executable, "-c", "import sys\nfrom equiv.cli import main\nif __name__ == '__main__':\n sys.exit(main())"]
+
+
+def _problem(seed=1):
+    """A random 20-24-24-24-5 network on a box of 20 varying inputs: the windowed MILP stage runs (8 queries)."""
+    rng = np.random.default_rng(seed)
+    ws = [20, 24, 24, 24, 5]
+    dense = [Dense(rng.normal(size=(ws[i + 1], ws[i])) / np.sqrt(ws[i]), rng.normal(size=ws[i + 1]) * 0.3)
+             for i in range(len(ws) - 1)]
+    c = rng.uniform(-1, 1, 20)
+    return Network.from_layers(dense), Box(c - 0.15, c + 0.15)
+
+
+def _phases(res):
+    return [(p.layer, p.index, p.phase) for p in res.neurons]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    net, box = _problem()
+    serial = prove_stability(net, box, StabilityOptions(samples=200))
+    assert serial.queries["milp"] > 0          # the test exercises the MILP decisions
+    return net, box, serial
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real LocalCluster on 127.0.0.1: two worker threads in this process (quick to start)."""
+    ex = DaskExecutor(workers=2, processes=False)
+    yield ex
+    ex.close()
+
+
+# ---- work as data ---------------------------------------------------------------------------------------
+
+def test_query_and_answer_pickle_and_answer_json_round_trip(problem):
+    net, box, serial = problem
+    spec = LayerSpec(net, box, serial.bounds, 2)
+    q = NeuronQuery(2, 3, ("dead", "active"), 2, False, False, 10.0, 1e-6, "highs")
+    spec2, q2 = pickle.loads(pickle.dumps((spec, q)))
+    assert spec2.key == spec.key and q2 == q and q2.key(spec2.key) == q.key(spec.key)
+    ans = run_neuron(spec2, q2)
+    again = NeuronAnswer.from_json(json.loads(json.dumps(ans.to_json())))
+    assert again == ans
+    # the key covers the content: other bounds, another key
+    other = serial.bounds.copy()
+    other.hi[1][0] += 1.0
+    assert LayerSpec(net, box, other, 2).key != spec.key
+
+
+def test_journal_runner_in_process_gives_the_same_phases(problem, tmp_path):
+    net, box, serial = problem
+    opt = StabilityOptions(samples=200)
+    jn = Journal(tmp_path / "run.jnl", {"case": "problem"})
+    runner = Runner(InProcessExecutor(), jn)
+    first = prove_stability(net, box, opt, runner=runner)
+    jn.close()
+    assert _phases(first) == _phases(serial)
+    # every MILP task and every windowed LP answer is journalled
+    assert runner.tasks > 0 and jn.written == runner.tasks + serial.queries["lp"]
+    # a second run reuses every answer and solves nothing
+    jn2 = Journal(tmp_path / "run.jnl", {"case": "problem"})
+    runner2 = Runner(InProcessExecutor(), jn2)
+    second = prove_stability(net, box, opt, runner=runner2)
+    jn2.close()
+    assert _phases(second) == _phases(serial)
+    assert runner2.tasks == 0 and jn2.reused == jn.written
+
+
+def test_local_cluster_gives_the_same_phases(problem, cluster):
+    net, box, serial = problem
+    runner = Runner(cluster)
+    res = prove_stability(net, box, StabilityOptions(samples=200), runner=runner)
+    assert _phases(res) == _phases(serial)
+    assert runner.tasks > 0 and not runner.failed
+
+
+def test_a_task_that_kills_its_workers_is_reported_not_retried_forever():
+    """os._exit in a task kills the worker process; after ALLOWED_FAILURES deaths the scheduler gives up
+    and the runner records a failed task (which proves nothing)."""
+    ex = DaskExecutor(workers=1)          # one real worker process (a nanny restarts it)
+    try:
+        runner = Runner(ex)
+        q = NeuronQuery(1, 0, ("dead",), 2, False, False, 1.0, 1e-6, "highs")
+        ans = runner._finish("k", q, ex.submit(os._exit, 1))
+        assert ans.status == "failed" and "KilledWorker" in ans.message
+        assert runner.failed and runner.tasks == 0
+        assert ex.submit(abs, -3).result() == 3          # the cluster still works
+    finally:
+        ex.close()
+
+
+# ---- the journal -------------------------------------------------------------------------------------------
+
+def test_journal_refuses_other_inputs(tmp_path):
+    j = Journal(tmp_path / "a.jnl", {"model_sha256": "x"})
+    j.put("k1", {"v": 1})
+    j.close()
+    with pytest.raises(JournalMismatchError, match="other inputs"):
+        Journal(tmp_path / "a.jnl", {"model_sha256": "y"})
+    (tmp_path / "b.jnl").write_text("hello\n")
+    with pytest.raises(JournalMismatchError, match="not an equiv journal"):
+        Journal(tmp_path / "b.jnl", {"model_sha256": "x"})
+
+
+def test_journal_ignores_a_torn_last_line_and_appends_cleanly(tmp_path):
+    p = tmp_path / "a.jnl"
+    j = Journal(p, {"m": 1})
+    j.put("k1", {"v": 1})
+    j.put("k2", {"v": 2})
+    j.close()
+    data = p.read_bytes()
+    p.write_bytes(data[:-7])                  # the kill tore the last line
+    j = Journal(p, {"m": 1})
+    assert j.dropped_torn and j.get("k1") == {"v": 1} and j.get("k2") is None
+    j.put("k3", {"v": 3})
+    j.close()
+    j = Journal(p, {"m": 1})
+    assert not j.dropped_torn and j.get("k3") == {"v": 3} and j.get("k2") is None
+    j.close()
+    # a full last line with a bad checksum is torn too; a bad line in the middle is corruption
+    lines = p.read_bytes().split(b"\n")
+    lines[-2] = lines[-2][:-1] + b"0" if not lines[-2].endswith(b"0") else lines[-2][:-1] + b"1"
+    p.write_bytes(b"\n".join(lines))
+    j = Journal(p, {"m": 1})
+    assert j.dropped_torn and j.get("k3") is None
+    j.close()
+    lines = p.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b'"v":1', b'"v":7')
+    p.write_bytes(b"\n".join(lines) + b'{"key":"k9","answer":{}}\tdeadbeefdeadbeef\n')
+    with pytest.raises(JournalMismatchError, match="corrupt"):
+        Journal(p, {"m": 1})
+
+
+# ---- the CLI -----------------------------------------------------------------------------------------------
+
+def _simplify(args, **kw):
+    return subprocess.run(CLI + ["simplify", *map(str, args), "--no-progress", "--json"], env=ENV,
+                          capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def test_workers_without_dask_names_the_extra(tmp_path):
+    """With dask not importable (a meta path entry refusing it, in a child process) --workers exits 2."""
+    code = ("import sys\nclass Block:\n def find_spec(self, name, path=None, target=None):\n"
+            "  if name.split('.')[0] in ('dask', 'distributed'): raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\nfrom equiv.cli import main\nsys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "simplify", "models/digits_mlp.onnx", "--spec",
+                        "models/digits_mlp_ball.vnnlib", "-o", str(tmp_path / "s.onnx"), "--workers", "2",
+                        "--no-progress"], env=ENV, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert "equiv[dask]" in r.stderr
+    assert not (tmp_path / "s.onnx").exists()
+
+
+def test_cli_refuses_a_journal_of_other_inputs(tmp_path):
+    jn = tmp_path / "run.jnl"
+    a = ["models/digits_mlp.onnx", "--spec", "models/digits_mlp_ball.vnnlib", "--journal", jn]
+    r = _simplify(a + ["-o", tmp_path / "a.onnx"])
+    assert r.returncode == 0, r.stderr
+    r = _simplify(a + ["-o", tmp_path / "b.onnx", "--seed", "3"])
+    assert r.returncode == 2 and "other inputs" in r.stderr
+    assert not (tmp_path / "b.onnx").exists()
+    r = _simplify(["models/digits_mlp.onnx", "--spec", "models/digits_mlp_ball.vnnlib", "-o", tmp_path / "c.onnx",
+                   "--journal", "models/digits_mlp.onnx"])
+    assert r.returncode == 2 and "input or output" in r.stderr
+
+
+@needs_bench
+def test_mnist_256x2_serial_and_two_workers_write_the_same_bytes(tmp_path):
+    spec = ["--spec", MNIST / "prop_0_0.03.vnnlib"]
+    r1 = _simplify([MNIST / "mnist-net_256x2.onnx", *spec, "-o", tmp_path / "serial.onnx"])
+    r2 = _simplify([MNIST / "mnist-net_256x2.onnx", *spec, "-o", tmp_path / "w2.onnx", "--workers", "2"])
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    j1, j2 = json.loads(r1.stdout), json.loads(r2.stdout)
+    assert j1["relus_after"] == j2["relus_after"]
+    assert j2["distributed"]["executor"] == "dask" and j2["distributed"]["tasks_failed"] == 0
+    assert (tmp_path / "serial.onnx").read_bytes() == (tmp_path / "w2.onnx").read_bytes()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_bench
+def test_scheduler_and_two_worker_processes_on_loopback(tmp_path):
+    """`dask scheduler` + 2 x `dask worker` started as processes on 127.0.0.1; simplify --scheduler."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    dask_cli = [sys.executable, "-m", "dask"]
+    procs = [subprocess.Popen(dask_cli + ["scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                          "--dashboard-address", ":0"], env=ENV, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen(dask_cli + ["worker", addr, "--nthreads", "1", "--nworkers", "1",
+                                                      "--host", "127.0.0.1", "--no-dashboard"], env=ENV, cwd=ROOT,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        with Client(addr, timeout="60s") as c:
+            c.wait_for_workers(2, timeout=120)
+        spec = ["--spec", MNIST / "prop_0_0.03.vnnlib"]
+        r1 = _simplify([MNIST / "mnist-net_256x2.onnx", *spec, "-o", tmp_path / "serial.onnx"])
+        r2 = _simplify([MNIST / "mnist-net_256x2.onnx", *spec, "-o", tmp_path / "remote.onnx", "--scheduler", addr])
+        assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+        assert json.loads(r2.stdout)["distributed"]["workers"] == 2
+        assert (tmp_path / "serial.onnx").read_bytes() == (tmp_path / "remote.onnx").read_bytes()
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+# ---- check and slice ---------------------------------------------------------------------------------------
+
+def test_split_region_tiles_the_box():
+    from equiv.prove.check_split import split_region
+    box = Box(np.array([0.0, 1.0, -1.0]), np.array([1.0, 1.0, 3.0]))      # the middle input is fixed
+    subs = split_region(box, 8)
+    assert len(subs) >= 8
+    vol = lambda b: float(np.prod(np.where(b.hi > b.lo, b.hi - b.lo, 1.0)))   # noqa: E731
+    assert abs(sum(vol(s) for s in subs) - vol(box)) < 1e-12
+    assert all((s.lo >= box.lo).all() and (s.hi <= box.hi).all() and s.lo[1] == s.hi[1] == 1.0 for s in subs)
+    assert len(split_region(Box(np.ones(2), np.ones(2)), 4)) == 1        # a point: nothing to cut
+
+
+@pytest.fixture(scope="module")
+def float16_pair(tmp_path_factory):
+    from conftest import ACAS, acas_path
+    if not ACAS.is_dir():
+        pytest.skip("benchmarks absent")
+    import onnx
+    from equiv.bench.equivalence import float16_copy
+    from equiv.ir.chain_export import network_to_onnx
+    from equiv.ir.chain_io import load_onnx
+    out = tmp_path_factory.mktemp("f16") / "acas_1_1_f16.onnx"
+    onnx.save(network_to_onnx(float16_copy(load_onnx(acas_path(1, 1)))), out)
+    return str(acas_path(1, 1)), str(out)
+
+
+@needs_bench
+def test_check_on_a_cluster_gives_the_serial_verdict(float16_pair, cluster):
+    from conftest import ACAS
+    from equiv.prove.check_split import check_split
+    from equiv.prove.equivalence import CheckOptions, check_models
+    from equiv.spec.region import load_region
+    box = load_region(spec=ACAS / "prop_3.vnnlib")[0]
+    opt = CheckOptions(epsilon=0.05)
+    serial = check_models(*float16_pair, box, opt)
+    dist = check_split(*float16_pair, [box], opt, cluster)
+    assert serial.verdict == dist.verdict == "equivalent"
+    assert dist.stats["tasks_failed"] == 0 and dist.stats["input_boxes"] >= 8
+
+
+@needs_bench
+def test_check_survives_a_killed_worker(float16_pair):
+    """Two worker processes; one is SIGKILLed while it runs a sub-box: the scheduler re-runs its tasks
+    on the other and the verdict is the serial one."""
+    import threading
+    from conftest import ACAS
+    from equiv.prove.check_split import check_split
+    from equiv.prove.equivalence import CheckOptions, check_models
+    from equiv.spec.region import load_region
+    box = load_region(spec=ACAS / "prop_1.vnnlib")[0]
+    opt = CheckOptions(epsilon=0.05)
+    serial = check_models(*float16_pair, box, opt)
+    ex = DaskExecutor(workers=2)
+    try:
+        pids = ex.client.run(os.getpid)
+        killed = []
+
+        def killer():
+            for _ in range(600):
+                busy = [w for w, keys in ex.client.processing().items() if keys]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+                    return
+                time.sleep(0.1)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        dist = check_split(*float16_pair, [box], opt, ex)
+        t.join()
+        assert killed
+        assert dist.verdict == serial.verdict
+    finally:
+        ex.close()
+
+
+@needs_bench
+def test_slice_family_on_a_cluster_is_the_serial_family(cluster):
+    from conftest import ACAS, acas_path
+    from equiv.apps.slicing.tree import SliceOptions, build_tree
+    from equiv.ir.chain_export import network_to_onnx
+    from equiv.ir.chain_io import load_onnx
+    from equiv.spec.region import load_region
+    net = load_onnx(acas_path(1, 1))
+    box = load_region(spec=ACAS / "prop_3.vnnlib")[0]
+    opt, sopt = StabilityOptions(samples=200), SliceOptions(max_slices=4)
+    a, b = build_tree(net, box, opt, sopt), build_tree(net, box, opt, sopt, executor=cluster)
+    la, lb = a.leaves(), b.leaves()
+    assert len(la) == len(lb) > 1
+    for p, q in zip(la, lb):
+        assert np.array_equal(p.box.lo, q.box.lo) and np.array_equal(p.box.hi, q.box.hi)
+        assert network_to_onnx(p.network).SerializeToString() == network_to_onnx(q.network).SerializeToString()
+
+
+@needs_bench
+def test_sigterm_leaves_no_output_and_a_usable_journal(tmp_path):
+    """simplify --journal on mnist 256x4, SIGTERM once a few answers are journalled: exit 143, no model
+    written, and every journalled answer is intact for the next run."""
+    jn, dst = tmp_path / "run.jnl", tmp_path / "small.onnx"
+    args = ["simplify", MNIST / "mnist-net_256x4.onnx", "--spec", MNIST / "prop_0_0.03.vnnlib", "--time-limit", "1",
+            "-o", dst, "--journal", jn, "--no-progress"]
+    p = subprocess.Popen(CLI + list(map(str, args)), env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):
+            if p.poll() is not None or (jn.exists() and jn.read_bytes().count(b"\n") >= 4):
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, "the run ended before it could be killed"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert not dst.exists()
+    desc = json.loads(jn.read_text().splitlines()[0].rsplit("\t", 1)[0])["describe"]
+    j = Journal(jn, desc)
+    assert len(j.answers) >= 3
+    j.close()
+
+
+@needs_bench
+def test_check_journal_reuses_the_proved_sub_boxes(float16_pair, tmp_path):
+    from conftest import ACAS
+    jn = tmp_path / "check.jnl"
+    args = CLI + ["check", *float16_pair, "--spec", str(ACAS / "prop_3.vnnlib"), "--epsilon", "0.05", "--json",
+                  "--no-progress", "--journal", str(jn)]
+    r1 = subprocess.run(args, env=ENV, cwd=ROOT, capture_output=True, text=True)
+    r2 = subprocess.run(args, env=ENV, cwd=ROOT, capture_output=True, text=True)
+    assert r1.returncode == r2.returncode == 0, r1.stderr + r2.stderr
+    a, b = json.loads(r1.stdout), json.loads(r2.stdout)
+    assert a["verdict"] == b["verdict"] == "equivalent"
+    assert a["max_diff_upper"] == b["max_diff_upper"]
+    assert "4 proofs taken from the journal" in b["notes"][0]
+    r3 = subprocess.run(args[:-1] + [str(jn), "--epsilon", "0.04"], env=ENV, cwd=ROOT, capture_output=True, text=True)
+    assert r3.returncode == 2 and "other inputs" in r3.stderr
