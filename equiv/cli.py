@@ -141,7 +141,7 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
 
 def _add_distributed(p, journal: bool = True) -> None:
     """--workers / --scheduler (and --journal): where the solver queries run, and where their answers are kept."""
-    g = p.add_argument_group("distributed work (issue 16; needs the extra equiv[dask] for --workers/--scheduler)")
+    g = p.add_argument_group("distributed work (--workers/--scheduler need the extra equiv[dask])")
     g.add_argument("--workers", type=positive_count, default=None, metavar="N",
                    help="run the independent work (simplify: the MILP decisions of a layer; check: sub-boxes "
                         "tiling the region, 4 per worker; slice: the two halves of every split; bench --suite "

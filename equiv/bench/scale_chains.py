@@ -1,4 +1,4 @@
-"""Rows of `equiv bench --suite scale` for deep dense chains (issue 12 parts 2 and 4): the windowed solver
+"""Rows of `equiv bench --suite scale` for deep dense chains: the windowed solver
 stage (slopes, windowed LP/MILP, one budget) on MNIST nets, with stable/unknown counts, the windows used
 and peak memory."""
 

@@ -1,4 +1,4 @@
-"""`check --workers/--scheduler` (issue 16): the region cut into sub-boxes that are checked as independent
+"""`check --workers/--scheduler`: the region cut into sub-boxes that are checked as independent
 tasks on a Dask cluster, the verdicts combined as for a union of boxes.
 
 Sound both ways: the sub-boxes tile the region, so the region is equivalent when every sub-box is, and a

@@ -46,7 +46,7 @@ class StabilityOptions:
     split_max_inputs: int = 12
     workers: int = 2              # threads solving one layer's LP/MILP queries at once (1 = one by one)
     milp_budget: float | None = None  # total seconds for the solver stages; later queries are skipped (unknown)
-    # deep chains without input splitting (issue 12): slopes, then LP/MILP on windows of the last layers
+    # deep chains without input splitting: slopes, then LP/MILP on windows of the last layers
     windowed: str = "auto"        # auto (when the split stage does not run) | on | off
     alpha: bool = True            # optimised slopes before the windowed queries
     window_lp: bool = True        # windowed LPs (stopped when their yield drops) before the MILPs

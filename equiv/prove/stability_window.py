@@ -1,4 +1,4 @@
-"""Solver stages on deep dense chains (issue 12 parts 2 and 4): optimised slopes first, then LP and MILP
+"""Solver stages on deep dense chains: optimised slopes first, then LP and MILP
 queries on *windows* (the last w hidden layers before the neuron), under one budget for the whole stage.
 
 A window of w layers for a neuron of hidden layer k (0-based) encodes hidden layers k-w .. k-1 and takes
