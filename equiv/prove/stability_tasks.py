@@ -1,4 +1,4 @@
-"""The windowed MILP decisions of one layer as tasks one `NeuronQuery` per open neuron, sent
+"""The windowed MILP decisions of one layer as tasks: one `NeuronQuery` per open neuron, sent
 out through a `distributed.Runner` (an executor and a journal), the answers recorded in the same order and
 by the same rules as the serial `stability_window._milp_layer`.
 
