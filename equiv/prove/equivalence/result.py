@@ -25,6 +25,7 @@ class CheckOptions:
     max_boxes: int = 200000        # input splitting: pieces bounded at most
     split_max_inputs: int = 12     # input splitting only when at most this many inputs vary
     max_pieces: int = 16           # MILP route: pieces after bisecting on timeouts
+    split_choice: str = "auto"     # guess | lookahead | auto (lookahead for two networks of one shape)
     samples: int = 10000
     seed: int = 0
     margin: float = 1e-6
@@ -40,6 +41,8 @@ class CheckOptions:
             e = np.atleast_1d(np.asarray(self.epsilon, float))
             if not np.all(np.isfinite(e)) or np.any(e <= 0):
                 raise InputFileError(f"epsilon must be positive and finite, got {self.epsilon}")
+        if self.split_choice not in ("auto", "guess", "lookahead"):
+            raise InputFileError(f"--split-choice must be auto, guess or lookahead, got '{self.split_choice}'")
         if self.norm == "linf" and self.epsilon is None and not self.measure:
             raise InputFileError("linf equivalence needs --epsilon (or --measure to compute the bound)")
 
