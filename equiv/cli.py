@@ -20,7 +20,9 @@ CODES = {
     "simplify": [("0", "the simplified model was written (validated in onnxruntime; with --certify, also proved)"),
                  ("1", "the simplified model disagreed with the original in validation or --certify: a bug in "
                        "equiv; nothing is written"),
-                 ("3", "--certify: neither proved nor refuted in its time (the model is written; see the report)")],
+                 ("3", "--certify: neither proved nor refuted in its time (the model is written; see the report); "
+                       "--epsilon/--preserve: no set of replacements was certified, the exact simplification "
+                       "was written")],
     "check": [("0", "equivalent: proved on the whole region (--measure without --epsilon: the bound was computed)"),
               ("1", "not equivalent: a counterexample, confirmed in onnxruntime, is in the report"),
               ("3", "unknown: limits reached before a proof or a counterexample; the report gives the proven interval")],
@@ -190,7 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prove the simplified model equivalent to the original with `equiv check` (epsilon = "
                         "--tolerance) before writing it; the verdict goes in the report")
     s.add_argument("--certify-time-limit", type=positive_seconds, default=300.0, metavar="S",
-                   help="seconds for --certify (default 300)")
+                   help="seconds for --certify, and for each certificate of --epsilon / --preserve (default 300)")
+    t = s.add_argument_group("simplification up to a tolerance (chains of dense layers)",
+                             "Beyond the exact simplification, replace more ReLU neurons by constants, by affine maps "
+                             "or by a multiple of another neuron, as long as a sound bound keeps the change within "
+                             "the tolerance; the written file is then checked against the original (`equiv check`) "
+                             "and the report holds the verdict. An unproved set is halved until one is proved.")
+    t.add_argument("--epsilon", metavar="E[,E...]",
+                   help="largest allowed |original_j - simplified_j| on the region, one value or one per output")
+    t.add_argument("--preserve", choices=["top1"],
+                   help="top1: the simplified model has the original's top-1 class everywhere on the region "
+                        "(needs a region where that class is the same everywhere, proved)")
+    t.add_argument("--tolerance-boxes", type=positive_count, default=64, metavar="N",
+                   help="boxes of the region the selection bounds are proved on (more: tighter bounds, slower; "
+                        "default 64; one box when more than 12 inputs vary)")
+    t.add_argument("--selection-time-limit", type=positive_seconds, default=300.0, metavar="S",
+                   help="seconds for choosing the replacements (default 300)")
     _add_distributed(s)
 
     q = sub.add_parser("check", help="prove two models equivalent on a region, or find a counterexample",

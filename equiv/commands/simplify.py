@@ -23,8 +23,20 @@ def cmd_simplify(args, out) -> int:
     from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
     graph = load_graph(args.model)            # refuses unsupported models at once, checks every node
+    tolerance = args.epsilon is not None or args.preserve is not None
+    if args.epsilon is not None and args.preserve is not None:
+        from ..errors import InputFileError
+        raise InputFileError("give --epsilon or --preserve top1, not both")
     if not takes_chain_pipeline(graph, args.model):
+        if tolerance:
+            from ..errors import UnsupportedModelError
+            raise UnsupportedModelError("--epsilon / --preserve work on chains of dense layers so far; this model "
+                                        "has convolutions, branches or several inputs/outputs (the exact "
+                                        "simplification, without them, works on it)")
         return _simplify_graph(args, out, graph, box, source, target)
+    if tolerance:
+        from .simplify_tolerance import cmd_simplify_tolerance
+        return cmd_simplify_tolerance(args, out, box, source, target)
     progress = progress_of(args)
     options = stability_options(args, progress)
     runner = runner_of(args, journal_inputs(args.model, box, options, args))
