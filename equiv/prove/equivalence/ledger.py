@@ -46,6 +46,9 @@ class Ledger:
         self.C = C                           # rows e_c - e_k: class margins
         self.varying = int(np.sum(box.hi > box.lo))
         self.root: PairBounds | None = None      # bounds on the whole region
+        self.f_margin: np.ndarray | None = None   # per row of C: a proven lower bound of f's margin on the region
+        self.tighten = None                      # callable: known bounds of A by LP/MILP, when worth a try
+        self.known: PairBounds | None = None     # bounds known on the whole region (one box), inherited by every piece
 
     def try_points(self, X: np.ndarray):
         if self.cex is not None or not len(X):
@@ -116,5 +119,5 @@ class Ledger:
     def root_upper(self) -> float:
         """The difference bound on the whole region (valid even when the run stopped early)."""
         if self.root is None:
-            self.root = pair_bounds(self.pair, self.box.lo[None], self.box.hi[None])
+            self.root = pair_bounds(self.pair, self.box.lo[None], self.box.hi[None], self.known)
         return float(np.maximum(self.root.d_hi[-1], -self.root.d_lo[-1]).max())

@@ -13,7 +13,7 @@ from ...solvers import Status, make_backend
 def milp_piece(st, piece: Box, absd_bound: np.ndarray):
     """Decide the piece with the product MILP: equivalent / counterexample / timeout / unknown."""
     opt = st.opt
-    pb = pair_bounds(st.pair, piece.lo[None], piece.hi[None])
+    pb = pair_bounds(st.pair, piece.lo[None], piece.hi[None], st.known)
     st.stats["boxes"] += 1
     pm = product_encoding(st.pair, piece, pb)
     absd = np.minimum(absd_bound, np.maximum(pb.d_hi[-1][0], -pb.d_lo[-1][0]))

@@ -18,8 +18,13 @@ from .queries import milp_piece
 from .result import CheckOptions, CheckResult, eps_vector
 
 
-def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: CheckOptions) -> CheckResult:
-    """Check f (run in onnxruntime by run_a) against g (run_b) on the box; see the module docstring."""
+def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: CheckOptions,
+                   f_bounds=None, f_margins: dict | None = None) -> CheckResult:
+    """Check f (run in onnxruntime by run_a) against g (run_b) on the box; see the module docstring.
+
+    f_bounds: optional sound bounds of f's pre-activations on the whole box (a `bounds.common.Bounds`, e.g.
+    LP/MILP-tightened by `simplify`); every sub-box starts from them.  f_margins: {(c, k): proven lower bound
+    of f_c - f_k on the whole box} (top1), used on every sub-box."""
     opt = options
     clock = _Clock(opt.time_limit)
     box.check_dim(f.n_inputs)
@@ -34,6 +39,15 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         notes.append("the networks have different layer widths or depths: neurons were paired by their values at sample points "
                      f"(mean relative distance per layer {stats['match_cost']})")
     st = Ledger(pair, box, opt, eps, run_a, run_b, clock, stats)
+    if f_margins:
+        st.f_margin = np.array([f_margins.get(p, -np.inf) for p in st.pairs], float)
+    if f_bounds is None and opt.tighten and not pair.same_shape:
+        st.tighten = lambda: _tightened(pair, f, box, opt, clock)
+    if f_bounds is not None:
+        st.known = known_f(pair, f, f_bounds, box)
+        stats["f_bounds"] = st.known is not None
+        if st.known is None:
+            notes.append("the given bounds of A were not used: A's layers were deepened to pair them with B's")
     gaps = falsify.float32_gaps(box)
     if gaps.size:
         near = box.lo[gaps].astype(np.float32)
@@ -58,6 +72,34 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         prove(st)
         stats["seconds"]["prove"] = time.perf_counter() - t0
     return st.result(clock.elapsed, notes)
+
+
+def _tightened(pair, f: Network, box: Box, opt: CheckOptions, clock) -> PairBounds | None:
+    """A's pre-activation bounds on the box by the stability pipeline (interval, DeepPoly, LP, MILP; its
+    solver stages limited to a fifth of the check's time), as known bounds of the pair."""
+    from ..stability import StabilityOptions, prove_stability
+    from ...solvers import milp_backend
+    budget = max(1.0, min(60.0, 0.2 * clock.left))
+    sopt = StabilityOptions(method="milp", backend=milp_backend(opt.backend), time_limit=min(5.0, budget),
+                            seed=opt.seed, milp_budget=budget)
+    return known_f(pair, f, prove_stability(f, box, sopt).bounds, box)
+
+
+def known_f(pair, f: Network, bounds, box: Box) -> PairBounds | None:
+    """Bounds of f's pre-activations on the box as known bounds of the pair's f (f keeps its neurons in slots
+    0..width-1; spare slots are padding), g and the difference unknown; None when align deepened f."""
+    if len(pair.f.dense) != len(f.dense):
+        return None
+    fl, fh, free_lo, free_hi = [], [], [], []
+    for k, d in enumerate(pair.f.dense):
+        w = d.n_out
+        lo, hi = np.full((1, w), -np.inf), np.full((1, w), np.inf)
+        n = bounds.lo[k].size
+        lo[0, :n], hi[0, :n] = bounds.lo[k], bounds.hi[k]
+        fl.append(lo), fh.append(hi)
+        free_lo.append(np.full((1, w), -np.inf)), free_hi.append(np.full((1, w), np.inf))
+    return PairBounds(fl, fh, free_lo, free_hi, [a.copy() for a in free_lo], [a.copy() for a in free_hi], None,
+                      box.lo[None].astype(float), box.hi[None].astype(float))
 
 
 def identical(f: Network, g: Network) -> bool:
@@ -85,6 +127,8 @@ def analyse(st, pb: PairBounds):
         coef = np.where((du[rows, j] >= -dl[rows, j])[:, None], Au[rows, j], -Al[rows, j])
     else:
         mf_lo, _, Afl, _ = output_bounds(st.pair, pb, st.C, "f", return_coef=True)
+        if st.f_margin is not None:
+            mf_lo = np.maximum(mf_lo, st.f_margin[None])
         mg_lo, _ = output_bounds(st.pair, pb, st.C, "g")
         _, md_hi = output_bounds(st.pair, pb, st.C, "d")
         # g_c - g_k = (f_c - f_k) - (d_c - d_k): the difference bounds often beat g's own
@@ -108,12 +152,21 @@ def analyse(st, pb: PairBounds):
 
 def prove(st):
     opt, box = st.opt, st.box
-    pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None])
+    pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known)
     st.stats["boxes"] += 1
     proved, score, absd, coef, attack = analyse(st, pb)
     st.try_points(attack)
     if st.cex is not None:
         return
+    if not proved[0] and st.tighten is not None:
+        # a network and a reduction of it: A's own phases, proved by LP/MILP once, often close the gap at once
+        t0 = time.perf_counter()
+        st.known = st.tighten()
+        st.stats["seconds"]["tighten"] = time.perf_counter() - t0
+        if st.known is not None:
+            pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known)
+            st.stats["boxes"] += 1
+            proved, score, absd, coef, attack = analyse(st, pb)
     if proved[0] and not st.wants_tighter(absd[0]):
         st.close(box.lo, box.hi, "equivalent", "bounds", absd[0])
         return
