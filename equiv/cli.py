@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--certify", action="store_true",
                    help="prove the simplified model equivalent to the original with `equiv check` (epsilon = "
                         "--tolerance) before writing it; the verdict goes in the report")
-    s.add_argument("--certify-time-limit", type=positive_seconds, default=300.0, metavar="S",
-                   help="seconds for --certify, and for each certificate of --epsilon / --preserve (default 300)")
+    s.add_argument("--certify-time-limit", type=positive_seconds, default=None, metavar="S",
+                   help="seconds for --certify (default 300), and for each certificate of --epsilon / --preserve "
+                        "(default 60)")
     t = s.add_argument_group("simplification up to a tolerance (chains of dense layers)",
                              "Beyond the exact simplification, replace more ReLU neurons by constants, by affine maps "
                              "or by a multiple of another neuron, as long as a sound bound keeps the change within "
@@ -203,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preserve", choices=["top1"],
                    help="top1: the simplified model has the original's top-1 class everywhere on the region "
                         "(needs a region where that class is the same everywhere, proved)")
-    t.add_argument("--tolerance-boxes", type=positive_count, default=64, metavar="N",
-                   help="boxes of the region the selection bounds are proved on (more: tighter bounds, slower; "
-                        "default 64; one box when more than 12 inputs vary)")
+    t.add_argument("--tolerance-boxes", type=positive_count, default=32, metavar="N",
+                   help="boxes of the region the proved stage's bounds are computed on (more: tighter bounds, "
+                        "slower; default 32; one box when more than 12 inputs vary)")
     t.add_argument("--selection-time-limit", type=positive_seconds, default=300.0, metavar="S",
                    help="seconds for choosing the replacements (default 300)")
     _add_distributed(s)
@@ -293,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dispatch-samples", type=positive_count, default=None, metavar="N",
                    help="random points of the region for the dispatcher's validation (default 100000; 5000 on graphs)")
     c.add_argument("--tolerance", type=non_negative, default=1e-4, help="largest accepted output difference (default 1e-4)")
+    c.add_argument("--epsilon", type=positive_number, default=None, metavar="E",
+                   help="simplify each slice further, up to a proved |original - slice| <= E on its box (chains of "
+                        "dense layers; see simplify --epsilon); every slice is certified by `check`, and the family "
+                        "is validated and verified with this tolerance")
     c.add_argument("--json", action="store_true", help="print the summary (or the --verify report) as JSON")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--force", action="store_true",
@@ -315,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=exit_codes("bench"), formatter_class=argparse.RawDescriptionHelpFormatter)
     n.add_argument("--suite", default="core", help="suite name: core (all ACAS Xu on prop_3/prop_4 + MNIST), "
                    "quick (ACAS Xu 1_1 prop_3 and MNIST 256x2 prop_0), solvers (the same LP/MILP queries on "
-                   "every backend), admm (ADMM's certified LP bounds, batched, against HiGHS one by one), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
+                   "every backend), admm (ADMM's certified LP bounds, batched, against HiGHS one by one), tolerance (simplify --epsilon / --preserve top1 against the exact mode on ACAS Xu and MNIST), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
                    "on float16 ACAS Xu copies, pruned MNIST and the core suite's simplified models), graphs (the CIFAR conv and "
                    "residual nets: DeepPoly on the DAG against CROWN's counts, and simplify), scale (DeepPoly with "
                    "and without block summaries on mnist 256x6, ResNet-2B and deep random chains)")

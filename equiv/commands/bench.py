@@ -35,6 +35,12 @@ def cmd_bench(args, out) -> int:
                 executor.close()
         out.emit((Path(args.out) / "equivalence.md").read_text())
         return 0
+    if args.suite == "tolerance":
+        from ..bench.tolerance import run_tolerance_bench
+        run_tolerance_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
+                            limit=args.limit)
+        out.emit((Path(args.out) / "tolerance.md").read_text())
+        return 0
     if args.suite == "graphs":
         from ..bench.graphs import run_graphs_bench
         run_graphs_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out), limit=args.limit)

@@ -54,7 +54,7 @@ def cmd_simplify(args, out) -> int:
         from ..prove.equivalence import certify_simplified
         from ..solvers import milp_backend
         cert = certify_simplified(res, tolerance=args.tolerance, backend=milp_backend(args.backend),
-                                  time_limit=args.certify_time_limit, progress=progress)
+                                  time_limit=args.certify_time_limit or 300.0, progress=progress)
         report["certificate"] = {k: v for k, v in cert.to_json().items() if k != "pieces"}
         if cert.verdict == "not_equivalent":
             print(f"equiv: error: BUG: the simplified model differs from the original by more than {args.tolerance:g} "

@@ -30,7 +30,7 @@ def cmd_simplify_tolerance(args, out, box, source, target) -> int:
     if eps is not None and np.size(eps) not in (1, net.n_outputs):
         raise InputFileError(f"--epsilon has {np.size(eps)} values; the model has {net.n_outputs} outputs")
     opt = ToleranceOptions(epsilon=None if eps is None else np.asarray(eps, float), preserve=args.preserve,
-                           pieces=args.tolerance_boxes, certify_time_limit=args.certify_time_limit,
+                           pieces=args.tolerance_boxes, certify_time_limit=args.certify_time_limit or 60.0,
                            selection_time_limit=args.selection_time_limit, seed=args.seed, progress=progress,
                            validation_samples=args.validation_samples)
     res = simplify_within(net, OnnxRunner(str(args.model)), box, opt, stab_opt)
@@ -60,6 +60,7 @@ def build_report(res, model: str, sha: str, region: dict, output: str, opt) -> d
         "phases": {ph: st.count(ph) for ph in ("dead", "active", "unstable", "unknown")},
         "replacements": {"candidates": res.selection.tried, "accepted": len(res.selection.accepted),
                          "kept": len(res.kept), "by_kind": kinds, "bound_calls": res.selection.bound_calls,
+                         "accepted_by_bounds": res.selection.proved, "accepted_by_samples": res.selection.sampled,
                          "rejected_by_samples": res.selection.rejected_by_samples,
                          "edits": [e.to_json() for e in res.kept]},
         "certificate": (cert.to_json() | {"pieces": len(cert.pieces)}) if cert is not None else

@@ -30,6 +30,10 @@ def cmd_slice(args, out) -> int:
     from ..ir import load_graph
     graph = load_graph(args.model)            # refuses unsupported models at once, checks every node
     if not takes_chain_pipeline(graph, args.model):
+        if args.epsilon is not None:
+            from ..errors import UnsupportedModelError
+            raise UnsupportedModelError("slice --epsilon works on chains of dense layers so far; this model has "
+                                        "convolutions, branches or several inputs/outputs")
         return _slice_graph(args, out, graph)
     if args.strategy == "gradient":
         raise InputFileError("--strategy gradient works on graphs (convolutions, residual blocks) only; on chains "
@@ -39,7 +43,7 @@ def cmd_slice(args, out) -> int:
     sopt = slicing.SliceOptions(max_slices=args.max_slices or 64, target_relus=args.target_relus,
                                 strategy=args.strategy or "unstable",
                                 validation_samples=args.validation_samples, dispatch_samples=args.dispatch_samples or 100000,
-                                tolerance=args.tolerance, progress=progress_of(args))
+                                tolerance=args.tolerance, progress=progress_of(args), epsilon=args.epsilon)
     args.samples = 2000 if args.samples is None else args.samples
     executor = None
     if args.workers or args.scheduler:

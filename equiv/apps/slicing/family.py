@@ -95,6 +95,11 @@ def slice_model(model_path: str | Path, region: Box, options: StabilityOptions |
     t0 = time.perf_counter()
     tree = build_tree(net, region, options, sopt, executor)
     seconds["tree"] = time.perf_counter() - t0
+    certificates = None
+    if sopt.epsilon is not None:
+        t0 = time.perf_counter()
+        certificates = within_tolerance(net, reference, tree.leaves(), sopt, options)
+        seconds["tolerance"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     leaves, models, vals = export_leaves(tree, network_to_onnx, lambda s, leaf, model: validate_model(
@@ -110,7 +115,28 @@ def slice_model(model_path: str | Path, region: Box, options: StabilityOptions |
     prepass = [prepass_unstable(net, b) for b in boxes]
     seconds["total"] = time.perf_counter() - t_start
     return SliceFamily(str(model_path), sha256_of(model_path), region, region_source, net, tree, leaves, models, vals,
-                       dispatcher, dval, options, sopt, prepass, seconds, _stop_notes(leaves, sopt))
+                       dispatcher, dval, options, sopt, prepass, seconds, _stop_notes(leaves, sopt),
+                       certificates=certificates)
+
+
+def within_tolerance(net: Network, reference: OnnxRunner, leaves: list[Piece], sopt: SliceOptions,
+                     options: StabilityOptions) -> list:
+    """`slice --epsilon`: each leaf's network simplified further up to epsilon on its box (from the leaf's own
+    proofs), certified by `check` against the original there; one certificate summary per leaf."""
+    from ..tolerance.pipeline import ToleranceOptions, simplify_within
+    out = []
+    for leaf in leaves:
+        res = simplify_within(net, reference, leaf.box, ToleranceOptions(
+            epsilon=sopt.epsilon, validation_samples=min(sopt.validation_samples, 2000), seed=options.seed),
+            options, stab=leaf.stability)
+        leaf.network = res.simplified
+        c = res.certificate
+        out.append({"verdict": "equivalent" if c is not None else "exact", "epsilon": sopt.epsilon,
+                    "max_diff_upper": None if c is None else float(c.max_diff_upper),
+                    "max_diff_lower": None if c is None else c.max_diff_lower,
+                    "seconds": None if c is None else round(c.seconds, 4), "replaced": len(res.kept),
+                    "relus_exact": res.exact.n_relus, "counterexample": None})
+    return out
 
 
 def export_leaves(tree: Piece, export, validate) -> tuple[list, list, list]:

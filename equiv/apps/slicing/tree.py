@@ -34,8 +34,11 @@ class SliceOptions:
     face_samples: int = 16           # points per face of every slice box, for the dispatcher
     tolerance: float = 1e-4
     progress: bool = False
+    epsilon: float | None = None     # slices simplified up to this proved tolerance (see apps/tolerance)
 
     def __post_init__(self):
+        if self.epsilon is not None:
+            self.tolerance = max(self.tolerance, self.epsilon)
         if self.strategy not in STRATEGIES:
             raise InputFileError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.max_slices < 1 or self.target_relus < 0:

@@ -43,10 +43,10 @@ class Judge:
     """Decides `ok(g)` for networks g of f's widths; counts the sound bound calls it made."""
 
     def __init__(self, f: Network, box: Box, known_lo: list, known_hi: list, *, target: np.ndarray | None = None,
-                 top1: bool = False, pieces: int = 64, samples: np.ndarray | None = None):
+                 top1: bool = False, pieces: int = 64, samples: np.ndarray | None = None, safety: float = 1.0):
         if (target is None) == (not top1):
             raise ValueError("give a linf target or top1, not both")
-        self.f, self.top1 = f, top1
+        self.f, self.top1, self.safety = f, top1, safety
         self.target = None if target is None else np.broadcast_to(np.asarray(target, float), (f.n_outputs,))
         self.lo, self.hi = partition(box, pieces)
         n = len(self.lo)
@@ -57,6 +57,7 @@ class Judge:
         self.fX = None if samples is None else f.forward(samples)
         self.calls = 0
         self.label = None
+        self.sampled_only = False      # the sampled stage: accept on the samples alone (not a proof)
         if top1:
             self.label = int(np.argmax(f.forward(box.center)))
             self.C = np.delete(np.eye(f.n_outputs), self.label, axis=0)
@@ -71,15 +72,18 @@ class Judge:
         z = [np.zeros(w, bool) for w in self.f.hidden_widths]
         return AlignedPair(self.f, g, z, [a.copy() for a in z], False, [0.0] * len(z))
 
-    def sampled_ok(self, g: Network) -> bool:
-        """False when a sample point already shows g too far from f (no proof can then succeed)."""
+    def sampled_ok(self, g: Network, fraction: float | None = None) -> bool:
+        """Whether g stays within `fraction` (default: the safety factor) of the tolerance on the samples:
+        linf |g - f| <= fraction * epsilon; top1 every margin of g >= (1 - fraction) x f's smallest margin."""
         if self.X is None:
             return True
+        fraction = self.safety if fraction is None else fraction
         gX = g.forward(self.X)
         if self.top1:
             c = self.label
-            return bool(np.all(gX[:, c][:, None] > np.delete(gX, c, axis=1)))
-        return bool(np.all(np.abs(gX - self.fX) <= self.target))
+            floor = (1 - fraction) * max(0.0, float((self.fX[:, c][:, None] - np.delete(self.fX, c, axis=1)).min()))
+            return bool(np.all(gX[:, c][:, None] - np.delete(gX, c, axis=1) > floor))
+        return bool(np.all(np.abs(gX - self.fX) <= fraction * self.target))
 
     def bound(self, g: Network) -> np.ndarray:
         """linf: per output, the proven max |f_j - g_j| over the region; top1: per other class k, the proven
@@ -105,5 +109,7 @@ class Judge:
     def ok(self, g: Network) -> bool:
         if not self.sampled_ok(g):
             return False
+        if self.sampled_only:
+            return True
         b = self.bound(g)
-        return bool(np.all(b > 0)) if self.top1 else bool(np.all(b <= self.target))
+        return bool(np.all(b > 0)) if self.top1 else bool(np.all(b <= self.safety * self.target))

@@ -33,14 +33,15 @@ class ToleranceOptions:
 
     epsilon: float | np.ndarray | None = None
     preserve: str | None = None            # "top1"
-    pieces: int = 64                       # boxes of the partition on which the selection bounds are proved
-    safety: float = 0.9                    # the selection aims at safety * epsilon: room for the certificate
+    pieces: int = 32                       # boxes of the partition on which the selection bounds are proved
+    safety: float = 0.9                    # the proved stage aims at safety * epsilon: room for the certificate
+    sampled_safety: float = 0.6            # then the sampled stage, up to this fraction on the samples (0: off)
     kinds: tuple = ("constant", "merge", "affine")
     selection_time_limit: float = 300.0
-    certify_time_limit: float = 120.0
+    certify_time_limit: float = 60.0
     margin_time_limit: float = 30.0        # top1: seconds per MILP proving a margin of the original
     backoffs: int = 6                      # certificates tried at most (halving the accepted set each time)
-    samples: int = 2000                    # points for the sampled rejection and the merge fits
+    samples: int = 5000                    # points for the sampled stage, the rejection and the merge fits
     validation_samples: int = 10000
     seed: int = 0
     progress: bool = False
@@ -102,9 +103,8 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
     t0 = time.perf_counter()
     left = [m & ~d & ~a for m, d, a in zip(net.masks, dead, active)]
     eps = None if opt.epsilon is None else np.broadcast_to(np.asarray(opt.epsilon, float), (net.n_outputs,)).copy()
-    judge = Judge(net, box, stab.bounds.lo, stab.bounds.hi,
-                  target=None if eps is None else eps * opt.safety, top1=opt.preserve == "top1",
-                  pieces=opt.pieces, samples=points)
+    judge = Judge(net, box, stab.bounds.lo, stab.bounds.hi, target=eps, top1=opt.preserve == "top1",
+                  pieces=opt.pieces, samples=points, safety=opt.safety)
     cands = relu_candidates(net, stab.bounds.lo, stab.bounds.hi, left, points, kinds=opt.kinds)
     if opt.preserve == "top1":
         margins = judge.f_margins(apply_edits(net, base))
@@ -125,30 +125,59 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
             bar.close()
     if sel.stopped:
         notes.append(sel.stopped)
+    proved = len(sel.accepted)
+    if opt.sampled_safety > 0 and cands:
+        # beyond what the bounds show: candidates accepted on the samples alone, to be certified by `check`
+        done = {(e.layer, e.index) for e in sel.accepted}
+        rest = [c for c in cands if (c.layer, c.index) not in done]
+        judge.sampled_only, judge.safety = True, opt.sampled_safety
+        more = select(net, base + sel.accepted, rest, judge)
+        judge.sampled_only, judge.safety = False, opt.safety
+        sel.accepted += more.accepted
+        sel.sampled = len(more.accepted)
     seconds["select"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    attempts, kept, cert, small, model = [], len(sel.accepted), None, exact, None
-    for _ in range(opt.backoffs):
-        if kept == 0:
-            break
-        g = compact(apply_edits(net, base + sel.accepted[:kept]))
-        model = network_to_onnx(g)
-        c, att = _certify(net, reference, model, box, opt, eps, kept, g, stab.bounds, judge)
+    attempts, cert, small, model, kept = [], None, exact, None, 0
+
+    def attempt(n: int):
+        g = compact(apply_edits(net, base + sel.accepted[:n]))
+        m = network_to_onnx(g)
+        c, att = _certify(net, reference, m, box, opt, eps, n, g, stab.bounds, judge)
         attempts.append(att)
-        if c.verdict == "equivalent":
-            cert, small = c, g
-            break
-        if c.verdict == "not_equivalent" and c.counterexample is not None:
-            notes.append(f"with {kept} replacements the bound held on the selection's boxes but the certificate "
-                         f"found a counterexample: bisecting")
-        kept //= 2
+        if c.verdict == "not_equivalent":
+            notes.append(f"with {n} replacements the certificate found a counterexample (the samples missed it)")
+        return (c, g, m) if c.verdict == "equivalent" else None
+
+    # the whole set first; then bisect between the proved stage's set (lo) and the smallest failure (hi)
+    n = len(sel.accepted)
+    best = attempt(n) if n else None
+    if best is not None:
+        kept = n
+    elif n:
+        lo, hi = (proved, n) if proved < n else (0, n)
+        while hi - lo > 1 and len(attempts) < opt.backoffs - 1:
+            mid = (lo + hi) // 2
+            got = attempt(mid)
+            if got is not None:
+                best, kept, lo = got, mid, mid
+            else:
+                hi = mid
+        if best is None and 0 < lo < n:
+            best = attempt(lo)
+            kept = lo if best is not None else 0
+    if best is not None:
+        cert, small, model = best
     if cert is None:
         kept, small, model = 0, exact, network_to_onnx(exact)
         if sel.accepted:
             notes.append("no set of replacements was certified within the attempts: the exact simplification "
                          "(proved by its phase proofs) is returned")
     seconds["certify"] = time.perf_counter() - t0
+    if len(small.dense) == 1 and not small.dense[0].W.any():
+        notes.append(f"the written model outputs a constant on every input (its {small.dense[0].W.size} weights are "
+                     f"zero; {small.dense[0].b.size} nonzero parameters): within the tolerance on this region, "
+                     "the original is that constant")
 
     t0 = time.perf_counter()
     validation = validate_within(reference, model, box, opt, eps, stab.witnesses)

@@ -26,6 +26,8 @@ class Selection:
     bound_calls: int
     seconds: float
     rejected_by_samples: int = 0
+    proved: int = 0                        # the first `proved` accepted were accepted under the sound bound
+    sampled: int = 0                       # the rest, accepted on the samples alone (the certificate decides)
     stopped: str = ""                      # why the search stopped early ("" when every candidate was tried)
     log: list = field(default_factory=list)
 
@@ -83,7 +85,8 @@ def select(f: Network, base: list[Edit], candidates: list[Candidate], judge: Jud
             _tick(progress, 1, len(accepted), judge.calls)
         batch = 2 if len(group) <= 1 and len(accepted) > before else 1
         i = j
-    return Selection(accepted, i, judge.calls, time.perf_counter() - t0, n_sampled, stopped)
+    return Selection(accepted, i, judge.calls, time.perf_counter() - t0, rejected_by_samples=n_sampled,
+                     proved=0 if judge.sampled_only else len(accepted), stopped=stopped)
 
 
 def _take(edits, accepted, edited, merged_away):
