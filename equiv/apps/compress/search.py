@@ -42,6 +42,7 @@ class CompressOptions:
     check_time_limit: float = 60.0     # seconds per candidate check
     simplify_budget: float = 60.0      # MILP seconds for the exact simplification
     simplify: bool = True              # start from the exact simplification (off: the makers start from the original)
+    tolerance: bool = True             # then simplification up to the target (apps/tolerance), if it is certified
     makers: tuple = ("neurons", "neurons", "lowrank", "affine", "float16", "int8")
     bisect_steps: int = 5
     refits: int = 2                    # remakes of a level after a counterexample (the check finds them fast)
@@ -108,6 +109,7 @@ class Search:
         self.best_candidate = None
         self.counterexamples = []
         self.seen = set()
+        self.stab = None                 # the exact simplification's proofs, reused by the tolerance stage
 
     # ---- budget and goal ------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -180,12 +182,37 @@ class Search:
         t = time.perf_counter()
         try:
             stab, small, _, _ = simplify_network(self.net, OnnxRunner(self.path), self.box, opt, validation_samples=2000)
+            self.stab = stab
         except ValidationError as exc:
             self.result.notes.append(f"exact simplification skipped: {exc}")
             return exact_simplified("original", self.net)
         self.result.notes.append(f"exact simplification: {self.net.n_relus} -> {small.n_relus} ReLUs, "
                                  f"{stab.count('unknown')} neurons unknown, {time.perf_counter() - t:.1f} s")
         return exact_simplified("simplified", small)
+
+    def within_tolerance(self, base: Candidate) -> Candidate | None:
+        """Simplification up to the target itself (neurons replaced under a sound bound, certified there),
+        then certified again here like every candidate; None when it gives nothing proved."""
+        from ..tolerance.pipeline import ToleranceOptions, simplify_within
+        if self.stab is None or self.remaining() < 10:
+            return None
+        top1 = self.target.norm == "top1"
+        opt = ToleranceOptions(epsilon=None if top1 else self.target.epsilon, preserve="top1" if top1 else None,
+                               certify_time_limit=self.opt.check_time_limit, seed=self.opt.seed,
+                               selection_time_limit=max(5.0, min(120.0, self.remaining() / 4)), validation_samples=2000)
+        t = time.perf_counter()
+        try:
+            res = simplify_within(self.net, OnnxRunner(self.path), self.box, opt, stab=self.stab)
+        except ValidationError as exc:
+            self.result.notes.append(f"tolerance simplification skipped: {exc}")
+            return None
+        self.result.notes.append(f"tolerance simplification: {res.exact.n_relus} -> {res.simplified.n_relus} ReLUs, "
+                                 f"{len(res.kept)} neurons replaced, {time.perf_counter() - t:.1f} s")
+        if not res.kept:
+            return None
+        cand = Candidate("tolerance", "tolerance", None, res.simplified, [None] * res.simplified.depth,
+                         parent=base.name, note=f"{len(res.kept)} neurons replaced by constants or affine maps")
+        return cand if self.certify(cand) else None
 
     def resimplify(self, cand: Candidate) -> Candidate:
         """Exact simplification of a pruned candidate (its own stable neurons go too); same function."""
@@ -253,6 +280,8 @@ class Search:
         proved = self.certify(base, limit=self.opt.check_time_limit * 3) if base.name == "simplified" else False
         if not proved:
             base = exact_simplified("original", self.net)     # the makers then start from the original itself
+        elif self.opt.tolerance and not self.done():
+            base = self.within_tolerance(base) or base
         for maker in self.opt.makers:
             if self.done():
                 break
