@@ -10,7 +10,6 @@ Every written model is certified (or is the exact simplification) and validated 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import onnx
 
 from ..artifacts.files import write_json_atomic, write_text_atomic
 from ..artifacts.validate import OnnxRunner
+from .core import machine
 from ..apps.tolerance.pipeline import ToleranceOptions, simplify_within
 from ..ir.chain_io import load_onnx
 from ..prove.equivalence import CheckOptions, check_models
@@ -67,8 +67,7 @@ def run_case(model: Path, spec: Path, epsilon: float | None = None, preserve: st
 
 def run_tolerance_bench(benchmarks: Path, out: Path, limit: int | None = None, parts=("sweep", "acas", "mnist")) -> dict:
     acas, mnist = benchmarks / "acasxu", benchmarks / "mnist_fc"
-    data = {"machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-                        "load_at_start": list(os.getloadavg())}}
+    data = {"machine": {**machine(), "load_at_start": list(os.getloadavg())}}
     if "sweep" in parts:
         data["sweep"] = [run_case(acas / ACAS_NETS[0], acas / "prop_1.vnnlib", e, recheck=e in (0.05,))
                          for e in SWEEP]
@@ -79,7 +78,7 @@ def run_tolerance_bench(benchmarks: Path, out: Path, limit: int | None = None, p
     data["machine"]["load_at_end"] = list(os.getloadavg())
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(data, out / "tolerance.json")
-    write_text_atomic(render(data), out / "tolerance.md")
+    write_text_atomic(out / "tolerance.md", render(data))
     if "sweep" in data:
         plot_sweep(data["sweep"], out / "tolerance.png")
     return data
@@ -88,7 +87,7 @@ def run_tolerance_bench(benchmarks: Path, out: Path, limit: int | None = None, p
 def render(data: dict) -> str:
     m = data["machine"]
     lines = ["# Simplification up to a tolerance", "",
-             f"Machine: {m['cpu_count']} cores, Python {m['python']}; load average at start {m['load_at_start'][0]:.2f}, "
+             f"Machine: {m.get('cpu', '?')}, {m.get('cores', m.get('cpu_count'))} cores, Python {m['python']}; load average at start {m['load_at_start'][0]:.2f}, "
              f"at end {m['load_at_end'][0]:.2f}. Command: `equiv bench --suite tolerance`. Every model written was "
              "certified by `check` against the original (the written float32 file) or is the exact simplification; "
              "'recheck' is `equiv check` of the written file from scratch (no knowledge from simplify).", ""]
