@@ -176,6 +176,8 @@ def test_mnist_top1_preserved():
     a, b = OnnxRunner(str(model))(X), OnnxRunner(res.onnx_model)(X)
     assert np.array_equal(a.argmax(axis=1), b.argmax(axis=1))
     assert res.simplified.n_relus <= res.exact.n_relus // 2
+    from equiv.ir.chain_export import stored_params
+    assert stored_params(res.onnx_model) <= res.exact.n_params // 2
 
 
 def test_cli_refuses_epsilon_with_preserve(tmp_path):
@@ -200,3 +202,15 @@ def test_slice_epsilon_family_is_certified_and_verifies(tmp_path, capsys):
     capsys.readouterr()
     # the files, checked from scratch against the original with the family's tolerance
     assert main(["slice", "--verify", str(fam), "--certify", "--json"]) == 0
+
+
+def test_a_constant_model_is_written_without_a_zero_matrix():
+    from equiv.ir.chain_export import stored_params
+    from equiv.ir.chain_io import network_from_onnx
+    from equiv.ir.network import Dense, Network
+    net = Network.from_layers([Dense(np.zeros((3, 50)), np.array([1.0, -2.0, 0.5]))], [])
+    model = network_to_onnx(net)
+    assert stored_params(model) == 50 + 3
+    X = np.random.default_rng(0).normal(size=(7, 50))
+    np.testing.assert_allclose(OnnxRunner(model)(X), np.tile([1.0, -2.0, 0.5], (7, 1)))
+    np.testing.assert_allclose(network_from_onnx(model).forward(X), np.tile([1.0, -2.0, 0.5], (7, 1)))

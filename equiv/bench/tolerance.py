@@ -20,6 +20,7 @@ import onnx
 from ..artifacts.files import write_json_atomic, write_text_atomic
 from ..artifacts.validate import OnnxRunner
 from .core import machine
+from ..ir.chain_export import stored_params
 from ..apps.tolerance.pipeline import ToleranceOptions, simplify_within
 from ..ir.chain_io import load_onnx
 from ..prove.equivalence import CheckOptions, check_models
@@ -43,7 +44,7 @@ def run_case(model: Path, spec: Path, epsilon: float | None = None, preserve: st
     wall = time.perf_counter() - t0
     row = {"model": model.name, "spec": spec.name, "epsilon": epsilon, "preserve": preserve,
            "relus_before": net.n_relus, "relus_exact": res.exact.n_relus, "relus_after": res.simplified.n_relus,
-           "params_before": net.n_params, "params_exact": res.exact.n_params, "params_after": res.simplified.n_params,
+           "params_before": net.n_params, "params_exact": res.exact.n_params, "params_after": stored_params(res.onnx_model),
            "kept": len(res.kept), "by_kind": {k: sum(e.kind == k for e in res.kept) for k in ("constant", "merge", "affine")},
            "bound_calls": res.selection.bound_calls, "accepted_by_bounds": res.selection.proved,
            "accepted_by_samples": res.selection.sampled,

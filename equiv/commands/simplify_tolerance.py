@@ -46,6 +46,7 @@ def cmd_simplify_tolerance(args, out, box, source, target) -> int:
 
 
 def build_report(res, model: str, sha: str, region: dict, output: str, opt) -> dict:
+    from ..ir.chain_export import stored_params
     st = res.stability
     kinds = {k: sum(e.kind == k for e in res.kept) for k in ("constant", "merge", "affine")}
     cert = res.certificate
@@ -56,7 +57,7 @@ def build_report(res, model: str, sha: str, region: dict, output: str, opt) -> d
                  "selection_target": "epsilon x %g" % opt.safety if opt.epsilon is not None else "top-1 margins > 0"},
         "relus_before": res.original.n_relus, "relus_exact": res.exact.n_relus, "relus_after": res.simplified.n_relus,
         "params_before": res.original.n_params, "params_exact": res.exact.n_params,
-        "params_after": res.simplified.n_params, "hidden_widths_after": res.simplified.hidden_widths,
+        "params_after": stored_params(res.onnx_model), "hidden_widths_after": res.simplified.hidden_widths,
         "phases": {ph: st.count(ph) for ph in ("dead", "active", "unstable", "unknown")},
         "replacements": {"candidates": res.selection.tried, "accepted": len(res.selection.accepted),
                          "kept": len(res.kept), "by_kind": kinds, "bound_calls": res.selection.bound_calls,

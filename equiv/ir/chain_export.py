@@ -43,6 +43,13 @@ def network_nodes(net: Network, x: str, prefix: str = "") -> tuple[list, list, s
     """(nodes, initializers, output name) computing net's logits (N, n_outputs) from the 2-D tensor `x`
     (N, n_inputs); every name they create starts with `prefix`, so several networks fit in one graph."""
     nodes, inits = [], []
+    if len(net.dense) == 1 and not net.dense[0].W.any():
+        # a constant model: (N, n_in) @ zeros (n_in, 1) + b broadcasts to (N, n_out) without a zero matrix
+        inits += [numpy_helper.from_array(np.zeros((net.n_inputs, 1), np.float32), prefix + "zero"),
+                  numpy_helper.from_array(net.dense[0].b.astype(np.float32), prefix + "b1")]
+        nodes += [helper.make_node("MatMul", [x, prefix + "zero"], [prefix + "z1"]),
+                  helper.make_node("Add", [prefix + "z1", prefix + "b1"], [prefix + "logits"])]
+        return nodes, inits, prefix + "logits"
 
     def const(name, arr):
         inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), prefix + name))
@@ -94,3 +101,9 @@ def model_around(net: Network, body, graph_name: str, producer: str = "equiv") -
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
+
+
+def stored_params(model: onnx.ModelProto) -> int:
+    """Weights and biases as stored in the file: the elements of its floating-point initializers."""
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+    return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer if t.data_type in floats))

@@ -175,9 +175,9 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
                          "(proved by its phase proofs) is returned")
     seconds["certify"] = time.perf_counter() - t0
     if len(small.dense) == 1 and not small.dense[0].W.any():
-        notes.append(f"the written model outputs a constant on every input (its {small.dense[0].W.size} weights are "
-                     f"zero; {small.dense[0].b.size} nonzero parameters): within the tolerance on this region, "
-                     "the original is that constant")
+        notes.append(f"the written model outputs a constant on every input (stored as x @ 0 + b: "
+                     f"{small.dense[0].b.size} nonzero parameters): within the tolerance on this region, the "
+                     "original is that constant")
 
     t0 = time.perf_counter()
     validation = validate_within(reference, model, box, opt, eps, stab.witnesses)
