@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...bounds.diff import PairBounds, output_bounds, pair_bounds
+from ...bounds.common import Bounds
+from ...bounds.diff import output_bounds, pair_bounds
+from ...prove.equivalence.search import known_f
 from ...ir.network import Network
 from ...prove.align import AlignedPair
 from ...spec.region import Box
@@ -42,17 +44,14 @@ def partition(box: Box, pieces: int, max_inputs: int = 12) -> tuple[np.ndarray, 
 class Judge:
     """Decides `ok(g)` for networks g of f's widths; counts the sound bound calls it made."""
 
-    def __init__(self, f: Network, box: Box, known_lo: list, known_hi: list, *, target: np.ndarray | None = None,
+    def __init__(self, f: Network, box: Box, known: Bounds, *, target: np.ndarray | None = None,
                  top1: bool = False, pieces: int = 64, samples: np.ndarray | None = None, safety: float = 1.0):
         if (target is None) == (not top1):
             raise ValueError("give a linf target or top1, not both")
         self.f, self.top1, self.safety = f, top1, safety
         self.target = None if target is None else np.broadcast_to(np.asarray(target, float), (f.n_outputs,))
         self.lo, self.hi = partition(box, pieces)
-        n = len(self.lo)
-        self._known = PairBounds([np.broadcast_to(a, (n, a.size)) for a in known_lo],
-                                 [np.broadcast_to(a, (n, a.size)) for a in known_hi],
-                                 *self._free(n), None, self.lo, self.hi)
+        self._known = known_f(self.pair(f), f, known, box, self.lo, self.hi)
         self.X = samples
         self.fX = None if samples is None else f.forward(samples)
         self.calls = 0
@@ -63,10 +62,6 @@ class Judge:
             self.C = np.delete(np.eye(f.n_outputs), self.label, axis=0)
             self.C[:, self.label] = 1.0       # rows e_c - e_k: the margins of class c
             self.f_margin = np.full(f.n_outputs - 1, -np.inf)   # proven lower bounds of f_c - f_k (see `margins`)
-
-    def _free(self, n):
-        inf = [np.full((n, d.n_out), np.inf) for d in self.f.dense]
-        return [-a for a in inf], inf, [-a for a in inf], inf
 
     def pair(self, g: Network) -> AlignedPair:
         z = [np.zeros(w, bool) for w in self.f.hidden_widths]
@@ -107,8 +102,10 @@ class Judge:
         return low.min(axis=0)
 
     def ok(self, g: Network) -> bool:
-        if not self.sampled_ok(g):
-            return False
+        return self.sampled_ok(g) and self.proved_ok(g)
+
+    def proved_ok(self, g: Network) -> bool:
+        """The sound part of `ok` (True in the sampled stage, where only the samples decide)."""
         if self.sampled_only:
             return True
         b = self.bound(g)

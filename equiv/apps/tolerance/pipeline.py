@@ -103,7 +103,7 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
     t0 = time.perf_counter()
     left = [m & ~d & ~a for m, d, a in zip(net.masks, dead, active)]
     eps = None if opt.epsilon is None else np.broadcast_to(np.asarray(opt.epsilon, float), (net.n_outputs,)).copy()
-    judge = Judge(net, box, stab.bounds.lo, stab.bounds.hi, target=eps, top1=opt.preserve == "top1",
+    judge = Judge(net, box, stab.bounds, target=eps, top1=opt.preserve == "top1",
                   pieces=opt.pieces, samples=points, safety=opt.safety)
     cands = relu_candidates(net, stab.bounds.lo, stab.bounds.hi, left, points, kinds=opt.kinds)
     if opt.preserve == "top1":

@@ -9,7 +9,7 @@ is retried one candidate at a time, each candidate's options in order.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ...ir.network import Network
 from .candidates import Candidate
@@ -29,7 +29,6 @@ class Selection:
     proved: int = 0                        # the first `proved` accepted were accepted under the sound bound
     sampled: int = 0                       # the rest, accepted on the samples alone (the certificate decides)
     stopped: str = ""                      # why the search stopped early ("" when every candidate was tried)
-    log: list = field(default_factory=list)
 
 
 def select(f: Network, base: list[Edit], candidates: list[Candidate], judge: Judge, *, time_limit: float = 300.0,
@@ -63,7 +62,7 @@ def select(f: Network, base: list[Edit], candidates: list[Candidate], judge: Jud
             if opt is not None:
                 group.append(opt)
             j += 1
-        if len(group) > 1 and judge.sampled_ok(net_with(group)) and judge.ok(net_with(group)):
+        if len(group) > 1 and judge.ok(net_with(group)):
             _take(group, accepted, edited, merged_away)
             batch = min(2 * batch, max_batch)
             _tick(progress, j - i, len(accepted), judge.calls)
@@ -79,7 +78,7 @@ def select(f: Network, base: list[Edit], candidates: list[Candidate], judge: Jud
                 if not judge.sampled_ok(g):
                     n_sampled += 1
                     continue
-                if judge.ok(g):
+                if judge.proved_ok(g):
                     _take([e], accepted, edited, merged_away)
                     break
             _tick(progress, 1, len(accepted), judge.calls)

@@ -85,21 +85,24 @@ def _tightened(pair, f: Network, box: Box, opt: CheckOptions, clock) -> PairBoun
     return known_f(pair, f, prove_stability(f, box, sopt).bounds, box)
 
 
-def known_f(pair, f: Network, bounds, box: Box) -> PairBounds | None:
-    """Bounds of f's pre-activations on the box as known bounds of the pair's f (f keeps its neurons in slots
-    0..width-1; spare slots are padding), g and the difference unknown; None when align deepened f."""
+def known_f(pair, f: Network, bounds, box: Box, lo: np.ndarray | None = None,
+            hi: np.ndarray | None = None) -> PairBounds | None:
+    """Bounds of f's pre-activations on the box as known bounds of the pair's f on each of the boxes
+    [lo, hi] inside it (default: the box itself); f keeps its neurons in slots 0..width-1, spare slots are
+    padding; g and the difference unknown.  None when align deepened f."""
     if len(pair.f.dense) != len(f.dense):
         return None
+    lo = box.lo[None].astype(float) if lo is None else lo
+    hi = box.hi[None].astype(float) if hi is None else hi
+    n = len(lo)
     fl, fh, free_lo, free_hi = [], [], [], []
     for k, d in enumerate(pair.f.dense):
-        w = d.n_out
-        lo, hi = np.full((1, w), -np.inf), np.full((1, w), np.inf)
-        n = bounds.lo[k].size
-        lo[0, :n], hi[0, :n] = bounds.lo[k], bounds.hi[k]
-        fl.append(lo), fh.append(hi)
-        free_lo.append(np.full((1, w), -np.inf)), free_hi.append(np.full((1, w), np.inf))
-    return PairBounds(fl, fh, free_lo, free_hi, [a.copy() for a in free_lo], [a.copy() for a in free_hi], None,
-                      box.lo[None].astype(float), box.hi[None].astype(float))
+        w, m = d.n_out, bounds.lo[k].size
+        a, b = np.full((n, w), -np.inf), np.full((n, w), np.inf)
+        a[:, :m], b[:, :m] = bounds.lo[k], bounds.hi[k]
+        fl.append(a), fh.append(b)
+        free_lo.append(np.full((n, w), -np.inf)), free_hi.append(np.full((n, w), np.inf))
+    return PairBounds(fl, fh, free_lo, free_hi, [a.copy() for a in free_lo], [a.copy() for a in free_hi], None, lo, hi)
 
 
 def identical(f: Network, g: Network) -> bool:
