@@ -108,6 +108,11 @@ def prepare_diff(op, lo: list, hi: list) -> DiffRelax:
     g_act = SimpleNamespace(relu_mask=flat(op.g_relu), linear_mask=flat(op.g_linear))
     alf, auf, tuf = _relaxation(flo, fhi, f_act)
     alg, aug, tug = _relaxation(glo, ghi, g_act)
+    # f unstable against g linear (a ReLU replaced by a line, tolerance mode): f's lower line parallel to its
+    # upper chord (any slope in [0, 1] is sound), so that a line fitted to relu on [l, u] has a difference
+    # bounded by the chord's gap, not by the 0/1 heuristic's area
+    chord = f_act.relu_mask & ~g_act.relu_mask & g_act.linear_mask & (flo < 0) & (fhi > 0)
+    alf = np.where(chord, auf, alf)
     Pu, Qu, Ru = auf, auf - alg, tuf
     Pl, Ql, Rl = alf, alf - aug, -tug
     both = f_act.relu_mask & g_act.relu_mask & (flo < 0) & (fhi > 0) & (glo < 0) & (ghi > 0)

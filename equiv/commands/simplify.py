@@ -29,10 +29,9 @@ def cmd_simplify(args, out) -> int:
         raise InputFileError("give --epsilon or --preserve top1, not both")
     if not takes_chain_pipeline(graph, args.model):
         if tolerance:
-            from ..errors import UnsupportedModelError
-            raise UnsupportedModelError("--epsilon / --preserve work on chains of dense layers so far; this model "
-                                        "has convolutions, branches or several inputs/outputs (the exact "
-                                        "simplification, without them, works on it)")
+            from .simplify_tolerance import cmd_simplify_graph_tolerance
+            return cmd_simplify_graph_tolerance(args, out, graph, box, source, target,
+                                                GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget)
         return _simplify_graph(args, out, graph, box, source, target)
     if tolerance:
         from .simplify_tolerance import cmd_simplify_tolerance

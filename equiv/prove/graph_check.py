@@ -13,7 +13,7 @@ import numpy as np
 
 from . import falsify
 from ..bounds.diff import difference_boxes
-from ..bounds.engine import deeppoly_graph
+from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..ir.pair_graph import StructureError, difference_graph
 from .equivalence import CheckOptions, CheckResult, Piece, eps_vector
 from ..errors import InputFileError
@@ -64,9 +64,10 @@ def _flatten(nodes: list, net: Graph, prefix: str) -> str:
     return name
 
 
-def difference_bounds(f: Graph, g: Graph, box: Box) -> tuple[np.ndarray, np.ndarray]:
+def difference_bounds(f: Graph, g: Graph, box: Box, f_known: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bounds of f(x) - g(x) (flattened outputs) on the box: DeepPoly on their difference graph when the two
-    share a structure (a float16 copy, equiv's own output), else on the product graph."""
+    share a structure (a float16 copy, equiv's own output), else on the product graph.  f_known: {tensor of
+    f: (lo, hi)} bounds proved on the box beforehand (intersected in)."""
     try:
         G = difference_graph(f, g)
     except StructureError:
@@ -75,17 +76,22 @@ def difference_bounds(f: Graph, g: Graph, box: Box) -> tuple[np.ndarray, np.ndar
     if not any(o in G.meta["d_of"] for o in G.meta["outputs"]):      # the outputs differ by exactly 0
         return np.zeros(f.n_outputs), np.zeros(f.n_outputs)
     out = G.meta["out"]["d"]
-    b = difference_boxes(G, box.lo[None], box.hi[None])
+    known = None
+    if f_known:
+        known = GraphBounds({"f:" + z: np.asarray(l)[None] for z, (l, _) in f_known.items() if "f:" + z in G.dag},
+                            {"f:" + z: np.asarray(h)[None] for z, (_, h) in f_known.items() if "f:" + z in G.dag})
+    b = difference_boxes(G, box.lo[None], box.hi[None], known)
     return b.lo[out][0].reshape(-1), b.hi[out][0].reshape(-1)
 
 
-def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng) -> tuple:
-    """(verdict, upper bound on max_j |f_j - g_j|, largest difference seen, counterexample, notes) on one box."""
+def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=None, f_margins=None) -> tuple:
+    """(verdict, upper bound on max_j |f_j - g_j|, largest difference seen, counterexample, notes) on one box.
+    f_margins (top1): proven lower bounds of f_c - f_k on the box (c the centre's class, k the others in order)."""
     cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples)
     cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, eps)
     if cex is not None:
         return "not_equivalent", np.inf, seen, cex, []
-    dlo, dhi = difference_bounds(f, g, box)
+    dlo, dhi = difference_bounds(f, g, box, f_known)
     per_out = np.maximum(np.abs(dlo), np.abs(dhi)).reshape(-1)
     upper = float(per_out.max())
     if opt.norm == "linf":
@@ -94,14 +100,23 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng) -> tuple:
     n = f.n_outputs
     c = int(np.argmax(f.forward(box.center[None])[0]))
     head = np.eye(n)[c][None, :] - np.delete(np.eye(n), c, axis=0)
-    proved = all(bool(np.all(deeppoly_graph(margin_graph(net, head), box).lo["margins"] > 0)) for net in (f, g))
+    fm = deeppoly_graph(margin_graph(f, head), box).lo["margins"].reshape(-1)
+    if f_margins is not None:
+        fm = np.maximum(fm, f_margins)
+    # g_c - g_k = (f_c - f_k) - (d_c - d_k) >= fm_k - (dhi_c - dlo_k), or g's own DeepPoly margins
+    gm = fm - (dhi[c] - np.delete(dlo, c))
+    if not np.all(gm > 0):
+        gm = np.maximum(gm, deeppoly_graph(margin_graph(g, head), box).lo["margins"].reshape(-1))
+    proved = bool(np.all(fm > 0) and np.all(gm > 0))
     notes = [] if proved else [f"top-1: DeepPoly could not show one class (the centre's, {c}) winning strictly in "
                                "both networks on the whole box"]
     return ("equivalent" if proved else "unknown"), upper, seen, None, notes
 
 
-def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckOptions) -> CheckResult:
-    """Check two graphs on every box of the region; the same verdict rules as `check_networks`."""
+def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckOptions, f_known: dict | None = None,
+                 f_margins: np.ndarray | None = None) -> CheckResult:
+    """Check two graphs on every box of the region; the same verdict rules as `check_networks`.  f_known and
+    f_margins: bounds of f's tensors and top-1 margins proved beforehand on every box (see `_check_box`)."""
     if f.n_inputs != g.n_inputs:
         raise InputFileError(f"the models take different inputs: A has {f.n_inputs} input values, B has {g.n_inputs}")
     if f.n_outputs != g.n_outputs:
@@ -114,7 +129,7 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
     verdict = "equivalent"
     for box in boxes:
         box.check_dim(f.n_inputs)
-        v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng)
+        v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng, f_known, f_margins)
         pieces.append(Piece(box.lo, box.hi, v, "bounds" if v == "equivalent" else "none", upper))
         uppers.append(upper)
         seen_all = max(seen_all, seen)

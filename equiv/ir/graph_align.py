@@ -1,0 +1,117 @@
+"""Read back a graph equiv wrote as the graph it was written from: the file's ops (with their float32
+parameters) under the in-memory graph's tensor names, so `ir.pair_graph` can pair them with the original.
+
+Writing and reading an ONNX file changes a graph's form but not its function: tensors are renamed, a
+dense layer with a bias comes back as a bias-free product and an Add, an all-linear masked ReLU as a Mul
+by its 0/1 mask, an identity as nothing.  `align_to` undoes exactly these changes, matching nodes by
+position in the DAG (same arguments, same op type and shape); anything else is a StructureError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import ops
+from .graph import Graph
+from .pair_graph import StructureError
+
+
+def is_identity(op) -> bool:
+    """An op that returns its input unchanged (how Identity, a zero Add or a Mul by 1 read back)."""
+    if isinstance(op, ops.Reshape):
+        return tuple(op.in_shape) == tuple(op.shape)
+    if isinstance(op, ops.Shift):
+        return op.bias is None or not np.any(op.bias)
+    if isinstance(op, ops.Scale):
+        return (op.bias is None or not np.any(op.bias)) and bool(np.all(np.asarray(op.s) == 1))
+    if isinstance(op, ops.MaskedRelu):
+        return not np.any(op.relu_mask) and bool(np.all(op.linear_mask))
+    return False
+
+
+def _normalised(g: Graph) -> Graph:
+    """g without identity nodes (outputs kept), and each Shift folded into the bias-free Dense or Conv that
+    only it reads (how a dense layer with a bias reads back)."""
+    alias, nodes = {}, {}
+    users = {n: len(list(g.dag.successors(n))) for n in g.order}
+    for n in g.order:
+        op, args = g.op(n), [alias.get(a, a) for a in g.args(n)]
+        if op.kind == "linear" and len(args) == 1 and n not in g.outputs and is_identity(op):
+            alias[n] = args[0]
+            continue
+        if isinstance(op, ops.Shift) and len(args) == 1 and op.bias is not None and args[0] in nodes:
+            x = args[0]
+            xop, xargs = nodes[x]
+            if isinstance(xop, (ops.Dense, ops.Conv)) and xop.bias is None and users[x] == 1 and x not in g.outputs:
+                del nodes[x]
+                op = dataclasses.replace(xop, bias=np.broadcast_to(np.asarray(op.bias, np.float64), op.shape).copy())
+                args = xargs
+        nodes[n] = (op, args)
+    return Graph.build([(n, op, args) for n, (op, args) in nodes.items()], g.inputs, g.outputs, dict(g.meta))
+
+
+def _as(ref_op, got_op):
+    """got_op where it can stand for ref_op (same type and shape; a Mul by a 0/1 mask for an all-linear
+    masked ReLU, a Relu for a MaskedRelu that keeps every ReLU), else None."""
+    if tuple(ref_op.shape) != tuple(got_op.shape):
+        return None
+    if ref_op.kind == "relu":
+        if isinstance(got_op, (ops.Relu, ops.MaskedRelu)):
+            return got_op
+        if isinstance(got_op, ops.Scale) and (got_op.bias is None or not np.any(got_op.bias)):
+            s = np.broadcast_to(np.asarray(got_op.s), got_op.shape)
+            if np.all((s == 0) | (s == 1)):
+                return ops.MaskedRelu(got_op.shape, relu_mask=np.zeros(got_op.shape, bool), linear_mask=s == 1)
+        return None
+    return got_op if type(got_op) is type(ref_op) else None
+
+
+def align_to(ref: Graph, got: Graph) -> Graph:
+    """got with ref's tensor names and DAG, each node computed by got's own op (identities that got lost in
+    writing are put back as ref's); StructureError when got is not ref written and read back."""
+    if len(ref.inputs) != len(got.inputs) or len(ref.outputs) != len(got.outputs):
+        raise StructureError("the graphs have different numbers of inputs or outputs")
+    got = _normalised(got)
+    users = {n: list(got.dag.successors(n)) for n in got.order}
+    where = dict(zip(ref.inputs, got.inputs))        # ref tensor -> the got tensor holding its value
+    used = set(got.inputs)
+    nodes = []
+    for n in ref.order:
+        rop = ref.op(n)
+        if rop.kind == "input":
+            nodes.append((n, got.op(where[n]), []))
+            continue
+        gargs = [where[a] for a in ref.args(n)]
+        pick = None
+        pool = users[gargs[0]] if gargs else [x for x in got.order if not got.args(x)]
+        for x in pool:
+            if x in used:
+                continue
+            gop = got.op(x)
+            if got.args(x) != gargs:
+                # a - b with the Add's arguments swapped (how -a + b reads back, as Sub(b, a))
+                if not (isinstance(gop, ops.Add) and len(gargs) == 2 and got.args(x) == gargs[::-1]):
+                    continue
+                gop = dataclasses.replace(gop, signs=tuple(gop.signs[::-1]), in_shapes=list(gop.in_shapes[::-1]))
+            op = _as(rop, gop)
+            if op is not None:
+                pick = (x, op)
+                break
+        if pick is None:
+            if len(gargs) == 1 and is_identity(rop):
+                nodes.append((n, rop, ref.args(n)))
+                where[n] = gargs[0]
+                continue
+            raise StructureError(f"tensor '{n}' ({type(rop).__name__}) has no counterpart in the file read back")
+        used.add(pick[0])
+        where[n] = pick[0]
+        nodes.append((n, pick[1], ref.args(n)))
+    extra = [x for x in got.order if x not in used]
+    if extra:
+        raise StructureError(f"the file read back computes more than the graph: {extra[:3]}")
+    if [where[o] for o in ref.outputs] != list(got.outputs):
+        raise StructureError("the outputs do not correspond")
+    out = Graph.build(nodes, ref.inputs, ref.outputs, dict(ref.meta))
+    return out

@@ -1,0 +1,131 @@
+"""Tolerance mode on graphs (convolutions, residual blocks): replacements by lines, the written file read back
+and certified, sampled error within epsilon for every model written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import BENCH, load_box
+from test_graph_bounds import small_dags
+from test_graph_simplify import residual_model
+from equiv.apps.graph_simplify import graph_phases
+from equiv.apps.tolerance.graph import position_candidates, simplify_graph_within, slotted, with_edits
+from equiv.apps.tolerance.pipeline import ToleranceOptions
+from equiv.artifacts.validate import OnnxRunner
+from equiv.cli import main
+from equiv.ir import graph_from_onnx
+from equiv.ir.graph_align import align_to
+from equiv.ir.onnx_export import graph_to_onnx
+from equiv.ir.pair_graph import StructureError, difference_graph
+from equiv.spec.region import Box
+
+CIFAR = BENCH / "cifar"
+BOX = Box(np.full(32, 0.2), np.full(32, 0.6))
+
+
+def _box_arg(box: Box) -> str:
+    return ",".join(f"{l}:{h}" for l, h in zip(box.lo, box.hi))
+
+
+def test_a_written_graph_reads_back_as_itself(rng):
+    f = graph_from_onnx(residual_model(rng))
+    ph = graph_phases(f, BOX)
+    cands = position_candidates(f, ph)
+    assert cands, "the region leaves unstable positions to replace"
+    g, slots = with_edits(f, ph, cands[:5])
+    back = align_to(g, graph_from_onnx(onnx.load_from_string(graph_to_onnx(g).SerializeToString())))
+    assert back.order == g.order
+    x = BOX.sample(200, rng)
+    assert np.abs(back.forward(x) - g.forward(x)).max() <= 1e-5
+    # the original with identity slots pairs with it (same structure): the difference graph builds
+    difference_graph(slotted(f, None, [], slots), back)
+    # a file of another structure is refused
+    other = graph_from_onnx(residual_model(np.random.default_rng(1)))
+    with pytest.raises(StructureError):
+        align_to(g, other)
+
+
+def test_replaced_positions_follow_their_lines(rng):
+    f = graph_from_onnx(residual_model(rng))
+    ph = graph_phases(f, BOX)
+    e = position_candidates(f, ph)[0]
+    g, _ = with_edits(f, ph, [e])
+    x = BOX.sample(100, rng)
+    z = f.evaluate(x)[f.args(e.relu)[0]].reshape(len(x), -1)[:, e.index]
+    h = g.evaluate(x)[e.relu].reshape(len(x), -1)[:, e.index]
+    assert np.allclose(h, e.a * z + e.c)
+    # the line is within its stated error of relu on [l, u], and the error is what minimax promises
+    assert np.abs(h - np.maximum(z, 0)).max() <= e.error + 1e-12
+
+
+def test_cli_epsilon_on_a_residual_graph_is_certified(tmp_path, rng):
+    model = residual_model(rng)
+    path, out, rep = tmp_path / "m.onnx", tmp_path / "s.onnx", tmp_path / "r.json"
+    onnx.save(model, path)
+    code = main(["simplify", str(path), "--box", _box_arg(BOX), "--epsilon", "0.3", "-o", str(out),
+                 "--report", str(rep)])
+    r = json.loads(rep.read_text())
+    assert code == 0 and r["pipeline"] == "graph"
+    assert r["certificate"]["verdict"] == "equivalent" and r["certificate"]["max_diff_upper"] <= 0.3
+    assert r["relus_after"] < r["relus_exact"] == r["relus_before"] - r["phases"]["dead"] - r["phases"]["active"]
+    assert r["relus_after"] == r["relus_exact"] - r["replacements"]["kept"]
+    x = np.vstack([BOX.sample(5000, rng), BOX.random_vertices(256, rng)])
+    assert np.abs(OnnxRunner(model)(x) - OnnxRunner(str(out))(x)).max() <= 0.3
+    assert r["validation"]["max_abs_diff"] <= 0.3
+
+
+def test_cli_top1_on_a_small_ball(tmp_path, rng):
+    model = residual_model(rng)
+    path, out, rep = tmp_path / "m.onnx", tmp_path / "s.onnx", tmp_path / "r.json"
+    onnx.save(model, path)
+    box = Box(np.full(32, 0.38), np.full(32, 0.42))
+    code = main(["simplify", str(path), "--box", _box_arg(box), "--preserve", "top1", "-o", str(out),
+                 "--report", str(rep)])
+    r = json.loads(rep.read_text())
+    assert code == 0
+    assert r["certificate"]["verdict"] in ("equivalent", "exact")
+    x = np.vstack([box.sample(5000, rng), box.random_vertices(256, rng)])
+    a, b = OnnxRunner(model)(x), OnnxRunner(str(out))(x)
+    assert np.array_equal(a.argmax(axis=1), b.argmax(axis=1))
+    assert r["validation"]["top1_changed"] == 0
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=small_dags(), seed=st.integers(0, 2 ** 32 - 1), eps=st.sampled_from([0.05, 0.3, 1.0]))
+def test_random_graphs_stay_within_epsilon(problem, seed, eps):
+    g, box = problem
+    model = graph_to_onnx(g)
+    ref = OnnxRunner(model)
+    opt = ToleranceOptions(epsilon=eps, samples=500, validation_samples=500, certify_time_limit=10, seed=seed % 1000)
+    res = simplify_graph_within(g, ref, box, opt)
+    rng = np.random.default_rng(seed)
+    x = np.vstack([box.sample(3000, rng), box.corners(), box.center[None]])
+    diff = np.abs(ref(x) - OnnxRunner(res.onnx_model)(x)).max()
+    assert diff <= eps * (1 + 1e-6) + 1e-6
+    if res.kept:
+        assert res.certificate.verdict == "equivalent" and res.certificate.max_diff_upper <= eps
+    assert res.simplified.n_relus == res.exact.n_relus - len(res.kept)
+
+
+@pytest.mark.skipif(not CIFAR.is_dir(), reason=f"CIFAR networks not found at {CIFAR}")
+def test_cifar_cnn_within_epsilon(tmp_path):
+    net = CIFAR / "cifar_wide_kw.onnx"
+    spec = CIFAR / "cifar_wide_kw-img19-eps0.007973856209150327.vnnlib"
+    out, rep = tmp_path / "s.onnx", tmp_path / "r.json"
+    code = main(["simplify", str(net), "--spec", str(spec), "--epsilon", "0.05", "--method", "deeppoly",
+                 "--selection-time-limit", "60", "-o", str(out), "--report", str(rep)])
+    r = json.loads(rep.read_text())
+    assert code == 0
+    assert r["certificate"]["verdict"] == "equivalent" and r["relus_after"] < r["relus_exact"]
+    box = load_box(spec)
+    x = np.vstack([box.sample(2000, np.random.default_rng(0)), box.random_vertices(200, np.random.default_rng(1))])
+    assert np.abs(OnnxRunner(str(net))(x) - OnnxRunner(str(out))(x)).max() <= 0.05
+    # convolutions stay convolutions
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("Conv") == \
+        [n.op_type for n in onnx.load(str(net)).graph.node].count("Conv")
