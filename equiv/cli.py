@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--milp-budget", type=positive_seconds, default=60.0, help="total MILP seconds per case (default 60)")
     n.add_argument("--limit", type=positive_count, default=None, help="run only the first N cases (for a smoke run)")
     n.add_argument("--group", default=None, metavar="NAME", help="equivalence suite: run only the pairs of this group "
-                   "(e.g. 'ACAS Xu float16, prop_1')")
+                   "(e.g. 'ACAS Xu float16, prop_1'); tolerance suite: the parts to run, comma-separated, of "
+                   "sweep, acas, mnist, graphs (default: all; the others are kept from the last run)")
     _add_distributed(n, journal=False)
     n.add_argument("--backends", default=None, help="solvers suite: comma-separated backends (default: all installed)")
     n.add_argument("--plot", default=None, metavar="FILE.png", help="solvers suite: box plot of solve times")

@@ -37,8 +37,10 @@ def cmd_bench(args, out) -> int:
         return 0
     if args.suite == "tolerance":
         from ..bench.tolerance import run_tolerance_bench
+        from ..bench.tolerance import PARTS
+        parts = tuple(args.group.split(",")) if args.group else PARTS
         run_tolerance_bench(Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS, Path(args.out),
-                            limit=args.limit)
+                            limit=args.limit, parts=parts)
         out.emit((Path(args.out) / "tolerance.md").read_text())
         return 0
     if args.suite == "graphs":

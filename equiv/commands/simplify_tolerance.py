@@ -76,7 +76,7 @@ def cmd_simplify_graph_tolerance(args, out, graph, box, source, target, budget) 
                           opt, validation)
     if args.report:
         write_json_atomic(report, args.report)
-    out.emit(json.dumps(report, indent=1) if args.json else graph_summary(report))
+    out.emit(json.dumps(report, indent=1) if args.json else summary(report))
     return 3 if res.certificate is None and res.accepted else 0
 
 
@@ -101,25 +101,6 @@ def graph_report(res, model: str, sha: str, region: dict, output: str, opt, vali
         "attempts": res.attempts, "validation": validation,
         "seconds": {k: round(v, 3) for k, v in res.seconds.items()}, "notes": res.notes,
     }
-
-
-def graph_summary(r: dict) -> str:
-    c = r["certificate"]
-    eps = r["mode"]["epsilon"]
-    what = f"|A - B| <= {eps[0] if len(eps) == 1 else eps}" if eps is not None else "same top-1 class"
-    cert = (f"{c['verdict']} ({what}; proven max |diff| <= {c.get('max_diff_upper')}, {c.get('seconds', 0):.2f} s)"
-            if c["verdict"] != "exact" else "exact simplification (phase proofs), no replacement kept")
-    k = r["replacements"]
-    return "\n".join([
-        f"equiv simplify ({what}, graph): {r['model']}",
-        f"  ReLUs   {r['relus_before']:>8} -> {r['relus_after']} (exact simplification: {r['relus_exact']})",
-        f"  params  {r['params_before']:>8} -> {r['params_after']} (exact simplification: {r['params_exact']}; "
-        "each ReLU layer with replacements stores a slope and an offset per position)",
-        f"  replaced {k['kept']} ReLU positions by lines of {k['candidates']} candidates; {k['bound_calls']} sound bounds",
-        f"  certificate: {cert}",
-        f"  validation: {r['validation']['samples']} points, max |diff| {r['validation']['max_abs_diff']:.3g}",
-        *[f"  note: {n}" for n in r["notes"]],
-        f"  time {sum(r['seconds'].values()):.2f} s -> {r['output']}"])
 
 
 def build_report(res, model: str, sha: str, region: dict, output: str, opt) -> dict:
@@ -154,16 +135,26 @@ def build_report(res, model: str, sha: str, region: dict, output: str, opt) -> d
 def summary(r: dict) -> str:
     c = r["certificate"]
     eps = r["mode"]["epsilon"]
+    graph = r.get("pipeline") == "graph"
     what = f"|A - B| <= {eps[0] if len(eps) == 1 else eps}" if eps is not None else "same top-1 class"
     cert = (f"{c['verdict']} ({what}; proven max |diff| <= {c.get('max_diff_upper')}, {c.get('seconds', 0):.2f} s)"
             if c["verdict"] != "exact" else "exact simplification (phase proofs), no replacement kept")
     k = r["replacements"]
+    if graph:
+        params_note = "; each ReLU layer with replacements stores a slope and an offset per position"
+        replaced = (f"  replaced {k['kept']} ReLU positions by lines, of {k['candidates']} candidates; "
+                    f"{k['bound_calls']} sound bounds")
+    else:
+        params_note = ""
+        replaced = (f"  replaced {k['kept']} neurons (constant {k['by_kind']['constant']}, merged "
+                    f"{k['by_kind']['merge']}, affine {k['by_kind']['affine']}) of {k['candidates']} candidates; "
+                    f"{k['bound_calls']} sound bounds")
     return "\n".join([
-        f"equiv simplify ({what}): {r['model']}",
+        f"equiv simplify ({what}{', graph' if graph else ''}): {r['model']}",
         f"  ReLUs   {r['relus_before']:>8} -> {r['relus_after']} (exact simplification: {r['relus_exact']})",
-        f"  params  {r['params_before']:>8} -> {r['params_after']} (exact simplification: {r['params_exact']})",
-        f"  replaced {k['kept']} neurons (constant {k['by_kind']['constant']}, merged {k['by_kind']['merge']}, "
-        f"affine {k['by_kind']['affine']}) of {k['candidates']} candidates; {k['bound_calls']} sound bounds",
+        f"  params  {r['params_before']:>8} -> {r['params_after']} (exact simplification: {r['params_exact']}"
+        f"{params_note})",
+        replaced,
         f"  certificate: {cert}",
         f"  validation: {r['validation']['samples']} points, max |diff| {r['validation']['max_abs_diff']:.3g}",
         *[f"  note: {n}" for n in r["notes"]],

@@ -21,7 +21,7 @@ import onnx
 
 from ...artifacts.validate import OnnxRunner
 from ...bounds.diff import difference_boxes
-from ...bounds.engine import GraphBounds, deeppoly_graph
+from ...bounds.engine import GraphBounds, deeppoly_boxes
 from ...ir import ops
 from ...ir.graph import Graph
 from ...ir.graph_align import align_to
@@ -31,6 +31,7 @@ from ...ir.pair_graph import difference_graph
 from ...prove.equivalence import CheckOptions, CheckResult
 from ...prove.graph_check import check_graphs, margin_graph
 from ...spec.region import Box
+from ...transform.fold import shrink
 from ..graph_simplify import GraphPhases, graph_phases, reduce_graph
 from .candidates import minimax_affine
 
@@ -134,7 +135,13 @@ class GraphJudge:
         if top1:
             n = f.n_outputs
             head = np.eye(n)[self.label][None, :] - np.delete(np.eye(n), self.label, axis=0)
-            self.f_margin = deeppoly_graph(margin_graph(f, head), box).lo["margins"].reshape(-1)
+            # DeepPoly on the margins, with the original's proved (LP/MILP-tightened) bounds known
+            M = margin_graph(f, head)
+            kn = self.known(())
+            known = GraphBounds({z: np.asarray(l)[None] for z, (l, _) in kn.items()},
+                                {z: np.asarray(h)[None] for z, (_, h) in kn.items()})
+            b, _ = deeppoly_boxes(M, box.lo[None], box.hi[None], known)
+            self.f_margin = b.lo["margins"].reshape(-1)
 
     def known(self, slots) -> dict:
         """f's proved bounds {tensor: (lo, hi)} of the slotted original (a slot's Scale output is its input)."""
@@ -228,7 +235,7 @@ def select_positions(f: Graph, ph: GraphPhases, cands: list[PositionEdit], judge
 @dataclass
 class GraphToleranceResult:
     original: Graph
-    exact: Graph
+    exact: Graph                           # the exact simplification as the exact mode writes it
     simplified: Graph
     onnx_model: onnx.ModelProto
     phases: GraphPhases
@@ -288,14 +295,15 @@ def simplify_graph_within(f: Graph, reference: OnnxRunner, box: Box, opt, *, met
             notes.append(f"with {k} replacements the certificate found a counterexample (the samples missed it)")
         k //= 2
     seconds["certify"] = time.perf_counter() - t0
+    small, _, _ = shrink(exact)             # dead channels and rows deleted: the exact mode's model
     if best is None:
-        g, model, cert, k = exact, graph_to_onnx(exact), None, 0
+        g, model, cert, k = small, graph_to_onnx(small), None, 0
         if n:
             notes.append("no set of replacements was certified within the attempts: the exact simplification "
                          "(proved by its phase proofs) is returned")
     else:
         g, model, cert, k = best
-    return GraphToleranceResult(f, exact, g, model, ph, len(cands), n, chosen[:k], cert, attempts, judge.calls,
+    return GraphToleranceResult(f, small, g, model, ph, len(cands), n, chosen[:k], cert, attempts, judge.calls,
                                 notes, seconds)
 
 
