@@ -6,6 +6,7 @@ Pairs (the suite makes the variant models itself):
   being the slowest) prop_1, whose input box is also prop_2's;
 * MNIST 256x2 against a copy with the 10% smallest-magnitude weights zeroed, on prop_{0,1,2}_0.03,
   linf with epsilon = 0.5 and top1;
+* MNIST 256x4 against its float16 copy on prop_0_0.03, epsilon = 0.05 and top1;
 * each model `equiv simplify` makes in the core benchmark (ACAS Xu on prop_3 and prop_4, MNIST 256x2
   on prop_{0,1,2}_0.03) against its original, epsilon = 1e-4 (the validation tolerance).
 """
@@ -33,6 +34,7 @@ from ..artifacts.validate import OnnxRunner
 
 ACAS = [f"acasxu/ACASXU_run2a_{a}_{b}_batch_2000.onnx" for a in range(1, 6) for b in range(1, 10)]
 MNIST = "mnist_fc/mnist-net_256x2.onnx"
+MNIST4 = "mnist_fc/mnist-net_256x4.onnx"
 
 
 def float16_copy(net: Network) -> Network:
@@ -53,6 +55,9 @@ def cases() -> list[dict]:
     out += [{"group": f"MNIST 256x2 pruned 10%, {norm}", "kind": "pruned", "network": MNIST,
              "prop": f"mnist_fc/prop_{i}_0.03.vnnlib", "norm": norm, "epsilon": 0.5 if norm == "linf" else None}
             for norm in ("linf", "top1") for i in (0, 1, 2)]
+    out += [{"group": f"MNIST 256x4 float16, {norm}", "kind": "float16", "network": MNIST4,
+             "prop": "mnist_fc/prop_0_0.03.vnnlib", "norm": norm, "epsilon": 0.05 if norm == "linf" else None}
+            for norm in ("linf", "top1")]
     out += [{"group": f"simplified vs original, ACAS Xu prop_{p}", "kind": "simplified", "network": n,
              "prop": f"acasxu/prop_{p}.vnnlib", "norm": "linf", "epsilon": 1e-4} for p in (3, 4) for n in ACAS]
     out += [{"group": "simplified vs original, MNIST 256x2", "kind": "simplified", "network": MNIST,

@@ -26,8 +26,8 @@ class CheckOptions:
     split_max_inputs: int = 12     # input splitting only when at most this many inputs vary
     max_pieces: int = 16           # MILP route: pieces after bisecting on timeouts
     split_choice: str = "auto"     # guess | lookahead | auto (lookahead for two networks of one shape)
-    tighten: bool = True           # networks of different shapes: prove A's neuron bounds by LP/MILP when the
-                                   # first bound does not decide (a reduction of A is then decided at once)
+    tighten: bool = True           # prove A's neuron bounds by LP/MILP when the first bound does not decide
+                                   # (networks of different shapes, or a region too wide to split)
     samples: int = 10000
     seed: int = 0
     margin: float = 1e-6

@@ -41,7 +41,7 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     st = Ledger(pair, box, opt, eps, run_a, run_b, clock, stats)
     if f_margins:
         st.f_margin = np.array([f_margins.get(p, -np.inf) for p in st.pairs], float)
-    if f_bounds is None and opt.tighten and not pair.same_shape:
+    if f_bounds is None and opt.tighten:
         st.tighten = lambda: _tightened(pair, f, box, opt, clock)
     if f_bounds is not None:
         st.known = known_f(pair, f, f_bounds, box)
@@ -161,8 +161,11 @@ def prove(st):
     st.try_points(attack)
     if st.cex is not None:
         return
-    if not proved[0] and st.tighten is not None:
-        # a network and a reduction of it: A's own phases, proved by LP/MILP once, often close the gap at once
+    splits = 0 < st.varying <= opt.split_max_inputs
+    if not proved[0] and st.tighten is not None and (not st.pair.same_shape or not splits):
+        # a network and a reduction of it: A's own phases, proved by LP/MILP once, often close the gap at once;
+        # two copies of one shape on a region too wide to split (an image ball): the product MILP is far
+        # smaller with A's neurons fixed by their proved phases
         t0 = time.perf_counter()
         st.known = st.tighten()
         st.stats["seconds"]["tighten"] = time.perf_counter() - t0
@@ -173,7 +176,7 @@ def prove(st):
     if proved[0] and not st.wants_tighter(absd[0]):
         st.close(box.lo, box.hi, "equivalent", "bounds", absd[0])
         return
-    if 0 < st.varying <= opt.split_max_inputs:
+    if splits:
         open_ = _split_loop(st, pb, score, absd, coef)
     else:
         open_ = [(box.lo, box.hi, absd[0], coef[0])]
