@@ -99,3 +99,14 @@ def test_top1_finds_a_planted_bump(acas, prop3_box):
     assert r.verdict == "not_equivalent"
     cex = r.counterexample
     assert np.argmax(cex.output_a) != np.argmax(cex.output_b)
+
+
+def test_top1_tie_on_the_boundary_is_unknown_not_an_error():
+    """Two classes tie at one corner (the margin touches 0): the product MILP finds a point it cannot confirm
+    in onnxruntime, and the failed decision is handled (one maximisation) instead of crashing."""
+    f = tiny_net([([[1.0], [-1.0]], [0.0, 0.0]), ([[1.0, 0.0], [0.0, 0.0]], [0.0, 0.0])])
+    g = tiny_net([([[1.0], [-1.0]], [0.0, 0.0]), ([[1.0, 0.0], [0.0, 1e-9]], [0.0, 0.0])])
+    box = Box(np.array([0.0]), np.array([1.0]))
+    r = run_check(f, g, box, norm="top1", time_limit=5.0, max_boxes=64)
+    assert r.verdict in ("unknown", "equivalent")
+    assert r.stats["milp_queries"] >= 1

@@ -111,7 +111,8 @@ def _milp_top1(st, piece: Box, pm, pb: PairBounds, absd):
             dec = backend.decide(cc, off, 0.0, time_limit=limit, margin=opt.margin)   # g_k - g_c >= 0 ?
             if dec.verdict == "below":
                 continue
-            t, i = _failed_decision(st, dec, pm)
+            # unconfirmed point: one maximisation of g_k - g_c may still prove it < 0 (strictly)
+            t, i, _ = _failed_decision(st, dec, pm, backend, cc, off, 0.0, limit, strict=True)
             if st.cex is not None:
                 return "counterexample", absd
             timeout, inconclusive = timeout or t, inconclusive or i
