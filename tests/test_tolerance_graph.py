@@ -129,3 +129,17 @@ def test_cifar_cnn_within_epsilon(tmp_path):
     # convolutions stay convolutions
     assert [n.op_type for n in onnx.load(str(out)).graph.node].count("Conv") == \
         [n.op_type for n in onnx.load(str(net)).graph.node].count("Conv")
+
+
+def test_slice_epsilon_on_a_graph_certifies_every_slice(tmp_path, rng, capsys):
+    model = residual_model(rng)
+    path, fam = tmp_path / "m.onnx", tmp_path / "fam"
+    onnx.save(model, path)
+    assert main(["slice", str(path), "--box", _box_arg(BOX), "--epsilon", "0.3", "--max-slices", "2",
+                 "-o", str(fam)]) == 0
+    m = json.loads((fam / "manifest.json").read_text())
+    certs = [s["certificate"] for s in m["slices"]]
+    assert len(certs) == 2 and all(c["verdict"] in ("equivalent", "exact") for c in certs)
+    assert any(c["replaced"] > 0 for c in certs)
+    assert all(c["max_diff_upper"] <= 0.3 for c in certs if c["verdict"] == "equivalent")
+    assert main(["slice", "--verify", str(fam)]) == 0

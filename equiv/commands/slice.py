@@ -30,10 +30,6 @@ def cmd_slice(args, out) -> int:
     from ..ir import load_graph
     graph = load_graph(args.model)            # refuses unsupported models at once, checks every node
     if not takes_chain_pipeline(graph, args.model):
-        if args.epsilon is not None:
-            from ..errors import UnsupportedModelError
-            raise UnsupportedModelError("slice --epsilon works on chains of dense layers so far; this model has "
-                                        "convolutions, branches or several inputs/outputs")
         return _slice_graph(args, out, graph)
     if args.strategy == "gradient":
         raise InputFileError("--strategy gradient works on graphs (convolutions, residual blocks) only; on chains "
@@ -86,7 +82,7 @@ def _slice_graph(args, out, graph) -> int:
     sopt = slicing.SliceOptions(max_slices=args.max_slices or GRAPH_MAX_SLICES, target_relus=args.target_relus,
                                 strategy=args.strategy or "gradient", validation_samples=args.validation_samples,
                                 dispatch_samples=args.dispatch_samples or GRAPH_DISPATCH_SAMPLES, tolerance=args.tolerance,
-                                progress=progress_of(args))
+                                progress=progress_of(args), epsilon=args.epsilon)
     gopt = GraphSliceOptions(method=args.method or "deeppoly", samples=2000 if args.samples is None else args.samples,
                              seed=args.seed, time_limit=args.time_limit,
                              budget=GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget)

@@ -100,6 +100,11 @@ def slice_graph(model_path: str | Path, g: Graph, region: Box, gopt: GraphSliceO
     tree = grow_tree(region, sopt, lambda piece, parent: prove_graph_piece(g, piece, gopt),
                      lambda piece: choose_graph_dim(g, piece, region, sopt.strategy))
     seconds["tree"] = time.perf_counter() - t0
+    certificates = None
+    if sopt.epsilon is not None:
+        t0 = time.perf_counter()
+        certificates = graph_within_tolerance(g, reference, tree.leaves(), sopt, gopt)
+        seconds["tolerance"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     leaves, models, vals = export_leaves(tree, graph_to_onnx, lambda s, leaf, model: validate_graph_model(
@@ -116,4 +121,25 @@ def slice_graph(model_path: str | Path, g: Graph, region: Box, gopt: GraphSliceO
     notes = _stop_notes(leaves, sopt) + ["graph pipeline: each piece proved afresh (the graph bounds take no "
                                          "inherited bounds); --certify works on chains only"]
     return SliceFamily(str(model_path), sha256_of(model_path), region, region_source, g, tree, leaves, models, vals,
-                       dispatcher, dval, gopt, sopt, [], seconds, notes, pipeline="graph")
+                       dispatcher, dval, gopt, sopt, [], seconds, notes, pipeline="graph", certificates=certificates)
+
+
+def graph_within_tolerance(g: Graph, reference: OnnxRunner, leaves: list, sopt: SliceOptions,
+                           gopt: GraphSliceOptions) -> list:
+    """`slice --epsilon` on graphs: each leaf simplified further up to epsilon on its box (from the leaf's own
+    phase proofs, `apps.tolerance.graph`), its written model certified; one certificate summary per leaf."""
+    from ..tolerance.graph import simplify_graph_within
+    from ..tolerance.pipeline import ToleranceOptions
+    out = []
+    for leaf in leaves:
+        opt = ToleranceOptions(epsilon=sopt.epsilon, validation_samples=min(sopt.validation_samples, 2000),
+                               seed=gopt.seed, selection_time_limit=60.0)
+        res = simplify_graph_within(g, reference, leaf.box, opt, phases=leaf.stability)
+        leaf.network = res.simplified
+        c = res.certificate
+        out.append({"verdict": "equivalent" if c is not None else "exact", "epsilon": sopt.epsilon,
+                    "max_diff_upper": None if c is None else float(c.max_diff_upper),
+                    "max_diff_lower": None if c is None else c.max_diff_lower,
+                    "seconds": None if c is None else round(c.seconds, 4), "replaced": len(res.kept),
+                    "relus_exact": res.exact.n_relus, "counterexample": None})
+    return out

@@ -251,13 +251,14 @@ class GraphToleranceResult:
 
 def simplify_graph_within(f: Graph, reference: OnnxRunner, box: Box, opt, *, method: str = "deeppoly",
                           time_limit: float = 10.0, budget: float | None = None, backend: str = "highs",
-                          samples: int = 2000) -> GraphToleranceResult:
+                          samples: int = 2000, phases: GraphPhases | None = None) -> GraphToleranceResult:
     """Exact phases, then the longest prefix of replacements the bound accepts (at safety x epsilon, or
     positive top-1 margins), then the written file certified; backs off (halving) when the certificate
-    fails, and falls back to the exact simplification.  opt: a `pipeline.ToleranceOptions`."""
+    fails, and falls back to the exact simplification.  opt: a `pipeline.ToleranceOptions`; phases: the
+    region's proved phases when already known (a slice's)."""
     seconds, notes = {}, []
     t0 = time.perf_counter()
-    ph = graph_phases(f, box, method, samples, opt.seed, opt.progress, time_limit, budget, None, backend)
+    ph = phases or graph_phases(f, box, method, samples, opt.seed, opt.progress, time_limit, budget, None, backend)
     exact = reduce_graph(f, ph)
     seconds["exact"] = time.perf_counter() - t0
     rng = np.random.default_rng(opt.seed)
