@@ -42,7 +42,7 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     if f_margins:
         st.f_margin = np.array([f_margins.get(p, -np.inf) for p in st.pairs], float)
     if f_bounds is None and opt.tighten:
-        st.tighten = lambda: _tightened(pair, f, box, opt, clock)
+        st.tighten = lambda cap: _tightened(pair, f, box, opt, clock, cap)
     if f_bounds is not None:
         st.known = known_f(pair, f, f_bounds, box)
         stats["f_bounds"] = st.known is not None
@@ -74,12 +74,15 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     return st.result(clock.elapsed, notes)
 
 
-def _tightened(pair, f: Network, box: Box, opt: CheckOptions, clock) -> PairBounds | None:
+TIGHTEN_BUDGETS = (10.0, 60.0)     # seconds of A's LP/MILP bounds: a short try first, then a longer one
+
+
+def _tightened(pair, f: Network, box: Box, opt: CheckOptions, clock, cap: float) -> PairBounds | None:
     """A's pre-activation bounds on the box by the stability pipeline (interval, DeepPoly, LP, MILP; its
-    solver stages limited to a fifth of the check's time), as known bounds of the pair."""
+    solver stages limited to `cap` seconds and a fifth of the check's time left), as known bounds of the pair."""
     from ..stability import StabilityOptions, prove_stability
     from ...solvers import milp_backend
-    budget = max(1.0, min(60.0, 0.2 * clock.left))
+    budget = max(1.0, min(cap, 0.2 * clock.left))
     sopt = StabilityOptions(method="milp", backend=milp_backend(opt.backend), time_limit=min(5.0, budget),
                             seed=opt.seed, milp_budget=budget)
     return known_f(pair, f, prove_stability(f, box, sopt).bounds, box)
@@ -166,13 +169,19 @@ def prove(st):
         # a network and a reduction of it: A's own phases, proved by LP/MILP once, often close the gap at once;
         # two copies of one shape on a region too wide to split (an image ball): the product MILP is far
         # smaller with A's neurons fixed by their proved phases
+        # (a short budget first: most pairs need only A's easy neurons; a longer one when that is not enough)
         t0 = time.perf_counter()
-        st.known = st.tighten()
-        st.stats["seconds"]["tighten"] = time.perf_counter() - t0
-        if st.known is not None:
+        for cap in TIGHTEN_BUDGETS:
+            known = st.tighten(cap)
+            if known is None:
+                break
+            st.known = known
             pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known)
             st.stats["boxes"] += 1
             proved, score, absd, coef, attack = analyse(st, pb)
+            if proved[0] or st.clock.left < 1.0:
+                break
+        st.stats["seconds"]["tighten"] = time.perf_counter() - t0
     if proved[0] and not st.wants_tighter(absd[0]):
         st.close(box.lo, box.hi, "equivalent", "bounds", absd[0])
         return
