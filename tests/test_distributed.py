@@ -114,6 +114,10 @@ def test_a_task_that_kills_its_workers_is_reported_not_retried_forever():
         assert ans.status == "failed" and "KilledWorker" in ans.message
         assert runner.failed and runner.tasks == 0
         assert ex.submit(abs, -3).result() == 3          # the cluster still works
+        # worker processes keep glibc's adaptive trim threshold (Dask's 65536 made every task 2x slower)
+        # and single-threaded BLAS
+        env = ex.submit(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}).result()
+        assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
     finally:
         ex.close()
 
