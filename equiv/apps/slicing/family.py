@@ -130,13 +130,18 @@ def within_tolerance(net: Network, reference: OnnxRunner, leaves: list[Piece], s
             epsilon=sopt.epsilon, validation_samples=min(sopt.validation_samples, 2000), seed=options.seed),
             options, stab=leaf.stability)
         leaf.network = res.simplified
-        c = res.certificate
-        out.append({"verdict": "equivalent" if c is not None else "exact", "epsilon": sopt.epsilon,
-                    "max_diff_upper": None if c is None else float(c.max_diff_upper),
-                    "max_diff_lower": None if c is None else c.max_diff_lower,
-                    "seconds": None if c is None else round(c.seconds, 4), "replaced": len(res.kept),
-                    "relus_exact": res.exact.n_relus, "counterexample": None})
+        out.append(tolerance_summary(res, sopt.epsilon))
     return out
+
+
+def tolerance_summary(res, epsilon: float) -> dict:
+    """A slice's certificate entry from a tolerance result (chain or graph)."""
+    c = res.certificate
+    return {"verdict": "equivalent" if c is not None else "exact", "epsilon": epsilon,
+            "max_diff_upper": None if c is None else float(c.max_diff_upper),
+            "max_diff_lower": None if c is None else c.max_diff_lower,
+            "seconds": None if c is None else round(c.seconds, 4), "replaced": len(res.kept),
+            "relus_exact": res.exact.n_relus, "counterexample": None}
 
 
 def export_leaves(tree: Piece, export, validate) -> tuple[list, list, list]:

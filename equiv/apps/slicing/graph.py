@@ -27,7 +27,7 @@ from ...transform.fold import shrink
 from ...artifacts.validate import OnnxRunner
 from ..graph_simplify import graph_phases, reduce_graph, validate_graph_model
 from ..simplify import sha256_of
-from .family import SliceFamily, _stop_notes, check_dispatcher, export_leaves
+from .family import SliceFamily, _stop_notes, check_dispatcher, export_leaves, tolerance_summary
 from .tree import Piece, SliceOptions, grow_tree, splittable_dims, widest_dim
 
 GRAPH_STRATEGIES = ("gradient", "width")
@@ -136,10 +136,5 @@ def graph_within_tolerance(g: Graph, reference: OnnxRunner, leaves: list, sopt: 
                                seed=gopt.seed, selection_time_limit=60.0)
         res = simplify_graph_within(g, reference, leaf.box, opt, phases=leaf.stability)
         leaf.network = res.simplified
-        c = res.certificate
-        out.append({"verdict": "equivalent" if c is not None else "exact", "epsilon": sopt.epsilon,
-                    "max_diff_upper": None if c is None else float(c.max_diff_upper),
-                    "max_diff_lower": None if c is None else c.max_diff_lower,
-                    "seconds": None if c is None else round(c.seconds, 4), "replaced": len(res.kept),
-                    "relus_exact": res.exact.n_relus, "counterexample": None})
+        out.append(tolerance_summary(res, sopt.epsilon))
     return out
