@@ -76,12 +76,16 @@ def difference_bounds(f: Graph, g: Graph, box: Box, f_known: dict | None = None)
     if not any(o in G.meta["d_of"] for o in G.meta["outputs"]):      # the outputs differ by exactly 0
         return np.zeros(f.n_outputs), np.zeros(f.n_outputs)
     out = G.meta["out"]["d"]
-    known = None
-    if f_known:
-        known = GraphBounds({"f:" + z: np.asarray(l)[None] for z, (l, _) in f_known.items() if "f:" + z in G.dag},
-                            {"f:" + z: np.asarray(h)[None] for z, (_, h) in f_known.items() if "f:" + z in G.dag})
+    known = known_bounds(f_known, "f:", G) if f_known else None
     b = difference_boxes(G, box.lo[None], box.hi[None], known)
     return b.lo[out][0].reshape(-1), b.hi[out][0].reshape(-1)
+
+
+def known_bounds(known: dict, prefix: str, G: Graph) -> GraphBounds:
+    """{tensor: (lo, hi)} proved on one box -> known bounds of the tensors `prefix + tensor` of G (one box)."""
+    names = [z for z in known if prefix + z in G.dag]
+    return GraphBounds({prefix + z: np.asarray(known[z][0])[None] for z in names},
+                       {prefix + z: np.asarray(known[z][1])[None] for z in names})
 
 
 def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=None, f_margins=None) -> tuple:

@@ -20,16 +20,14 @@ import numpy as np
 import onnx
 
 from ...artifacts.validate import OnnxRunner
-from ...bounds.diff import difference_boxes
-from ...bounds.engine import GraphBounds, deeppoly_boxes
+from ...bounds.engine import deeppoly_boxes
 from ...ir import ops
 from ...ir.graph import Graph
 from ...ir.graph_align import align_to
 from ...ir.onnx_export import graph_to_onnx
 from ...ir.onnx_import import graph_from_onnx
-from ...ir.pair_graph import difference_graph
 from ...prove.equivalence import CheckOptions, CheckResult
-from ...prove.graph_check import check_graphs, margin_graph
+from ...prove.graph_check import check_graphs, difference_bounds, known_bounds, margin_graph
 from ...spec.region import Box
 from ...transform.fold import shrink
 from ..graph_simplify import GraphPhases, graph_phases, reduce_graph
@@ -138,10 +136,7 @@ class GraphJudge:
             head = np.eye(n)[self.label][None, :] - np.delete(np.eye(n), self.label, axis=0)
             # DeepPoly on the margins, with the original's proved (LP/MILP-tightened) bounds known
             M = margin_graph(f, head)
-            kn = self.known(())
-            known = GraphBounds({z: np.asarray(l)[None] for z, (l, _) in kn.items()},
-                                {z: np.asarray(h)[None] for z, (_, h) in kn.items()})
-            b, _ = deeppoly_boxes(M, box.lo[None], box.hi[None], known)
+            b, _ = deeppoly_boxes(M, box.lo[None], box.hi[None], known_bounds(self.known(()), "", M))
             self.f_margin = b.lo["margins"].reshape(-1)
 
     def known(self, slots) -> dict:
@@ -155,14 +150,7 @@ class GraphJudge:
     def bound(self, g: Graph, slots) -> np.ndarray:
         """linf: per output, the proven max |f_j - g_j|; top1: per other class, the proven min of g_c - g_k."""
         self.calls += 1
-        fs = slotted(self.f, None, [], slots)
-        G = difference_graph(fs, g)
-        kn = self.known(slots)
-        known = GraphBounds({"f:" + z: np.asarray(l)[None] for z, (l, _) in kn.items()},
-                            {"f:" + z: np.asarray(h)[None] for z, (_, h) in kn.items()})
-        b = difference_boxes(G, self.box.lo[None], self.box.hi[None], known)
-        out = G.meta["out"]["d"]
-        dl, dh = b.lo[out][0].reshape(-1), b.hi[out][0].reshape(-1)
+        dl, dh = difference_bounds(slotted(self.f, None, [], slots), g, self.box, self.known(slots))
         if self.top1:
             c = self.label
             return self.f_margin - (dh[c] - np.delete(dl, c))
