@@ -110,8 +110,9 @@ def prepare_diff(op, lo: list, hi: list) -> DiffRelax:
     alg, aug, tug = _relaxation(glo, ghi, g_act)
     # f unstable against g linear (a ReLU replaced by a line, tolerance mode): f's lower line parallel to its
     # upper chord (any slope in [0, 1] is sound), so that a line fitted to relu on [l, u] has a difference
-    # bounded by the chord's gap, not by the 0/1 heuristic's area
-    chord = f_act.relu_mask & ~g_act.relu_mask & g_act.linear_mask & (flo < 0) & (fhi > 0)
+    # bounded by the chord's gap, not by the 0/1 heuristic's area.  Only where z_g varies: against a
+    # constant (a neuron replaced by one) nothing cancels and the 0/1 choice has the smaller area
+    chord = f_act.relu_mask & ~g_act.relu_mask & g_act.linear_mask & (flo < 0) & (fhi > 0) & (ghi > glo)
     alf = np.where(chord, auf, alf)
     Pu, Qu, Ru = auf, auf - alg, tuf
     Pl, Ql, Rl = alf, alf - aug, -tug
