@@ -16,6 +16,7 @@ from ..ir.network import Network
 from ..ir.chain_io import load_onnx
 from ..transform.reduce import reduce_network
 from ..spec.region import Box
+from ..prove.carried import attach_claims
 from ..prove.stability import StabilityOptions, StabilityResult, prove_stability
 from ..artifacts.validate import OnnxRunner, ValidationReport, compare_models
 
@@ -69,7 +70,10 @@ def simplify(model_path: str | Path, region: Box, options: StabilityOptions | No
                                                validation_samples=validation_samples, tolerance=tolerance,
                                                runner=runner)
     seconds["total"] = time.perf_counter() - t_start
-    result = SimplifyResult(str(model_path), sha256_of(model_path), region, region_source, net, small, model,
+    sha = sha256_of(model_path)
+    # the phases travel with the model, so `equiv check` can re-prove them instead of searching
+    attach_claims(model, sha, *stab.phase_masks(net), region)
+    result = SimplifyResult(str(model_path), sha, region, region_source, net, small, model,
                             stab, val, options, seconds)
     if output_path is not None:
         save_onnx_atomic(model, output_path)

@@ -88,7 +88,8 @@ def run_case(case: dict, root: Path, time_limit: float) -> dict:
     return {**case, "network": Path(case["network"]).stem.replace("_batch_2000", ""), "prop": Path(case["prop"]).stem,
             "verdict": r.verdict, "seconds": seconds, "max_diff_upper": r.max_diff_upper,
             "max_diff_lower": r.max_diff_lower, "boxes": r.stats.get("boxes", 0),
-            "milp_queries": r.stats.get("milp_queries", 0), "pieces": len(r.pieces), "notes": r.notes, **extra}
+            "milp_queries": r.stats.get("milp_queries", 0), "pieces": len(r.pieces),
+            "methods": sorted({p.method for p in r.pieces}), "notes": r.notes, **extra}
 
 
 def run_equivalence_bench(root: Path, out: Path, time_limit: float = 300.0, limit: int | None = None,
@@ -138,7 +139,8 @@ def _write(rows: list[dict], planned: int, out: Path, time_limit: float):
              f"Backend HiGHS; at most {time_limit:g} s per pair. Time is wall-clock for `check` (falsification, "
              "difference bounds, input splitting, MILP), excluding model loading (and, for simplified models, the "
              "simplification itself). 'max diff proven' is the largest proven upper bound on max_j |f_j - g_j| over "
-             "the group's pairs; 'seen' the largest difference found in onnxruntime.",
+             "the group's pairs; 'seen' the largest difference found in onnxruntime. 'how' names the proofs of the "
+             "pieces (carried: the simplified model's recorded phases re-proved, see `equiv/prove/carried.py`).",
              f"Cases done: {len(rows)} of {planned}.", "", "## Summary", "",
              "| pairs | epsilon | cases | equivalent | not equivalent | unknown | median time (s) | max time (s) | "
              "max diff proven | max diff seen |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -150,9 +152,9 @@ def _write(rows: list[dict], planned: int, out: Path, time_limit: float):
                      f"{sum(r['verdict'] == 'unknown' for r in rs)} | {statistics.median(t):.2f} | {max(t):.2f} | "
                      f"{_fmt(max(r['max_diff_upper'] for r in rs))} | {_fmt(max(r['max_diff_lower'] for r in rs))} |")
     lines += ["", "## Cases", "", "| pairs | network | region | verdict | time (s) | max diff proven | seen | boxes | "
-              "MILP queries |", "|---|---|---|---|---|---|---|---|---|"]
+              "MILP queries | how |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['kind']}{'' if r['norm'] == 'linf' else ' top1'} | {r['network']} | {r['prop']} | "
                      f"{r['verdict']} | {r['seconds']:.2f} | {_fmt(r['max_diff_upper'])} | {_fmt(r['max_diff_lower'])} | "
-                     f"{r['boxes']} | {r['milp_queries']} |")
+                     f"{r['boxes']} | {r['milp_queries']} | {', '.join(r.get('methods') or []) or '-'} |")
     write_text_atomic(out / "equivalence.md", "\n".join(lines) + "\n")

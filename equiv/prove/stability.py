@@ -133,6 +133,15 @@ class _Tracker:
         if how != "samples":
             self.witnesses.append(points)
 
+    def claim(self, dead: list[np.ndarray], active: list[np.ndarray]):
+        """Try only these phases: a claimed-dead neuron counts as seen negative (so only 'dead' is asked),
+        a claimed-active one as seen positive, any other as seen both ways (never asked)."""
+        for k in range(len(self.masks)):
+            d, a = np.asarray(dead[k], bool), np.asarray(active[k], bool)
+            self.seen_neg[k] |= ~a
+            self.seen_pos[k] |= ~d
+            self.method[k][~(d | a)] = "unclaimed"
+
     def unstable(self, k: int) -> np.ndarray:
         return self.seen_pos[k] & self.seen_neg[k]
 
@@ -157,19 +166,23 @@ def _phase(lo, hi, mask, unstable):
 
 def prove_stability(net: Network, box: Box, options: StabilityOptions | None = None, *,
                     known: Bounds | None = None, seen_points: np.ndarray | None = None,
-                    runner=None) -> StabilityResult:
+                    runner=None, claims: tuple[list, list] | None = None) -> StabilityResult:
     """Phase of every hidden neuron of `net` on `box`, with the method that decided it.
 
     known: sound bounds valid on `box` (e.g. proved on a box containing it), intersected in after the
     DeepPoly stage; neurons only they decide get method "inherited".  seen_points: real points (e.g. a
     parent box's witnesses); those inside `box` are evaluated as witnesses, the others are ignored.
     runner: a `distributed.Runner` sending the windowed MILP decisions to an executor and a journal
-    (None: in this process, as always).
+    (None: in this process, as always).  claims: (dead, active) masks per hidden layer: only these phases
+    are tried (each on its claimed side); the other ReLUs count as unstable and are never queried
+    (used to re-prove the phases a reduction was made with, see `carried`).
     """
     opt = options or StabilityOptions()
     box.check_dim(net.n_inputs)
     rng = np.random.default_rng(opt.seed)
     tr = _Tracker(net, box)
+    if claims is not None:
+        tr.claim(*claims)
     stage_seconds, stage_counts, queries, notes = {}, {}, {"lp": 0, "milp": 0, "milp_unknown": 0}, []
 
     t0 = time.perf_counter()

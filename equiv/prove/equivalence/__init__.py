@@ -20,6 +20,8 @@ the same way can stay "unknown"; a counterexample is a point whose two argmaxes 
 
 from __future__ import annotations
 
+import numpy as np
+
 from .result import NORMS, CheckOptions, CheckResult, Piece, eps_vector, summary
 from .search import check_networks
 from ...spec.region import Box
@@ -43,12 +45,19 @@ def check_models(model_a, model_b, box: Box | list[Box], options: CheckOptions) 
     boxes = box if isinstance(box, list) else [box]
     for b in boxes:
         b.check_dim(f.n_inputs)
+    from ..carried import find_claims
+    claims, b_is_reduction, why = find_claims(model_a, model_b)
+    carried = None if claims is None else (claims, b_is_reduction)
     run_a = OnnxRunner(str(model_a) if hasattr(model_a, "__fspath__") else model_a)
     run_b = OnnxRunner(str(model_b) if hasattr(model_b, "__fspath__") else model_b)
     if len(boxes) > 1:
         from ..check_union import check_networks_on_union
-        return check_networks_on_union(f, g, boxes, run_a, run_b, options)
-    return check_networks(f, g, boxes[0], run_a, run_b, options)
+        res = check_networks_on_union(f, g, boxes, run_a, run_b, options, carried=carried)
+    else:
+        res = check_networks(f, g, boxes[0], run_a, run_b, options, carried=carried)
+    if why:
+        res.notes.append(f"not used as a proof: {why}")
+    return res
 
 
 def certify_simplified(result, tolerance: float, backend: str = "highs", time_limit: float = 300.0,
@@ -57,5 +66,10 @@ def certify_simplified(result, tolerance: float, backend: str = "highs", time_li
     from ...artifacts.validate import OnnxRunner
     opt = CheckOptions(norm="linf", epsilon=tolerance, backend=backend, time_limit=time_limit,
                        seed=result.options.seed, progress=progress)
-    return check_networks(result.original, result.simplified, result.region, OnnxRunner(result.model_path),
-                          OnnxRunner(result.onnx_model), opt)
+    from ..carried import Claims
+    dead, active = result.stability.phase_masks(result.original)
+    claims = Claims(result.model_sha256, [np.flatnonzero(d) for d in dead], [np.flatnonzero(a) for a in active])
+    from ...ir.chain_io import network_from_onnx
+    written = network_from_onnx(result.onnx_model)      # the float32 weights, in the order they were written
+    return check_networks(result.original, written, result.region, OnnxRunner(result.model_path),
+                          OnnxRunner(result.onnx_model), opt, carried=(claims, True))

@@ -19,12 +19,13 @@ from .result import CheckOptions, CheckResult, eps_vector
 
 
 def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: CheckOptions,
-                   f_bounds=None, f_margins: dict | None = None) -> CheckResult:
+                   f_bounds=None, f_margins: dict | None = None, carried=None) -> CheckResult:
     """Check f (run in onnxruntime by run_a) against g (run_b) on the box; see the module docstring.
 
     f_bounds: optional sound bounds of f's pre-activations on the whole box (a `bounds.common.Bounds`, e.g.
     LP/MILP-tightened by `simplify`); every sub-box starts from them.  f_margins: {(c, k): proven lower bound
-    of f_c - f_k on the whole box} (top1), used on every sub-box."""
+    of f_c - f_k on the whole box} (top1), used on every sub-box.  carried: (claims, g_is_reduction) when one
+    network says it is equiv's reduction of the other (`carried.find_claims`): tried before any search."""
     opt = options
     clock = _Clock(opt.time_limit)
     box.check_dim(f.n_inputs)
@@ -35,9 +36,6 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     stats = {"aligned": pair.same_shape, "match_cost": [round(c, 4) for c in pair.match_cost],
              "boxes": 0, "milp_queries": 0, "milp_unknown": 0, "seconds": {}}
     notes = []
-    if not pair.same_shape:
-        notes.append("the networks have different layer widths or depths: neurons were paired by their values at sample points "
-                     f"(mean relative distance per layer {stats['match_cost']})")
     st = Ledger(pair, box, opt, eps, run_a, run_b, clock, stats)
     if f_margins:
         st.f_margin = np.array([f_margins.get(p, -np.inf) for p in st.pairs], float)
@@ -61,6 +59,17 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         notes.append("the two networks have the same layers and weights: they compute the same function")
         return st.result(clock.elapsed, notes)
 
+    if carried is not None and opt.norm != "linf":
+        notes.append("one network carries its reduction's phases, but they bound |A - B|, not the top-1 class: "
+                     "searched from scratch")
+    elif carried is not None:
+        if _carried(st, f, g, box, carried, rng, notes):
+            return st.result(clock.elapsed, notes)
+
+    if not pair.same_shape:
+        notes.append("the networks have different layer widths or depths: neurons were paired by their values at sample points "
+                     f"(mean relative distance per layer {stats['match_cost']})")
+
     # 1. falsification
     t0 = time.perf_counter()
     cand = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples)
@@ -72,6 +81,33 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         prove(st)
         stats["seconds"]["prove"] = time.perf_counter() - t0
     return st.result(clock.elapsed, notes)
+
+
+def _carried(st, f: Network, g: Network, box: Box, carried, rng, notes) -> bool:
+    """Check a reduction's recorded phases (`carried`); True when that decided the whole box."""
+    from ..carried import check_claims
+    opt = st.opt
+    claims, g_is_reduction = carried
+    original, reduced = (f, g) if g_is_reduction else (g, f)
+    cc = check_claims(original, reduced, box, claims, backend=opt.backend, time_limit=0.5 * opt.time_limit,
+                      seed=opt.seed, progress=opt.progress)
+    st.stats["carried"] = cc.to_json()
+    which = "B" if g_is_reduction else "A"
+    proved = cc.ok and opt.epsilon is not None and bool(np.all(cc.per_output + opt.margin <= st.eps))
+    if cc.ok and (proved or (opt.measure and opt.epsilon is None)):
+        # the proof needs no points, but every verdict is still confronted with onnxruntime
+        st.try_points(np.vstack([box.center[None], box.sample(opt.samples, rng), box.corners(limit=256),
+                                 cc.witnesses if cc.witnesses is not None else np.empty((0, box.dim))]))
+        if st.cex is None:
+            verdict = "equivalent" if proved else "measured"
+            st.close(box.lo, box.hi, verdict, "carried", cc.per_output)
+            notes.append(f"{which} is equiv's simplification of {'A' if g_is_reduction else 'B'} (sha256 recorded in "
+                         f"its metadata): {cc.reason}; the difference is float32 rounding of the written weights")
+            return True
+    why = (cc.reason if not cc.ok else "a point differs by more than epsilon" if st.cex is not None
+           else f"the rounding bound {float(np.max(cc.per_output)):.3g} exceeds epsilon")
+    notes.append(f"{which} carries its reduction's phases, but {why}: searched from scratch")
+    return False
 
 
 TIGHTEN_BUDGETS = (10.0, 60.0)     # seconds of A's LP/MILP bounds: a short try first, then a longer one

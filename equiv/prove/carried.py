@@ -1,0 +1,231 @@
+"""Proof-carrying simplification: a model `equiv simplify` wrote names the model it came from (sha256) and
+the phases it was reduced with, in its ONNX metadata.  `check` then needs no search: it re-proves just those
+phases on its own region (so a claim is never trusted, only re-checked) and bounds the written model against
+the exact reduction, which equals the original wherever the phases hold.  Anything that does not match
+sends the check back to the general search.
+
+Why the bound is sound: on the region, A(x) = R(x) for R = reduce_network(A, dead, active) (pure linear
+algebra, exact when the phases hold).  B has R's layers with float32 weights; with e_k a bound on
+|h_B - h_R| after layer k (e_0 = 0, both read the same x), z_B - z_R = W_B (h_B - h_R) + (W_B - W_R) h_R
++ (b_B - b_R), so |z_B - z_R| <= |W_B| e_k + |W_B - W_R| |h_R| + |b_B - b_R|, and ReLU is 1-Lipschitz.
+|h_R| comes from interval bounds of R on the box.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..ir.network import Network
+from ..spec.region import Box
+
+META_KEY = "equiv.reduction"
+FORMAT = 1
+
+
+@dataclass
+class Claims:
+    """What a simplified model says about itself: its original's sha256 and the phases it was reduced with."""
+
+    source_sha256: str
+    dead: list[np.ndarray]        # per hidden layer of the original: indices proved dead
+    active: list[np.ndarray]      # ... and proved active
+    region: dict | None = None    # where simplify proved them (information only: check re-proves on its own)
+
+    def masks(self, widths: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """Boolean masks for a network with these hidden widths; None when the claims do not fit it."""
+        if len(widths) != len(self.dead) or len(widths) != len(self.active):
+            return None
+        dead, active = [], []
+        for w, d, a in zip(widths, self.dead, self.active):
+            if (d.size and (d.min() < 0 or d.max() >= w)) or (a.size and (a.min() < 0 or a.max() >= w)):
+                return None
+            dm, am = np.zeros(w, bool), np.zeros(w, bool)
+            dm[d], am[a] = True, True
+            if np.any(dm & am):
+                return None
+            dead.append(dm), active.append(am)
+        return dead, active
+
+
+def attach_claims(model: onnx.ModelProto, source_sha256: str, dead: list[np.ndarray], active: list[np.ndarray],
+                  region: Box | None = None) -> onnx.ModelProto:
+    """Record in the model's metadata the original's sha256 and the phases the reduction used (in place)."""
+    doc = {"format": FORMAT, "source_sha256": source_sha256,
+           "dead": [np.flatnonzero(d).tolist() for d in dead], "active": [np.flatnonzero(a).tolist() for a in active]}
+    if region is not None:
+        doc["region"] = region.to_json()
+    keep = [p for p in model.metadata_props if p.key != META_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    model.metadata_props.add(key=META_KEY, value=json.dumps(doc, separators=(",", ":")))
+    return model
+
+
+def read_claims(model: onnx.ModelProto) -> tuple[Claims | None, str | None]:
+    """(claims, None), or (None, why not) when the model carries none or unreadable ones."""
+    text = next((p.value for p in model.metadata_props if p.key == META_KEY), None)
+    if text is None:
+        return None, None
+    try:
+        doc = json.loads(text)
+        if doc.get("format") != FORMAT:
+            return None, f"its {META_KEY} metadata has format {doc.get('format')!r}, this equiv reads {FORMAT}"
+        dead = [np.asarray(d, dtype=np.int64).reshape(-1) for d in doc["dead"]]
+        active = [np.asarray(a, dtype=np.int64).reshape(-1) for a in doc["active"]]
+        return Claims(str(doc["source_sha256"]), dead, active, doc.get("region")), None
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, f"its {META_KEY} metadata is malformed ({exc})"
+
+
+def model_sha256(model) -> str:
+    """sha256 of a model file (path), or of a ModelProto's serialised bytes."""
+    if isinstance(model, onnx.ModelProto):
+        return hashlib.sha256(model.SerializeToString()).hexdigest()
+    from ..apps.simplify import sha256_of
+    return sha256_of(model)
+
+
+def load_proto(model) -> onnx.ModelProto:
+    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+
+
+def find_claims(model_a, model_b) -> tuple[Claims | None, bool, str | None]:
+    """Does one of the two models say it is equiv's reduction of the other?  (claims, b_is_reduction, note):
+    note explains a model that carries claims about a different original (then claims is None)."""
+    notes = []
+    for reduced, original, b_is_reduction in ((model_b, model_a, True), (model_a, model_b, False)):
+        claims, why = read_claims(load_proto(reduced))
+        if why:
+            notes.append(why)
+            continue
+        if claims is None:
+            continue
+        sha = model_sha256(original)
+        if claims.source_sha256 == sha:
+            return claims, b_is_reduction, None
+        notes.append(f"{'B' if b_is_reduction else 'A'} says it was simplified from a model with sha256 "
+                     f"{claims.source_sha256[:16]}..., but {'A' if b_is_reduction else 'B'} has {sha[:16]}...")
+    return None, True, ("; ".join(notes) or None)
+
+
+@dataclass
+class CarriedCheck:
+    """The outcome of checking a reduction's claims: per-output bound on |original - reduced|, or why not."""
+
+    ok: bool
+    reason: str
+    per_output: np.ndarray | None = None
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+    witnesses: np.ndarray | None = None
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 4),
+                "max_diff_upper": None if self.per_output is None else float(np.max(self.per_output)), **self.stats}
+
+
+def check_claims(original: Network, reduced: Network, box: Box, claims: Claims, *, backend: str = "highs",
+                 time_limit: float = 60.0, seed: int = 0, progress: bool = False) -> CarriedCheck:
+    """Re-prove the claimed phases of `original` on the box, rebuild the reduction and bound |reduced - it|."""
+    from ..transform.reduce import reduce_network
+    from .stability import StabilityOptions, prove_stability
+    t0 = time.perf_counter()
+    masks = claims.masks(original.hidden_widths)
+    if masks is None:
+        return CarriedCheck(False, "the recorded phases do not fit the original's layers", seconds=time.perf_counter() - t0)
+    dead, active = masks
+    if any(np.any((d | a) & ~m) for d, a, m in zip(dead, active, original.masks)):
+        return CarriedCheck(False, "the recorded phases name neurons without a ReLU", seconds=time.perf_counter() - t0)
+    n_claims = int(sum(d.sum() + a.sum() for d, a in zip(dead, active)))
+    # 1. the reduction, rebuilt from the original, must have the written model's shape
+    exact = _export_order(reduce_network(original, dead, active))
+    why = _same_structure(exact, reduced)
+    if why:
+        return CarriedCheck(False, f"the model is not the reduction its metadata describes ({why})",
+                            seconds=time.perf_counter() - t0, stats={"claims": n_claims})
+    # 2. the phases, re-proved on this box (the claimed side only; other neurons are not queried)
+    sopt = StabilityOptions(method="milp", backend=backend, time_limit=min(10.0, time_limit), seed=seed,
+                            milp_budget=time_limit, progress=progress)
+    stab = prove_stability(original, box, sopt, claims=(dead, active))
+    got_dead, got_active = stab.phase_masks(original)
+    missing = [(k + 1, int(i), "dead") for k, d in enumerate(dead) for i in np.flatnonzero(d & ~got_dead[k])]
+    missing += [(k + 1, int(i), "active") for k, a in enumerate(active) for i in np.flatnonzero(a & ~got_active[k])]
+    by = {}
+    for p in stab.neurons:
+        if p.phase in ("dead", "active") and p.method != "unclaimed":
+            by[p.method] = by.get(p.method, 0) + 1
+    stats = {"claims": n_claims, "proved_by": by, "queries": stab.queries}
+    if missing:
+        refuted = sum(stab.neurons[_flat(original, k - 1, i)].phase == "unstable" for k, i, _ in missing)
+        return CarriedCheck(False, f"{len(missing)} of {n_claims} recorded phases were not proved on this region"
+                            + (f" ({refuted} shown wrong by real points)" if refuted else "")
+                            + f", e.g. layer {missing[0][0]} neuron {missing[0][1]} {missing[0][2]}",
+                            seconds=time.perf_counter() - t0, stats=stats, witnesses=stab.witnesses)
+    # 3. the written weights against the exact reduction: a bound on the float32 rounding's effect
+    per_output = rounding_bound(exact, reduced, box)
+    return CarriedCheck(True, f"all {n_claims} recorded phases re-proved on this region and the model is their "
+                        "reduction of the original", per_output, time.perf_counter() - t0, stats, stab.witnesses)
+
+
+def _flat(net: Network, k: int, i: int) -> int:
+    return int(sum(net.hidden_widths[:k]) + i)
+
+
+def _export_order(net: Network) -> Network:
+    """The layer order the ONNX export writes: in a partly linear layer, ReLU neurons first, then linear ones."""
+    dense = [d for d in net.dense]
+    masks = []
+    from ..ir.network import Dense
+    for k, m in enumerate(net.masks):
+        perm = np.concatenate([np.flatnonzero(m), np.flatnonzero(~m)])
+        dense[k] = Dense(dense[k].W[perm], dense[k].b[perm])
+        dense[k + 1] = Dense(dense[k + 1].W[:, perm], dense[k + 1].b)
+        masks.append(np.asarray(m)[perm])
+    return net.with_layers(dense, masks)
+
+
+def _same_structure(a: Network, b: Network) -> str | None:
+    if len(a.dense) != len(b.dense) or len(a.masks) != len(b.masks):
+        return f"{len(a.dense)} layers expected, the model has {len(b.dense)}"
+    for k, (da, db) in enumerate(zip(a.dense, b.dense), start=1):
+        if da.W.shape != db.W.shape or da.b.shape != db.b.shape:
+            return f"layer {k} is {db.W.shape[0]}x{db.W.shape[1]}, expected {da.W.shape[0]}x{da.W.shape[1]}"
+    for k, (ma, mb) in enumerate(zip(a.masks, b.masks), start=1):
+        if not np.array_equal(np.asarray(ma, bool), np.asarray(mb, bool)):
+            return f"hidden layer {k} has its ReLUs on other neurons"
+    return None
+
+
+def rounding_bound(exact: Network, written: Network, box: Box) -> np.ndarray:
+    """Per output, a bound on |written(x) - exact(x)| over the box, for two networks of one structure: the
+    tighter of the difference engine's (one back-substitution pass over the paired networks) and the
+    interval propagation of the module docstring."""
+    from ..bounds.diff import pair_bounds
+    from .align import align
+    pb = pair_bounds(align(exact, written), box.lo[None], box.hi[None])
+    engine = np.maximum(np.maximum(pb.d_hi[-1][0], -pb.d_lo[-1][0]), 0.0) + 0.0    # + 0.0: no -0.0
+    return np.minimum(engine, _interval_rounding(exact, written, box))
+
+
+def _interval_rounding(exact: Network, written: Network, box: Box) -> np.ndarray:
+    """|z_B - z_R| <= |W_B| e + |W_B - W_R| |h_R| + |b_B - b_R| layer by layer, |h_R| by interval arithmetic,
+    and a relative safety factor on top."""
+    lo, hi = box.lo.astype(float), box.hi.astype(float)
+    e = np.zeros_like(lo)
+    for k, (dx, dw) in enumerate(zip(exact.dense, written.dense)):
+        mag = np.maximum(np.abs(lo), np.abs(hi))
+        e = np.abs(dw.W) @ e + np.abs(dw.W - dx.W) @ mag + np.abs(dw.b - dx.b)
+        c, r = (lo + hi) / 2, (hi - lo) / 2
+        zc, zr = dx.W @ c + dx.b, np.abs(dx.W) @ r
+        lo, hi = zc - zr, zc + zr
+        if k < len(exact.masks):
+            m = np.asarray(exact.masks[k], bool)
+            lo, hi = np.where(m, np.maximum(lo, 0.0), lo), np.where(m, np.maximum(hi, 0.0), hi)
+    # float64 rounding in the sums above is far below this factor for any realistic width
+    return e * (1 + 1e-6) + 1e-12
