@@ -161,19 +161,19 @@ def _pair_ascent(f, g, box, X, steps, per_pair: int = 2):
     return best
 
 
-def to_float32_in_box(x: np.ndarray, box: Box) -> np.ndarray | None:
-    """The float32 point nearest x that still lies in the box (None if the box holds no float32 there);
+def floats_in_box(X: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """Row by row, the float32 point nearest x that still lies in the box, and whether the box holds one there;
     an input whose interval holds no float32 (`float32_gaps`) takes the float32 nearest its lower end."""
-    x32 = np.clip(x, box.lo, box.hi).astype(np.float32)
+    x32 = np.clip(X, box.lo, box.hi).astype(np.float32)
     lo_bad = x32.astype(np.float64) < box.lo
     x32[lo_bad] = np.nextafter(x32[lo_bad], np.float32(np.inf))
     hi_bad = x32.astype(np.float64) > box.hi
     x32[hi_bad] = np.nextafter(x32[hi_bad], np.float32(-np.inf))
     gaps = float32_gaps(box)
-    x32[gaps] = box.lo[gaps].astype(np.float32)
+    x32[:, gaps] = box.lo[gaps].astype(np.float32)
     inside = (x32.astype(np.float64) >= box.lo) & (x32.astype(np.float64) <= box.hi)
-    inside[gaps] = True
-    return x32 if bool(inside.all()) else None
+    inside[:, gaps] = True
+    return x32, inside.all(axis=1)
 
 
 @dataclass
@@ -192,10 +192,10 @@ class Confirmed:
 
 def evaluate(run_a, run_b, X: np.ndarray, box: Box):
     """Run float32 versions of the points (kept inside the box) in both models: (points, out_a, out_b)."""
-    pts = [p for p in (to_float32_in_box(x, box) for x in np.atleast_2d(X)) if p is not None]
-    if not pts:
+    P, ok = floats_in_box(np.atleast_2d(X), box)
+    P = P[ok]
+    if not len(P):
         return np.empty((0, box.dim), np.float32), np.empty((0, 0)), np.empty((0, 0))
-    P = np.vstack(pts)
     return P, run_a(P).astype(np.float64), run_b(P).astype(np.float64)
 
 
