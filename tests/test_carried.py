@@ -180,3 +180,21 @@ def test_random_nets_simplified_then_checked(problem):
         assert res.verdict == "equivalent", res.notes
         assert _methods(res) in ({"carried"}, {"identical"})
         assert _sampled_max_diff(a, out, box, n=10000) <= res.max_diff_upper + 1e-5
+
+
+def test_the_sub_box_path_uses_the_record_first(tmp_path, capsys):
+    """--journal (as --workers / --scheduler) sends a check to the sub-box search; a record decides first."""
+    a, spec = MODELS / "digits_mlp.onnx", MODELS / "digits_mlp_ball.vnnlib"
+    out = tmp_path / "d.onnx"
+    assert main(["simplify", str(a), "--spec", str(spec), "-o", str(out)]) == 0
+    capsys.readouterr()
+    args = ["check", str(a), str(out), "--spec", str(spec), "--json", "--journal", str(tmp_path / "run.jnl")]
+    assert main(args + ["--epsilon", "1e-4"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["verdict"] == "equivalent" and {p["method"] for p in rep["pieces"]} == {"carried"}
+    # epsilon below the rounding bound: the record does not decide, the sub-box search does, with the note
+    main(args[:-2] + ["--journal", str(tmp_path / "run2.jnl"), "--epsilon", "1e-12", "--time-limit", "20"])
+    rep = json.loads(capsys.readouterr().out)
+    assert "carried" not in {p["method"] for p in rep["pieces"]}
+    assert any("carries its reduction's phases" in n for n in rep["notes"])
+    assert rep["verdict"] != "equivalent" or rep["max_diff_upper"] <= 1e-12

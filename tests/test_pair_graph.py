@@ -68,6 +68,20 @@ def test_exact_difference_bound_on_a_hand_made_pair():
     assert -0.1 - 1e-8 <= hl[0, 0] and hu[0, 0] <= 1e-8
 
 
+def test_a_loosely_bounded_active_relu_against_its_linear_channel():
+    """z = relu(x) - relu(x) + x + 0.5 is active on [-0.4, 1], but DeepPoly bounds it by [-0.3, 1.5]; g has
+    that neuron as a linear channel (what simplify writes).  f's lower slope follows z_g's (1 here), so
+    relu(z_f) - z_g >= dz = 0: no gap below (a chord-parallel slope would leave (s - 1) * 1.5 = -0.25)."""
+    first = ([[1.0], [1.0], [1.0]], [0.0, 0.0, 0.0])
+    second, last = ([[1.0, -1.0, 1.0]], [0.5]), ([[1.0]], [0.0])
+    f = tiny_net([first, second, last], [np.array([True, True, False]), np.array([True])])
+    g = tiny_net([first, second, last], [np.array([True, True, False]), np.array([False])])
+    lo, hi = pair_bounds(align(f, g), np.array([[-0.4]]), np.array([[1.0]])).out_diff
+    assert -1e-6 <= lo[0, 0] <= 0.0 <= hi[0, 0]
+    x = np.linspace(-0.4, 1.0, 101)[:, None]
+    assert np.allclose(f.forward(x), g.forward(x))
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10 ** 6), linear=st.booleans())
 def test_batched_bounds_contain_samples_and_children_tighten(seed, linear):

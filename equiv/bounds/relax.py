@@ -108,12 +108,15 @@ def prepare_diff(op, lo: list, hi: list) -> DiffRelax:
     g_act = SimpleNamespace(relu_mask=flat(op.g_relu), linear_mask=flat(op.g_linear))
     alf, auf, tuf = _relaxation(flo, fhi, f_act)
     alg, aug, tug = _relaxation(glo, ghi, g_act)
-    # f unstable against g linear (a ReLU replaced by a line, tolerance mode): f's lower line parallel to its
-    # upper chord (any slope in [0, 1] is sound), so that a line fitted to relu on [l, u] has a difference
-    # bounded by the chord's gap, not by the 0/1 heuristic's area.  Only where z_g varies: against a
-    # constant (a neuron replaced by one) nothing cancels and the 0/1 choice has the smaller area
+    # f unstable against g linear: either a ReLU replaced by a line a z + c (tolerance mode), or a neuron g
+    # knows to be active where f's bounds are too loose to tell.  Any lower slope in [0, 1] is sound for f;
+    # the one that cancels in dh = relu(z_f) - z_g is z_g's slope in z_f, estimated by the ratio of the two
+    # ranges (a for a replaced ReLU, where the gap left is the line's, 1 for an active one, where dh = dz).
+    # Only where z_g varies: against a constant nothing cancels and the 0/1 choice has the smaller area
     chord = f_act.relu_mask & ~g_act.relu_mask & g_act.linear_mask & (flo < 0) & (fhi > 0) & (ghi > glo)
-    alf = np.where(chord, auf, alf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.clip((ghi - glo) / (fhi - flo), 0.0, 1.0)
+    alf = np.where(chord, ratio, alf)
     Pu, Qu, Ru = auf, auf - alg, tuf
     Pl, Ql, Rl = alf, alf - aug, -tug
     both = f_act.relu_mask & g_act.relu_mask & (flo < 0) & (fhi > 0) & (glo < 0) & (ghi > 0)

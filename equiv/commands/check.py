@@ -37,7 +37,10 @@ def cmd_check(args, out) -> int:
     ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once
     chains = takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b)
     if chains and (args.workers or args.scheduler or args.journal):
-        res = _check_split(args, boxes, opt)
+        res, notes = _carried_first(args, boxes, opt)
+        if res is None:
+            res = _check_split(args, boxes, opt)
+            res.notes += notes
     elif chains:
         res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
     else:
@@ -55,6 +58,17 @@ def cmd_check(args, out) -> int:
         write_json_atomic(report, args.report)
     out.emit(json.dumps(report, indent=1) if args.json else summary(res, "A", "B"))
     return res.exit_code
+
+
+def _carried_first(args, boxes, opt):
+    """With --workers/--scheduler/--journal: a simplified model's record (`prove.carried`) is re-proved in this
+    process first: (the result, []) if that decided, else (None, its notes) and the sub-box search runs as asked."""
+    from ..prove.carried import find_claims
+    from ..prove.equivalence import check_models
+    if opt.norm != "linf" or find_claims(args.model_a, args.model_b)[0] is None:
+        return None, []
+    res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt, search=False)
+    return (res, []) if res.verdict != "unknown" else (None, res.notes)
 
 
 def _check_split(args, boxes, opt):

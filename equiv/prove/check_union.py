@@ -15,7 +15,8 @@ from .equivalence import CheckOptions, CheckResult, check_networks
 from ..spec.region import Box
 
 
-def check_networks_on_union(f, g, boxes: list[Box], run_a, run_b, options: CheckOptions, carried=None) -> CheckResult:
+def check_networks_on_union(f, g, boxes: list[Box], run_a, run_b, options: CheckOptions, carried=None,
+                            search: bool = True) -> CheckResult:
     """Equivalent when every box is; not equivalent at the first box with a confirmed counterexample (a
     point of that box, so of the region); otherwise unknown.  The time limit is shared by the boxes."""
     t0 = time.perf_counter()
@@ -25,7 +26,8 @@ def check_networks_on_union(f, g, boxes: list[Box], run_a, run_b, options: Check
         if left <= 0:
             break
         share = left / (len(boxes) - i)          # what is left, spread over the boxes still to do
-        r = check_networks(f, g, box, run_a, run_b, dataclasses.replace(options, time_limit=share), carried=carried)
+        r = check_networks(f, g, box, run_a, run_b, dataclasses.replace(options, time_limit=share), carried=carried,
+                           search=search)
         results.append(r)
         if r.verdict == "not_equivalent":
             break

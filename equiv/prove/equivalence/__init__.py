@@ -30,9 +30,10 @@ __all__ = ["NORMS", "CheckOptions", "CheckResult", "Piece", "certify_simplified"
            "eps_vector", "summary"]
 
 
-def check_models(model_a, model_b, box: Box | list[Box], options: CheckOptions) -> CheckResult:
+def check_models(model_a, model_b, box: Box | list[Box], options: CheckOptions, *, search: bool = True) -> CheckResult:
     """Load two ONNX models (paths or ModelProtos) and check them on the box (see `check_networks`), or on
-    a union of boxes, each decided on its own (see `check_union`)."""
+    a union of boxes, each decided on its own (see `check_union`).  search=False: only what a simplified
+    model's record (`carried`) decides, else unknown."""
     from ...ir.chain_io import load_onnx, network_from_onnx
     from ...artifacts.validate import OnnxRunner
 
@@ -52,9 +53,9 @@ def check_models(model_a, model_b, box: Box | list[Box], options: CheckOptions) 
     run_b = OnnxRunner(str(model_b) if hasattr(model_b, "__fspath__") else model_b)
     if len(boxes) > 1:
         from ..check_union import check_networks_on_union
-        res = check_networks_on_union(f, g, boxes, run_a, run_b, options, carried=carried)
+        res = check_networks_on_union(f, g, boxes, run_a, run_b, options, carried=carried, search=search)
     else:
-        res = check_networks(f, g, boxes[0], run_a, run_b, options, carried=carried)
+        res = check_networks(f, g, boxes[0], run_a, run_b, options, carried=carried, search=search)
     if why:
         res.notes.append(f"not used as a proof: {why}")
     return res

@@ -19,13 +19,14 @@ from .result import CheckOptions, CheckResult, eps_vector
 
 
 def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: CheckOptions,
-                   f_bounds=None, f_margins: dict | None = None, carried=None) -> CheckResult:
+                   f_bounds=None, f_margins: dict | None = None, carried=None, search: bool = True) -> CheckResult:
     """Check f (run in onnxruntime by run_a) against g (run_b) on the box; see the module docstring.
 
     f_bounds: optional sound bounds of f's pre-activations on the whole box (a `bounds.common.Bounds`, e.g.
     LP/MILP-tightened by `simplify`); every sub-box starts from them.  f_margins: {(c, k): proven lower bound
     of f_c - f_k on the whole box} (top1), used on every sub-box.  carried: (claims, g_is_reduction) when one
-    network says it is equiv's reduction of the other (`carried.find_claims`): tried before any search."""
+    network says it is equiv's reduction of the other (`carried.find_claims`): tried before any search.
+    search=False: stop after that (unknown unless the record or a point decided; the caller searches elsewhere)."""
     opt = options
     clock = _Clock(opt.time_limit)
     box.check_dim(f.n_inputs)
@@ -65,6 +66,8 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     elif carried is not None:
         if _carried(st, f, g, box, carried, rng, notes):
             return st.result(clock.elapsed, notes)
+    if not search:
+        return st.result(clock.elapsed, notes)
 
     if not pair.same_shape:
         notes.append("the networks have different layer widths or depths: neurons were paired by their values at sample points "
