@@ -238,6 +238,8 @@ def test_scheduler_and_two_worker_processes_on_loopback(tmp_path):
         assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
         assert json.loads(r2.stdout)["distributed"]["workers"] == 2
         assert (tmp_path / "serial.onnx").read_bytes() == (tmp_path / "remote.onnx").read_bytes()
+        # these workers have a nanny, which sets the malloc threshold that slows equiv down: the user is told
+        assert "MALLOC_TRIM_THRESHOLD_" in r2.stderr and "--no-nanny" in r2.stderr
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -246,6 +248,13 @@ def test_scheduler_and_two_worker_processes_on_loopback(tmp_path):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_slow_worker_environment_is_named():
+    from equiv.distributed.executor import slow_worker_environment
+    assert slow_worker_environment({"tcp://a": None, "tcp://b": None}) is None
+    msg = slow_worker_environment({"tcp://a": "65536", "tcp://b": None})
+    assert msg.startswith("1 of 2 workers") and "65536" in msg and "--no-nanny" in msg
 
 
 # ---- check and slice ---------------------------------------------------------------------------------------
