@@ -198,3 +198,22 @@ def test_the_sub_box_path_uses_the_record_first(tmp_path, capsys):
     assert "carried" not in {p["method"] for p in rep["pieces"]}
     assert any("carries its reduction's phases" in n for n in rep["notes"])
     assert rep["verdict"] != "equivalent" or rep["max_diff_upper"] <= 1e-12
+
+
+@pytest.mark.usefixtures("bench")
+def test_compress_writes_the_record_only_on_the_exact_reduction(tmp_path):
+    """compress's exact-simplification candidate carries its phases (its check re-proves them); a candidate
+    made from it (other weights or factored layers) does not, since it is no longer that reduction."""
+    import dataclasses
+    from equiv.apps.compress.makers import exact_simplified
+    from equiv.prove.stability import prove_stability
+    a = acas_path(1, 1)
+    box = load_region(spec=ACAS / "prop_3.vnnlib")[0]
+    net = load_onnx(a)
+    dead, active = prove_stability(net, box).phase_masks(net)
+    cand = exact_simplified("simplified", reduce_network(net, dead, active), (sha256_of(a), dead, active))
+    out = tmp_path / "c.onnx"
+    out.write_bytes(cand.to_onnx().SerializeToString())
+    res = check_models(a, out, box, CheckOptions(epsilon=1e-4))
+    assert res.verdict == "equivalent" and _methods(res) == {"carried"}
+    assert read_claims(dataclasses.replace(cand, weights="float16").to_onnx()) == (None, None)

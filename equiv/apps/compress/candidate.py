@@ -29,9 +29,14 @@ class Candidate:
     weights: str = "float32"
     parent: str | None = None
     note: str = ""
+    record: tuple | None = None     # (original's sha256, dead, active): the exact reduction's phases (`carried`)
 
     def to_onnx(self) -> onnx.ModelProto:
         model = network_to_onnx(self.net)
+        if self.record is not None and all(r is None for r in self.ranks) and self.weights == "float32":
+            # the exact simplification carries its phases, so its check re-proves them instead of searching
+            from ...prove.carried import attach_claims
+            attach_claims(model, *self.record)
         if any(r is not None for r in self.ranks):
             model = factor_layers(model, self.net, self.ranks)
         if self.weights != "float32":

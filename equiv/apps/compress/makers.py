@@ -123,5 +123,5 @@ def lowrank_svd(base: Candidate, level: float, points: np.ndarray) -> Candidate:
 LEVEL_MAKERS = {"lowrank": lowrank, "lowrank-svd": lowrank_svd, "neurons": neurons, "weights": weights}
 
 
-def exact_simplified(name: str, net: Network) -> Candidate:
-    return Candidate(name, "simplify", None, net, [None] * net.depth)
+def exact_simplified(name: str, net: Network, record: tuple | None = None) -> Candidate:
+    return Candidate(name, "simplify", None, net, [None] * net.depth, record=record)

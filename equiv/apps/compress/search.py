@@ -188,7 +188,8 @@ class Search:
             return exact_simplified("original", self.net)
         self.result.notes.append(f"exact simplification: {self.net.n_relus} -> {small.n_relus} ReLUs, "
                                  f"{stab.count('unknown')} neurons unknown, {time.perf_counter() - t:.1f} s")
-        return exact_simplified("simplified", small)
+        from ..simplify import sha256_of
+        return exact_simplified("simplified", small, (sha256_of(self.path), *stab.phase_masks(self.net)))
 
     def within_tolerance(self, base: Candidate) -> Candidate | None:
         """Simplification up to the target itself (neurons replaced under a sound bound, certified there),
