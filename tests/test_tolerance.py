@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from conftest import ACAS, MNIST, MODELS, acas_path, load_box, needs_bench, small_problems, tiny_net
 from equiv.apps.tolerance.candidates import _merge_fits, minimax_affine, relu_candidates
 from equiv.apps.tolerance.edits import Edit, apply_edits, compact, exact_edits
-from equiv.apps.tolerance.judge import partition
+from equiv.apps.tolerance.judge import Judge, partition
 from equiv.apps.tolerance.pipeline import ToleranceOptions, simplify_within
 from equiv.artifacts.validate import OnnxRunner
 from equiv.ir.chain_export import network_to_onnx
@@ -164,6 +164,20 @@ def test_per_output_epsilon_is_respected():
     assert np.all(worst <= eps)
     assert res.certificate is not None and res.certificate.verdict == "equivalent"
     assert res.simplified.n_relus < res.exact.n_relus
+
+
+def test_top1_judge_bounds_margins_not_sums():
+    """The judge's rows are f_c - f_k: a network whose class flips on part of the box is never proved to keep
+    it (rows e_c + e_k, as an earlier version had, bounded 20.3 + h > 0 and said yes)."""
+    from equiv.bounds.deeppoly import deeppoly_bounds
+    # h = relu(x) on [0, 1]; outputs 10 + h, 10.3, 0: class 0 for x > 0.3, class 1 below
+    f = tiny_net([([[1.0]], [0.0]), ([[1.0], [0.0], [0.0]], [10.0, 10.3, 0.0])])
+    box = Box([0.0], [1.0])
+    judge = Judge(f, box, deeppoly_bounds(f, box), top1=True, pieces=4)
+    assert judge.label == 0
+    assert np.array_equal(judge.C, [[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]])
+    assert not judge.proved_ok(f)
+    assert judge.bound(f)[0] < 0
 
 
 @needs_bench

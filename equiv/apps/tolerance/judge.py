@@ -59,7 +59,7 @@ class Judge:
         self.sampled_only = False      # the sampled stage: accept on the samples alone (not a proof)
         if top1:
             self.label = int(np.argmax(f.forward(box.center)))
-            self.C = np.delete(np.eye(f.n_outputs), self.label, axis=0)
+            self.C = -np.delete(np.eye(f.n_outputs), self.label, axis=0)
             self.C[:, self.label] = 1.0       # rows e_c - e_k: the margins of class c
             self.f_margin = np.full(f.n_outputs - 1, -np.inf)   # proven lower bounds of f_c - f_k (see `margins`)
 
