@@ -1,0 +1,163 @@
+"""Top-1 on a region too wide to split, where A keeps one class c: decide with MILPs on one network at a time.
+
+If f_c - f_k > 0 and g_c - g_k > 0 on the whole box for every k != c, both networks answer c everywhere.
+Since g_c - g_k = (f_c - f_k) - (d_c - d_k) with d = f - g, a proof that f's margin exceeds the difference
+bound's upper end U_k settles g too; only the classes where it does not need a MILP on g.  Each query is
+a MILP of one network (its unstable ReLUs as binaries), not of the product of the two, and it asks about
+a margin that is usually far from zero: on MNIST 256x4 against its float16 copy, nine 5 s decisions
+where the product MILP ran out of 300 s.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ...bounds.common import Bounds
+from ...bounds.diff import output_bounds, pair_bounds
+from ...encode.chain import encode_network
+from ...ir.network import Dense, Network
+from ...solvers import make_backend, milp_backend
+
+PREPASS_SHARE, PREPASS_MAX = 0.3, 20.0   # of the step's budget (at most 20 s): A's neuron bounds before the margins
+
+
+def margin_network(net: Network, c: int) -> Network:
+    """net's hidden layers, then a ReLU layer of the margins net_c - net_k (k != c), then the identity:
+    its margin neurons are "active" exactly where c beats every other class strictly."""
+    n = net.n_outputs
+    C = -np.delete(np.eye(n), c, axis=0)
+    C[:, c] = 1.0                                # rows e_c - e_k
+    last = net.dense[-1]
+    dense = list(net.dense[:-1]) + [Dense(C @ last.W, C @ last.b), Dense(np.eye(n - 1), np.zeros(n - 1))]
+    masks = [np.asarray(m, bool) for m in net.masks] + [np.ones(n - 1, bool)]
+    return Network.from_layers(dense, masks)
+
+
+def margin_rows(n_out: int, c: int, pairs: list) -> np.ndarray:
+    """Indices, in the ledger's list of class pairs, of (c, k) for k != c in increasing k."""
+    return np.array([pairs.index((c, k)) for k in range(n_out) if k != c])
+
+
+def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, todo: np.ndarray, opt, clock,
+                   stats) -> tuple[np.ndarray, list]:
+    """For each k in `todo`, decide net_c - net_k > thresholds[k] on the box (margin network `net`; `hidden`:
+    sound bounds of the original network's hidden pre-activations); returns (proved mask, witness input points of the queries that found a point above)."""
+    depth = len(net.masks) - 1                   # the margin layer is the last hidden one
+    enc = encode_network(net, box, hidden, depth=depth, integer=True)
+    backend = make_backend(milp_backend(opt.backend), enc.model)
+    W, b = net.dense[depth].W, net.dense[depth].b
+    proved = np.zeros(W.shape[0], bool)
+    witnesses = []
+
+    def ask(k):
+        limit = min(opt.query_time_limit, clock.left - 1.0)
+        if limit < 0.1:
+            return None
+        # max -(m_k) <= -t - margin  <=>  m_k >= t + margin on the whole box
+        cc, off = enc.objective(-W[k], -b[k])
+        return backend.decide(cc, off, -float(thresholds[k]), time_limit=limit, margin=opt.margin)
+
+    workers = 2 if getattr(backend, "threads_ok", False) and len(todo) > 1 else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for k, dec in zip(todo, pool.map(ask, todo)):
+            if dec is None:
+                continue
+            stats["milp_queries"] += 1
+            if dec.verdict == "below":
+                proved[k] = True
+            else:
+                stats["milp_unknown"] += 1
+                if dec.verdict == "above" and dec.x is not None:
+                    witnesses.append(enc.input_point(dec.x))
+    return proved, witnesses
+
+
+def robust_class(st, f: Network, budget: float, notes: list) -> bool:
+    """Try to decide a top-1 check by the margins of each network (see the module docstring); True when the
+    whole box is closed.  Leaves A's proven neuron bounds and margins in the ledger for the search after it."""
+    from ..stability import StabilityOptions, prove_stability
+    from .search import known_f
+    opt, box, pair, clock = st.opt, st.box, st.pair, st.clock
+    if len(pair.f.dense) != len(f.dense):
+        return False
+    t_end = time.perf_counter() + budget
+    n_out = f.n_outputs
+    c = int(np.argmax(f.forward(box.center[None])[0]))
+    rows = margin_rows(n_out, c, st.pairs)
+    t0 = time.perf_counter()
+
+    # A's neuron bounds and a first bound of its margins, by the stability pipeline on the margin network
+    fm = margin_network(f, c)
+    pre = min(PREPASS_SHARE * budget, PREPASS_MAX)
+    sopt = StabilityOptions(method="milp", backend=milp_backend(opt.backend), time_limit=min(5.0, pre),
+                            seed=opt.seed, milp_budget=pre)
+    sres = prove_stability(fm, box, sopt)
+    st.tighten = None
+    hidden = Bounds(sres.bounds.lo[:-2], sres.bounds.hi[:-2])
+    out_lo, out_hi = np.full(n_out, -np.inf), np.full(n_out, np.inf)
+    known = known_f(pair, f, Bounds(hidden.lo + [out_lo], hidden.hi + [out_hi]), box)
+    if known is None:
+        return False
+    st.known = known
+    f_lo = sres.bounds.lo[-2].copy()                 # proven lower bounds of f_c - f_k
+    st.stats["seconds"]["margins_prepass"] = time.perf_counter() - t0
+
+    # what the difference can take away: U_k >= d_c - d_k; and g's margins through the pair
+    pb = st.root = pair_bounds(pair, box.lo[None], box.hi[None], known)
+    st.stats["boxes"] += 1
+    Cc = st.C[rows]
+    _, d_up = output_bounds(pair, pb, Cc, "d")
+    g_lo, _ = output_bounds(pair, pb, Cc, "g")
+    d_up, g_lo = d_up[0], np.maximum(g_lo[0], f_lo - d_up[0])
+    done = (f_lo > 0) & (g_lo > 0)
+
+    # 1. f's margin above U_k (settles g as well), or above 0 where g's bound is positive already
+    need = np.where(g_lo > 0, 0.0, np.maximum(d_up, 0.0))
+    todo = np.flatnonzero(~done)
+    clock_step = _Deadline(clock, t_end)
+    ok, pts = decide_margins(fm, box, hidden, need, todo, opt, clock_step, st.stats)
+    f_lo[ok] = np.maximum(f_lo[ok], need[ok] + opt.margin)
+    done |= ok
+    if pts:
+        st.try_points(np.array(pts))
+    # 2. the rest: f's margin above 0 and g's own margin above 0
+    todo = np.flatnonzero(~done)
+    if todo.size and st.cex is None and pair.same_shape and clock_step.left > 1.0:
+        zero = np.zeros(n_out - 1)
+        ok_f, pts_f = decide_margins(fm, box, hidden, zero, todo[f_lo[todo] <= 0], opt, clock_step, st.stats)
+        f_lo[ok_f] = np.maximum(f_lo[ok_f], opt.margin)
+        gm = margin_network(pair.g, c)
+        g_hidden = Bounds([a[0] for a in pb.g_lo[:-1]], [a[0] for a in pb.g_hi[:-1]])
+        ok_g, pts_g = decide_margins(gm, box, g_hidden, zero, todo[g_lo[todo] <= 0], opt, clock_step, st.stats)
+        g_lo[ok_g] = np.maximum(g_lo[ok_g], opt.margin)
+        if pts_f or pts_g:
+            st.try_points(np.array(pts_f + pts_g))
+        done |= (f_lo > 0) & (g_lo > 0)
+    st.f_margin = np.full(len(st.pairs), -np.inf)
+    st.f_margin[rows] = f_lo
+    st.stats["seconds"]["margins"] = time.perf_counter() - t0
+    st.stats["margins_proved"] = f"{int(done.sum())} of {n_out - 1}"
+    if st.cex is not None or not done.all():
+        if st.cex is None:
+            notes.append(f"A answers {c} at the centre; the margins of both networks were proved positive for "
+                         f"{int(done.sum())} of the {n_out - 1} other classes: searched on")
+        return False
+    absd = np.maximum(pb.d_hi[-1][0], -pb.d_lo[-1][0])
+    st.close(box.lo, box.hi, "equivalent", "margins", absd)
+    notes.append(f"both networks answer class {c} on the whole box: every margin of A proved above what the "
+                 f"difference can take away, or B's own margins proved positive (MILPs on one network each)")
+    return True
+
+
+class _Deadline:
+    """The check's clock, cut at the end of this step's budget (`left` is what decide_margins reads)."""
+
+    def __init__(self, clock, t_end: float):
+        self.clock, self.t_end = clock, t_end
+
+    @property
+    def left(self) -> float:
+        return min(self.clock.left, self.t_end - time.perf_counter())
