@@ -96,11 +96,20 @@ def test_cli_simplify_resnet(tmp_path, capsys):
 
 
 @needs_cifar
-def test_certify_on_a_graph_is_refused_clearly(tmp_path, capsys):
+def test_certify_on_a_graph_uses_its_record(tmp_path, capsys):
+    """--certify on a CNN: the written model's recorded phases re-proved, the reduction rebuilt, the rounding
+    bounded: a proof, and the model written."""
     model, spec = CIFAR / "cifar_wide_kw.onnx", CIFAR / "cifar_wide_kw-img19-eps0.007973856209150327.vnnlib"
-    assert main(["simplify", str(model), "--spec", str(spec), "-o", str(tmp_path / "s.onnx"), "--certify"]) == 2
-    assert "chains of dense layers" in capsys.readouterr().err
-    assert not (tmp_path / "s.onnx").exists()
+    out = tmp_path / "s.onnx"
+    assert main(["simplify", str(model), "--spec", str(spec), "-o", str(out), "--certify", "--method", "deeppoly",
+                 "--validation-samples", "1000", "--json", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    cert = r["certificate"]
+    assert cert["verdict"] == "equivalent" and cert["max_diff_upper"] <= 1e-4
+    assert cert["stats"]["carried"]["ok"] and out.exists()
+    box = load_region(spec=spec)[0]
+    x = np.vstack([box.sample(3000, np.random.default_rng(5)), box.random_vertices(64, np.random.default_rng(5))])
+    assert np.abs(OnnxRunner(str(model))(x) - OnnxRunner(str(out))(x)).max() <= 1e-4
 
 
 # ---- check on graphs ----------------------------------------------------------------------------------
@@ -223,10 +232,11 @@ def test_dead_channels_and_rows_are_deleted(tmp_path, rng, capsys):
     assert main(["check", str(path), str(out), "--box", small, "--epsilon", "1e-4", "--json", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["verdict"] == "equivalent" and r["max_diff_upper"] <= 1e-4
-    # on the whole box: a verdict or an honest unknown, never a counterexample (they are equal there)
+    # on the whole box: the written model's record (its phases re-proved) decides it (`prove.graph_carried`)
     code = main(["check", str(path), str(out), "--box", box, "--epsilon", "1e-4", "--json", "--no-progress"])
     r = json.loads(capsys.readouterr().out)
-    assert (code, r["verdict"]) in ((0, "equivalent"), (3, "unknown")) and r["max_diff_lower"] <= 1e-4
+    assert (code, r["verdict"]) == (0, "equivalent") and r["max_diff_lower"] <= r["max_diff_upper"] + 1e-6 <= 1e-4
+    assert {p["method"] for p in r["pieces"]} == {"carried"}
 
 
 def test_an_all_active_block_folds_into_one_conv(tmp_path, rng, capsys):

@@ -84,14 +84,24 @@ class GraphPhases:
 
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
                  progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
-                 blocks=None, backend: str = "highs") -> GraphPhases:
+                 blocks=None, backend: str = "highs", claims: tuple[dict, dict] | None = None) -> GraphPhases:
     """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes and one LP
-    or MILP decision per position still undecided) and positions seen with both signs at real points."""
+    or MILP decision per position still undecided) and positions seen with both signs at real points.
+    claims: (dead, active) boolean masks per ReLU: only these phases are tried, each on its claimed side; the
+    other positions count as unstable and get no query (re-proving a record, see `prove.graph_carried`)."""
     rng = np.random.default_rng(seed)
     pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
     vals = g.evaluate(pts)
     pos = {r: (vals[g.args(r)[0]] > 0).any(axis=0) for r in g.relus}
     neg = {r: (vals[g.args(r)[0]] < 0).any(axis=0) for r in g.relus}
+    dead_sides = None
+    if claims is not None:
+        # an unclaimed position counts as seen with both signs (no query); a claimed one is asked on its side
+        for r in g.relus:
+            d, a = claims[0][r], claims[1][r]
+            pos[r] = pos[r] | ~d
+            neg[r] = neg[r] | ~a
+        dead_sides = claims[0]
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress, blocks=blocks)
     stats = {}
     if method in ("lp", "milp"):      # slopes first (cheap), then LPs / MILPs on what is left; pos / neg grow with the LPs' points
@@ -99,7 +109,9 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
         b, stats = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress)
         left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
         stage = milp_stage if method == "milp" else lp_stage
-        b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress, backend=backend)
+        extra = {"dead_sides": dead_sides} if method == "milp" else {}
+        b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress, backend=backend,
+                        **extra)
         stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"],
                  **{k: v for k, v in more.items() if k != "seconds"}, f"{method}_seconds": more["seconds"]}
     seen = {r: pos[r] & neg[r] for r in g.relus}

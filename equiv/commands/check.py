@@ -44,9 +44,14 @@ def cmd_check(args, out) -> int:
     elif chains:
         res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
     else:
+        from ..prove.graph_carried import carried_graph_check
         from ..prove.graph_check import check_graphs
         from ..artifacts.validate import OnnxRunner
-        res = check_graphs(ga, gb, boxes, OnnxRunner(str(args.model_a)), OnnxRunner(str(args.model_b)), opt)
+        run_a, run_b = OnnxRunner(str(args.model_a)), OnnxRunner(str(args.model_b))
+        res, notes = carried_graph_check(args.model_a, args.model_b, ga, gb, boxes, opt, run_a, run_b)
+        if res is None:
+            res = check_graphs(ga, gb, boxes, run_a, run_b, opt)
+            res.notes += notes
     from ..spec.region import hull
     region = {"source": source, **hull(boxes).to_json()}
     if len(boxes) > 1:

@@ -58,29 +58,42 @@ def attach_claims(model: onnx.ModelProto, source_sha256: str, dead: list[np.ndar
     """Record in the model's metadata the original's sha256 and the phases the reduction used (in place)."""
     doc = {"format": FORMAT, "source_sha256": source_sha256,
            "dead": [np.flatnonzero(d).tolist() for d in dead], "active": [np.flatnonzero(a).tolist() for a in active]}
+    return put_record(model, META_KEY, doc, region)
+
+
+def put_record(model: onnx.ModelProto, key: str, doc: dict, region: Box | None = None) -> onnx.ModelProto:
+    """Store `doc` (plus the region) as JSON under `key` in the model's metadata, replacing an older one."""
     if region is not None:
-        doc["region"] = region.to_json()
-    keep = [p for p in model.metadata_props if p.key != META_KEY]
+        doc = {**doc, "region": region.to_json()}
+    keep = [p for p in model.metadata_props if p.key != key]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
-    model.metadata_props.add(key=META_KEY, value=json.dumps(doc, separators=(",", ":")))
+    model.metadata_props.add(key=key, value=json.dumps(doc, separators=(",", ":")))
     return model
 
 
-def read_claims(model: onnx.ModelProto) -> tuple[Claims | None, str | None]:
-    """(claims, None), or (None, why not) when the model carries none or unreadable ones."""
-    text = next((p.value for p in model.metadata_props if p.key == META_KEY), None)
+def get_record(model: onnx.ModelProto, key: str, fmt: int, parse):
+    """(parse(doc), None) for the JSON record under `key`, (None, None) without one, (None, why) when it has
+    another format or does not parse."""
+    text = next((p.value for p in model.metadata_props if p.key == key), None)
     if text is None:
         return None, None
     try:
         doc = json.loads(text)
-        if doc.get("format") != FORMAT:
-            return None, f"its {META_KEY} metadata has format {doc.get('format')!r}, this equiv reads {FORMAT}"
+        if doc.get("format") != fmt:
+            return None, f"its {key} metadata has format {doc.get('format')!r}, this equiv reads {fmt}"
+        return parse(doc), None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, f"its {key} metadata is malformed ({exc})"
+
+
+def read_claims(model: onnx.ModelProto) -> tuple[Claims | None, str | None]:
+    """(claims, None), or (None, why not) when the model carries none or unreadable ones."""
+    def parse(doc):
         dead = [np.asarray(d, dtype=np.int64).reshape(-1) for d in doc["dead"]]
         active = [np.asarray(a, dtype=np.int64).reshape(-1) for a in doc["active"]]
-        return Claims(str(doc["source_sha256"]), dead, active, doc.get("region")), None
-    except (ValueError, KeyError, TypeError) as exc:
-        return None, f"its {META_KEY} metadata is malformed ({exc})"
+        return Claims(str(doc["source_sha256"]), dead, active, doc.get("region"))
+    return get_record(model, META_KEY, FORMAT, parse)
 
 
 def model_sha256(model) -> str:
@@ -95,12 +108,13 @@ def load_proto(model) -> onnx.ModelProto:
     return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
 
 
-def find_claims(model_a, model_b) -> tuple[Claims | None, bool, str | None]:
-    """Does one of the two models say it is equiv's reduction of the other?  (claims, b_is_reduction, note):
-    note explains a model that carries claims about a different original (then claims is None)."""
+def find_claims(model_a, model_b, reader=read_claims) -> tuple:
+    """Does one of the two models say it is equiv's reduction of the other (its record read by `reader`)?
+    (claims, b_is_reduction, note): note explains a model that carries claims about a different original
+    (then claims is None) or unreadable ones."""
     notes = []
     for reduced, original, b_is_reduction in ((model_b, model_a, True), (model_a, model_b, False)):
-        claims, why = read_claims(load_proto(reduced))
+        claims, why = reader(load_proto(reduced))
         if why:
             notes.append(why)
             continue

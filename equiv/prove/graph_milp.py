@@ -46,8 +46,11 @@ def _encoding(g: Graph, box: Box, bounds: GraphBounds, z: str, p: int, full: lis
 
 
 def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
-               budget: float | None = None, progress: bool = False, backend: str = "highs") -> tuple[GraphBounds, dict]:
-    """Tighter bounds (phases settled by infeasible decisions) and counts of the decisions made."""
+               budget: float | None = None, progress: bool = False, backend: str = "highs",
+               dead_sides: dict | None = None) -> tuple[GraphBounds, dict]:
+    """Tighter bounds (phases settled by infeasible decisions) and counts of the decisions made.
+    dead_sides: per ReLU, the positions to try to prove dead (the others: active); default, the side the bounds
+    make likelier."""
     stats = {"milp": 0, "milp_proved": 0, "milp_witnessed": 0, "milp_unknown": 0, "milp_skipped": 0,
              "seconds": 0.0}
     t_start = time.perf_counter()
@@ -81,7 +84,8 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
                 stats["milp_skipped"] += int((~(pos[r] & neg[r]).reshape(-1)[order[i:]]).sum())
                 bar.update(order.size - i - 1)
                 break
-            dead_side = hi[p] <= -lo[p]               # decide the phase the bounds make likelier
+            # decide the phase the bounds make likelier (or the one a record claims)
+            dead_side = bool(dead_sides[r].reshape(-1)[p]) if dead_sides is not None else hi[p] <= -lo[p]
             enc = _encoding(g, box, bounds, z, int(p), full)
             solver = make_backend(milp_backend(backend), enc.model)
             c, off = enc.objective(z, int(p), 1.0 if dead_side else -1.0)

@@ -1,0 +1,185 @@
+"""Proof-carrying simplification for graphs (convolutions, residual blocks): the model `simplify` writes names
+its original (sha256) and the ReLU positions it proved dead or active; `check` re-proves just those on its
+own region, rebuilds the reduction (masked ReLUs, folds, dead channels deleted) and bounds the written file
+against it with the difference graph.  The chain version, and why this is sound, is `carried`.
+
+On the region, A(x) = R(x) for R = shrink(reduce_graph(A, phases)) when the phases hold (exact algebra);
+the written model is R with float32 weights, read back and aligned with R, so DeepPoly on their difference
+graph bounds |R - B| and hence |A - B|.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..ir.graph import Graph
+from ..spec.region import Box
+from .carried import find_claims, get_record, load_proto, put_record
+
+META_KEY = "equiv.graph_reduction"
+FORMAT = 1
+
+
+@dataclass
+class GraphClaims:
+    """A simplified graph's record: its original's sha256, the proof method, and per ReLU node the flat
+    indices of the positions proved dead and active."""
+
+    source_sha256: str
+    method: str
+    dead: dict
+    active: dict
+    region: dict | None = None
+
+    def masks(self, g: Graph) -> tuple[dict, dict] | None:
+        """Boolean masks (each ReLU's input shape) for graph g; None when the record does not fit g."""
+        if set(self.dead) != set(g.relus) or set(self.active) != set(g.relus):
+            return None
+        dead, active = {}, {}
+        for r in g.relus:
+            shape = g.shape(g.args(r)[0])
+            n = int(np.prod(shape))
+            d, a = self.dead[r], self.active[r]
+            if (d.size and (d.min() < 0 or d.max() >= n)) or (a.size and (a.min() < 0 or a.max() >= n)):
+                return None
+            dm, am = np.zeros(n, bool), np.zeros(n, bool)
+            dm[d], am[a] = True, True
+            if np.any(dm & am):
+                return None
+            dead[r], active[r] = dm.reshape(shape), am.reshape(shape)
+        return dead, active
+
+
+def attach_graph_claims(model: onnx.ModelProto, source_sha256: str, method: str, dead: dict, active: dict,
+                        region: Box | None = None) -> onnx.ModelProto:
+    """Record in the model's metadata the original's sha256 and the proved phases (in place)."""
+    doc = {"format": FORMAT, "source_sha256": source_sha256, "method": method,
+           "dead": {r: np.flatnonzero(m).tolist() for r, m in dead.items()},
+           "active": {r: np.flatnonzero(m).tolist() for r, m in active.items()}}
+    return put_record(model, META_KEY, doc, region)
+
+
+def read_graph_claims(model: onnx.ModelProto) -> tuple[GraphClaims | None, str | None]:
+    """(claims, None), or (None, why not) when the model carries none or unreadable ones."""
+    def parse(doc):
+        idx = lambda m: {str(r): np.asarray(v, dtype=np.int64).reshape(-1) for r, v in m.items()}  # noqa: E731
+        return GraphClaims(str(doc["source_sha256"]), str(doc["method"]), idx(doc["dead"]), idx(doc["active"]),
+                           doc.get("region"))
+    return get_record(model, META_KEY, FORMAT, parse)
+
+
+def find_graph_claims(model_a, model_b) -> tuple[GraphClaims | None, bool, str | None]:
+    """Does one of the two models say it is equiv's graph reduction of the other?  (see `carried.find_claims`)"""
+    return find_claims(model_a, model_b, reader=read_graph_claims)
+
+
+@dataclass
+class GraphCarriedCheck:
+    ok: bool
+    reason: str
+    per_output: np.ndarray | None = None     # proven bound on |original - written| per (flattened) output
+    seconds: float = 0.0
+    witnesses: np.ndarray | None = None
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 3),
+                "per_output": None if self.per_output is None else [float(v) for v in self.per_output]}
+
+
+def check_graph_claims(original: Graph, written: onnx.ModelProto, box: Box, claims: GraphClaims, *,
+                       time_limit: float = 60.0, backend: str = "highs", seed: int = 0) -> GraphCarriedCheck:
+    """Re-prove the recorded phases on the box, rebuild the reduction and bound the written model against it."""
+    from ..apps.graph_simplify import graph_phases, reduce_graph
+    from ..ir.graph_align import align_to
+    from ..ir.onnx_import import graph_from_onnx
+    from ..ir.pair_graph import StructureError
+    from ..transform.fold import shrink
+    from .graph_check import difference_bounds
+    t0 = time.perf_counter()
+    masks = claims.masks(original)
+    if masks is None:
+        return GraphCarriedCheck(False, "its record does not fit the original's ReLU nodes")
+    dead, active = masks
+    n_claims = int(sum(m.sum() for m in dead.values()) + sum(m.sum() for m in active.values()))
+    ph = graph_phases(original, box, method=claims.method, seed=seed, budget=time_limit, backend=backend,
+                      claims=masks)
+    missing = int(sum((dead[r] & ~ph.dead[r]).sum() + (active[r] & ~ph.active[r]).sum() for r in original.relus))
+    if missing:
+        return GraphCarriedCheck(False, f"{missing} of its {n_claims} recorded phases were not re-proved on this "
+                                 "region", seconds=time.perf_counter() - t0, witnesses=ph.witnesses)
+    claimed = _Phases(dead, active)
+    exact, _, _ = shrink(reduce_graph(original, claimed))
+    try:
+        got = align_to(exact, graph_from_onnx(onnx.load_from_string(written.SerializeToString())))
+    except StructureError as exc:
+        return GraphCarriedCheck(False, f"the model is not the reduction its record describes ({exc})",
+                                 seconds=time.perf_counter() - t0)
+    lo, hi = difference_bounds(exact, got, box)
+    per_output = np.maximum(np.abs(lo), np.abs(hi))
+    return GraphCarriedCheck(True, f"all {n_claims} recorded phases re-proved on this region and the model is "
+                             "their reduction of the original", per_output, time.perf_counter() - t0,
+                             ph.witnesses)
+
+
+@dataclass
+class _Phases:
+    """The proved phases `reduce_graph` reads."""
+
+    dead: dict
+    active: dict
+
+
+def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box], opt, run_a, run_b):
+    """`check` of two graphs when one says it is equiv's simplification of the other: (result, notes), the
+    result None when the record decided nothing (the notes say why; the caller searches)."""
+    from . import falsify
+    from .equivalence import CheckResult, Piece, eps_vector
+    from ..solvers import milp_backend
+    from ..spec.region import hull
+    t0 = time.perf_counter()
+    claims, b_is_reduction, why = find_graph_claims(model_a, model_b)
+    notes = [f"not used as a proof: {why}"] if why else []
+    if claims is None:
+        return None, notes
+    which, other = ("B", "A") if b_is_reduction else ("A", "B")
+    if opt.norm != "linf" or opt.epsilon is None:
+        notes.append(f"{which} carries its reduction's phases, but they bound |A - B| against an epsilon, not the "
+                     "top-1 class or a measurement: searched from scratch")
+        return None, notes
+    original, written = (ga, load_proto(model_b)) if b_is_reduction else (gb, load_proto(model_a))
+    box = boxes[0] if len(boxes) == 1 else hull(boxes)       # phases proved on the hull hold on every box
+    cc = check_graph_claims(original, written, box, claims, time_limit=0.5 * opt.time_limit,
+                            backend=milp_backend(opt.backend), seed=opt.seed)
+    eps = eps_vector(opt, ga.n_outputs)
+    if cc.ok and np.all(cc.per_output + opt.margin <= eps):
+        # the proof needs no points, but every verdict is still confronted with onnxruntime
+        rng = np.random.default_rng(opt.seed)
+        X = [np.vstack([b.center[None], b.sample(opt.samples // len(boxes) + 1, rng), b.corners(limit=256)])
+             for b in boxes]
+        X = np.vstack(X + ([cc.witnesses] if cc.witnesses is not None else []))
+        X = X[np.any([b.contains(X) for b in boxes], axis=0)]
+        cex, seen = falsify.confirm(run_a, run_b, X, box, "linf", eps)
+        if cex is None:
+            upper = float(cc.per_output.max())
+            notes.append(f"{which} is equiv's simplification of {other} (sha256 recorded in its metadata): {cc.reason}; "
+                         "the difference is float32 rounding of the written weights")
+            if seen > upper:
+                notes.append(f"onnxruntime's outputs differ by up to {seen:.3g}, above the proven {upper:.3g}: the proof "
+                             "bounds the networks' exact functions (stored weights, real arithmetic), and float32 "
+                             "evaluation in a different summation order adds rounding of about 1e-7 relative")
+            pieces = [Piece(b.lo, b.hi, "equivalent", "carried", upper) for b in boxes]
+            return CheckResult("equivalent", "linf", eps.tolist(), upper, seen, None, opt.backend,
+                               time.perf_counter() - t0, pieces,
+                               {"pipeline": "graph", "carried": cc.to_json(), "boxes": 0, "milp_queries": 0,
+                                "pieces": {"equivalent": len(pieces), "unknown": 0, "not_equivalent": 0}},
+                               notes, [float(v) for v in cc.per_output]), notes
+        notes.append(f"{which} carries its reduction's phases, but a point differs by more than epsilon: "
+                     "searched from scratch")
+        return None, notes
+    why = cc.reason if not cc.ok else f"the rounding bound {float(np.max(cc.per_output)):.3g} exceeds epsilon"
+    notes.append(f"{which} carries its reduction's phases, but {why}: searched from scratch")
+    return None, notes

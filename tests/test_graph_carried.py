@@ -1,0 +1,137 @@
+"""Proof-carrying simplification on graphs: `simplify` records the ReLU positions it proved, `check` re-proves
+them, rebuilds the reduction and bounds the written file; a record that does not hold is never trusted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from equiv.artifacts.validate import OnnxRunner
+from equiv.cli import main
+from equiv.ir import load_graph
+from equiv.prove.graph_carried import META_KEY, GraphClaims, read_graph_claims
+from equiv.spec.region import Box
+from test_graph_simplify import CIFAR, conv_dense_model, needs_cifar, residual_model
+
+BOX72 = ",".join(["-1:1"] * 72)
+
+
+def _simplified(tmp_path, rng, model_fn=conv_dense_model, box=BOX72):
+    path, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(model_fn(rng), str(path))
+    assert main(["simplify", str(path), "--box", box, "-o", str(out), "--no-progress"]) == 0
+    return path, out
+
+
+def _check(capsys, a, b, box, *extra) -> tuple[int, dict]:
+    code = main(["check", str(a), str(b), "--box", box, "--json", "--no-progress", *extra])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _sampled_max_diff(a, b, box: Box, n: int = 10000) -> float:
+    rng = np.random.default_rng(11)
+    x = np.vstack([box.sample(n, rng), box.random_vertices(256, rng), box.center[None]])
+    return float(np.abs(OnnxRunner(str(a))(x) - OnnxRunner(str(b))(x)).max())
+
+
+def _edit_record(src, dst, edit):
+    m = onnx.load(str(src))
+    prop = next(p for p in m.metadata_props if p.key == META_KEY)
+    doc = json.loads(prop.value)
+    edit(doc)
+    prop.value = json.dumps(doc)
+    onnx.save(m, str(dst))
+
+
+def test_record_round_trip_and_fit(tmp_path, rng, capsys):
+    path, out = _simplified(tmp_path, rng)
+    capsys.readouterr()
+    claims, why = read_graph_claims(onnx.load(str(out)))
+    assert why is None and isinstance(claims, GraphClaims) and claims.method == "milp"
+    g = load_graph(path)
+    dead, active = claims.masks(g)
+    assert set(dead) == set(g.relus) and sum(int(m.sum()) for m in dead.values()) > 0
+    m = onnx.load(str(out))
+    next(p for p in m.metadata_props if p.key == META_KEY).value = "{broken"
+    assert read_graph_claims(m)[0] is None and "malformed" in read_graph_claims(m)[1]
+
+
+def test_simplified_graph_is_checked_by_its_record_both_orders(tmp_path, rng, capsys):
+    path, out = _simplified(tmp_path, rng)
+    capsys.readouterr()
+    for a, b in ((path, out), (out, path)):
+        code, r = _check(capsys, a, b, BOX72, "--epsilon", "1e-5")
+        assert code == 0 and r["verdict"] == "equivalent"
+        assert {p["method"] for p in r["pieces"]} == {"carried"} and r["stats"]["carried"]["ok"]
+    box = Box(np.full(72, -1.0), np.ones(72))
+    assert _sampled_max_diff(path, out, box) <= max(r["max_diff_upper"], 1e-6)
+    # top-1: the record bounds |A - B|, not the class: the search decides, and the report says so
+    code, r = _check(capsys, path, out, BOX72, "--norm", "top1")
+    assert any("not the top-1 class" in n for n in r["notes"])
+
+
+def test_a_false_record_is_never_trusted(tmp_path, rng, capsys):
+    """A record claiming a position dead that is not: the claim fails, the search decides alone."""
+    path, out = _simplified(tmp_path, rng)
+    capsys.readouterr()
+    g = load_graph(path)
+    claims, _ = read_graph_claims(onnx.load(str(out)))
+    dead, active = claims.masks(g)
+    # a position sampling shows positive somewhere on the box, claimed dead
+    box = Box(np.full(72, -1.0), np.ones(72))
+    vals = g.evaluate(box.sample(2000, np.random.default_rng(0)))
+    r0 = g.relus[0]
+    p = int(np.flatnonzero(((vals[g.args(r0)[0]] > 0).any(axis=0)).reshape(-1) & ~dead[r0].reshape(-1))[0])
+    lie = tmp_path / "lie.onnx"
+
+    def claim_dead(doc):
+        doc["dead"][r0] = sorted(set(doc["dead"][r0]) | {p})
+        doc["active"][r0] = [i for i in doc["active"][r0] if i != p]
+    _edit_record(out, lie, claim_dead)
+    code, r = _check(capsys, path, lie, BOX72, "--epsilon", "1e-5")
+    assert "carried" not in {q["method"] for q in r["pieces"]}
+    assert any("not re-proved" in n for n in r["notes"])
+    assert r["verdict"] in ("equivalent", "unknown")          # the two models are equal: never a counterexample
+
+
+def test_other_original_or_wider_region_fall_back(tmp_path, rng, capsys):
+    path, out = _simplified(tmp_path, rng, residual_model, ",".join(["0.2:0.6"] * 32))
+    capsys.readouterr()
+    # another original (one weight changed): the sha256 does not match
+    other = tmp_path / "other.onnx"
+    m = onnx.load(str(path))
+    t = m.graph.initializer[-1]
+    a = onnx.numpy_helper.to_array(t).copy()
+    a.reshape(-1)[0] += 1.0
+    t.CopyFrom(onnx.numpy_helper.from_array(a, t.name))
+    onnx.save(m, str(other))
+    code, r = _check(capsys, other, out, ",".join(["0.2:0.6"] * 32), "--epsilon", "1e-4")
+    assert any("sha256" in n for n in r["notes"]) and "carried" not in {q["method"] for q in r["pieces"]}
+    # a wider region than the one simplify proved the phases on: they fail there, the search takes over
+    code, r = _check(capsys, path, out, ",".join(["-1:1"] * 32), "--epsilon", "1e-4")
+    assert "carried" not in {q["method"] for q in r["pieces"]}
+    assert any("not re-proved" in n for n in r["notes"])
+    if r["verdict"] == "not_equivalent":
+        x = np.array(r["counterexample"]["input"])
+        assert np.abs(OnnxRunner(str(path))(x[None]) - OnnxRunner(str(out))(x[None])).max() > 1e-4
+
+
+@needs_cifar
+def test_resnet_simplified_is_checked_by_its_record(tmp_path, capsys):
+    """ResNet-2B, simplified with DeepPoly: check re-proves the 5 000+ recorded phases instead of searching the
+    pair (which DeepPoly on the product graph cannot prove once channels are deleted)."""
+    model, spec = CIFAR / "resnet_2b.onnx", CIFAR / "resnet_2b-img386-eps2_255.vnnlib"
+    out = tmp_path / "s.onnx"
+    assert main(["simplify", str(model), "--spec", str(spec), "-o", str(out), "--method", "deeppoly",
+                 "--validation-samples", "1000", "--no-progress"]) == 0
+    capsys.readouterr()
+    code = main(["check", str(model), str(out), "--spec", str(spec), "--epsilon", "1e-4", "--json", "--no-progress",
+                 "--samples", "2000"])
+    r = json.loads(capsys.readouterr().out)
+    assert code == 0 and {p["method"] for p in r["pieces"]} == {"carried"}
+    from equiv.spec.region import load_region
+    box = load_region(spec=spec)[0]
+    assert _sampled_max_diff(model, out, box, n=3000) <= 1e-4
