@@ -192,3 +192,40 @@ def test_a_candidate_no_smaller_than_the_original_is_never_returned(tmp_path):
     assert res.records[0].size.params == res.original.params
     assert res.best is None and res.best_file is None
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_compress_a_conv_graph(tmp_path, capsys, rng):
+    """A conv net: the exact graph simplification (a dead channel and a dead row deleted) certified by its
+    record, for linf and (on a small box, where one class wins) top-1; --no-simplify leaves no candidate."""
+    from test_graph_simplify import conv_dense_model
+    from equiv.artifacts.validate import OnnxRunner
+    from equiv.ir import load_graph
+    from equiv.spec.region import Box
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_dense_model(rng), str(path))
+    for lo, hi, extra in ((-0.3, 0.3, ["--epsilon", "1e-4"]), (0.1, 0.1001, ["--preserve", "top1"])):
+        box_text = ",".join([f"{lo}:{hi}"] * 72)
+        box = Box(np.full(72, lo), np.full(72, hi))
+        out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
+        for f in (out, rep):
+            f.unlink(missing_ok=True)
+        code = main(["compress", str(path), "--box", box_text, *extra, "-o", str(out), "--report", str(rep),
+                     "--no-progress"])
+        report = json.loads(rep.read_text())
+        assert code == 0 and report["best"]["verdict"] == "equivalent", report
+        assert report["best"]["params"] == load_graph(out).n_params < report["original"]["params"]
+        assert any("chains of dense layers" in n for n in report["notes"])
+        assert report["validation"]["ok"]
+        capsys.readouterr()
+        # independently: equiv check of the delivered file, and onnxruntime on 10 000 points
+        linf = "--epsilon" in extra
+        assert main(["check", str(path), str(out), "--box", box_text, "--no-progress",
+                     *(["--epsilon", "1e-4"] if linf else ["--norm", "top1"])]) == 0
+        capsys.readouterr()
+        x = np.vstack([box.sample(10000, np.random.default_rng(4)), box.random_vertices(256, np.random.default_rng(4))])
+        ya, yb = OnnxRunner(str(path))(x), OnnxRunner(str(out))(x)
+        assert np.abs(ya - yb).max() <= 1e-4 if linf else np.array_equal(ya.argmax(axis=1), yb.argmax(axis=1))
+    out = tmp_path / "none.onnx"
+    assert main(["compress", str(path), "--box", ",".join(["-0.3:0.3"] * 72), "--epsilon", "1e-4", "-o", str(out),
+                 "--no-simplify", "--no-progress"]) == 3
+    assert not out.exists()

@@ -26,8 +26,9 @@ def cmd_compress(args, out) -> int:
     if args.preserve == "linf" and args.epsilon is None:
         raise InputFileError("--preserve linf needs --epsilon (the largest allowed output difference)")
     check_backend(args.backend, milp=True)
-    from .common import require_chain
-    require_chain(args.model, "compress")
+    from ..apps.graph_simplify import takes_chain_pipeline
+    from ..ir import load_graph
+    chain = takes_chain_pipeline(load_graph(args.model), args.model)
     box, source = region_of(args)
     makers = tuple(m.strip() for m in args.makers.split(",") if m.strip())
     unknown = [m for m in makers if m not in MAKERS]
@@ -38,7 +39,11 @@ def cmd_compress(args, out) -> int:
     opt = CompressOptions(time_limit=args.time_limit, check_time_limit=args.check_time_limit,
                           simplify_budget=args.simplify_budget, simplify=not args.no_simplify, makers=makers, bisect_steps=args.bisect_steps,
                           seed=args.seed, backend=args.backend, progress=progress_of(args))
-    res = compress(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
+    if chain:
+        res = compress(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
+    else:      # convolutions / residual blocks: the exact graph simplification, certified by its record
+        from ..apps.compress.graph import compress_graph
+        res = compress_graph(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
     written = None
     try:
         if res.best_file is not None:

@@ -146,23 +146,27 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
     if claims is None:
         return None, notes
     which, other = ("B", "A") if b_is_reduction else ("A", "B")
-    if opt.norm != "linf" or opt.epsilon is None:
-        notes.append(f"{which} carries its reduction's phases, but they bound |A - B| against an epsilon, not the "
-                     "top-1 class or a measurement: searched from scratch")
+    if opt.norm == "linf" and opt.epsilon is None:
+        notes.append(f"{which} carries its reduction's phases, but --measure asks for the bound itself: searched")
         return None, notes
     original, written = (ga, load_proto(model_b)) if b_is_reduction else (gb, load_proto(model_a))
     box = boxes[0] if len(boxes) == 1 else hull(boxes)       # phases proved on the hull hold on every box
     cc = check_graph_claims(original, written, box, claims, time_limit=0.5 * opt.time_limit,
                             backend=milp_backend(opt.backend), seed=opt.seed)
     eps = eps_vector(opt, ga.n_outputs)
-    if cc.ok and np.all(cc.per_output + opt.margin <= eps):
+    if cc.ok and opt.norm == "top1":
+        proved, why_not = _top1_from_rounding(original, boxes, cc.per_output + opt.margin)
+    else:
+        proved = cc.ok and bool(np.all(cc.per_output + opt.margin <= eps))
+        why_not = f"the rounding bound {float(np.max(cc.per_output)):.3g} exceeds epsilon" if cc.ok else cc.reason
+    if proved:
         # the proof needs no points, but every verdict is still confronted with onnxruntime
         rng = np.random.default_rng(opt.seed)
         X = [np.vstack([b.center[None], b.sample(opt.samples // len(boxes) + 1, rng), b.corners(limit=256)])
              for b in boxes]
         X = np.vstack(X + ([cc.witnesses] if cc.witnesses is not None else []))
         X = X[np.any([b.contains(X) for b in boxes], axis=0)]
-        cex, seen = falsify.confirm(run_a, run_b, X, box, "linf", eps)
+        cex, seen = falsify.confirm(run_a, run_b, X, box, opt.norm, eps)
         if cex is None:
             upper = float(cc.per_output.max())
             notes.append(f"{which} is equiv's simplification of {other} (sha256 recorded in its metadata): {cc.reason}; "
@@ -172,14 +176,31 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
                              "bounds the networks' exact functions (stored weights, real arithmetic), and float32 "
                              "evaluation in a different summation order adds rounding of about 1e-7 relative")
             pieces = [Piece(b.lo, b.hi, "equivalent", "carried", upper) for b in boxes]
-            return CheckResult("equivalent", "linf", eps.tolist(), upper, seen, None, opt.backend,
+            return CheckResult("equivalent", opt.norm, None if opt.epsilon is None else eps.tolist(), upper, seen,
+                               None, opt.backend,
                                time.perf_counter() - t0, pieces,
                                {"pipeline": "graph", "carried": cc.to_json(), "boxes": 0, "milp_queries": 0,
                                 "pieces": {"equivalent": len(pieces), "unknown": 0, "not_equivalent": 0}},
                                notes, [float(v) for v in cc.per_output]), notes
-        notes.append(f"{which} carries its reduction's phases, but a point differs by more than epsilon: "
-                     "searched from scratch")
+        notes.append(f"{which} carries its reduction's phases, but a point differs "
+                     f"({'by more than epsilon' if opt.norm == 'linf' else 'in its top-1 class'}): searched from scratch")
         return None, notes
-    why = cc.reason if not cc.ok else f"the rounding bound {float(np.max(cc.per_output)):.3g} exceeds epsilon"
-    notes.append(f"{which} carries its reduction's phases, but {why}: searched from scratch")
+    notes.append(f"{which} carries its reduction's phases, but {why_not}: searched from scratch")
     return None, notes
+
+
+def _top1_from_rounding(original: Graph, boxes: list[Box], delta: np.ndarray) -> tuple[bool, str]:
+    """Top-1 from |A_j - B_j| <= delta_j: on each box, A's class c (at the centre) wins by more than
+    delta_c + delta_k against every k (DeepPoly on A's margins), so B's margins B_c - B_k stay positive."""
+    from ..bounds.engine import deeppoly_graph
+    from .graph_check import margin_graph
+    n = original.n_outputs
+    for b in boxes:
+        c = int(np.argmax(original.forward(b.center[None])[0]))
+        head = np.eye(n)[c][None, :] - np.delete(np.eye(n), c, axis=0)
+        fm = deeppoly_graph(margin_graph(original, head), b).lo["margins"].reshape(-1)
+        need = delta[c] + np.delete(delta, c)
+        if not np.all(fm > need):
+            return False, (f"A's top-1 margins on the region could not be proved above the rounding bound (smallest "
+                           f"proven margin {float(fm.min()):.3g}, DeepPoly)")
+    return True, ""
