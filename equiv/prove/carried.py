@@ -43,14 +43,21 @@ class Claims:
             return None
         dead, active = [], []
         for w, d, a in zip(widths, self.dead, self.active):
-            if (d.size and (d.min() < 0 or d.max() >= w)) or (a.size and (a.min() < 0 or a.max() >= w)):
+            pair = phase_masks(w, d, a)
+            if pair is None:
                 return None
-            dm, am = np.zeros(w, bool), np.zeros(w, bool)
-            dm[d], am[a] = True, True
-            if np.any(dm & am):
-                return None
-            dead.append(dm), active.append(am)
+            dead.append(pair[0]), active.append(pair[1])
         return dead, active
+
+
+def phase_masks(n: int, dead: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Boolean masks of length n from recorded dead / active indices; None when an index is out of range or
+    a position is recorded both ways."""
+    if (dead.size and (dead.min() < 0 or dead.max() >= n)) or (active.size and (active.min() < 0 or active.max() >= n)):
+        return None
+    dm, am = np.zeros(n, bool), np.zeros(n, bool)
+    dm[dead], am[active] = True, True
+    return None if np.any(dm & am) else (dm, am)
 
 
 def attach_claims(model: onnx.ModelProto, source_sha256: str, dead: list[np.ndarray], active: list[np.ndarray],

@@ -18,7 +18,7 @@ import onnx
 
 from ..ir.graph import Graph
 from ..spec.region import Box
-from .carried import find_claims, get_record, load_proto, put_record
+from .carried import find_claims, get_record, load_proto, phase_masks, put_record
 
 META_KEY = "equiv.graph_reduction"
 FORMAT = 1
@@ -42,15 +42,10 @@ class GraphClaims:
         dead, active = {}, {}
         for r in g.relus:
             shape = g.shape(g.args(r)[0])
-            n = int(np.prod(shape))
-            d, a = self.dead[r], self.active[r]
-            if (d.size and (d.min() < 0 or d.max() >= n)) or (a.size and (a.min() < 0 or a.max() >= n)):
+            pair = phase_masks(int(np.prod(shape)), self.dead[r], self.active[r])
+            if pair is None:
                 return None
-            dm, am = np.zeros(n, bool), np.zeros(n, bool)
-            dm[d], am[a] = True, True
-            if np.any(dm & am):
-                return None
-            dead[r], active[r] = dm.reshape(shape), am.reshape(shape)
+            dead[r], active[r] = pair[0].reshape(shape), pair[1].reshape(shape)
         return dead, active
 
 
@@ -138,6 +133,7 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
     result None when the record decided nothing (the notes say why; the caller searches)."""
     from . import falsify
     from .equivalence import CheckResult, Piece, eps_vector
+    from .equivalence.ledger import float32_note
     from ..solvers import milp_backend
     from ..spec.region import hull
     t0 = time.perf_counter()
@@ -172,9 +168,7 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
             notes.append(f"{which} is equiv's simplification of {other} (sha256 recorded in its metadata): {cc.reason}; "
                          "the difference is float32 rounding of the written weights")
             if seen > upper:
-                notes.append(f"onnxruntime's outputs differ by up to {seen:.3g}, above the proven {upper:.3g}: the proof "
-                             "bounds the networks' exact functions (stored weights, real arithmetic), and float32 "
-                             "evaluation in a different summation order adds rounding of about 1e-7 relative")
+                notes.append(float32_note(seen, upper))
             pieces = [Piece(b.lo, b.hi, "equivalent", "carried", upper) for b in boxes]
             return CheckResult("equivalent", opt.norm, None if opt.epsilon is None else eps.tolist(), upper, seen,
                                None, opt.backend,

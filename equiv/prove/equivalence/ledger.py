@@ -115,9 +115,7 @@ class Ledger:
                              "(at most 1 + 1e-6, the size of float32 rounding)")
         if self.cex is None and lower > upper:
             # the proof is about the exact functions of the stored weights; onnxruntime rounds in float32
-            notes.append(f"onnxruntime's outputs differ by up to {lower:.3g}, above the proven {upper:.3g}: the proof "
-                         "bounds the networks' exact functions (stored weights, real arithmetic), and float32 "
-                         "evaluation in a different summation order adds rounding of about 1e-7 relative")
+            notes.append(float32_note(lower, upper))
         return CheckResult(verdict, opt.norm, eps_json, upper, lower, self.cex, opt.backend, seconds, self.pieces,
                            self.stats, notes, [float(v) for v in self.per_out] if covered else None)
 
@@ -126,3 +124,10 @@ class Ledger:
         if self.root is None:
             self.root = pair_bounds(self.pair, self.box.lo[None], self.box.hi[None], self.known)
         return float(np.maximum(self.root.d_hi[-1], -self.root.d_lo[-1]).max())
+
+
+def float32_note(seen: float, upper: float) -> str:
+    """Why onnxruntime may show a difference above the proven one (the proof is about exact arithmetic)."""
+    return (f"onnxruntime's outputs differ by up to {seen:.3g}, above the proven {upper:.3g}: the proof bounds the "
+            "networks' exact functions (stored weights, real arithmetic), and float32 evaluation in a different "
+            "summation order adds rounding of about 1e-7 relative")
