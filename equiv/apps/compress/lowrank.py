@@ -61,33 +61,53 @@ def spectrum(W: np.ndarray) -> LayerSpectrum:
     return LayerSpectrum(W.shape[0], W.shape[1], np.linalg.svd(np.asarray(W, float), compute_uv=False))
 
 
-def allocate_ranks(layers: list[LayerSpectrum], budget: float, min_rank: int = 1) -> tuple[list[int], float]:
-    """Ranks (one per layer) minimising max relative error subject to sum of costs <= budget (weights).
+@dataclass(frozen=True)
+class Option:
+    """One way to store a layer: its weight count, its relative error, and what to build (a rank, groups...)."""
 
-    Returns (ranks, the achieved maximum error).  When even the lowest ranks exceed the budget, the
-    lowest ranks are returned (the caller sees the cost).  A rank equal to the full rank means "keep".
-    """
-    floors = [min(min_rank, L.full_rank) for L in layers]
-    cands = sorted({0.0} | {L.error(r) for L, f in zip(layers, floors) for r in range(f, L.full_rank)})
+    cost: int
+    error: float
+    choice: object = None
+
+
+def allocate(layers: list[list[Option]], budget: float) -> tuple[list[Option], float]:
+    """One option per layer minimising the largest error subject to total cost <= budget (the ALDS min-max).
+
+    For a threshold t each layer's best option is its cheapest with error <= t (ties: the smaller error), and
+    the total cost of that choice never grows with t; so the optimum is the smallest candidate t (one of the
+    options' errors) whose choice fits, found by bisection.  When nothing fits, the cheapest options are
+    returned (the caller sees the cost).  Every layer needs an option of error 0 (keeping it whole)."""
+    floor = max(min(o.error for o in opts) for opts in layers) if layers else 0.0
+    cands = sorted({o.error for opts in layers for o in opts if o.error >= floor} | {floor})
 
     def choice(t):
-        rs = [max(f, L.cheapest_rank(t)) for L, f in zip(layers, floors)]
-        return rs, sum(L.cost(r) for L, r in zip(layers, rs))
+        picked = [min((o for o in opts if o.error <= t), key=lambda o: (o.cost, o.error)) for opts in layers]
+        return picked, sum(o.cost for o in picked)
 
-    lo, hi = 0, len(cands) - 1          # cost(choice(cands[i])) is non-increasing in i
+    lo, hi = 0, len(cands) - 1
     if choice(cands[hi])[1] > budget:
-        rs, _ = choice(cands[hi])
-        return rs, max(L.error(r) for L, r in zip(layers, rs))
+        lo = hi                      # nothing fits: the cheapest choice
     while lo < hi:
         mid = (lo + hi) // 2
         if choice(cands[mid])[1] <= budget:
             hi = mid
         else:
             lo = mid + 1
-    rs, _ = choice(cands[lo])
-    # ranks that cost nothing more (a layer kept whole) are raised to full: same cost, less error
-    rs = [L.full_rank if L.cost(r) == L.m * L.n else r for L, r in zip(layers, rs)]
-    return rs, max((L.error(r) for L, r in zip(layers, rs)), default=0.0)
+    picked, _ = choice(cands[lo])
+    return picked, max((o.error for o in picked), default=0.0)
+
+
+def allocate_ranks(layers: list[LayerSpectrum], budget: float, min_rank: int = 1) -> tuple[list[int], float]:
+    """Ranks (one per layer) minimising max relative error subject to sum of costs <= budget (weights).
+
+    Returns (ranks, the achieved maximum error).  When even the lowest ranks exceed the budget, the
+    lowest ranks are returned (the caller sees the cost).  A rank equal to the full rank means "keep";
+    a rank that costs as much as the whole layer is never chosen (keeping it is as cheap and exact).
+    """
+    options = [[Option(L.cost(r), L.error(r), r) for r in range(min(min_rank, L.full_rank), L.full_rank + 1)]
+               for L in layers]
+    picked, err = allocate(options, budget)
+    return [o.choice for o in picked], err
 
 
 def truncate(W: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
