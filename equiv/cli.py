@@ -379,7 +379,8 @@ def _add_compress(sub) -> None:
                         "so far): affine, neurons, lowrank, lowrank-svd, weights, float16, int8 "
                         "(default neurons,neurons,lowrank,affine,float16,int8; a maker may repeat)")
     z.add_argument("--time-limit", type=positive_seconds, default=600.0, metavar="S",
-                   help="seconds for the whole search (default 600)")
+                   help="seconds for the whole run (default 600); the search stops 5 %% (at most 20 s) early to "
+                        "leave time for the final re-check and the report")
     z.add_argument("--check-time-limit", type=positive_seconds, default=60.0, metavar="S",
                    help="seconds per candidate check; a check that runs out is 'unknown', a failure (default 60)")
     z.add_argument("--simplify-budget", type=positive_seconds, default=60.0, metavar="S",

@@ -31,7 +31,7 @@ def is_identity(op) -> bool:
     return False
 
 
-def _normalised(g: Graph) -> Graph:
+def normalised(g: Graph) -> Graph:
     """g without identity nodes (outputs kept), and each Shift folded into the bias-free Dense or Conv that
     only it reads (how a dense layer with a bias reads back)."""
     alias, nodes = {}, {}
@@ -73,7 +73,7 @@ def align_to(ref: Graph, got: Graph) -> Graph:
     writing are put back as ref's); StructureError when got is not ref written and read back."""
     if len(ref.inputs) != len(got.inputs) or len(ref.outputs) != len(got.outputs):
         raise StructureError("the graphs have different numbers of inputs or outputs")
-    got = _normalised(got)
+    got = normalised(got)
     users = {n: list(got.dag.successors(n)) for n in got.order}
     where = dict(zip(ref.inputs, got.inputs))        # ref tensor -> the got tensor holding its value
     used = set(got.inputs)

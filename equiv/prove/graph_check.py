@@ -14,6 +14,7 @@ import numpy as np
 from . import falsify
 from ..bounds.diff import difference_boxes
 from ..bounds.engine import GraphBounds, deeppoly_graph
+from ..ir.graph_align import align_to, normalised
 from ..ir.pair_graph import StructureError, difference_graph
 from .equivalence import CheckOptions, CheckResult, Piece, eps_vector
 from ..errors import InputFileError
@@ -88,18 +89,38 @@ def known_bounds(known: dict, prefix: str, G: Graph) -> GraphBounds:
                        {prefix + z: np.asarray(known[z][1])[None] for z in names})
 
 
-def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=None, f_margins=None) -> tuple:
+def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=None, f_margins=None,
+               via=None) -> tuple:
     """(verdict, upper bound on max_j |f_j - g_j|, largest difference seen, counterexample, notes) on one box.
-    f_margins (top1): proven lower bounds of f_c - f_k on the box (c the centre's class, k the others in order)."""
+    f_margins (top1): proven lower bounds of f_c - f_k on the box (c the centre's class, k the others in order).
+    via (base, lo, hi): a graph `base` with f - base proved within [lo, hi] on the box (e.g. equiv's own
+    simplification of f, by its record); then f - g = (f - base) + (base - g), the second bounded on the
+    difference graph of base and g (g aligned to base's names), which is tight when g is base with edited
+    weights; when g does not have base's structure, via is ignored."""
     cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples)
     cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, eps)
     if cex is not None:
         return "not_equivalent", np.inf, seen, cex, []
-    dlo, dhi = difference_bounds(f, g, box, f_known)
+    notes = []
+    if via is not None:
+        try:
+            base = normalised(via[0])                                 # the same function, as files read back
+            via = (base, align_to(base, g), via[1], via[2])            # g read as the base's structure
+        except StructureError:
+            via = None
+            notes.append("B does not keep the base's structure: bounded on the product graph")
+    if via is None:
+        dlo, dhi = difference_bounds(f, g, box, f_known)
+    else:
+        base, g_as_base, lo, hi = via
+        blo, bhi = difference_bounds(base, g_as_base, box)
+        dlo, dhi = np.asarray(lo) + blo, np.asarray(hi) + bhi
+        notes.append("bounded through a base proved close to A beforehand: |A - base| by its proof, base - B by "
+                     "DeepPoly on their difference graph")
     per_out = np.maximum(np.abs(dlo), np.abs(dhi)).reshape(-1)
     upper = float(per_out.max())
     if opt.norm == "linf":
-        return ("equivalent" if np.all(per_out <= eps) else "unknown"), upper, seen, None, []
+        return ("equivalent" if np.all(per_out <= eps) else "unknown"), upper, seen, None, notes
     # top1: one class c winning strictly in both networks on the whole box (margins f_c - f_k > 0)
     n = f.n_outputs
     c = int(np.argmax(f.forward(box.center[None])[0]))
@@ -112,15 +133,17 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     if not np.all(gm > 0):
         gm = np.maximum(gm, deeppoly_graph(margin_graph(g, head), box).lo["margins"].reshape(-1))
     proved = bool(np.all(fm > 0) and np.all(gm > 0))
-    notes = [] if proved else [f"top-1: DeepPoly could not show one class (the centre's, {c}) winning strictly in "
-                               "both networks on the whole box"]
+    if not proved:
+        notes.append(f"top-1: DeepPoly could not show one class (the centre's, {c}) winning strictly in both networks "
+                     "on the whole box")
     return ("equivalent" if proved else "unknown"), upper, seen, None, notes
 
 
 def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckOptions, f_known: dict | None = None,
-                 f_margins: np.ndarray | None = None) -> CheckResult:
-    """Check two graphs on every box of the region; the same verdict rules as `check_networks`.  f_known and
-    f_margins: bounds of f's tensors and top-1 margins proved beforehand on every box (see `_check_box`)."""
+                 f_margins: np.ndarray | None = None, via: tuple | None = None) -> CheckResult:
+    """Check two graphs on every box of the region; the same verdict rules as `check_networks`.  f_known,
+    f_margins and via: bounds of f's tensors, top-1 margins, and a base graph with f - base bounded, all
+    proved beforehand on every box (see `_check_box`)."""
     if f.n_inputs != g.n_inputs:
         raise InputFileError(f"the models take different inputs: A has {f.n_inputs} input values, B has {g.n_inputs}")
     if f.n_outputs != g.n_outputs:
@@ -133,7 +156,7 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
     verdict = "equivalent"
     for box in boxes:
         box.check_dim(f.n_inputs)
-        v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng, f_known, f_margins)
+        v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng, f_known, f_margins, via)
         pieces.append(Piece(box.lo, box.hi, v, "bounds" if v == "equivalent" else "none", upper))
         uppers.append(upper)
         seen_all = max(seen_all, seen)
@@ -145,6 +168,7 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
             verdict = "unknown"
     if opt.measure and opt.epsilon is None and verdict != "not_equivalent":
         verdict = "measured"
+    notes = list(dict.fromkeys(notes))          # one line per kind of note, not one per box
     notes.append("graph check: falsification, then DeepPoly on the difference (or product) graph of the two networks; input "
                  "splitting and the product MILP work on chains of dense layers only so far")
     return CheckResult(verdict=verdict, norm=opt.norm, epsilon=None if opt.epsilon is None else eps.tolist(),

@@ -1,9 +1,11 @@
 """`compress` on graphs (convolutions, residual blocks): first the exact graph simplification (dead channels
 deleted, stable positions masked, folds), certified against the original by its record
 (`prove.graph_carried`: phases re-proved, reduction rebuilt, rounding bounded), else by the graph checker;
-then ALDS low rank on its dense and conv layers (`graph_lowrank`), the level bisected, every candidate
-certified by the graph checker (`prove.graph_check`).  Neuron pruning, affine and rounding makers work on
-chains of dense layers only."""
+then the makers in order, each level bisected: ALDS low rank of dense and conv layers (`graph_lowrank`),
+whole channels (`neurons` on chains), unstructured weights, float16 / int8 rounding (`graph_makers`).
+Every candidate is certified against the original by the graph checker (`prove.graph_check`); one that
+keeps the simplification's structure is bounded through it (|A - S| by S's proof, S - B on their difference
+graph), which is tight.  The affine maker works on dense chains only."""
 
 from __future__ import annotations
 
@@ -46,9 +48,11 @@ class GraphSearch:
         self.t0 = time.perf_counter()
         self.reference = OnnxRunner(path)
         self.res = CompressResult(graph_size(g, Path(path).stat().st_size), target)
+        self.best_graph = None
+        self.bar = None
 
     def remaining(self) -> float:
-        return self.opt.time_limit - (time.perf_counter() - self.t0)
+        return self.opt.search_seconds - (time.perf_counter() - self.t0)
 
     def check_options(self, limit: float):
         from ...prove.equivalence import CheckOptions
@@ -56,9 +60,10 @@ class GraphSearch:
                             time_limit=max(1.0, min(limit, self.remaining())), seed=self.opt.seed, samples=2000)
 
     def certify(self, name: str, maker: str, level, parent, model: onnx.ModelProto, note: str,
-                carried: bool = False) -> bool:
-        """Write the model, check the file against the original (by its record first when `carried`), record
-        it; a proved and smaller model becomes the best.  True when proved."""
+                carried: bool = False, via: tuple | None = None) -> Graph | None:
+        """Write the model, check the file against the original (by its record first when `carried`; through
+        `via` = (base, lo, hi) when given, see `check_graphs`), record it; a proved and smaller model becomes
+        the best.  Returns the written file's graph when proved, else None."""
         from ...prove.graph_carried import carried_graph_check
         from ...prove.graph_check import check_graphs
         f = self.work / f"cand_{len(self.res.records):03d}.onnx"
@@ -74,7 +79,7 @@ class GraphSearch:
                 notes += more
             if chk is None:
                 chk = check_graphs(self.g, written, [self.box], self.reference, run_b,
-                                   self.check_options(self.opt.check_time_limit))
+                                   self.check_options(self.opt.check_time_limit), via=via)
             verdict, upper, seen = chk.verdict, chk.max_diff_upper, chk.max_diff_lower
         except Exception as exc:           # a candidate equiv cannot check is a failed candidate, said so
             verdict, upper, seen = "error", float("inf"), None
@@ -83,6 +88,9 @@ class GraphSearch:
         rec = Record(name, maker, level, parent, size, verdict, float(upper) if np.isfinite(upper) else None,
                      seen, time.perf_counter() - t, "; ".join(notes))
         self.res.records.append(rec)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{name}: {verdict}")
+            self.bar.update(1)
         best = self.res.best
         m = self.res.metric(size)
         if verdict == "equivalent" and m < self.res.metric(self.res.original) and \
@@ -90,12 +98,14 @@ class GraphSearch:
             keep = self.work.parent / f".{self.work.name}.best.onnx"
             os.replace(f, keep)
             self.res.best, self.res.best_file, self.res.best_model = rec, keep, model.SerializeToString()
+            self.best_graph = written
         else:
             f.unlink()
-        return verdict == "equivalent"
+        return written if verdict == "equivalent" else None
 
-    def simplified(self) -> tuple[Graph, str] | None:
-        """The exact simplification, certified by its record; (its graph, its name) when proved, else None."""
+    def simplified(self) -> tuple[Graph, str, tuple | None] | None:
+        """The exact simplification, certified by its record: (the written graph, its name, `via` for candidates
+        made from it: the graph with |original - it| <= its proven bound) when proved, else None."""
         from ..graph_simplify import simplify_graph
         from ..simplify import sha256_of
         from ...prove.graph_carried import attach_graph_claims
@@ -104,7 +114,7 @@ class GraphSearch:
         try:
             sim = simplify_graph(self.g, self.reference, self.box, method="milp",
                                  budget=min(opt.simplify_budget, max(1.0, self.remaining() / 4)), seed=opt.seed,
-                                 validation_samples=2000, progress=opt.progress, backend=opt.backend)
+                                 validation_samples=2000, progress=False, backend=opt.backend)
         except ValidationError as exc:
             self.res.notes.append(f"exact simplification skipped: {exc}")
             return None
@@ -113,44 +123,44 @@ class GraphSearch:
                               f"{c['unknown']} positions unknown, {time.perf_counter() - t:.1f} s")
         model = attach_graph_claims(sim.onnx_model, sha256_of(self.path), sim.phases.method, sim.phases.dead,
                                     sim.phases.active, self.box)
-        if not self.certify("simplified", "simplify", None, None, model, "", carried=True):
+        written = self.certify("simplified", "simplify", None, None, model, "", carried=True)
+        if written is None:
             return None
         if self.res.best is None or self.res.best.name != "simplified":
             self.res.notes.append("the proved simplification is not smaller by the chosen metric")
-        return sim.simplified, "simplified"
+        b = self.res.records[-1].proven_bound
+        via = None if b is None else (written, np.full(self.g.n_outputs, -b), np.full(self.g.n_outputs, b))
+        return written, "simplified", via
 
-    def lowrank(self, base: Graph, parent: str) -> None:
-        """ALDS low rank of the base's layers: the kept fraction bisected (the size goal's level first), each
-        level certified; stops when a level is no smaller than the best proved."""
-        from ...ir.onnx_export import graph_to_onnx
-        from .graph_lowrank import factorable, graph_lowrank, moments
-        names = factorable(base)
-        if not names:
-            self.res.notes.append("low rank: no dense or convolution layer to factor")
-            return
+    def points(self) -> np.ndarray:
+        """Region points the makers fit to: uniform samples, vertices and the centre."""
         rng = np.random.default_rng(self.opt.seed)
-        points = np.vstack([self.box.sample(self.opt.samples, rng), self.box.vertices(256, rng), self.box.center[None]])
-        mom = moments(base, names, points)
-        base_weights = sum(int(base.op(n).W.size) for n in names)
+        return np.vstack([self.box.sample(self.opt.samples, rng), self.box.vertices(256, rng), self.box.center[None]])
+
+    def bisect(self, maker: str, make, parent: str, via: tuple | None, base_metric: int) -> None:
+        """The smallest level of `make(level) -> (graph, note)` that is proved, by bisection on the level in
+        (0, 1) (the size goal's level first); a level no smaller than the best proved counts as failed, and
+        a level that gives the same file as an earlier one gets its verdict without a second check."""
+        from ...ir.onnx_export import graph_to_onnx
         goal = self.goal()
-        first = None if goal is None else min(0.999, max(0.01, goal / max(1, self.res.metric(graph_size(base, 0)))))
+        first = None if goal is None else min(0.999, max(0.01, goal / max(1, base_metric)))
         ok, bad, tried = 1.0, 0.0, {}
         for step in range(self.opt.bisect_steps + (first is not None)):
-            if self.remaining() <= 1.0 or self.reached(goal):
+            if self.remaining() <= 1.0 or self.reached():
                 return
             level = first if (step == 0 and first is not None) else (ok + bad) / 2
             if level >= 0.999:
                 return
-            cand, note = graph_lowrank(base, level, points, mom)
+            cand, note = make(level)
             model = graph_to_onnx(cand)
             key = hashlib.sha256(model.SerializeToString()).hexdigest()
             best = self.res.best
             if best is not None and self.res.metric(graph_size(cand, model.ByteSize())) >= self.res.metric(best.size):
                 bad = level         # no smaller than what is proved: only smaller levels can help
                 continue
-            if key not in tried:    # the same allocation as an earlier level: the same verdict
-                tried[key] = self.certify(f"{parent}+lowrank({level:.3g})", "lowrank", level, parent, model,
-                                          f"{note}; {base_weights} factorable weights")
+            if key not in tried:      # (through `via` when the candidate keeps the base's structure)
+                tried[key] = self.certify(f"{parent}+{maker}({level:.3g})", maker, level, parent, model, note,
+                                          via=via) is not None
             if tried[key]:
                 ok = level
             else:
@@ -158,26 +168,80 @@ class GraphSearch:
             if ok - bad < 0.02:
                 return
 
-    def reached(self, goal) -> bool:
-        return goal is not None and self.res.best is not None and self.res.metric(self.res.best.size) <= goal
+    def lowrank(self, base: Graph, parent: str, via) -> None:
+        """ALDS low rank of the base's dense and conv layers (`graph_lowrank`), the kept fraction of their weights
+        bisected."""
+        from .graph_lowrank import factorable, graph_lowrank, moments
+        names = factorable(base)
+        if not names:
+            self.res.notes.append("low rank: no dense or convolution layer to factor")
+            return
+        points = self.points()
+        mom = moments(base, names, points)
+        weights = sum(int(base.op(n).W.size) for n in names)
+        def make(level):
+            cand, note = graph_lowrank(base, level, points, mom)
+            return cand, f"{note}; {weights} factorable weights"
 
-    def run(self) -> CompressResult:
-        base, parent = self.g, "original"
-        if self.opt.simplify:
-            got = self.simplified()
-            if got is not None:
-                base, parent = got
-        if "lowrank" in self.opt.makers and not self.reached(self.goal()):
-            self.lowrank(base, parent)
-        dropped = sorted(set(self.opt.makers) - {"lowrank"})
-        if dropped:
-            self.res.notes.append(f"on graphs only low rank is tried after the exact simplification "
-                                  f"({', '.join(dropped)} work on chains of dense layers)")
-        return self.res
+        self.bisect("lowrank", make, parent, via, self.res.metric(graph_size(base, 0)))
+
+    def weights(self, base: Graph, parent: str, via) -> None:
+        """Unstructured magnitude pruning: each layer keeps its largest `level` fraction of weights."""
+        from .graph_makers import prune_weights
+        self.bisect("weights", lambda level: (prune_weights(base, level), f"each layer keeps {level:.3g} of its weights"),
+                    parent, via, self.res.metric(graph_size(base, 0)))
+
+    def channels(self, base: Graph, parent: str, via) -> None:
+        """Whole channels (conv) and neurons (dense) pruned by mean |activation| on the region; the level is the
+        fraction of ReLU channels kept."""
+        from .graph_makers import channel_scores, prune_channels
+        scores = channel_scores(base, self.points())
+        self.bisect("channels", lambda level: (prune_channels(base, 1.0 - level, scores),
+                                                f"keeps {level:.3g} of the ReLU channels"),
+                    parent, via, self.res.metric(graph_size(base, 0)))
+
+    def rounded(self, kind: str, base: Graph, parent: str, via) -> None:
+        """The best model so far (else the base) with its weights rounded: for the report and the file size."""
+        from ...ir.onnx_export import graph_to_onnx
+        from .graph_makers import round_graph
+        top, name = (self.best_graph, self.res.best.name) if self.best_graph is not None else (base, parent)
+        self.certify(f"{name}+{kind}", kind, None, name, graph_to_onnx(round_graph(top, kind)),
+                     f"weights rounded to {kind} values", via=via)
+
+    def reached(self) -> bool:
+        goal = self.goal()
+        return goal is not None and self.res.best is not None and self.res.metric(self.res.best.size) <= goal
 
     def goal(self):
         s = self.target.size
         return None if s is None else (s * self.res.metric(self.res.original) if s <= 1 else s)
+
+    def run(self) -> CompressResult:
+        base, parent, via = self.g, "original", None
+        if self.opt.simplify:
+            got = self.simplified()
+            if got is not None:
+                base, parent, via = got
+        makers = list(dict.fromkeys(GRAPH_MAKERS.get(m, m) for m in self.opt.makers))   # each once, in order
+        skipped = [m for m in makers if m not in ("lowrank", "weights", "channels", "float16", "int8")]
+        for maker in makers:
+            if self.remaining() <= 1.0 or (self.reached() and maker not in ("float16", "int8")):
+                break
+            if maker == "lowrank":
+                self.lowrank(base, parent, via)
+            elif maker == "weights":
+                self.weights(base, parent, via)
+            elif maker == "channels":
+                self.channels(base, parent, via)
+            elif maker in ("float16", "int8"):
+                self.rounded(maker, base, parent, via)
+        if skipped:
+            self.res.notes.append(f"not on graphs: {', '.join(skipped)} (dense chains only)")
+        return self.res
+
+
+# the chain makers' names on graphs: whole neurons are whole channels (and dense neurons)
+GRAPH_MAKERS = {"neurons": "channels"}
 
 
 def compress_graph(model_path, box: Box, target: Target, options: CompressOptions | None = None,
@@ -191,7 +255,14 @@ def compress_graph(model_path, box: Box, target: Target, options: CompressOption
     work = Path(tempfile.mkdtemp(prefix=".equiv-compress.", dir=None if workdir is None else str(workdir)))
     try:
         s = GraphSearch(path, g, box, target, opt, work)
-        res = s.run()
+        if opt.progress:
+            from tqdm import tqdm
+            s.bar = tqdm(desc="compress: candidates certified", unit="cand", leave=False)
+        try:
+            res = s.run()
+        finally:
+            if s.bar is not None:
+                s.bar.close()
         if res.best_file is not None:
             try:
                 res.validation = validate_best(path, res.best_model, box, target, opt.seed)

@@ -1,6 +1,7 @@
-"""ALDS low rank on graphs: the min-max allocation against brute force, exact factors at full rank (convs stay
-convs, channel groups included), data-aware factors best on their inputs, onnxruntime agreement of every
-written candidate, and certified compression of a real CIFAR ResNet."""
+"""compress on graphs.  ALDS low rank: the min-max allocation against brute force, exact factors at full rank
+(convs stay convs, channel groups included), data-aware factors best on their inputs; pruning and rounding
+makers; bounds composed through the simplification never below sampled differences; onnxruntime agreement
+of every written candidate; certified compression of a real CIFAR ResNet, re-checked independently."""
 
 from __future__ import annotations
 
@@ -156,3 +157,109 @@ def test_compress_resnet_top1_with_lowrank_is_proved_and_rechecked(tmp_path, cap
     x = np.vstack([box.sample(10000, np.random.default_rng(9)), box.random_vertices(64, np.random.default_rng(9))])
     ya, yb = OnnxRunner(str(model))(x), OnnxRunner(str(out))(x)
     assert np.array_equal(ya.argmax(axis=1), yb.argmax(axis=1))
+
+
+# ---- pruning and rounding makers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [conv_dense_model, residual_model])
+def test_weight_pruning_and_rounding_keep_the_structure(make, rng):
+    from equiv.apps.compress.graph_makers import prune_weights, round_graph, weight_layers
+    g = _graph(make(rng))
+    x = rng.uniform(-1, 1, size=(200, g.n_inputs))
+    for level in (0.9, 0.5, 0.1):
+        p = prune_weights(g, level)
+        for n in weight_layers(g):
+            W = g.op(n).W
+            assert np.count_nonzero(p.op(n).W == 0) >= int(np.floor((1 - level) * W.size))
+            kept = p.op(n).W != 0
+            assert np.array_equal(p.op(n).W[kept], W[kept])           # the survivors are untouched
+            if kept.any() and (~kept).any():
+                assert np.abs(W[~kept]).max() <= np.abs(W[kept]).min()   # the smallest went
+        assert np.abs(OnnxRunner(graph_to_onnx(p))(x) - p.forward(x)).max() < 1e-4
+    f16, i8 = round_graph(g, "float16"), round_graph(g, "int8")
+    for n in weight_layers(g):
+        assert np.array_equal(f16.op(n).W, g.op(n).W.astype(np.float16).astype(float))
+        rows = i8.op(n).W.reshape(g.op(n).W.shape[0], -1)
+        scale = np.abs(g.op(n).W.reshape(rows.shape[0], -1)).max(axis=1, keepdims=True) / 127
+        assert np.allclose(rows / scale, np.round(rows / scale), atol=1e-6)    # integer levels per row
+    for r in (f16, i8):
+        assert np.abs(OnnxRunner(graph_to_onnx(r))(x) - r.forward(x)).max() < 1e-4
+
+
+def test_channel_pruning_deletes_what_it_masks(rng):
+    from equiv.apps.compress.graph_makers import channel_scores, mask_channels, prune_channels
+    g = _graph(conv_dense_model(rng))
+    box = Box(np.full(72, -0.5), np.full(72, 0.5))
+    pts = box.sample(400, rng)
+    scores = channel_scores(g, pts)
+    assert set(scores) == set(g.relus)
+    small = prune_channels(g, 0.5, scores)
+    assert small.n_params < g.n_params
+    # the same function as the masked graph: the lowest-scoring half of the channels set to 0
+    pool = sorted((s, n, c) for n, v in scores.items() for c, s in enumerate(v))
+    drop = {n: [] for n in scores}
+    for s, n, c in pool[:len(pool) // 2]:
+        if len(drop[n]) < len(scores[n]) - 1:
+            drop[n].append(c)
+    masked = mask_channels(g, drop)
+    x = box.sample(300, rng)
+    assert np.abs(small.forward(x) - masked.forward(x)).max() < 1e-9
+    assert np.abs(OnnxRunner(graph_to_onnx(small))(x) - small.forward(x)).max() < 1e-4
+
+
+@pytest.mark.parametrize("make", [conv_dense_model, residual_model])
+def test_bounds_through_the_simplification_are_sound(make, rng, tmp_path):
+    """check_graphs(A, C, via=(S, -b, b)): the bound composed from |A - S| <= b and DeepPoly of S - C on their
+    difference graph is never below the difference sampled in onnxruntime, and is tight for float16."""
+    from equiv.apps.compress.graph_makers import prune_weights, round_graph
+    from equiv.apps.graph_simplify import simplify_graph
+    from equiv.prove.equivalence import CheckOptions
+    from equiv.prove.graph_check import check_graphs
+    model = make(rng)
+    path = tmp_path / "a.onnx"
+    onnx.save(model, str(path))
+    A = graph_from_onnx(model)
+    box = Box(np.full(A.n_inputs, 0.1), np.full(A.n_inputs, 0.4))
+    sim = simplify_graph(A, OnnxRunner(model), box, method="milp", budget=5, validation_samples=500)
+    s_path = tmp_path / "s.onnx"
+    onnx.save(sim.onnx_model, str(s_path))
+    S = graph_from_onnx(sim.onnx_model)
+    x = np.vstack([box.sample(3000, rng), box.random_vertices(64, rng)])
+    b = float(np.abs(OnnxRunner(model)(x) - OnnxRunner(sim.onnx_model)(x)).max()) + 1e-6   # stands in for the record
+    for cand in (round_graph(S, "float16"), prune_weights(S, 0.8)):
+        c_model = graph_to_onnx(cand)
+        c_path = tmp_path / "c.onnx"
+        onnx.save(c_model, str(c_path))
+        C = graph_from_onnx(c_model)
+        opt = CheckOptions(norm="linf", epsilon=10.0, seed=0, samples=500)
+        res = check_graphs(A, C, [box], OnnxRunner(model), OnnxRunner(c_model), opt,
+                           via=(S, np.full(A.n_outputs, -b), np.full(A.n_outputs, b)))
+        seen = np.abs(OnnxRunner(model)(x) - OnnxRunner(c_model)(x)).max()
+        assert res.max_diff_upper >= seen - 1e-6
+        assert any("through a base" in n for n in res.notes)
+        plain = check_graphs(A, C, [box], OnnxRunner(model), OnnxRunner(c_model), opt)
+        assert res.max_diff_upper <= plain.max_diff_upper + 1e-9 or not np.isfinite(plain.max_diff_upper)
+
+
+def test_cli_compress_graph_linf_with_every_maker(tmp_path, capsys, rng):
+    """linf on a conv net: simplification, low rank, channels, weights and rounding all tried (each allocation
+    once); the delivered file is re-checked by `equiv check` and 10 000 onnxruntime points."""
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_dense_model(rng), str(path))
+    box_text = ",".join(["-0.3:0.3"] * 72)
+    box = Box(np.full(72, -0.3), np.full(72, 0.3))
+    out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
+    code = main(["compress", str(path), "--box", box_text, "--epsilon", "0.2", "--metric", "nonzero",
+                 "--makers", "lowrank,neurons,weights,float16,int8,affine", "-o", str(out), "--report", str(rep),
+                 "--no-progress"])
+    report = json.loads(rep.read_text())
+    capsys.readouterr()
+    assert code == 0, report
+    makers = {r["maker"] for r in report["candidates"]}
+    assert {"simplify", "lowrank", "channels", "weights", "float16", "int8"} <= makers
+    assert any("affine" in n and "dense chains only" in n for n in report["notes"])
+    assert report["validation"]["ok"] and report["best"]["nonzero"] < report["original"]["nonzero"]
+    assert main(["check", str(path), str(out), "--box", box_text, "--epsilon", "0.2", "--no-progress"]) == 0
+    capsys.readouterr()
+    x = np.vstack([box.sample(10000, np.random.default_rng(3)), box.random_vertices(256, np.random.default_rng(3))])
+    assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= 0.2
