@@ -259,6 +259,9 @@ def test_cli_compress_graph_linf_with_every_maker(tmp_path, capsys, rng):
     assert {"simplify", "lowrank", "channels", "weights", "float16", "int8"} <= makers
     assert any("affine" in n and "dense chains only" in n for n in report["notes"])
     assert report["validation"]["ok"] and report["best"]["nonzero"] < report["original"]["nonzero"]
+    # rounding keeps the simplification's structure: bounded through it, tightly enough to be proved
+    f16 = next(r for r in report["candidates"] if r["maker"] == "float16")
+    assert f16["verdict"] == "equivalent" and "bounded through" in f16["note"], f16
     assert main(["check", str(path), str(out), "--box", box_text, "--epsilon", "0.2", "--no-progress"]) == 0
     capsys.readouterr()
     x = np.vstack([box.sample(10000, np.random.default_rng(3)), box.random_vertices(256, np.random.default_rng(3))])

@@ -81,6 +81,7 @@ class GraphSearch:
                 chk = check_graphs(self.g, written, [self.box], self.reference, run_b,
                                    self.check_options(self.opt.check_time_limit), via=via)
             verdict, upper, seen = chk.verdict, chk.max_diff_upper, chk.max_diff_lower
+            notes += [n for n in chk.notes if n.startswith(("bounded through", "B does not keep"))]
         except Exception as exc:           # a candidate equiv cannot check is a failed candidate, said so
             verdict, upper, seen = "error", float("inf"), None
             notes.append(f"check failed: {exc}")
@@ -154,9 +155,9 @@ class GraphSearch:
             cand, note = make(level)
             model = graph_to_onnx(cand)
             key = hashlib.sha256(model.SerializeToString()).hexdigest()
-            best = self.res.best
-            if best is not None and self.res.metric(graph_size(cand, model.ByteSize())) >= self.res.metric(best.size):
-                bad = level         # no smaller than what is proved: only smaller levels can help
+            ref = self.res.best.size if self.res.best is not None else self.res.original
+            if self.res.metric(graph_size(cand, model.ByteSize())) >= self.res.metric(ref):
+                ok = level          # no smaller than what is proved (or the original): go lower unchecked
                 continue
             if key not in tried:      # (through `via` when the candidate keeps the base's structure)
                 tried[key] = self.certify(f"{parent}+{maker}({level:.3g})", maker, level, parent, model, note,
@@ -227,6 +228,8 @@ class GraphSearch:
         for maker in makers:
             if self.remaining() <= 1.0 or (self.reached() and maker not in ("float16", "int8")):
                 break
+            if self.best_graph is not None:          # each maker builds on the best model proved so far
+                base, parent = self.best_graph, self.res.best.name
             if maker == "lowrank":
                 self.lowrank(base, parent, via)
             elif maker == "weights":

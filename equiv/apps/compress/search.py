@@ -262,12 +262,13 @@ class Search:
             level = first if (step == 0 and first is not None) else (ok + bad) / 2
             if level >= 0.999:
                 break
-            proved = False
+            proved, larger = False, False
             for attempt in range(1 + self.opt.refits):
                 cand = make(base, level, self.fit_points(), **({"reference": self.net} if maker == "neurons" else {}))
                 best_size = None if self.result.best is None else self.result.metric(self.result.best.size)
                 if best_size is not None and self.result.metric(size_of(cand.to_onnx())) >= best_size:
-                    break            # no smaller than what is proved already: only smaller levels can help
+                    larger = True    # no smaller than what is proved already: only smaller levels can help
+                    break
                 proved = self.certify(cand)
                 if proved or self.last_counterexample is None or self.done():
                     break            # refit with the new counterexample only when the check found one (cheap)
@@ -275,6 +276,8 @@ class Search:
                 ok, best = level, cand
                 if goal is not None and step == 0:
                     break
+            elif larger:
+                ok = level           # go lower without a check
             else:
                 bad = level
             if ok - bad < 0.02:
