@@ -146,9 +146,11 @@ def _add_distributed(p, journal: bool = True) -> None:
     g = p.add_argument_group("distributed work (--workers/--scheduler need the extra equiv[dask])")
     g.add_argument("--workers", type=positive_count, default=None, metavar="N",
                    help="run the independent work (simplify: the MILP decisions of a layer; check: sub-boxes "
-                        "tiling the region, 4 per worker; slice: the two halves of every split; bench --suite "
+                        "tiling the region, 4 per worker; slice: the two halves of every split; compress: one "
+                        "candidate per worker in each bisection step; bench --suite "
                         "equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
-                        "proofs, and so the written models and verdicts, are the same as without it")
+                        "proofs, and so the written models and verdicts, are the same as without it (compress "
+                        "excepted: it then tries other levels, so it may return another model, proved all the same)")
     g.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
     if journal:
@@ -377,7 +379,9 @@ def _add_compress(sub) -> None:
     z.add_argument("--makers", default="neurons,neurons,lowrank,affine,float16,int8", metavar="LIST",
                    help="candidate makers after the exact simplification, in order (each builds on the best proved "
                         "so far): affine, neurons, lowrank, lowrank-svd, weights, float16, int8 "
-                        "(default neurons,neurons,lowrank,affine,float16,int8; a maker may repeat)")
+                        "(default neurons,neurons,lowrank,affine,float16,int8; a maker may repeat). On conv/residual "
+                        "graphs each asked maker runs once, in the order lowrank, neurons (whole channels), weights, "
+                        "float16, int8; affine and lowrank-svd are for dense chains")
     z.add_argument("--time-limit", type=positive_seconds, default=600.0, metavar="S",
                    help="seconds for the whole run (default 600); the search stops 5 %% (at most 20 s) early to "
                         "leave time for the final re-check and the report")
@@ -397,6 +401,7 @@ def _add_compress(sub) -> None:
     z.add_argument("--plot", metavar="FILE.png", help="write the Pareto plot (size against proven bound) here")
     z.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the summary")
     z.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_distributed(z, journal=False)
 
 
 class ResultStream:

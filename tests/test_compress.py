@@ -21,7 +21,7 @@ from equiv.artifacts.validate import OnnxRunner
 from equiv.cli import main
 from equiv.ir.chain_io import load_onnx, network_from_onnx
 from equiv.prove.equivalence import CheckOptions, check_models
-from equiv.spec.region import load_region
+from equiv.spec.region import Box, load_region
 
 DIGITS = MODELS / "digits_mlp.onnx"
 DIGITS_BALL = MODELS / "digits_mlp_ball.vnnlib"
@@ -235,3 +235,50 @@ def test_cli_compress_a_conv_graph(tmp_path, capsys, rng):
     assert main(["compress", str(path), "--box", ",".join(["-0.3:0.3"] * 72), "--epsilon", "1e-4", "-o", str(out),
                  "--no-simplify", "--no-progress"]) == 3
     assert not out.exists()
+
+
+# ---- parallel certification -------------------------------------------------------------------------------
+
+def test_next_levels_split_the_interval_evenly():
+    from equiv.apps.compress.search import next_levels
+    assert next_levels(0.0, 1.0, 1) == [0.5]
+    assert next_levels(0.0, 1.0, 3) == pytest.approx([0.25, 0.5, 0.75])
+    assert next_levels(0.5, 1.0, 2) == pytest.approx([2 / 3, 5 / 6])
+    assert next_levels(0.0, 1.0, 2, first=0.3) == pytest.approx([0.3, 2 / 3])      # a size goal's level replaces one
+    assert next_levels(0.0, 0.2, 2, first=0.3) == pytest.approx([0.2 / 3, 0.4 / 3])  # outside the interval: ignored
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_cli_compress_with_workers_checks_a_step_side_by_side(tmp_path, capsys, rng, graph):
+    """--workers 2 (a real Dask cluster on 127.0.0.1): each bisection step certifies two levels at once, the
+    result is proved, and the delivered file passes an independent check and onnxruntime re-check."""
+    if graph:
+        from test_graph_simplify import conv_dense_model
+        path = tmp_path / "m.onnx"
+        onnx.save(conv_dense_model(rng), str(path))
+        region = ["--box", ",".join(["-0.3:0.3"] * 72)]
+        target = ["--epsilon", "0.2", "--metric", "nonzero", "--makers", "weights,float16"]
+        box = Box(np.full(72, -0.3), np.full(72, 0.3))
+    else:
+        path = DIGITS
+        region = ["--spec", str(DIGITS_BALL)]
+        target = ["--preserve", "top1", "--makers", "lowrank", "--no-simplify"]
+        box, _ = load_region(spec=str(DIGITS_BALL))
+    out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
+    code = main(["compress", str(path), *region, *target, "-o", str(out), "--report", str(rep), "--workers", "2",
+                 "--bisect-steps", "2", "--time-limit", "120", "--check-time-limit", "20", "--no-progress"])
+    report = json.loads(rep.read_text())
+    capsys.readouterr()
+    assert code == 0, report
+    maker = "weights" if graph else "lowrank"
+    levels = [c["level"] for c in report["candidates"] if c["maker"] == maker]
+    assert len(levels) >= 2 and pytest.approx(sorted(levels[:2])) == [1 / 3, 2 / 3]     # step 1: two levels at once
+    assert report["validation"]["ok"]
+    if graph:
+        assert main(["check", str(path), str(out), *region, "--epsilon", "0.2", "--no-progress"]) == 0
+        capsys.readouterr()
+        x = np.vstack([box.sample(10000, np.random.default_rng(5)), box.random_vertices(256, np.random.default_rng(5))])
+        assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= 0.2
+    else:
+        _recheck(DIGITS, out, box, "top1", None)
+    assert not list(tmp_path.glob(".*"))

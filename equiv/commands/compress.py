@@ -38,7 +38,8 @@ def cmd_compress(args, out) -> int:
                     size=args.target_params, metric=args.metric)
     opt = CompressOptions(time_limit=args.time_limit, check_time_limit=args.check_time_limit,
                           simplify_budget=args.simplify_budget, simplify=not args.no_simplify, makers=makers, bisect_steps=args.bisect_steps,
-                          seed=args.seed, backend=args.backend, progress=progress_of(args))
+                          seed=args.seed, backend=args.backend, progress=progress_of(args),
+                          workers=args.workers, scheduler=args.scheduler)
     if chain:
         res = compress(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
     else:      # convolutions / residual blocks: the exact graph simplification, certified by its record

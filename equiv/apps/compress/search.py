@@ -51,6 +51,8 @@ class CompressOptions:
     seed: int = 0
     backend: str = "highs"
     progress: bool = False
+    workers: int | None = None         # check a bisection step's candidates side by side on a local Dask cluster
+    scheduler: str | None = None       # ... or on this existing one
 
     @property
     def search_seconds(self) -> float:
@@ -96,6 +98,32 @@ class CompressResult:
         return getattr(size, self.target.metric)
 
 
+@dataclass
+class CheckAnswer:
+    """What one candidate's check says (picklable: it comes back from a worker)."""
+
+    verdict: str
+    upper: float
+    seen: float | None
+    counterexample: np.ndarray | None
+    error: str | None
+    seconds: float
+    notes: list = field(default_factory=list)
+
+
+def check_file(cand_path: str, model_path: str, box: Box, opt) -> CheckAnswer:
+    """`equiv check` of one candidate file against the original (runs on a worker in parallel mode); a candidate
+    equiv cannot check is a failed candidate, said so."""
+    from ...prove.equivalence import check_models
+    t = time.perf_counter()
+    try:
+        res = check_models(model_path, cand_path, box, opt)
+    except Exception as exc:
+        return CheckAnswer("error", float("inf"), None, None, f"check failed: {exc}", time.perf_counter() - t)
+    cex = None if res.counterexample is None else np.asarray(res.counterexample.input, float)
+    return CheckAnswer(res.verdict, res.max_diff_upper, res.max_diff_lower, cex, None, time.perf_counter() - t)
+
+
 class Search:
     """State of one compress run: the original, the region, the work folder of candidate files."""
 
@@ -116,6 +144,7 @@ class Search:
         self.counterexamples = []
         self.seen = set()
         self.stab = None                 # the exact simplification's proofs, reused by the tolerance stage
+        self.executor = None             # with workers: the candidates of a bisection step are checked side by side
 
     # ---- budget and goal ------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -134,38 +163,55 @@ class Search:
     # ---- one candidate --------------------------------------------------------------------------
     def certify(self, cand: Candidate, limit: float | None = None) -> bool:
         """Write the candidate, check the file against the original, record it; True when proved."""
-        from ...prove.equivalence import CheckOptions, check_models
-        model = cand.to_onnx()
-        size = size_of(model)
-        key = hashlib.sha256(model.SerializeToString()).hexdigest()
-        if key in self.seen:              # the same file again (a refit that changed nothing): no new check
-            self.last_counterexample = None
-            return False
-        self.seen.add(key)
-        f = self.workdir / f"cand_{len(self.result.records):03d}.onnx"
-        f.write_bytes(model.SerializeToString())
-        t = time.perf_counter()
+        return self.certify_all([cand], limit)[0]
+
+    def certify_all(self, cands: list, limit: float | None = None) -> list:
+        """`certify` for several candidates, their checks run side by side on the executor's workers (each
+        check refers to its file by path); records are kept in the candidates' order.  A file already checked
+        (a refit that changed nothing) gets no new check and counts as not proved."""
+        from ...distributed.runner import map_tasks
+        from ...prove.equivalence import CheckOptions
+        jobs, out = [], [False] * len(cands)
+        for i, cand in enumerate(cands):
+            model = cand.to_onnx()
+            data = model.SerializeToString()
+            key = hashlib.sha256(data).hexdigest()
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            f = self.workdir / f"cand_{len(self.result.records) + len(jobs):03d}.onnx"
+            f.write_bytes(data)
+            jobs.append((i, cand, model, f))
+        self.last_counterexample = None
+        if not jobs:
+            return out
         limit = max(1.0, min(limit or self.opt.check_time_limit, self.remaining()))
         opt = CheckOptions(norm=self.target.norm, epsilon=self.target.epsilon, backend=self.opt.backend,
-                           time_limit=limit, query_time_limit=min(limit, 30.0), seed=self.opt.seed,
-                           samples=2000)
-        try:
-            res = check_models(self.path, f, self.box, opt)
-            verdict, upper, seen = res.verdict, res.max_diff_upper, res.max_diff_lower
-            self.last_counterexample = None if res.counterexample is None else np.asarray(res.counterexample.input, float)
-            if self.last_counterexample is not None:
-                self.counterexamples.append(self.last_counterexample.reshape(-1))
-            note = cand.note
-        except Exception as exc:          # a candidate equiv cannot check is a failed candidate, said so
-            self.last_counterexample = None
-            verdict, upper, seen, note = "error", float("inf"), None, f"{cand.note}; check failed: {exc}".strip("; ")
-        rec = Record(cand.name, cand.maker, cand.level, cand.parent, size, verdict,
-                     float(upper) if np.isfinite(upper) else None, seen, time.perf_counter() - t, note)
+                           time_limit=limit, query_time_limit=min(limit, 30.0), seed=self.opt.seed, samples=2000)
+        if self.executor is not None and len(jobs) > 1:
+            answers = map_tasks(self.executor, check_file, [str(f) for *_, f in jobs], self.path, self.box, opt)
+        else:
+            answers = [check_file(str(f), self.path, self.box, opt) for *_, f in jobs]
+        for (i, cand, model, f), ans in zip(jobs, answers):
+            if isinstance(ans, tuple) and ans and ans[0] == "failed":       # the task itself failed (a worker died)
+                ans = CheckAnswer("error", float("inf"), None, None, f"check failed: {ans[1]}", 0.0)
+            out[i] = self.record(cand, model, f, ans)
+        return out
+
+    def record(self, cand: Candidate, model, f: Path, ans: "CheckAnswer") -> bool:
+        """Keep one check's answer: the report's record, the counterexample, the best file."""
+        size = size_of(model)
+        self.last_counterexample = ans.counterexample
+        if ans.counterexample is not None:
+            self.counterexamples.append(ans.counterexample.reshape(-1))
+        note = cand.note if ans.error is None else f"{cand.note}; {ans.error}".strip("; ")
+        rec = Record(cand.name, cand.maker, cand.level, cand.parent, size, ans.verdict,
+                     float(ans.upper) if np.isfinite(ans.upper) else None, ans.seen, ans.seconds, note)
         self.result.records.append(rec)
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{cand.name}: {verdict}")
+            self.bar.set_postfix_str(f"{cand.name}: {ans.verdict}")
             self.bar.update(1)
-        ok = verdict == "equivalent"
+        ok = ans.verdict == "equivalent"
         if ok:
             self.files[cand.name] = f
             best = self.result.best
@@ -252,10 +298,11 @@ class Search:
         """Smallest level of `maker` on `base` that is proved, by bisection on the kept fraction; the base when
         none is.  With a size goal, the level that meets it is tried first."""
         make = LEVEL_MAKERS[maker]
+        if self.executor is not None and self.executor.workers > 1:
+            return self.search_levels(base, maker, make)
         ok, bad, best = 1.0, 0.0, base
-        base_metric = max(1, self.result.metric(size_of(base.to_onnx())))
         goal = self.goal()
-        first = None if goal is None else min(0.999, max(0.01, goal / base_metric))
+        first = goal_level(self, base, goal)
         for step in range(self.opt.bisect_steps + (first is not None)):
             if self.done():
                 break
@@ -281,6 +328,39 @@ class Search:
             else:
                 bad = level
             if ok - bad < 0.02:
+                break
+        return best
+
+    def search_levels(self, base: Candidate, maker: str, make) -> Candidate:
+        """The parallel bisection: each step checks one level per worker, evenly spaced between the highest level
+        that failed and the lowest proved, so the interval shrinks (workers + 1) times per step.  No refits
+        (a counterexample still joins the fit points of the next step's candidates)."""
+        kw = {"reference": self.net} if maker == "neurons" else {}
+        ok, bad, best = 1.0, 0.0, base
+        goal = self.goal()
+        k = self.executor.workers
+        for step in range(self.opt.bisect_steps):
+            if self.done():
+                break
+            levels = [lv for lv in next_levels(bad, ok, k, goal_level(self, base, goal) if step == 0 else None)
+                      if lv < 0.999]
+            if not levels:
+                break
+            cands = [make(base, lv, self.fit_points(), **kw) for lv in levels]
+            best_size = None if self.result.best is None else self.result.metric(self.result.best.size)
+            larger = [best_size is not None and self.result.metric(size_of(c.to_onnx())) >= best_size for c in cands]
+            todo = [(lv, c) for lv, c, big in zip(levels, cands, larger) if not big]
+            proved = self.certify_all([c for _, c in todo])
+            for lv, big in zip(levels, larger):
+                if big:
+                    ok = min(ok, lv)            # no smaller than what is proved: only lower levels can help
+            for (lv, c), p in zip(todo, proved):
+                if p and lv < ok:
+                    ok, best = lv, c
+            failed = [lv for (lv, _), p in zip(todo, proved) if not p and lv < ok]
+            bad = max([bad] + failed)
+            if ok - bad < 0.02 or (goal is not None and best is not base and
+                                    self.result.metric(size_of(best.to_onnx())) <= goal):
                 break
         return best
 
@@ -313,6 +393,21 @@ class Search:
         return self.result
 
 
+def next_levels(bad: float, ok: float, k: int, first: float | None = None) -> list:
+    """k levels evenly spaced strictly between bad and ok (with a size goal's level `first` among them)."""
+    levels = [bad + (ok - bad) * (i + 1) / (k + 1) for i in range(k)]
+    if first is not None and bad < first < ok:
+        levels[min(range(k), key=lambda i: abs(levels[i] - first))] = first
+    return sorted(levels)
+
+
+def goal_level(search: "Search", base: Candidate, goal: float | None) -> float | None:
+    """The kept fraction of the base's weights that would meet the size goal."""
+    if goal is None:
+        return None
+    return min(0.999, max(0.01, goal / max(1, search.result.metric(size_of(base.to_onnx())))))
+
+
 def compress(model_path, box: Box, target: Target, options: CompressOptions | None = None,
              workdir: str | Path | None = None) -> CompressResult:
     """Search for the smallest model proved equivalent to `model_path` on `box` (see the module doc).
@@ -328,11 +423,16 @@ def compress(model_path, box: Box, target: Target, options: CompressOptions | No
         if options.progress:
             from tqdm import tqdm
             s.bar = tqdm(desc="compress: candidates certified", unit="cand", leave=False)
+        if options.workers or options.scheduler:
+            from ...distributed import make_executor
+            s.executor = make_executor(options.workers, options.scheduler)
         try:
             res = s.run()
         finally:
             if s.bar is not None:
                 s.bar.close()
+            if s.executor is not None:
+                s.executor.close()
         if res.best_file is not None:
             keep = work.parent / f".{work.name}.best.onnx"
             os.replace(res.best_file, keep)
