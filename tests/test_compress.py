@@ -248,6 +248,15 @@ def test_next_levels_split_the_interval_evenly():
     assert next_levels(0.0, 0.2, 2, first=0.3) == pytest.approx([0.2 / 3, 0.4 / 3])  # outside the interval: ignored
 
 
+def test_parallel_steps_reach_the_serial_resolution():
+    from equiv.apps.compress.search import parallel_steps
+    for steps in range(1, 9):
+        for k in range(1, 5):
+            n = parallel_steps(steps, k)
+            assert (k + 1) ** n >= 2 ** steps > (k + 1) ** (n - 1) or n == 1
+    assert parallel_steps(5, 1) == 5 and parallel_steps(5, 2) == 4
+
+
 @pytest.mark.parametrize("graph", [False, True])
 def test_cli_compress_with_workers_checks_a_step_side_by_side(tmp_path, capsys, rng, graph):
     """--workers 2 (a real Dask cluster on 127.0.0.1): each bisection step certifies two levels at once, the

@@ -144,7 +144,8 @@ def test_compress_resnet_top1_with_lowrank_is_proved_and_rechecked(tmp_path, cap
     spec = CIFAR / "resnet_2b-img386-eps2_255.vnnlib"
     out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
     code = main(["compress", str(model), "--spec", str(spec), "--preserve", "top1", "-o", str(out),
-                 "--report", str(rep), "--no-progress", "--simplify-budget", "10", "--bisect-steps", "2"])
+                 "--report", str(rep), "--no-progress", "--simplify-budget", "10", "--bisect-steps", "2",
+                 "--makers", "lowrank"])
     report = json.loads(rep.read_text())
     capsys.readouterr()
     assert code == 0, report

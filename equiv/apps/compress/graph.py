@@ -25,7 +25,8 @@ from ...ir import load_graph
 from ...ir.graph import Graph
 from ...spec.region import Box
 from .candidate import Size
-from .search import CheckAnswer, CompressOptions, CompressResult, Record, Target, next_levels, validate_best
+from .search import (CheckAnswer, CompressOptions, CompressResult, Record, Target, next_levels, parallel_steps,
+                     run_search, validate_best)
 
 
 def graph_size(g: Graph, file_bytes: int) -> Size:
@@ -188,34 +189,32 @@ class GraphSearch:
         first = None if goal is None else min(0.999, max(0.01, goal / max(1, base_metric)))
         k = self.executor.workers if self.executor is not None else 1
         ok, bad, tried = 1.0, 0.0, {}
-        for step in range(self.opt.bisect_steps + (first is not None and k == 1)):
+        steps = self.opt.bisect_steps + (first is not None) if k == 1 else parallel_steps(self.opt.bisect_steps, k)
+        for step in range(steps):
             if self.remaining() <= 1.0 or self.reached():
                 return
             levels = [lv for lv in next_levels(bad, ok, k, first if step == 0 else None) if lv < 0.999]
             if not levels:
                 return
-            items, keys, verdicts = [], [], {}
+            items, keys, key_of = [], [], {}
             ref = self.res.best.size if self.res.best is not None else self.res.original
             for lv in levels:
                 cand, note = make(lv)
                 model = graph_to_onnx(cand)
                 key = hashlib.sha256(model.SerializeToString()).hexdigest()
                 if self.res.metric(graph_size(cand, model.ByteSize())) >= self.res.metric(ref):
-                    verdicts[lv] = "larger"     # no smaller than what is proved (or the original): go lower
-                elif key in tried:
-                    verdicts[lv] = tried[key]   # the same allocation as an earlier level: the same verdict
-                elif key not in keys:
+                    key_of[lv] = "larger"       # no smaller than what is proved (or the original): go lower
+                    continue
+                key_of[lv] = key                # a file checked before (this step or earlier): its verdict
+                if key not in tried and key not in keys:
                     items.append((f"{parent}+{maker}({lv:.3g})", maker, lv, parent, model, note))
                     keys.append(key)
             # candidates that keep the base's structure are bounded through it (`via`)
-            for item, key, written in zip(items, keys, self.certify_all(items, via=via)):
+            for key, written in zip(keys, self.certify_all(items, via=via)):
                 tried[key] = written is not None
-                verdicts[item[2]] = tried[key]
-            for lv in levels:
-                v = verdicts.get(lv, False)
-                if v == "larger" or v is True:
-                    ok = min(ok, lv)
-            bad = max([bad] + [lv for lv in levels if verdicts.get(lv) is False and lv < ok])
+            good = [lv for lv in levels if key_of[lv] == "larger" or tried.get(key_of[lv], False)]
+            ok = min([ok] + good)
+            bad = max([bad] + [lv for lv in levels if lv not in good and lv < ok])
             if ok - bad < 0.02:
                 return
 
@@ -230,6 +229,7 @@ class GraphSearch:
         points = self.points()
         mom = moments(base, names, points)
         weights = sum(int(base.op(n).W.size) for n in names)
+
         def make(level):
             cand, note = graph_lowrank(base, level, points, mom)
             return cand, f"{note}; {weights} factorable weights"
@@ -302,7 +302,7 @@ GRAPH_ORDER = ("lowrank", "channels", "weights", "float16", "int8")
 
 def compress_graph(model_path, box: Box, target: Target, options: CompressOptions | None = None,
                    workdir: str | Path | None = None) -> CompressResult:
-    """Exact simplification, then low rank, each candidate certified; see the module docstring.  Like
+    """Exact simplification, then the makers, each candidate certified; see the module docstring.  Like
     `compress`, the certified file is left at `result.best_file` for the caller to move into place."""
     opt = options or CompressOptions()
     path = str(model_path)
@@ -311,19 +311,7 @@ def compress_graph(model_path, box: Box, target: Target, options: CompressOption
     work = Path(tempfile.mkdtemp(prefix=".equiv-compress.", dir=None if workdir is None else str(workdir)))
     try:
         s = GraphSearch(path, g, box, target, opt, work)
-        if opt.progress:
-            from tqdm import tqdm
-            s.bar = tqdm(desc="compress: candidates certified", unit="cand", leave=False)
-        if opt.workers or opt.scheduler:
-            from ...distributed import make_executor
-            s.executor = make_executor(opt.workers, opt.scheduler)
-        try:
-            res = s.run()
-        finally:
-            if s.bar is not None:
-                s.bar.close()
-            if s.executor is not None:
-                s.executor.close()
+        res = run_search(s, opt)
         if res.best_file is not None:
             try:
                 res.validation = validate_best(path, res.best_model, box, target, opt.seed)

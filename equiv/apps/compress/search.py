@@ -5,6 +5,7 @@ candidate written to a file and certified against the original with `equiv check
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -333,13 +334,14 @@ class Search:
 
     def search_levels(self, base: Candidate, maker: str, make) -> Candidate:
         """The parallel bisection: each step checks one level per worker, evenly spaced between the highest level
-        that failed and the lowest proved, so the interval shrinks (workers + 1) times per step.  No refits
-        (a counterexample still joins the fit points of the next step's candidates)."""
+        that failed and the lowest proved, so the interval shrinks (workers + 1) times per step, and there are as
+        many steps as give the serial search's resolution.  No refits (a counterexample still joins the fit
+        points of the next step's candidates)."""
         kw = {"reference": self.net} if maker == "neurons" else {}
         ok, bad, best = 1.0, 0.0, base
         goal = self.goal()
         k = self.executor.workers
-        for step in range(self.opt.bisect_steps):
+        for step in range(parallel_steps(self.opt.bisect_steps, k)):
             if self.done():
                 break
             levels = [lv for lv in next_levels(bad, ok, k, goal_level(self, base, goal) if step == 0 else None)
@@ -393,6 +395,11 @@ class Search:
         return self.result
 
 
+def parallel_steps(bisect_steps: int, k: int) -> int:
+    """Steps of a (k+1)-ary search that narrow the level as far as `bisect_steps` halvings do."""
+    return max(1, math.ceil(bisect_steps * math.log(2) / math.log(k + 1) - 1e-9))
+
+
 def next_levels(bad: float, ok: float, k: int, first: float | None = None) -> list:
     """k levels evenly spaced strictly between bad and ok (with a size goal's level `first` among them)."""
     levels = [bad + (ok - bad) * (i + 1) / (k + 1) for i in range(k)]
@@ -419,20 +426,7 @@ def compress(model_path, box: Box, target: Target, options: CompressOptions | No
     options = options or CompressOptions()
     work = Path(tempfile.mkdtemp(prefix=".equiv-compress.", dir=None if workdir is None else str(workdir)))
     try:
-        s = Search(model_path, box, target, options, work)
-        if options.progress:
-            from tqdm import tqdm
-            s.bar = tqdm(desc="compress: candidates certified", unit="cand", leave=False)
-        if options.workers or options.scheduler:
-            from ...distributed import make_executor
-            s.executor = make_executor(options.workers, options.scheduler)
-        try:
-            res = s.run()
-        finally:
-            if s.bar is not None:
-                s.bar.close()
-            if s.executor is not None:
-                s.executor.close()
+        res = run_search(Search(model_path, box, target, options, work), options)
         if res.best_file is not None:
             keep = work.parent / f".{work.name}.best.onnx"
             os.replace(res.best_file, keep)
@@ -445,6 +439,23 @@ def compress(model_path, box: Box, target: Target, options: CompressOptions | No
         return res
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_search(s, options: CompressOptions) -> CompressResult:
+    """s.run() (a chain or a graph search) with its progress bar and, for --workers / --scheduler, its executor."""
+    if options.progress:
+        from tqdm import tqdm
+        s.bar = tqdm(desc="compress: candidates certified", unit="cand", leave=False)
+    if options.workers or options.scheduler:
+        from ...distributed import make_executor
+        s.executor = make_executor(options.workers, options.scheduler)
+    try:
+        return s.run()
+    finally:
+        if s.bar is not None:
+            s.bar.close()
+        if s.executor is not None:
+            s.executor.close()
 
 
 def validate_best(model_path, model_bytes: bytes, box: Box, target: Target, seed: int, n: int = 10000) -> dict:
