@@ -303,7 +303,7 @@ class Search:
             return self.search_levels(base, maker, make)
         ok, bad, best = 1.0, 0.0, base
         goal = self.goal()
-        first = goal_level(self, base, goal)
+        first = goal_level(goal, self.result.metric(size_of(base.to_onnx())))
         for step in range(self.opt.bisect_steps + (first is not None)):
             if self.done():
                 break
@@ -341,11 +341,11 @@ class Search:
         ok, bad, best = 1.0, 0.0, base
         goal = self.goal()
         k = self.executor.workers
+        first = goal_level(goal, self.result.metric(size_of(base.to_onnx())))
         for step in range(parallel_steps(self.opt.bisect_steps, k)):
             if self.done():
                 break
-            levels = [lv for lv in next_levels(bad, ok, k, goal_level(self, base, goal) if step == 0 else None)
-                      if lv < 0.999]
+            levels = [lv for lv in next_levels(bad, ok, k, first if step == 0 else None) if lv < 0.999]
             if not levels:
                 break
             cands = [make(base, lv, self.fit_points(), **kw) for lv in levels]
@@ -408,11 +408,11 @@ def next_levels(bad: float, ok: float, k: int, first: float | None = None) -> li
     return sorted(levels)
 
 
-def goal_level(search: "Search", base: Candidate, goal: float | None) -> float | None:
-    """The kept fraction of the base's weights that would meet the size goal."""
+def goal_level(goal: float | None, base_metric: int) -> float | None:
+    """The kept fraction of the base's size (`base_metric`) that would meet the size goal."""
     if goal is None:
         return None
-    return min(0.999, max(0.01, goal / max(1, search.result.metric(size_of(base.to_onnx())))))
+    return min(0.999, max(0.01, goal / max(1, base_metric)))
 
 
 def compress(model_path, box: Box, target: Target, options: CompressOptions | None = None,
