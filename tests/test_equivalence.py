@@ -337,15 +337,24 @@ def test_lookahead_picks_the_dimension_with_the_best_worse_half():
         los = [box.lo, np.array([-0.5, 0.0])]
         his = [box.hi, np.array([0.5, 1.0])]
         nodes = [Node(lo, hi, (pair_bounds(pair, lo[None], hi[None]),)) for lo, hi in zip(los, his)]
-        got = search._lookahead_dims(st_, nodes)
+        got, halves = search._lookahead_dims(st_, nodes)
+        assert len(halves) == 2 * len(nodes)
         for n, d in zip(nodes, got):
             worse = []
             for dim in range(2):
                 mid = (n.lo[dim] + n.hi[dim]) / 2
                 a_hi, b_lo = n.hi.copy(), n.lo.copy()
                 a_hi[dim], b_lo[dim] = mid, mid
-                pb = pair_bounds(pair, np.array([n.lo, b_lo]), np.array([a_hi, n.hi]))
-                worse.append(search.analyse(st_, pb)[1].max())
+                pb = pair_bounds(pair, np.array([n.lo, b_lo]), np.array([a_hi, n.hi]),
+                                 search._stack_known([n.data[0]] * 2))
+                found = search.analyse(st_, pb)
+                worse.append(found[1].max())
+                if dim == d:
+                    # the halves kept for the chosen dimension are the ones a fresh bound gives (same cut, to the bit)
+                    for j, (lo, hi) in enumerate(((n.lo, a_hi), (b_lo, n.hi))):
+                        kept = halves[(lo.tobytes(), hi.tobytes())]
+                        assert kept.proved == found[0][j] and np.allclose(kept.absd, found[2][j], rtol=1e-9, atol=1e-12)
+                        assert np.array_equal(kept.bounds().lo, lo[None])
             assert worse[d] <= min(worse) + 1e-9
 
 

@@ -248,29 +248,40 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
     # looking ahead spends its box budget 6x faster (measured on ACAS Xu prop_1 and prop_3 slices)
     ahead = opt.split_choice == "lookahead" or (opt.split_choice == "auto" and st.pair.same_shape)
 
+    # the halves a look-ahead bounded for the dimension it chose, by (lo, hi): decided without a second bound
+    seen = {}
+
     def choose_dims(nodes):
         # the cheap guess first (most pairs finish within a few hundred boxes), then look ahead
         if ahead and st.stats["boxes"] >= LOOKAHEAD_AFTER:
-            return _lookahead_dims(st, nodes)
+            dims, halves = _lookahead_dims(st, nodes)
+            seen.update(halves)
+            return dims
         return _split_dims(np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes]),
                            np.array([n.data[2] for n in nodes]), width0)
 
     def decide(nodes):
-        # the halves inherit their parent's bounds (sound: they lie inside it)
-        child = pair_bounds(st.pair, np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes]),
-                            _stack_known([n.data[0] for n in nodes]))
-        st.stats["boxes"] += child.lo.shape[0]
-        proved, sc, ab, cof, attack = analyse(st, child)
-        st.try_points(np.vstack([attack, (child.lo + child.hi) / 2]))
+        keys = [(n.lo.tobytes(), n.hi.tobytes()) for n in nodes]
+        fresh = [i for i, k in enumerate(keys) if k not in seen]
+        rows = [seen.pop(k, None) for k in keys]
+        if fresh:
+            # the halves inherit their parent's bounds (sound: they lie inside it)
+            child = pair_bounds(st.pair, np.array([nodes[i].lo for i in fresh]),
+                                np.array([nodes[i].hi for i in fresh]), _stack_known([nodes[i].data[0] for i in fresh]))
+            st.stats["boxes"] += len(fresh)
+            found = analyse(st, child)
+            for j, i in enumerate(fresh):
+                rows[i] = _Half(child, j, *(a[j] for a in found))
+        st.try_points(np.vstack([np.array([r.attack for r in rows]), np.array([(n.lo + n.hi) / 2 for n in nodes])]))
         out = []
-        for i in range(child.lo.shape[0]):
+        for n, r in zip(nodes, rows):
             out.append(None)
-            if proved[i] and not st.wants_tighter(ab[i]):
-                st.close(child.lo[i], child.hi[i], "equivalent", "bounds", ab[i])
-            elif st.opt.measure and st.opt.epsilon is None and not st.wants_tighter(ab[i]):
-                st.close(child.lo[i], child.hi[i], "measured", "bounds", ab[i])
+            if r.proved and not st.wants_tighter(r.absd):
+                st.close(n.lo, n.hi, "equivalent", "bounds", r.absd)
+            elif st.opt.measure and st.opt.epsilon is None and not st.wants_tighter(r.absd):
+                st.close(n.lo, n.hi, "measured", "bounds", r.absd)
             else:
-                out[-1] = Open((child.take([i]), ab[i], cof[i]), key=-float(sc[i]))
+                out[-1] = Open((r.bounds(), r.absd, r.coef), key=-float(r.score))
         return out
 
     root = Node(st.box.lo, st.box.hi, (pb, absd[0], coef[0]), decided=True)
@@ -288,18 +299,19 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
 LOOKAHEAD_AFTER = 400     # boxes bounded before splits are chosen by looking ahead
 
 
-def _lookahead_dims(st, nodes) -> list:
+def _lookahead_dims(st, nodes) -> tuple[list, dict]:
     """Per box, the input dimension whose bisection gives the best worse half: both halves of every varying
     dimension bounded at once (the parent's bounds known), scored as the open boxes are.  It costs 2 x
     (varying inputs) bounded boxes per split, against a guess from the worst bound's input coefficients,
     which misleads where the looseness comes from relaxations rather than from the inputs (ACAS Xu
-    1_4 on prop_1 against its float16 copy: unknown after 61 000 boxes by the guess, proved in 1 045)."""
+    1_4 on prop_1 against its float16 copy: unknown after 61 000 boxes by the guess, proved in 1 045).
+    Also returns the two halves of each chosen split, analysed, by (lo, hi) bytes: they need no second bound."""
     lo, hi = np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes])
     dims = np.flatnonzero((hi > lo).any(axis=0))
     B, D = len(nodes), dims.size
     LO = np.repeat(lo, 2 * D, axis=0)
     HI = np.repeat(hi, 2 * D, axis=0)
-    mid = (lo + hi) / 2
+    mid = (lo + hi) / 2              # the midpoint `bisect.halves` cuts at, to the bit
     for j, d in enumerate(dims):
         rows = np.arange(B) * 2 * D + 2 * j
         HI[rows, d] = mid[:, d]
@@ -307,9 +319,25 @@ def _lookahead_dims(st, nodes) -> list:
     known = _stack_known([n.data[0] for n in nodes for _ in range(2 * D)])
     pb = pair_bounds(st.pair, LO, HI, known)
     st.stats["boxes"] += LO.shape[0]
-    _, score, _, _, _ = analyse(st, pb)
-    worse = score.reshape(B, D, 2).max(axis=2)
-    return [int(dims[k]) for k in worse.argmin(axis=1)]
+    found = analyse(st, pb)
+    worse = found[1].reshape(B, D, 2).max(axis=2)
+    best = worse.argmin(axis=1)
+    halves = {}
+    for b, k in enumerate(best):
+        for r in (b * 2 * D + 2 * k, b * 2 * D + 2 * k + 1):
+            halves[(LO[r].tobytes(), HI[r].tobytes())] = _Half(pb, r, *(a[r] for a in found))
+    return [int(dims[k]) for k in best], halves
+
+
+class _Half:
+    """One bounded box of a batch: its analysis (`analyse`) and, on demand, its own bounds (for its halves)."""
+
+    def __init__(self, pb: PairBounds, row: int, proved, score, absd, coef, attack):
+        self.pb, self.row = pb, row
+        self.proved, self.score, self.absd, self.coef, self.attack = proved, score, absd, coef, attack
+
+    def bounds(self) -> PairBounds:
+        return self.pb.take([self.row])
 
 
 def milp_pieces(st, open_: list):
