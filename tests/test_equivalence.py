@@ -378,27 +378,29 @@ def test_verdicts_with_lookahead_from_the_start_agree_with_sampling(seed):
         assert true_max > eps or res.max_diff_lower > eps
 
 
-def test_bounding_in_chunks_of_boxes_gives_the_bounds_of_one_call():
-    """`_bound_boxes` cuts a batch into chunks (for the cache); each box's analysis is that of one call."""
+def test_bounding_in_chunks_of_boxes_is_sound_and_counted():
+    """`_bound_boxes` cuts a batch into chunks (for the cache).  Which rows are back-substituted depends on the
+    batch, so the bounds may differ from one call's, but each box's bound holds on sampled points."""
     from types import SimpleNamespace
     from equiv.prove.equivalence import search
-    f, g, box, r = random_pair(3)
-    pair = align(f, g)
-    st_ = SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=0.01), eps=np.full(2, 0.01), stats={"boxes": 0})
-    parent = pair_bounds(pair, box.lo[None], box.hi[None])
-    c = box.sample(7, r)
-    lo, hi = np.maximum(c - 0.1, box.lo), np.minimum(c + 0.1, box.hi)
-    old, search.BOX_CHUNK = search.BOX_CHUNK, 3
-    try:
-        chunked = search._bound_boxes(st_, lo, hi, [parent] * 7)
-    finally:
-        search.BOX_CHUNK = old
-    whole = search._bound_boxes(st_, lo, hi, [parent] * 7)
-    assert st_.stats["boxes"] == 14
-    for a, b in zip(chunked, whole):
-        assert a.proved == b.proved and np.allclose(a.absd, b.absd, rtol=1e-9, atol=1e-12)
-        pa, pb_ = a.bounds(), b.bounds()
-        assert np.array_equal(pa.lo, pb_.lo) and np.array_equal(pa.hi, pb_.hi)
-        for k in range(len(pa.d_hi)):
-            assert np.allclose(pa.d_hi[k], pb_.d_hi[k], rtol=1e-9, atol=1e-12)
-            assert np.allclose(pa.g_lo[k], pb_.g_lo[k], rtol=1e-9, atol=1e-12)
+    for seed in range(4):
+        f, g, box, r = random_pair(seed)
+        pair = align(f, g)
+        st_ = SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=0.01), eps=np.full(2, 0.01), stats={"boxes": 0})
+        parent = pair_bounds(pair, box.lo[None], box.hi[None])
+        c = box.sample(7, r)
+        lo, hi = np.maximum(c - 0.1, box.lo), np.minimum(c + 0.1, box.hi)
+        old, search.BOX_CHUNK = search.BOX_CHUNK, 3
+        try:
+            chunked = search._bound_boxes(st_, lo, hi, [parent] * 7)
+        finally:
+            search.BOX_CHUNK = old
+        whole = search._bound_boxes(st_, lo, hi, [parent] * 7)
+        assert st_.stats["boxes"] == 14
+        for n, (a, b) in enumerate(zip(chunked, whole)):
+            X = lo[n] + r.random((2000, 2)) * (hi[n] - lo[n])
+            seen = np.abs(f.forward(X) - g.forward(X)).max(axis=0)
+            for h in (a, b):
+                assert np.all(seen <= h.absd + 1e-12)
+                assert h.proved == bool(np.all(h.absd <= 0.01))
+                assert np.array_equal(h.bounds().lo, lo[n][None])
