@@ -404,3 +404,24 @@ def test_bounding_in_chunks_of_boxes_is_sound_and_counted():
                 assert np.all(seen <= h.absd + 1e-12)
                 assert h.proved == bool(np.all(h.absd <= 0.01))
                 assert np.array_equal(h.bounds().lo, lo[n][None])
+
+
+def test_bench_group_rerun_keeps_the_other_groups(tmp_path):
+    """`equiv bench --suite equivalence --group G` replaces G's rows in the results and keeps the others, in
+    suite order, each with its own time limit."""
+    from equiv.bench import equivalence as eb
+    order = [c["group"] for c in eb.cases()]
+    first, last = order[0], order[-1]
+    row = lambda group, net, limit: {"group": group, "kind": "float16", "network": net, "prop": "p", "norm": "linf",  # noqa: E731
+                                     "epsilon": 0.05, "verdict": "equivalent", "seconds": 1.0, "time_limit": limit,
+                                     "max_diff_upper": float("inf"), "max_diff_lower": 0.0, "boxes": 1,
+                                     "milp_queries": 0, "pieces": 1, "methods": ["bounds"], "notes": []}
+    eb._write([row(first, "a", 300.0), row(last, "b", 60.0)], 2, tmp_path, 300.0)
+    kept = eb._other_groups(tmp_path, last)
+    assert [r["network"] for r in kept] == ["a"] and kept[0]["max_diff_upper"] == float("inf")
+    merged = eb._in_suite_order([row(last, "c", 30.0)] + kept)
+    assert [r["network"] for r in merged] == ["a", "c"]
+    eb._write(merged, 2, tmp_path, 300.0)
+    text = (tmp_path / "equivalence.md").read_text()
+    assert f"| {last} | 0.05 | 1 | 1 | 0 | 0 | 1.00 | 1.00 | 30 |" in text
+    assert f"| {first} | 0.05 | 1 | 1 | 0 | 0 | 1.00 | 1.00 | 300 |" in text

@@ -86,7 +86,7 @@ def run_case(case: dict, root: Path, time_limit: float) -> dict:
                                                                 time_limit=time_limit))
     seconds = time.perf_counter() - t0
     return {**case, "network": Path(case["network"]).stem.replace("_batch_2000", ""), "prop": Path(case["prop"]).stem,
-            "verdict": r.verdict, "seconds": seconds, "max_diff_upper": r.max_diff_upper,
+            "verdict": r.verdict, "seconds": seconds, "time_limit": time_limit, "max_diff_upper": r.max_diff_upper,
             "max_diff_lower": r.max_diff_lower, "boxes": r.stats.get("boxes", 0),
             "milp_queries": r.stats.get("milp_queries", 0), "pieces": len(r.pieces),
             "methods": sorted({p.method for p in r.pieces}), "notes": r.notes, **extra}
@@ -99,18 +99,49 @@ def run_equivalence_bench(root: Path, out: Path, time_limit: float = 300.0, limi
     if not (root / "acasxu").is_dir():
         raise InputFileError(f"benchmark folder not found: {root} (expected acasxu/ and mnist_fc/ inside)")
     todo = [c for c in cases() if group is None or c["group"] == group][:limit]
+    # one group re-run: the other groups' rows already in `out` are kept (each row says its own time limit)
+    kept = _other_groups(out, group) if group is not None else []
+    save = lambda rows: _write(_in_suite_order(kept + rows), len(kept) + len(todo), out, time_limit)  # noqa: E731
     if executor is not None:
         from ..distributed.runner import map_tasks
         with tqdm(total=len(todo), desc="bench equivalence", unit="pair") as bar:
             res = map_tasks(executor, run_case, todo, root, time_limit, bar=bar)
         rows = [r if isinstance(r, dict) else _failed_row(c, r[1]) for c, r in zip(todo, res)]
-        _write(rows, len(todo), out, time_limit)
+        save(rows)
         return rows
     rows = []
     for case in tqdm(todo, desc="bench equivalence", unit="pair"):
         rows.append(run_case(case, root, time_limit))
-        _write(rows, len(todo), out, time_limit)
+        save(rows)
     return rows
+
+
+def _other_groups(out: Path, group: str) -> list[dict]:
+    """The rows of an earlier run in `out` that belong to other groups (None read back as inf where it stood
+    for one); rows without their own time limit get the file's."""
+    path = out / "equivalence.json"
+    if not path.exists():
+        return []
+    import json
+    data = json.loads(path.read_text())
+    rows = []
+    for r in data.get("cases", []):
+        if r["group"] == group:
+            continue
+        r = dict(r)
+        r["max_diff_upper"] = float("inf") if r.get("max_diff_upper") is None else r["max_diff_upper"]
+        r["seconds"] = float("nan") if r.get("seconds") is None else r["seconds"]
+        r.setdefault("time_limit", data.get("time_limit_per_case"))
+        rows.append(r)
+    return rows
+
+
+def _in_suite_order(rows: list[dict]) -> list[dict]:
+    """Rows sorted by their group's place in the suite (stable within a group)."""
+    place = {}
+    for c in cases():
+        place.setdefault(c["group"], len(place))
+    return sorted(rows, key=lambda r: place.get(r["group"], len(place)))
 
 
 def _failed_row(case: dict, message: str) -> dict:
@@ -118,6 +149,10 @@ def _failed_row(case: dict, message: str) -> dict:
     return {**case, "network": Path(case["network"]).stem.replace("_batch_2000", ""), "prop": Path(case["prop"]).stem,
             "verdict": "failed", "seconds": float("nan"), "max_diff_upper": float("inf"), "max_diff_lower": 0.0,
             "boxes": 0, "milp_queries": 0, "pieces": 0, "notes": [message]}
+
+
+def _limits(rows: list[dict], default: float) -> str:
+    return ", ".join(f"{v:g}" for v in sorted({float(r.get("time_limit") or default) for r in rows}))
 
 
 def _fmt(v: float) -> str:
@@ -136,21 +171,21 @@ def _write(rows: list[dict], planned: int, out: Path, time_limit: float):
         groups.setdefault(r["group"], []).append(r)
     lines = ["# equiv bench --suite equivalence", "",
              f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']} ({info['platform']}).",
-             f"Backend HiGHS; at most {time_limit:g} s per pair. Time is wall-clock for `check` (falsification, "
+             "Backend HiGHS; each group's time limit per pair is in its row. Time is wall-clock for `check` (falsification, "
              "difference bounds, input splitting, MILP), excluding model loading (and, for simplified models, the "
              "simplification itself). 'max diff proven' is the largest proven upper bound on max_j |f_j - g_j| over "
              "the group's pairs; 'seen' the largest difference found in onnxruntime. 'how' names the proofs of the "
              "pieces (carried: the simplified model's recorded phases re-proved, see `equiv/prove/carried.py`).",
              f"Cases done: {len(rows)} of {planned}.", "", "## Summary", "",
              "| pairs | epsilon | cases | equivalent | not equivalent | unknown | median time (s) | max time (s) | "
-             "max diff proven | max diff seen |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "limit per pair (s) | max diff proven | max diff seen |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g, rs in groups.items():
         t = [r["seconds"] for r in rs]
         eps = rs[0]["epsilon"]
         lines.append(f"| {g} | {'top1' if eps is None else f'{eps:g}'} | {len(rs)} | "
                      f"{sum(r['verdict'] == 'equivalent' for r in rs)} | {sum(r['verdict'] == 'not_equivalent' for r in rs)} | "
                      f"{sum(r['verdict'] == 'unknown' for r in rs)} | {statistics.median(t):.2f} | {max(t):.2f} | "
-                     f"{_fmt(max(r['max_diff_upper'] for r in rs))} | {_fmt(max(r['max_diff_lower'] for r in rs))} |")
+                     f"{_limits(rs, time_limit)} | {_fmt(max(r['max_diff_upper'] for r in rs))} | {_fmt(max(r['max_diff_lower'] for r in rs))} |")
     lines += ["", "## Cases", "", "| pairs | network | region | verdict | time (s) | max diff proven | seen | boxes | "
               "MILP queries | how |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
