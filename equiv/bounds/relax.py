@@ -70,8 +70,12 @@ def relu_step(rx: Relax, a: np.ndarray):
     out = a * rx.sl
     if rx.U.size == 0:
         return out, np.zeros(out.shape[:2])
-    pos = np.maximum(a[..., rx.U], 0)
-    out[..., rx.U] += pos * rx.gap
+    if rx.U.size == out.shape[-1]:      # every column: plain arrays (a gather of all of them is 2-3x slower)
+        pos = np.maximum(a, 0)
+        out += pos * rx.gap
+    else:
+        pos = np.maximum(a[..., rx.U], 0)
+        out[..., rx.U] += pos * rx.gap
     return out, rowdot(pos, rx.tu)
 
 
