@@ -337,7 +337,7 @@ def test_lookahead_picks_the_dimension_with_the_best_worse_half():
         los = [box.lo, np.array([-0.5, 0.0])]
         his = [box.hi, np.array([0.5, 1.0])]
         nodes = [Node(lo, hi, (pair_bounds(pair, lo[None], hi[None]),)) for lo, hi in zip(los, his)]
-        got, halves = search._lookahead_dims(st_, nodes)
+        got, halves = search._lookahead_dims(st_, nodes, box.hi - box.lo)
         assert len(halves) == 2 * len(nodes)
         for n, d in zip(nodes, got):
             worse = []
@@ -356,6 +356,11 @@ def test_lookahead_picks_the_dimension_with_the_best_worse_half():
                         assert kept.proved == found[0][j] and np.allclose(kept.absd, found[2][j], rtol=1e-9, atol=1e-12)
                         assert np.array_equal(kept.bounds().lo, lo[None])
             assert worse[d] <= min(worse) + 1e-9
+        # an input one ulp wide is never cut by the look-ahead or the guess: its halves would be the box itself
+        thin = Node(np.array([0.1, -0.5]), np.array([np.nextafter(0.1, 1.0), 0.5]),
+                    (pair_bounds(pair, np.array([[0.1, -0.5]]), np.array([[np.nextafter(0.1, 1.0), 0.5]])),))
+        assert search._lookahead_dims(st_, [thin], box.hi - box.lo)[0] == [1]
+        assert search._split_dims(thin.lo[None], thin.hi[None], np.array([[1e6, 0.0]]), box.hi - box.lo)[0] == 1
 
 
 @settings(max_examples=10, deadline=None)

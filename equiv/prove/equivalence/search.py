@@ -255,10 +255,11 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
         # the cheap guess first (most pairs finish within a few hundred boxes), then look ahead
         if ahead and st.stats["boxes"] >= LOOKAHEAD_AFTER:
             # a box a look-ahead made is cut along the same dimension again without looking (half the cost)
-            dims = [n.data[3][0] if len(n.data) > 3 and n.data[3][1] > 0 else None for n in nodes]
+            dims = [n.data[3][0] if len(n.data) > 3 and n.data[3][1] > 0 and _cuttable(n.lo, n.hi)[n.data[3][0]]
+                    else None for n in nodes]
             ask = [i for i, d in enumerate(dims) if d is None]
             if ask:
-                chosen, halves = _lookahead_dims(st, [nodes[i] for i in ask])
+                chosen, halves = _lookahead_dims(st, [nodes[i] for i in ask], width0)
                 seen.update(halves)
                 for i, d in zip(ask, chosen):
                     dims[i] = d
@@ -268,8 +269,8 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
 
     def decide(nodes):
         keys = [(n.lo.tobytes(), n.hi.tobytes()) for n in nodes]
-        fresh = [i for i, k in enumerate(keys) if k not in seen]
         rows = [seen.pop(k, None) for k in keys]
+        fresh = [i for i, r in enumerate(rows) if r is None]     # (a box met twice is bounded the second time)
         if fresh:
             # the halves inherit their parent's bounds (sound: they lie inside it)
             got = _bound_boxes(st, np.array([nodes[i].lo for i in fresh]), np.array([nodes[i].hi for i in fresh]),
@@ -307,13 +308,16 @@ LOOKAHEAD_AFTER = 400     # boxes bounded before splits are chosen by looking ah
 REPEAT_LOOKAHEAD_DIM = 1
 
 
-def _lookahead_dims(st, nodes) -> tuple[list, dict]:
+def _lookahead_dims(st, nodes, width0: np.ndarray) -> tuple[list, dict]:
     """Per box, the input dimension whose bisection gives the best worse half: both halves of every varying
     dimension bounded at once (the parent's bounds known), scored as the open boxes are.  It costs 2 x
     (varying inputs) bounded boxes per split, against a guess from the worst bound's input coefficients,
     which misleads where the looseness comes from relaxations rather than from the inputs (ACAS Xu
     1_4 on prop_1 against its float16 copy: unknown after 61 000 boxes by the guess, proved in 1 045).
-    Also returns the two halves of each chosen split, analysed, by (lo, hi) bytes: they need no second bound."""
+    Also returns the two halves of each chosen split, analysed, by (lo, hi) bytes: they need no second bound.
+    Only inputs whose midpoint lies strictly inside the box are cut, and among the best worse halves the
+    relatively widest input wins: where no cut helps, ties otherwise send the search down one input to
+    1-ulp widths (seen on ACAS Xu 4_1 on prop_1: depth 70 along one input)."""
     lo, hi = np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes])
     dims = np.flatnonzero((hi > lo).any(axis=0))
     B, D = len(nodes), dims.size
@@ -326,7 +330,14 @@ def _lookahead_dims(st, nodes) -> tuple[list, dict]:
         LO[rows + 1, d] = mid[:, d]
     got = _bound_boxes(st, LO, HI, [n.data[0] for n in nodes for _ in range(2 * D)])
     worse = np.array([r.score for r in got]).reshape(B, D, 2).max(axis=2)
-    best = worse.argmin(axis=1)
+    cut = np.array([_cuttable(n.lo, n.hi)[dims] for n in nodes])
+    worse = np.where(cut, worse, np.inf)
+    low = worse.min(axis=1, keepdims=True)
+    tied = (worse <= low + 1e-9 * np.abs(low)) & cut
+    rel = (hi - lo)[:, dims] / width0[dims]
+    # the widest of the tied inputs (every input, when none can be cut: the box is a point to float precision)
+    best = np.where(tied, rel, -np.inf).argmax(axis=1)
+    best = np.where(cut.any(axis=1), best, rel.argmax(axis=1))
     halves = {}
     for b, k in enumerate(best):
         for r in (b * 2 * D + 2 * k, b * 2 * D + 2 * k + 1):
@@ -424,10 +435,17 @@ def _stack_known(pbs: list[PairBounds]) -> PairBounds:
 
 def _split_dims(lo, hi, coef, width0):
     """Per box, the input dimension to bisect: the largest |coefficient| x width of the worst linear
-    bound (the part of its spread over the box due to that input); else the widest relative dimension."""
+    bound (the part of its spread over the box due to that input); else the widest relative dimension.
+    Inputs whose midpoint is not strictly inside the box (zero or 1-ulp width) are cut only if nothing else can be."""
     width = hi - lo
     score = np.abs(coef) * width
     widest = width / width0
     score = np.where(score.sum(axis=1, keepdims=True) > 0, score, widest)
-    score[width <= 0] = -1.0
+    score[~_cuttable(lo, hi)] = -1.0
     return np.argmax(score, axis=1)
+
+
+def _cuttable(lo, hi) -> np.ndarray:
+    """Where the float midpoint lies strictly inside [lo, hi]: a cut there makes two smaller boxes."""
+    mid = (lo + hi) / 2
+    return (lo < mid) & (mid < hi)
