@@ -430,3 +430,24 @@ def test_bench_group_rerun_keeps_the_other_groups(tmp_path):
     text = (tmp_path / "equivalence.md").read_text()
     assert f"| {last} | 0.05 | 1 | 1 | 0 | 0 | 1.00 | 1.00 | 30 |" in text
     assert f"| {first} | 0.05 | 1 | 1 | 0 | 0 | 1.00 | 1.00 | 300 |" in text
+
+
+def test_acas_float16_on_prop_1_by_look_ahead_survives_onnxruntime_samples(acas_1_1):
+    """The look-ahead path on a real pair (from the first box, kept halves, repeated dimension, chunks): ACAS Xu
+    1_1 against its float16 copy on prop_1's big box is proved, and 10 000 onnxruntime points agree."""
+    from equiv.prove.equivalence import search
+    box, _ = load_region(spec=str(ACAS / "prop_1.vnnlib"))
+    g = float16_copy(acas_1_1)
+    old = search.LOOKAHEAD_AFTER, search.BOX_CHUNK
+    search.LOOKAHEAD_AFTER, search.BOX_CHUNK = 0, 64
+    try:
+        r = run_check(acas_1_1, g, box, epsilon=0.05, time_limit=120)
+    finally:
+        search.LOOKAHEAD_AFTER, search.BOX_CHUNK = old
+    assert r.verdict == "equivalent" and r.stats["boxes"] > 100
+    assert r.max_diff_upper <= 0.05
+    X = box.sample(10000, np.random.default_rng(1)).astype(np.float32)
+    a = OnnxRunner(str(acas_path(1, 1)))(X)
+    b = OnnxRunner(network_to_onnx(g))(X)
+    seen = float(np.abs(a.astype(np.float64) - b).max())
+    assert seen <= r.max_diff_upper
