@@ -336,7 +336,8 @@ def test_lookahead_picks_the_dimension_with_the_best_worse_half():
         st_ = SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=0.01), eps=np.full(2, 0.01), stats={"boxes": 0})
         los = [box.lo, np.array([-0.5, 0.0])]
         his = [box.hi, np.array([0.5, 1.0])]
-        nodes = [Node(lo, hi, (pair_bounds(pair, lo[None], hi[None]),)) for lo, hi in zip(los, his)]
+        nodes = [Node(lo, hi, search._Data(pair_bounds(pair, lo[None], hi[None]), None, None))
+                 for lo, hi in zip(los, his)]
         got, halves = search._lookahead_dims(st_, nodes, box.hi - box.lo)
         assert len(halves) == 2 * len(nodes)
         for n, d in zip(nodes, got):
@@ -346,7 +347,7 @@ def test_lookahead_picks_the_dimension_with_the_best_worse_half():
                 a_hi, b_lo = n.hi.copy(), n.lo.copy()
                 a_hi[dim], b_lo[dim] = mid, mid
                 pb = pair_bounds(pair, np.array([n.lo, b_lo]), np.array([a_hi, n.hi]),
-                                 search._stack_known([n.data[0]] * 2))
+                                 search._stack_known([n.data.bounds] * 2))
                 found = search.analyse(st_, pb)
                 worse.append(found[1].max())
                 if dim == d:
@@ -358,7 +359,8 @@ def test_lookahead_picks_the_dimension_with_the_best_worse_half():
             assert worse[d] <= min(worse) + 1e-9
         # an input one ulp wide is never cut by the look-ahead or the guess: its halves would be the box itself
         thin = Node(np.array([0.1, -0.5]), np.array([np.nextafter(0.1, 1.0), 0.5]),
-                    (pair_bounds(pair, np.array([[0.1, -0.5]]), np.array([[np.nextafter(0.1, 1.0), 0.5]])),))
+                    search._Data(pair_bounds(pair, np.array([[0.1, -0.5]]), np.array([[np.nextafter(0.1, 1.0), 0.5]])),
+                                 None, None))
         assert search._lookahead_dims(st_, [thin], box.hi - box.lo)[0] == [1]
         assert search._split_dims(thin.lo[None], thin.hi[None], np.array([[1e6, 0.0]]), box.hi - box.lo)[0] == 1
 
@@ -409,6 +411,72 @@ def test_bounding_in_chunks_of_boxes_is_sound_and_counted():
                 assert np.all(seen <= h.absd + 1e-12)
                 assert h.proved == bool(np.all(h.absd <= 0.01))
                 assert np.array_equal(h.bounds().lo, lo[n][None])
+
+
+def test_bounding_from_the_parents_lines_is_sound_and_counted():
+    """With a parent's input-space lines, `_bound_boxes` tries each box shallowly first (the lines evaluated on
+    it, one walk back from the output) and sweeps fully only the boxes that leaves open; "shallow" stops after
+    the first step and marks the open boxes, "full" skips it.  Every box's bound holds on sampled points."""
+    from types import SimpleNamespace
+    from equiv.prove.equivalence import search
+    for seed in range(4):
+        f, g, box, r = random_pair(seed)
+        pair = align(f, g)
+        parent = pair_bounds(pair, box.lo[None], box.hi[None], forms=True)
+        c = box.sample(9, r)
+        lo, hi = np.maximum(c - 0.05 * (seed + 1), box.lo), np.minimum(c + 0.05 * (seed + 1), box.hi)
+        eps = float(np.median(search.analyse(SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=1.0), eps=np.full(2, 1.0)),
+                                             pair_bounds(pair, lo, hi))[2].max(axis=1)))
+        got = {}
+        for how in ("shallow", "auto", "full"):
+            st_ = SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=eps), eps=np.full(2, eps), stats={"boxes": 0})
+            got[how] = search._bound_boxes(st_, lo, hi, [parent] * 9, how)
+            shallow_open = sum(h.shallow for h in got[how])
+            if how == "shallow":
+                assert st_.stats == {"boxes": 0, "shallow_boxes": 9}
+                assert all(h.shallow == (not h.proved) for h in got[how])
+            elif how == "full":
+                assert st_.stats == {"boxes": 9} and shallow_open == 0
+            else:
+                closed = sum(h.proved for h in got["shallow"])
+                assert st_.stats == {"boxes": 9 - closed, "shallow_boxes": 9} and shallow_open == 0
+        for n in range(9):
+            X = lo[n] + r.random((2000, 2)) * (hi[n] - lo[n])
+            seen = np.abs(f.forward(X) - g.forward(X)).max(axis=0)
+            for how, h in got.items():
+                assert np.all(seen <= h[n].absd + 1e-12), how
+                assert h[n].proved == bool(np.all(h[n].absd <= eps))
+                assert np.array_equal(h[n].bounds().lo, lo[n][None])
+
+
+def test_a_shallow_look_ahead_that_did_not_pay_turns_full():
+    """The look-ahead on shallow bounds picks its best worse half by those bounds, marks the kept halves, and a
+    subtree whose cut did not pay (worse half above PAYS x its parent's score) looks ahead on full bounds."""
+    from types import SimpleNamespace
+    from equiv.prove.equivalence import search
+    from equiv.spec.bisect import Node
+    f, g, box, r = random_pair(3)
+    pair = align(f, g)
+    st_ = SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=1e-4), eps=np.full(2, 1e-4), stats={"boxes": 0})
+    node = Node(box.lo, box.hi, search._Data(pair_bounds(pair, box.lo[None], box.hi[None], forms=True), None, None))
+    (d,), halves = search._lookahead_dims(st_, [node], box.hi - box.lo, shallow=True)
+    assert st_.stats["boxes"] == 0 and st_.stats["shallow_boxes"] == 4
+    assert len(halves) == 2 and all(h.looked_shallow and h.dim == d for h in halves.values())
+    # runs with a tight epsilon and the look-ahead from the first box, where every shallow cut "did not pay"
+    # (PAYS = 0): sound whichever way they cut
+    old = search.LOOKAHEAD_AFTER, search.PAYS
+    search.LOOKAHEAD_AFTER, search.PAYS = 0, 0.0
+    try:
+        for seed in (0, 2, 5):
+            f, g, box, r = random_pair(seed)
+            X = box.sample(20000, r)
+            true_max = float(np.abs(f.forward(X) - g.forward(X)).max())
+            res = run_check(f, g, box, epsilon=1.05 * true_max, max_boxes=3000)
+            assert res.verdict == "equivalent" and res.max_diff_upper >= true_max - 1e-9
+            assert res.stats["shallow_boxes"] > 0 and res.stats["boxes"] > 1
+            assert res.stats.get("full_lookaheads", 0) > 0
+    finally:
+        search.LOOKAHEAD_AFTER, search.PAYS = old
 
 
 def test_bench_group_rerun_keeps_the_other_groups(tmp_path):

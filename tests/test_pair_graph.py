@@ -90,14 +90,17 @@ def test_batched_bounds_contain_samples_and_children_tighten(seed, linear):
     r = np.random.default_rng(seed + 1)
     a, b = r.normal(size=(4, 2)), r.normal(size=(4, 2))
     lo, hi = np.minimum(a, b) - 0.1, np.maximum(a, b) + 0.1
-    parent = pair_bounds(pair, lo, hi)
-    # the two halves of each box along dimension 0, with the parent's bounds as known bounds
+    parent = pair_bounds(pair, lo, hi, forms=True)
+    # the two halves of each box along dimension 0, with the parent's bounds (and input-space lines) known
     mid = (lo[:, 0] + hi[:, 0]) / 2
     clo, chi = lo.copy(), hi.copy()
     chi[:, 0] = mid
     child = pair_bounds(pair, clo, chi, known=parent)
+    # shallow: the parent's lines evaluated on the halves, no walk back but from the output; and one layer deep
+    shallow = pair_bounds(pair, clo, chi, known=parent, depth=0)
+    one = pair_bounds(pair, clo, chi, known=parent, depth=1)
     C = r.normal(size=(3, 2))
-    for pb, (L, H) in ((parent, (lo, hi)), (child, (clo, chi))):
+    for pb, (L, H) in ((parent, (lo, hi)), (child, (clo, chi)), (shallow, (clo, chi)), (one, (clo, chi))):
         out = {w: output_bounds(pair, pb, C, w) for w in "fgd"}
         for n in range(4):
             X = Box(L[n], H[n]).sample(300, r)
@@ -112,8 +115,14 @@ def test_batched_bounds_contain_samples_and_children_tighten(seed, linear):
             for w, v in (("f", zf[-1]), ("g", zg[-1]), ("d", zf[-1] - zg[-1])):
                 y = v @ C.T
                 assert np.all(y >= out[w][0][n] - 1e-9) and np.all(y <= out[w][1][n] + 1e-9), w
-    for k in range(len(parent.d_lo)):        # a child is never looser than its parent
-        assert np.all(child.d_lo[k] >= parent.d_lo[k]) and np.all(child.d_hi[k] <= parent.d_hi[k])
+    for pb in (child, shallow, one):
+        for k in range(len(parent.d_lo)):        # a child is never looser than its parent
+            assert np.all(pb.d_lo[k] >= parent.d_lo[k]) and np.all(pb.d_hi[k] <= parent.d_hi[k])
+    # the parent's lines: one per back-substituted row, free (0 x -/+ inf) elsewhere, holding on its boxes
+    assert parent.forms and child.forms is None and shallow.forms is None
+    for name, (Al, bl, Au, bu) in parent.forms.items():
+        assert Al.shape == (4, bl.shape[1], 2) and np.all((bl == -np.inf) == (bu == np.inf))
+        assert np.all(Al[bl == -np.inf] == 0) and np.all(Au[bu == np.inf] == 0)
 
 
 def test_difference_of_large_cancelling_terms_keeps_a_margin():

@@ -87,7 +87,7 @@ def run_case(case: dict, root: Path, time_limit: float) -> dict:
     seconds = time.perf_counter() - t0
     return {**case, "network": Path(case["network"]).stem.replace("_batch_2000", ""), "prop": Path(case["prop"]).stem,
             "verdict": r.verdict, "seconds": seconds, "time_limit": time_limit, "max_diff_upper": r.max_diff_upper,
-            "max_diff_lower": r.max_diff_lower, "boxes": r.stats.get("boxes", 0),
+            "max_diff_lower": r.max_diff_lower, "boxes": r.stats.get("boxes", 0), "shallow_boxes": r.stats.get("shallow_boxes", 0),
             "milp_queries": r.stats.get("milp_queries", 0), "pieces": len(r.pieces),
             "methods": sorted({p.method for p in r.pieces}), "notes": r.notes, **extra}
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..ir.ops import ReluDiff
 from ..ir.pair_graph import act_masks, pair_graph
 from ..prove.align import AlignedPair
-from .common import outward
+from .common import ROUND_TERMS, outward
 from .engine import GraphBounds, _backward, _parts, deeppoly_boxes
 
 
@@ -39,13 +39,15 @@ class PairBounds:
     state: tuple | None   # (lo, hi, relaxations) of the difference graph, for `output_bounds`
     lo: np.ndarray        # the boxes
     hi: np.ndarray
+    forms: dict | None = None   # {tensor: (Al, bl, Au, bu)} input-space lines of its rows on each box (`concretise`)
 
     def take(self, idx) -> "PairBounds":
         """The bounds of a subset of the boxes, without the engine state (kept as known bounds for
         sub-boxes, so they should be small: a splitting run may hold many thousands)."""
         pick = lambda L: [a[idx] for a in L]  # noqa: E731
+        forms = None if self.forms is None else {k: tuple(a[idx] for a in v) for k, v in self.forms.items()}
         return PairBounds(pick(self.f_lo), pick(self.f_hi), pick(self.g_lo), pick(self.g_hi), pick(self.d_lo),
-                          pick(self.d_hi), None, self.lo[idx], self.hi[idx])
+                          pick(self.d_hi), None, self.lo[idx], self.hi[idx], forms)
 
     @property
     def out_diff(self) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +63,9 @@ def names(pair: AlignedPair, k: int) -> tuple:
     return "f:" + n, "g:" + n, G.meta["d_of"].get(n)
 
 
-def _known(pair: AlignedPair, known: PairBounds | None) -> GraphBounds:
-    """Known bounds of the difference graph's pre-activations: a parent's bounds, and z = 0 exactly on the
-    padding slots of each network."""
+def _known(pair: AlignedPair, known: PairBounds | None, boxes: tuple | None = None) -> GraphBounds:
+    """Known bounds of the difference graph's pre-activations: a parent's bounds (and its lines evaluated on
+    the `boxes` (lo, hi)), and z = 0 exactly on the padding slots of each network."""
     lo, hi = {}, {}
     for k in range(len(pair.f.dense)):
         fz, gz, dz = names(pair, k)
@@ -75,16 +77,38 @@ def _known(pair: AlignedPair, known: PairBounds | None) -> GraphBounds:
             lo[name], hi[name] = l, h
         if known is not None and dz is not None:
             lo[dz], hi[dz] = known.d_lo[k], known.d_hi[k]
+    if known is not None and known.forms is not None and boxes is not None:
+        # the parent's lines hold on every sub-box: evaluated on the sub-box they are often tighter
+        for name, form in known.forms.items():
+            l, h = concretise(form, *boxes)
+            lo[name], hi[name] = np.maximum(lo[name], l), np.minimum(hi[name], h)
     return GraphBounds(lo, hi)
+
+
+def concretise(form: tuple, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (N, S) of Al x + bl <= z <= Au x + bu on the boxes [lo[n], hi[n]] inside the box the lines were
+    made on, rounded outward (with a margin on the size of the terms, as `engine._backward` does)."""
+    Al, bl, Au, bu = form
+    x_lo, x_hi = lo[:, None, :], hi[:, None, :]
+    size = np.maximum(np.abs(lo), np.abs(hi))[:, None, :]
+    low = (np.maximum(Al, 0) * x_lo + np.minimum(Al, 0) * x_hi).sum(axis=2) + bl
+    up = (np.maximum(Au, 0) * x_hi + np.minimum(Au, 0) * x_lo).sum(axis=2) + bu
+    low = low - ROUND_TERMS * (np.abs(Al) * size).sum(axis=2)
+    up = up + ROUND_TERMS * (np.abs(Au) * size).sum(axis=2)
+    return outward(low, up)
 
 
 class Sweep:
     """A difference graph's hooks into the engine's sweep: which rows of each target to back-substitute,
     and the ties between each tensor's three bounds (z_f = z_g + dz)."""
 
-    def __init__(self, G, own_f: bool = False):
+    def __init__(self, G, own_f: bool = False, depth: int | None = None):
         self.G, self.kind = G, {}
         pre = G.meta["pre"]
+        # the activation inputs back-substituted: the first `depth` in topological order (None: all)
+        rank = {n: i for i, n in enumerate(G.order)}
+        first = sorted(pre, key=lambda z: rank[pre[z][1]])
+        self.deep = set(first if depth is None else first[:depth])
         for z, (fz, gz, dz) in pre.items():
             self.kind[gz] = ("g", z)
             if own_f:
@@ -112,6 +136,8 @@ class Sweep:
         relaxation depends on dz (a ReLU unstable in f or g on some box: a position stable in both networks on
         every box has an exact relaxation whatever dz is); every output row."""
         who, t = self.kind[z]
+        if who == "out" and len(self.deep) < len(self.G.meta["pre"]) or who != "out" and t not in self.deep:
+            return np.empty(0, int), None
         if who == "out":
             return np.arange(lo.shape[1]), None
         if who != "d":
@@ -142,34 +168,51 @@ class Sweep:
 
 
 def difference_boxes(G, lo: np.ndarray, hi: np.ndarray, known: GraphBounds | None = None, own_f: bool = False,
-                     relax: dict | None = None) -> GraphBounds:
+                     relax: dict | None = None, forms: bool = False, depth: int | None = None):
     """Bounds of every tensor of a difference graph (`ir.pair_graph`) on each of the N boxes: g's activation
     inputs (and f's with own_f) and every difference by DeepPoly through the pair, f's by interval through f
-    tied to z_g + dz."""
-    sweep = Sweep(G, own_f)
-    b, _ = deeppoly_boxes(G, lo, hi, known, sweep.targets, rows=sweep.rows, all_nodes=True, tie=sweep.tie,
-                          magnitude=sweep.difference_rows, relax=relax)
-    return b
+    tied to z_g + dz; with forms, also the input-space lines of every back-substituted tensor
+    ({tensor: (Al, bl, Au, bu)}, rows not back-substituted free); depth: back-substitute only the first `depth` activation inputs (the
+    others get interval bounds and ties, and the outputs too)."""
+    sweep = Sweep(G, own_f, depth)
+    b, got = deeppoly_boxes(G, lo, hi, known, sweep.targets, rows=sweep.rows, all_nodes=True, tie=sweep.tie,
+                            magnitude=sweep.difference_rows, relax=relax, coef=forms)
+    if not forms:
+        return b, None
+    out = {}
+    for z, (rows, Al, bl, Au, bu) in got.items():
+        N, S = lo.shape[0], G.op(z).size
+        full = (np.zeros((N, S, lo.shape[1])), np.full((N, S), -np.inf), np.zeros((N, S, lo.shape[1])),
+                np.full((N, S), np.inf))
+        for dst, src in zip(full, (Al, bl, Au, bu)):
+            dst[:, rows] = src
+        out[z] = full
+    return b, out
 
 
-def pair_bounds(pair: AlignedPair, lo: np.ndarray, hi: np.ndarray, known: PairBounds | None = None) -> PairBounds:
+def pair_bounds(pair: AlignedPair, lo: np.ndarray, hi: np.ndarray, known: PairBounds | None = None,
+                forms: bool = False, depth: int | None = None) -> PairBounds:
     """Bounds of z_f, z_g and z_f - z_g for every dense layer on each box [lo[n], hi[n]].
 
     `known` (e.g. the parent boxes' bounds, row n for box n) is intersected in; it must be sound on each
     box.  g's pre-activations get DeepPoly bounds, and f's too unless the two have the same shape (then
     f's are interval bounds through f tightened by z_g + dz, nearly as good for close networks at half
     the cost); the difference is back-substituted through the difference graph, layer by layer.
+    Lines of `known` (a parent's `forms`) are evaluated on the boxes.  forms: keep this call's lines (for
+    its sub-boxes); depth: back-substitute only the first `depth` hidden layers (0: the parent's lines and
+    intervals only; `output_bounds` still walks back from the output through every layer).
     """
     lo, hi = np.atleast_2d(lo).astype(float), np.atleast_2d(hi).astype(float)
     relax = {}
-    b = difference_boxes(pair_graph(pair), lo, hi, _known(pair, known), not pair.same_shape, relax)
+    b, lines = difference_boxes(pair_graph(pair), lo, hi, _known(pair, known, (lo, hi)), not pair.same_shape, relax,
+                                forms, depth)
     fl, fh, gl, gh, dl, dh = [], [], [], [], [], []
     for k in range(len(pair.f.dense)):
         fz, gz, dz = names(pair, k)
         fl.append(b.lo[fz]), fh.append(b.hi[fz]), gl.append(b.lo[gz]), gh.append(b.hi[gz])
         zero = np.zeros_like(b.lo[fz])
         dl.append(zero if dz is None else b.lo[dz]), dh.append(zero if dz is None else b.hi[dz])
-    return PairBounds(fl, fh, gl, gh, dl, dh, (b.lo, b.hi, relax), lo, hi)
+    return PairBounds(fl, fh, gl, gh, dl, dh, (b.lo, b.hi, relax), lo, hi, lines)
 
 
 def output_bounds(pair: AlignedPair, pb: PairBounds, C: np.ndarray, which: str, return_coef: bool = False):

@@ -78,7 +78,7 @@ def difference_bounds(f: Graph, g: Graph, box: Box, f_known: dict | None = None)
         return np.zeros(f.n_outputs), np.zeros(f.n_outputs)
     out = G.meta["out"]["d"]
     known = known_bounds(f_known, "f:", G) if f_known else None
-    b = difference_boxes(G, box.lo[None], box.hi[None], known)
+    b, _ = difference_boxes(G, box.lo[None], box.hi[None], known)
     return b.lo[out][0].reshape(-1), b.hi[out][0].reshape(-1)
 
 

@@ -4,6 +4,7 @@ pieces left with the product MILP (bisecting a piece whose queries time out)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     n_out = f.n_outputs
     eps = eps_vector(opt, n_out)
     stats = {"aligned": pair.same_shape, "match_cost": [round(c, 4) for c in pair.match_cost],
-             "boxes": 0, "milp_queries": 0, "milp_unknown": 0, "seconds": {}}
+             "boxes": 0, "shallow_boxes": 0, "milp_queries": 0, "milp_unknown": 0, "seconds": {}}
     notes = []
     st = Ledger(pair, box, opt, eps, run_a, run_b, clock, stats)
     if f_margins:
@@ -203,7 +204,7 @@ def analyse(st, pb: PairBounds):
 
 def prove(st):
     opt, box = st.opt, st.box
-    pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known)
+    pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known, forms=True)
     st.stats["boxes"] += 1
     proved, score, absd, coef, attack = analyse(st, pb)
     st.try_points(attack)
@@ -221,7 +222,7 @@ def prove(st):
             if known is None:
                 break
             st.known = known
-            pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known)
+            pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known, forms=True)
             st.stats["boxes"] += 1
             proved, score, absd, coef, attack = analyse(st, pb)
             if proved[0] or st.clock.left < 1.0:
@@ -251,32 +252,43 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
     # the halves a look-ahead bounded for the dimension it chose, by (lo, hi): decided without a second bound
     seen = {}
 
+    def n_full(n):
+        return n.data.full_look or not SHALLOW_LOOK
+
     def choose_dims(nodes):
         # the cheap guess first (most pairs finish within a few hundred boxes), then look ahead
         if ahead and st.stats["boxes"] >= LOOKAHEAD_AFTER:
             # a box a look-ahead made is cut along the same dimension again without looking (half the cost)
-            dims = [n.data[3][0] if len(n.data) > 3 and n.data[3][1] > 0 and _cuttable(n.lo, n.hi)[n.data[3][0]]
+            dims = [n.data.dim if n.data.dim is not None and n.data.repeat > 0 and _cuttable(n.lo, n.hi)[n.data.dim]
                     else None for n in nodes]
-            ask = [i for i, d in enumerate(dims) if d is None]
-            if ask:
-                chosen, halves = _lookahead_dims(st, [nodes[i] for i in ask], width0)
-                seen.update(halves)
-                for i, d in zip(ask, chosen):
-                    dims[i] = d
+            for full in (False, True):
+                ask = [i for i, d in enumerate(dims) if d is None and n_full(nodes[i]) == full]
+                if ask:
+                    if full:
+                        st.stats["full_lookaheads"] = st.stats.get("full_lookaheads", 0) + len(ask)
+                    chosen, halves = _lookahead_dims(st, [nodes[i] for i in ask], width0, shallow=not full)
+                    seen.update(halves)
+                    for i, d in zip(ask, chosen):
+                        dims[i] = d
             return dims
         return _split_dims(np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes]),
-                           np.array([n.data[2] for n in nodes]), width0)
+                           np.array([n.data.coef for n in nodes]), width0)
 
     def decide(nodes):
         keys = [(n.lo.tobytes(), n.hi.tobytes()) for n in nodes]
         rows = [seen.pop(k, None) for k in keys]
-        fresh = [i for i, r in enumerate(rows) if r is None]     # (a box met twice is bounded the second time)
-        if fresh:
-            # the halves inherit their parent's bounds (sound: they lie inside it)
-            got = _bound_boxes(st, np.array([nodes[i].lo for i in fresh]), np.array([nodes[i].hi for i in fresh]),
-                               [nodes[i].data[0] for i in fresh])
-            for i, r in zip(fresh, got):
-                rows[i] = r
+        # a box met twice is bounded the second time; a half the look-ahead bounded only shallowly (and
+        # left open) gets the full sweep
+        for how in ("auto", "full"):
+            fresh = [i for i, r in enumerate(rows) if (r is None if how == "auto" else r is not None and r.shallow)]
+            if fresh:
+                # the halves inherit their parent's bounds (sound: they lie inside it)
+                got = _bound_boxes(st, np.array([nodes[i].lo for i in fresh]), np.array([nodes[i].hi for i in fresh]),
+                                   [nodes[i].data.bounds for i in fresh], how)
+                for i, r in zip(fresh, got):
+                    if rows[i] is not None:
+                        r.dim, r.looked_shallow = rows[i].dim, rows[i].looked_shallow
+                    rows[i] = r
         st.try_points(np.vstack([np.array([r.attack for r in rows]), np.array([(n.lo + n.hi) / 2 for n in nodes])]))
         out = []
         for n, r in zip(nodes, rows):
@@ -287,12 +299,14 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
                 st.close(n.lo, n.hi, "measured", "bounds", r.absd)
             else:
                 # a look-ahead's half keeps its dimension for REPEAT_LOOKAHEAD_DIM more cuts
-                inherit = ((r.dim, REPEAT_LOOKAHEAD_DIM),) if r.dim is not None else \
-                    ((n.data[3][0], n.data[3][1] - 1),) if len(n.data) > 3 else ()
-                out[-1] = Open((r.bounds(), r.absd, r.coef) + inherit, key=-float(r.score))
+                dim, repeat = (r.dim, REPEAT_LOOKAHEAD_DIM) if r.dim is not None else (n.data.dim, n.data.repeat - 1)
+                # a cut chosen on shallow bounds that did not pay: this subtree looks ahead on full bounds
+                full = n.data.full_look or (r.dim is not None and r.looked_shallow and
+                                            float(r.score) > PAYS * n.data.score)
+                out[-1] = Open(_Data(r.bounds(), r.absd, r.coef, dim, repeat, float(r.score), full), key=-float(r.score))
         return out
 
-    root = Node(st.box.lo, st.box.hi, (pb, absd[0], coef[0]), decided=True)
+    root = Node(st.box.lo, st.box.hi, _Data(pb, absd[0], coef[0], score=float(score[0])), decided=True)
     run = Bisection(decide, choose_dims=choose_dims, order="best", batch=opt.batch,
                     max_boxes=opt.max_boxes - st.stats["boxes"], deadline=st.clock.t0 + st.clock.limit,
                     stop=lambda: st.cex is not None, progress=bar.update if bar else None)
@@ -301,14 +315,14 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
     finally:
         if bar is not None:
             bar.close()
-    return [(n.lo, n.hi, n.data[1], n.data[2]) for n in run.pending]
+    return [(n.lo, n.hi, n.data.absd, n.data.coef) for n in run.pending]
 
 
 LOOKAHEAD_AFTER = 400     # boxes bounded before splits are chosen by looking ahead
 REPEAT_LOOKAHEAD_DIM = 1
 
 
-def _lookahead_dims(st, nodes, width0: np.ndarray) -> tuple[list, dict]:
+def _lookahead_dims(st, nodes, width0: np.ndarray, shallow: bool = False) -> tuple[list, dict]:
     """Per box, the input dimension whose bisection gives the best worse half: both halves of every varying
     dimension bounded at once (the parent's bounds known), scored as the open boxes are.  It costs 2 x
     (varying inputs) bounded boxes per split, against a guess from the worst bound's input coefficients,
@@ -328,7 +342,8 @@ def _lookahead_dims(st, nodes, width0: np.ndarray) -> tuple[list, dict]:
         rows = np.arange(B) * 2 * D + 2 * j
         HI[rows, d] = mid[:, d]
         LO[rows + 1, d] = mid[:, d]
-    got = _bound_boxes(st, LO, HI, [n.data[0] for n in nodes for _ in range(2 * D)])
+    got = _bound_boxes(st, LO, HI, [n.data.bounds for n in nodes for _ in range(2 * D)],
+                       "shallow" if shallow else "auto")
     worse = np.array([r.score for r in got]).reshape(B, D, 2).max(axis=2)
     cut = np.array([_cuttable(n.lo, n.hi)[dims] for n in nodes])
     worse = np.where(cut, worse, np.inf)
@@ -342,6 +357,7 @@ def _lookahead_dims(st, nodes, width0: np.ndarray) -> tuple[list, dict]:
     for b, k in enumerate(best):
         for r in (b * 2 * D + 2 * k, b * 2 * D + 2 * k + 1):
             got[r].dim = int(dims[k])
+            got[r].looked_shallow = shallow
             halves[(LO[r].tobytes(), HI[r].tobytes())] = got[r]
     return [int(dims[k]) for k in best], halves
 
@@ -349,22 +365,64 @@ def _lookahead_dims(st, nodes, width0: np.ndarray) -> tuple[list, dict]:
 BOX_CHUNK = 128      # boxes per bounds call: larger batches run out of cache (1 280 ACAS boxes: 1.75x slower)
 
 
-def _bound_boxes(st, lo: np.ndarray, hi: np.ndarray, known: list) -> list:
-    """Bounds and `analyse` of the boxes [lo[n], hi[n]], each inside the box whose bounds are known[n]."""
-    out = []
+def _bound_boxes(st, lo: np.ndarray, hi: np.ndarray, known: list, how: str = "auto") -> list:
+    """Bounds and `analyse` of the boxes [lo[n], hi[n]], each inside the box whose bounds are known[n].
+
+    how="auto": first shallowly (the parent's input-space lines evaluated on each box, then one walk back
+    from the output: about a tenth of the cost), and a full sweep (every layer back-substituted) for the
+    boxes that leaves open; "shallow": the first step only (open boxes come back marked `shallow`);
+    "full": the full sweep only.  A parent without lines (`PairBounds.forms`) gets the full sweep."""
+    out = [None] * lo.shape[0]
     for s in range(0, lo.shape[0], BOX_CHUNK):
-        pb = pair_bounds(st.pair, lo[s:s + BOX_CHUNK], hi[s:s + BOX_CHUNK], _stack_known(known[s:s + BOX_CHUNK]))
-        st.stats["boxes"] += pb.lo.shape[0]
+        idx = np.arange(s, min(s + BOX_CHUNK, lo.shape[0]))
+        K = _stack_known([known[i] for i in idx])
+        if K.forms is not None and how != "full":
+            # first the parent's lines on each sub-box and one walk back from the output (cheap); only the
+            # boxes that leaves open get a full sweep
+            pb = pair_bounds(st.pair, lo[idx], hi[idx], K, depth=0)
+            pb.forms = K.forms          # (they hold on these sub-boxes too)
+            st.stats["shallow_boxes"] = st.stats.get("shallow_boxes", 0) + idx.size
+            found = analyse(st, pb)
+            keep = found[0] | (how == "shallow")
+            for j in np.flatnonzero(keep):
+                out[idx[j]] = _Half(pb, j, *(a[j] for a in found), shallow=not found[0][j])
+            rest = np.flatnonzero(~keep)
+            if rest.size == 0:
+                continue
+            K = pb.take(rest)
+            idx = idx[rest]
+        pb = pair_bounds(st.pair, lo[idx], hi[idx], K, forms=True)
+        st.stats["boxes"] += idx.size
         found = analyse(st, pb)
-        out += [_Half(pb, j, *(a[j] for a in found)) for j in range(pb.lo.shape[0])]
+        for j, i in enumerate(idx):
+            out[i] = _Half(pb, j, *(a[j] for a in found))
     return out
+
+
+SHALLOW_LOOK = True
+PAYS = 0.8
+
+
+@dataclass
+class _Data:
+    """An open box's payload: its bounds (`PairBounds` of one box), analysis, and how to cut it next."""
+
+    bounds: PairBounds
+    absd: np.ndarray
+    coef: np.ndarray
+    dim: int | None = None      # the input a look-ahead chose, cut again while repeat > 0
+    repeat: int = 0
+    score: float = np.inf
+    full_look: bool = False     # look ahead on full bounds (shallow ones misled here)
 
 
 class _Half:
     """One bounded box of a batch: its analysis (`analyse`) and, on demand, its own bounds (for its halves)."""
 
-    def __init__(self, pb: PairBounds, row: int, proved, score, absd, coef, attack, dim: int | None = None):
-        self.pb, self.row, self.dim = pb, row, dim
+    def __init__(self, pb: PairBounds, row: int, proved, score, absd, coef, attack, dim: int | None = None,
+                 shallow: bool = False):
+        self.pb, self.row, self.dim, self.shallow = pb, row, dim, shallow
+        self.looked_shallow = False
         self.proved, self.score, self.absd, self.coef, self.attack = proved, score, absd, coef, attack
 
     def bounds(self) -> PairBounds:
@@ -429,8 +487,12 @@ def _bar(show, total: int, desc: str, unit: str):
 
 def _stack_known(pbs: list[PairBounds]) -> PairBounds:
     cat = lambda name: [np.vstack([getattr(p, name)[k] for p in pbs]) for k in range(len(getattr(pbs[0], name)))]  # noqa: E731
+    forms = None
+    if all(p.forms is not None for p in pbs):
+        forms = {z: tuple(np.concatenate([p.forms[z][j] for p in pbs]) for j in range(4))
+                 for z in pbs[0].forms if all(z in p.forms for p in pbs)}
     return PairBounds(cat("f_lo"), cat("f_hi"), cat("g_lo"), cat("g_hi"), cat("d_lo"), cat("d_hi"), None,
-                      np.vstack([p.lo for p in pbs]), np.vstack([p.hi for p in pbs]))
+                      np.vstack([p.lo for p in pbs]), np.vstack([p.hi for p in pbs]), forms)
 
 
 def _split_dims(lo, hi, coef, width0):
