@@ -58,7 +58,14 @@ def prepare(g, relu: str, lo: np.ndarray, hi: np.ndarray) -> Relax:
             keep = alive
             sl, su, tu = sl[:, keep], su[:, keep], tu[:, keep]
     U = np.flatnonzero(((su != sl) | (tu != 0)).any(axis=0))
+    if U.size > DENSE_SHARE * sl.shape[1]:
+        # many unstable columns: every column, with zero gap where stable (a gather and scatter of a few
+        # columns costs more than the arithmetic on all of them)
+        U = np.arange(sl.shape[1])
     return Relax(sl[:, None], U, (su - sl)[:, None, U], tu[:, U], keep)
+
+
+DENSE_SHARE = 0.25    # share of unstable columns above which a relaxation steps through all columns
 
 
 def relu_step(rx: Relax, a: np.ndarray):
@@ -70,13 +77,15 @@ def relu_step(rx: Relax, a: np.ndarray):
     out = a * rx.sl
     if rx.U.size == 0:
         return out, np.zeros(out.shape[:2])
-    if rx.U.size == out.shape[-1]:      # every column: plain arrays (a gather of all of them is 2-3x slower)
-        pos = np.maximum(a, 0)
-        out += pos * rx.gap
+    every = rx.U.size == out.shape[-1]   # every column: plain arrays (a gather of all of them is 2-3x slower)
+    pos = np.maximum(a if every else a[..., rx.U], 0)
+    c = rowdot(pos, rx.tu)
+    gap = np.multiply(pos, rx.gap, out=pos if pos.shape[0] == out.shape[0] else None)
+    if every:
+        out += gap
     else:
-        pos = np.maximum(a[..., rx.U], 0)
-        out[..., rx.U] += pos * rx.gap
-    return out, rowdot(pos, rx.tu)
+        out[..., rx.U] += gap
+    return out, c
 
 
 def rowdot(a: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -144,8 +153,16 @@ def diff_step(rx: DiffRelax, a: np.ndarray, magnitude: bool = False):
     """Through a ReluDiff node for upper bounds: coefficients (n, R, K) of dh -> those of dz and of z_g, the
     intercepts (N, R), and (with magnitude) the size of the intercept terms (N, R), for a rounding margin.
     Positive coefficients take the upper line, negative ones the lower line."""
-    pos, neg = np.maximum(a, 0), np.minimum(a, 0)
-    c = rowdot(pos, rx.Ru) + rowdot(neg, rx.Rl)
-    m = rowdot(pos, np.abs(rx.Ru)) - rowdot(neg, np.abs(rx.Rl)) if magnitude else None
-    return pos * rx.Pu + neg * rx.Pl, pos * rx.Qu + neg * rx.Ql, c, m
+    pos = np.maximum(a, 0)
+    tmp = np.subtract(a, pos)       # min(a, 0), exactly
+    c = rowdot(pos, rx.Ru) + rowdot(tmp, rx.Rl)
+    m = rowdot(pos, np.abs(rx.Ru)) - rowdot(tmp, np.abs(rx.Rl)) if magnitude else None
+    # with a = pos + neg: pos u + neg l = a l + pos (u - l), one temporary fewer per product
+    if tmp.shape != np.broadcast_shapes(tmp.shape, rx.Pu.shape):
+        tmp = None
+    a_dz = a * rx.Pl
+    a_dz += np.multiply(pos, rx.Pu - rx.Pl, out=tmp)
+    a_zg = a * rx.Ql
+    a_zg += np.multiply(pos, rx.Qu - rx.Ql, out=tmp)
+    return a_dz, a_zg, c, m
 
