@@ -87,7 +87,8 @@ def run_case(case: dict, root: Path, time_limit: float) -> dict:
     seconds = time.perf_counter() - t0
     return {**case, "network": Path(case["network"]).stem.replace("_batch_2000", ""), "prop": Path(case["prop"]).stem,
             "verdict": r.verdict, "seconds": seconds, "time_limit": time_limit, "max_diff_upper": r.max_diff_upper,
-            "max_diff_lower": r.max_diff_lower, "boxes": r.stats.get("boxes", 0), "shallow_boxes": r.stats.get("shallow_boxes", 0),
+            "max_diff_lower": r.max_diff_lower, "boxes": r.stats.get("boxes", 0),
+            "shallow_boxes": r.stats.get("shallow_boxes", 0),
             "milp_queries": r.stats.get("milp_queries", 0), "pieces": len(r.pieces),
             "methods": sorted({p.method for p in r.pieces}), "notes": r.notes, **extra}
 
@@ -186,10 +187,14 @@ def _write(rows: list[dict], planned: int, out: Path, time_limit: float):
                      f"{sum(r['verdict'] == 'equivalent' for r in rs)} | {sum(r['verdict'] == 'not_equivalent' for r in rs)} | "
                      f"{sum(r['verdict'] == 'unknown' for r in rs)} | {statistics.median(t):.2f} | {max(t):.2f} | "
                      f"{_limits(rs, time_limit)} | {_fmt(max(r['max_diff_upper'] for r in rs))} | {_fmt(max(r['max_diff_lower'] for r in rs))} |")
-    lines += ["", "## Cases", "", "| pairs | network | region | verdict | time (s) | max diff proven | seen | boxes | "
-              "MILP queries | how |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Cases", "", "'boxes': full bounds (every layer back-substituted); 'shallow': bounds from a "
+              "parent's input-space lines and one walk back from the output (`search._bound_boxes`; '-': a run from "
+              "before stop 28, which had none).", "",
+              "| pairs | network | region | verdict | time (s) | max diff proven | seen | boxes | shallow | "
+              "MILP queries | how |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['kind']}{'' if r['norm'] == 'linf' else ' top1'} | {r['network']} | {r['prop']} | "
                      f"{r['verdict']} | {r['seconds']:.2f} | {_fmt(r['max_diff_upper'])} | {_fmt(r['max_diff_lower'])} | "
-                     f"{r['boxes']} | {r['milp_queries']} | {', '.join(r.get('methods') or []) or '-'} |")
+                     f"{r['boxes']} | {r.get('shallow_boxes', '-')} | {r['milp_queries']} | "
+                     f"{', '.join(r.get('methods') or []) or '-'} |")
     write_text_atomic(out / "equivalence.md", "\n".join(lines) + "\n")
