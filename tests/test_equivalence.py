@@ -479,6 +479,24 @@ def test_a_shallow_look_ahead_that_did_not_pay_turns_full():
         search.LOOKAHEAD_AFTER, search.PAYS = old
 
 
+def test_without_kept_lines_every_box_gets_the_full_sweep():
+    """Above LINES_MAX numbers per box (a big network over many inputs) no lines are kept: no shallow bounds,
+    the same sound verdicts; ACAS Xu keeps them, MNIST 256x2 (784 inputs) does not."""
+    from equiv.prove.equivalence import search
+    f, g, box, r = random_pair(0)
+    X = box.sample(20000, r)
+    true_max = float(np.abs(f.forward(X) - g.forward(X)).max())
+    old = search.LINES_MAX
+    search.LINES_MAX = 0
+    try:
+        res = run_check(f, g, box, epsilon=1.05 * true_max, max_boxes=3000)
+    finally:
+        search.LINES_MAX = old
+    assert res.verdict == "equivalent" and res.max_diff_upper >= true_max - 1e-9
+    assert res.stats["shallow_boxes"] == 0 and res.stats["boxes"] > 1
+    assert search._keep_lines(align(f, g))
+
+
 def test_bench_group_rerun_keeps_the_other_groups(tmp_path):
     """`equiv bench --suite equivalence --group G` replaces G's rows in the results and keeps the others, in
     suite order, each with its own time limit."""

@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import falsify
 from ..align import align
-from ...bounds.diff import PairBounds, output_bounds, pair_bounds
+from ...bounds.diff import PairBounds, Sweep, output_bounds, pair_bounds
+from ...ir.pair_graph import pair_graph
 from ...ir.network import Network
 from ...spec.bisect import Bisection, Node, Open
 from ...spec.region import Box
@@ -204,7 +205,7 @@ def analyse(st, pb: PairBounds):
 
 def prove(st):
     opt, box = st.opt, st.box
-    pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known, forms=True)
+    pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known, forms=_keep_lines(st.pair))
     st.stats["boxes"] += 1
     proved, score, absd, coef, attack = analyse(st, pb)
     st.try_points(attack)
@@ -222,7 +223,7 @@ def prove(st):
             if known is None:
                 break
             st.known = known
-            pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known, forms=True)
+            pb = st.root = pair_bounds(st.pair, box.lo[None], box.hi[None], st.known, forms=_keep_lines(st.pair))
             st.stats["boxes"] += 1
             proved, score, absd, coef, attack = analyse(st, pb)
             if proved[0] or st.clock.left < 1.0:
@@ -391,7 +392,7 @@ def _bound_boxes(st, lo: np.ndarray, hi: np.ndarray, known: list, how: str = "au
                 continue
             K = pb.take(rest)
             idx = idx[rest]
-        pb = pair_bounds(st.pair, lo[idx], hi[idx], K, forms=True)
+        pb = pair_bounds(st.pair, lo[idx], hi[idx], K, forms=_keep_lines(st.pair))
         st.stats["boxes"] += idx.size
         found = analyse(st, pb)
         for j, i in enumerate(idx):
@@ -399,6 +400,14 @@ def _bound_boxes(st, lo: np.ndarray, hi: np.ndarray, known: list, how: str = "au
     return out
 
 
+def _keep_lines(pair) -> bool:
+    """Whether open boxes keep their input-space lines: at most LINES_MAX numbers per box (ACAS Xu: 12 200;
+    MNIST 256x2 with a few of its 784 inputs varying would hold 3.3 million, 26 MB per box)."""
+    G = pair_graph(pair)
+    return 4 * G.n_inputs * sum(G.op(z).size for z in Sweep(G).targets) <= LINES_MAX
+
+
+LINES_MAX = 50_000
 SHALLOW_LOOK = True
 PAYS = 0.8
 
