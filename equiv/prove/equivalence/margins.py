@@ -58,7 +58,10 @@ def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, to
             return None
         # max -(m_k) <= -t - margin  <=>  m_k >= t + margin on the whole box
         cc, off = enc.objective(-W[k], -b[k])
-        return backend.decide(cc, off, -float(thresholds[k]), time_limit=limit, margin=opt.margin)
+        t0 = time.perf_counter()
+        dec = backend.decide(cc, off, -float(thresholds[k]), time_limit=limit, margin=opt.margin)
+        stats.setdefault("margin_query_seconds", []).append([int(k), round(time.perf_counter() - t0, 2)])
+        return dec
 
     workers = 2 if getattr(backend, "threads_ok", False) and len(todo) > 1 else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -117,6 +120,8 @@ def robust_class(st, f: Network, budget: float, notes: list) -> bool:
     # 1. f's margin above U_k (settles g as well), or above 0 where g's bound is positive already
     need = np.where(g_lo > 0, 0.0, np.maximum(d_up, 0.0))
     todo = np.flatnonzero(~done)
+    # (how far each class's first bound is below its threshold, next to each query's seconds in the report)
+    st.stats["margin_gaps"] = {int(k): round(float(f_lo[k] - need[k]), 3) for k in todo}
     clock_step = _Deadline(clock, t_end)
     ok, pts = decide_margins(fm, box, hidden, need, todo, opt, clock_step, st.stats)
     f_lo[ok] = np.maximum(f_lo[ok], need[ok] + opt.margin)
