@@ -425,8 +425,9 @@ def test_bounding_from_the_parents_lines_is_sound_and_counted():
         parent = pair_bounds(pair, box.lo[None], box.hi[None], forms=True)
         c = box.sample(9, r)
         lo, hi = np.maximum(c - 0.05 * (seed + 1), box.lo), np.minimum(c + 0.05 * (seed + 1), box.hi)
-        eps = float(np.median(search.analyse(SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=1.0), eps=np.full(2, 1.0)),
-                                             pair_bounds(pair, lo, hi))[2].max(axis=1)))
+        # epsilon: the median box's bound, so that some boxes close and some do not
+        probe = SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=1.0), eps=np.full(2, 1.0))
+        eps = float(np.median(search.analyse(probe, pair_bounds(pair, lo, hi))[2].max(axis=1)))
         got = {}
         for how in ("shallow", "auto", "full"):
             st_ = SimpleNamespace(pair=pair, opt=CheckOptions(epsilon=eps), eps=np.full(2, eps), stats={"boxes": 0})

@@ -81,7 +81,7 @@ def _known(pair: AlignedPair, known: PairBounds | None, boxes: tuple | None = No
         # the parent's lines hold on every sub-box: evaluated on the sub-box they are often tighter
         for name, form in known.forms.items():
             l, h = concretise(form, *boxes)
-            lo[name], hi[name] = np.maximum(lo[name], l), np.minimum(hi[name], h)
+            lo[name], hi[name] = np.maximum(lo.get(name, -np.inf), l), np.minimum(hi.get(name, np.inf), h)
     return GraphBounds(lo, hi)
 
 
@@ -172,8 +172,8 @@ def difference_boxes(G, lo: np.ndarray, hi: np.ndarray, known: GraphBounds | Non
     """Bounds of every tensor of a difference graph (`ir.pair_graph`) on each of the N boxes: g's activation
     inputs (and f's with own_f) and every difference by DeepPoly through the pair, f's by interval through f
     tied to z_g + dz; with forms, also the input-space lines of every back-substituted tensor
-    ({tensor: (Al, bl, Au, bu)}, rows not back-substituted free); depth: back-substitute only the first `depth` activation inputs (the
-    others get interval bounds and ties, and the outputs too)."""
+    ({tensor: (Al, bl, Au, bu)}, rows not back-substituted free); depth: back-substitute only the first
+    `depth` activation inputs (the others get interval bounds and ties, and the outputs too)."""
     sweep = Sweep(G, own_f, depth)
     b, got = deeppoly_boxes(G, lo, hi, known, sweep.targets, rows=sweep.rows, all_nodes=True, tie=sweep.tie,
                             magnitude=sweep.difference_rows, relax=relax, coef=forms)

@@ -304,7 +304,8 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
                 # a cut chosen on shallow bounds that did not pay: this subtree looks ahead on full bounds
                 full = n.data.full_look or (r.dim is not None and r.looked_shallow and
                                             float(r.score) > PAYS * n.data.score)
-                out[-1] = Open(_Data(r.bounds(), r.absd, r.coef, dim, repeat, float(r.score), full), key=-float(r.score))
+                out[-1] = Open(_Data(r.bounds(), r.absd, r.coef, dim, repeat, float(r.score), full),
+                               key=-float(r.score))
         return out
 
     root = Node(st.box.lo, st.box.hi, _Data(pb, absd[0], coef[0], score=float(score[0])), decided=True)
