@@ -253,9 +253,6 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
     # the halves a look-ahead bounded for the dimension it chose, by (lo, hi): decided without a second bound
     seen = {}
 
-    def n_full(n):
-        return n.data.full_look or not SHALLOW_LOOK
-
     def choose_dims(nodes):
         # the cheap guess first (most pairs finish within a few hundred boxes), then look ahead
         if ahead and st.stats["boxes"] >= LOOKAHEAD_AFTER:
@@ -263,7 +260,7 @@ def _split_loop(st, pb: PairBounds, score, absd, coef) -> list:
             dims = [n.data.dim if n.data.dim is not None and n.data.repeat > 0 and _cuttable(n.lo, n.hi)[n.data.dim]
                     else None for n in nodes]
             for full in (False, True):
-                ask = [i for i, d in enumerate(dims) if d is None and n_full(nodes[i]) == full]
+                ask = [i for i, d in enumerate(dims) if d is None and nodes[i].data.full_look == full]
                 if ask:
                     if full:
                         st.stats["full_lookaheads"] = st.stats.get("full_lookaheads", 0) + len(ask)
@@ -382,7 +379,6 @@ def _bound_boxes(st, lo: np.ndarray, hi: np.ndarray, known: list, how: str = "au
             # first the parent's lines on each sub-box and one walk back from the output (cheap); only the
             # boxes that leaves open get a full sweep
             pb = pair_bounds(st.pair, lo[idx], hi[idx], K, depth=0)
-            pb.forms = K.forms          # (they hold on these sub-boxes too)
             st.stats["shallow_boxes"] = st.stats.get("shallow_boxes", 0) + idx.size
             found = analyse(st, pb)
             keep = found[0] | (how == "shallow")
@@ -391,7 +387,7 @@ def _bound_boxes(st, lo: np.ndarray, hi: np.ndarray, known: list, how: str = "au
             rest = np.flatnonzero(~keep)
             if rest.size == 0:
                 continue
-            K = pb.take(rest)
+            K = pb.take(rest)       # (the parent's lines are already in these bounds)
             idx = idx[rest]
         pb = pair_bounds(st.pair, lo[idx], hi[idx], K, forms=_keep_lines(st.pair))
         st.stats["boxes"] += idx.size
@@ -405,11 +401,12 @@ def _keep_lines(pair) -> bool:
     """Whether open boxes keep their input-space lines: at most LINES_MAX numbers per box (ACAS Xu: 12 200;
     MNIST 256x2 with a few of its 784 inputs varying would hold 3.3 million, 26 MB per box)."""
     G = pair_graph(pair)
-    return 4 * G.n_inputs * sum(G.op(z).size for z in Sweep(G).targets) <= LINES_MAX
+    if "_line_numbers" not in G.__dict__:       # (the graph is never changed after it is built)
+        G.__dict__["_line_numbers"] = 4 * G.n_inputs * sum(G.op(z).size for z in Sweep(G).targets)
+    return G.__dict__["_line_numbers"] <= LINES_MAX
 
 
 LINES_MAX = 50_000
-SHALLOW_LOOK = True
 PAYS = 0.8
 
 
