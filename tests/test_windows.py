@@ -82,3 +82,72 @@ def test_windowed_mnist_sampled_soundness_and_budget(tmp_path):
     for p in st.neurons:
         z = pre[p.layer - 1][:, p.index]
         assert not (p.phase == "dead" and (z > 1e-6).any()) and not (p.phase == "active" and (z < -1e-6).any())
+
+
+def test_start_window_widens_only_when_the_narrow_one_does_not_pay():
+    from equiv.prove.stability_window import FIRST_WINDOW, _StartWindow
+    k = FIRST_WINDOW + 2
+    s = _StartWindow(k)
+    assert s.w == FIRST_WINDOW
+    for _ in range(_StartWindow.TRIES):          # narrow tries that never prove, each followed by a wider one
+        s.record(s.w, False, 0.5)
+        s.record(s.w + 1, True, 1.0)
+    assert s.w == FIRST_WINDOW + 1
+    paying = _StartWindow(k)
+    for _ in range(3 * _StartWindow.TRIES):       # narrow proofs half the time at a fifth of the wider cost
+        paying.record(paying.w, True, 0.2)
+        paying.record(paying.w, False, 0.2)
+        paying.record(paying.w + 1, True, 1.0)
+    assert paying.w == FIRST_WINDOW
+    full = _StartWindow(1)                        # layer 2: the first window is the whole network already
+    full.record(1, False, 1.0)
+    assert full.w == 1
+
+
+def test_windowed_decisions_on_two_threads_prove_what_one_thread_proves():
+    """Decisions run two at a time record the same phases as one by one (no time pressure), all sound."""
+    from conftest import random_problem
+    for seed in range(60):
+        net, box = random_problem(seed, 4, [10, 10, 10, 10], 2, linear_channels=False)
+        opt = dict(windowed="on", split_boxes=0, samples=50, alpha=False, window_lp=False)
+        one = prove_stability(net, box, StabilityOptions(workers=1, **opt))
+        if one.queries["milp"] < 6:
+            continue
+        two = prove_stability(net, box, StabilityOptions(workers=2, **opt))
+        assert one.count("unknown") == 0 and two.count("unknown") == 0
+        assert [p.phase for p in one.neurons] == [p.phase for p in two.neurons]
+        _, pre = net.forward(np.vstack([box.sample(20000, np.random.default_rng(seed)), two.witnesses]),
+                             return_pre=True)
+        for p in two.neurons:
+            z = pre[p.layer - 1][:, p.index]
+            assert not (p.phase == "dead" and (z > 1e-7).any()) and not (p.phase == "active" and (z < -1e-7).any())
+        return
+    pytest.fail("no random chain needed 6 windowed MILP decisions")
+
+
+@needs_bench
+def test_unscaled_lp_bounds_match_scipy_on_a_deep_mnist_window():
+    """The LP queries run without HiGHS's scaling (80x faster on these windows): their proven bounds are
+    upper bounds of scipy's own (scaled) optimum and within 1e-6 of it."""
+    from scipy.optimize import linprog
+    from equiv.ir.chain_io import load_onnx
+    from equiv.spec.region import load_region
+    net = load_onnx(MNIST / "mnist-net_256x4.onnx")
+    box = load_region(spec=str(MNIST / "prop_0_0.03.vnnlib"))[0]
+    b = deeppoly_bounds(net, box)
+    k = 2
+    enc = window_encoding(net, box, b, k, 2)
+    m, be = enc.model, make_backend("highs", enc.model)
+    A = m.A.tocsr()
+    fin_hi, fin_lo = np.isfinite(m.row_hi), np.isfinite(m.row_lo)
+    import scipy.sparse as sp
+    A_ub = sp.vstack([A[fin_hi], -A[fin_lo]])
+    b_ub = np.concatenate([m.row_hi[fin_hi], -m.row_lo[fin_lo]])
+    todo = np.flatnonzero((b.lo[k] < 0) & (b.hi[k] > 0))[:4]
+    for i in todo:
+        c, off = enc.objective(net.dense[k].W[i], net.dense[k].b[i])
+        r = be.maximize(c, off, integer=False, time_limit=60)
+        ref = linprog(-c, A_ub=A_ub, b_ub=b_ub, bounds=list(zip(m.col_lo, m.col_hi)), method="highs")
+        assert ref.status == 0
+        opt = -ref.fun + off
+        assert opt - 1e-9 <= r.bound <= opt + 1e-6

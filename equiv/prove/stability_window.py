@@ -10,7 +10,9 @@ gets the next wider window.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -226,50 +228,121 @@ def _journalled_lp(runner, opt):
     return maximize
 
 
+class _StartWindow:
+    """The window a layer's MILP decisions start from: FIRST_WINDOW, widened for the rest of the layer once
+    it stops paying.  A narrow window is cheaper but only helps when it proves; each failed try costs a query
+    and then the wider one runs anyway.  It pays while proofs * (wider query's seconds) > its own seconds."""
+
+    TRIES = 4             # narrow tries before judging
+
+    def __init__(self, k: int):
+        self.k, self.w = k, min(k, FIRST_WINDOW)
+        self.tries = self.proofs = 0
+        self.seconds = {"narrow": 0.0, "wider": 0.0}
+        self.wider_n = 0
+
+    def record(self, w: int, proved: bool, seconds: float):
+        if w == self.w and w < self.k:
+            self.tries += 1
+            self.proofs += proved
+            self.seconds["narrow"] += seconds
+        elif w > self.w:
+            self.wider_n += 1
+            self.seconds["wider"] += seconds
+        if self.tries >= self.TRIES and self.wider_n and self.w < self.k:
+            gain = self.proofs / self.tries * self.seconds["wider"] / self.wider_n
+            if gain < self.seconds["narrow"] / self.tries:
+                self.w += 1
+                self.tries = self.proofs = self.wider_n = 0
+                self.seconds = {"narrow": 0.0, "wider": 0.0}
+
+
 def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
     """Per open neuron, narrowest first: decide the likelier phase, then the other, widening the window
-    while it finds only (non-real) points; a full-window point is run in the real network."""
+    while it finds only (non-real) points; a full-window point is run in the real network.
+
+    With opt.workers > 1 (and a thread-safe backend) that many neurons are decided at once; answers are
+    recorded under one lock, and a neuron is taken only while no real point has shown it unstable."""
     W, b = net.dense[k].W, net.dense[k].b
     todo = _ordered(tr, bounds, k)
-    for n, i in enumerate(todo):
-        if bar is not None:
-            bar.set_postfix(layer=k + 1, left=int(todo.size - n), spent=f"{budget.spent():.0f}s")
-        dead_first = bounds.hi[k][i] <= -bounds.lo[k][i]
+    lock = threading.Lock()
+    start = _StartWindow(k)
+    queue = iter(todo)
+    finished = set()
+
+    def is_open(i):
+        return not tr.unstable(k)[i] and bounds.hi[k][i] > 0 and bounds.lo[k][i] < 0
+
+    def take():
+        with lock:
+            for i in queue:
+                if is_open(i):
+                    return i
+                finished.add(i)
+            return None
+
+    def decide(i) -> bool:
+        """All of neuron i's decisions; False once the budget is spent."""
+        with lock:
+            dead_first = bounds.hi[k][i] <= -bounds.lo[k][i]
         for side in (("dead", "active") if dead_first else ("active", "dead")):
-            if tr.unstable(k)[i] or bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0:
-                break
-            if tr.seen_pos[k][i] if side == "dead" else tr.seen_neg[k][i]:
-                continue
+            with lock:
+                if not is_open(i):
+                    break
+                if tr.seen_pos[k][i] if side == "dead" else tr.seen_neg[k][i]:
+                    continue
+                w = start.w
             sign = 1.0 if side == "dead" else -1.0
-            w = min(k, FIRST_WINDOW)
             while True:
                 lim = budget.limit()
                 if lim is None:
-                    queries["milp_skipped"] += 1
-                    return _skip_rest(todo[n + 1:], tr, bounds, k, queries)
-                enc, be = enc_of(w)
+                    return False
+                with lock:
+                    enc, be = enc_of(w)
                 if milp_backend(opt.backend) != opt.backend:
                     be = make_backend("highs", enc.model)
                 c, off = enc.objective(sign * W[i], sign * b[i])
                 q0 = time.perf_counter()
                 dec = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin)
-                tr.seconds[k][i] += time.perf_counter() - q0
-                queries["milp"] += 1
-                _count(queries, w)
-                if dec.verdict == "below":
-                    settle(bounds, tr, k, i, side)
+                secs = time.perf_counter() - q0
+                with lock:
+                    tr.seconds[k][i] += secs
+                    queries["milp"] += 1
+                    _count(queries, w)
+                    start.record(w, dec.verdict == "below", secs)
+                    if dec.verdict == "below":
+                        settle(bounds, tr, k, i, side)
+                        break
+                    if dec.verdict == "above" and w < k:
+                        w += 1                  # the window's point may not be reachable: widen
+                        continue
+                    if dec.verdict == "above":
+                        tr.absorb(enc.input_point(dec.x)[None], "witness")
+                    else:
+                        queries["milp_unknown"] += 1
                     break
-                if dec.verdict == "above" and w < k:
-                    w += 1                  # the window's point may not be reachable: widen
-                    continue
-                if dec.verdict == "above":
-                    tr.absorb(enc.input_point(dec.x)[None], "witness")
-                else:
-                    queries["milp_unknown"] += 1
-                break
-        if bar is not None:
-            bar.update(1)
+        return True
 
+    def worker():
+        while True:
+            i = take()
+            if i is None:
+                return
+            if not decide(i):
+                return
+            with lock:
+                finished.add(i)
+                if bar is not None:
+                    bar.set_postfix(layer=k + 1, left=int(todo.size - len(finished)), spent=f"{budget.spent():.0f}s")
+                    bar.update(1)
 
-def _skip_rest(rest, tr, bounds, k, queries):
-    queries["milp_skipped"] += int(np.sum(_open(tr, bounds, k)[rest]))
+    be0 = enc_of(min(k, FIRST_WINDOW))[1]
+    n = min(opt.workers, todo.size) if getattr(be0, "threads_ok", False) else 1
+    if n <= 1:
+        worker()
+    else:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            for f in [pool.submit(worker) for _ in range(n)]:
+                f.result()
+    queries["milp_skipped"] += sum(int(is_open(i)) for i in todo if i not in finished)
+    queries.setdefault("start_window", {})[k + 1] = start.w
