@@ -119,8 +119,13 @@ def test_encoding_structure():
     assert list(enc.prev_index) == [2, -1, 3, 4]                   # x0 x1 | h: 3 alive neurons | d
     assert list(m.groups["x"]) == [0, 1] and list(m.groups["d1"]) == [5]
     assert m.n_vars == 6
-    # rows: 2 equalities (active + linear), 1 dead cut, 3 big-M rows
-    assert m.n_rows == 6
+    # rows: 2 equalities (active + linear), 3 big-M rows; the dead neuron's cut -4 <= x1 - 3 <= -2 is
+    # implied by the input box and left out (a dense row of the input width on MNIST)
+    assert m.n_rows == 5
+    # bounds tighter than the box's image (from a stronger method) keep their cut: 6 rows
+    tight = bounds.copy()
+    tight.hi[0][1] = -2.5
+    assert encode_network(net, UNIT, tight, depth=1).model.n_rows == 6
     np.testing.assert_array_equal(m.integer, [False] * 5 + [True])
     assert m.relaxed().n_binaries == 0 and m.n_binaries == 1       # relaxed() leaves the model alone
     assert encode_network(net, UNIT, bounds, depth=1, integer=False).model.n_binaries == 0
