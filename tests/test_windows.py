@@ -151,3 +151,93 @@ def test_unscaled_lp_bounds_match_scipy_on_a_deep_mnist_window():
         assert ref.status == 0
         opt = -ref.fun + off
         assert opt - 1e-9 <= r.bound <= opt + 1e-6
+
+
+def test_partial_milp_is_a_relaxation_between_the_lp_and_the_milp():
+    """A decision with only some binaries integral: never "below" where the full MILP is not (it is a
+    relaxation of it), the LP-only decision never "below" where the partial one is not, and relaxing
+    really changes answers on some random chains (the columns are not silently kept integral)."""
+    from conftest import random_problem
+    from equiv.prove.stability_window import _Influence
+    seen_gap, nets = False, 0
+    for seed in range(40):
+        if nets >= 4 and seen_gap:
+            break
+        net, box = random_problem(seed, 4, [10, 10, 10], 2, linear_channels=False)
+        b = deeppoly_bounds(net, box)
+        k = 2
+        enc = window_encoding(net, box, b, k, k)
+        if enc.model.n_binaries < 4:
+            continue
+        be = make_backend("highs", enc.model)
+        nets += 1
+        infl = _Influence(net, b, k, k, enc)
+        assert infl.n == enc.model.n_binaries
+        xs = box.sample(5000, np.random.default_rng(seed))
+        _, pre = net.forward(xs, return_pre=True)
+        W, bias = net.dense[k].W, net.dense[k].b
+        for i in range(W.shape[0]):
+            c, off = enc.objective(W[i], bias[i])
+            full = be.maximize(c, off, integer=True, time_limit=10).bound
+            keep = infl.keep(W[i], 0.5)
+            assert np.all(enc.model.integer[keep]) and keep.size == int(np.ceil(0.5 * infl.n))
+            for t in (full - 0.05, full + 0.05, (full + pre[k][:, i].max()) / 2 - 0.01):
+                d_full = be.decide(c, off, t, time_limit=10, margin=1e-6)
+                d_part = be.decide(c, off, t, time_limit=10, margin=1e-6, integer_cols=keep)
+                d_lp = be.decide(c, off, t, time_limit=10, margin=1e-6, integer_cols=np.zeros(0, int))
+                if d_part.verdict == "below":
+                    assert d_full.verdict == "below" and pre[k][:, i].max() <= t
+                if d_lp.verdict == "below":
+                    assert d_part.verdict == "below"
+                seen_gap |= d_full.verdict == "below" and d_lp.verdict == "above"
+    assert seen_gap
+    with pytest.raises(ValueError):
+        be.decide(c, off, 0.0, time_limit=1, margin=1e-6, integer_cols=np.array([0]))   # column 0 is an input
+
+
+def test_influence_keeps_the_binaries_that_reach_the_objective():
+    """Binaries of neurons the objective row cannot see (zero weight all the way) are relaxed first."""
+    from equiv.prove.stability_window import _Influence
+    W1 = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])      # three unstable neurons on [-1, 1]^2
+    net = Network.from_layers([Dense(W1, np.zeros(3)), Dense(np.eye(3), np.zeros(3)),
+                               Dense(np.ones((1, 3)), np.zeros(1))])
+    box = Box(-np.ones(2), np.ones(2))
+    b = deeppoly_bounds(net, box)
+    enc = window_encoding(net, box, b, 1, 1)
+    d1 = enc.model.groups["d1"]
+    infl = _Influence(net, b, 1, 1, enc)
+    assert infl.n == 3
+    # rows over the three layer-1 neurons; neuron 2 (x1 + x2 on [-2, 2]) has gap 1, the others 0.5
+    assert list(infl.keep(np.array([1.0, 0.0, 0.0]), 0.3)) == [d1[0]]       # only neuron 0 reaches it
+    assert list(infl.keep(np.array([0.0, 0.0, 3.0]), 0.3)) == [d1[2]]
+    assert list(infl.keep(np.array([1.0, 0.0, 3.0]), 0.3)) == [d1[2]]       # 3 x gap 1 beats 1 x gap 0.5
+    assert list(infl.keep(np.array([1.0, 0.0, 3.0]), 0.5)) == [d1[0], d1[2]]
+    assert list(infl.keep(np.array([-4.0, 0.0, 1.0]), 0.3)) == [d1[0]]      # |weights|: 4 x 0.5 beats 1 x 1
+
+
+def test_partial_first_tries_change_no_phase():
+    """With partial tries on every window (threshold lowered) the stage proves exactly the phases the full
+    MILPs prove, soundly, and the partial tries are counted."""
+    import equiv.prove.stability_window as sw
+    from conftest import random_problem
+    for seed in range(60):
+        net, box = random_problem(seed, 4, [10, 10, 10, 10], 2, linear_channels=False)
+        opt = StabilityOptions(windowed="on", split_boxes=0, samples=50, alpha=False, window_lp=False, workers=1)
+        full = prove_stability(net, box, opt)
+        if full.queries["milp"] < 6:
+            continue
+        old = sw.PARTIAL_MIN
+        sw.PARTIAL_MIN = 1
+        try:
+            part = prove_stability(net, box, opt)
+        finally:
+            sw.PARTIAL_MIN = old
+        assert full.queries["partial_milp"]["tried"] == 0 and part.queries["partial_milp"]["tried"] > 0
+        assert [p.phase for p in full.neurons] == [p.phase for p in part.neurons]
+        _, pre = net.forward(np.vstack([box.sample(20000, np.random.default_rng(seed)), part.witnesses]),
+                             return_pre=True)
+        for p in part.neurons:
+            z = pre[p.layer - 1][:, p.index]
+            assert not (p.phase == "dead" and (z > 1e-7).any()) and not (p.phase == "active" and (z < -1e-7).any())
+        return
+    pytest.fail("no random chain needed 6 windowed MILP decisions")

@@ -25,6 +25,8 @@ from .stability_solvers import settle
 
 FIRST_WINDOW = 2      # w = 1 is little more than interval arithmetic on the previous layer's box
 LP_CHUNK = 8          # a layer's LPs stop after a chunk of this many neurons that decides none
+PARTIAL_SHARE = 0.3   # binaries kept integral in a decision's first, partial try (the rest LP-relaxed)
+PARTIAL_MIN = 24      # windows with fewer binaries go straight to the full MILP
 
 
 def window(net: Network, box: Box, bounds: Bounds, k: int, w: int):
@@ -228,6 +230,55 @@ def _journalled_lp(runner, opt):
     return maximize
 
 
+class _Influence:
+    """Which of a window's binaries matter most to one objective row: each unstable ReLU's triangle gap
+    (-l u / (u - l), the most its relaxation can be off) times the row's |weights| carried back to it
+    through |W| and each neuron's slope (0 dead, 1 linear, u / (u - l) unstable).  The top share are kept
+    integral in a partial MILP; relaxing the others to their triangle keeps the model a relaxation of the
+    window, so its "below" is a proof (a point it finds proves nothing)."""
+
+    def __init__(self, net: Network, bounds: Bounds, k: int, w: int, enc):
+        self.layers = []                       # per window layer, last first: (slope, gap, U, cols, |W|)
+        for j in range(k - 1, k - w - 1, -1):
+            lo, hi, m = bounds.lo[j], bounds.hi[j], np.asarray(net.masks[j], bool)
+            unstable = m & (lo < 0) & (hi > 0)
+            width = np.where(unstable, hi - lo, 1.0)
+            slope = np.where(m & (hi <= 0), 0.0, np.where(unstable, hi / width, 1.0))
+            gap = np.where(unstable, -lo * hi / width, 0.0)
+            cols = enc.model.groups.get(f"d{j - (k - w) + 1}", np.zeros(0, int))
+            self.layers.append((slope, gap, np.flatnonzero(unstable), cols, np.abs(net.dense[j].W)))
+        self.n = int(sum(layer[3].size for layer in self.layers))
+
+    def keep(self, row: np.ndarray, share: float = PARTIAL_SHARE) -> np.ndarray:
+        """The integer columns to keep integral for objective row `row` (over the window's last layer)."""
+        s = np.abs(row)
+        scores, cols = [], []
+        for slope, gap, U, c, absW in self.layers:
+            scores.append(s[U] * gap[U])
+            cols.append(c)
+            s = (s * slope) @ absW
+        scores, cols = np.concatenate(scores), np.concatenate(cols)
+        top = np.argsort(-scores, kind="stable")[:max(1, int(np.ceil(share * cols.size)))]
+        return np.sort(cols[top])
+
+
+class _Partial:
+    """Whether a layer's decisions on one window width try a partial MILP first.  A partial proof saves
+    most of a full query; a failed try costs its own (shorter) query on top.  After TRIES tries it stays on
+    only while at least half of them proved."""
+
+    TRIES = 4
+
+    def __init__(self):
+        self.on, self.tries, self.proofs = True, 0, 0
+
+    def record(self, proved: bool):
+        self.tries += 1
+        self.proofs += proved
+        if self.tries >= self.TRIES and 2 * self.proofs < self.tries:
+            self.on = False
+
+
 class _StartWindow:
     """The window a layer's MILP decisions start from: FIRST_WINDOW, widened for the rest of the layer once
     it stops paying.  A narrow window is cheaper but only helps when it proves; each failed try costs a query
@@ -267,6 +318,17 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
     todo = _ordered(tr, bounds, k)
     lock = threading.Lock()
     start = _StartWindow(k)
+    partial, influence = {}, {}            # per window width
+    pq = queries.setdefault("partial_milp", {"tried": 0, "proved": 0})
+
+    def keep_cols(w, enc, be, row):
+        """Integer columns of a partial first try at window w, or None (full MILP only)."""
+        if not (partial.setdefault(w, _Partial()).on and getattr(be, "partial_ok", False)):
+            return None
+        if w not in influence:
+            influence[w] = _Influence(net, bounds, k, w, enc)
+        return influence[w].keep(row) if influence[w].n >= PARTIAL_MIN else None
+
     queue = iter(todo)
     finished = set()
 
@@ -301,13 +363,31 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
                     enc, be = enc_of(w)
                 if milp_backend(opt.backend) != opt.backend:
                     be = make_backend("highs", enc.model)
+                with lock:
+                    cols = keep_cols(w, enc, be, W[i])
                 c, off = enc.objective(sign * W[i], sign * b[i])
                 q0 = time.perf_counter()
-                dec = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin)
+                dec, calls = None, 1
+                if cols is not None:
+                    # partial MILP first: a relaxation of the window, so "below" proves; else the full one
+                    dec = be.decide(c, off, 0.0, time_limit=min(lim, opt.time_limit / 2), margin=opt.margin,
+                                    integer_cols=cols)
+                    with lock:
+                        partial[w].record(dec.verdict == "below")
+                        pq["tried"] += 1
+                        pq["proved"] += int(dec.verdict == "below")
+                    if dec.verdict != "below":
+                        dec, lim = None, budget.limit()
+                        if lim is not None:
+                            dec, calls = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin), 2
+                else:
+                    dec = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin)
                 secs = time.perf_counter() - q0
                 with lock:
                     tr.seconds[k][i] += secs
-                    queries["milp"] += 1
+                    queries["milp"] += calls
+                    if dec is None:
+                        return False
                     _count(queries, w)
                     start.record(w, dec.verdict == "below", secs)
                     if dec.verdict == "below":

@@ -50,6 +50,9 @@ class Backend:
     """Translate a LinearModel once, then answer many objective queries on it (warm starts allowed)."""
 
     name = "abstract"
+    # partial_ok: `decide` takes integer_cols, a subset of the model's integer columns kept integral (the
+    # others relaxed to their bounds: a relaxation, so "below" is still a proof; a point proves nothing)
+    partial_ok = False
 
     def __init__(self, model: LinearModel, threads: int = 1):
         self.model = model
@@ -59,11 +62,12 @@ class Backend:
         raise NotImplementedError
 
     def decide(self, c: np.ndarray, offset: float, threshold: float, *, time_limit: float,
-               margin: float) -> Decision:
+               margin: float, integer_cols: np.ndarray | None = None) -> Decision:
         """Prove max c.v + offset <= threshold - margin... or find a point above threshold + margin.
 
         Implemented with a row  c.v >= threshold - offset  added to the MILP: infeasible means
         the maximum is below the threshold (the solver's dual proof); any feasible point is a witness.
-        The margin absorbs the solver's feasibility and integrality tolerances.
+        The margin absorbs the solver's feasibility and integrality tolerances.  integer_cols (backends with
+        partial_ok only): the integer columns kept integral, the rest relaxed; None keeps them all.
         """
         raise NotImplementedError

@@ -54,6 +54,7 @@ class HighsBackend(Backend):
     # and `decide` from several threads at once on one backend: each decision builds its own Highs
     # object and only reads the shared model.  `maximize` shares one object: one thread per backend.
     threads_ok = True
+    partial_ok = True
 
     def __init__(self, model: LinearModel, threads: int = 1, warm_lp: bool = False):
         super().__init__(model, threads)
@@ -79,15 +80,17 @@ class HighsBackend(Backend):
         self.build_seconds = time.perf_counter() - t0
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _new_highs(self, integer: bool) -> highspy.Highs:
+    def _new_highs(self, integer: bool, integer_cols: np.ndarray | None = None) -> highspy.Highs:
+        """A solver object on the model; with `integer`, the integer columns (or only integer_cols) integral."""
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", self.threads)
         h.setOptionValue("mip_feasibility_tolerance", 1e-7)
         h.passModel(self._lp)
-        if integer and self._int_idx.size:
+        idx = self._int_idx if integer_cols is None else np.asarray(integer_cols, dtype=np.int32)
+        if integer and idx.size:
             kind = highspy.HighsVarType.kInteger
-            h.changeColsIntegrality(self._int_idx.size, self._int_idx, np.array([kind] * self._int_idx.size))
+            h.changeColsIntegrality(idx.size, idx, np.array([kind] * idx.size))
         if not integer:
             # HiGHS's default simplex scaling makes the LPs of deep MNIST windows crawl: 30 LPs of layer 3 of
             # mnist-net_256x4 took 55 s scaled and 0.66 s unscaled (256x6: 125 s and 0.8 s), the same optima
@@ -146,10 +149,12 @@ class HighsBackend(Backend):
             return SolveResult(Status.TIME_LIMIT, bound, obj, x, secs, "time limit")
         return SolveResult(Status.ERROR, None, obj, x, secs, h.modelStatusToString(status))
 
-    def decide(self, c, offset, threshold, *, time_limit, margin) -> Decision:
+    def decide(self, c, offset, threshold, *, time_limit, margin, integer_cols=None) -> Decision:
         c = np.asarray(c, dtype=np.float64)
         nz = np.flatnonzero(c)
-        h = self._new_highs(integer=True)
+        if integer_cols is not None and not np.all(self.model.integer[np.asarray(integer_cols, dtype=np.int64)]):
+            raise ValueError("integer_cols must be integer columns of the model")
+        h = self._new_highs(integer=True, integer_cols=integer_cols)
         self._set_objective(h, c, offset)
         # decision row: c.v + offset >= threshold - margin  (anything above is worth a look)
         h.addRow(threshold - margin - offset, INF, nz.size, nz.astype(np.int32), c[nz])
