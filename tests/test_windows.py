@@ -23,6 +23,15 @@ def tiny_chain():
     return Network.from_layers(dense), Box(np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
 
 
+def assert_phases_hold(net, box, res, seed):
+    """Every dead/active phase of a stability result holds on 20 000 samples and its own witnesses."""
+    _, pre = net.forward(np.vstack([box.sample(20000, np.random.default_rng(seed)), res.witnesses]),
+                         return_pre=True)
+    for p in res.neurons:
+        z = pre[p.layer - 1][:, p.index]
+        assert not (p.phase == "dead" and (z > 1e-7).any()) and not (p.phase == "active" and (z < -1e-7).any())
+
+
 def milp_max(enc, W_row, b):
     c, off = enc.objective(W_row, b)
     return make_backend("highs", enc.model).maximize(c, off, integer=True, time_limit=10).bound
@@ -116,11 +125,7 @@ def test_windowed_decisions_on_two_threads_prove_what_one_thread_proves():
         two = prove_stability(net, box, StabilityOptions(workers=2, **opt))
         assert one.count("unknown") == 0 and two.count("unknown") == 0
         assert [p.phase for p in one.neurons] == [p.phase for p in two.neurons]
-        _, pre = net.forward(np.vstack([box.sample(20000, np.random.default_rng(seed)), two.witnesses]),
-                             return_pre=True)
-        for p in two.neurons:
-            z = pre[p.layer - 1][:, p.index]
-            assert not (p.phase == "dead" and (z > 1e-7).any()) and not (p.phase == "active" and (z < -1e-7).any())
+        assert_phases_hold(net, box, two, seed)
         return
     pytest.fail("no random chain needed 6 windowed MILP decisions")
 
@@ -234,10 +239,6 @@ def test_partial_first_tries_change_no_phase():
             sw.PARTIAL_MIN = old
         assert full.queries["partial_milp"]["tried"] == 0 and part.queries["partial_milp"]["tried"] > 0
         assert [p.phase for p in full.neurons] == [p.phase for p in part.neurons]
-        _, pre = net.forward(np.vstack([box.sample(20000, np.random.default_rng(seed)), part.witnesses]),
-                             return_pre=True)
-        for p in part.neurons:
-            z = pre[p.layer - 1][:, p.index]
-            assert not (p.phase == "dead" and (z > 1e-7).any()) and not (p.phase == "active" and (z < -1e-7).any())
+        assert_phases_hold(net, box, part, seed)
         return
     pytest.fail("no random chain needed 6 windowed MILP decisions")
