@@ -242,3 +242,56 @@ def test_partial_first_tries_change_no_phase():
         assert_phases_hold(net, box, part, seed)
         return
     pytest.fail("no random chain needed 6 windowed MILP decisions")
+
+
+def bottleneck_chain(seed):
+    """3 inputs -> 8 ReLUs -> 4 ReLUs of which 3 are dead on the box -> 30 ReLUs, each a threshold on the one
+    live neuron (near the top of its sampled range, both weight signs) -> 2 outputs."""
+    rng = np.random.default_rng(seed)
+    box = Box(-np.ones(3), np.ones(3))
+    d1 = Dense(rng.normal(size=(8, 3)), rng.normal(scale=0.3, size=8))
+    W2 = rng.normal(size=(4, 8))
+    d2 = Dense(W2, np.array([0.2, -100.0, -100.0, -100.0]))
+    y = np.maximum(Network.from_layers([d1, d2, Dense(np.eye(4), np.zeros(4))]).forward(box.sample(5000, rng))[:, 0],
+                   0)
+    t = rng.uniform(0.9, 1.4, size=30) * y.max()   # around the top of its range, where samples rarely go
+    w = rng.choice([-1.0, 1.0], size=30) * rng.uniform(0.5, 2.0, size=30)
+    W3 = np.zeros((30, 4))
+    W3[:, 0], W3[:, 1:] = w, rng.normal(size=(30, 3))     # the dead neurons' weights must not matter
+    net = Network.from_layers([d1, d2, Dense(W3, -w * t), Dense(rng.normal(size=(2, 30)), np.zeros(2))])
+    return net, box
+
+
+def test_bottleneck_bisection_proves_what_the_per_neuron_milps_prove():
+    """A layer left with one live neuron: the bisection on it decides the next layer with fewer MILPs than one
+    per neuron, the same phases as the per-neuron decisions, sampled sound."""
+    for seed in range(3):
+        net, box = bottleneck_chain(seed)
+        opt = dict(windowed="on", split_boxes=0, samples=20, alpha=False, window_lp=False, workers=1)
+        on = prove_stability(net, box, StabilityOptions(**opt))
+        off = prove_stability(net, box, StabilityOptions(**opt, bottleneck=False))
+        assert on.queries["bottleneck"]["layers"] == [2] and "bottleneck" not in off.queries
+        assert [p.phase for p in on.neurons] == [p.phase for p in off.neurons]
+        assert not any(p.phase == "unknown" for p in on.neurons)
+        layer3 = [p for p in on.neurons if p.layer == 3]
+        assert sum(p.method == "bottleneck" for p in layer3) > 0
+        assert sum(p.phase in ("dead", "active") for p in layer3) > 0 and sum(p.phase == "unstable" for p in layer3) > 0
+        assert on.queries["bottleneck"]["milp"] < sum(p.method == "milp" for p in off.neurons if p.layer == 3)
+        assert_phases_hold(net, box, on, seed)
+
+
+def test_bottleneck_interval_step_is_sound_and_exact_with_one_live_neuron():
+    """Layer 3's interval bounds from layer 2's, when only neuron 0 of layer 2 is live: the exact range of
+    each layer-3 neuron over the live neuron's range (a grid of it), padded by no more than 1e-9."""
+    from equiv.bounds import Bounds
+    from equiv.prove.stability_window import _interval_step
+    net, box = bottleneck_chain(0)
+    b = deeppoly_bounds(net, box)
+    b = Bounds([a.copy() for a in b.lo], [a.copy() for a in b.hi])
+    lo0, hi0 = 0.1, 0.7
+    b.lo[1][0], b.hi[1][0] = lo0, hi0
+    _interval_step(net, b, 1)
+    y = np.linspace(lo0, hi0, 1001)
+    z = net.dense[2].W[:, :1] * y[None] + net.dense[2].b[:, None]
+    assert np.all(b.lo[2] <= z.min(axis=1)) and np.all(b.hi[2] >= z.max(axis=1))
+    assert np.allclose(b.lo[2], z.min(axis=1), atol=1e-9) and np.allclose(b.hi[2], z.max(axis=1), atol=1e-9)

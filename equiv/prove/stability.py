@@ -50,6 +50,7 @@ class StabilityOptions:
     windowed: str = "auto"        # auto (when the split stage does not run) | on | off
     alpha: bool = True            # optimised slopes before the windowed queries
     window_lp: bool = True        # windowed LPs (stopped when their yield drops) before the MILPs
+    bottleneck: bool = True       # a layer left with one live neuron: bisect the next layer's thresholds on it
 
     def __post_init__(self):
         if self.method not in METHODS:
