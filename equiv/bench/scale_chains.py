@@ -32,6 +32,7 @@ def chain_rows(root: Path, cases=CASES) -> list[dict]:
                      "seconds": round(time.perf_counter() - t0, 1), "stable": r.count("dead") + r.count("active"),
                      "unknown": r.count("unknown"), "relus": net.n_relus,
                      "windows": {str(k): v for k, v in sorted(r.queries.get("windows", {}).items())},
+                     "bottleneck": r.queries.get("bottleneck", {}).get("milp", 0),
                      "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
     return rows
 
@@ -39,10 +40,14 @@ def chain_rows(root: Path, cases=CASES) -> list[dict]:
 def chain_lines(rows: list[dict]) -> list[str]:
     lines = ["", "## Deep chains: slopes, windowed LP/MILP, one budget", "",
              "`equiv simplify MODEL --spec SPEC [--milp-budget S]`; windows = MILP decisions per window width "
-             "(hidden layers encoded before the neuron); windowed off = the per-layer full-depth LP/MILP stages.",
-             "", "| network | region | budget (s) | windowed | time (s) | stable | unknown | windows | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(hidden layers encoded before the neuron); bottleneck = MILP decisions on a layer's one live neuron that "
+             "decide the next layer (`stability_window._bottleneck`); windowed off = the per-layer full-depth LP/MILP "
+             "stages.",
+             "", "| network | region | budget (s) | windowed | time (s) | stable | unknown | windows | bottleneck | "
+             "peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['network']} | {r['region']} | {r['budget'] or '-'} | {r['windowed']} | {r['seconds']} | "
-                     f"{r['stable']} / {r['relus']} | {r['unknown']} | {r['windows']} | {r['peak_mib']} |")
+                     f"{r['stable']} / {r['relus']} | {r['unknown']} | {r['windows']} | {r.get('bottleneck', 0)} | "
+                     f"{r['peak_mib']} |")
     return lines
