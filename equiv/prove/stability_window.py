@@ -238,10 +238,11 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
                 bq["milp"] += 1
                 queries["milp"] += 1
                 if dec.verdict == "below":
-                    if sign > 0 and q < bounds.hi[j][a]:
+                    # (a proof past the other bound would say the region is empty: solver noise, not used)
+                    if sign > 0 and bounds.lo[j][a] <= q < bounds.hi[j][a]:
                         bounds.hi[j][a] = q
                         tightened.append(sign)
-                    elif sign < 0 and -q > bounds.lo[j][a]:
+                    elif sign < 0 and bounds.lo[j][a] < -q <= bounds.hi[j][a]:
                         bounds.lo[j][a] = -q
                         tightened.append(sign)
                     hi_i = mid
