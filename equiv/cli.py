@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a float16 or pruned copy), guess otherwise")
     q.add_argument("--max-pieces", type=positive_count, default=16, metavar="N",
                    help="most pieces sent to the MILP (after splitting or bisecting on timeouts; default 16)")
+    q.add_argument("--no-bab", dest="bab", action="store_false",
+                   help="top-1 on a region too wide to split: decide each class margin by MILP only, without "
+                        "first trying branch and bound on ReLU phases (alpha-beta-CROWN bounds, numpy; by "
+                        "default it gets half of each query's time limit and decides most margins alone)")
     q.add_argument("--samples", type=count, default=10000, help="random points for falsification (default 10000)")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     q.add_argument("--report", metavar="FILE.json", help="write the JSON report here")

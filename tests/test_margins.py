@@ -85,9 +85,11 @@ def test_decided_margins_hold_at_sampled_points(seed):
     assert not ok.any() and len(pts) == 2          # above the sampled minimum: a point each, no proof
 
 
-def test_side_by_side_margins_decide_what_one_by_one_decides():
+@pytest.mark.parametrize("bab", [False, True])
+def test_side_by_side_margins_decide_what_one_by_one_decides(bab):
     """Two margin networks (f and its perturbed copy) decided on two threads: the same proofs and points as
-    one call after the other, the stats merged; with work for only one network it runs alone."""
+    one call after the other, the stats merged; with work for only one network it runs alone.  By MILP
+    alone, or branch and bound first (which decides these small nets without a MILP)."""
     from equiv.bounds.common import Bounds
     from equiv.bounds.deeppoly import deeppoly_bounds
     from equiv.prove.equivalence.ledger import _Clock
@@ -103,7 +105,7 @@ def test_side_by_side_margins_decide_what_one_by_one_decides():
             runs.append((margin_network(net, c), Bounds(b.lo[:-1], b.hi[:-1]), np.arange(2)))
         low = 0.5 * np.maximum(np.minimum(*seen), 0.0)       # below both sampled minima: proved here
         high = np.maximum(*seen) + 1e-3                      # above both: a point each, no proof
-        opt = CheckOptions(norm="top1")
+        opt = CheckOptions(norm="top1", bab=bab)
         for t, proved in ((low, True), (high, False)):
             one = [decide_margins(m, box, h, t, todo, opt, _Clock(60.0), {"milp_queries": 0, "milp_unknown": 0})
                    for m, h, todo in runs]
@@ -112,12 +114,14 @@ def test_side_by_side_margins_decide_what_one_by_one_decides():
             for (ok1, pts1), (ok2, pts2) in zip(one, both):
                 assert np.array_equal(ok1, ok2) and len(pts1) == len(pts2) and ok2.all() == proved
                 assert len(pts2) == (0 if proved else 2)
-            assert stats["milp_queries"] == 4 and len(stats["margin_query_seconds"]) == 4
-            assert stats["milp_unknown"] == (0 if proved else 4)
+            how = [q[2] for q in stats["margin_query_seconds"]]
+            assert len(how) == 4 and stats["milp_queries"] == how.count("milp")
+            assert how.count("bab") == (4 if bab else 0) == stats.get("bab_queries", 0)
+            assert stats["milp_unknown"] == (0 if proved or bab else 4)
         alone = {"milp_queries": 0, "milp_unknown": 0}
         (ok_f, _), (ok_g, _) = decide_side_by_side([runs[0], runs[1][:2] + (np.arange(0),)], box, low, opt,
                                                    _Clock(60.0), alone)
-        assert ok_f.all() and not ok_g.any() and alone["milp_queries"] == 2
+        assert ok_f.all() and not ok_g.any() and len(alone["margin_query_seconds"]) == 2
 
 
 @settings(max_examples=15, deadline=None)

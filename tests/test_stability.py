@@ -93,11 +93,18 @@ def test_s2_only_milp_proves():
         ph = phases(prove_stability(net, box, StabilityOptions(method=method, samples=500)))
         assert ph[(1, 0)] == ph[(1, 1)] == ("unstable", "samples")
         assert ph[(2, 0)] == ph[(2, 1)] == ("unknown", "none"), method
-    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0))
+    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0, bab=False))
     ph = phases(res)
     assert ph[(2, 0)] == ("dead", "milp")
     assert ph[(2, 1)] == ("active", "milp")
     assert res.queries["milp"] == 2 and res.queries["milp_unknown"] == 0
+    assert res.bounds.hi[1][0] <= 0 and res.bounds.lo[1][1] >= 0
+    assert res.stage_counts["milp"] == 2 and res.stage_counts["lp"] == 0
+    # branch and bound on the ReLU phases (the default) proves the same two, with no MILP
+    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0))
+    ph = phases(res)
+    assert ph[(2, 0)] == ("dead", "bab") and ph[(2, 1)] == ("active", "bab")
+    assert res.queries["milp"] == 0 and res.queries["bab"]["proved"] == 2
     assert res.bounds.hi[1][0] <= 0 and res.bounds.lo[1][1] >= 0
     assert res.stage_counts["milp"] == 2 and res.stage_counts["lp"] == 0
 
@@ -110,7 +117,7 @@ def test_solver_timeout_leaves_unknown(monkeypatch):
     """A decision that hits its time limit proves nothing: the neurons stay unknown, never dead/active."""
     monkeypatch.setattr(HighsBackend, "decide", always_unknown)
     net, box = net_s2()
-    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0))
+    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0, bab=False))
     ph = phases(res)
     assert ph[(2, 0)] == ph[(2, 1)] == ("unknown", "none")
     assert res.queries["milp"] == res.queries["milp_unknown"] == 2
@@ -127,7 +134,7 @@ def test_lp_timeout_is_not_a_bound(monkeypatch):
     monkeypatch.setattr(HighsBackend, "maximize", timed_out)
     monkeypatch.setattr(HighsBackend, "decide", always_unknown)
     net, box = net_s2()
-    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0))
+    res = prove_stability(net, box, StabilityOptions(method="milp", samples=500, split_boxes=0, bab=False))
     assert phases(res)[(2, 0)] == ("unknown", "none")
     assert res.bounds.hi[1][0] > 0 and res.bounds.lo[1][0] < 0
 

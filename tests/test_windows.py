@@ -81,7 +81,7 @@ def test_windowed_mnist_sampled_soundness_and_budget(tmp_path):
     box = load_region(spec=str(MNIST / "prop_0_0.03.vnnlib"))[0]
     # a tiny budget: unknowns remain, and the model is still written and validated
     out = tmp_path / "small.onnx"
-    res = simplify(model, box, StabilityOptions(milp_budget=3.0), output_path=out, validation_samples=2000)
+    res = simplify(model, box, StabilityOptions(milp_budget=0.3), output_path=out, validation_samples=2000)
     st = res.stability
     assert st.count("unknown") > 0 and st.queries["milp_skipped"] > 0 and out.is_file()
     assert res.validation.max_abs_diff <= 1e-4
@@ -118,7 +118,7 @@ def test_windowed_decisions_on_two_threads_prove_what_one_thread_proves():
     from conftest import random_problem
     for seed in range(60):
         net, box = random_problem(seed, 4, [10, 10, 10, 10], 2, linear_channels=False)
-        opt = dict(windowed="on", split_boxes=0, samples=50, alpha=False, window_lp=False)
+        opt = dict(windowed="on", split_boxes=0, samples=50, alpha=False, window_lp=False, bab=False)
         one = prove_stability(net, box, StabilityOptions(workers=1, **opt))
         if one.queries["milp"] < 6:
             continue
@@ -227,7 +227,8 @@ def test_partial_first_tries_change_no_phase():
     from conftest import random_problem
     for seed in range(60):
         net, box = random_problem(seed, 4, [10, 10, 10, 10], 2, linear_channels=False)
-        opt = StabilityOptions(windowed="on", split_boxes=0, samples=50, alpha=False, window_lp=False, workers=1)
+        opt = StabilityOptions(windowed="on", split_boxes=0, samples=50, alpha=False, window_lp=False, workers=1,
+                               bab=False)
         full = prove_stability(net, box, opt)
         if full.queries["milp"] < 6:
             continue
@@ -269,7 +270,7 @@ def test_bottleneck_bisection_proves_what_the_per_neuron_milps_prove():
     neurons unstable on the way."""
     for seed in (0, 2, 5, 7):
         net, box = bottleneck_chain(seed)
-        opt = dict(windowed="on", split_boxes=0, samples=20, alpha=False, window_lp=False, workers=1)
+        opt = dict(windowed="on", split_boxes=0, samples=20, alpha=False, window_lp=False, workers=1, bab=False)
         on = prove_stability(net, box, StabilityOptions(**opt))
         off = prove_stability(net, box, StabilityOptions(**opt, bottleneck=False))
         assert on.queries["bottleneck"]["layers"] == [2] and "bottleneck" not in off.queries
@@ -315,7 +316,29 @@ def test_bottleneck_on_mnist_256x4_is_sound_and_settles_the_last_layer(tmp_path)
     box = load_region(spec=str(MNIST / "prop_0_0.03.vnnlib"))[0]
     res = simplify(model, box, StabilityOptions(), output_path=tmp_path / "s.onnx", validation_samples=2000)
     st = res.stability
-    assert st.queries["bottleneck"]["layers"] == [3] and 1 <= st.queries["bottleneck"]["milp"] <= 3
+    bq = st.queries["bottleneck"]
+    assert bq["layers"] == [3] and 1 <= bq["milp"] + bq["bab"] <= 3
     assert sum(p.method == "bottleneck" for p in st.neurons if p.layer == 4) > 0
     assert st.count("unknown") == 0 and res.validation.max_abs_diff <= 1e-4
     assert_phases_hold(load_onnx(model), box, st, 3)
+
+
+def test_branch_and_bound_decisions_prove_what_the_milps_prove():
+    """Windowed decisions by branch and bound first (the default) record the same phases as MILPs alone on
+    random deep chains and on bottleneck chains, with most decisions settled without a MILP; sampled sound."""
+    from conftest import random_problem
+    nets = [random_problem(seed, 4, [10, 10, 10, 10], 2, linear_channels=seed % 2 == 1) for seed in range(8)]
+    nets += [bottleneck_chain(seed) for seed in (0, 5)]
+    tried = 0
+    for seed, (net, box) in enumerate(nets):
+        opt = dict(windowed="on", split_boxes=0, samples=50, alpha=False, window_lp=False, workers=1)
+        on = prove_stability(net, box, StabilityOptions(**opt))
+        off = prove_stability(net, box, StabilityOptions(**opt, bab=False))
+        assert [p.phase for p in on.neurons] == [p.phase for p in off.neurons]
+        assert not any(p.phase == "unknown" for p in on.neurons)
+        bq = on.queries.get("bab", {"tried": 0, "proved": 0, "witness": 0})
+        assert on.queries["milp"] <= off.queries["milp"]
+        assert sum(p.method == "bab" for p in on.neurons) == bq["proved"]
+        tried += bq["tried"]
+        assert_phases_hold(net, box, on, seed)
+    assert tried > 10

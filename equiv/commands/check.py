@@ -31,7 +31,8 @@ def cmd_check(args, out) -> int:
     boxes, source = regions_of(args)
     opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,
                        time_limit=args.time_limit, query_time_limit=args.query_time_limit, max_boxes=args.max_boxes,
-                       max_pieces=args.max_pieces, split_choice=args.split_choice, samples=args.samples, seed=args.seed, progress=progress_of(args))
+                       max_pieces=args.max_pieces, split_choice=args.split_choice, bab=args.bab,
+                       samples=args.samples, seed=args.seed, progress=progress_of(args))
     from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
     ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once

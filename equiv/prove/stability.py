@@ -51,6 +51,8 @@ class StabilityOptions:
     alpha: bool = True            # optimised slopes before the windowed queries
     window_lp: bool = True        # windowed LPs (stopped when their yield drops) before the MILPs
     bottleneck: bool = True       # a layer left with one live neuron: bisect the next layer's thresholds on it
+    bab: bool = True              # each phase decision first by branch and bound on ReLU phases at full depth
+                                  # (`relu_bab`, alpha-beta-CROWN bounds), the windowed MILP when it does not decide
 
     def __post_init__(self):
         if self.method not in METHODS:

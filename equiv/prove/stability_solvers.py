@@ -13,13 +13,14 @@ from ..encode.chain import encode_network
 from ..solvers import Status, make_backend, milp_backend
 
 
-def settle(bounds, tr, k: int, i: int, side: str) -> None:
-    """Record a MILP proof (the decision was infeasible) that neuron i of layer k is dead / active."""
+def settle(bounds, tr, k: int, i: int, side: str, method: str = "milp") -> None:
+    """Record a proof (a MILP decision that was infeasible, or a branch and bound) that neuron i of layer k
+    is dead / active."""
     if side == "dead":
         bounds.hi[k][i] = 0.0
     else:
         bounds.lo[k][i] = 0.0
-    tr.method[k][i] = "milp"
+    tr.method[k][i] = method
 
 
 def candidates(tr, bounds: Bounds, k: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -21,12 +22,15 @@ from ..encode.chain import encode_network
 from ..ir.network import Network
 from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
+from .relu_bab import decide_many, decide_max
 from .stability_solvers import settle
 
 FIRST_WINDOW = 2      # w = 1 is little more than interval arithmetic on the previous layer's box
 LP_CHUNK = 8          # a layer's LPs stop after a chunk of this many neurons that decides none
 PARTIAL_SHARE = 0.3   # binaries kept integral in a decision's first, partial try (the rest LP-relaxed)
 PARTIAL_MIN = 24      # windows with fewer binaries go straight to the full MILP
+BAB_SHARE = 0.5       # of a decision's time limit: branch and bound first, the windowed MILP gets the rest
+BAB_LAYER_BASE, BAB_LAYER_PER = 1.0, 0.05   # seconds for a layer's shared branch and bound (+ per question)
 
 
 def window(net: Network, box: Box, bounds: Bounds, k: int, w: int):
@@ -170,8 +174,8 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
         notes.append(f"the {opt.backend} backend solves LP relaxations only: the MILP decisions used highs")
     queries["budget_spent"] = round(budget.spent(), 3)
     stage_counts[opt.method] = tr.stable_count(bounds)
-    # stable before the MILP decisions: everything not proved by a MILP
-    stage_counts["lp"] = stage_counts[opt.method] - sum(int(np.sum(m == "milp")) for m in tr.method)
+    # stable before the MILP decisions: everything not proved by a MILP (or the branch and bound before it)
+    stage_counts["lp"] = stage_counts[opt.method] - sum(int(np.sum((m == "milp") | (m == "bab"))) for m in tr.method)
     return bounds
 
 
@@ -182,8 +186,8 @@ def _count(queries, w):
 def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
     """When one neuron a of layer k-1 is all that is left of it (the others proved dead), every neuron j of
     layer k is z_j = w_j y + b_j with y = act(z_a): its phase depends only on where y's range sits against
-    its threshold t_j = -b_j / w_j.  Bisect over the sorted thresholds with full-depth MILP decisions on
-    z_a (a proof tightens z_a's bound, a point is a real input whose run shows the neurons below it
+    its threshold t_j = -b_j / w_j.  Bisect over the sorted thresholds with full-depth decisions on z_a
+    (branch and bound, then the MILP if that does not decide; a proof tightens z_a's bound, a point is a real input whose run shows the neurons below it
     unstable); True when a bound of z_a was tightened (then an interval step decides layer k).
 
     Measured on MNIST 256x4 prop_0: layer 3 keeps 1 of 256 neurons, and 42 layer-4 decisions of ~3 s each
@@ -207,11 +211,20 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
     down = np.unique(t[inside & ~np.where(w > 0, neg, pos)])
     if up.size + down.size < 2:
         return False
-    enc = window_encoding(net, box, bounds, j, j)
-    be = make_backend(milp_backend(opt.backend), enc.model)
-    bq = queries.setdefault("bottleneck", {"layers": [], "milp": 0})
+    built = []
+
+    def milp():
+        # the full-depth encoding only when branch and bound leaves a decision to the MILP
+        with lock:
+            if not built:
+                e = window_encoding(net, box, bounds, j, j)
+                built.append((e, make_backend(milp_backend(opt.backend), e.model)))
+            return built[0]
+
+    bq = queries.setdefault("bottleneck", {"layers": [], "milp": 0, "bab": 0})
     bq["layers"].append(j + 1)
-    lock = threading.Lock()
+    lock, bab_lock, solve_lock = threading.Lock(), threading.Lock(), threading.Lock()
+    layers = [(d.W, d.b) for d in net.dense[:j]]
     tightened = []
 
     def side(sign):
@@ -220,7 +233,6 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
         # then bisection between the real points found and the proofs
         ts = up if sign > 0 else -down[::-1]
         lo_i, hi_i = 0, ts.size
-        c, off = enc.objective(sign * net.dense[j].W[a], sign * net.dense[j].b[a])
         first = True
         while lo_i < hi_i:
             lim = budget.limit()
@@ -232,11 +244,31 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
             q = ts[mid] - 1e-7 * max(1.0, abs(ts[mid]))
             q0 = time.perf_counter()
             # (a partial MILP first was tried: 3 of 7 proved, 37 s against 27 s on MNIST 256x4 prop_0)
-            dec = be.decide(c, off, q, time_limit=lim, margin=opt.margin)
+            dec, x = None, None
+            if opt.bab:
+                # branch and bound first (MNIST 256x4 prop_0: the 5 s MILP decision in 0.1 s)
+                with bab_lock:
+                    r = decide_max(layers, net.masks[:j], box.lo, box.hi, bounds.lo[:j], bounds.hi[:j],
+                                   sign * net.dense[j].W[a], sign * net.dense[j].b[a], q,
+                                   time_limit=lim * BAB_SHARE, margin=opt.margin)
+                with lock:
+                    bq["bab"] += 1
+                if r.verdict != "unknown":
+                    dec, x = r, r.x
+                lim = budget.limit()
+                if lim is None:
+                    return
+            if dec is None:
+                enc, be = milp()
+                c, off = enc.objective(sign * net.dense[j].W[a], sign * net.dense[j].b[a])
+                with nullcontext() if getattr(be, "threads_ok", False) else solve_lock:
+                    dec = be.decide(c, off, q, time_limit=lim, margin=opt.margin)
+                x = None if dec.x is None else enc.input_point(dec.x)
+                with lock:
+                    bq["milp"] += 1
+                    queries["milp"] += 1
             with lock:
                 tr.seconds[j][a] += time.perf_counter() - q0
-                bq["milp"] += 1
-                queries["milp"] += 1
                 if dec.verdict == "below":
                     # (a proof past the other bound would say the region is empty: solver noise, not used)
                     if sign > 0 and bounds.lo[j][a] <= q < bounds.hi[j][a]:
@@ -247,7 +279,7 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
                         tightened.append(sign)
                     hi_i = mid
                 elif dec.verdict == "above":
-                    x = np.clip(enc.input_point(dec.x), box.lo, box.hi)
+                    x = np.clip(x, box.lo, box.hi)
                     tr.absorb(x[None], "witness")
                     _, pre = net.forward(x[None], return_pre=True)
                     v = sign * float(pre[j][0, a])   # the real value there: every threshold below it is passed
@@ -256,7 +288,7 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
                     queries["milp_unknown"] += 1
                     return
 
-    if opt.workers > 1 and getattr(be, "threads_ok", False):
+    if opt.workers > 1 and (opt.bab or getattr(milp()[1], "threads_ok", False)):
         with ThreadPoolExecutor(max_workers=2) as pool:
             for f in [pool.submit(side, sg) for sg in (1.0, -1.0)]:
                 f.result()
@@ -418,6 +450,44 @@ class _StartWindow:
                 self.seconds = {"narrow": 0.0, "wider": 0.0}
 
 
+def _bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers):
+    """Both sides of every open neuron of layer k as one branch and bound over shared batches (most are
+    settled by a root bound, or refuted by a corner, at a fraction of a call each): proofs settle neurons,
+    points are run as witnesses.  Capped at 1 s + 0.05 s per question (and the budget); what it leaves
+    goes to the per-neuron decisions."""
+    rows, sides = [], []
+    for i in open_:
+        for side, seen in (("dead", tr.seen_pos), ("active", tr.seen_neg)):
+            if not seen[k][i]:               # a side a real point already ruled out is moot
+                rows.append(i)
+                sides.append(side)
+    if not rows:
+        return
+    left = np.inf if budget.end is None else budget.end - time.perf_counter()
+    cap = min(left, BAB_LAYER_BASE + BAB_LAYER_PER * len(rows))
+    if cap <= 0.05:
+        return
+    sign = np.where(np.array(sides) == "dead", 1.0, -1.0)
+    W, b = net.dense[k].W[rows], net.dense[k].b[rows]
+    t0 = time.perf_counter()
+    res = decide_many(layers, net.masks[:k], box.lo, box.hi, bounds.lo[:k], bounds.hi[:k], sign[:, None] * W,
+                      sign * b, np.zeros(len(rows)), time_limit=cap, margin=opt.margin)
+    share = (time.perf_counter() - t0) / len(rows)
+    points = []
+    for i, side, r in zip(rows, sides, res):
+        tr.seconds[k][i] += share
+        bq["tried"] += 1
+        bq["domains"] += r.domains
+        if r.verdict == "below" and bounds.lo[k][i] < 0 < bounds.hi[k][i]:
+            bq["proved"] += 1
+            settle(bounds, tr, k, i, side, method="bab")
+        elif r.verdict == "above":
+            bq["witness"] += 1
+            points.append(r.x)
+    if points:
+        tr.absorb(np.array(points), "witness")
+
+
 def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
     """Per open neuron, narrowest first: decide the likelier phase, then the other, widening the window
     while it finds only (non-real) points; a full-window point is run in the real network.
@@ -445,6 +515,11 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
     def is_open(i):
         return not tr.unstable(k)[i] and bounds.hi[k][i] > 0 and bounds.lo[k][i] < 0
 
+    layers = [(d.W, d.b) for d in net.dense[:k]]
+    bq = queries.setdefault("bab", {"tried": 0, "proved": 0, "witness": 0, "domains": 0})
+    if opt.bab and todo.size:
+        _bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)], layers)
+
     def take():
         with lock:
             for i in queue:
@@ -452,6 +527,35 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
                     return i
                 finished.add(i)
             return None
+
+    bab_lock = threading.Lock()
+
+    def bab_side(i, side, sign) -> bool | None:
+        """Branch and bound at full depth on one side of neuron i: True when it decided (a proof, or a real
+        point that shows the neuron on that side), False to go on with the MILP, None when the budget is spent."""
+        with bab_lock:              # one at a time: numpy on two threads is slower than one after the other
+            lim = budget.limit()
+            if lim is None:
+                return None
+            with lock:
+                hl, hh = [a.copy() for a in bounds.lo[:k]], [a.copy() for a in bounds.hi[:k]]
+            q0 = time.perf_counter()
+            r = decide_max(layers, net.masks[:k], box.lo, box.hi, hl, hh, sign * W[i], sign * b[i], 0.0,
+                           time_limit=min(lim, opt.time_limit) * BAB_SHARE, margin=opt.margin)
+            secs = time.perf_counter() - q0
+        with lock:
+            tr.seconds[k][i] += secs
+            bq["tried"] += 1
+            bq["domains"] += r.domains
+            if r.verdict == "below":
+                bq["proved"] += 1
+                settle(bounds, tr, k, i, side, method="bab")
+                return True
+            if r.verdict == "above":
+                bq["witness"] += 1
+                tr.absorb(r.x[None], "witness")
+                return True
+        return False
 
     def decide(i) -> bool:
         """All of neuron i's decisions; False once the budget is spent."""
@@ -465,6 +569,12 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
                     continue
                 w = start.w
             sign = 1.0 if side == "dead" else -1.0
+            if opt.bab:
+                got = bab_side(i, side, sign)
+                if got is None:
+                    return False
+                if got:
+                    continue
             while True:
                 lim = budget.limit()
                 if lim is None:

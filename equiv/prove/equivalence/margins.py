@@ -10,8 +10,10 @@ where the product MILP ran out of 300 s.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -20,8 +22,11 @@ from ...bounds.diff import output_bounds, pair_bounds
 from ...encode.chain import encode_network
 from ...ir.network import Dense, Network
 from ...solvers import make_backend, milp_backend
+from ...solvers.base import Decision, Status
+from ..relu_bab import decide_max
 
 PREPASS_SHARE, PREPASS_MAX = 0.3, 20.0   # of the step's budget (at most 20 s): A's neuron bounds before the margins
+BAB_SHARE = 0.5          # of a margin query's time limit: branch and bound first, the MILP gets the rest
 
 
 def margin_network(net: Network, c: int) -> Network:
@@ -42,40 +47,74 @@ def margin_rows(n_out: int, c: int, pairs: list) -> np.ndarray:
 
 
 def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, todo: np.ndarray, opt, clock,
-                   stats, workers: int = 2) -> tuple[np.ndarray, list]:
+                   stats, workers: int = 2, bab_lock=None) -> tuple[np.ndarray, list]:
     """For each k in `todo` (in that order, `workers` at a time), decide net_c - net_k > thresholds[k] on the box
-    (margin network `net`; `hidden`: sound bounds of the original network's hidden pre-activations); returns
+    (margin network `net`; `hidden`: sound bounds of the original network's hidden pre-activations): by branch
+    and bound (`relu_bab`, one query at a time under `bab_lock`), then by MILP when that does not decide; returns
     (proved mask, witness input points of the queries that found a point above)."""
+    bab_lock = threading.Lock() if bab_lock is None else bab_lock
     depth = len(net.masks) - 1                   # the margin layer is the last hidden one
-    enc = encode_network(net, box, hidden, depth=depth, integer=True)
-    backend = make_backend(milp_backend(opt.backend), enc.model)
     W, b = net.dense[depth].W, net.dense[depth].b
+    lock, solve_lock, built = threading.Lock(), threading.Lock(), []
+
+    def milp():
+        # the MILP encoding only when a query needs it (branch and bound often decides them all)
+        with lock:
+            if not built:
+                enc = encode_network(net, box, hidden, depth=depth, integer=True)
+                built.append((enc, make_backend(milp_backend(opt.backend), enc.model)))
+            return built[0]
+
     proved = np.zeros(W.shape[0], bool)
     witnesses = []
+
+    layers = [(d.W, d.b) for d in net.dense[:depth]]
 
     def ask(k):
         limit = min(opt.query_time_limit, clock.left - 1.0)
         if limit < 0.1:
             return None
-        # max -(m_k) <= -t - margin  <=>  m_k >= t + margin on the whole box
-        cc, off = enc.objective(-W[k], -b[k])
         t0 = time.perf_counter()
-        dec = backend.decide(cc, off, -float(thresholds[k]), time_limit=limit, margin=opt.margin)
-        stats.setdefault("margin_query_seconds", []).append([int(k), round(time.perf_counter() - t0, 2)])
-        return dec
+        if opt.bab:
+            # branch and bound on the ReLU phases first (numpy, no solver): most margins in well under a second
+            # (one at a time: two threads of small numpy products run 3-7x slower each, on the GIL and BLAS)
+            with bab_lock:
+                limit = min(opt.query_time_limit, clock.left - 1.0)
+                if limit < 0.1:
+                    return None
+                r = decide_max(layers, net.masks[:depth], box.lo, box.hi, hidden.lo[:depth], hidden.hi[:depth],
+                               -W[k], -b[k], -float(thresholds[k]), time_limit=BAB_SHARE * limit, margin=opt.margin)
+            stats["bab_queries"] = stats.get("bab_queries", 0) + 1
+            stats["bab_domains"] = stats.get("bab_domains", 0) + r.domains
+            if r.verdict != "unknown":
+                stats.setdefault("margin_query_seconds", []).append([int(k), round(time.perf_counter() - t0, 2), "bab"])
+                return Decision(r.verdict, r.bound, r.x, r.seconds, Status.OPTIMAL, r.message), "bab"
+            limit = min(limit - r.seconds, clock.left - 1.0)
+            if limit < 0.1:
+                return None
+        # max -(m_k) <= -t - margin  <=>  m_k >= t + margin on the whole box
+        enc, backend = milp()
+        cc, off = enc.objective(-W[k], -b[k])
+        with nullcontext() if getattr(backend, "threads_ok", False) else solve_lock:
+            dec = backend.decide(cc, off, -float(thresholds[k]), time_limit=limit, margin=opt.margin)
+        dec.x = None if dec.x is None else enc.input_point(dec.x)
+        stats.setdefault("margin_query_seconds", []).append([int(k), round(time.perf_counter() - t0, 2), "milp"])
+        return dec, "milp"
 
-    workers = workers if getattr(backend, "threads_ok", False) and len(todo) > 1 else 1
+    # (numpy releases the GIL in its products, and HiGHS while it solves; other backends take turns)
+    workers = workers if len(todo) > 1 else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for k, dec in zip(todo, pool.map(ask, todo)):
-            if dec is None:
+        for k, got in zip(todo, pool.map(ask, todo)):
+            if got is None:
                 continue
-            stats["milp_queries"] += 1
+            dec, by = got
+            stats["milp_queries"] += by == "milp"
             if dec.verdict == "below":
                 proved[k] = True
             else:
-                stats["milp_unknown"] += 1
+                stats["milp_unknown"] += by == "milp"
                 if dec.verdict == "above" and dec.x is not None:
-                    witnesses.append(enc.input_point(dec.x))
+                    witnesses.append(dec.x)
     return proved, witnesses
 
 
@@ -158,7 +197,8 @@ def robust_class(st, f: Network, budget: float, notes: list) -> bool:
     absd = np.maximum(pb.d_hi[-1][0], -pb.d_lo[-1][0])
     st.close(box.lo, box.hi, "equivalent", "margins", absd)
     notes.append(f"both networks answer class {c} on the whole box: every margin of A proved above what the "
-                 f"difference can take away, or B's own margins proved positive (MILPs on one network each)")
+                 f"difference can take away, or B's own margins proved positive (branch and bound or MILPs on one network "
+                 f"each)")
     return True
 
 
@@ -169,13 +209,16 @@ def decide_side_by_side(runs: list, box, thresholds: np.ndarray, opt, clock, sta
     busy = sum(len(r[2]) > 0 for r in runs)
     own = [{"milp_queries": 0, "milp_unknown": 0} for _ in runs]
     with ThreadPoolExecutor(max_workers=max(1, min(busy, 2))) as pool:
+        bab_lock = threading.Lock()      # one branch and bound at a time over both networks
         out = list(pool.map(lambda r: decide_margins(r[0], box, r[1], thresholds, r[2], opt, clock, r[3],
-                                                     workers=1 if busy > 1 else 2),
+                                                     workers=1 if busy > 1 else 2, bab_lock=bab_lock),
                             [run + (o,) for run, o in zip(runs, own)]))
     for o in own:
         stats["milp_queries"] = stats.get("milp_queries", 0) + o.pop("milp_queries")
         stats["milp_unknown"] = stats.get("milp_unknown", 0) + o.pop("milp_unknown")
         stats.setdefault("margin_query_seconds", []).extend(o.pop("margin_query_seconds", []))
+        for key in ("bab_queries", "bab_domains"):
+            stats[key] = stats.get(key, 0) + o.pop(key, 0)
     return out
 
 

@@ -28,6 +28,8 @@ class CheckOptions:
     split_choice: str = "auto"     # guess | lookahead | auto (lookahead for two networks of one shape)
     tighten: bool = True           # prove A's neuron bounds by LP/MILP when the first bound does not decide
                                    # (networks of different shapes, or a region too wide to split)
+    bab: bool = True               # top-1 margins: branch and bound on ReLU phases (alpha-beta-CROWN bounds,
+                                   # `prove.relu_bab`) before each MILP
     samples: int = 10000
     seed: int = 0
     margin: float = 1e-6
