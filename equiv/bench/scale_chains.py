@@ -8,12 +8,13 @@ import resource
 import time
 from pathlib import Path
 
-# (network, spec, --milp-budget or None, windowed mode)
-CASES = [("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "auto"),
-         ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", 20.0, "auto"),
-         ("mnist-net_256x4.onnx", "prop_7_0.05.vnnlib", 60.0, "auto"),
-         ("mnist-net_256x6.onnx", "prop_0_0.03.vnnlib", 60.0, "auto"),
-         ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "off")]
+# (network, spec, --milp-budget or None, windowed mode, branch and bound first)
+CASES = [("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "auto", True),
+         ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", 20.0, "auto", True),
+         ("mnist-net_256x4.onnx", "prop_7_0.05.vnnlib", 60.0, "auto", True),
+         ("mnist-net_256x6.onnx", "prop_0_0.03.vnnlib", 60.0, "auto", True),
+         ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "auto", False),
+         ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "off", True)]
 
 
 def chain_rows(root: Path, cases=CASES) -> list[dict]:
@@ -21,33 +22,39 @@ def chain_rows(root: Path, cases=CASES) -> list[dict]:
     from ..prove.stability import StabilityOptions, prove_stability
     from ..spec.region import load_region
     rows = []
-    for net_name, spec, budget, mode in cases:
+    for net_name, spec, budget, mode, bab in cases:
         path = root / "mnist_fc" / net_name
         if not path.is_file():
             continue
         net, box = load_onnx(path), load_region(spec=str(root / "mnist_fc" / spec))[0]
         t0 = time.perf_counter()
-        r = prove_stability(net, box, StabilityOptions(milp_budget=budget, windowed=mode))
-        rows.append({"network": net_name, "region": spec, "budget": budget, "windowed": mode,
+        r = prove_stability(net, box, StabilityOptions(milp_budget=budget, windowed=mode, bab=bab))
+        bq, nq = r.queries.get("bab", {}), r.queries.get("bottleneck", {})
+        rows.append({"network": net_name, "region": spec, "budget": budget, "windowed": mode, "bab": bab,
                      "seconds": round(time.perf_counter() - t0, 1), "stable": r.count("dead") + r.count("active"),
                      "unknown": r.count("unknown"), "relus": net.n_relus,
                      "windows": {str(k): v for k, v in sorted(r.queries.get("windows", {}).items())},
-                     "bottleneck": r.queries.get("bottleneck", {}).get("milp", 0),
+                     "bottleneck": nq.get("milp", 0) + nq.get("bab", 0),
+                     "bab_decisions": f"{bq.get('proved', 0)} / {bq.get('witness', 0)} / {bq.get('tried', 0)}",
+                     "milp": r.queries.get("milp", 0),
                      "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
     return rows
 
 
 def chain_lines(rows: list[dict]) -> list[str]:
     lines = ["", "## Deep chains: slopes, windowed LP/MILP, one budget", "",
-             "`equiv simplify MODEL --spec SPEC [--milp-budget S]`; windows = MILP decisions per window width "
-             "(hidden layers encoded before the neuron); bottleneck = MILP decisions on a layer's one live neuron that "
-             "decide the next layer (`stability_window._bottleneck`); windowed off = the per-layer full-depth LP/MILP "
-             "stages.",
-             "", "| network | region | budget (s) | windowed | time (s) | stable | unknown | windows | bottleneck | "
-             "peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "`equiv simplify MODEL --spec SPEC [--milp-budget S] [--no-bab]`; bab = phase questions settled by "
+             "branch and bound on ReLU phases (`prove/relu_bab.py`): proofs / real points / asked; MILP = MILP "
+             "decisions; windows = MILP decisions per window width (hidden layers encoded before the neuron); "
+             "bottleneck = decisions (branch and bound or MILP) on a layer's one live neuron that decide the next "
+             "layer (`stability_window._bottleneck`); windowed off = the per-layer full-depth LP/MILP stages "
+             "(no branch and bound there).",
+             "", "| network | region | budget (s) | windowed | bab | time (s) | stable | unknown | bab | MILP | "
+             "windows | bottleneck | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['network']} | {r['region']} | {r['budget'] or '-'} | {r['windowed']} | {r['seconds']} | "
-                     f"{r['stable']} / {r['relus']} | {r['unknown']} | {r['windows']} | {r.get('bottleneck', 0)} | "
-                     f"{r['peak_mib']} |")
+        lines.append(f"| {r['network']} | {r['region']} | {r['budget'] or '-'} | {r['windowed']} | "
+                     f"{'on' if r.get('bab', True) else 'off'} | {r['seconds']} | {r['stable']} / {r['relus']} | "
+                     f"{r['unknown']} | {r.get('bab_decisions', '-')} | {r.get('milp', '-')} | {r['windows']} | "
+                     f"{r.get('bottleneck', 0)} | {r['peak_mib']} |")
     return lines

@@ -43,7 +43,7 @@ def stability_options(args, progress: bool):
     check_backend(args.backend)
     return StabilityOptions(method=args.method, backend=args.backend, time_limit=args.time_limit,
                             samples=args.samples, seed=args.seed, progress=progress, milp_budget=args.milp_budget,
-                            split_boxes=args.split_boxes)
+                            split_boxes=args.split_boxes, bab=getattr(args, "bab", True))
 
 
 def progress_of(args) -> bool:
