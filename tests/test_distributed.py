@@ -46,8 +46,9 @@ def _phases(res):
 @pytest.fixture(scope="module")
 def problem():
     net, box = _problem()
-    serial = prove_stability(net, box, StabilityOptions(samples=200))
-    assert serial.queries["milp"] > 0          # the test exercises the MILP decisions
+    # MILP decisions only (no branch and bound first): the tests exercise the MILP tasks
+    serial = prove_stability(net, box, StabilityOptions(samples=200, bab=False))
+    assert serial.queries["milp"] > 0
     return net, box, serial
 
 
@@ -78,7 +79,7 @@ def test_query_and_answer_pickle_and_answer_json_round_trip(problem):
 
 def test_journal_runner_in_process_gives_the_same_phases(problem, tmp_path):
     net, box, serial = problem
-    opt = StabilityOptions(samples=200)
+    opt = StabilityOptions(samples=200, bab=False)
     jn = Journal(tmp_path / "run.jnl", {"case": "problem"})
     runner = Runner(InProcessExecutor(), jn)
     first = prove_stability(net, box, opt, runner=runner)
@@ -98,9 +99,19 @@ def test_journal_runner_in_process_gives_the_same_phases(problem, tmp_path):
 def test_local_cluster_gives_the_same_phases(problem, cluster):
     net, box, serial = problem
     runner = Runner(cluster)
-    res = prove_stability(net, box, StabilityOptions(samples=200), runner=runner)
+    res = prove_stability(net, box, StabilityOptions(samples=200, bab=False), runner=runner)
     assert _phases(res) == _phases(serial)
     assert runner.tasks > 0 and not runner.failed
+
+
+def test_tasks_after_the_layers_branch_and_bound_give_the_same_phases(problem, cluster):
+    """With branch and bound on (the default) each layer's shared branch and bound runs first, here, and only
+    what it leaves goes out as tasks: the same phases as the serial MILP-only run, fewer tasks."""
+    net, box, serial = problem
+    runner = Runner(cluster)
+    res = prove_stability(net, box, StabilityOptions(samples=200), runner=runner)
+    assert _phases(res) == _phases(serial)
+    assert res.queries["bab"]["tried"] > 0 and runner.tasks < serial.queries["milp"] and not runner.failed
 
 
 def test_a_task_that_kills_its_workers_is_reported_not_retried_forever():
@@ -357,8 +368,9 @@ def test_sigterm_leaves_no_output_and_a_usable_journal(tmp_path):
     """simplify --journal on mnist 256x4, SIGTERM once a few answers are journalled: exit 143, no model
     written, and every journalled answer is intact for the next run."""
     jn, dst = tmp_path / "run.jnl", tmp_path / "small.onnx"
+    # (--no-bab: with branch and bound first the whole run takes about a second, too short to be killed)
     args = ["simplify", MNIST / "mnist-net_256x4.onnx", "--spec", MNIST / "prop_0_0.03.vnnlib", "--time-limit", "1",
-            "-o", dst, "--journal", jn, "--no-progress"]
+            "-o", dst, "--journal", jn, "--no-progress", "--no-bab"]
     p = subprocess.Popen(CLI + list(map(str, args)), env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
