@@ -77,9 +77,9 @@ def test_rounding_margin_grows_with_the_terms():
     certified bound stays above 0 by the margin on those terms, so 0 is not proved at margin 0, and a
     threshold beyond the margin is."""
     from equiv.ir.network import Dense, Network
-    net = Network.from_layers([Dense(np.array([[1e8], [1e8]]), np.zeros(2)), Dense(np.array([[1.0, -1.0]]), np.zeros(1))],
-                              [np.ones(2, bool)])
     from equiv.spec.region import Box
+    net = Network.from_layers([Dense(np.array([[1e8], [1e8]]), np.zeros(2)),
+                               Dense(np.array([[1.0, -1.0]]), np.zeros(1))], [np.ones(2, bool)])
     box = Box(np.zeros(1), np.ones(1))
     q = _query(net, box, np.ones(1), 0.0)
     assert decide_max(**q, threshold=0.0, time_limit=5.0, margin=0.0).verdict == "unknown"
