@@ -342,3 +342,31 @@ def test_branch_and_bound_decisions_prove_what_the_milps_prove():
         tried += bq["tried"]
         assert_phases_hold(net, box, on, seed)
     assert tried > 10
+
+
+def test_progress_bar_reaches_its_total_and_changes_nothing(monkeypatch):
+    """With progress on, the windowed stage's bar counts every open neuron as done by the end (those the
+    layer's branch and bound, LPs or bottleneck settled too), and the phases are those of a quiet run."""
+    import tqdm as tqdm_module
+    from conftest import random_problem
+    opt = dict(windowed="on", split_boxes=0, samples=50, alpha=False)
+    for seed in range(20):
+        net, box = random_problem(seed, 4, [10, 10, 10, 10], 2, linear_channels=False)
+        quiet = prove_stability(net, box, StabilityOptions(**opt))
+        if quiet.queries.get("bab", {}).get("tried", 0) >= 4:
+            break
+    else:
+        pytest.fail("no random chain left questions to the windowed stage")
+    closed = []
+
+    class Recorded(tqdm_module.tqdm):
+        def close(self):
+            if self.desc == "queries":
+                closed.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Recorded)
+    loud = prove_stability(net, box, StabilityOptions(progress=True, **opt))
+    assert [p.phase for p in loud.neurons] == [p.phase for p in quiet.neurons]
+    # (tqdm may close a bar twice: explicitly, and again when it is collected)
+    assert len(set(closed)) == 1 and closed[0][1] > 0 and closed[0][0] == closed[0][1]

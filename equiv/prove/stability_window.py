@@ -131,7 +131,8 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
     bar = None
     if opt.progress:
         from tqdm import tqdm
-        bar = tqdm(total=sum(int(_open(tr, bounds, k).sum()) for k in layers), desc="queries", unit="neuron",
+        upto = np.cumsum([int(_open(tr, bounds, k).sum()) for k in layers])   # the bar's count after each layer
+        bar = tqdm(total=int(upto[-1]) if upto.size else 0, desc="queries", unit="neuron",
                    leave=False)
     for k in layers:
         encs = {}
@@ -163,6 +164,9 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
             _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar)
         stage_seconds["milp"] += time.perf_counter() - t1
         bounds = deeppoly_bounds(net, box, known=bounds)   # later layers start from the tighter bounds
+        if bar is not None:
+            # what this layer's LPs, bottleneck or earlier points settled counts as done too
+            bar.update(max(0, int(upto[layers.index(k)]) - bar.n))
         for j in range(k + 1, len(tr.masks)):
             tr.record_bounds(j, bounds, "deeppoly")
     if bar is not None:
@@ -519,6 +523,8 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
     layers = [(d.W, d.b) for d in net.dense[:k]]
     bq = queries.setdefault("bab", {"tried": 0, "proved": 0, "witness": 0, "domains": 0})
     if opt.bab and todo.size:
+        if bar is not None:
+            bar.set_postfix(layer=k + 1, step="branch and bound", left=int(todo.size))
         _bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)], layers)
 
     def take():
@@ -527,6 +533,8 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
                 if is_open(i):
                     return i
                 finished.add(i)
+                if bar is not None:       # settled meanwhile (the layer's branch and bound, a witness)
+                    bar.update(1)
             return None
 
     bab_lock = threading.Lock()
