@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -22,6 +21,7 @@ from ..encode.chain import encode_network
 from ..ir.network import Network
 from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
+from ..solvers.lazy import LazyMilp
 from .relu_bab import decide_many, decide_max
 from .stability_solvers import settle
 
@@ -216,19 +216,11 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
     down = np.unique(t[inside & ~np.where(w > 0, neg, pos)])
     if up.size + down.size < 2:
         return False
-    built = []
-
-    def milp():
-        # the full-depth encoding only when branch and bound leaves a decision to the MILP
-        with lock:
-            if not built:
-                e = window_encoding(net, box, bounds, j, j)
-                built.append((e, make_backend(milp_backend(opt.backend), e.model)))
-            return built[0]
-
+    # the full-depth encoding only when branch and bound leaves a decision to the MILP
+    milp = LazyMilp(lambda: window_encoding(net, box, bounds, j, j), opt.backend)
     bq = queries.setdefault("bottleneck", {"layers": [], "milp": 0, "bab": 0})
     bq["layers"].append(j + 1)
-    lock, bab_lock, solve_lock = threading.Lock(), threading.Lock(), threading.Lock()
+    lock, bab_lock = threading.Lock(), threading.Lock()
     layers = [(d.W, d.b) for d in net.dense[:j]]
     tightened = []
 
@@ -249,7 +241,7 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
             q = ts[mid] - 1e-7 * max(1.0, abs(ts[mid]))
             q0 = time.perf_counter()
             # (a partial MILP first was tried: 3 of 7 proved, 37 s against 27 s on MNIST 256x4 prop_0)
-            dec, x = None, None
+            dec = None
             if opt.bab:
                 # branch and bound first (MNIST 256x4 prop_0: the 5 s MILP decision in 0.1 s)
                 with bab_lock:
@@ -259,16 +251,13 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
                 with lock:
                     bq["bab"] += 1
                 if r.verdict != "unknown":
-                    dec, x = r, r.x
+                    dec = r
                 lim = budget.limit()
                 if lim is None:
                     return
             if dec is None:
-                enc, be = milp()
-                c, off = enc.objective(sign * net.dense[j].W[a], sign * net.dense[j].b[a])
-                with nullcontext() if getattr(be, "threads_ok", False) else solve_lock:
-                    dec = be.decide(c, off, q, time_limit=lim, margin=opt.margin)
-                x = None if dec.x is None else enc.input_point(dec.x)
+                dec = milp.decide(sign * net.dense[j].W[a], sign * net.dense[j].b[a], q, time_limit=lim,
+                                  margin=opt.margin)
                 with lock:
                     bq["milp"] += 1
                     queries["milp"] += 1
@@ -284,7 +273,7 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
                         tightened.append(sign)
                     hi_i = mid
                 elif dec.verdict == "above":
-                    x = np.clip(x, box.lo, box.hi)
+                    x = np.clip(dec.x, box.lo, box.hi)
                     tr.absorb(x[None], "witness")
                     _, pre = net.forward(x[None], return_pre=True)
                     v = sign * float(pre[j][0, a])   # the real value there: every threshold below it is passed
@@ -293,7 +282,7 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
                     queries["milp_unknown"] += 1
                     return
 
-    if opt.workers > 1 and (opt.bab or getattr(milp()[1], "threads_ok", False)):
+    if opt.workers > 1 and (opt.bab or milp.threads_ok):
         with ThreadPoolExecutor(max_workers=2) as pool:
             for f in [pool.submit(side, sg) for sg in (1.0, -1.0)]:
                 f.result()
@@ -481,16 +470,25 @@ def _bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers):
     points = []
     for i, side, r in zip(rows, sides, res):
         tr.seconds[k][i] += share
-        bq["tried"] += 1
-        bq["domains"] += r.domains
-        if r.verdict == "below" and bounds.lo[k][i] < 0 < bounds.hi[k][i]:
-            bq["proved"] += 1
-            settle(bounds, tr, k, i, side, method="bab")
-        elif r.verdict == "above":
-            bq["witness"] += 1
-            points.append(r.x)
+        x = _record_bab(r, bq, bounds, tr, k, i, side)
+        if x is not None:
+            points.append(x)
     if points:
         tr.absorb(np.array(points), "witness")
+
+
+def _record_bab(r, bq, bounds, tr, k: int, i: int, side: str):
+    """Count a branch-and-bound answer on one side of neuron i of layer k: a proof settles the neuron (while
+    it is open); returns the real point of an 'above' answer (a witness to run), else None."""
+    bq["tried"] += 1
+    bq["domains"] += r.domains
+    if r.verdict == "below" and bounds.lo[k][i] < 0 < bounds.hi[k][i]:
+        bq["proved"] += 1
+        settle(bounds, tr, k, i, side, method="bab")
+    elif r.verdict == "above":
+        bq["witness"] += 1
+        return r.x
+    return None
 
 
 def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
@@ -554,17 +552,10 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar):
             secs = time.perf_counter() - q0
         with lock:
             tr.seconds[k][i] += secs
-            bq["tried"] += 1
-            bq["domains"] += r.domains
-            if r.verdict == "below":
-                bq["proved"] += 1
-                settle(bounds, tr, k, i, side, method="bab")
-                return True
-            if r.verdict == "above":
-                bq["witness"] += 1
-                tr.absorb(r.x[None], "witness")
-                return True
-        return False
+            x = _record_bab(r, bq, bounds, tr, k, i, side)
+            if x is not None:
+                tr.absorb(x[None], "witness")
+        return r.verdict != "unknown"
 
     def decide(i) -> bool:
         """All of neuron i's decisions; False once the budget is spent."""

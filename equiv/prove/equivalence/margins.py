@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -22,8 +21,9 @@ from ...bounds.common import Bounds
 from ...bounds.diff import output_bounds, pair_bounds
 from ...encode.chain import encode_network
 from ...ir.network import Dense, Network
-from ...solvers import make_backend, milp_backend
+from ...solvers import milp_backend
 from ...solvers.base import Decision, Status
+from ...solvers.lazy import LazyMilp
 from ..relu_bab import decide_max
 
 PREPASS_SHARE, PREPASS_MAX = 0.3, 20.0   # of the step's budget (at most 20 s): A's neuron bounds before the margins
@@ -56,15 +56,8 @@ def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, to
     bab_lock = threading.Lock() if bab_lock is None else bab_lock
     depth = len(net.masks) - 1                   # the margin layer is the last hidden one
     W, b = net.dense[depth].W, net.dense[depth].b
-    lock, solve_lock, built = threading.Lock(), threading.Lock(), []
-
-    def milp():
-        # the MILP encoding only when a query needs it (branch and bound often decides them all)
-        with lock:
-            if not built:
-                enc = encode_network(net, box, hidden, depth=depth, integer=True)
-                built.append((enc, make_backend(milp_backend(opt.backend), enc.model)))
-            return built[0]
+    # the MILP encoding only when a query needs it (branch and bound often decides them all)
+    milp = LazyMilp(lambda: encode_network(net, box, hidden, depth=depth, integer=True), opt.backend)
 
     proved = np.zeros(W.shape[0], bool)
     witnesses = []
@@ -95,11 +88,7 @@ def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, to
             if limit < 0.1:
                 return None
         # max -(m_k) <= -t - margin  <=>  m_k >= t + margin on the whole box
-        enc, backend = milp()
-        cc, off = enc.objective(-W[k], -b[k])
-        with nullcontext() if getattr(backend, "threads_ok", False) else solve_lock:
-            dec = backend.decide(cc, off, -float(thresholds[k]), time_limit=limit, margin=opt.margin)
-        dec.x = None if dec.x is None else enc.input_point(dec.x)
+        dec = milp.decide(-W[k], -b[k], -float(thresholds[k]), time_limit=limit, margin=opt.margin)
         stats.setdefault("margin_query_seconds", []).append([int(k), round(time.perf_counter() - t0, 2), "milp"])
         return dec, "milp"
 
