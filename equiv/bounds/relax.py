@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..ir import ops
+from . import kernels
 
 
 def _relaxation(l: np.ndarray, u: np.ndarray, op=None):
@@ -43,6 +44,16 @@ class Relax:
     gap: np.ndarray       # (N, 1, |U|) su - sl there
     tu: np.ndarray        # (N, |U|) upper intercepts there
     keep: np.ndarray | None
+    lines: tuple | None = None    # (sl, su - sl, tu), (N, K) each, made for the fused loop (`kernels`)
+
+    def full_lines(self) -> tuple:
+        """(sl, su - sl, tu) on every kept column, (N, K) each (zero gap and intercept off U)."""
+        if self.lines is None:
+            sl = np.ascontiguousarray(self.sl[:, 0])
+            gap, tu = np.zeros_like(sl), np.zeros_like(sl)
+            gap[:, self.U], tu[:, self.U] = self.gap[:, 0], self.tu
+            self.lines = (sl, gap, tu)
+        return self.lines
 
 
 def prepare(g, relu: str, lo: np.ndarray, hi: np.ndarray) -> Relax:
@@ -74,6 +85,8 @@ def relu_step(rx: Relax, a: np.ndarray):
     a sl + max(a, 0) (su - sl), intercept max(a, 0) . tu."""
     if rx.keep is not None:
         a = a[..., rx.keep]
+    if kernels.worth(rx.sl.shape[0], a):
+        return kernels.relu_fused(a, *rx.full_lines())
     out = a * rx.sl
     if rx.U.size == 0:
         return out, np.zeros(out.shape[:2])
@@ -106,6 +119,13 @@ class DiffRelax:
     Pu: np.ndarray
     Qu: np.ndarray
     Ru: np.ndarray
+    lines: tuple | None = None    # (Pl, Ql, Rl, Pu, Qu, Ru), (N, K) each, made for the fused loop (`kernels`)
+
+    def full_lines(self) -> tuple:
+        if self.lines is None:
+            self.lines = tuple(np.ascontiguousarray(x.reshape(x.shape[0], -1), np.float64)
+                               for x in (self.Pl, self.Ql, self.Rl, self.Pu, self.Qu, self.Ru))
+        return self.lines
 
 
 def prepare_diff(op, lo: list, hi: list) -> DiffRelax:
@@ -153,6 +173,9 @@ def diff_step(rx: DiffRelax, a: np.ndarray, magnitude: bool = False):
     """Through a ReluDiff node for upper bounds: coefficients (n, R, K) of dh -> those of dz and of z_g, the
     intercepts (N, R), and (with magnitude) the size of the intercept terms (N, R), for a rounding margin.
     Positive coefficients take the upper line, negative ones the lower line."""
+    if kernels.worth(rx.Pl.shape[0], a):
+        a_dz, a_zg, c, m = kernels.diff_fused(a, rx.full_lines())
+        return a_dz, a_zg, c, (m if magnitude else None)
     pos = np.maximum(a, 0)
     tmp = np.subtract(a, pos)       # min(a, 0), exactly
     c = rowdot(pos, rx.Ru) + rowdot(tmp, rx.Rl)
