@@ -167,8 +167,19 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
     m = np.zeros((N, 2 * R)) if magnitude else None      # sum of |terms| (with magnitude)
     cols, at_input, at_stop = {}, {}, None
 
-    def send(dest, a):
-        A[dest] = A[dest] + a if dest in A else a
+    owned = set()       # the entries of A that are arrays made here and referenced nowhere else
+
+    def send(dest, a, fresh=False):
+        # fresh: a was just made by this walk (a product, a step's output) and nothing else holds it
+        if dest not in A:
+            A[dest] = a
+            if fresh:
+                owned.add(dest)
+        elif dest in owned and A[dest].shape == np.broadcast_shapes(A[dest].shape, a.shape):
+            np.add(A[dest], a, out=A[dest])
+        else:
+            A[dest] = A[dest] + a
+            owned.add(dest)
 
     def flat(a):
         return a.reshape(a.shape[:2] + (-1,))
@@ -203,9 +214,9 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
                 m = m + dc          # (max(a, 0) . tu with tu >= 0: already nonnegative)
             if rx.keep is not None:     # z is a Dense op read only here: it multiplies the kept columns
                 cols[z] = rx.keep
-                send(z, a)
+                send(z, a, fresh=True)
             else:
-                send(z, a.reshape(a.shape[:2] + g.shape(z)))
+                send(z, a.reshape(a.shape[:2] + g.shape(z)), fresh=True)
         elif op.kind == "relu_diff":
             if name not in relax:
                 relax[name] = prepare_diff(op, [lo[x] for x in args], [hi[x] for x in args])
@@ -213,8 +224,8 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
             c = c + dc
             if magnitude:
                 m = m + dm
-            send(args[0], a_dz.reshape(a_dz.shape[:2] + g.shape(args[0])))
-            send(args[1], a_zg.reshape(a_zg.shape[:2] + g.shape(args[1])))
+            send(args[0], a_dz.reshape(a_dz.shape[:2] + g.shape(args[0])), fresh=True)
+            send(args[1], a_zg.reshape(a_zg.shape[:2] + g.shape(args[1])), fresh=True)
         elif isinstance(op, ops.Dense) and math.prod(op.shape[:-1]) == 1:
             # y = W x + b on the last axis (leading axes of size 1): coefficients a -> a W, intercept a . b
             keep = cols.pop(name, None)
@@ -227,7 +238,7 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
                 if magnitude:
                     m = m + _mm(np.abs(a), np.abs(b))
             t = _mm(a, W)
-            send(args[0], t.reshape(t.shape[:2] + g.shape(args[0])))
+            send(args[0], t.reshape(t.shape[:2] + g.shape(args[0])), fresh=True)
         else:
             # any other linear op: its adjoint on the (boxes x rows) flattened batch
             n = a.shape[0]
