@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "every backend), admm (ADMM's certified LP bounds, batched, against HiGHS one by one), tolerance (simplify --epsilon / --preserve top1 against the exact mode on ACAS Xu and MNIST), slicing (ACAS Xu families of <= 64 slices, made and verified), equivalence (`equiv check` "
                    "on float16 ACAS Xu copies, pruned MNIST and the core suite's simplified models), graphs (the CIFAR conv and "
                    "residual nets: DeepPoly on the DAG against CROWN's counts, and simplify), scale (DeepPoly with "
-                   "and without block summaries on mnist 256x6, ResNet-2B and deep random chains)")
+                   "and without block summaries on mnist 256x6, ResNet-2B and deep random chains; the deep MNIST "
+                   "chains' solver stages; ResNet-2B's whole simplify on each shared spec)")
     n.add_argument("--case-time-limit", type=positive_seconds, default=300.0, metavar="S",
                    help="equivalence suite: seconds per pair (default 300)")
     n.add_argument("--benchmarks", default=None, help="folder with acasxu/ and mnist_fc/ (default: ../shared/benchmarks)")

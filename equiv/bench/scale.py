@@ -2,7 +2,8 @@
 
 Block summaries (BBPoly): DeepPoly with and without summaries on mnist 256x6 (prop_0_0.03) and ResNet-2B
 (img386), and on random deep chains (where the depth makes summaries pay): median time of 3 runs, stable
-ReLUs, and their share of full DeepPoly's.  Results in results/scale.md and .json, with the machine.
+ReLUs, and their share of full DeepPoly's.  Then the deep MNIST chains' solver stages (`scale_chains`) and
+ResNet-2B's whole simplify (`scale_resnet`).  Results in results/scale.md and .json, with the machine.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def block_rows(root: Path) -> list[dict]:
 
 def run_scale_bench(root: Path, out: Path) -> dict:
     from .scale_chains import chain_lines, chain_rows
-    data = {"machine": machine(), "blocks": block_rows(root), "chains": chain_rows(root)}
+    from .scale_resnet import resnet_lines, resnet_rows
+    data = {"machine": machine(), "blocks": block_rows(root), "chains": chain_rows(root), "resnet": resnet_rows(root)}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(data, out / "scale.json")
     lines = ["# Scale (issue 12)", "", f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores "
@@ -86,5 +88,6 @@ def run_scale_bench(root: Path, out: Path) -> dict:
         lines.append(f"| {r['network']} | {r['region']} | {r['blocks']} | {r['cut']} | {r['seconds']:.3f} | "
                      f"{r['speedup']:.2f}x | {r['stable']} / {r['relus']} | {100 * r['share']:.1f} % |")
     lines += chain_lines(data["chains"])
+    lines += resnet_lines(data["resnet"])
     write_text_atomic(out / "scale.md", "\n".join(lines) + "\n")
     return data
