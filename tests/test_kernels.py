@@ -134,3 +134,22 @@ def test_acas_float16_check_same_with_and_without_fused(monkeypatch):
     assert out[True].verdict == out[False].verdict == "equivalent"
     assert out[True].stats["boxes"] == out[False].stats["boxes"] > 1
     assert out[True].max_diff_upper == pytest.approx(out[False].max_diff_upper, rel=1e-9)
+
+
+def test_one_box_lines_under_many_coefficient_arrays_stay_with_numpy(monkeypatch):
+    """Lines of one box (N = 1) against coefficients of 4 (n = 4): numpy broadcasts; the loops would read
+    only the first array, so `worth` sends this case to numpy, and the result has all 4."""
+    monkeypatch.setattr(kernels, "FUSED_MIN", 0)
+    monkeypatch.setattr(kernels, "FUSED_LOADED_MIN", 0)
+    r = np.random.default_rng(3)
+    net = tiny_net([(r.normal(size=(5, 2)).tolist(), r.normal(size=5).tolist()), (r.normal(size=(1, 5)).tolist(), [0.0])])
+    g = network_graph(net)
+    lo, hi = _bounds(r, 1, 5)
+    rx = prepare(g, g.relus[0], lo - 1.0, hi + 1.0)
+    a = r.normal(size=(4, 3, 5))        # (relu_step drops the dead columns itself)
+    assert not kernels.worth(1, a)
+    out, c = relu_step(rx, a)
+    assert out.shape[0] == 4 and c.shape == (4, 3)
+    want = _numpy(relu_step, rx, a)
+    np.testing.assert_array_equal(out, want[0])
+    np.testing.assert_array_equal(c, want[1])

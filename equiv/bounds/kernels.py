@@ -85,7 +85,10 @@ def compiled() -> tuple | None:
 
 def worth(N: int, a: np.ndarray) -> bool:
     """Whether a step from coefficients a (n, R, K) on N boxes should use the loops: a large one, or any
-    once they are loaded (they beat numpy's several calls at every size)."""
+    once they are loaded (they beat numpy's several calls at every size).  The loops take n = 1 or N only
+    (numpy broadcasts the rest, e.g. one box's lines under many coefficient arrays)."""
+    if a.ndim != 3 or a.shape[0] not in (1, N):
+        return False
     if compiled.cache_info().currsize:
         return compiled() is not None and N * a.shape[1] * a.shape[2] >= min(FUSED_MIN, FUSED_LOADED_MIN)
     return N * a.shape[1] * a.shape[2] >= FUSED_MIN and compiled() is not None
