@@ -89,9 +89,9 @@ def worth(N: int, a: np.ndarray) -> bool:
     (numpy broadcasts the rest, e.g. one box's lines under many coefficient arrays)."""
     if a.ndim != 3 or a.shape[0] not in (1, N):
         return False
-    if compiled.cache_info().currsize:
-        return compiled() is not None and N * a.shape[1] * a.shape[2] >= min(FUSED_MIN, FUSED_LOADED_MIN)
-    return N * a.shape[1] * a.shape[2] >= FUSED_MIN and compiled() is not None
+    loaded = compiled.cache_info().currsize > 0
+    size = N * a.shape[1] * a.shape[2]
+    return size >= (FUSED_LOADED_MIN if loaded else FUSED_MIN) and compiled() is not None
 
 
 def relu_fused(a: np.ndarray, sl: np.ndarray, gap: np.ndarray, tu: np.ndarray):
