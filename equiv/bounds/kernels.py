@@ -63,24 +63,29 @@ def _diff_loop(a, Pl, Ql, Rl, Pu, Qu, Ru, a_dz, a_zg, c, m):
             m[i, r] = t
 
 
-@functools.cache
-def compiled() -> tuple | None:
-    """The compiled loops (relu, diff), or None without numba; loaded from numba's on-disk cache (else
-    compiled, about a second) on first use."""
+def jit_all(*funcs) -> tuple | None:
+    """Each function compiled by numba (loaded from numba's on-disk cache, else compiled, about a second),
+    or None without numba or with EQUIV_NO_NUMBA=1."""
     if os.environ.get("EQUIV_NO_NUMBA"):
         return None
     try:
         from numba import njit
     except ImportError:     # pragma: no cover - numba is a dependency; this keeps numpy alone working
         return None
-    # reassoc: the sums of the intercepts may be vectorised (any order is as good: the engine's outward
-    # rounding and margin on the size of the terms cover it); products and signs are untouched
+    # reassoc: sums may be vectorised (any order is as good: the engine's outward rounding and margin on
+    # the size of the terms cover it); products and signs are untouched
     try:
         jit = njit(cache=True, nogil=True, fastmath={"reassoc"})
-        return jit(_relu_loop), jit(_diff_loop)
+        return tuple(jit(f) for f in funcs)
     except RuntimeError:    # pragma: no cover - no writable cache directory: compile in memory
         jit = njit(nogil=True, fastmath={"reassoc"})
-        return jit(_relu_loop), jit(_diff_loop)
+        return tuple(jit(f) for f in funcs)
+
+
+@functools.cache
+def compiled() -> tuple | None:
+    """The compiled loops (relu, diff), or None without numba; loaded on first use."""
+    return jit_all(_relu_loop, _diff_loop)
 
 
 def worth(N: int, a: np.ndarray) -> bool:

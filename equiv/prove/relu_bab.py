@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..bounds.common import ROUND_ABS, ROUND_REL
+from .bab_kernels import wanted
 
 # relative margin on the sum of |terms| of a certified bound (coefficients carried through |W|, every
 # intercept, and the input box's magnitude): a generous cover of float64 rounding in the products
@@ -73,6 +74,9 @@ class _Domains:
     def copy(self) -> "_Domains":
         return _Domains(*([a.copy() for a in p] for p in self.parts()), self.obj.copy())
 
+    def astype(self, dtype) -> "_Domains":
+        return _Domains(*([a.astype(dtype) for a in p] for p in self.parts()), self.obj)
+
     @staticmethod
     def join(ds: list) -> "_Domains | None":
         ds = [d for d in ds if d is not None and d.size]
@@ -93,6 +97,20 @@ class _Chain:
         self.lo, self.hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
         self.size_x = np.maximum(np.abs(self.lo), np.abs(self.hi))
         self.C, self.d = -np.atleast_2d(np.asarray(C, np.float64)), -np.atleast_1d(np.asarray(d, np.float64))
+        self._single = None
+
+    def single(self) -> "_Chain":
+        """The same chain in float32, for the slope and multiplier search only (half the cost of its
+        matrix products); every bound that proves anything is a float64 pass at the parameters it found."""
+        if self._single is None:
+            c = object.__new__(_Chain)
+            for name in ("W", "b", "absW"):
+                setattr(c, name, [a.astype(np.float32) for a in getattr(self, name)])
+            for name in ("lo", "hi", "size_x", "C", "d"):
+                setattr(c, name, getattr(self, name).astype(np.float32))
+            c.relu, c._single = self.relu, c
+            self._single = c
+        return self._single
 
     def value(self, x: np.ndarray, obj: np.ndarray) -> np.ndarray:
         """c_obj[n].h(x[n]) + d_obj[n] (the objectives to maximise) at the points x (n, inputs)."""
@@ -114,10 +132,11 @@ def _lines(chain: _Chain, k: int, dom: _Domains):
     return lin, unst, su, np.where(unst, -su * l, 0.0)
 
 
-def _lower(chain: _Chain, dom: _Domains, grad: bool = False, certify: bool = False):
+def _lower(chain: _Chain, dom: _Domains, grad: bool = False, certify: bool = False, fused=None):
     """Lower bound (D,) of the minimised row on each domain; with grad also the gradients in alpha and
     beta and the minimising input corners; with certify, widened by the rounding margin.  Also returns per
-    layer (coefficient on h, unstable mask, upper intercept) for branching."""
+    layer (coefficient on h, unstable mask, upper intercept) for branching.  fused: the search's loops
+    (`bab_kernels.loops`) for the layer steps, never with certify."""
     K = len(chain.W)
     D = dom.size
     a = chain.C[dom.obj]
@@ -126,13 +145,18 @@ def _lower(chain: _Chain, dom: _Domains, grad: bool = False, certify: bool = Fal
     mag = np.abs(const)
     kept = [None] * K
     for k in range(K - 1, -1, -1):
-        lin, unst, su, tu = _lines(chain, k, dom)
-        ap, an = np.maximum(a, 0), np.minimum(a, 0)
-        # a h >= a+ (alpha z) + a- (su z + tu) on unstable positions, a z on linear ones, 0 on dead ones
-        az = np.where(lin, a, np.where(unst, ap * dom.alpha[k] + an * su, 0.0))
-        const += (an * tu).sum(axis=1)
-        # the split rows: -beta s z >= ... is added to the minimised row (s z >= 0 on the domain)
-        az -= dom.beta[k] * dom.S[k]
+        if fused is not None:
+            az, unst, su, tu = np.empty_like(a), np.empty(a.shape, bool), np.empty_like(a), np.empty_like(a)
+            fused[0](a, dom.L[k], dom.U[k], chain.relu[k], dom.alpha[k], dom.beta[k], dom.S[k], az, unst, su, tu,
+                     const)
+        else:
+            lin, unst, su, tu = _lines(chain, k, dom)
+            ap, an = np.maximum(a, 0), np.minimum(a, 0)
+            # a h >= a+ (alpha z) + a- (su z + tu) on unstable positions, a z on linear ones, 0 on dead ones
+            az = np.where(lin, a, np.where(unst, ap * dom.alpha[k] + an * su, 0.0))
+            const += (an * tu).sum(axis=1)
+            # the split rows: -beta s z >= ... is added to the minimised row (s z >= 0 on the domain)
+            az -= dom.beta[k] * dom.S[k]
         kept[k] = (a, unst, su, tu)
         const += az @ chain.b[k]
         if certify:
@@ -151,8 +175,14 @@ def _lower(chain: _Chain, dom: _Domains, grad: bool = False, certify: bool = Fal
     v, ga, gb = x, [], []
     for k in range(K):
         ah, unst, su, tu = kept[k]
-        lin = (dom.L[k] >= 0) | ~chain.relu[k]
         vz = v @ chain.W[k].T + chain.b[k]
+        if fused is not None:
+            v, gak, gbk = np.empty_like(vz), np.empty_like(vz), np.empty_like(vz)
+            fused[1](vz, ah, dom.L[k], chain.relu[k], unst, su, tu, dom.alpha[k], dom.S[k], v, gak, gbk)
+            ga.append(gak)
+            gb.append(gbk)
+            continue
+        lin = (dom.L[k] >= 0) | ~chain.relu[k]
         ga.append(np.where(unst, np.maximum(ah, 0) * vz, 0.0))
         gb.append(-dom.S[k] * vz)
         v = np.where(lin, vz, np.where(unst, np.where(ah > 0, dom.alpha[k] * vz, su * vz + tu), 0.0))
@@ -161,8 +191,13 @@ def _lower(chain: _Chain, dom: _Domains, grad: bool = False, certify: bool = Fal
 
 def _optimise(chain: _Chain, dom: _Domains, iters: int, lr_alpha: float = 0.1, lr_beta: float = 0.05):
     """Adam ascent on (alpha, beta) of each domain, in place, keeping each domain's best parameters;
-    returns the minimising corners of the last step (candidate witnesses)."""
+    returns the minimising corners of the last step (candidate witnesses).  The search runs in float32
+    (`_Chain.single`): any alpha in [0, 1] and beta >= 0 is valid, so how they were found never matters
+    to a proof, which is the float64 `_lower(certify=True)` at these parameters."""
     K = len(chain.W)
+    final, box = dom, (chain.lo, chain.hi)
+    chain, dom = chain.single(), dom.astype(np.float32)
+    fused = wanted(dom.size, [W.shape[0] for W in chain.W])
     best = np.full(dom.size, -np.inf)
     keep_a = [a.copy() for a in dom.alpha]
     keep_b = [b.copy() for b in dom.beta]
@@ -170,19 +205,24 @@ def _optimise(chain: _Chain, dom: _Domains, iters: int, lr_alpha: float = 0.1, l
     v = [np.zeros_like(p) for p in dom.alpha + dom.beta]
     x = np.empty((0, chain.lo.size))
     for it in range(1, iters + 1):
-        low, _, (ga, gb, x) = _lower(chain, dom, grad=True)
+        low, _, (ga, gb, x) = _lower(chain, dom, grad=True, fused=fused)
         better = low > best
         best = np.where(better, low, best)
         for k in range(K):
             keep_a[k][better], keep_b[k][better] = dom.alpha[k][better], dom.beta[k][better]
         for i, (P, G, lr, top) in enumerate([(dom.alpha[k], ga[k], lr_alpha, 1.0) for k in range(K)] +
                                             [(dom.beta[k], gb[k], lr_beta, np.inf) for k in range(K)]):
+            if fused is not None:
+                fused[2](P, G, m[i], v[i], lr, top, 1 - 0.9 ** it, 1 - 0.999 ** it)
+                continue
             m[i] = 0.9 * m[i] + 0.1 * G
             v[i] = 0.999 * v[i] + 0.001 * G * G
             step = lr * (m[i] / (1 - 0.9 ** it)) / (np.sqrt(v[i] / (1 - 0.999 ** it)) + 1e-8)
             np.clip(P + step, 0.0, top, out=P)
-    dom.alpha[:], dom.beta[:] = keep_a, keep_b
-    return x
+    final.alpha[:] = [a.astype(np.float64) for a in keep_a]
+    final.beta[:] = [b.astype(np.float64) for b in keep_b]
+    # each corner coordinate is the float32 copy of lo or hi, which may lie just outside the box: map it back
+    return np.where(x == chain.lo, *box) if x.size else x.astype(np.float64)
 
 
 def _scores(dom: _Domains, kept: list, rows: np.ndarray) -> list:
