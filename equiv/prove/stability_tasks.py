@@ -20,15 +20,15 @@ from .stability_solvers import settle
 from .stability_window import FIRST_WINDOW, _bab_layer, _ordered
 
 
-def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=None):
+def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=None, shared=True):
     """MILP decisions for every open neuron of hidden layer k (0-based), through `runner`; with opt.bab the
-    layer's shared branch and bound runs here first (as in the serial loop; seconds, not tasks' worth) and
-    only what it leaves becomes tasks."""
+    layer's shared branch and bound runs here first (as in the serial loop; seconds, not tasks' worth; not
+    with shared=False) and only what it leaves becomes tasks."""
     def is_open(i):
         return not tr.unstable(k)[i] and bounds.hi[k][i] > 0 and bounds.lo[k][i] < 0
 
     todo = _ordered(tr, bounds, k)
-    if opt.bab and todo.size:
+    if opt.bab and shared and todo.size:
         bq = queries.setdefault("bab", {"tried": 0, "proved": 0, "witness": 0, "domains": 0})
         _bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)],
                    [(d.W, d.b) for d in net.dense[:k]])
