@@ -150,15 +150,17 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
 
     for quick in rounds:
         for k in layers:
-            if k not in encoders:
-                bounds = _cheap_steps(k, net, box, bounds, tr, opt, budget, queries, stage_seconds,
-                                      _layer_encodings(net, box, lambda: bounds, k, opt.backend), runner)
-            # each round's windows from the bounds current then (later rounds' are tighter)
+            # a layer's windows encode only the layers before it, so its LPs and first decisions share them;
+            # a later round makes them again from the (tighter) bounds current then
+            first = k not in encoders
             encoders[k] = _layer_encodings(net, box, lambda: bounds, k, opt.backend)
+            if first:       # (the windows are made on first use: after the bottleneck step's bounds)
+                bounds = _bottleneck_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds)
+                _lp_step(k, net, bounds, tr, opt, budget, queries, stage_seconds, encoders[k], runner)
             t1 = time.perf_counter()
             # the shared branch and bound again only when earlier layers were settled further since it ran
-            shared = shared_at.get(k) != open_in(range(k))
-            shared_at[k] = open_in(range(k))
+            before = open_in(range(k))
+            shared, shared_at[k] = shared_at.get(k) != before, before
             if opt.method == "milp" and runner is not None:
                 from .stability_tasks import milp_layer_tasks
                 milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar, shared=shared)
@@ -200,8 +202,8 @@ def _layer_encodings(net, box, get_bounds, k, backend):
     return enc_of
 
 
-def _cheap_steps(k, net, box, bounds, tr, opt, budget, queries, stage_seconds, enc_of, runner) -> Bounds:
-    """Layer k's bottleneck bisection and windowed LPs (once per run); returns the bounds to go on with."""
+def _bottleneck_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds) -> Bounds:
+    """Layer k's bottleneck bisection (`_bottleneck`), once per run; returns the bounds to go on with."""
     t1 = time.perf_counter()
     if opt.method == "milp" and opt.bottleneck and _bottleneck(k, net, box, bounds, tr, opt, budget, queries):
         tr.record_bounds(k - 1, bounds, "milp")
@@ -210,12 +212,16 @@ def _cheap_steps(k, net, box, bounds, tr, opt, budget, queries, stage_seconds, e
         for j in range(k + 1, len(tr.masks)):
             tr.record_bounds(j, bounds, "deeppoly")
     stage_seconds["bottleneck"] = stage_seconds.get("bottleneck", 0.0) + time.perf_counter() - t1
+    return bounds
+
+
+def _lp_step(k, net, bounds, tr, opt, budget, queries, stage_seconds, enc_of, runner):
+    """Layer k's windowed LPs (`_lp_layer`), once per run."""
     t1 = time.perf_counter()
     if opt.window_lp:
         _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of, runner)
     tr.record_bounds(k, bounds, "lp")
     stage_seconds["lp"] += time.perf_counter() - t1
-    return bounds
 
 
 def _count(queries, w):
