@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import exact_max, random_problem, small_problems
 from equiv.bounds.deeppoly import deeppoly_bounds
-from equiv.prove.relu_bab import decide_max
+from equiv.prove.relu_bab import _Domains, _Queue, decide_many, decide_max
 
 
 def _query(net, box, w: np.ndarray, b: float):
@@ -95,6 +95,62 @@ def test_unknown_on_time_and_infinite_bounds():
     q["hidden_hi"] = [np.full_like(a, np.inf) for a in q["hidden_hi"]]
     r = decide_max(**q, threshold=best + 1.0, time_limit=5.0)
     assert r.verdict == "unknown" and "infinite" in r.message
+
+
+def _needs_splits():
+    """A random net and a threshold just above its exact maximum that the root bound does not prove."""
+    for seed in range(40):
+        net, box = random_problem(seed, 3, [5, 4], 1, linear_channels=False)
+        q = _query(net, box, np.ones(1), 0.0)
+        best = exact_max(net, box, 2, np.ones(1), 0.0)
+        t = best + 1e-3 * max(1.0, abs(best))
+        if decide_max(**q, threshold=t, time_limit=20.0).domains > 3:
+            return q, best, t
+    raise AssertionError("no random net needed a split")
+
+
+def test_many_questions_answer_as_one_at_a_time():
+    """decide_many on rows that need splits, are false, or are proved at the root gives each row the verdict
+    decide_max gives it alone; with groups, a row proved drops the other rows of its group as moot."""
+    q, best, t = _needs_splits()
+    many = dict(layers=q["layers"], masks=q["masks"], lo=q["lo"], hi=q["hi"], hidden_lo=q["hidden_lo"],
+                hidden_hi=q["hidden_hi"], C=np.repeat(q["c"][None], 3, axis=0), d=np.full(3, q["d"]),
+                time_limit=20.0)
+    ths = np.array([t, best - 0.1 * max(1.0, abs(best)), best + 1e3])
+    alone = [decide_max(**q, threshold=x, time_limit=20.0).verdict for x in ths]
+    assert alone == ["below", "above", "below"]
+    assert [r.verdict for r in decide_many(**many, thresholds=ths)] == alone
+    # rows 0 and 2 alternatives: row 2 is proved by the first batch's root bound, so row 0 is dropped
+    r = decide_many(**many, thresholds=ths, groups=np.array([7, 5, 7]))
+    assert [x.verdict for x in r] == ["unknown", "above", "below"] and "moot" in r[0].message
+
+
+def test_stall_gives_up_when_nothing_is_decided():
+    q, best, t = _needs_splits()
+    r = decide_many(q["layers"], q["masks"], q["lo"], q["hi"], q["hidden_lo"], q["hidden_hi"], q["c"][None],
+                    np.array([q["d"]]), np.array([t]), time_limit=20.0, stall=0.0)[0]
+    assert r.verdict == "unknown" and "nothing decided" in r.message and r.domains >= 1
+
+
+def test_queue_serves_the_least_worked_questions_first():
+    """The open domains: lowest level first, then by question, newest chunk first within a question, a
+    chunk split when the batch is full; the counts follow."""
+    def doms(obj):
+        obj = np.asarray(obj)
+        z = [np.zeros((obj.size, 2))]
+        return _Domains(z, z, z, z, [np.arange(obj.size, dtype=float)[:, None].repeat(2, axis=1)], obj)
+    queue = _Queue(3)
+    queue.push(doms([0, 1, 2, 0]))
+    queue.push(doms([2, 2, 2]))
+    assert queue.size == 7 and list(queue.count) == [2, 1, 4]
+    got = queue.pop(4, np.array([1, 0, 0]))        # question 0 has done the most work: last
+    assert list(got.obj) == [1, 2, 2, 2]
+    assert list(got.beta[0][:, 0]) == [1.0, 0.0, 1.0, 2.0]     # question 2's newest chunk, whole
+    assert list(queue.count) == [2, 0, 1] and 1 not in queue.stacks
+    got = queue.pop(2, np.array([0, 0, 0]))
+    assert list(got.obj) == [0, 0]
+    queue.drop(2)
+    assert queue.size == 0 and not queue.stacks
 
 
 @pytest.mark.parametrize("k", [0, 2, 7])

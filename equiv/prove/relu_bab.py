@@ -35,6 +35,7 @@ from .bab_kernels import wanted
 # intercept, and the input box's magnitude): a generous cover of float64 rounding in the products
 ROUND_CHAIN = 1e-11
 LEAF_ITERS = 50          # optimisation steps for a domain with every unstable neuron split
+QUANTUM = 256           # domains a question gets at least before others at its level of work go first
 MAX_PENDING = 20_000      # open domains kept at most (memory: 5 arrays of the hidden width each)
 
 
@@ -84,6 +85,50 @@ class _Domains:
             return None
         return _Domains(*([np.concatenate([d.parts()[p][k] for d in ds]) for k in range(len(ds[0].L))]
                           for p in range(5)), np.concatenate([d.obj for d in ds]))
+
+
+class _Queue:
+    """The open domains of each question, a stack of chunks per question (the newest on top: depth first
+    within a question), so that a batch is gathered without copying the rest."""
+
+    def __init__(self, m: int):
+        self.stacks = {}
+        self.count = np.zeros(m, int)
+
+    @property
+    def size(self) -> int:
+        return int(self.count.sum())
+
+    def push(self, dom: _Domains):
+        for j in np.unique(dom.obj):
+            part = dom.take(np.flatnonzero(dom.obj == j))
+            self.stacks.setdefault(int(j), []).append(part)
+            self.count[j] += part.size
+
+    def drop(self, j: int):
+        self.stacks.pop(int(j), None)
+        self.count[j] = 0
+
+    def pop(self, n: int, level: np.ndarray) -> _Domains:
+        """Up to n domains: the questions of the lowest level first (then by index), each from its top."""
+        parts, got = [], 0
+        for j in sorted(self.stacks, key=lambda q: (level[q], q)):
+            stack = self.stacks[j]
+            while stack and got < n:
+                c = stack[-1]
+                k = min(c.size, n - got)
+                parts.append(c.take(slice(c.size - k, None)))
+                if k == c.size:
+                    stack.pop()
+                else:
+                    stack[-1] = c.take(slice(0, c.size - k))
+                got += k
+                self.count[j] -= k
+            if not stack:
+                del self.stacks[j]
+            if got >= n:
+                break
+        return _Domains.join(parts)
 
 
 class _Chain:
@@ -296,6 +341,14 @@ def _leaf_lp(chain: _Chain, dom: _Domains, i: int, need: float) -> np.ndarray | 
     return None
 
 
+def _drop_moot(queue: "_Queue", groups: np.ndarray, j: int, verdict: np.ndarray, finish):
+    """Row j is proved: drop the other rows of its group."""
+    for o in np.flatnonzero(groups == groups[j]):
+        if o != j and verdict[o] == "open":
+            finish(o, "unknown", "moot: another row of its group was proved")
+            queue.drop(o)
+
+
 def _set_beta(dom: _Domains, i: int, where: list, mu, scale: float):
     for (k, j), m in zip(where, mu):
         dom.beta[k][i, j] = scale * max(float(m), 0.0)
@@ -314,11 +367,15 @@ def decide_max(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden
 
 def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden_lo: list, hidden_hi: list,
                 C: np.ndarray, d: np.ndarray, thresholds: np.ndarray, time_limit: float, margin: float = 1e-6,
-                batch: int = 128, iters: int = 5) -> list:
+                batch: int = 128, iters: int = 5, groups: np.ndarray | None = None,
+                stall: float | None = None) -> list:
     """`decide_max` for the rows of C (m, n), d (m,), thresholds (m,) at once: their domains share the
     batches, so the many questions a root bound settles cost one batched bound instead of one call each
     (all of a layer's phase decisions, say).  Returns one BabResult per row; when time runs out, the rows
-    still open are unknown."""
+    still open are unknown.  Among rows of equal work, the earlier ones go first.  groups (m,): rows of one
+    group are alternatives (the two sides of a neuron): once one is proved below, the others are dropped
+    ("unknown", moot).  stall (seconds): give up then if no row is decided yet (a hopeless batch of questions
+    should not hold the time the caller could spend elsewhere)."""
     t0 = time.perf_counter()
     m = len(thresholds)
     chain = _Chain(layers, masks, lo, hi, C, d)
@@ -338,14 +395,29 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
     def finish(j, v, msg=""):
         verdict[j], why[j] = v, msg
 
-    while open_ is not None and open_.size:
-        if time.perf_counter() - t0 > time_limit or open_.size > MAX_PENDING:
-            msg = "time limit" if time.perf_counter() - t0 > time_limit else "too many domains"
-            for j in np.unique(open_.obj):
-                finish(j, "unknown", msg)
+    queue = _Queue(m)
+    queue.push(open_)
+    sizes = []              # domains each proved question needed
+    while queue.size:
+        spent = time.perf_counter() - t0
+        stalled = stall is not None and spent > stall and done.any() and not sizes and not (verdict == "above").any()
+        if spent > time_limit or stalled:
+            for j in list(queue.stacks):
+                finish(j, "unknown", f"nothing decided in the first {stall:g} s" if stalled else "time limit")
             break
-        n = min(batch, open_.size)
-        cur, rest = open_.take(slice(0, n)), open_.take(slice(n, None))
+        while queue.size > MAX_PENDING:
+            # too many open domains: give up the question that holds the most of them
+            j = int(queue.count.argmax())
+            finish(j, "unknown", "too many domains")
+            queue.drop(j)
+        # the questions by levels of work done so far (a multilevel feedback queue: level l holds the
+        # questions with q (2^l - 1) to q (2^(l+1) - 1) domains bounded), one after the other within a level:
+        # a hard question must not starve the others, and the easy ones still finish one by one.  q: twice
+        # what 3 in 4 of the proofs so far needed (at least QUANTUM), the size of a question worth finishing.
+        # (256 questions of mnist 256x6's layer 5: one after the other spent 20 s on the first one's 26 000
+        # domains; a fixed q = 32 let hardly any finish, as most need 200-2 000 domains)
+        q = max(QUANTUM, 2 * np.percentile(sizes, 75)) if len(sizes) >= 4 else QUANTUM
+        cur = queue.pop(batch, np.floor(np.log2(1.0 + done / q)))
         corners = _optimise(chain, cur, iters)
         np.add.at(done, cur.obj, 1)
         val = chain.value(corners, cur.obj)
@@ -381,9 +453,16 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
             worst[j] = max(worst[j], float(-low1[0]))
         split = left[~leaf]
         kids = _branch(cur, [s[~leaf] for s in scores], split) if split.size else None
-        open_ = _Domains.join([kids, rest])      # depth first: the children next
-        if open_ is not None:
-            open_ = open_.take(np.flatnonzero(verdict[open_.obj] == "open"))
+        if kids is not None:
+            queue.push(kids)
+        for j in np.unique(cur.obj):
+            if verdict[j] != "open":
+                queue.drop(j)
+        for j in np.unique(cur.obj):
+            if verdict[j] == "open" and j not in queue.stacks:     # no domain of it left: proved
+                sizes.append(done[j])
+                if groups is not None:
+                    _drop_moot(queue, groups, j, verdict, finish)
     seconds = time.perf_counter() - t0
     out = []
     for j in range(m):

@@ -30,9 +30,8 @@ LP_CHUNK = 8          # a layer's LPs stop after a chunk of this many neurons th
 PARTIAL_SHARE = 0.3   # binaries kept integral in a decision's first, partial try (the rest LP-relaxed)
 PARTIAL_MIN = 24      # windows with fewer binaries go straight to the full MILP
 BAB_SHARE = 0.5       # of a decision's time limit: branch and bound first, the windowed MILP gets the rest
-BAB_LAYER_BASE, BAB_LAYER_PER = 1.0, 0.05   # seconds for a layer's shared branch and bound (+ per question)
-QUICK_BAB = 0.5       # seconds per question of the first, quick round's branch and bound (mnist 256x6 in 60 s:
-                      # 0.3 -> 1 030 stable, 0.5 -> 1 097, 1.0 -> 1 033; one full round: 911)
+BAB_LAYER_BASE, BAB_LAYER_PER = 1.0, 0.1   # seconds for a layer's shared branch and bound (+ per question)
+BAB_STALL_MIN, BAB_STALL_SHARE = 2.0, 0.25  # it stops early when nothing is decided after this long (or share)
 
 
 def window(net: Network, box: Box, bounds: Bounds, k: int, w: int):
@@ -135,20 +134,21 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
     if opt.progress:
         from tqdm import tqdm
         bar = tqdm(total=total, desc="queries", unit="neuron", leave=False)
-    # With branch and bound, two rounds over the layers: a quick one (the layer's shared branch and bound,
-    # then per neuron at most QUICK_BAB seconds of branch and bound, no MILP), so that the budget reaches
-    # the deep layers; then the full decisions with what is left.  A deep layer is provable only once the
-    # layers before it are nearly settled (mnist 256x6: the shared branch and bound proves 255 of layer 5's
-    # 256 neurons in 14 s with 23 of layer 4 open, none in 20 s with 53 open), and a hard neuron's full
-    # decision costs up to a whole time limit: one full round spent a 60 s budget on layers 3-4.
-    rounds = [QUICK_BAB, None] if opt.method == "milp" and opt.bab and runner is None else [None]
+    # With branch and bound, two rounds over the layers: first only each layer's shared branch and bound,
+    # so that the budget reaches the deep layers; then the full per-neuron decisions with what is left.  A
+    # deep layer is provable only once the layers before it are nearly settled (mnist 256x6: the shared
+    # branch and bound proves 255 of layer 5's 256 neurons in 14 s with 23 of layer 4 open, none in 20 s
+    # with 53 open), and a hard neuron's full decision costs up to a whole time limit: one full round spent
+    # a 60 s budget on layers 3-4.  (A first round with also 0.5 s of branch and bound per neuron: mnist
+    # 256x6 in 60 s 1 000-1 100 stable; the shared one alone, since it shares its time fairly: 1 090.)
+    rounds = [True, False] if opt.method == "milp" and opt.bab and runner is None else [False]
     shared_at = {}      # layer -> open neurons of the layers before it when its shared branch and bound ran
     encoders = {}
 
     def open_in(ks):
         return sum(int(_open(tr, bounds, j).sum()) for j in ks)
 
-    for quick in rounds:
+    for shared_only in rounds:
         for k in layers:
             # a layer's windows encode only the layers before it, so its LPs and first decisions share them;
             # a later round makes them again from the (tighter) bounds current then
@@ -165,8 +165,8 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
                 from .stability_tasks import milp_layer_tasks
                 milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar, shared=shared)
             elif opt.method == "milp":
-                _milp_layer(k, net, box, bounds, tr, opt, budget, queries, encoders[k], bar if quick is None else None,
-                            shared=shared, quick=quick)
+                _milp_layer(k, net, box, bounds, tr, opt, budget, queries, encoders[k], bar, shared=shared,
+                            shared_only=shared_only)
             stage_seconds["milp"] += time.perf_counter() - t1
             bounds = deeppoly_bounds(net, box, known=bounds)   # later layers start from the tighter bounds
             for j in range(k + 1, len(tr.masks)):
@@ -488,14 +488,17 @@ class _StartWindow:
 def _bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers):
     """Both sides of every open neuron of layer k as one branch and bound over shared batches (most are
     settled by a root bound, or refuted by a corner, at a fraction of a call each): proofs settle neurons,
-    points are run as witnesses.  Capped at 1 s + 0.05 s per question (and the budget); what it leaves
-    goes to the per-neuron decisions."""
+    points are run as witnesses.  Capped at BAB_LAYER_BASE + BAB_LAYER_PER s per question (and the
+    budget); what it leaves goes to the per-neuron decisions.  Each neuron's likelier side (the nearer end of
+    its interval) is asked before any other side, and once one side is proved the other is dropped."""
     rows, sides = [], []
-    for i in open_:
-        for side, seen in (("dead", tr.seen_pos), ("active", tr.seen_neg)):
-            if not seen[k][i]:               # a side a real point already ruled out is moot
-                rows.append(i)
-                sides.append(side)
+    for likelier in (True, False):
+        for i in open_:
+            dead_first = bounds.hi[k][i] <= -bounds.lo[k][i]
+            for side, seen in (("dead", tr.seen_pos), ("active", tr.seen_neg)):
+                if (side == "dead") == (dead_first == likelier) and not seen[k][i]:
+                    rows.append(i)       # (a side a real point already ruled out is moot)
+                    sides.append(side)
     if not rows:
         return
     left = np.inf if budget.end is None else budget.end - time.perf_counter()
@@ -506,7 +509,8 @@ def _bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers):
     W, b = net.dense[k].W[rows], net.dense[k].b[rows]
     t0 = time.perf_counter()
     res = decide_many(layers, net.masks[:k], box.lo, box.hi, bounds.lo[:k], bounds.hi[:k], sign[:, None] * W,
-                      sign * b, np.zeros(len(rows)), time_limit=cap, margin=opt.margin)
+                      sign * b, np.zeros(len(rows)), time_limit=cap, margin=opt.margin, groups=np.array(rows),
+                      stall=max(BAB_STALL_MIN, BAB_STALL_SHARE * cap))
     share = (time.perf_counter() - t0) / len(rows)
     points = []
     for i, side, r in zip(rows, sides, res):
@@ -532,11 +536,11 @@ def _record_bab(r, bq, bounds, tr, k: int, i: int, side: str):
     return None
 
 
-def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shared=True, quick=None):
+def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shared=True, shared_only=False):
     """Per open neuron, narrowest first: decide the likelier phase, then the other, widening the window
     while it finds only (non-real) points; a full-window point is run in the real network.  With opt.bab
-    (and shared) the layer's shared branch and bound first.  quick (seconds): a first round's try, only a
-    branch and bound of at most that long per question; what it leaves open waits for the next round.
+    (and shared) the layer's shared branch and bound first; shared_only: only that (a first round; what it
+    leaves open waits for the next).
 
     With opt.workers > 1 (and a thread-safe backend) that many neurons are decided at once; answers are
     recorded under one lock, and a neuron is taken only while no real point has shown it unstable."""
@@ -568,6 +572,9 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shar
             bar.set_postfix(layer=k + 1, step="branch and bound", left=int(todo.size))
         _bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)], layers)
 
+    if shared_only:
+        return
+
     def take():
         with lock:
             for i in queue:
@@ -590,7 +597,7 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shar
             with lock:
                 hl, hh = [a.copy() for a in bounds.lo[:k]], [a.copy() for a in bounds.hi[:k]]
             q0 = time.perf_counter()
-            cap = min(lim, opt.time_limit) * BAB_SHARE if quick is None else min(lim, quick)
+            cap = min(lim, opt.time_limit) * BAB_SHARE
             r = decide_max(layers, net.masks[:k], box.lo, box.hi, hl, hh, sign * W[i], sign * b[i], 0.0,
                            time_limit=cap, margin=opt.margin)
             secs = time.perf_counter() - q0
@@ -619,8 +626,6 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shar
                     return False
                 if got:
                     continue
-            if quick is not None:
-                break               # the MILP (and the other side) wait for the full round
             while True:
                 lim = budget.limit()
                 if lim is None:
@@ -690,6 +695,5 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shar
         with ThreadPoolExecutor(max_workers=n) as pool:
             for f in [pool.submit(worker) for _ in range(n)]:
                 f.result()
-    if quick is None:
-        queries["milp_skipped"] += sum(int(is_open(i)) for i in todo if i not in finished)
-        queries.setdefault("start_window", {})[k + 1] = start.w
+    queries["milp_skipped"] += sum(int(is_open(i)) for i in todo if i not in finished)
+    queries.setdefault("start_window", {})[k + 1] = start.w
