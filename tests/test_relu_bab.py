@@ -132,6 +132,20 @@ def test_stall_gives_up_when_nothing_is_decided():
     assert r.verdict == "unknown" and "nothing decided" in r.message and r.domains >= 1
 
 
+def test_progress_reports_follow_the_answers(monkeypatch):
+    """report(proved, points) sees the counts grow to the rows proved and refuted."""
+    import equiv.prove.relu_bab as rb
+    monkeypatch.setattr(rb, "REPORT_EVERY", 0.0)
+    q, best, t = _needs_splits()
+    seen = []
+    ths = np.array([t, best - 0.1 * max(1.0, abs(best)), best + 1e3])
+    r = decide_many(q["layers"], q["masks"], q["lo"], q["hi"], q["hidden_lo"], q["hidden_hi"],
+                    np.repeat(q["c"][None], 3, axis=0), np.full(3, q["d"]), ths, time_limit=20.0,
+                    report=lambda p, x: seen.append((p, x)))
+    assert [x.verdict for x in r] == ["below", "above", "below"]
+    assert seen and seen == sorted(seen) and seen[-1] == (2, 1)
+
+
 def test_queue_serves_the_least_worked_questions_first():
     """The open domains: lowest level first, then by question, newest chunk first within a question, a
     chunk split when the batch is full; the counts follow."""

@@ -36,6 +36,7 @@ from .bab_kernels import wanted
 ROUND_CHAIN = 1e-11
 LEAF_ITERS = 50          # optimisation steps for a domain with every unstable neuron split
 QUANTUM = 256           # domains a question gets at least before others at its level of work go first
+REPORT_EVERY = 0.5       # seconds between progress reports of decide_many
 MAX_PENDING = 20_000      # open domains kept at most (memory: 5 arrays of the hidden width each)
 
 
@@ -368,14 +369,15 @@ def decide_max(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden
 def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden_lo: list, hidden_hi: list,
                 C: np.ndarray, d: np.ndarray, thresholds: np.ndarray, time_limit: float, margin: float = 1e-6,
                 batch: int = 128, iters: int = 5, groups: np.ndarray | None = None,
-                stall: float | None = None) -> list:
+                stall: float | None = None, report=None) -> list:
     """`decide_max` for the rows of C (m, n), d (m,), thresholds (m,) at once: their domains share the
     batches, so the many questions a root bound settles cost one batched bound instead of one call each
     (all of a layer's phase decisions, say).  Returns one BabResult per row; when time runs out, the rows
     still open are unknown.  Among rows of equal work, the earlier ones go first.  groups (m,): rows of one
     group are alternatives (the two sides of a neuron): once one is proved below, the others are dropped
     ("unknown", moot).  stall (seconds): give up then if no row is decided yet (a hopeless batch of questions
-    should not hold the time the caller could spend elsewhere)."""
+    should not hold the time the caller could spend elsewhere).  report(proved, points): called at most
+    every REPORT_EVERY seconds with the rows proved and refuted so far (a progress bar)."""
     t0 = time.perf_counter()
     m = len(thresholds)
     chain = _Chain(layers, masks, lo, hi, C, d)
@@ -398,6 +400,7 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
     queue = _Queue(m)
     queue.push(open_)
     sizes = []              # domains each proved question needed
+    reported = t0
     while queue.size:
         spent = time.perf_counter() - t0
         stalled = stall is not None and spent > stall and done.any() and not sizes and not (verdict == "above").any()
@@ -463,6 +466,9 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
                 sizes.append(done[j])
                 if groups is not None:
                     _drop_moot(queue, groups, j, verdict, finish)
+        if report is not None and time.perf_counter() - reported > REPORT_EVERY:
+            reported = time.perf_counter()
+            report(len(sizes), int((verdict == "above").sum()))
     seconds = time.perf_counter() - t0
     out = []
     for j in range(m):

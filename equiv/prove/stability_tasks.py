@@ -31,7 +31,7 @@ def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=
     if opt.bab and shared and todo.size:
         bq = queries.setdefault("bab", {"tried": 0, "proved": 0, "witness": 0, "domains": 0})
         _bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)],
-                   [(d.W, d.b) for d in net.dense[:k]])
+                   [(d.W, d.b) for d in net.dense[:k]], bar)
         todo = np.array([i for i in todo if is_open(i)], dtype=int)
     if todo.size == 0:
         return

@@ -485,12 +485,13 @@ class _StartWindow:
                 self.seconds = {"narrow": 0.0, "wider": 0.0}
 
 
-def _bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers):
+def _bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers, bar=None):
     """Both sides of every open neuron of layer k as one branch and bound over shared batches (most are
     settled by a root bound, or refuted by a corner, at a fraction of a call each): proofs settle neurons,
     points are run as witnesses.  Capped at BAB_LAYER_BASE + BAB_LAYER_PER s per question (and the
     budget); what it leaves goes to the per-neuron decisions.  Each neuron's likelier side (the nearer end of
-    its interval) is asked before any other side, and once one side is proved the other is dropped."""
+    its interval) is asked before any other side, and once one side is proved the other is dropped.  bar:
+    a progress bar whose postfix follows the questions proved and refuted."""
     rows, sides = [], []
     for likelier in (True, False):
         for i in open_:
@@ -508,9 +509,14 @@ def _bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers):
     sign = np.where(np.array(sides) == "dead", 1.0, -1.0)
     W, b = net.dense[k].W[rows], net.dense[k].b[rows]
     t0 = time.perf_counter()
+
+    def report(proved, points):
+        if bar is not None:
+            bar.set_postfix(layer=k + 1, step="branch and bound", proved=f"{proved}/{len(rows)}", points=points,
+                            spent=f"{budget.spent():.0f}s")
     res = decide_many(layers, net.masks[:k], box.lo, box.hi, bounds.lo[:k], bounds.hi[:k], sign[:, None] * W,
                       sign * b, np.zeros(len(rows)), time_limit=cap, margin=opt.margin, groups=np.array(rows),
-                      stall=max(BAB_STALL_MIN, BAB_STALL_SHARE * cap))
+                      stall=max(BAB_STALL_MIN, BAB_STALL_SHARE * cap), report=report)
     share = (time.perf_counter() - t0) / len(rows)
     points = []
     for i, side, r in zip(rows, sides, res):
@@ -570,7 +576,7 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shar
     if opt.bab and shared and todo.size:
         if bar is not None:
             bar.set_postfix(layer=k + 1, step="branch and bound", left=int(todo.size))
-        _bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)], layers)
+        _bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)], layers, bar)
 
     if shared_only:
         return
