@@ -101,8 +101,9 @@ class _Queue:
         return int(self.count.sum())
 
     def push(self, dom: _Domains):
-        for j in np.unique(dom.obj):
-            part = dom.take(np.flatnonzero(dom.obj == j))
+        qs = np.unique(dom.obj)
+        for j in qs:
+            part = dom if qs.size == 1 else dom.take(np.flatnonzero(dom.obj == j))     # (one question: no copy)
             self.stacks.setdefault(int(j), []).append(part)
             self.count[j] += part.size
 
@@ -461,8 +462,7 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
         for j in np.unique(cur.obj):
             if verdict[j] != "open":
                 queue.drop(j)
-        for j in np.unique(cur.obj):
-            if verdict[j] == "open" and j not in queue.stacks:     # no domain of it left: proved
+            elif j not in queue.stacks:     # no domain of it left: proved
                 sizes.append(done[j])
                 if groups is not None:
                     _drop_moot(queue, groups, j, verdict, finish)

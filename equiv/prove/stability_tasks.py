@@ -17,7 +17,7 @@ import numpy as np
 
 from ..distributed.work import LayerSpec, NeuronQuery
 from .stability_solvers import settle
-from .stability_window import FIRST_WINDOW, _bab_layer, _ordered
+from .stability_window import FIRST_WINDOW, _bab_layer, _ordered, _sides
 
 
 def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=None, shared=True):
@@ -40,8 +40,7 @@ def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=
     def make_query(i):
         if not is_open(i):
             return None
-        dead_first = bool(bounds.hi[k][i] <= -bounds.lo[k][i])
-        return NeuronQuery(k, int(i), ("dead", "active") if dead_first else ("active", "dead"), FIRST_WINDOW,
+        return NeuronQuery(k, int(i), _sides(bounds, k, i), FIRST_WINDOW,
                            bool(tr.seen_pos[k][i]), bool(tr.seen_neg[k][i]), float(opt.time_limit),
                            float(opt.margin), opt.backend)
 

@@ -102,6 +102,11 @@ def _open(tr, bounds, k):
     return tr.masks[k] & (bounds.lo[k] < 0) & (bounds.hi[k] > 0) & ~tr.unstable(k)
 
 
+def _sides(bounds, k, i) -> tuple:
+    """Neuron i's two phase questions, the likelier first: the side of 0 its interval reaches less far."""
+    return ("dead", "active") if bounds.hi[k][i] <= -bounds.lo[k][i] else ("active", "dead")
+
+
 def _ordered(tr, bounds, k):
     """Open neurons of layer k, narrowest interval around 0 (relative) first."""
     todo = np.flatnonzero(_open(tr, bounds, k))
@@ -493,13 +498,12 @@ def _bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers, bar=None
     its interval) is asked before any other side, and once one side is proved the other is dropped.  bar:
     a progress bar whose postfix follows the questions proved and refuted."""
     rows, sides = [], []
-    for likelier in (True, False):
+    for which in (0, 1):
         for i in open_:
-            dead_first = bounds.hi[k][i] <= -bounds.lo[k][i]
-            for side, seen in (("dead", tr.seen_pos), ("active", tr.seen_neg)):
-                if (side == "dead") == (dead_first == likelier) and not seen[k][i]:
-                    rows.append(i)       # (a side a real point already ruled out is moot)
-                    sides.append(side)
+            side = _sides(bounds, k, i)[which]
+            if not (tr.seen_pos if side == "dead" else tr.seen_neg)[k][i]:
+                rows.append(i)       # (a side a real point already ruled out is moot)
+                sides.append(side)
     if not rows:
         return
     left = np.inf if budget.end is None else budget.end - time.perf_counter()
@@ -617,8 +621,8 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shar
     def decide(i) -> bool:
         """All of neuron i's decisions; False once the budget is spent."""
         with lock:
-            dead_first = bounds.hi[k][i] <= -bounds.lo[k][i]
-        for side in (("dead", "active") if dead_first else ("active", "dead")):
+            order = _sides(bounds, k, i)
+        for side in order:
             with lock:
                 if not is_open(i):
                     break
