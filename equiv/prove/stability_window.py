@@ -196,14 +196,16 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
 
 def _layer_encodings(net, box, get_bounds, k, backend):
     """enc_of(w): layer k's window encoding of width w and its backend, made on first use (from the bounds
-    current then) and kept for the layer's later decisions."""
+    current then) and kept for the layer's later decisions.  For admm (LP only, and run by `_admm_chunk` on
+    the network itself) the backend is highs, which the decisions need."""
     encs = {}
 
     def enc_of(w):
         if w not in encs:
             e = window_encoding(net, box, get_bounds(), k, w)
-            encs[w] = (e, make_backend(backend, e.model))
+            encs[w] = (e, make_backend(milp_backend(backend), e.model))
         return encs[w]
+    enc_of.box = box
     return enc_of
 
 
@@ -364,6 +366,15 @@ def _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of, runner=None):
     todo = _ordered(tr, bounds, k)
     for s in range(0, todo.size, LP_CHUNK):
         decided = 0
+        if opt.backend == "admm" and maximize is None:
+            # one ChainAdmm batch for the chunk's 2 x LP_CHUNK objectives on the window (certified bounds)
+            if not _admm_chunk(k, net, bounds, tr, budget, queries, w, todo[s:s + LP_CHUNK], enc_of):
+                return
+            decided = sum(int(bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0) for i in todo[s:s + LP_CHUNK])
+            if decided == 0:
+                queries["lp_stopped"] = queries.get("lp_stopped", 0) + int(todo.size - s - LP_CHUNK > 0)
+                return
+            continue
         for i in todo[s:s + LP_CHUNK]:
             enc, be = enc_of(w)
             c, off = enc.objective(W[i], b[i])
@@ -387,6 +398,33 @@ def _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of, runner=None):
         if decided == 0:          # the yield dropped: the rest (wider intervals) go to the MILPs
             queries["lp_stopped"] = queries.get("lp_stopped", 0) + int(todo.size - s - LP_CHUNK > 0)
             return
+
+
+def _admm_chunk(k, net, bounds, tr, budget, queries, w, chunk, enc_of) -> bool:
+    """Both LP bounds of each neuron in `chunk` from one `ChainAdmm` batch on the window of width w; False
+    when the budget is spent.  Every bound it reports is certified, converged or not."""
+    from ..solvers.chain_admm import ChainAdmm, ChainRelaxation
+    lim = budget.limit()
+    if lim is None:
+        return False
+    if budget.end is not None:      # the batch may take the chunk's share of per-query limits
+        lim = min(lim * 2 * len(chunk), max(0.0, budget.end - time.perf_counter()))
+    else:
+        lim *= 2 * len(chunk)
+    sub, sub_box, sub_bounds = window(net, enc_of.box, bounds, k, w)
+    W, b = net.dense[k].W[chunk], net.dense[k].b[chunk]
+    q0 = time.perf_counter()
+    res = ChainAdmm(ChainRelaxation.from_network(sub, sub_box, sub_bounds, w)).maximize_many(
+        np.vstack([W, -W]), np.concatenate([b, -b]), lim)
+    for j, i in enumerate(chunk):
+        tr.seconds[k][i] += (time.perf_counter() - q0) / len(chunk)
+        up, down = res[j], res[len(chunk) + j]
+        if up.bound is not None:
+            bounds.hi[k][i] = min(bounds.hi[k][i], up.bound)
+        if down.bound is not None:
+            bounds.lo[k][i] = max(bounds.lo[k][i], -down.bound)
+    queries["lp"] += 2 * len(chunk)
+    return True
 
 
 def _journalled_lp(runner, opt):
@@ -641,9 +679,7 @@ def _milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, shar
                 if lim is None:
                     return False
                 with lock:
-                    enc, be = enc_of(w)
-                if milp_backend(opt.backend) != opt.backend:
-                    be = make_backend("highs", enc.model)
+                    enc, be = enc_of(w)     # (a MILP backend: highs for admm)
                 with lock:
                     cols = keep_cols(w, enc, be, W[i])
                 c, off = enc.objective(sign * W[i], sign * b[i])
