@@ -123,7 +123,8 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
                    help=f"strongest proof method to use (default: {shown}); each includes the cheaper ones")
     p.add_argument("--backend", default="highs",
                    help="LP/MILP solver backend: highs (default), gurobi, cbc, or admm (LP stage only: batched ADMM "
-                        "with certified bounds; MILP decisions and --certify then use highs)")
+                        "with certified bounds, DeepSplit's splitting on dense chains; pays on large LPs such as "
+                        "--method lp on deep MNIST nets; MILP decisions and --certify then use highs)")
     p.add_argument("--time-limit", type=positive_seconds, default=10.0, metavar="S",
                    help="seconds per solver query; a query that runs out leaves its neuron 'unknown' (default: 10)")
     p.add_argument("--milp-budget", type=positive_seconds, default=None, metavar="S",
