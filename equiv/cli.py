@@ -121,10 +121,11 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
     shown = default_method or "milp on chains of dense layers, deeppoly on graphs"
     p.add_argument("--method", choices=["interval", "deeppoly", "lp", "milp"], default=default_method,
                    help=f"strongest proof method to use (default: {shown}); each includes the cheaper ones")
-    p.add_argument("--backend", default="highs",
-                   help="LP/MILP solver backend: highs (default), gurobi, cbc, or admm (LP stage only: batched ADMM "
-                        "with certified bounds, DeepSplit's splitting on dense chains; pays on large LPs such as "
-                        "--method lp on deep MNIST nets; MILP decisions and --certify then use highs)")
+    p.add_argument("--backend", default=None,
+                   help="LP/MILP solver backend: highs, gurobi, cbc, or admm (LP stage only: batched ADMM with "
+                        "certified bounds, DeepSplit's splitting on dense chains; MILP decisions and --certify then "
+                        "use highs). Default: highs, except that full-depth LPs of a dense chain with at least 1500 "
+                        "rows (e.g. --method lp on mnist 256x6) use admm, where it is faster")
     p.add_argument("--time-limit", type=positive_seconds, default=10.0, metavar="S",
                    help="seconds per solver query; a query that runs out leaves its neuron 'unknown' (default: 10)")
     p.add_argument("--milp-budget", type=positive_seconds, default=None, metavar="S",
@@ -164,6 +165,12 @@ def _add_distributed(p, journal: bool = True) -> None:
                             "each sub-box proved) to FILE (fsync'd, checksummed lines); run the same command "
                             "again after a kill and the answers in FILE are reused; a journal of other inputs "
                             "(model, region, options) is refused")
+
+
+def _resolve_backend(args) -> None:
+    """--backend not given: highs, with admm for the large LP layers of a chain (`StabilityOptions.lp_admm_rows`)."""
+    if getattr(args, "backend", "") is None:
+        args.backend, args.backend_default = "highs", True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -474,6 +481,7 @@ def _on_sigterm(signum, frame):
 def main(argv=None) -> int:
     argv = join_signed_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)          # bad arguments: argparse prints usage, exit 2
+    _resolve_backend(args)
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:                               # not the main thread: leave signals alone

@@ -148,3 +148,35 @@ def test_windowed_pipeline_with_admm_is_sound(prop3_box):
         assert (z >= ad.bounds.lo[k] - 1e-9).all() and (z <= ad.bounds.hi[k] + 1e-9).all()
     n_ad, n_hi = (r.count("dead") + r.count("active") for r in (ad, hi))
     assert abs(n_ad - n_hi) <= 2
+
+
+@needs_bench
+def test_large_lp_layers_go_to_admm_when_no_backend_is_chosen(prop3_box):
+    """With lp_admm_rows (what the CLI sets without --backend) every chain LP layer at least that large runs
+    ChainAdmm: the report notes it, the bounds contain sampled pre-activations, and the stable count is
+    HiGHS's give or take 2 (ADMM's bounds are within 1e-3 of the LP optimum)."""
+    from equiv.prove.stability import StabilityOptions, prove_stability
+    net = load_cached(acas_path(1, 1))
+    small = Network.from_layers(net.dense[:5], net.masks[:4])
+    auto = prove_stability(small, prop3_box, StabilityOptions(method="lp", lp_admm_rows=0))
+    hi = prove_stability(small, prop3_box, StabilityOptions(method="lp"))
+    assert any("ran on admm" in n for n in auto.notes) and not any("ran on admm" in n for n in hi.notes)
+    x = prop3_box.sample(3000, np.random.default_rng(0))
+    _, pre = small.forward(x, return_pre=True)
+    for k, z in enumerate(pre):
+        assert (z >= auto.bounds.lo[k] - 1e-9).all() and (z <= auto.bounds.hi[k] + 1e-9).all()
+    n_auto, n_hi = (r.count("dead") + r.count("active") for r in (auto, hi))
+    assert abs(n_auto - n_hi) <= 2
+
+
+def test_cli_backend_default_turns_on_admm_for_large_lps():
+    """Without --backend the CLI asks for highs with large chain LPs on admm; with --backend highs, none."""
+    from equiv.cli import build_parser
+    from equiv.commands.common import ADMM_AUTO_ROWS, stability_options
+    import equiv.cli as cli
+    for argv, rows in ((["bounds", "m.onnx", "--box", "0:1"], ADMM_AUTO_ROWS),
+                       (["bounds", "m.onnx", "--box", "0:1", "--backend", "highs"], None)):
+        args = build_parser().parse_args(argv)
+        cli._resolve_backend(args)
+        opt = stability_options(args, progress=False)
+        assert opt.backend == "highs" and opt.lp_admm_rows == rows

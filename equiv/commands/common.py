@@ -37,13 +37,17 @@ def inputs_of(args, *names) -> list:
     return [getattr(args, n, None) for n in (*names, "spec", "center")]
 
 
+ADMM_AUTO_ROWS = 1500      # without --backend: chain LP layers this large go to ChainAdmm (README, backends)
+
+
 def stability_options(args, progress: bool):
     from ..solvers import check_backend
     from ..prove.stability import StabilityOptions
     check_backend(args.backend)
     return StabilityOptions(method=args.method, backend=args.backend, time_limit=args.time_limit,
                             samples=args.samples, seed=args.seed, progress=progress, milp_budget=args.milp_budget,
-                            split_boxes=args.split_boxes, bab=getattr(args, "bab", True))
+                            split_boxes=args.split_boxes, bab=getattr(args, "bab", True),
+                            lp_admm_rows=ADMM_AUTO_ROWS if getattr(args, "backend_default", False) else None)
 
 
 def progress_of(args) -> bool:

@@ -49,9 +49,14 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
             continue
         t0 = time.perf_counter()
         enc = encode_network(net, box, bounds, depth=k, integer=True)
-        # admm: the chain's own operator splitting (`ChainAdmm`), not the generic backend on the encoding
-        backend = None if opt.backend == "admm" else make_backend(opt.backend, enc.model)
-        certified = opt.backend == "admm" or getattr(backend, "certified_at_limit", False)   # admm: a bound at a limit is a proof too
+        # admm: the chain's own operator splitting (`ChainAdmm`), not the generic backend on the encoding; also
+        # for a large layer when the backend was not chosen (`lp_admm_rows`)
+        admm = opt.backend == "admm" or (opt.backend == "highs" and opt.lp_admm_rows is not None
+                                         and enc.model.n_rows >= opt.lp_admm_rows)
+        if admm and opt.backend != "admm":
+            queries["lp_admm_layers"] = queries.get("lp_admm_layers", 0) + 1
+        backend = None if admm else make_backend(opt.backend, enc.model)
+        certified = admm or getattr(backend, "certified_at_limit", False)   # admm: a bound at a limit is a proof too
         # --- LP: tighten both sides of every undecided neuron (rigorous dual bounds)
         if bar is not None:
             bar.add(todo.size, f"LP {k + 1}")
@@ -93,6 +98,9 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
                      f"{queries.pop('too_large_message')}")
     if opt.method == "milp" and milp_backend(opt.backend) != opt.backend:
         notes.append(f"the {opt.backend} backend solves LP relaxations only: the MILP decisions used highs")
+    if queries.get("lp_admm_layers"):
+        notes.append(f"{queries['lp_admm_layers']} LP layers with at least {opt.lp_admm_rows} rows ran on admm "
+                     "(ChainAdmm, certified bounds; --backend highs keeps them on HiGHS)")
     if queries.get("milp_skipped"):
         notes.append(f"MILP budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} decisions not "
                      "attempted; their neurons stay 'unknown' and are kept")
