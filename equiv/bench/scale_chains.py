@@ -8,13 +8,15 @@ import resource
 import time
 from pathlib import Path
 
-# (network, spec, --milp-budget or None, windowed mode, branch and bound first)
+# (network, spec, --milp-budget or None, windowed mode or "lp" (method lp, as `simplify --method lp` runs it:
+# LP layers of >= 1500 rows on ChainAdmm), branch and bound first)
 CASES = [("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "auto", True),
          ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", 20.0, "auto", True),
          ("mnist-net_256x4.onnx", "prop_7_0.05.vnnlib", 60.0, "auto", True),
          ("mnist-net_256x6.onnx", "prop_0_0.03.vnnlib", 60.0, "auto", True),
          ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "auto", False),
-         ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "off", True)]
+         ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "off", True),
+         ("mnist-net_256x6.onnx", "prop_0_0.03.vnnlib", None, "lp", True)]
 
 
 def chain_rows(root: Path, cases=CASES) -> list[dict]:
@@ -28,7 +30,12 @@ def chain_rows(root: Path, cases=CASES) -> list[dict]:
             continue
         net, box = load_onnx(path), load_region(spec=str(root / "mnist_fc" / spec))[0]
         t0 = time.perf_counter()
-        r = prove_stability(net, box, StabilityOptions(milp_budget=budget, windowed=mode, bab=bab))
+        if mode == "lp":
+            from ..commands.common import ADMM_AUTO_ROWS
+            opt = StabilityOptions(method="lp", lp_admm_rows=ADMM_AUTO_ROWS)
+        else:
+            opt = StabilityOptions(milp_budget=budget, windowed=mode, bab=bab)
+        r = prove_stability(net, box, opt)
         bq, nq = r.queries.get("bab", {}), r.queries.get("bottleneck", {})
         rows.append({"network": net_name, "region": spec, "budget": budget, "windowed": mode, "bab": bab,
                      "seconds": round(time.perf_counter() - t0, 1), "stable": r.count("dead") + r.count("active"),
@@ -48,13 +55,14 @@ def chain_lines(rows: list[dict]) -> list[str]:
              "decisions; windows = MILP decisions per window width (hidden layers encoded before the neuron); "
              "bottleneck = decisions (branch and bound or MILP) on a layer's one live neuron that decide the next "
              "layer (`stability_window._bottleneck`); windowed off = the per-layer full-depth LP/MILP stages "
-             "(no branch and bound there).",
+             "(no branch and bound there); lp = `--method lp` (full-depth LPs only, the layers of >= 1500 rows "
+             "on ChainAdmm, as without `--backend`): the LP-only count.",
              "", "| network | region | budget (s) | windowed | bab | time (s) | stable | unknown | bab | MILP | "
              "windows | bottleneck | peak MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['network']} | {r['region']} | {r['budget'] or '-'} | {r['windowed']} | "
-                     f"{'on' if r.get('bab', True) else 'off'} | {r['seconds']} | {r['stable']} / {r['relus']} | "
+                     f"{'on' if r.get('bab', True) and r['windowed'] != 'lp' else 'off'} | {r['seconds']} | {r['stable']} / {r['relus']} | "
                      f"{r['unknown']} | {r.get('bab_decisions', '-')} | {r.get('milp', '-')} | {r['windows']} | "
                      f"{r.get('bottleneck', 0)} | {r['peak_mib']} |")
     return lines

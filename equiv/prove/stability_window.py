@@ -161,7 +161,7 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
             encoders[k] = _layer_encodings(net, box, lambda: bounds, k, opt.backend)
             if first:       # (the windows are made on first use: after the bottleneck step's bounds)
                 bounds = _bottleneck_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds)
-                _lp_step(k, net, bounds, tr, opt, budget, queries, stage_seconds, encoders[k], runner)
+                _lp_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds, encoders[k], runner)
             t1 = time.perf_counter()
             # the shared branch and bound again only when earlier layers were settled further since it ran
             before = open_in(range(k))
@@ -205,7 +205,6 @@ def _layer_encodings(net, box, get_bounds, k, backend):
             e = window_encoding(net, box, get_bounds(), k, w)
             encs[w] = (e, make_backend(milp_backend(backend), e.model))
         return encs[w]
-    enc_of.box = box
     return enc_of
 
 
@@ -222,11 +221,11 @@ def _bottleneck_step(k, net, box, bounds, tr, opt, budget, queries, stage_second
     return bounds
 
 
-def _lp_step(k, net, bounds, tr, opt, budget, queries, stage_seconds, enc_of, runner):
+def _lp_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds, enc_of, runner):
     """Layer k's windowed LPs (`_lp_layer`), once per run."""
     t1 = time.perf_counter()
     if opt.window_lp:
-        _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of, runner)
+        _lp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, runner)
     tr.record_bounds(k, bounds, "lp")
     stage_seconds["lp"] += time.perf_counter() - t1
 
@@ -355,63 +354,66 @@ def _interval_step(net, bounds, j):
     bounds.hi[j + 1] = np.minimum(bounds.hi[j + 1], hi + pad)
 
 
-def _lp_layer(k, net, bounds, tr, opt, budget, queries, enc_of, runner=None):
+def _lp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, runner=None):
     """LP bounds of the open neurons (both sides) on the first window, narrowest first, in chunks.
 
     With a runner that keeps a journal, every LP answer is journalled under the content hash of its model and
-    objective, and a journalled one is reused instead of solved (the LPs themselves stay in this process)."""
+    objective, and a journalled one is reused instead of solved (the LPs themselves stay in this process).
+    With the admm backend a chunk is one `ChainAdmm` batch on the window (not journalled)."""
     maximize = _journalled_lp(runner, opt) if runner is not None and runner.journal is not None else None
-    W, b = net.dense[k].W, net.dense[k].b
     w = min(k, FIRST_WINDOW)
     todo = _ordered(tr, bounds, k)
     for s in range(0, todo.size, LP_CHUNK):
-        decided = 0
-        if opt.backend == "admm" and maximize is None:
-            # one ChainAdmm batch for the chunk's 2 x LP_CHUNK objectives on the window (certified bounds)
-            if not _admm_chunk(k, net, bounds, tr, budget, queries, w, todo[s:s + LP_CHUNK], enc_of):
-                return
-            decided = sum(int(bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0) for i in todo[s:s + LP_CHUNK])
-            if decided == 0:
-                queries["lp_stopped"] = queries.get("lp_stopped", 0) + int(todo.size - s - LP_CHUNK > 0)
-                return
-            continue
-        for i in todo[s:s + LP_CHUNK]:
-            enc, be = enc_of(w)
-            c, off = enc.objective(W[i], b[i])
-            for sign in (1.0, -1.0):
-                lim = budget.limit()
-                if lim is None:
-                    return
-                q0 = time.perf_counter()
-                if maximize is not None:
-                    r = maximize(enc, be, sign * c, sign * off, lim)
-                else:
-                    r = be.maximize(sign * c, sign * off, integer=False, time_limit=lim)
-                tr.seconds[k][i] += time.perf_counter() - q0
-                queries["lp"] += 1
-                if r.bound is not None and r.status == Status.OPTIMAL:
-                    if sign > 0:
-                        bounds.hi[k][i] = min(bounds.hi[k][i], r.bound)
-                    else:
-                        bounds.lo[k][i] = max(bounds.lo[k][i], -r.bound)
-            decided += int(bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0)
-        if decided == 0:          # the yield dropped: the rest (wider intervals) go to the MILPs
+        chunk = todo[s:s + LP_CHUNK]
+        if opt.backend == "admm":
+            spent = not _admm_chunk(k, net, box, bounds, tr, budget, queries, w, chunk)
+        else:
+            spent = not _highs_chunk(k, net, bounds, tr, budget, queries, w, chunk, enc_of, maximize)
+        if spent:
+            return
+        if not any(bounds.hi[k][i] <= 0 or bounds.lo[k][i] >= 0 for i in chunk):
+            # the yield dropped: the rest (wider intervals) go to the MILPs
             queries["lp_stopped"] = queries.get("lp_stopped", 0) + int(todo.size - s - LP_CHUNK > 0)
             return
 
 
-def _admm_chunk(k, net, bounds, tr, budget, queries, w, chunk, enc_of) -> bool:
+def _highs_chunk(k, net, bounds, tr, budget, queries, w, chunk, enc_of, maximize) -> bool:
+    """Both LP bounds of each neuron in `chunk`, one query at a time on the window of width w (the layer's
+    backend, or `maximize` through the journal); False when the budget is spent."""
+    W, b = net.dense[k].W, net.dense[k].b
+    for i in chunk:
+        enc, be = enc_of(w)
+        c, off = enc.objective(W[i], b[i])
+        for sign in (1.0, -1.0):
+            lim = budget.limit()
+            if lim is None:
+                return False
+            q0 = time.perf_counter()
+            if maximize is not None:
+                r = maximize(enc, be, sign * c, sign * off, lim)
+            else:
+                r = be.maximize(sign * c, sign * off, integer=False, time_limit=lim)
+            tr.seconds[k][i] += time.perf_counter() - q0
+            queries["lp"] += 1
+            if r.bound is not None and r.status == Status.OPTIMAL:
+                if sign > 0:
+                    bounds.hi[k][i] = min(bounds.hi[k][i], r.bound)
+                else:
+                    bounds.lo[k][i] = max(bounds.lo[k][i], -r.bound)
+    return True
+
+
+def _admm_chunk(k, net, box, bounds, tr, budget, queries, w, chunk) -> bool:
     """Both LP bounds of each neuron in `chunk` from one `ChainAdmm` batch on the window of width w; False
     when the budget is spent.  Every bound it reports is certified, converged or not."""
     from ..solvers.chain_admm import ChainAdmm, ChainRelaxation
     lim = budget.limit()
     if lim is None:
         return False
-    if budget.end is not None:      # the batch may take the chunk's share of per-query limits
-        lim = min(lim * 2 * len(chunk), max(0.0, budget.end - time.perf_counter()))
-    else:
-        lim *= 2 * len(chunk)
-    sub, sub_box, sub_bounds = window(net, enc_of.box, bounds, k, w)
+    lim *= 2 * len(chunk)           # the batch may take the chunk's share of per-query limits ...
+    if budget.end is not None:      # ... within the budget
+        lim = min(lim, max(0.0, budget.end - time.perf_counter()))
+    sub, sub_box, sub_bounds = window(net, box, bounds, k, w)
     W, b = net.dense[k].W[chunk], net.dense[k].b[chunk]
     q0 = time.perf_counter()
     res = ChainAdmm(ChainRelaxation.from_network(sub, sub_box, sub_bounds, w)).maximize_many(
