@@ -370,3 +370,18 @@ def test_progress_bar_reaches_its_total_and_changes_nothing(monkeypatch):
     assert [p.phase for p in loud.neurons] == [p.phase for p in quiet.neurons]
     # (tqdm may close a bar twice: explicitly, and again when it is collected)
     assert len(set(closed)) == 1 and closed[0][1] > 0 and closed[0][0] == closed[0][1]
+
+
+def test_bottleneck_with_branch_and_bound_rounds_agrees():
+    """With branch and bound on (two rounds: round 1's bottleneck asks only a short branch and bound, round 2
+    retries with MILPs what it left), the bottleneck chains get the phases of the per-neuron MILPs, all
+    decided, sampled sound."""
+    for seed in (0, 5):
+        net, box = bottleneck_chain(seed)
+        opt = dict(windowed="on", split_boxes=0, samples=20, alpha=False, window_lp=False, workers=1)
+        on = prove_stability(net, box, StabilityOptions(**opt, bab=True))
+        off = prove_stability(net, box, StabilityOptions(**opt, bab=False, bottleneck=False))
+        assert on.queries["bottleneck"]["layers"][0] == 2
+        assert [p.phase for p in on.neurons] == [p.phase for p in off.neurons]
+        assert not any(p.phase == "unknown" for p in on.neurons)
+        assert_phases_hold(net, box, on, seed)

@@ -30,6 +30,7 @@ LP_CHUNK = 8          # a layer's LPs stop after a chunk of this many neurons th
 PARTIAL_SHARE = 0.3   # binaries kept integral in a decision's first, partial try (the rest LP-relaxed)
 PARTIAL_MIN = 24      # windows with fewer binaries go straight to the full MILP
 BAB_SHARE = 0.5       # of a decision's time limit: branch and bound first, the windowed MILP gets the rest
+BOTTLENECK_QUICK = 2.0  # seconds of branch and bound per bottleneck decision in round 1 (no MILP there)
 BAB_LAYER_BASE, BAB_LAYER_PER = 1.0, 0.1   # seconds for a layer's shared branch and bound (+ per question)
 BAB_STALL_MIN, BAB_STALL_SHARE = 2.0, 0.25  # it stops early when nothing is decided after this long (or share)
 
@@ -148,6 +149,7 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
     # 256x6 in 60 s 1 000-1 100 stable; the shared one alone, since it shares its time fairly: 1 090.)
     rounds = [True, False] if opt.method == "milp" and opt.bab and runner is None else [False]
     shared_at = {}      # layer -> open neurons of the layers before it when its shared branch and bound ran
+    retry = set()       # layers whose bottleneck step ran without MILP in round 1 and settled nothing
     encoders = {}
 
     def open_in(ks):
@@ -159,8 +161,15 @@ def windowed_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, quer
             # a later round makes them again from the (tighter) bounds current then
             first = k not in encoders
             encoders[k] = _layer_encodings(net, box, lambda: bounds, k, opt.backend)
-            if first:       # (the windows are made on first use: after the bottleneck step's bounds)
-                bounds = _bottleneck_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds)
+            if first or (k in retry and not shared_only):
+                # (the windows are made on first use: after the bottleneck step's bounds).  In round 1 the
+                # bottleneck asks only a short branch and bound; a full-depth MILP there cost mnist 256x6 10 s
+                # of its 60 s for nothing.  What it left open is asked again, MILP included, in round 2.
+                bounds, done = _bottleneck_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds,
+                                                milp_ok=not shared_only)
+                if shared_only and not done:
+                    retry.add(k)
+            if first:
                 _lp_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds, encoders[k], runner)
             t1 = time.perf_counter()
             # the shared branch and bound again only when earlier layers were settled further since it ran
@@ -208,17 +217,20 @@ def _layer_encodings(net, box, get_bounds, k, backend):
     return enc_of
 
 
-def _bottleneck_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds) -> Bounds:
-    """Layer k's bottleneck bisection (`_bottleneck`), once per run; returns the bounds to go on with."""
+def _bottleneck_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds, milp_ok=True) -> tuple:
+    """Layer k's bottleneck bisection (`_bottleneck`; without MILP unless milp_ok): the bounds to go on with,
+    and whether it tightened them."""
     t1 = time.perf_counter()
-    if opt.method == "milp" and opt.bottleneck and _bottleneck(k, net, box, bounds, tr, opt, budget, queries):
+    done = opt.method == "milp" and opt.bottleneck and _bottleneck(k, net, box, bounds, tr, opt, budget, queries,
+                                                                   milp_ok)
+    if done:
         tr.record_bounds(k - 1, bounds, "milp")
         tr.record_bounds(k, bounds, "bottleneck")
         bounds = deeppoly_bounds(net, box, known=bounds)
         for j in range(k + 1, len(tr.masks)):
             tr.record_bounds(j, bounds, "deeppoly")
     stage_seconds["bottleneck"] = stage_seconds.get("bottleneck", 0.0) + time.perf_counter() - t1
-    return bounds
+    return bounds, done
 
 
 def _lp_step(k, net, box, bounds, tr, opt, budget, queries, stage_seconds, enc_of, runner):
@@ -234,7 +246,7 @@ def _count(queries, w):
     queries["windows"][w] = queries["windows"].get(w, 0) + 1
 
 
-def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
+def _bottleneck(k, net, box, bounds, tr, opt, budget, queries, milp_ok=True) -> bool:
     """When one neuron a of layer k-1 is all that is left of it (the others proved dead), every neuron j of
     layer k is z_j = w_j y + b_j with y = act(z_a): its phase depends only on where y's range sits against
     its threshold t_j = -b_j / w_j.  Bisect over the sorted thresholds with full-depth decisions on z_a
@@ -294,7 +306,8 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
                 with bab_lock:
                     r = decide_max(layers, net.masks[:j], box.lo, box.hi, bounds.lo[:j], bounds.hi[:j],
                                    sign * net.dense[j].W[a], sign * net.dense[j].b[a], q,
-                                   time_limit=lim * BAB_SHARE, margin=opt.margin)
+                                   time_limit=lim * BAB_SHARE if milp_ok else min(lim * BAB_SHARE, BOTTLENECK_QUICK),
+                                   margin=opt.margin)
                 with lock:
                     bq["bab"] += 1
                 if r.verdict != "unknown":
@@ -302,6 +315,8 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries) -> bool:
                 lim = budget.limit()
                 if lim is None:
                     return
+            if dec is None and not milp_ok:
+                return
             if dec is None:
                 dec = milp.decide(sign * net.dense[j].W[a], sign * net.dense[j].b[a], q, time_limit=lim,
                                   margin=opt.margin)
