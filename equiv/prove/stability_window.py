@@ -250,9 +250,9 @@ def _bottleneck(k, net, box, bounds, tr, opt, budget, queries, milp_ok=True) -> 
     """When one neuron a of layer k-1 is all that is left of it (the others proved dead), every neuron j of
     layer k is z_j = w_j y + b_j with y = act(z_a): its phase depends only on where y's range sits against
     its threshold t_j = -b_j / w_j.  Bisect over the sorted thresholds with full-depth decisions on z_a
-    (branch and bound, then the MILP if that does not decide; a proof tightens z_a's bound, a point is a
-    real input whose run shows the neurons below it unstable); True when a bound of z_a was tightened (then
-    an interval step decides layer k).
+    (branch and bound, then the MILP if that does not decide and milp_ok, else it stops there; a proof
+    tightens z_a's bound, a point is a real input whose run shows the neurons below it unstable); True when a
+    bound of z_a was tightened (then an interval step decides layer k).
 
     Measured on MNIST 256x4 prop_0: layer 3 keeps 1 of 256 neurons, and 42 layer-4 decisions of ~3 s each
     become one 5 s decision on that neuron (its max is below every open threshold)."""
