@@ -121,7 +121,7 @@ def lagrangian_bound(rel: ChainRelaxation, C: np.ndarray, c0: np.ndarray, lams: 
     err += _gamma(rel.W[0].shape[0]) * (ymax @ (np.abs(rel.W[0]).T @ np.abs(lams[0])))
     t = np.maximum(mu * rel.box_lo[:, None], mu * rel.box_hi[:, None])
     total += t.sum(axis=0)
-    size += np.abs(t).sum(axis=0)
+    size += (np.abs(mu) * ymax[:, None]).sum(axis=0)     # both corners' sizes: rounding may flip the max
     for k in range(L):
         lam, l, u, kd = lams[k], rel.lo[k][:, None], rel.hi[k][:, None], rel.kind[k][:, None]
         if k == L - 1:
