@@ -165,13 +165,12 @@ def _lp_layer(W, b, todo, enc, backend, opt, bar=None) -> list:
 def _admm_layer(net, box, bounds, k, todo, opt, bar=None) -> list:
     """`_lp_layer`'s answers from one batch of `ChainAdmm` on layers 1..k: every bound it reports is certified,
     whether or not it closed its gap before the layer's time (the per-query limit times the queries)."""
-    from ..solvers.chain_admm import ChainAdmm, ChainRelaxation
-    W, b = net.dense[k].W[todo], net.dense[k].b[todo]
-    admm = ChainAdmm(ChainRelaxation.from_network(net, box, bounds, k))
-    res = admm.maximize_many(np.vstack([W, -W]), np.concatenate([b, -b]), opt.time_limit * 2 * len(todo))
+    from ..solvers.chain_admm import ChainRelaxation, neuron_bounds
+    ups, downs = neuron_bounds(ChainRelaxation.from_network(net, box, bounds, k), net.dense[k].W[todo],
+                               net.dense[k].b[todo], opt.time_limit * 2 * len(todo))
     for _ in todo if bar is not None else ():
         bar.tick()
-    return [(i, res[j], res[len(todo) + j], 2 * res[j].seconds) for j, i in enumerate(todo)]
+    return [(i, up, down, 2 * up.seconds) for i, up, down in zip(todo, ups, downs)]
 
 
 def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None, bar=None):
