@@ -230,3 +230,23 @@ def load_box(spec: Path):
     from equiv.spec.region import load_region
 
     return load_region(spec=spec)[0]
+
+
+def lp_optima(model, objectives) -> np.ndarray:
+    """max c.v + off over a LinearModel's LP relaxation for each (c, off), by HiGHS with feasibility tolerances
+    of 1e-10 (its default 1e-7 lets the optimum overshoot by about that): the reference for ADMM's bounds."""
+    from scipy.optimize import linprog
+    A = model.A.tocsr()
+    eq = model.row_lo == model.row_hi
+    up, lo = ~eq & np.isfinite(model.row_hi), ~eq & np.isfinite(model.row_lo)
+    A_ub = np.vstack([A[up].toarray(), -A[lo].toarray()])
+    b_ub = np.concatenate([model.row_hi[up], -model.row_lo[lo]])
+    out = []
+    for c, off in objectives:
+        r = linprog(-np.asarray(c), A_ub=A_ub if len(b_ub) else None, b_ub=b_ub if len(b_ub) else None,
+                    A_eq=A[eq].toarray() if eq.any() else None, b_eq=model.row_lo[eq] if eq.any() else None,
+                    bounds=list(zip(model.col_lo, model.col_hi)), method="highs",
+                    options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+        assert r.status == 0, r.message
+        out.append(-r.fun + off)
+    return np.array(out)

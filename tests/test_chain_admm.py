@@ -8,35 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import MNIST, acas_path, load_cached, needs_bench, small_problems
+from conftest import MNIST, acas_path, load_cached, lp_optima, needs_bench, small_problems
 from equiv.bounds import deeppoly_bounds
 from equiv.encode.chain import encode_network
 from equiv.ir.network import Dense, Network
 from equiv.solvers import Status, make_backend
-from equiv.solvers.chain_admm import ChainAdmm, ChainRelaxation, lagrangian_bound, slope_multipliers
+from equiv.solvers.chain_admm import chain_relaxation
+from equiv.solvers.dag_admm import DagAdmm, lagrangian_bound, slope_multipliers
 from equiv.spec.region import Box
 
 
 def _lp_optima(net, box, bounds, depth, C, c0):
-    """The optimum of max C[q].h_depth + c0[q] over the same triangle relaxation (the chain encoding), by
-    HiGHS with feasibility tolerances of 1e-10 (its default 1e-7 lets the optimum overshoot by about that)."""
-    from scipy.optimize import linprog
+    """The optimum of max C[q].h_depth + c0[q] over the same triangle relaxation (the chain encoding)."""
     enc = encode_network(net, box, bounds, depth=depth, integer=False)
-    m = enc.model
-    A = m.A.tocsr()
-    eq = m.row_lo == m.row_hi
-    up, lo = ~eq & np.isfinite(m.row_hi), ~eq & np.isfinite(m.row_lo)
-    A_ub = np.vstack([A[up].toarray(), -A[lo].toarray()])
-    b_ub = np.concatenate([m.row_hi[up], -m.row_lo[lo]])
-    out = []
-    for c, o in zip(C, c0):
-        cv, off = enc.objective(c, o)
-        r = linprog(-cv, A_ub=A_ub, b_ub=b_ub, A_eq=A[eq].toarray(), b_eq=m.row_lo[eq],
-                    bounds=list(zip(m.col_lo, m.col_hi)), method="highs",
-                    options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
-        assert r.status == 0
-        out.append(-r.fun + off)
-    return np.array(out)
+    return lp_optima(enc.model, [enc.objective(c, o) for c, o in zip(C, c0)])
 
 
 def _queries(net, depth, rng, n=4):
@@ -51,8 +36,8 @@ def test_one_neuron_exact():
     vertex (2, 2): 1; max -y at y = 0: 0; max y + x... = 4.  ADMM's certified bounds agree to its tolerance."""
     net = Network.from_layers([Dense(np.array([[1.0]]), np.zeros(1)), Dense(np.array([[1.0]]), np.zeros(1))])
     box = Box(np.array([-1.0]), np.array([2.0]))
-    rel = ChainRelaxation.from_network(net, box, deeppoly_bounds(net, box), 1)
-    res = ChainAdmm(rel, tol=1e-6).maximize_many(np.array([[1.0], [-1.0], [0.5]]), [0.0, 0.0, 0.25], 30)
+    rel = chain_relaxation(net, box, deeppoly_bounds(net, box), 1)
+    res = DagAdmm(rel, tol=1e-6).maximize_many(rel.on_last([[1.0], [-1.0], [0.5]]), [0.0, 0.0, 0.25], 30)
     for r, opt in zip(res, (2.0, 0.0, 1.25)):
         assert r.status == Status.OPTIMAL
         assert opt - 1e-12 <= r.bound <= opt + 1e-5
@@ -67,13 +52,13 @@ def test_any_multipliers_bound_the_lp_optimum(problem, seed):
     rng = np.random.default_rng(seed)
     depth = len(net.dense) - 1
     bounds = deeppoly_bounds(net, box)
-    rel = ChainRelaxation.from_network(net, box, bounds, depth)
+    rel = chain_relaxation(net, box, bounds, depth)
     C, c0 = _queries(net, depth, rng)
     opt = _lp_optima(net, box, bounds, depth, C, c0)
-    lams = [rng.normal(size=(W.shape[0], len(C))) * rng.choice([0.0, 0.1, 3.0]) for W in rel.W]
-    assert (lagrangian_bound(rel, C.T, c0, lams) >= opt - 1e-9 * (1 + np.abs(opt))).all()
-    alphas = [rng.uniform(size=(W.shape[0], len(C))) for W in rel.W]
-    tight = lagrangian_bound(rel, C.T, c0, slope_multipliers(rel, C.T, alphas))
+    lams = [rng.normal(size=(len(lo), len(C))) * rng.choice([0.0, 0.1, 3.0]) for lo in rel.lo]
+    assert (lagrangian_bound(rel, rel.on_last(C), c0, lams) >= opt - 1e-9 * (1 + np.abs(opt))).all()
+    alphas = [rng.uniform(size=(len(lo), len(C))) for lo in rel.lo]
+    tight = lagrangian_bound(rel, rel.on_last(C), c0, slope_multipliers(rel, rel.on_last(C), alphas))
     assert (tight >= opt - 1e-9 * (1 + np.abs(opt))).all()
 
 
@@ -89,8 +74,9 @@ def test_admm_bound_never_below_and_close_when_optimal(problem, seed, iters):
     bounds = deeppoly_bounds(net, box)
     C, c0 = _queries(net, depth, rng)
     opt = _lp_optima(net, box, bounds, depth, C, c0)
-    admm = ChainAdmm(ChainRelaxation.from_network(net, box, bounds, depth), tol=1e-4, max_iter=iters, check_every=1)
-    for r, o in zip(admm.maximize_many(C, c0, 60), opt):
+    rel = chain_relaxation(net, box, bounds, depth)
+    admm = DagAdmm(rel, tol=1e-4, max_iter=iters, check_every=1)
+    for r, o in zip(admm.maximize_many(rel.on_last(C), c0, 60), opt):
         assert r.bound is not None and r.bound >= o - 1e-9 * (1 + abs(o))
         if r.status == Status.OPTIMAL:
             assert r.bound <= o + 2e-4 * max(1.0, abs(r.bound))
@@ -112,7 +98,8 @@ def test_mnist_256x4_last_layer_against_highs():
     W, b = net.dense[k].W[todo], net.dense[k].b[todo]
     C, c0 = np.vstack([W, -W]), np.concatenate([b, -b])
     opt = _lp_optima(net, box, bounds, k, C, c0)
-    res = ChainAdmm(ChainRelaxation.from_network(net, box, bounds, k)).maximize_many(C, c0, 300)
+    rel = chain_relaxation(net, box, bounds, k)
+    res = DagAdmm(rel).maximize_many(rel.on_last(C), c0, 300)
     U = np.array([r.bound for r in res])
     assert sum(r.status == Status.OPTIMAL for r in res) >= len(res) * 3 // 4
     assert (U >= opt - 1e-9 * (1 + np.abs(opt))).all()
@@ -128,7 +115,8 @@ def test_time_limit_still_certified(prop3_box):
     k = 4
     C, c0 = _queries(net, k, np.random.default_rng(1), n=5)
     opt = _lp_optima(net, prop3_box, bounds, k, C, c0)
-    res = ChainAdmm(ChainRelaxation.from_network(net, prop3_box, bounds, k), max_iter=25).maximize_many(C, c0, 60)
+    rel = chain_relaxation(net, prop3_box, bounds, k)
+    res = DagAdmm(rel, max_iter=25).maximize_many(rel.on_last(C), c0, 60)
     assert all(r.status == Status.TIME_LIMIT and "certified" in r.message for r in res)
     assert all(r.bound >= o - 1e-9 * (1 + abs(o)) for r, o in zip(res, opt))
 

@@ -43,10 +43,19 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             stats["lp_skipped"] += int(todo.size)
             continue
         enc = encode_graph(g, box, bounds, upto=z)
-        solver = HighsBackend(enc.model, warm_lp=True) if backend == "highs" else make_backend(backend, enc.model)
         new_lo, new_hi = lo.copy(), hi.copy()
         # the positions nearest to a proof first: the smaller side of [lo, hi] around 0, relative to the width
         order = todo[np.argsort(np.minimum(-lo[todo], hi[todo]) / (hi[todo] - lo[todo]))]
+        if backend == "admm":       # one DagAdmm batch for the layer (its bounds are proofs, converged or not)
+            lim = time_limit * len(order)
+            if budget is not None:
+                lim = min(lim, max(0.0, budget - (time.perf_counter() - t_start)))
+            _admm_layer(g, enc, bounds, z, order, lo, hi, new_lo, new_hi, lim, stats)
+            known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
+                                {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
+            bounds = deeppoly_graph(g, box, known=known)
+            continue
+        solver = HighsBackend(enc.model, warm_lp=True) if backend == "highs" else make_backend(backend, enc.model)
         for k, p in enumerate(tqdm(order, desc=f"LP {r}", unit="query", disable=not progress, leave=False)):
             if seen()[p]:                             # an earlier LP's point already showed it unstable
                 stats["lp_witnessed"] += 1
@@ -75,6 +84,30 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
         bounds = deeppoly_graph(g, box, known=known)     # later layers start from the tighter bounds
     stats["seconds"] = time.perf_counter() - t_start
     return bounds, stats
+
+
+def _admm_layer(g: Graph, enc, bounds: GraphBounds, z: str, order, lo, hi, new_lo, new_hi, lim: float,
+                stats: dict) -> None:
+    """The LP step of one layer as one `DagAdmm` batch on the encoding's relaxation: each position's likelier
+    phase, as the HiGHS path asks it; every bound it reports is certified (weak duality), so it tightens
+    new_lo / new_hi in place whether or not ADMM closed its gap."""
+    from ..solvers.dag_admm import DagAdmm, graph_objectives, graph_relaxation
+    rel, cols = graph_relaxation(enc, g, bounds, [r for r in g.relus if r in enc.model.groups])
+    dead_side = hi[order] <= -lo[order]
+    rows = [enc.objective(z, int(p), 1.0 if d else -1.0) for p, d in zip(order, dead_side)]
+    C, off = np.array([c for c, _ in rows]), np.array([o for _, o in rows])
+    results = DagAdmm(rel).maximize_many(graph_objectives(cols, C), off, time_limit=lim)
+    for p, d, res in zip(order, dead_side, results):
+        stats["lp"] += 1
+        if res.bound is None or not np.isfinite(res.bound):
+            stats["lp_unknown"] += 1
+            continue
+        if d:
+            new_hi[p] = min(new_hi[p], res.bound)
+            stats["lp_proved"] += int(new_hi[p] <= 0)
+        else:
+            new_lo[p] = max(new_lo[p], -res.bound)
+            stats["lp_proved"] += int(new_lo[p] >= 0)
 
 
 def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict) -> None:

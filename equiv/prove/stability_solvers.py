@@ -165,8 +165,8 @@ def _lp_layer(W, b, todo, enc, backend, opt, bar=None) -> list:
 def _admm_layer(net, box, bounds, k, todo, opt, bar=None) -> list:
     """`_lp_layer`'s answers from one batch of `ChainAdmm` on layers 1..k: every bound it reports is certified,
     whether or not it closed its gap before the layer's time (the per-query limit times the queries)."""
-    from ..solvers.chain_admm import ChainRelaxation, neuron_bounds
-    ups, downs = neuron_bounds(ChainRelaxation.from_network(net, box, bounds, k), net.dense[k].W[todo],
+    from ..solvers.chain_admm import chain_relaxation, neuron_bounds
+    ups, downs = neuron_bounds(chain_relaxation(net, box, bounds, k), net.dense[k].W[todo],
                                net.dense[k].b[todo], opt.time_limit * 2 * len(todo))
     for _ in todo if bar is not None else ():
         bar.tick()

@@ -421,7 +421,7 @@ def _highs_chunk(k, net, bounds, tr, budget, queries, w, chunk, enc_of, maximize
 def _admm_chunk(k, net, box, bounds, tr, budget, queries, w, chunk) -> bool:
     """Both LP bounds of each neuron in `chunk` from one `ChainAdmm` batch on the window of width w; False
     when the budget is spent.  Every bound it reports is certified, converged or not."""
-    from ..solvers.chain_admm import ChainRelaxation, neuron_bounds
+    from ..solvers.chain_admm import chain_relaxation, neuron_bounds
     lim = budget.limit()
     if lim is None:
         return False
@@ -430,7 +430,7 @@ def _admm_chunk(k, net, box, bounds, tr, budget, queries, w, chunk) -> bool:
         lim = min(lim, max(0.0, budget.end - time.perf_counter()))
     sub, sub_box, sub_bounds = window(net, box, bounds, k, w)
     q0 = time.perf_counter()
-    ups, downs = neuron_bounds(ChainRelaxation.from_network(sub, sub_box, sub_bounds, w), net.dense[k].W[chunk],
+    ups, downs = neuron_bounds(chain_relaxation(sub, sub_box, sub_bounds, w), net.dense[k].W[chunk],
                                net.dense[k].b[chunk], lim)
     for i, up, down in zip(chunk, ups, downs):
         tr.seconds[k][i] += (time.perf_counter() - q0) / len(chunk)
