@@ -1,4 +1,4 @@
-"""ChainAdmm (DeepSplit's splitting on a dense ReLU chain): its certified bound is never below the LP optimum
+"""DagAdmm on a dense ReLU chain (DeepSplit's splitting, `chain_relaxation`): its certified bound is never below the LP optimum
 (for any multipliers, converged or not) and is close to it when it reports OPTIMAL."""
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_time_limit_still_certified(prop3_box):
 @needs_bench
 def test_windowed_pipeline_with_admm_is_sound(prop3_box):
     """prove_stability's default (windowed) pipeline with --backend admm on ACAS Xu 1_1 prop_3: the LP step
-    runs ChainAdmm on each window; every bound contains sampled pre-activations, and it settles as many
+    runs DagAdmm on each window; every bound contains sampled pre-activations, and it settles as many
     neurons as the pipeline with highs, give or take 2."""
     from equiv.prove.stability import StabilityOptions, prove_stability
     net = load_cached(acas_path(1, 1))
@@ -141,7 +141,7 @@ def test_windowed_pipeline_with_admm_is_sound(prop3_box):
 @needs_bench
 def test_large_lp_layers_go_to_admm_when_no_backend_is_chosen(prop3_box):
     """With lp_admm_rows (what the CLI sets without --backend) every chain LP layer at least that large runs
-    ChainAdmm: the report notes it, the bounds contain sampled pre-activations, and the stable count is
+    DagAdmm: the report notes it, the bounds contain sampled pre-activations, and the stable count is
     HiGHS's give or take 2 (ADMM's bounds are within 1e-3 of the LP optimum)."""
     from equiv.prove.stability import StabilityOptions, prove_stability
     net = load_cached(acas_path(1, 1))

@@ -29,7 +29,7 @@ CASES = [("acasxu/ACASXU_run2a_1_1_batch_2000.onnx", "acasxu/prop_3.vnnlib", "lp
          ("mnist_fc/mnist-net_256x4.onnx", "mnist_fc/prop_0_0.03.vnnlib", "deeppoly", 2),
          ("mnist_fc/mnist-net_256x6.onnx", "mnist_fc/prop_0_0.03.vnnlib", "deeppoly", 4),
          ("cifar/resnet_2b.onnx", "cifar/resnet_2b-img386-eps2_255.vnnlib", "deeppoly", 1)]
-TOL = 1e-3          # ChainAdmm's stopping gap (relative), the issue's accuracy target
+TOL = 1e-3          # DagAdmm's stopping gap (relative), the issue's accuracy target
 
 
 def last_layer_queries(net, box, source: str = "lp", stride: int = 1):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 # (network, spec, --milp-budget or None, windowed mode or "lp" (method lp, as `simplify --method lp` runs it:
-# LP layers of >= 1500 rows on ChainAdmm), branch and bound first)
+# LP layers of >= 1500 rows on DagAdmm), branch and bound first)
 CASES = [("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "auto", True),
          ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", 20.0, "auto", True),
          ("mnist-net_256x4.onnx", "prop_7_0.05.vnnlib", 60.0, "auto", True),
@@ -56,7 +56,7 @@ def chain_lines(rows: list[dict]) -> list[str]:
              "bottleneck = decisions (branch and bound or MILP) on a layer's one live neuron that decide the next "
              "layer (`stability_window._bottleneck`); windowed off = the per-layer full-depth LP/MILP stages "
              "(no branch and bound there); lp = `--method lp` (full-depth LPs only, the layers of >= 1500 rows "
-             "on ChainAdmm, as without `--backend`): the LP-only count.",
+             "on DagAdmm, as without `--backend`): the LP-only count.",
              "", "| network | region | budget (s) | windowed | bab | time (s) | stable | unknown | bab | MILP | "
              "windows | bottleneck | peak MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -37,7 +37,7 @@ def inputs_of(args, *names) -> list:
     return [getattr(args, n, None) for n in (*names, "spec", "center")]
 
 
-ADMM_AUTO_ROWS = 1500      # without --backend: chain LP layers this large go to ChainAdmm (README, backends)
+ADMM_AUTO_ROWS = 1500      # without --backend: chain LP layers this large go to DagAdmm (README, backends)
 
 
 def stability_options(args, progress: bool):

@@ -54,7 +54,7 @@ class StabilityOptions:
     bab: bool = True              # each phase decision first by branch and bound on ReLU phases at full depth
                                   # (`relu_bab`, alpha-beta-CROWN bounds), the windowed MILP when it does not decide
     # full-depth chain LP layers (method lp, or the stages after input splitting) whose encoding has at
-    # least this many rows go to ChainAdmm when the backend is highs (None: never); the CLI sets it unless
+    # least this many rows go to DagAdmm when the backend is highs (None: never); the CLI sets it unless
     # --backend is given.  Per LP on mnist 256x6 (DeepPoly bounds), HiGHS vs ADMM: 1 004 rows 28 vs 134 ms,
     # 1 772 rows 307 vs 126 ms, 2 540 rows 1 184 vs 38 ms
     lp_admm_rows: int | None = None

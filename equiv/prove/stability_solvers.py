@@ -49,7 +49,7 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
             continue
         t0 = time.perf_counter()
         enc = encode_network(net, box, bounds, depth=k, integer=True)
-        # admm: the chain's own operator splitting (`ChainAdmm`), not the generic backend on the encoding; also
+        # admm: the chain's own operator splitting (`DagAdmm` on `chain_relaxation`), not the generic backend on the encoding; also
         # for a large layer when the backend was not chosen (`lp_admm_rows`)
         admm = opt.backend == "admm" or (opt.backend == "highs" and opt.lp_admm_rows is not None
                                          and enc.model.n_rows >= opt.lp_admm_rows)
@@ -100,7 +100,7 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
         notes.append(f"the {opt.backend} backend solves LP relaxations only: the MILP decisions used highs")
     if queries.get("lp_admm_layers"):
         notes.append(f"{queries['lp_admm_layers']} LP layers with at least {opt.lp_admm_rows} rows ran on admm "
-                     "(ChainAdmm, certified bounds; --backend highs keeps them on HiGHS)")
+                     "(DagAdmm, certified bounds; --backend highs keeps them on HiGHS)")
     if queries.get("milp_skipped"):
         notes.append(f"MILP budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} decisions not "
                      "attempted; their neurons stay 'unknown' and are kept")
@@ -163,7 +163,7 @@ def _lp_layer(W, b, todo, enc, backend, opt, bar=None) -> list:
 
 
 def _admm_layer(net, box, bounds, k, todo, opt, bar=None) -> list:
-    """`_lp_layer`'s answers from one batch of `ChainAdmm` on layers 1..k: every bound it reports is certified,
+    """`_lp_layer`'s answers from one batch of `DagAdmm` on layers 1..k: every bound it reports is certified,
     whether or not it closed its gap before the layer's time (the per-query limit times the queries)."""
     from ..solvers.chain_admm import chain_relaxation, neuron_bounds
     ups, downs = neuron_bounds(chain_relaxation(net, box, bounds, k), net.dense[k].W[todo],

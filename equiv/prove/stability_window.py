@@ -374,7 +374,7 @@ def _lp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, runner=None
 
     With a runner that keeps a journal, every LP answer is journalled under the content hash of its model and
     objective, and a journalled one is reused instead of solved (the LPs themselves stay in this process).
-    With the admm backend a chunk is one `ChainAdmm` batch on the window (not journalled)."""
+    With the admm backend a chunk is one `DagAdmm` batch on the window (not journalled)."""
     maximize = _journalled_lp(runner, opt) if runner is not None and runner.journal is not None else None
     w = min(k, FIRST_WINDOW)
     todo = _ordered(tr, bounds, k)
@@ -419,7 +419,7 @@ def _highs_chunk(k, net, bounds, tr, budget, queries, w, chunk, enc_of, maximize
 
 
 def _admm_chunk(k, net, box, bounds, tr, budget, queries, w, chunk) -> bool:
-    """Both LP bounds of each neuron in `chunk` from one `ChainAdmm` batch on the window of width w; False
+    """Both LP bounds of each neuron in `chunk` from one `DagAdmm` batch on the window of width w; False
     when the budget is spent.  Every bound it reports is certified, converged or not."""
     from ..solvers.chain_admm import chain_relaxation, neuron_bounds
     lim = budget.limit()
