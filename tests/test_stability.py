@@ -238,3 +238,25 @@ def test_milp_budget_spent_leaves_neurons_unknown_with_a_note():
                 assert b.phase == a.phase
         return
     pytest.fail("no random net needed a solver decision")
+
+
+def test_lp_stage_follows_the_solver_budget():
+    """--method lp with the budget spent before its first layer: no LP is solved, the skipped bounds are counted
+    and noted, the neurons they would have decided stay unknown, and nothing is claimed that the full run did
+    not also prove; with DagAdmm (backend admm) the same."""
+    from conftest import random_problem
+    for seed in range(40):
+        net, box = random_problem(seed, 3, [8, 8, 8], 2, linear_channels=False)
+        full = prove_stability(net, box, StabilityOptions(method="lp", split_boxes=0, samples=50))
+        if full.queries["lp"] == 0:
+            continue
+        for backend in ("highs", "admm"):
+            cut = prove_stability(net, box, StabilityOptions(method="lp", split_boxes=0, samples=50, milp_budget=0.0,
+                                                             backend=backend))
+            assert cut.queries["lp"] == 0 and cut.queries["lp_skipped"] > 0
+            assert any("LP bounds not computed" in n for n in cut.notes)
+            for a, b in zip(cut.neurons, full.neurons):
+                if a.phase in ("dead", "active"):
+                    assert b.phase == a.phase
+        return
+    pytest.fail("no random net needed an LP")

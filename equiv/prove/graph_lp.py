@@ -50,7 +50,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             lim = time_limit * len(order)
             if budget is not None:
                 lim = min(lim, max(0.0, budget - (time.perf_counter() - t_start)))
-            _admm_layer(g, enc, bounds, z, order, lo, hi, new_lo, new_hi, lim, stats)
+            _admm_layer(g, enc, bounds, z, order, lo, hi, new_lo, new_hi, lim, stats, progress and f"LP {r} (admm)")
             known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
                                 {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
             bounds = deeppoly_graph(g, box, known=known)
@@ -87,16 +87,19 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
 
 
 def _admm_layer(g: Graph, enc, bounds: GraphBounds, z: str, order, lo, hi, new_lo, new_hi, lim: float,
-                stats: dict) -> None:
+                stats: dict, desc: str | None = None) -> None:
     """The LP step of one layer as one `DagAdmm` batch on the encoding's relaxation: each position's likelier
     phase, as the HiGHS path asks it; every bound it reports is certified (weak duality), so it tightens
-    new_lo / new_hi in place whether or not ADMM closed its gap."""
+    new_lo / new_hi in place whether or not ADMM closed its gap.  desc: a progress bar's label (none without)."""
     from ..solvers.dag_admm import DagAdmm, graph_objectives, graph_relaxation
     rel, cols = graph_relaxation(enc, g, bounds, [r for r in g.relus if r in enc.model.groups])
     dead_side = hi[order] <= -lo[order]
     rows = [enc.objective(z, int(p), 1.0 if d else -1.0) for p, d in zip(order, dead_side)]
     C, off = np.array([c for c, _ in rows]), np.array([o for _, o in rows])
-    results = DagAdmm(rel).maximize_many(graph_objectives(cols, C), off, time_limit=lim)
+    with tqdm(total=len(order), desc=desc or "", unit="query", disable=not desc, leave=False) as bar:
+        def progress(done):
+            bar.update(int(done.sum()) - bar.n)
+        results = DagAdmm(rel).maximize_many(graph_objectives(cols, C), off, time_limit=lim, progress=progress)
     for p, d, res in zip(order, dead_side, results):
         stats["lp"] += 1
         if res.bound is None or not np.isfinite(res.bound):

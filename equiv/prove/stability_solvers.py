@@ -48,6 +48,10 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
             lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
             continue
         t0 = time.perf_counter()
+        if deadline is not None and t0 >= deadline - 0.05:     # the budget is spent: the layer stays as it is
+            queries["lp_skipped"] = queries.get("lp_skipped", 0) + 2 * int(todo.size)
+            lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
+            continue
         enc = encode_network(net, box, bounds, depth=k, integer=True)
         # admm: the chain's own operator splitting (`DagAdmm` on `chain_relaxation`), not the generic backend on the encoding; also
         # for a large layer when the backend was not chosen (`lp_admm_rows`)
@@ -60,8 +64,9 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
         # --- LP: tighten both sides of every undecided neuron (rigorous dual bounds)
         if bar is not None:
             bar.add(todo.size, f"LP {k + 1}")
-        answers = (_admm_layer(net, box, bounds, k, todo, opt, bar) if backend is None
-                   else _lp_layer(W, b, todo, enc, backend, opt, bar))
+        answers = (_admm_layer(net, box, bounds, k, todo, opt, bar, deadline) if backend is None
+                   else _lp_layer(W, b, todo, enc, backend, opt, bar, deadline))
+        queries["lp_skipped"] = queries.get("lp_skipped", 0) + 2 * (int(todo.size) - len(answers))
         for i, up, lo_, secs in answers:
             queries["lp"] += 2
             tr.seconds[k][i] += secs
@@ -101,6 +106,11 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
     if queries.get("lp_admm_layers"):
         notes.append(f"{queries['lp_admm_layers']} LP layers with at least {opt.lp_admm_rows} rows ran on admm "
                      "(DagAdmm, certified bounds; --backend highs keeps them on HiGHS)")
+    if queries.get("lp_skipped"):
+        notes.append(f"solver budget of {opt.milp_budget:g} s spent: {queries['lp_skipped']} LP bounds not computed; "
+                     "their neurons keep their earlier bounds")
+    else:
+        queries.pop("lp_skipped", None)
     if queries.get("milp_skipped"):
         notes.append(f"MILP budget of {opt.milp_budget:g} s spent: {queries['milp_skipped']} decisions not "
                      "attempted; their neurons stay 'unknown' and are kept")
@@ -123,18 +133,19 @@ class _QueryBar:
         self.bar.set_description(f"queries ({stage})")
         self.bar.refresh()
 
-    def tick(self):
+    def tick(self, n: int = 1):
         spent = time.perf_counter() - self.t0
         budget = "" if self.opt.milp_budget is None else f"/{self.opt.milp_budget:g}"
         self.bar.set_postfix_str(f"stable {self.tr.stable_count(self.bounds)}, {spent:.0f}{budget} s", refresh=False)
-        self.bar.update(1)
+        self.bar.update(n)
 
     def close(self):
         self.bar.close()
 
 
-def _lp_layer(W, b, todo, enc, backend, opt, bar=None) -> list:
-    """Max and min of W[i] h + b[i] over the LP relaxation for every i in todo: (i, up, down, seconds).
+def _lp_layer(W, b, todo, enc, backend, opt, bar=None, deadline=None) -> list:
+    """Max and min of W[i] h + b[i] over the LP relaxation for every i in todo: (i, up, down, seconds); with a
+    deadline (the solver budget's end), each query's limit ends there and the neurons after it are left out.
 
     With `opt.workers` > 1 (and a backend that allows threads) the neurons are dealt round robin to
     that many threads, each with its own backend: LP queries reuse one solver object, which must not be
@@ -143,10 +154,15 @@ def _lp_layer(W, b, todo, enc, backend, opt, bar=None) -> list:
     def run(be, part):
         out = []
         for i in part:
+            limit = opt.time_limit
+            if deadline is not None:
+                limit = min(limit, (deadline - time.perf_counter()) / 2)
+                if limit <= 0.025:
+                    break
             c, off = enc.objective(W[i], b[i])
             q0 = time.perf_counter()
-            up = be.maximize(c, off, integer=False, time_limit=opt.time_limit)
-            down = be.maximize(-c, -off, integer=False, time_limit=opt.time_limit)
+            up = be.maximize(c, off, integer=False, time_limit=limit)
+            down = be.maximize(-c, -off, integer=False, time_limit=limit)
             out.append((i, up, down, time.perf_counter() - q0))
             if bar is not None:
                 bar.tick()      # (tqdm's update is thread-safe)
@@ -162,14 +178,18 @@ def _lp_layer(W, b, todo, enc, backend, opt, bar=None) -> list:
         return [r for f in done for r in f.result()]
 
 
-def _admm_layer(net, box, bounds, k, todo, opt, bar=None) -> list:
+def _admm_layer(net, box, bounds, k, todo, opt, bar=None, deadline=None) -> list:
     """`_lp_layer`'s answers from one batch of `DagAdmm` on layers 1..k: every bound it reports is certified,
-    whether or not it closed its gap before the layer's time (the per-query limit times the queries)."""
+    whether or not it closed its gap before the layer's time (the per-query limit times the queries, and at
+    most what is left of the budget)."""
     from ..solvers.chain_admm import chain_relaxation, neuron_bounds
+    limit = opt.time_limit * 2 * len(todo)
+    if deadline is not None:
+        limit = min(limit, deadline - time.perf_counter())
+        if limit <= 0.05:
+            return []
     ups, downs = neuron_bounds(chain_relaxation(net, box, bounds, k), net.dense[k].W[todo],
-                               net.dense[k].b[todo], opt.time_limit * 2 * len(todo))
-    for _ in todo if bar is not None else ():
-        bar.tick()
+                               net.dense[k].b[todo], limit, None if bar is None else bar.tick)
     return [(i, up, down, 2 * up.seconds) for i, up, down in zip(todo, ups, downs)]
 
 

@@ -21,8 +21,19 @@ def chain_relaxation(net, box, bounds, depth: int) -> DagRelaxation:
                          np.asarray(box.lo, np.float64), np.asarray(box.hi, np.float64))
 
 
-def neuron_bounds(rel: DagRelaxation, W: np.ndarray, b: np.ndarray, time_limit: float) -> tuple[list, list]:
+def neuron_bounds(rel: DagRelaxation, W: np.ndarray, b: np.ndarray, time_limit: float,
+                  on_done=None) -> tuple[list, list]:
     """Max and min of W[i] . y_L + b[i] for every row i, from one DagAdmm batch: (ups, downs), the SolveResults
-    of max z_i and of max -z_i (certified bounds either way)."""
-    res = DagAdmm(rel).maximize_many(rel.on_last(np.vstack([W, -W])), np.concatenate([b, -b]), time_limit)
-    return res[:len(W)], res[len(W):]
+    of max z_i and of max -z_i (certified bounds either way).  on_done(n), if given, hears of each n rows
+    whose both sides have stopped, as they stop (for a progress bar)."""
+    n, told = len(W), [0]
+
+    def progress(done):
+        both = int(np.sum(done[:n] & done[n:]))
+        if on_done is not None and both > told[0]:
+            on_done(both - told[0])
+            told[0] = both
+    res = DagAdmm(rel).maximize_many(rel.on_last(np.vstack([W, -W])), np.concatenate([b, -b]), time_limit, progress)
+    if on_done is not None and n > told[0]:
+        on_done(n - told[0])
+    return res[:n], res[n:]

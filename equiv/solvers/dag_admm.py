@@ -272,8 +272,9 @@ class DagAdmm:
         ys = [y[cuts[i]:cuts[i + 1]] for i in range(len(ws))]
         return ys, sum(w @ x for w, x in zip(ws, ys)) + b
 
-    def maximize_many(self, C, offsets, time_limit: float = 60.0) -> list[SolveResult]:
-        """max sum_j C[j][:, q].y_j + offsets[q] for every column q (C: per group, (n_j, K) or None)."""
+    def maximize_many(self, C, offsets, time_limit: float = 60.0, progress=None) -> list[SolveResult]:
+        """max sum_j C[j][:, q].y_j + offsets[q] for every column q (C: per group, (n_j, K) or None);
+        progress(done), if given, is called at every check with the mask of the objectives that have stopped."""
         rel, L = self.scaled, self.rel.depth
         t0 = time.perf_counter()
         self.history = []           # (iteration, seconds, best bounds) at every check: for benchmarks
@@ -374,6 +375,8 @@ class DagAdmm:
                 va = [[a[:, keep] for a in cs] for cs in va]
                 yo = {j: a[:, keep] for j, a in yo.items()}
                 vo = {j: a[:, keep] for j, a in vo.items()}
+            if progress is not None:
+                progress(done)
         secs = (time.perf_counter() - t0) / max(K, 1)
         out = []
         for q in range(K):
