@@ -53,8 +53,8 @@ def solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, querie
             lp_stable += int(np.sum(m & ((bounds.hi[k] <= 0) | (bounds.lo[k] >= 0))))
             continue
         enc = encode_network(net, box, bounds, depth=k, integer=True)
-        # admm: the chain's own operator splitting (`DagAdmm` on `chain_relaxation`), not the generic backend on the encoding; also
-        # for a large layer when the backend was not chosen (`lp_admm_rows`)
+        # admm: the operator splitting on the chain itself (`DagAdmm` on `chain_relaxation`), not the generic
+        # backend on the encoding; also for a large layer when the backend was not chosen (`lp_admm_rows`)
         admm = opt.backend == "admm" or (opt.backend == "highs" and opt.lp_admm_rows is not None
                                          and enc.model.n_rows >= opt.lp_admm_rows)
         if admm and opt.backend != "admm":

@@ -322,10 +322,13 @@ class DagAdmm:
                 else:
                     project(xa[j] + u[j], target, rel.lo[j - 1], rel.hi[j - 1], rel.kind[j - 1], sy[j], x[j], y[j])
             old = [a.copy() for a in [c for cs in ya for c in cs] + xa[1:]] if it % self.check_every == 0 else None
-            al = self.alpha
-            ry = [[al * y[p] + (1 - al) * c for p, c in zip(rel.parents[k], ya[k])] for k in range(L)]
-            rx = [None] + [al * x[k] + (1 - al) * xa[k] for k in range(1, L + 1)]
-            ro = {j: al * y[j] + (1 - al) * yo[j] for j in support}
+            al = self.alpha         # over-relaxation: the affine step sees al X + (1 - al) Z_old (Boyd et al. 3.4.3)
+            if al == 1.0:
+                ry, rx, ro = [[y[p] for p in rel.parents[k]] for k in range(L)], x, {j: y[j] for j in support}
+            else:
+                ry = [[al * y[p] + (1 - al) * c for p, c in zip(rel.parents[k], ya[k])] for k in range(L)]
+                rx = [None] + [al * x[k] + (1 - al) * xa[k] for k in range(1, L + 1)]
+                ro = {j: al * y[j] + (1 - al) * yo[j] for j in support}
             for k in range(L):
                 ya[k], xa[k + 1] = self._affine(k, [r - v for r, v in zip(ry[k], va[k])], rx[k + 1] - u[k + 1])
             for j in support:
@@ -462,7 +465,8 @@ def graph_relaxation(enc, g, bounds, relus: list) -> tuple[DagRelaxation, list]:
         l, u = bounds.lo[z].reshape(-1)[alive], bounds.hi[z].reshape(-1)[alive]
         op = g.op(r)
         relu_mask = np.broadcast_to(getattr(op, "relu_mask", True), op.shape).reshape(-1)[alive]
-        linear = np.broadcast_to(getattr(op, "linear_mask", False), op.shape).reshape(-1)[alive] | (relu_mask & (l >= 0))
+        lin_mask = np.broadcast_to(getattr(op, "linear_mask", False), op.shape).reshape(-1)[alive]
+        linear = lin_mask | (relu_mask & (l >= 0))
         parents.append(ps)
         W.append(ws)
         b.append(np.asarray(c, np.float64)[alive])
