@@ -23,7 +23,7 @@ def chain_rows(root: Path, cases=CASES) -> list[dict]:
     from ..ir.chain_io import load_onnx
     from ..prove.stability import StabilityOptions, prove_stability
     from ..spec.region import load_region
-    rows = []
+    rows, phases = [], []
     for net_name, spec, budget, mode, bab in cases:
         path = root / "mnist_fc" / net_name
         if not path.is_file():
@@ -44,7 +44,18 @@ def chain_rows(root: Path, cases=CASES) -> list[dict]:
                      "bottleneck": nq.get("milp", 0) + nq.get("bab", 0),
                      "bab_decisions": f"{bq.get('proved', 0)} / {bq.get('witness', 0)} / {bq.get('tried', 0)}",
                      "milp": r.queries.get("milp", 0),
+                     # solver time: the seconds every neuron's LP, branch and bound and MILP queries took
+                     "solver_s": round(sum(n.seconds for n in r.neurons), 1),
                      "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+        phases.append([n.phase for n in r.neurons])
+    # the issue's windowed-vs-full-depth comparison: each row against the full-depth stages (windowed off) on
+    # the same network and region: neurons with the same phase (dead / active / unstable / unknown)
+    for i, r in enumerate(rows):
+        ref = next((j for j, q in enumerate(rows) if q["windowed"] == "off" and q["network"] == r["network"]
+                    and q["region"] == r["region"] and q["budget"] == r["budget"]), None)
+        if ref is not None and ref != i:
+            r["same_phase_as_full_depth"] = sum(a == b for a, b in zip(phases[i], phases[ref]))
+            r["solver_vs_full_depth"] = round(rows[ref]["solver_s"] / max(r["solver_s"], 1e-9), 1)
     return rows
 
 
@@ -56,13 +67,21 @@ def chain_lines(rows: list[dict]) -> list[str]:
              "bottleneck = decisions (branch and bound or MILP) on a layer's one live neuron that decide the next "
              "layer (`stability_window._bottleneck`); windowed off = the per-layer full-depth LP/MILP stages "
              "(no branch and bound there); lp = `--method lp` (full-depth LPs only, the layers of >= 1500 rows "
-             "on DagAdmm, as without `--backend`): the LP-only count.",
+             "on DagAdmm, as without `--backend`): the LP-only count. solver s = the seconds of every neuron's "
+             "LP, branch and bound and MILP queries; vs full depth = neurons with the same phase as the windowed-off "
+             "run on the same case, and how many times less solver time.",
              "", "| network | region | budget (s) | windowed | bab | time (s) | stable | unknown | bab | MILP | "
-             "windows | bottleneck | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "windows | bottleneck | solver s | vs full depth | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['network']} | {r['region']} | {r['budget'] or '-'} | {r['windowed']} | "
                      f"{'on' if r.get('bab', True) and r['windowed'] != 'lp' else 'off'} | {r['seconds']} | {r['stable']} / {r['relus']} | "
                      f"{r['unknown']} | {r.get('bab_decisions', '-')} | {r.get('milp', '-')} | {r['windows']} | "
-                     f"{r.get('bottleneck', 0)} | {r['peak_mib']} |")
+                     f"{r.get('bottleneck', 0)} | {r.get('solver_s', '-')} | {_versus(r)} | {r['peak_mib']} |")
     return lines
+
+
+def _versus(r: dict) -> str:
+    if "same_phase_as_full_depth" not in r:
+        return "-"
+    return f"{r['same_phase_as_full_depth']} / {r['relus']} same, {r['solver_vs_full_depth']}x less"
