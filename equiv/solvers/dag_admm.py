@@ -281,8 +281,8 @@ class DagAdmm:
         C_orig = [None if c is None else np.ascontiguousarray(np.asarray(c, np.float64)) for c in C]
         support = [j for j, c in enumerate(C_orig) if c is not None]
         K = C_orig[support[0]].shape[1]
-        C = [None if c is None else (c * self.scale[j][:, None]).astype(self.dtype)          # scaled units
-             for j, c in enumerate(C_orig)]
+        C64 = [None if c is None else c * self.scale[j][:, None] for j, c in enumerate(C_orig)]   # scaled units
+        C = [None if c is None else c.astype(self.dtype) for c in C64]
         c0 = np.broadcast_to(np.asarray(offsets, np.float64), (K,)).copy()
         project = _projector()
         n = [rel.size(j) for j in range(L + 1)]
@@ -341,7 +341,7 @@ class DagAdmm:
                 vo[j] += yo[j] - ro[j]
             if it % self.check_every and it < self.max_iter:
                 continue
-            Ca = [None if c is None else c[:, act] for c in C]
+            Ca = [None if c is None else c[:, act] for c in C64]      # the stopping test's values: float64
             Co = [None if c is None else c[:, act] for c in C_orig]
             ca = c0[act]
             # the scaled rows x'_k = sum W'_kj y'_j + b'_k are the original ones divided by s_k
@@ -351,7 +351,8 @@ class DagAdmm:
             first = [y[0]] + [y[j] for j in range(1, L + 1)]
             copy1 = [copies(j)[0][0] if mult[j] else y[j] for j in range(L + 1)]
             lower[act] = np.maximum.reduce([lower[act], self._feasible_value(Ca, ca, first),
-                                            self._feasible_value(Ca, ca, copy1)])
+                                            self._feasible_value(Ca, ca, copy1),
+                                            self._greedy_value(Ca, ca, y[0], self.signs)])
             conv = best[act] - lower[act] <= self.tol * np.maximum(1.0, np.abs(best[act]))
             self.history.append((it, time.perf_counter() - t0, best.copy()))
             # residual balancing (Boyd et al. 3.4.1), per objective: rescaling rho rescales its duals
@@ -402,7 +403,32 @@ class DagAdmm:
             ratio = [np.clip(np.nan_to_num(lams[k] / mus[k + 1]), 0.0, 1.0) for k in range(L)]
         side = [(x[k + 1] > 0).astype(np.float64) for k in range(L)]
         cands = [(lams, mus), slope_multipliers(rel, C, ratio, True), slope_multipliers(rel, C, side, True)]
-        return np.minimum.reduce([lagrangian_bound(rel, C, c0, lm, mu) for lm, mu in cands])
+        vals = [lagrangian_bound(rel, C, c0, lm, mu) for lm, mu in cands]
+        pick = np.argmin(vals, axis=0)
+        # the coefficients of y_j under the best multipliers: which face of each set, which corner of the box
+        # the Lagrangian's maximiser takes (for the stopping test's greedy point)
+        self.signs = [np.choose(pick, [np.sign(c[1][j]) for c in cands]) for j in range(L + 1)]
+        return np.minimum.reduce(vals)
+
+    def _greedy_value(self, C, c0, y0, signs):
+        """The objective at the point built forward from the box corner the best multipliers pick (y0 where
+        their coefficient is 0), each neuron on the upper face of its set where its coefficient is positive and
+        on the lower face elsewhere; -inf when some x_k left its bounds.  Only to stop, never a proof."""
+        rel = self.exact
+        ys = [np.where(signs[0] > 0, rel.box_hi[:, None], np.where(signs[0] < 0, rel.box_lo[:, None],
+                                                                    np.clip(y0.astype(np.float64), rel.box_lo[:, None], rel.box_hi[:, None])))]
+        ok = np.ones(len(c0), bool)
+        for k in range(rel.depth):
+            xk = sum(w @ ys[p] for w, p in zip(rel.W[k], rel.parents[k])) + rel.b[k][:, None]
+            l, u, kd = rel.lo[k][:, None], rel.hi[k][:, None], rel.kind[k][:, None]
+            xc = np.clip(xk, l, u)
+            ok &= (np.abs(xc - xk) <= 1e-9 * (1.0 + np.abs(xk))).all(axis=0)
+            tri = kd == TRIANGLE
+            low = np.where(tri, np.maximum(xc, 0.0), np.where(kd == IDENTITY, xc, 0.0))
+            up = np.where(tri, np.maximum(u * (xc - l) / np.where(tri, u - l, 1.0), low), low)
+            ys.append(np.where(signs[k + 1] > 0, up, low))
+        value = sum((C[j] * ys[j]).sum(axis=0) for j in range(len(C)) if C[j] is not None) + c0
+        return np.where(ok, value, -np.inf)
 
     def _feasible_value(self, C, c0, targets):
         """The objective at a point of the relaxation built forward from targets[0] (clipped to the box): each
@@ -410,7 +436,6 @@ class DagAdmm:
         -inf when some x_k left its bounds (clipped): then the point may lie outside the relaxation.  Used only
         to stop (a lower estimate of the optimum), never as a proof.  In float64 whatever the iterations' dtype."""
         rel = self.exact
-        C = [None if c is None else c.astype(np.float64) for c in C]
         ys = [np.clip(targets[0].astype(np.float64), rel.box_lo[:, None], rel.box_hi[:, None])]
         ok = np.ones(len(c0), bool)
         for k in range(rel.depth):
