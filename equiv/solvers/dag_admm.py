@@ -413,30 +413,27 @@ class DagAdmm:
     def _greedy_value(self, C, c0, y0, signs):
         """The objective at the point built forward from the box corner the best multipliers pick (y0 where
         their coefficient is 0), each neuron on the upper face of its set where its coefficient is positive and
-        on the lower face elsewhere; -inf when some x_k left its bounds.  Only to stop, never a proof."""
+        on the lower face elsewhere (`_point_value`)."""
         rel = self.exact
-        ys = [np.where(signs[0] > 0, rel.box_hi[:, None], np.where(signs[0] < 0, rel.box_lo[:, None],
-                                                                    np.clip(y0.astype(np.float64), rel.box_lo[:, None], rel.box_hi[:, None])))]
-        ok = np.ones(len(c0), bool)
-        for k in range(rel.depth):
-            xk = sum(w @ ys[p] for w, p in zip(rel.W[k], rel.parents[k])) + rel.b[k][:, None]
-            l, u, kd = rel.lo[k][:, None], rel.hi[k][:, None], rel.kind[k][:, None]
-            xc = np.clip(xk, l, u)
-            ok &= (np.abs(xc - xk) <= 1e-9 * (1.0 + np.abs(xk))).all(axis=0)
-            tri = kd == TRIANGLE
-            low = np.where(tri, np.maximum(xc, 0.0), np.where(kd == IDENTITY, xc, 0.0))
-            up = np.where(tri, np.maximum(u * (xc - l) / np.where(tri, u - l, 1.0), low), low)
-            ys.append(np.where(signs[k + 1] > 0, up, low))
-        value = sum((C[j] * ys[j]).sum(axis=0) for j in range(len(C)) if C[j] is not None) + c0
-        return np.where(ok, value, -np.inf)
+        inside = np.clip(y0.astype(np.float64), rel.box_lo[:, None], rel.box_hi[:, None])
+        start = np.where(signs[0] > 0, rel.box_hi[:, None], np.where(signs[0] < 0, rel.box_lo[:, None], inside))
+        return self._point_value(C, c0, start, lambda k, low, up: np.where(signs[k + 1] > 0, up, low))
 
     def _feasible_value(self, C, c0, targets):
-        """The objective at a point of the relaxation built forward from targets[0] (clipped to the box): each
-        y_k is targets[k] clipped between the lower and upper faces of S_k at x_k = sum_j W_kj y_j + b_k.
-        -inf when some x_k left its bounds (clipped): then the point may lie outside the relaxation.  Used only
-        to stop (a lower estimate of the optimum), never as a proof.  In float64 whatever the iterations' dtype."""
+        """The objective at the point built forward from targets[0] (clipped to the box), each y_k targets[k]
+        clipped between the lower and upper faces of S_k at x_k (`_point_value`)."""
         rel = self.exact
-        ys = [np.clip(targets[0].astype(np.float64), rel.box_lo[:, None], rel.box_hi[:, None])]
+        start = np.clip(targets[0].astype(np.float64), rel.box_lo[:, None], rel.box_hi[:, None])
+        return self._point_value(C, c0, start,
+                                 lambda k, low, up: np.clip(targets[k + 1].astype(np.float64), low, up))
+
+    def _point_value(self, C, c0, y0, choose):
+        """The objective at a point of the relaxation built forward from y0 in the box: x_k = sum_j W_kj y_j + b_k,
+        y_k = choose(k, lower face, upper face of S_k at x_k).  -inf when some x_k left its bounds (then the
+        point may lie outside the relaxation).  Used only to stop (a lower estimate of the optimum), never as a
+        proof; in float64 whatever the iterations' dtype."""
+        rel = self.exact
+        ys = [y0]
         ok = np.ones(len(c0), bool)
         for k in range(rel.depth):
             xk = sum(w @ ys[p] for w, p in zip(rel.W[k], rel.parents[k])) + rel.b[k][:, None]
@@ -446,7 +443,7 @@ class DagAdmm:
             tri = kd == TRIANGLE
             low = np.where(tri, np.maximum(xc, 0.0), np.where(kd == IDENTITY, xc, 0.0))
             up = np.where(tri, np.maximum(u * (xc - l) / np.where(tri, u - l, 1.0), low), low)
-            ys.append(np.clip(targets[k + 1].astype(np.float64), low, up))
+            ys.append(choose(k, low, up))
         value = sum((C[j] * ys[j]).sum(axis=0) for j in range(len(C)) if C[j] is not None) + c0
         return np.where(ok, value, -np.inf)
 
