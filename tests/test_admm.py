@@ -160,7 +160,8 @@ def test_lp_tightening_with_admm_backend(prop3_box):
 
 @needs_bench
 def test_bench_compare_reports_no_bound_below_the_optimum(prop3_box):
-    """The admm bench's comparison on a small ACAS Xu query set: every certified bound >= HiGHS's optimum."""
+    """The admm bench's comparison on a small ACAS Xu query set: every certified bound >= HiGHS's optimum, warm
+    (as `--backend admm` runs) and cold (ADMM alone)."""
     from equiv.bench.admm import compare
     net = load_cached(acas_path(1, 1))
     b = deeppoly_bounds(net, prop3_box)
@@ -169,3 +170,4 @@ def test_bench_compare_reports_no_bound_below_the_optimum(prop3_box):
     r = compare(net, prop3_box, b, 2, np.vstack([W, -W]), np.concatenate([bias, -bias]), time_limit=120)
     assert r["queries"] == 2 * todo.size and r["below_optimum"] == 0 and r["gap_max"] >= -1e-7
     assert r["within_tol"] >= r["queries"] - 1
+    assert r["cold_below_optimum"] == 0 and r["cold_rel_gap_max"] < np.inf

@@ -18,7 +18,7 @@ from ..ir.chain_io import load_onnx
 from ..prove.stability import StabilityOptions, prove_stability
 from ..solvers import Status, make_backend
 from ..solvers.chain_admm import chain_relaxation
-from ..solvers.dag_admm import DagAdmm
+from ..solvers.dag_admm import SLOPE_ITERS, DagAdmm
 from ..spec.region import load_region
 
 # (network, property, bounds of layers 1..L-1, every how many-th unstable neuron is asked).  The HiGHS LP stage
@@ -74,18 +74,29 @@ def compare_graph(g, box, bounds, z, rows, tol: float = TOL, time_limit: float =
 
 
 def _compare(model, hb, rows, build, off, tol, time_limit) -> dict:
-    """The reference optima of `hb` on rows (c, offset), then one DagAdmm batch on build() = (relaxation, the
-    objectives in its per-group form), 1 BLAS thread; times, gaps, iterations."""
+    """The reference optima of `hb` on rows (c, offset), then DagAdmm on build() = (relaxation, the objectives
+    in its per-group form), 1 BLAS thread: as it runs (the slope warm start, then ADMM) and cold (ADMM alone);
+    times, gaps, iterations."""
     t0 = time.perf_counter()
     ref = [hb.maximize(c, o, integer=False, time_limit=60) for c, o in rows]
     t_highs = time.perf_counter() - t0
     assert all(r.status == Status.OPTIMAL for r in ref), "HiGHS did not solve every reference LP"
     H = np.array([r.objective for r in ref])
+    warm = _admm_run(build, off, H, tol, time_limit, slope_iters=SLOPE_ITERS)
+    cold = _admm_run(build, off, H, tol, time_limit, slope_iters=0)
+    return {"vars": model.n_vars, "rows": model.n_rows, "queries": len(rows), "tol": tol, "highs_s": t_highs,
+            **warm, "speedup": t_highs / warm["admm_s"],
+            "cold_s": cold["admm_s"], "cold_optimal": cold["optimal"], "cold_within_tol_s": cold["admm_within_tol_s"],
+            "cold_below_optimum": cold["below_optimum"], "cold_rel_gap_max": cold["rel_gap_max"]}
+
+
+def _admm_run(build, off, H, tol, time_limit, slope_iters) -> dict:
+    """One DagAdmm batch on build() against the reference optima H, on 1 BLAS thread (as HiGHS has)."""
     from threadpoolctl import threadpool_limits
-    with threadpool_limits(limits=1, user_api="blas"):      # one thread, as HiGHS has
+    with threadpool_limits(limits=1, user_api="blas"):
         t0 = time.perf_counter()
         rel, C = build()
-        ab = DagAdmm(rel, tol=tol)
+        ab = DagAdmm(rel, tol=tol, slope_iters=slope_iters)
         build_s = time.perf_counter() - t0
         res = ab.maximize_many(C, off, time_limit=time_limit)
         t_admm = time.perf_counter() - t0
@@ -96,9 +107,8 @@ def _compare(model, hb, rows, build, off, tol, time_limit) -> dict:
     # when the bounds first were all within tol of HiGHS's optima (known only here, from the reference)
     reached = next((build_s + secs for _, secs, best in ab.history
                     if ((best - H) / np.maximum(1.0, np.abs(H)) <= tol).all()), None)
-    return {"vars": model.n_vars, "rows": model.n_rows, "queries": len(rows), "tol": tol,
-            "highs_s": t_highs, "admm_s": t_admm, "admm_build_s": build_s, "speedup": t_highs / t_admm,
-            "admm_within_tol_s": reached,
+    return {"admm_s": t_admm, "admm_build_s": build_s, "admm_within_tol_s": reached,
+            "slope_steps": getattr(ab, "slope_steps", 0),
             "optimal": int(sum(r.status == Status.OPTIMAL for r in res)),
             "below_optimum": int(np.sum(gap < -1e-7 * (1 + np.abs(H)))),
             "gap_mean": float(gap.mean()), "gap_max": float(gap.max()),
@@ -138,20 +148,26 @@ def run_admm_bench(root: Path, out: Path) -> dict:
              "ReLU) over the triangle relaxation of the layers before it, with their bounds from the HiGHS LP stage "
              "(`lp`) or DeepPoly (`deeppoly`; every 2nd / 4th unstable neuron on 256x4 / 256x6). HiGHS: its optimum "
              "is the reference; on chains a cold dual simplex per query (as the chain LP stage runs it), on "
-             "ResNet-2B warm (as the graph LP stage runs it). DagAdmm: all queries in one batch, float32 "
-             "iterations, each bound the structured Lagrangian bound at its multipliers in float64 (a proof "
-             f"whatever the iterate), stopped when within {TOL:g} (relative) of a point of the relaxation. "
-             "`bound within 1e-3 at`: when the certified bounds were first all within 1e-3 of HiGHS's optima "
-             "(known only against the reference: ADMM cannot stop there by itself). Gap = ADMM bound - HiGHS "
-             "optimum (>= 0 when sound); relative: / max(1, |optimum|).", "",
-             "| case | bounds | vars x rows | queries | HiGHS (s) | ADMM (s) | speed-up | bounds within 1e-3 at (s) | "
-             "OPTIMAL | below optimum | rel. gap median | rel. gap max | within 1e-3 | iterations median / max |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ResNet-2B warm (as the graph LP stage runs it). DagAdmm: all queries in one batch, as `--backend "
+             f"admm` runs it: up to {SLOPE_ITERS} Adam steps on the back-substitution slopes (the warm start: "
+             "certified bounds, and the multipliers and point ADMM starts from), then ADMM iterations in float32; "
+             "each bound the structured Lagrangian bound at its multipliers in float64 (a proof whatever the "
+             f"iterate), stopped when within {TOL:g} (relative) of a point of the relaxation. Cold: ADMM alone "
+             "(no slope steps), for comparison. `bounds within 1e-3 at`: when the certified bounds were first all "
+             "within 1e-3 of HiGHS's optima (known only against the reference: ADMM cannot stop there by itself). "
+             "Gap = ADMM bound - HiGHS optimum (>= 0 when sound); relative: / max(1, |optimum|).", "",
+             "| case | bounds | vars x rows | queries | HiGHS (s) | DagAdmm (s) | speed-up | bounds within 1e-3 at (s) | "
+             "slope steps | OPTIMAL | below optimum | rel. gap median | rel. gap max | within 1e-3 | "
+             "ADMM iterations median / max | cold: s, OPTIMAL, within 1e-3 at (s), below optimum |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         at = "-" if r["admm_within_tol_s"] is None else f"{r['admm_within_tol_s']:.2f}"
+        cat = "-" if r["cold_within_tol_s"] is None else f"{r['cold_within_tol_s']:.2f}"
         lines.append(f"| {r['case']} | {r['bounds']} | {r['vars']} x {r['rows']} | {r['queries']} | {r['highs_s']:.2f} | "
-                     f"{r['admm_s']:.2f} | {r['speedup']:.2f}x | {at} | {r['optimal']}/{r['queries']} | "
-                     f"{r['below_optimum']} | {r['rel_gap_median']:.1e} | {r['rel_gap_max']:.1e} | "
-                     f"{r['within_tol']}/{r['queries']} | {r['iterations_median']} / {r['iterations_max']} |")
+                     f"{r['admm_s']:.2f} | {r['speedup']:.2f}x | {at} | {r['slope_steps']} | "
+                     f"{r['optimal']}/{r['queries']} | {r['below_optimum']} | {r['rel_gap_median']:.1e} | "
+                     f"{r['rel_gap_max']:.1e} | {r['within_tol']}/{r['queries']} | "
+                     f"{r['iterations_median']} / {r['iterations_max']} | {r['cold_s']:.2f}, "
+                     f"{r['cold_optimal']}/{r['queries']}, {cat}, {r['cold_below_optimum']} |")
     write_text_atomic(out / "admm.md", "\n".join(lines) + "\n")
     return data

@@ -19,6 +19,14 @@ x_k = sum_j W_kj y_j + b_k, weak duality over the sets S and the box gives
 and a linear function's max over a polygon is its max over the vertices.  The multipliers come from the
 ADMM duals, and from back-substitution with the slopes those duals (or the iterate) pick; the smallest value
 is kept.  Its floating-point error is bounded and added (`lagrangian_bound`).
+
+The warm start (why ADMM starts near the answer): back-substitution multipliers with the optimal lower
+slopes are an optimal dual (Salman et al. 2019), and the bound is piecewise linear in the slopes with a
+gradient that one forward pass gives (as in alpha-CROWN).  So a few dozen projected Adam steps on the
+slopes bring the certified bound close to the optimum; ADMM then starts from those multipliers (its scaled
+duals) and the point they pick, and mostly has to find a point of the relaxation close enough to stop
+(ResNet-2B's last ReLU, 86 LPs: 81 s cold, 33 stopped, the rest at the 5 000-iteration cap; 4.2 s warm, all
+stopped within 400 iterations).
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ TRIANGLE, IDENTITY, ZERO = 0, 1, 2      # kinds of S_ki
 EPS = np.finfo(np.float64).eps / 2      # unit roundoff
 ALPHA = 1.0                             # over-relaxation (Boyd et al. 3.4.3); 1.6 closed fewer gaps on mnist 256x4
 SPARSE_BELOW = 0.05                     # a matrix this sparse (or sparser) is kept CSR: convolutions
+SLOPE_ITERS = 50                        # Adam steps on the lower slopes at most, before ADMM (the warm start)
+SLOPE_LR = 0.2
+SLOPE_STALL = 10                        # an objective's slopes stop once 10 steps gained < tol / 4 of its bound
 
 
 @dataclass
@@ -237,9 +248,9 @@ class DagAdmm:
     certified_at_limit = True
 
     def __init__(self, rel: DagRelaxation, *, tol: float = 1e-3, max_iter: int = 5000, check_every: int = 25,
-                 rho: float = 0.1, alpha: float = ALPHA, dtype=np.float32):
+                 rho: float = 0.1, alpha: float = ALPHA, dtype=np.float32, slope_iters: int = SLOPE_ITERS):
         self.rel, self.tol, self.max_iter, self.check_every, self.rho0 = rel, tol, max_iter, check_every, rho
-        self.alpha, self.dtype = alpha, np.dtype(dtype)
+        self.alpha, self.dtype, self.slope_iters = alpha, np.dtype(dtype), slope_iters
         t0 = time.perf_counter()
         self.scaled, self.scale = _scaled(rel)
         # projection on {x = M a + b}, M = [W_k1 ... W_kp]:  with fewer rows than columns (Woodbury)
@@ -294,7 +305,26 @@ class DagAdmm:
         top = max(support)
         widths = np.maximum((rel.hi[top - 1] - rel.lo[top - 1]) if top else (rel.box_hi - rel.box_lo), 1e-9)
         rho = (self.rho0 * np.where(cn > 0, cn, 1.0) / max(float(np.median(widths)), 1e-9)).astype(self.dtype)
-        z = lambda j: np.zeros((n[j], K), self.dtype)                       # noqa: E731
+        best = np.full(K, np.inf)
+        lower = np.full(K, -np.inf)                          # objective of a feasible point
+        done = np.zeros(K, bool)
+        iters = np.zeros(K, int)
+        warm = None
+        if self.slope_iters > 0:
+            # the warm start: optimised slopes give certified bounds and multipliers, and their signs a point
+            best, lams0, signs = self._slopes(C_orig, c0, t0, t0 + time_limit)
+            ex = self.exact
+            y0 = np.where(signs[0] > 0, ex.box_hi[:, None], np.where(signs[0] < 0, ex.box_lo[:, None],
+                                                                    (ex.box_lo + ex.box_hi)[:, None] / 2))
+            lower, pts = self._point_value(C64, c0, y0, lambda k, low, up: np.where(signs[k + 1] > 0, up, low),
+                                           with_point=True)
+            done = best - lower <= self.tol * np.maximum(1.0, np.abs(best))
+            if progress is not None:
+                progress(done)
+            warm = (lams0, pts)
+        act = np.flatnonzero(~done)
+        rho = rho[act]
+        z = lambda j: np.zeros((n[j], act.size), self.dtype)                # noqa: E731
         y = [z(j) for j in range(L + 1)]                     # activation blocks (y_0 in the box)
         x = [None] + [z(j) for j in range(1, L + 1)]
         ya = [[z(p) for p in rel.parents[k]] for k in range(L)]             # affine blocks' copies ...
@@ -303,12 +333,24 @@ class DagAdmm:
         u = [None] + [z(j) for j in range(1, L + 1)]                        # duals of x^ = x
         yo = {j: z(j) for j in support}                                     # the objective's copies
         vo = {j: z(j) for j in support}
-        best = np.full(K, np.inf)
-        lower = np.full(K, -np.inf)                          # objective of a feasible point
-        done = np.zeros(K, bool)
-        iters = np.zeros(K, int)
-        act = np.arange(K)
         it = 0
+        if warm is not None:
+            # ADMM's state at the warm start: every copy at the point, the duals from the multipliers (at a
+            # fixed point u_k = -rho lam'_k, the copies' duals -W'^T u, the objective's C' / rho; ' = scaled)
+            lams0, pts = warm
+            for j in range(L + 1):
+                y[j] = pts[j][:, act].astype(self.dtype)
+            for k in range(L):
+                ex = self.exact
+                xk = sum(w @ pts[p][:, act] for w, p in zip(ex.W[k], ex.parents[k])) + ex.b[k][:, None]
+                x[k + 1] = np.clip(xk, ex.lo[k][:, None], ex.hi[k][:, None]).astype(self.dtype)
+                xa[k + 1] = x[k + 1].copy()
+                ya[k] = [y[p].copy() for p in rel.parents[k]]
+                u[k + 1] = (-lams0[k][:, act] * self.scale[k + 1][:, None] / rho).astype(self.dtype)
+                va[k] = [-(wt @ u[k + 1]) for wt in rel.WT[k]]
+            for j in support:
+                yo[j] = y[j].copy()
+                vo[j] = C[j][:, act] / rho
 
         def copies(j):
             return [(ya[k][i], va[k][i]) for k, i in readers[j]] + ([(yo[j], vo[j])] if j in yo else [])
@@ -394,6 +436,71 @@ class DagAdmm:
                                                f"{self.tol:g}; the bound is certified (valid), only looser"))
         return out
 
+    def _slopes(self, C, c0, t0, deadline):
+        """The warm start: projected Adam steps on the lower slopes of back-substitution from the objectives C
+        (original units), each a certified bound (`slope_multipliers`, `lagrangian_bound`).  The gradient of
+        the bound in a slope is mu x, x that neuron's input in a forward pass of the network relaxed by the
+        chosen lines from the box corner that mu_0 picks.  Returns the best bounds, their multipliers and the
+        signs of their mu's (which face of each set, which corner of the box, the Lagrangian's maximiser
+        takes)."""
+        rel, L, K = self.rel, self.rel.depth, len(c0)
+        tri = [rel.kind[k] == TRIANGLE for k in range(L)]
+        upper = [np.where(t, rel.hi[k] / np.where(t, rel.hi[k] - rel.lo[k], 1.0), rel.kind[k] == IDENTITY)[:, None]
+                 for k, t in enumerate(tri)]
+        tri = [t[:, None] for t in tri]
+        # DeepPoly's slopes to start: y >= x where the interval leans positive, else y >= 0
+        alphas = [np.repeat((rel.hi[k] > -rel.lo[k]).astype(np.float64)[:, None], K, axis=1) for k in range(L)]
+        m1 = [np.zeros_like(a) for a in alphas]
+        m2 = [np.zeros_like(a) for a in alphas]
+        best = np.full(K, np.inf)
+        lams_best = [np.zeros((rel.size(k + 1), K)) for k in range(L)]
+        signs = [np.zeros((rel.size(j), K)) for j in range(L + 1)]
+        trail = []                          # the best bounds of the last SLOPE_STALL steps
+        live = np.arange(K)
+        for step in range(1, self.slope_iters + 1):
+            Cl = [None if c is None else c[:, live] for c in C]
+            lams, mus = slope_multipliers(rel, Cl, [a[:, live] for a in alphas], with_mus=True)
+            bound = lagrangian_bound(rel, Cl, c0[live], lams, mus)
+            better = bound < best[live]
+            cols = live[better]
+            best[cols] = bound[better]
+            for k in range(L):
+                lams_best[k][:, cols] = lams[k][:, better]
+            for j in range(L + 1):
+                signs[j][:, cols] = np.sign(mus[j][:, better])
+            self.history.append((0, time.perf_counter() - t0, best.copy()))
+            trail.append(best.copy())
+            if len(trail) > SLOPE_STALL:
+                gained = trail.pop(0)[live] - best[live]
+                keep = gained > self.tol / 4 * np.maximum(1.0, np.abs(best[live]))
+                live, mus = live[keep], [mu[:, keep] for mu in mus]
+            if step == self.slope_iters or not live.size or time.perf_counter() > deadline:
+                break
+            grads = self._slope_gradient(mus, [a[:, live] for a in alphas], upper, tri)
+            for k in range(L):        # Adam descent on the bound, projected onto [0, 1]
+                g = grads[k]
+                m1[k][:, live] = 0.9 * m1[k][:, live] + 0.1 * g
+                m2[k][:, live] = 0.999 * m2[k][:, live] + 0.001 * g * g
+                hat1, hat2 = m1[k][:, live] / (1 - 0.9 ** step), m2[k][:, live] / (1 - 0.999 ** step)
+                alphas[k][:, live] = np.clip(alphas[k][:, live] - SLOPE_LR * hat1 / (np.sqrt(hat2) + 1e-12), 0.0, 1.0)
+        self.slope_steps = step
+        return best, lams_best, signs
+
+    def _slope_gradient(self, mus, alphas, upper, tri):
+        """d bound / d slope per layer: mu x where mu < 0 on a triangle (else 0), x from the forward pass of the
+        relaxed network (upper line where mu > 0, lower slope elsewhere) from the box corner mu_0 picks."""
+        rel = self.rel
+        ys = [np.where(mus[0] > 0, rel.box_hi[:, None], rel.box_lo[:, None])]
+        grads = []
+        for k in range(rel.depth):
+            xk = sum(w @ ys[p] for w, p in zip(rel.W[k], rel.parents[k])) + rel.b[k][:, None]
+            mu = mus[k + 1]
+            # the upper line y = s (x - l) on a triangle, y = x (identity) or 0; the lower one y = alpha x
+            ys.append(np.where(mu > 0, upper[k] * (xk - np.where(tri[k], rel.lo[k][:, None], 0.0)),
+                               np.where(tri[k], alphas[k], upper[k]) * xk))
+            grads.append(np.where(tri[k] & (mu < 0), mu * xk, 0.0))
+        return grads
+
     def _certify(self, C, c0, lams, x):
         """The smallest certified bound of three multiplier choices: the ADMM duals themselves, and
         back-substitution with the lower slopes they imply (lam / mu) or the iterate's side of 0."""
@@ -427,11 +534,11 @@ class DagAdmm:
         return self._point_value(C, c0, start,
                                  lambda k, low, up: np.clip(targets[k + 1].astype(np.float64), low, up))
 
-    def _point_value(self, C, c0, y0, choose):
+    def _point_value(self, C, c0, y0, choose, with_point: bool = False):
         """The objective at a point of the relaxation built forward from y0 in the box: x_k = sum_j W_kj y_j + b_k,
         y_k = choose(k, lower face, upper face of S_k at x_k).  -inf when some x_k left its bounds (then the
         point may lie outside the relaxation).  Used only to stop (a lower estimate of the optimum), never as a
-        proof; in float64 whatever the iterations' dtype."""
+        proof; in float64 whatever the iterations' dtype.  with_point: also the point (per group)."""
         rel = self.exact
         ys = [y0]
         ok = np.ones(len(c0), bool)
@@ -444,8 +551,8 @@ class DagAdmm:
             low = np.where(tri, np.maximum(xc, 0.0), np.where(kd == IDENTITY, xc, 0.0))
             up = np.where(tri, np.maximum(u * (xc - l) / np.where(tri, u - l, 1.0), low), low)
             ys.append(choose(k, low, up))
-        value = sum((C[j] * ys[j]).sum(axis=0) for j in range(len(C)) if C[j] is not None) + c0
-        return np.where(ok, value, -np.inf)
+        value = np.where(ok, sum((C[j] * ys[j]).sum(axis=0) for j in range(len(C)) if C[j] is not None) + c0, -np.inf)
+        return (value, ys) if with_point else value
 
 
 def _cast(rel: DagRelaxation, dtype) -> DagRelaxation:
