@@ -63,9 +63,14 @@ def test_fused_search_step_is_the_numpy_step(seed, single):
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10 ** 6), it=st.integers(1, 50), top=st.sampled_from([1.0, np.inf]))
 def test_fused_adam_step_is_numpys(seed, it, top):
+    """The fused Adam step against numpy's, also where the gradient and first moment are 0 (the loop skips
+    those: a stable neuron's slope, an unsplit neuron's multiplier), with or without a second moment."""
     r = np.random.default_rng(seed)
     P, G = r.uniform(0, 1, (4, 7)), r.normal(size=(4, 7))
     m, v = r.normal(size=(4, 7)) * 0.1, r.uniform(0, 0.1, (4, 7))
+    idle = r.random((4, 7)) < 0.4
+    G[idle], m[idle] = 0.0, 0.0
+    v[idle & (r.random((4, 7)) < 0.5)] = 0.0
     m2 = 0.9 * m + 0.1 * G
     v2 = 0.999 * v + 0.001 * G * G
     want = np.clip(P + 0.1 * (m2 / (1 - 0.9 ** it)) / (np.sqrt(v2 / (1 - 0.999 ** it)) + 1e-8), 0.0, top)

@@ -64,11 +64,17 @@ def _fwd(vz, ah, L, relu, unst, su, tu, alpha, S, v, ga, gb):
 
 
 def _adam(P, G, m, v, lr, top, c1, c2):
-    # m, v: Adam's moments (0.9, 0.999); P += lr m^ / (sqrt(v^) + 1e-8), clipped to [0, top]
+    # m, v: Adam's moments (0.9, 0.999); P += lr m^ / (sqrt(v^) + 1e-8), clipped to [0, top].  A parameter
+    # whose gradient and first moment are 0 (a stable neuron's slope, an unsplit neuron's multiplier: most
+    # of them) would move by exactly 0: skipped, which saves the square root and division
     D, n = P.shape
     for d in range(D):
         for j in range(n):
             g = G[d, j]
+            if g == 0.0 and m[d, j] == 0.0:
+                v[d, j] *= 0.999
+                P[d, j] = min(max(P[d, j], 0.0), top)
+                continue
             mm = 0.9 * m[d, j] + 0.1 * g
             vv = 0.999 * v[d, j] + 0.001 * g * g
             m[d, j], v[d, j] = mm, vv
