@@ -98,6 +98,23 @@ def test_slope_gradient_is_the_bound_derivative(problem, seed):
             assert (np.minimum(np.abs(up - grads[k][i]), np.abs(down - grads[k][i])) <= 1e-4 * scale).all()
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=small_dags(), seed=st.integers(0, 10 ** 6), slopes=st.sampled_from([0, 50]))
+def test_dag_admm_inputs_are_box_points_of_its_stopping_points(problem, seed, slopes):
+    """`inputs`: per objective the input of the point behind its `objective` (a lower estimate), inside the
+    box, NaN exactly where there is no such point."""
+    g, box = problem
+    enc, rel, C, c0, opt = _problem(g, box, np.random.default_rng(seed))
+    admm = DagAdmm(rel, tol=1e-4, slope_iters=slopes)
+    res = admm.maximize_many(C, c0, 60)
+    assert admm.inputs.shape == (len(res), rel.size(0))
+    for r, x in zip(res, admm.inputs):
+        assert (r.objective is None) == np.isnan(x).any()
+        if r.objective is not None:
+            assert (x >= rel.box_lo - 1e-9 * (1 + np.abs(rel.box_lo))).all()
+            assert (x <= rel.box_hi + 1e-9 * (1 + np.abs(rel.box_hi))).all()
+
+
 @needs_bench
 def test_resnet_2b_last_layer_against_highs():
     """ResNet-2B on img386 (DeepPoly bounds; convolutions kept sparse, the residual sums as two parents): 4
@@ -132,15 +149,24 @@ def _highs(enc, rows):
 @needs_bench
 def test_graph_lp_stage_with_admm_is_sound():
     """`lp_stage` with backend admm on the small CIFAR CNN (two convolutions, two dense layers), 20 s: every
-    tightened bound contains the sampled pre-activations, and it proves more positions stable than DeepPoly."""
+    tightened bound contains the sampled pre-activations, and it proves more positions stable than DeepPoly.
+    ADMM's points are inputs of the box, run in the graph (the signs they show are recorded) and handed on."""
     from equiv.prove.graph_lp import lp_stage
     g = load_graph_cached(CIFAR / "cifar10_small.onnx")
     box = load_box(CIFAR / "networkcifar10_small_index1189_eps0.012_target1_orig0.vnnlib")
     bounds = deeppoly_graph(g, box)
     pos = {r: np.zeros(g.shape(g.args(r)[0]), bool) for r in g.relus}
     neg = {r: np.zeros(g.shape(g.args(r)[0]), bool) for r in g.relus}
-    tight, stats = lp_stage(g, box, bounds, pos, neg, time_limit=0.02, budget=20, backend="admm")
+    found = []
+    tight, stats = lp_stage(g, box, bounds, pos, neg, time_limit=0.02, budget=20, backend="admm", points=found)
     assert stats["lp"] > 0
+    X = np.vstack(found)
+    assert len(X) > 0 and X.shape[1] == box.lo.size
+    assert ((X >= box.lo) & (X <= box.hi)).all()
+    signs = g.evaluate(X)
+    for r in g.relus:
+        v = signs[g.args(r)[0]]
+        assert (pos[r] >= (v > 0).any(axis=0)).all() and (neg[r] >= (v < 0).any(axis=0)).all()
     x = box.sample(2000, np.random.default_rng(0))
     vals = g.evaluate(x)
     for r in g.relus:

@@ -46,9 +46,29 @@ def test_milp_witnesses_an_unstable_position_sampling_missed():
     b = deeppoly_graph(g, box)
     pos = {r: np.zeros(g.shape(g.args(r)[0]), bool) for r in g.relus}
     neg = {r: np.ones(g.shape(g.args(r)[0]), bool) for r in g.relus}
-    b2, stats = milp_stage(g, box, b, pos, neg, time_limit=10)
+    found = []
+    b2, stats = milp_stage(g, box, b, pos, neg, time_limit=10, points=found)
     assert pos["y"].all() and stats["milp_proved"] == 0            # a real point with t > 0, run in the graph
     assert b2.hi["t"].item() >= 0.1
+    x = np.vstack(found)                                           # ... and handed on for validation
+    assert len(x) == 1 and box.contains(x).all() and g.evaluate(x)["t"].item() > 0
+
+
+def test_graph_phases_hands_the_solvers_points_to_validation():
+    """graph_phases with milp on t = 0.1 - |x1 - 0.5|, positive only for x1 in (0.4, 0.6): no vertex and not
+    the centre shows it, the MILP's point does, and that point is among the witnesses the simplified model is
+    validated on."""
+    from equiv.apps.graph_simplify import graph_phases
+    g = Graph.build([("x", Input((1, 2)), []),
+                     ("z", Dense((1, 2), W=np.array([[1.0, 0.0], [-1.0, 0.0]]), bias=np.array([-0.5, 0.5])), ["x"]),
+                     ("h", Relu((1, 2)), ["z"]),
+                     ("t", Dense((1, 1), W=np.array([[-1.0, -1.0]]), bias=np.array([0.1])), ["h"]),
+                     ("y", Relu((1, 1)), ["t"])], ["x"], ["y"])
+    box = Box([-1.0, -1.0], [1.0, 1.0])
+    ph = graph_phases(g, box, method="milp", samples=0, time_limit=10)
+    assert ph.stats["milp"] == 1 and ph.unstable["y"].all()
+    assert box.contains(ph.witnesses).all()
+    assert (g.evaluate(ph.witnesses)["t"] > 0).any()
 
 
 def test_zero_budget_proves_nothing():

@@ -104,14 +104,15 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
         dead_sides = claims[0]
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress, blocks=blocks)
     stats = {}
+    found = []          # the solvers' points run in the graph (slopes' corners, LP and MILP points): validated too
     if method in ("lp", "milp"):      # slopes first (cheap), then LPs / MILPs on what is left; pos / neg grow with the LPs' points
         t0 = time.perf_counter()
-        b, stats = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress)
+        b, stats = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress, points=found)
         left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
         stage = milp_stage if method == "milp" else lp_stage
         extra = {"dead_sides": dead_sides} if method == "milp" else {}
         b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress, backend=backend,
-                        **extra)
+                        points=found, **extra)
         stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"],
                  **{k: v for k, v in more.items() if k != "seconds"}, f"{method}_seconds": more["seconds"]}
     seen = {r: pos[r] & neg[r] for r in g.relus}
@@ -121,8 +122,9 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
         dead[r] = b.hi[z] <= 0
         active[r] = (b.lo[z] >= 0) & ~dead[r]
         unstable[r] = seen[r] & ~dead[r] & ~active[r]
-    # the witnesses: a thinned subset of the sampled points (they show the unstable positions)
-    wit = pts[:: max(1, len(pts) // 64)]
+    # the witnesses: a thinned subset of the sampled points (they show the unstable positions), and every point
+    # a solver returned (near the phase boundaries its queries were about)
+    wit = np.vstack([pts[:: max(1, len(pts) // 64)]] + found)
     return GraphPhases(dead, active, unstable, b, wit, method, stats)
 
 

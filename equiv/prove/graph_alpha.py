@@ -18,11 +18,17 @@ from ..bounds.alpha import alpha_lower
 from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..ir.graph import Graph
 from ..spec.region import Box
+from .graph_lp import run_points
+
+CORNERS_KEPT = 64       # per layer, of the rows' corners, for validation (all are run to see signs)
 
 
 def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, iters: int = 10,
-                budget: float | None = None, progress: bool = False) -> tuple[GraphBounds, dict]:
-    """Tighter bounds (each one a sound back-substitution bound) and counts of the positions tried."""
+                budget: float | None = None, progress: bool = False,
+                points: list | None = None) -> tuple[GraphBounds, dict]:
+    """Tighter bounds (each one a sound back-substitution bound) and counts of the positions tried.  Each
+    row's minimising input corner is run in the real graph (pos / neg); points, if given, receives up to
+    CORNERS_KEPT of them per layer (for validation)."""
     stats = {"alpha_rows": 0, "alpha_proved": 0, "alpha_skipped": 0, "seconds": 0.0}
     t0 = time.perf_counter()
     deadline = None if budget is None else t0 + budget
@@ -46,7 +52,9 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
             continue
         corners = np.tile(box.center, (todo.size, 1))
         low = alpha_lower(g, box, bounds, z, todo, signs, iters=iters, deadline=deadline, corners=corners)
-        _run_points(g, corners, pos, neg)
+        run_points(g, corners, pos, neg)
+        if points is not None:
+            points.append(corners[::max(1, len(corners) // CORNERS_KEPT)])
         new_lo, new_hi = lo.copy(), hi.copy()
         up = signs > 0
         np.maximum.at(new_lo, todo[up], low[up])
@@ -58,13 +66,3 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
         bounds = deeppoly_graph(g, box, known=known)
     stats["seconds"] = time.perf_counter() - t0
     return bounds, stats
-
-
-def _run_points(g: Graph, x: np.ndarray, pos: dict, neg: dict, batch: int = 256) -> None:
-    """Run points in the real graph and record the signs every ReLU input shows there."""
-    for s in range(0, len(x), batch):
-        vals = g.evaluate(x[s:s + batch])
-        for r in g.relus:
-            v = vals[g.args(r)[0]]
-            pos[r] |= (v > 0).any(axis=0).reshape(pos[r].shape)
-            neg[r] |= (v < 0).any(axis=0).reshape(neg[r].shape)

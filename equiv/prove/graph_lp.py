@@ -25,11 +25,13 @@ from ..solvers.highs import HighsBackend
 
 
 def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
-             budget: float | None = None, progress: bool = False, backend: str = "highs") -> tuple[GraphBounds, dict]:
+             budget: float | None = None, progress: bool = False, backend: str = "highs",
+             points: list | None = None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (sound: intersections with LP dual bounds) and counts of the queries made.
 
     pos / neg: per ReLU, the positions seen positive / negative at real points (updated in place with each
-    LP's input point, run in the real graph: a position seen with both signs is unstable, no query)."""
+    LP's input point, run in the real graph: a position seen with both signs is unstable, no query).
+    points: if given, receives those input points (for validation)."""
     stats = {"lp": 0, "lp_unknown": 0, "lp_proved": 0, "lp_witnessed": 0, "lp_skipped": 0, "seconds": 0.0}
     t_start = time.perf_counter()
     for r in g.relus:
@@ -50,7 +52,9 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             lim = time_limit * len(order)
             if budget is not None:
                 lim = min(lim, max(0.0, budget - (time.perf_counter() - t_start)))
-            _admm_layer(g, enc, bounds, z, order, lo, hi, new_lo, new_hi, lim, stats, progress and f"LP {r} (admm)")
+            X = _admm_layer(g, enc, bounds, z, order, lo, hi, new_lo, new_hi, lim, stats,
+                            progress and f"LP {r} (admm)")
+            run_points(g, np.clip(X, box.lo, box.hi), pos, neg, points)
             known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
                                 {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
             bounds = deeppoly_graph(g, box, known=known)
@@ -68,7 +72,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             res = solver.maximize(c, off, integer=False, time_limit=time_limit)
             stats["lp"] += 1
             if res.x is not None:
-                _witness(g, enc, res.x, box, pos, neg)
+                _witness(g, enc, res.x, box, pos, neg, points)
             proved = res.status == Status.OPTIMAL or getattr(solver, "certified_at_limit", False)   # admm: certified
             if not proved or res.bound is None or not np.isfinite(res.bound):
                 stats["lp_unknown"] += 1
@@ -87,10 +91,11 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
 
 
 def _admm_layer(g: Graph, enc, bounds: GraphBounds, z: str, order, lo, hi, new_lo, new_hi, lim: float,
-                stats: dict, desc: str | None = None) -> None:
+                stats: dict, desc: str | None = None) -> np.ndarray:
     """The LP step of one layer as one `DagAdmm` batch on the encoding's relaxation: each position's likelier
     phase, as the HiGHS path asks it; every bound it reports is certified (weak duality), so it tightens
-    new_lo / new_hi in place whether or not ADMM closed its gap.  desc: a progress bar's label (none without)."""
+    new_lo / new_hi in place whether or not ADMM closed its gap.  desc: a progress bar's label (none without).
+    Returns the input points of ADMM's best points of the relaxation (one per query that has one)."""
     from ..solvers.dag_admm import DagAdmm, graph_objectives, graph_relaxation
     rel, cols = graph_relaxation(enc, g, bounds, [r for r in g.relus if r in enc.model.groups])
     dead_side = hi[order] <= -lo[order]
@@ -99,7 +104,8 @@ def _admm_layer(g: Graph, enc, bounds: GraphBounds, z: str, order, lo, hi, new_l
     with tqdm(total=len(order), desc=desc or "", unit="query", disable=not desc, leave=False) as bar:
         def progress(done):
             bar.update(int(done.sum()) - bar.n)
-        results = DagAdmm(rel).maximize_many(graph_objectives(cols, C), off, time_limit=lim, progress=progress)
+        admm = DagAdmm(rel)
+        results = admm.maximize_many(graph_objectives(cols, C), off, time_limit=lim, progress=progress)
     for p, d, res in zip(order, dead_side, results):
         stats["lp"] += 1
         if res.bound is None or not np.isfinite(res.bound):
@@ -111,13 +117,25 @@ def _admm_layer(g: Graph, enc, bounds: GraphBounds, z: str, order, lo, hi, new_l
         else:
             new_lo[p] = max(new_lo[p], -res.bound)
             stats["lp_proved"] += int(new_lo[p] >= 0)
+    # (the relaxation's input group is the graph's inputs in order, as `_witness` reads an LP solution)
+    return admm.inputs[np.isfinite(admm.inputs).all(axis=1)]
 
 
-def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict) -> None:
-    """Run the LP solution's input point (clipped into the box) in the real graph; record the signs seen."""
+def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict, points: list | None = None) -> None:
+    """Run the LP solution's input point (clipped into the box) in the real graph; record the signs seen
+    (and the point in `points`, if given)."""
     x = np.clip(np.concatenate([np.asarray(v)[enc.model.groups[i]] for i in g.inputs]), box.lo, box.hi)
-    vals = g.evaluate(x[None])
-    for r in g.relus:
-        z = vals[g.args(r)[0]][0]
-        pos[r] |= z > 0
-        neg[r] |= z < 0
+    run_points(g, x[None], pos, neg, points)
+
+
+def run_points(g: Graph, x: np.ndarray, pos: dict, neg: dict, points: list | None = None, batch: int = 256) -> None:
+    """Run points (n, inputs) in the real graph and record the signs every ReLU input shows there; append
+    them to `points` if given (the solvers' points join the validation's)."""
+    for s in range(0, len(x), batch):
+        vals = g.evaluate(x[s:s + batch])
+        for r in g.relus:
+            v = vals[g.args(r)[0]]
+            pos[r] |= (v > 0).any(axis=0).reshape(pos[r].shape)
+            neg[r] |= (v < 0).any(axis=0).reshape(neg[r].shape)
+    if points is not None and len(x):
+        points.append(np.asarray(x, np.float64))

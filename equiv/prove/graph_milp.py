@@ -47,10 +47,10 @@ def _encoding(g: Graph, box: Box, bounds: GraphBounds, z: str, p: int, full: lis
 
 def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
                budget: float | None = None, progress: bool = False, backend: str = "highs",
-               dead_sides: dict | None = None) -> tuple[GraphBounds, dict]:
+               dead_sides: dict | None = None, points: list | None = None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (phases settled by infeasible decisions) and counts of the decisions made.
     dead_sides: per ReLU, the positions to try to prove dead (the others: active); default, the side the bounds
-    make likelier."""
+    make likelier.  points: if given, receives the decisions' points run in the real graph (for validation)."""
     stats = {"milp": 0, "milp_proved": 0, "milp_witnessed": 0, "milp_unknown": 0, "milp_skipped": 0,
              "seconds": 0.0}
     t_start = time.perf_counter()
@@ -99,7 +99,7 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
                     new_lo[p] = max(new_lo[p], 0.0)
                 stats["milp_proved"] += 1
             elif dec.x is not None:
-                _witness(g, enc, dec.x, box, pos, neg)
+                _witness(g, enc, dec.x, box, pos, neg, points)
                 stats["milp_unknown"] += int(not (pos[r] & neg[r]).reshape(-1)[p])
             else:
                 stats["milp_unknown"] += 1

@@ -285,7 +285,9 @@ class DagAdmm:
 
     def maximize_many(self, C, offsets, time_limit: float = 60.0, progress=None) -> list[SolveResult]:
         """max sum_j C[j][:, q].y_j + offsets[q] for every column q (C: per group, (n_j, K) or None);
-        progress(done), if given, is called at every check with the mask of the objectives that have stopped."""
+        progress(done), if given, is called at every check with the mask of the objectives that have stopped.
+        Afterwards `self.inputs` (K, n_0) holds each objective's best point's input (NaN where none was found):
+        a point of the box worth running in the real network (it is not a proof of anything)."""
         rel, L = self.scaled, self.rel.depth
         t0 = time.perf_counter()
         self.history = []           # (iteration, seconds, best bounds) at every check: for benchmarks
@@ -307,6 +309,7 @@ class DagAdmm:
         rho = (self.rho0 * np.where(cn > 0, cn, 1.0) / max(float(np.median(widths)), 1e-9)).astype(self.dtype)
         best = np.full(K, np.inf)
         lower = np.full(K, -np.inf)                          # objective of a feasible point
+        start = np.full((rel.size(0), K), np.nan)            # its input (scaled units), a point worth running
         done = np.zeros(K, bool)
         iters = np.zeros(K, int)
         warm = None
@@ -319,6 +322,7 @@ class DagAdmm:
             lower, pts = self._point_value(C64, c0, y0, lambda k, low, up: np.where(signs[k + 1] > 0, up, low),
                                            with_point=True)
             done = best - lower <= self.tol * np.maximum(1.0, np.abs(best))
+            start[:, np.isfinite(lower)] = y0[:, np.isfinite(lower)]
             if progress is not None:
                 progress(done)
             warm = (lams0, pts)
@@ -392,9 +396,11 @@ class DagAdmm:
             # a lower estimate of the optimum: the better of two points built from the two blocks' iterates
             first = [y[0]] + [y[j] for j in range(1, L + 1)]
             copy1 = [copies(j)[0][0] if mult[j] else y[j] for j in range(L + 1)]
-            lower[act] = np.maximum.reduce([lower[act], self._feasible_value(Ca, ca, first),
-                                            self._feasible_value(Ca, ca, copy1),
-                                            self._greedy_value(Ca, ca, y[0], self.signs)])
+            for val, y0 in (self._feasible_value(Ca, ca, first), self._feasible_value(Ca, ca, copy1),
+                            self._greedy_value(Ca, ca, y[0], self.signs)):
+                up = val > lower[act]
+                lower[act[up]] = val[up]
+                start[:, act[up]] = y0[:, up]
             conv = best[act] - lower[act] <= self.tol * np.maximum(1.0, np.abs(best[act]))
             self.history.append((it, time.perf_counter() - t0, best.copy()))
             # residual balancing (Boyd et al. 3.4.1), per objective: rescaling rho rescales its duals
@@ -424,6 +430,8 @@ class DagAdmm:
             if progress is not None:
                 progress(done)
         secs = (time.perf_counter() - t0) / max(K, 1)
+        # per objective, the input of its best point in original units (NaN where none): `inputs`
+        self.inputs = (start * self.scale[0][:, None]).T
         out = []
         for q in range(K):
             bnd = float(best[q]) if np.isfinite(best[q]) else None
@@ -521,19 +529,19 @@ class DagAdmm:
     def _greedy_value(self, C, c0, y0, signs):
         """The objective at the point built forward from the box corner the best multipliers pick (y0 where
         their coefficient is 0), each neuron on the upper face of its set where its coefficient is positive and
-        on the lower face elsewhere (`_point_value`)."""
+        on the lower face elsewhere (`_point_value`); and that corner."""
         rel = self.exact
         inside = np.clip(y0.astype(np.float64), rel.box_lo[:, None], rel.box_hi[:, None])
         start = np.where(signs[0] > 0, rel.box_hi[:, None], np.where(signs[0] < 0, rel.box_lo[:, None], inside))
-        return self._point_value(C, c0, start, lambda k, low, up: np.where(signs[k + 1] > 0, up, low))
+        return self._point_value(C, c0, start, lambda k, low, up: np.where(signs[k + 1] > 0, up, low)), start
 
     def _feasible_value(self, C, c0, targets):
         """The objective at the point built forward from targets[0] (clipped to the box), each y_k targets[k]
-        clipped between the lower and upper faces of S_k at x_k (`_point_value`)."""
+        clipped between the lower and upper faces of S_k at x_k (`_point_value`); and its start in the box."""
         rel = self.exact
         start = np.clip(targets[0].astype(np.float64), rel.box_lo[:, None], rel.box_hi[:, None])
         return self._point_value(C, c0, start,
-                                 lambda k, low, up: np.clip(targets[k + 1].astype(np.float64), low, up))
+                                 lambda k, low, up: np.clip(targets[k + 1].astype(np.float64), low, up)), start
 
     def _point_value(self, C, c0, y0, choose, with_point: bool = False):
         """The objective at a point of the relaxation built forward from y0 in the box: x_k = sum_j W_kj y_j + b_k,
