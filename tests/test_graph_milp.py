@@ -132,3 +132,51 @@ def test_graph_lp_and_milp_stages_on_every_backend(backend):
     assert s_lp["lp"] == 1 and b_lp.hi["t"].item() == pytest.approx(0.5, abs=1e-4) and b_lp.hi["t"].item() >= 0.5 - 1e-9
     b_milp, s_milp = milp_stage(g, box, b, dict(pos), dict(neg), time_limit=10, backend=backend)
     assert s_milp["milp_proved"] == 1 and b_milp.hi["t"].item() <= 0
+
+
+@pytest.mark.parametrize("seed", [5, 7])
+def test_threads_decide_what_one_by_one_decides(seed):
+    """Two decisions in flight (threads) settle the same positions as one at a time, with no budget (they may
+    ask more: a point found by one decision cannot spare the one already running); every position they settle
+    keeps its sign on sampled points of the region (sampled soundness)."""
+    from equiv.ir.conv import ConvGeometry
+    from equiv.ir.ops import Conv
+    rng = np.random.default_rng(seed)
+    g = Graph.build([("x", Input((1, 1, 6, 6)), []),
+                     ("c1", Conv((1, 2, 6, 6), W=rng.normal(size=(2, 1, 3, 3)), bias=rng.normal(size=(2, 1, 1)) * 0.3,
+                                 geo=ConvGeometry(1, 6, 6, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)), ["x"]),
+                     ("r1", Relu((1, 2, 6, 6)), ["c1"]),
+                     ("c2", Conv((1, 2, 6, 6), W=rng.normal(size=(2, 2, 3, 3)), bias=np.full((2, 1, 1), -1.0),
+                                 geo=ConvGeometry(2, 6, 6, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)), ["r1"]),
+                     ("r2", Relu((1, 2, 6, 6)), ["c2"])], ["x"], ["r2"])
+    box = Box(np.full(36, -0.5), np.full(36, 0.5))      # (seeds where the MILPs prove what DeepPoly cannot)
+    b = deeppoly_graph(g, box)
+    out = {}
+    for threads in (1, 2):
+        pos = {r: np.zeros(g.shape(g.args(r)[0]), bool) for r in g.relus}   # no sampled signs: every open
+        neg = {r: np.zeros(g.shape(g.args(r)[0]), bool) for r in g.relus}   # position gets a decision
+        out[threads] = milp_stage(g, box, b, pos, neg, time_limit=30, threads=threads)
+    (b1, s1), (b2, s2) = out[1], out[2]
+    assert s2["milp"] >= s1["milp"] > 4 and s1["milp_proved"] == s2["milp_proved"] > 0
+    x = box.sample(3000, np.random.default_rng(0))
+    vals = g.evaluate(x)
+    for z in ("c1", "c2"):
+        assert np.array_equal(b1.hi[z] <= 0, b2.hi[z] <= 0) and np.array_equal(b1.lo[z] >= 0, b2.lo[z] >= 0)
+        assert (vals[z] <= np.maximum(b2.hi[z], 0) + 1e-9).all() and (vals[z] >= np.minimum(b2.lo[z], 0) - 1e-9).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_in_flight_answers_every_item_once_and_stops_at_the_deadline(threads):
+    from equiv.prove.graph_milp import in_flight
+    got, asked = [], []
+
+    def ask(item, seconds):
+        asked.append((item, seconds))
+        return item * item
+
+    n = in_flight(list(range(10)), ask, got.append, lambda i: i % 3 == 0, lambda: None, 2.0, threads)
+    assert n == 10 and sorted(got) == [i * i for i in range(10) if i % 3] and all(s == 2.0 for _, s in asked)
+    got.clear()
+    clock = iter([5.0, 1.0, 0.01])       # seconds left at each submission: the third is out of time
+    n = in_flight(list(range(10)), ask, got.append, lambda i: False, lambda: next(clock), 2.0, threads)
+    assert n == 2 and sorted(got) == [0, 1] and asked[-2:] == [(0, 2.0), (1, 1.0)]
