@@ -132,9 +132,10 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
                    help="total seconds for all MILP decisions; once spent, the remaining neurons stay 'unknown' "
                         "(default: no budget, only the per-query limit)")
     p.add_argument("--no-bab", dest="bab", action="store_false",
-                   help="chains without input splitting (MNIST-size): decide each neuron's phase by windowed MILPs "
-                        "only, without first trying branch and bound on ReLU phases (alpha-beta-CROWN bounds, "
-                        "numpy), which by default settles most of them before any MILP")
+                   help="with --method milp, decide each neuron's phase by MILPs only (windowed on chains without "
+                        "input splitting, cones of influence on graphs), without first trying branch and bound on "
+                        "ReLU phases (alpha-beta-CROWN bounds, numpy), which by default settles most of them before "
+                        "any MILP")
     p.add_argument("--split-boxes", type=count, default=10000, metavar="N",
                    help="input splitting budget in boxes, used with --method milp when at most 12 inputs vary "
                         "(0 turns it off; default 10000)")

@@ -54,10 +54,11 @@ def test_milp_witnesses_an_unstable_position_sampling_missed():
     assert len(x) == 1 and box.contains(x).all() and g.evaluate(x)["t"].item() > 0
 
 
-def test_graph_phases_hands_the_solvers_points_to_validation():
+@pytest.mark.parametrize("bab", [True, False])
+def test_graph_phases_hands_the_solvers_points_to_validation(bab):
     """graph_phases with milp on t = 0.1 - |x1 - 0.5|, positive only for x1 in (0.4, 0.6): no vertex and not
-    the centre shows it, the MILP's point does, and that point is among the witnesses the simplified model is
-    validated on."""
+    the centre shows it, branch and bound's point does (or without it, the MILP's), and that point is among the
+    witnesses the simplified model is validated on."""
     from equiv.apps.graph_simplify import graph_phases
     g = Graph.build([("x", Input((1, 2)), []),
                      ("z", Dense((1, 2), W=np.array([[1.0, 0.0], [-1.0, 0.0]]), bias=np.array([-0.5, 0.5])), ["x"]),
@@ -65,8 +66,10 @@ def test_graph_phases_hands_the_solvers_points_to_validation():
                      ("t", Dense((1, 1), W=np.array([[-1.0, -1.0]]), bias=np.array([0.1])), ["h"]),
                      ("y", Relu((1, 1)), ["t"])], ["x"], ["y"])
     box = Box([-1.0, -1.0], [1.0, 1.0])
-    ph = graph_phases(g, box, method="milp", samples=0, time_limit=10)
-    assert ph.stats["milp"] == 1 and ph.unstable["y"].all()
+    ph = graph_phases(g, box, method="milp", samples=0, time_limit=10, bab=bab)
+    assert ph.unstable["y"].all()
+    assert (ph.stats["bab_witness"] == 1 and ph.stats["milp"] == 0) if bab else \
+        (ph.stats["milp"] == 1 and "bab" not in ph.stats)
     assert box.contains(ph.witnesses).all()
     assert (g.evaluate(ph.witnesses)["t"] > 0).any()
 

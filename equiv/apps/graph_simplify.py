@@ -19,6 +19,7 @@ from ..bounds.engine import GraphBounds, deeppoly_graph, interval_graph
 from ..errors import ValidationError
 from ..solvers import milp_backend
 from ..prove.graph_alpha import alpha_stage
+from ..prove.graph_bab import bab_stage
 from ..prove.graph_lp import lp_stage
 from ..prove.graph_milp import milp_stage
 from ..transform.fold import FoldLog, shrink
@@ -27,6 +28,8 @@ from ..ir.graph import Graph
 from ..ir.onnx_export import graph_to_onnx
 from ..spec.region import Box
 from ..artifacts.validate import OnnxRunner, ValidationReport, ascent_points, compare_on_points, validation_points
+
+BAB_SHARE = 0.9     # of the solver budget left after the slopes: branch and bound first, MILPs on the rest
 
 # ops that the chain pipeline (dense layers, LP/MILP proofs) represents as well
 CHAIN_OPS = (ops.Input, ops.Relu, ops.Dense, ops.Scale, ops.Shift, ops.Reshape, ops.Transpose)
@@ -84,9 +87,11 @@ class GraphPhases:
 
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
                  progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
-                 blocks=None, backend: str = "highs", claims: tuple[dict, dict] | None = None) -> GraphPhases:
-    """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes and one LP
-    or MILP decision per position still undecided) and positions seen with both signs at real points.
+                 blocks=None, backend: str = "highs", claims: tuple[dict, dict] | None = None,
+                 bab: bool = True) -> GraphPhases:
+    """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes, with milp
+    branch and bound on ReLU phases (unless not bab, BAB_SHARE of the budget), and one LP or MILP decision
+    per position still undecided) and positions seen with both signs at real points.
     claims: (dead, active) boolean masks per ReLU: only these phases are tried, each on its claimed side; the
     other positions count as unstable and get no query (re-proving a record, see `prove.graph_carried`)."""
     rng = np.random.default_rng(seed)
@@ -107,14 +112,18 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     found = []          # the solvers' points run in the graph (slopes' corners, LP and MILP points): validated too
     if method in ("lp", "milp"):      # slopes first (cheap), then LPs / MILPs on what is left; pos / neg grow with the LPs' points
         t0 = time.perf_counter()
-        b, stats = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress, points=found)
-        left = None if budget is None else max(0.0, budget - (time.perf_counter() - t0))
+        b, more = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress, points=found)
+        stats = _stage_stats(more, "alpha")
+        left = lambda: None if budget is None else max(0.0, budget - (time.perf_counter() - t0))  # noqa: E731
+        if method == "milp" and bab:
+            b, more = bab_stage(g, box, b, pos, neg, budget=None if budget is None else BAB_SHARE * left(),
+                                progress=progress, points=found)
+            stats.update(_stage_stats(more, "bab"))
         stage = milp_stage if method == "milp" else lp_stage
         extra = {"dead_sides": dead_sides} if method == "milp" else {}
-        b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left, progress=progress, backend=backend,
+        b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left(), progress=progress, backend=backend,
                         points=found, **extra)
-        stats = {**{k: v for k, v in stats.items() if k != "seconds"}, "alpha_seconds": stats["seconds"],
-                 **{k: v for k, v in more.items() if k != "seconds"}, f"{method}_seconds": more["seconds"]}
+        stats.update(_stage_stats(more, method))
     seen = {r: pos[r] & neg[r] for r in g.relus}
     dead, active, unstable = {}, {}, {}
     for r in g.relus:
@@ -126,6 +135,11 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     # a solver returned (near the phase boundaries its queries were about)
     wit = np.vstack([pts[:: max(1, len(pts) // 64)]] + found)
     return GraphPhases(dead, active, unstable, b, wit, method, stats)
+
+
+def _stage_stats(stats: dict, name: str) -> dict:
+    """A stage's counts, its "seconds" renamed to name_seconds."""
+    return {(f"{name}_seconds" if k == "seconds" else k): v for k, v in stats.items()}
 
 
 def reduce_graph(g: Graph, ph: GraphPhases) -> Graph:
@@ -217,10 +231,10 @@ def _file_size(g: Graph) -> int | None:
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
                    seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
                    progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
-                   blocks=None, backend: str = "highs") -> GraphSimplifyResult:
+                   blocks=None, backend: str = "highs", bab: bool = True) -> GraphSimplifyResult:
     """Prove, reduce, export and validate; ValidationError (nothing to write) above the tolerance."""
     t0 = time.perf_counter()
-    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget, blocks, backend)
+    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget, blocks, backend, bab=bab)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
     small, removed, folds = shrink(reduce_graph(g, ph))

@@ -88,6 +88,14 @@ def journal_inputs(model, box, options, args) -> dict:
             "alpha": options.alpha, "window_lp": options.window_lp}
 
 
+def _provers(report: dict) -> str:
+    """The method, and with lp / milp how many positions each solver stage proved."""
+    q = report.get("queries", {})
+    parts = [f"{name} {q[key]}" for name, key in (("slopes", "alpha_proved"), ("branch and bound", "bab_proved"),
+                                                    ("LP", "lp_proved"), ("MILP", "milp_proved")) if key in q]
+    return report["method"] + (": " + ", ".join(parts) if parts else "")
+
+
 GRAPH_LP_BUDGET = 60.0     # seconds of LP queries on a graph when --milp-budget is not given
 
 
@@ -105,7 +113,7 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
                          seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
                          progress=progress_of(args), time_limit=args.time_limit,
                          budget=GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget,
-                         blocks=args.blocks, backend=args.backend)
+                         blocks=args.blocks, backend=args.backend, bab=args.bab)
     from ..prove.graph_carried import attach_graph_claims
     # the record `check` re-proves instead of searching (metadata only: the computation is unchanged)
     attach_graph_claims(res.onnx_model, sha256_of(args.model), res.phases.method, res.phases.dead, res.phases.active,
@@ -133,7 +141,7 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
         f"  file    {report['file_bytes_before'] or 0:>8} -> {report['file_bytes_after']} bytes",
         f"  MACs    {report['macs_before']:>8} -> {report['macs_after']}",
         f"  positions dead {c['dead']}, active {c['active']}, unstable {c['unstable']}, unknown {c['unknown']} "
-        f"(proved by {report['method']})",
+        f"(proved by {_provers(report)})",
         f"  validation: {res.validation.samples} points, max |diff| {res.validation.max_abs_diff:.3g}",
         *([f"  folded: " + ", ".join(f"{k} {v}" for k, v in report["folded"].items())] if report["folded"] else []),
         *[f"  note: {n}" for n in report["notes"]],

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..bounds.common import ROUND_ABS, ROUND_REL
 from .bab_kernels import wanted
@@ -37,6 +38,7 @@ ROUND_CHAIN = 1e-11
 LEAF_ITERS = 50          # optimisation steps for a domain with every unstable neuron split
 QUANTUM = 256           # domains a question gets at least before others at its level of work go first
 REPORT_EVERY = 0.5       # seconds between progress reports of decide_many
+SPARSE_DENSITY = 0.05    # layer matrices with fewer non-zeros than this share are kept sparse
 MAX_PENDING = 20_000      # open domains kept at most (memory: 5 arrays of the hidden width each)
 
 
@@ -133,13 +135,26 @@ class _Queue:
         return _Domains.join(parts)
 
 
+def _matrix(W):
+    """W in float64, as a sparse matrix when that multiplies faster (a graph's convolutions in chain form,
+    0.8-6 % non-zero on ResNet-2B: 2.5x less time in the products), else dense (the MNIST chains)."""
+    if sp.issparse(W) or np.count_nonzero(W) < SPARSE_DENSITY * W.size:
+        return sp.csr_array(W, dtype=np.float64)
+    return np.asarray(W, np.float64)
+
+
+def _times(x: np.ndarray, M) -> np.ndarray:
+    """x @ M in C order (scipy returns a sparse product transposed; the fused kernels want rows contiguous)."""
+    return x @ M if isinstance(M, np.ndarray) else np.ascontiguousarray(x @ M)
+
+
 class _Chain:
     """The dense chain, the objectives as rows to *minimise* (-C, -d), and the input box."""
 
     def __init__(self, layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray):
-        self.W = [np.asarray(W, np.float64) for W, _ in layers]
+        self.W = [_matrix(W) for W, _ in layers]
         self.b = [np.asarray(b, np.float64) for _, b in layers]
-        self.absW = [np.abs(W) for W in self.W]
+        self.absW = [abs(W) for W in self.W]
         self.relu = [np.asarray(m, bool) for m in masks]
         self.lo, self.hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
         self.size_x = np.maximum(np.abs(self.lo), np.abs(self.hi))
@@ -209,8 +224,8 @@ def _lower(chain: _Chain, dom: _Domains, grad: bool = False, certify: bool = Fal
         if certify:
             qz = q + dom.beta[k]                      # slopes are in [0, 1]
             mag += (q * tu).sum(axis=1) + qz @ np.abs(chain.b[k])
-            q = qz @ chain.absW[k]
-        a = az @ chain.W[k]
+            q = _times(qz, chain.absW[k])
+        a = _times(az, chain.W[k])
     low = const + (np.maximum(a, 0) * chain.lo + np.minimum(a, 0) * chain.hi).sum(axis=1)
     if certify:
         mag += q @ chain.size_x
@@ -222,7 +237,7 @@ def _lower(chain: _Chain, dom: _Domains, grad: bool = False, certify: bool = Fal
     v, ga, gb = x, [], []
     for k in range(K):
         ah, unst, su, tu = kept[k]
-        vz = v @ chain.W[k].T + chain.b[k]
+        vz = _times(v, chain.W[k].T) + chain.b[k]
         if fused is not None:
             v, gak, gbk = np.empty_like(vz), np.empty_like(vz), np.empty_like(vz)
             fused[1](vz, ah, dom.L[k], chain.relu[k], unst, su, tu, dom.alpha[k], dom.S[k], v, gak, gbk)

@@ -1,0 +1,109 @@
+"""Branch and bound on ReLU phases for graphs: the graph in its dense chain form (`ir.graph_chain`), then
+per ReLU layer both phase questions of every position still open ("is z <= 0 on the region?", "z >= 0?")
+in one shared `relu_bab.decide_many` (alpha-beta-CROWN bounds, certified with a rounding margin).
+
+A proof settles the position (bounds tightened, DeepPoly recomputed for the later layers); a point found
+above the threshold is run in the real graph (it shows the other sign, and joins validation).  Whatever is
+left goes to the MILP stage.  ResNet-2B img386, the layer where most MILPs are spent (107 open positions):
+84 proved in 30 s, against about 30 for the MILPs in the same time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from ..bounds.engine import GraphBounds, deeppoly_graph
+from ..ir.graph import Graph
+from ..ir.graph_chain import NotAChain, lower_to_chain
+from ..spec.region import Box
+from .graph_lp import run_points
+from .graph_milp import MARGIN, _candidates
+from .relu_bab import decide_many
+
+STALL_MIN, STALL_SHARE = 2.0, 0.25     # a layer stops early when nothing is decided after this long (or share)
+LAYER_BASE, LAYER_PER = 2.0, 0.2       # without a budget, seconds for a layer (+ per question)
+
+
+def _questions(g: Graph, bounds: GraphBounds, r: str, todo: np.ndarray, pos: dict, neg: dict):
+    """Positions and signs (+1: prove dead, -1: prove active) of layer r's questions: each position's likelier
+    side first (the nearer end of its interval), a side a real point already showed never."""
+    z = g.args(r)[0]
+    lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
+    P, N = pos[r].reshape(-1), neg[r].reshape(-1)
+    rows, signs = [], []
+    for first in (True, False):
+        for p in todo:
+            dead = (hi[p] <= -lo[p]) == first
+            if not (P[p] if dead else N[p]):
+                rows.append(int(p))
+                signs.append(1.0 if dead else -1.0)
+    return np.array(rows, int), np.array(signs)
+
+
+def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, budget: float | None = None,
+              progress: bool = False, points: list | None = None) -> tuple[GraphBounds, dict]:
+    """Tighter bounds (phases proved by branch and bound) and counts; pos / neg / points grow with the points
+    found.  budget: seconds for the whole stage, shared over the layers in proportion to their positions
+    (what one leaves flows on); without one, LAYER_BASE + LAYER_PER s per question for each layer."""
+    stats = {"bab": 0, "bab_proved": 0, "bab_witness": 0, "bab_domains": 0, "seconds": 0.0}
+    t_start = time.perf_counter()
+    end = None if budget is None else t_start + budget
+    todo_counts = [_candidates(g, bounds, r, pos, neg).size for r in g.relus]
+    if not any(todo_counts):
+        return bounds, stats
+    try:
+        chain = lower_to_chain(g, upto=max(k for k, n in enumerate(todo_counts) if n))
+    except NotAChain as exc:
+        stats["bab_not_run"] = str(exc)
+        return bounds, stats
+    bar = tqdm(total=sum(todo_counts), desc="branch and bound", unit="position", disable=not progress, leave=False)
+    for k, r in enumerate(g.relus):
+        todo = _candidates(g, bounds, r, pos, neg)
+        if todo.size == 0:
+            continue
+        now = time.perf_counter()
+        later = sum(todo_counts[k + 1:])
+        rows, signs = _questions(g, bounds, r, todo, pos, neg)
+        cap = (LAYER_BASE + LAYER_PER * rows.size if end is None
+               else (end - now) * todo.size / max(1, todo.size + later))
+        if cap <= 0.05 or rows.size == 0:
+            bar.update(todo.size)
+            continue
+        z = g.args(r)[0]
+        A, c = chain.rows[k]
+        hl, hh = chain.hidden_bounds(g, box, bounds.lo, bounds.hi, k)
+
+        def report(proved, found):
+            bar.set_postfix(layer=r, proved=f"{proved}/{rows.size}", points=found,
+                            spent=f"{time.perf_counter() - t_start:.0f}s")
+        res = decide_many(chain.layers[:k], chain.masks[:k], box.lo, box.hi, hl, hh, signs[:, None] * A[rows],
+                          signs * c[rows], np.zeros(rows.size), time_limit=cap, margin=MARGIN, groups=rows,
+                          stall=max(STALL_MIN, STALL_SHARE * cap), report=report if progress else None)
+        lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
+        new_lo, new_hi = lo.copy(), hi.copy()
+        found = []
+        for p, s, a in zip(rows, signs, res):
+            stats["bab"] += 1
+            stats["bab_domains"] += a.domains
+            if a.verdict == "below":          # s z <= -MARGIN on every leaf: the phase is proved
+                stats["bab_proved"] += 1
+                if s > 0:
+                    new_hi[p] = min(new_hi[p], 0.0)
+                else:
+                    new_lo[p] = max(new_lo[p], 0.0)
+            elif a.verdict == "above":
+                stats["bab_witness"] += 1
+                found.append(a.x)
+        if found:
+            run_points(g, np.clip(np.array(found), box.lo, box.hi), pos, neg, points)
+        bar.update(todo.size)
+        if (new_lo > lo).any() or (new_hi < hi).any():
+            known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
+                                {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
+            bounds = deeppoly_graph(g, box, known=known)     # later layers start from the tighter bounds
+    bar.close()
+    stats["seconds"] = time.perf_counter() - t_start
+    return bounds, stats
