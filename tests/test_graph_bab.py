@@ -53,7 +53,14 @@ def test_chain_form_of_a_residual_graph_and_of_its_masked_copy(rng):
     r = g.relus[0]
     ph.dead[r].reshape(-1)[:5] = True       # pretend-proved phases: only the arithmetic of masks is tested here
     ph.active[r].reshape(-1)[5:9] = True
-    assert_same_as_graph(reduce_graph(g, ph), x)
+    small = reduce_graph(g, ph)
+    assert_same_as_graph(small, x)
+    # the hidden bounds handed to branch and bound hold for the chain's values (0 at the zeroed positions)
+    ch, b = lower_to_chain(small), deeppoly_graph(small, box)
+    lo, hi = ch.hidden_bounds(small, box, b.lo, b.hi, 1)
+    W, c = ch.layers[0]
+    h = x @ W.T + c
+    assert (h >= lo[0] - 1e-9).all() and (h <= hi[0] + 1e-9).all() and (lo[0][:5] == 0).all() and (hi[0][:5] == 0).all()
 
 
 @needs_cifar

@@ -411,3 +411,13 @@ def deeppoly_graph(g: Graph, box: Box, known: GraphBounds | None = None, outputs
     b, _ = deeppoly_boxes(g, box.lo[None], box.hi[None], known, targets, all_nodes=True, progress=progress,
                           blocks=blocks)
     return _squeeze(b)
+
+
+def retightened(g, box, bounds: GraphBounds, z: str, lo: np.ndarray, hi: np.ndarray) -> GraphBounds:
+    """DeepPoly again with tensor z's bounds replaced by the tighter flat lo / hi (a solver stage's proofs),
+    so that the later layers start from them; `bounds` itself when nothing is tighter."""
+    old_lo, old_hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
+    if not ((lo > old_lo).any() or (hi < old_hi).any()):
+        return bounds
+    known = GraphBounds({**bounds.lo, z: lo.reshape(bounds.lo[z].shape)}, {**bounds.hi, z: hi.reshape(bounds.hi[z].shape)})
+    return deeppoly_graph(g, box, known=known)

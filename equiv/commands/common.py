@@ -72,7 +72,7 @@ def runner_of(args, description: dict):
         getattr(args, "journal", None)
     if not (workers or scheduler or journal):
         return None
-    from ..distributed import Journal, Runner, make_executor
+    from ..distributed import Runner, make_executor
     jn = open_journal(args, journal, description) if journal else None   # refuse a bad journal before starting a cluster
     try:
         return Runner(make_executor(workers, scheduler), jn, progress_of(args))

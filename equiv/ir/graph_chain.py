@@ -13,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from .graph import Graph
 
 MAX_STATE = 8192          # widest state lowered (dense matrices: a wider graph is left to the MILPs)
-MAX_ENTRIES = 40_000_000  # matrix entries of all layers at most (ResNet-2B: 20 M; 8 bytes each, kept 4 times)
+MAX_ENTRIES = 40_000_000  # dense matrix entries of all layers at most (ResNet-2B: 20 M)
+SPARSE_DENSITY = 0.05     # matrices with fewer non-zeros than this share are kept sparse (convolutions)
 
 
 class NotAChain(ValueError):
@@ -28,21 +30,24 @@ class NotAChain(ValueError):
 class GraphChain:
     """layers[k] = (W, b) and masks[k] of chain layer k; states[k] = [(tensor, size)] after layer k
     (states[-1]: before the first layer, the graph inputs); rows[k] = (A, c) of ReLU k's input over the
-    state before its layer (= the first rows of layer k)."""
+    state before its layer (= the first rows of layer k, but for a masked ReLU's zero positions: kept[k]).
+    W and A are scipy sparse where that is smaller (`SPARSE_DENSITY`), else dense arrays."""
 
     relus: list
     layers: list
     masks: list
     states: dict
     rows: list
+    kept: list
 
     def hidden_bounds(self, g: Graph, box, lo: dict, hi: dict, k: int) -> tuple[list, list]:
         """Sound bounds of the positions of chain layers 0..k-1 on the box: ReLU inputs from the graph's
         bounds lo / hi (per tensor), carried tensors from those of the ReLU (or input) they are."""
         out_lo, out_hi = [], []
         for j in range(k):
-            z = g.args(self.relus[j])[0]
-            parts_lo, parts_hi = [lo[z].reshape(-1)], [hi[z].reshape(-1)]
+            z = g.args(self.relus[j])[0]          # (a masked ReLU's zero positions compute exactly 0)
+            parts_lo = [np.where(self.kept[j], lo[z].reshape(-1), 0.0)]
+            parts_hi = [np.where(self.kept[j], hi[z].reshape(-1), 0.0)]
             for name, _ in self.states[j][1:]:
                 a, b = tensor_bounds(g, box, lo, hi, name)
                 parts_lo.append(a)
@@ -59,6 +64,11 @@ def tensor_bounds(g: Graph, box, lo: dict, hi: dict, name: str) -> tuple[np.ndar
         return (g.split_input(box.lo[None])[name].reshape(-1), g.split_input(box.hi[None])[name].reshape(-1))
     z = g.args(name)[0]         # (a ReLU, masked or not, is monotone)
     return op.forward(lo[z]).reshape(-1), op.forward(hi[z]).reshape(-1)
+
+
+def compact(M: np.ndarray):
+    """M as a sparse matrix if it is mostly zeros (a convolution's), else as it is."""
+    return sp.csr_array(M) if np.count_nonzero(M) < SPARSE_DENSITY * M.size else M
 
 
 def _affine(g: Graph, target: str, state: list) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +124,7 @@ def lower_to_chain(g: Graph, upto: int | None = None) -> GraphChain:
                 stack.extend(g.args(n))
         reads[k] = found
     state = [(n, size[n]) for n in g.inputs]
-    states, layers, masks, rows = {-1: state}, [], [], []
+    states, layers, masks, rows, kept = {-1: state}, [], [], [], []
     entries = 0
     for k, r in enumerate(relus):
         entries += size[r] * sum(s for _, s in state)
@@ -122,7 +132,7 @@ def lower_to_chain(g: Graph, upto: int | None = None) -> GraphChain:
             raise NotAChain(f"ReLU {r}: a chain form of {entries} matrix entries (state of "
                             f"{sum(s for _, s in state)} values) is too large")
         A, c = _affine(g, g.args(r)[0], state)
-        rows.append((A, c))
+        rows.append((compact(A), c))
         if k == len(relus) - 1:
             break                 # (the last ReLU's rows only: no layer after it is needed)
         later = set().union(*[reads[j] for j in range(k + 1, len(relus))])
@@ -130,6 +140,7 @@ def lower_to_chain(g: Graph, upto: int | None = None) -> GraphChain:
         op = g.op(r)
         relu_mask = np.broadcast_to(getattr(op, "relu_mask", True), op.shape).reshape(-1)
         keep = relu_mask | np.broadcast_to(getattr(op, "linear_mask", False), op.shape).reshape(-1)
+        kept.append(keep)
         W, b = [A * keep[:, None]], [c * keep]        # a masked ReLU's zero positions: rows of 0
         offset = np.cumsum([0] + [s for _, s in state])
         where = {n: offset[i] for i, (n, _) in enumerate(state)}
@@ -138,9 +149,9 @@ def lower_to_chain(g: Graph, upto: int | None = None) -> GraphChain:
             rows_n[np.arange(s), where[n] + np.arange(s)] = 1.0
             W.append(rows_n)
             b.append(np.zeros(s))
-        layers.append((np.vstack(W), np.concatenate(b)))
+        layers.append((compact(np.vstack(W)), np.concatenate(b)))
         entries += sum(s for _, s in carried) * A.shape[1]
         masks.append(np.concatenate([relu_mask] + [np.zeros(s, bool) for _, s in carried]))
         state = [(r, size[r])] + carried
         states[k] = state
-    return GraphChain(relus, layers, masks, states, rows)
+    return GraphChain(relus, layers, masks, states, rows, kept)

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..bounds.alpha import alpha_lower
-from ..bounds.engine import GraphBounds, deeppoly_graph
+from ..bounds.engine import GraphBounds, retightened
 from ..ir.graph import Graph
 from ..spec.region import Box
 from .graph_lp import run_points
@@ -61,8 +61,6 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
         np.minimum.at(new_hi, todo[~up], -low[~up])
         stats["alpha_rows"] += int(todo.size)
         stats["alpha_proved"] += int(np.sum(open_ & ((new_lo >= 0) | (new_hi <= 0))))
-        known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
-                            {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
-        bounds = deeppoly_graph(g, box, known=known)
+        bounds = retightened(g, box, bounds, z, new_lo, new_hi)
     stats["seconds"] = time.perf_counter() - t0
     return bounds, stats

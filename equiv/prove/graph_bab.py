@@ -15,7 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from ..bounds.engine import GraphBounds, deeppoly_graph
+from ..bounds.engine import GraphBounds, retightened
 from ..ir.graph import Graph
 from ..ir.graph_chain import NotAChain, lower_to_chain
 from ..spec.region import Box
@@ -79,7 +79,8 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
         def report(proved, found):
             bar.set_postfix(layer=r, proved=f"{proved}/{rows.size}", points=found,
                             spent=f"{time.perf_counter() - t_start:.0f}s")
-        res = decide_many(chain.layers[:k], chain.masks[:k], box.lo, box.hi, hl, hh, signs[:, None] * A[rows],
+        C = A[rows].toarray() if hasattr(A, "toarray") else A[rows]
+        res = decide_many(chain.layers[:k], chain.masks[:k], box.lo, box.hi, hl, hh, signs[:, None] * C,
                           signs * c[rows], np.zeros(rows.size), time_limit=cap, margin=MARGIN, groups=rows,
                           stall=max(STALL_MIN, STALL_SHARE * cap), report=report if progress else None)
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
@@ -100,10 +101,7 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
         if found:
             run_points(g, np.clip(np.array(found), box.lo, box.hi), pos, neg, points)
         bar.update(todo.size)
-        if (new_lo > lo).any() or (new_hi < hi).any():
-            known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
-                                {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
-            bounds = deeppoly_graph(g, box, known=known)     # later layers start from the tighter bounds
+        bounds = retightened(g, box, bounds, z, new_lo, new_hi)     # later layers start from the tighter bounds
     bar.close()
     stats["seconds"] = time.perf_counter() - t_start
     return bounds, stats

@@ -15,7 +15,7 @@ import networkx as nx
 import numpy as np
 from tqdm import tqdm
 
-from ..bounds.engine import GraphBounds, deeppoly_graph
+from ..bounds.engine import GraphBounds, retightened
 from ..encode.graph import encode_graph
 from ..ir.graph import Graph
 from ..spec.region import Box
@@ -55,9 +55,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             X = _admm_layer(g, enc, bounds, z, order, lo, hi, new_lo, new_hi, lim, stats,
                             progress and f"LP {r} (admm)")
             run_points(g, np.clip(X, box.lo, box.hi), pos, neg, points)
-            known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
-                                {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
-            bounds = deeppoly_graph(g, box, known=known)
+            bounds = retightened(g, box, bounds, z, new_lo, new_hi)
             continue
         solver = HighsBackend(enc.model, warm_lp=True) if backend == "highs" else make_backend(backend, enc.model)
         for k, p in enumerate(tqdm(order, desc=f"LP {r}", unit="query", disable=not progress, leave=False)):
@@ -83,9 +81,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             else:
                 new_lo[p] = max(new_lo[p], -res.bound)     # max -z <= bound, so z >= -bound
                 stats["lp_proved"] += int(new_lo[p] >= 0)
-        known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
-                            {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
-        bounds = deeppoly_graph(g, box, known=known)     # later layers start from the tighter bounds
+        bounds = retightened(g, box, bounds, z, new_lo, new_hi)     # later layers start from the tighter bounds
     stats["seconds"] = time.perf_counter() - t_start
     return bounds, stats
 

@@ -18,7 +18,7 @@ import networkx as nx
 import numpy as np
 from tqdm import tqdm
 
-from ..bounds.engine import GraphBounds, deeppoly_graph
+from ..bounds.engine import GraphBounds, retightened
 from ..encode.graph import ConeError, cone_of, encode_graph
 from ..ir.graph import Graph
 from ..solvers import Status, make_backend, milp_backend
@@ -156,10 +156,7 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
             rest = order[i:]
             stats["milp_skipped"] += int((~seen()[rest]).sum())
             bar.update(rest.size)
-        if (new_lo > lo).any() or (new_hi < hi).any():
-            known = GraphBounds({**bounds.lo, z: new_lo.reshape(bounds.lo[z].shape)},
-                                {**bounds.hi, z: new_hi.reshape(bounds.hi[z].shape)})
-            bounds = deeppoly_graph(g, box, known=known)     # later layers start from the tighter bounds
+        bounds = retightened(g, box, bounds, z, new_lo, new_hi)     # later layers start from the tighter bounds
     bar.close()
     stats["seconds"] = time.perf_counter() - t_start
     return bounds, stats

@@ -200,7 +200,6 @@ def _lower(chain: _Chain, dom: _Domains, grad: bool = False, certify: bool = Fal
     layer (coefficient on h, unstable mask, upper intercept) for branching.  fused: the search's loops
     (`bab_kernels.loops`) for the layer steps, never with certify."""
     K = len(chain.W)
-    D = dom.size
     a = chain.C[dom.obj]
     const = chain.d[dom.obj].copy()
     q = np.abs(a)                                   # a bound on |a| for any slopes
