@@ -125,3 +125,16 @@ def test_bab_on_resnet_2b_is_sampled_sound():
         assert not (v[:, dead] > 1e-9).any() and not (v[:, active] < -1e-9).any()
     assert newly >= stats["bab_proved"] > 0
     assert all(box.contains(p).all() for p in found)
+
+
+def test_affine_layers_are_shown_unstable_by_their_corners():
+    """t = sum(x) - 99.5 on [0, 1]^100 is positive only near the all-ones corner, which no sample or random
+    vertex reaches; its bounds are exact (affine in the input), and the corner they come from is run in the
+    graph: t is unstable, not unknown, and that corner is a validation witness."""
+    n = 100
+    g = Graph.build([("x", Input((1, n)), []), ("t", Dense((1, 1), W=np.ones((1, n)), bias=np.array([-99.5])), ["x"]),
+                     ("y", Relu((1, 1)), ["t"])], ["x"], ["y"])
+    box = Box(np.zeros(n), np.ones(n))
+    ph = graph_phases(g, box, "deeppoly", samples=200)
+    assert ph.unstable["y"].all() and ph.counts()["unknown"] == 0 and ph.stats["affine_corners"] == 1
+    assert (g.evaluate(ph.witnesses)["t"] > 0).any() and box.contains(ph.witnesses).all()

@@ -20,7 +20,7 @@ from ..errors import ValidationError
 from ..solvers import milp_backend
 from ..prove.graph_alpha import alpha_stage
 from ..prove.graph_bab import bab_stage
-from ..prove.graph_lp import lp_stage
+from ..prove.graph_lp import affine_corners, lp_stage
 from ..prove.graph_milp import milp_stage
 from ..transform.fold import FoldLog, shrink
 from ..ir import ops
@@ -110,10 +110,12 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress, blocks=blocks)
     stats = {}
     found = []          # the solvers' points run in the graph (slopes' corners, LP and MILP points): validated too
+    if method != "interval":
+        stats["affine_corners"] = affine_corners(g, box, b, pos, neg, found)
     if method in ("lp", "milp"):      # slopes first (cheap), then LPs / MILPs on what is left; pos / neg grow with the LPs' points
         t0 = time.perf_counter()
         b, more = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress, points=found)
-        stats = _stage_stats(more, "alpha")
+        stats.update(_stage_stats(more, "alpha"))
         left = lambda: None if budget is None else max(0.0, budget - (time.perf_counter() - t0))  # noqa: E731
         if method == "milp" and bab:
             b, more = bab_stage(g, box, b, pos, neg, budget=None if budget is None else BAB_SHARE * left(),

@@ -71,8 +71,9 @@ def compact(M: np.ndarray):
     return sp.csr_array(M) if np.count_nonzero(M) < SPARSE_DENSITY * M.size else M
 
 
-def _affine(g: Graph, target: str, state: list) -> tuple[np.ndarray, np.ndarray]:
-    """(A, c) with flat(target) = A s + c for the state s (its tensors given, everything between computed)."""
+def affine_in(g: Graph, target: str, state: list, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(A, c) with flat(target) = A s + c for the state s (its tensors given, everything between computed);
+    only the given rows of A (and c) if rows is not None."""
     names = [n for n, _ in state]
     n_state = sum(size for _, size in state)
 
@@ -96,11 +97,12 @@ def _affine(g: Graph, target: str, state: list) -> tuple[np.ndarray, np.ndarray]
         return vals[target].reshape(S.shape[0], -1)
 
     c = run(np.zeros((1, n_state)))[0]
-    A = np.empty((c.size, n_state))
+    keep = np.arange(c.size) if rows is None else np.asarray(rows)
+    A = np.empty((keep.size, n_state))
     for k0 in range(0, n_state, 1024):           # unit states in chunks (memory)
         E = np.eye(n_state)[k0:k0 + 1024]
-        A[:, k0:k0 + E.shape[0]] = (run(E) - c).T
-    return A, c
+        A[:, k0:k0 + E.shape[0]] = (run(E)[:, keep] - c[keep]).T
+    return A, c[keep]
 
 
 def lower_to_chain(g: Graph, upto: int | None = None) -> GraphChain:
@@ -131,7 +133,7 @@ def lower_to_chain(g: Graph, upto: int | None = None) -> GraphChain:
         if sum(s for _, s in state) > MAX_STATE or entries > MAX_ENTRIES:
             raise NotAChain(f"ReLU {r}: a chain form of {entries} matrix entries (state of "
                             f"{sum(s for _, s in state)} values) is too large")
-        A, c = _affine(g, g.args(r)[0], state)
+        A, c = affine_in(g, g.args(r)[0], state)
         rows.append((compact(A), c))
         if k == len(relus) - 1:
             break                 # (the last ReLU's rows only: no layer after it is needed)

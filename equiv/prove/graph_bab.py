@@ -23,8 +23,8 @@ from .graph_lp import run_points
 from .graph_milp import MARGIN, _candidates
 from .relu_bab import decide_many
 
-STALL_MIN, STALL_SHARE = 2.0, 0.25     # a layer stops early when nothing is decided after this long (or share)
-LAYER_BASE, LAYER_PER = 2.0, 0.2       # without a budget, seconds for a layer (+ per question)
+STALL_MIN, STALL_SHARE = 2.0, 0.25     # a layer stops early when nothing is proved after this long (or share)
+LAYER_BASE, LAYER_PER = 2.0, 0.2       # seconds for a layer at most (+ per question), also within a budget
 
 
 def _questions(g: Graph, bounds: GraphBounds, r: str, todo: np.ndarray, pos: dict, neg: dict):
@@ -47,7 +47,7 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
               progress: bool = False, points: list | None = None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (phases proved by branch and bound) and counts; pos / neg / points grow with the points
     found.  budget: seconds for the whole stage, shared over the layers in proportion to their positions
-    (what one leaves flows on); without one, LAYER_BASE + LAYER_PER s per question for each layer."""
+    (what one leaves flows on), and at most LAYER_BASE + LAYER_PER s per question on a layer."""
     stats = {"bab": 0, "bab_proved": 0, "bab_witness": 0, "bab_domains": 0, "seconds": 0.0}
     t_start = time.perf_counter()
     end = None if budget is None else t_start + budget
@@ -67,8 +67,9 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
         now = time.perf_counter()
         later = sum(todo_counts[k + 1:])
         rows, signs = _questions(g, bounds, r, todo, pos, neg)
-        cap = (LAYER_BASE + LAYER_PER * rows.size if end is None
-               else (end - now) * todo.size / max(1, todo.size + later))
+        cap = LAYER_BASE + LAYER_PER * rows.size
+        if end is not None:
+            cap = min(cap, (end - now) * todo.size / max(1, todo.size + later))
         if cap <= 0.05 or rows.size == 0:
             bar.update(todo.size)
             continue
@@ -82,7 +83,8 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
         C = A[rows].toarray() if hasattr(A, "toarray") else A[rows]
         res = decide_many(chain.layers[:k], chain.masks[:k], box.lo, box.hi, hl, hh, signs[:, None] * C,
                           signs * c[rows], np.zeros(rows.size), time_limit=cap, margin=MARGIN, groups=rows,
-                          stall=max(STALL_MIN, STALL_SHARE * cap), report=report if progress else None)
+                          stall=max(STALL_MIN, STALL_SHARE * cap), report=report if progress else None,
+                          stall_on_points=True)   # (points come cheap: a position's other side is often refuted at once)
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
         new_lo, new_hi = lo.copy(), hi.copy()
         found = []

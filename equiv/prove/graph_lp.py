@@ -124,6 +124,28 @@ def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict, point
     run_points(g, x[None], pos, neg, points)
 
 
+def affine_corners(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, points: list | None = None) -> int:
+    """ReLU inputs affine in the network input have exact bounds, each reached at a box corner (the one the
+    signs of the position's row pick): run the two corners of every such position with lo < 0 < hi that no
+    sample showed with both signs.  They show it unstable, which no solver could have decided otherwise
+    (cifar_wide_kw img19: 74 first-layer positions were left unknown).  Returns the positions asked."""
+    from ..ir.graph_chain import affine_in
+    state = [(n, g.op(n).size) for n in g.inputs]
+    asked = 0
+    for r in g.relus:
+        z = g.args(r)[0]
+        if any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
+            continue
+        lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
+        todo = np.flatnonzero((lo < 0) & (hi > 0) & ~(pos[r] & neg[r]).reshape(-1))
+        if todo.size:
+            A, _ = affine_in(g, z, state, rows=todo)
+            run_points(g, np.vstack([np.where(A > 0, box.hi, box.lo), np.where(A > 0, box.lo, box.hi)]), pos, neg,
+                       points)
+        asked += todo.size
+    return asked
+
+
 def run_points(g: Graph, x: np.ndarray, pos: dict, neg: dict, points: list | None = None, batch: int = 256) -> None:
     """Run points (n, inputs) in the real graph and record the signs every ReLU input shows there; append
     them to `points` if given (the solvers' points join the validation's)."""

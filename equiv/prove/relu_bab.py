@@ -384,13 +384,14 @@ def decide_max(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden
 def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden_lo: list, hidden_hi: list,
                 C: np.ndarray, d: np.ndarray, thresholds: np.ndarray, time_limit: float, margin: float = 1e-6,
                 batch: int = 128, iters: int = 5, groups: np.ndarray | None = None,
-                stall: float | None = None, report=None) -> list:
+                stall: float | None = None, report=None, stall_on_points: bool = False) -> list:
     """`decide_max` for the rows of C (m, n), d (m,), thresholds (m,) at once: their domains share the
     batches, so the many questions a root bound settles cost one batched bound instead of one call each
     (all of a layer's phase decisions, say).  Returns one BabResult per row; when time runs out, the rows
     still open are unknown.  Among rows of equal work, the earlier ones go first.  groups (m,): rows of one
     group are alternatives (the two sides of a neuron): once one is proved below, the others are dropped
-    ("unknown", moot).  stall (seconds): give up then if no row is decided yet (a hopeless batch of questions
+    ("unknown", moot).  stall (seconds): give up then if no row is decided yet (with stall_on_points, if none
+    is proved yet: real points found do not count as progress) (a hopeless batch of questions
     should not hold the time the caller could spend elsewhere).  report(proved, points): called at most
     every REPORT_EVERY seconds with the rows proved and refuted so far (a progress bar)."""
     t0 = time.perf_counter()
@@ -418,7 +419,8 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
     reported = t0
     while queue.size:
         spent = time.perf_counter() - t0
-        stalled = stall is not None and spent > stall and done.any() and not sizes and not (verdict == "above").any()
+        stalled = (stall is not None and spent > stall and done.any() and not sizes
+                   and (stall_on_points or not (verdict == "above").any()))
         if spent > time_limit or stalled:
             for j in list(queue.stacks):
                 finish(j, "unknown", f"nothing decided in the first {stall:g} s" if stalled else "time limit")
