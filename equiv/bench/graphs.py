@@ -68,7 +68,8 @@ def run_graph_case(root: Path, network: str, spec: str, crown, alpha_crown) -> d
             "macs_before": g.n_macs, "macs_after": res.simplified.n_macs,
             "unknown": c["unknown"], "validation_points": res.validation.samples,
             "validation_max_abs_diff": res.validation.max_abs_diff, "simplify_seconds": round(t_simplify, 3),
-            "prove_seconds": round(res.seconds["prove"], 3), "validate_seconds": round(res.seconds["validate"], 3)}
+            "prove_seconds": round(res.seconds["prove"], 3), "validate_seconds": round(res.seconds["validate"], 3),
+            "queries": {k: round(v, 3) if isinstance(v, float) else v for k, v in res.phases.stats.items()}}
 
 
 def float16_copy(src: Path, dst: Path) -> None:
