@@ -119,8 +119,8 @@ def _markdown(data: dict) -> str:
     m = data["machine"]
     lines = ["# equiv bench --suite graphs", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}. DeepPoly on the DAG (graph engine); "
-             f"`simplify` as a user runs it: sampling and affine corners, DeepPoly, optimised slopes, branch and bound, MILP decisions with "
-             f"`--milp-budget {MILP_BUDGET:g}`, masked ReLUs, folds and dead-channel pruning, export, validation "
+             "`simplify` as a user runs it: sampling and affine corners, DeepPoly, optimised slopes, branch and "
+             f"bound, MILP decisions with `--milp-budget {MILP_BUDGET:g}`, masked ReLUs, folds and dead-channel pruning, export, validation "
              "in onnxruntime.", "",
              "| network | spec | ReLUs | interval | DeepPoly | CROWN ref. | DeepPoly s | peak MiB | stable (simplify) | "
              "α-CROWN ref. | unknown | ReLUs after | params before → after | mask entries | file KB before → after | "
