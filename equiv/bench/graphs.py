@@ -120,8 +120,8 @@ def _markdown(data: dict) -> str:
     lines = ["# equiv bench --suite graphs", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}. DeepPoly on the DAG (graph engine); "
              "`simplify` as a user runs it: sampling and affine corners, DeepPoly, optimised slopes, branch and "
-             f"bound, MILP decisions with `--milp-budget {MILP_BUDGET:g}`, masked ReLUs, folds and dead-channel pruning, export, validation "
-             "in onnxruntime.", "",
+             f"bound, MILP decisions with `--milp-budget {MILP_BUDGET:g}`, masked ReLUs, folds and dead-channel "
+             "pruning, export, validation in onnxruntime.", "",
              "| network | spec | ReLUs | interval | DeepPoly | CROWN ref. | DeepPoly s | peak MiB | stable (simplify) | "
              "α-CROWN ref. | unknown | ReLUs after | params before → after | mask entries | file KB before → after | "
              "MACs before → after | simplify s (prove / validate) | validation max diff (points) |",
