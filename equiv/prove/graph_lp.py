@@ -127,8 +127,8 @@ def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict, point
 def affine_corners(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, points: list | None = None) -> int:
     """ReLU inputs affine in the network input have exact bounds, each reached at a box corner (the one the
     signs of the position's row pick): run the two corners of every such position with lo < 0 < hi that no
-    sample showed with both signs.  They show it unstable, which no solver could have decided otherwise
-    (cifar_wide_kw img19: 74 first-layer positions were left unknown).  Returns the positions asked."""
+    sample showed with both signs.  They show it unstable; the solver stages skip such positions (nothing to
+    tighten), so before, cifar_wide_kw img19 left 74 first-layer positions unknown.  Returns those asked."""
     from ..ir.graph_chain import affine_in
     state = [(n, g.op(n).size) for n in g.inputs]
     asked = 0
