@@ -419,5 +419,6 @@ def retightened(g, box, bounds: GraphBounds, z: str, lo: np.ndarray, hi: np.ndar
     old_lo, old_hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
     if not ((lo > old_lo).any() or (hi < old_hi).any()):
         return bounds
-    known = GraphBounds({**bounds.lo, z: lo.reshape(bounds.lo[z].shape)}, {**bounds.hi, z: hi.reshape(bounds.hi[z].shape)})
+    known = GraphBounds({**bounds.lo, z: lo.reshape(bounds.lo[z].shape)},
+                        {**bounds.hi, z: hi.reshape(bounds.hi[z].shape)})
     return deeppoly_graph(g, box, known=known)

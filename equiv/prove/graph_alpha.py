@@ -18,7 +18,7 @@ from ..bounds.alpha import alpha_lower
 from ..bounds.engine import GraphBounds, retightened
 from ..ir.graph import Graph
 from ..spec.region import Box
-from .graph_lp import run_points
+from .graph_lp import affine_in_input, run_points
 
 CORNERS_KEPT = 64       # per layer, of the rows' corners, for validation (all are run to see signs)
 
@@ -36,7 +36,7 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
         z = g.args(r)[0]
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
         open_ = (lo < 0) & (hi > 0)
-        if not open_.any() or not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
+        if not open_.any() or affine_in_input(g, z):
             continue        # affine in the input: DeepPoly is already exact there
         if any(g.op(d).kind == "relu" for d in nx.descendants(g.dag, r)):
             # later layers relax this one: both sides of every open position pay (tighter triangles)

@@ -20,7 +20,7 @@ from ..ir.graph import Graph
 from ..ir.graph_chain import NotAChain, lower_to_chain
 from ..spec.region import Box
 from .graph_lp import run_points
-from .graph_milp import MARGIN, _candidates
+from .graph_milp import MARGIN, candidates
 from .relu_bab import decide_many
 
 STALL_MIN, STALL_SHARE = 2.0, 0.25     # a layer stops early when nothing is proved after this long (or share)
@@ -51,7 +51,7 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
     stats = {"bab": 0, "bab_proved": 0, "bab_witness": 0, "bab_domains": 0, "seconds": 0.0}
     t_start = time.perf_counter()
     end = None if budget is None else t_start + budget
-    todo_counts = [_candidates(g, bounds, r, pos, neg).size for r in g.relus]
+    todo_counts = [candidates(g, bounds, r, pos, neg).size for r in g.relus]
     if not any(todo_counts):
         return bounds, stats
     try:
@@ -61,7 +61,7 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
         return bounds, stats
     bar = tqdm(total=sum(todo_counts), desc="branch and bound", unit="position", disable=not progress, leave=False)
     for k, r in enumerate(g.relus):
-        todo = _candidates(g, bounds, r, pos, neg)
+        todo = candidates(g, bounds, r, pos, neg)
         if todo.size == 0:
             continue
         now = time.perf_counter()
@@ -84,7 +84,7 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
         res = decide_many(chain.layers[:k], chain.masks[:k], box.lo, box.hi, hl, hh, signs[:, None] * C,
                           signs * c[rows], np.zeros(rows.size), time_limit=cap, margin=MARGIN, groups=rows,
                           stall=max(STALL_MIN, STALL_SHARE * cap), report=report if progress else None,
-                          stall_on_points=True)   # (points come cheap: a position's other side is often refuted at once)
+                          stall_on_points=True)   # (points come cheap: a side is often refuted at once)
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
         new_lo, new_hi = lo.copy(), hi.copy()
         found = []

@@ -39,7 +39,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
         seen = lambda: (pos[r] & neg[r]).reshape(-1)      # noqa: E731
         todo = np.flatnonzero((lo < 0) & (hi > 0) & ~seen())
-        if todo.size == 0 or not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
+        if todo.size == 0 or affine_in_input(g, z):
             continue       # affine in the input: interval/DeepPoly bounds are already exact, an LP adds nothing
         if budget is not None and time.perf_counter() - t_start >= budget:
             stats["lp_skipped"] += int(todo.size)
@@ -124,6 +124,11 @@ def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict, point
     run_points(g, x[None], pos, neg, points)
 
 
+def affine_in_input(g: Graph, z: str) -> bool:
+    """No ReLU before tensor z: it is affine in the network input, so its DeepPoly bounds are exact."""
+    return not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z))
+
+
 def affine_corners(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, points: list | None = None) -> int:
     """ReLU inputs affine in the network input have exact bounds, each reached at a box corner (the one the
     signs of the position's row pick): run the two corners of every such position with lo < 0 < hi that no
@@ -134,7 +139,7 @@ def affine_corners(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict
     asked = 0
     for r in g.relus:
         z = g.args(r)[0]
-        if any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
+        if not affine_in_input(g, z):
             continue
         lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
         todo = np.flatnonzero((lo < 0) & (hi > 0) & ~(pos[r] & neg[r]).reshape(-1))

@@ -14,7 +14,6 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-import networkx as nx
 import numpy as np
 from tqdm import tqdm
 
@@ -23,7 +22,7 @@ from ..encode.graph import ConeError, cone_of, encode_graph
 from ..ir.graph import Graph
 from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
-from .graph_lp import _witness
+from .graph_lp import _witness, affine_in_input
 
 QUERIES_PER_LAYER = 4
 THREADS = 2        # HiGHS decisions solved at once (highspy releases the GIL while it solves)
@@ -63,10 +62,11 @@ def in_flight(items, ask, answer, skip, left, limit: float, threads: int) -> int
             pool.shutdown()
 
 
-def _candidates(g: Graph, bounds: GraphBounds, r: str, pos: dict, neg: dict) -> np.ndarray:
+def candidates(g: Graph, bounds: GraphBounds, r: str, pos: dict, neg: dict) -> np.ndarray:
+    """Positions of ReLU r open to a solver: unstable by their bounds, not seen with both signs."""
     z = g.args(r)[0]
     lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
-    if not any(g.op(a).kind == "relu" for a in nx.ancestors(g.dag, z)):
+    if affine_in_input(g, z):
         return np.zeros(0, int)        # affine in the input: DeepPoly is exact there already
     return np.flatnonzero((lo < 0) & (hi > 0) & ~(pos[r] & neg[r]).reshape(-1))
 
@@ -93,12 +93,12 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
              "seconds": 0.0}
     t_start = time.perf_counter()
     end = None if budget is None else t_start + budget
-    todo_counts = {r: _candidates(g, bounds, r, pos, neg).size for r in g.relus}
+    todo_counts = {r: candidates(g, bounds, r, pos, neg).size for r in g.relus}
     bar = tqdm(total=sum(todo_counts.values()), desc="MILP", unit="query", disable=not progress, leave=False)
     n = max(1, threads) if milp_backend(backend) == "highs" else 1
     lock = threading.Lock()
     for k, r in enumerate(g.relus):
-        todo = _candidates(g, bounds, r, pos, neg)
+        todo = candidates(g, bounds, r, pos, neg)
         if todo.size == 0:
             continue
         now = time.perf_counter()
