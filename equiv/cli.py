@@ -162,10 +162,12 @@ def _add_distributed(p, journal: bool = True) -> None:
                    help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
     if journal:
         g.add_argument("--journal", metavar="FILE", default=None,
-                       help="(chains of dense layers) append every finished answer (simplify: each solver query; check: "
+                       help="append every finished answer (simplify on a chain: each solver query; simplify on a graph: "
+                            "each phase proved and each solver point, for any budget or method; check on chains: "
                             "each sub-box proved) to FILE (fsync'd, checksummed lines); run the same command "
-                            "again after a kill and the answers in FILE are reused; a journal of other inputs "
-                            "(model, region, options) is refused")
+                            "again after a kill (on a graph, also with a larger --milp-budget) and the answers in "
+                            "FILE are reused; a journal of other inputs (model, region, and on chains options) is "
+                            "refused")
 
 
 def _resolve_backend(args) -> None:

@@ -20,7 +20,8 @@ from ..errors import ValidationError
 from ..solvers import milp_backend
 from ..prove.graph_alpha import alpha_stage
 from ..prove.graph_bab import bab_stage
-from ..prove.graph_lp import affine_corners, lp_stage
+from ..prove.graph_journal import PhaseJournal
+from ..prove.graph_lp import affine_corners, lp_stage, run_points
 from ..prove.graph_milp import milp_stage
 from ..transform.fold import FoldLog, shrink
 from ..ir import ops
@@ -88,12 +89,13 @@ class GraphPhases:
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
                  progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
                  blocks=None, backend: str = "highs", claims: tuple[dict, dict] | None = None,
-                 bab: bool = True) -> GraphPhases:
+                 bab: bool = True, journal: PhaseJournal | None = None) -> GraphPhases:
     """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes, with milp
     branch and bound on ReLU phases (unless not bab, BAB_SHARE of the budget), and one LP or MILP decision
     per position still undecided) and positions seen with both signs at real points.
     claims: (dead, active) boolean masks per ReLU: only these phases are tried, each on its claimed side; the
-    other positions count as unstable and get no query (re-proving a record, see `prove.graph_carried`)."""
+    other positions count as unstable and get no query (re-proving a record, see `prove.graph_carried`).
+    journal (`prove.graph_journal`, lp / milp): its phases and points are taken first, new ones kept there."""
     rng = np.random.default_rng(seed)
     pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
     vals = g.evaluate(pts)
@@ -114,17 +116,23 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
         stats["affine_corners"] = affine_corners(g, box, b, pos, neg, found)
     if method in ("lp", "milp"):      # slopes first (cheap), then LPs / MILPs on what is left; pos / neg grow with the LPs' points
         t0 = time.perf_counter()
-        b, more = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress, points=found)
+        journal = journal or PhaseJournal()
+        b, again = journal.replay(g, box, b)         # an earlier run's proofs and points (a resumed run)
+        if len(again):
+            run_points(g, again, pos, neg, found)
+        if journal.journal is not None:
+            stats.update(journal.replayed)
+        b, more = alpha_stage(g, box, b, pos, neg, budget=budget, progress=progress, points=found, journal=journal)
         stats.update(_stage_stats(more, "alpha"))
         left = lambda: None if budget is None else max(0.0, budget - (time.perf_counter() - t0))  # noqa: E731
         if method == "milp" and bab:
             b, more = bab_stage(g, box, b, pos, neg, budget=None if budget is None else BAB_SHARE * left(),
-                                progress=progress, points=found)
+                                progress=progress, points=found, journal=journal)
             stats.update(_stage_stats(more, "bab"))
         stage = milp_stage if method == "milp" else lp_stage
         extra = {"dead_sides": dead_sides} if method == "milp" else {}
         b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left(), progress=progress, backend=backend,
-                        points=found, **extra)
+                        points=found, journal=journal, **extra)
         stats.update(_stage_stats(more, method))
     seen = {r: pos[r] & neg[r] for r in g.relus}
     dead, active, unstable = {}, {}, {}
@@ -233,10 +241,12 @@ def _file_size(g: Graph) -> int | None:
 def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "deeppoly", samples: int = 2000,
                    seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
                    progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
-                   blocks=None, backend: str = "highs", bab: bool = True) -> GraphSimplifyResult:
+                   blocks=None, backend: str = "highs", bab: bool = True,
+                   journal: PhaseJournal | None = None) -> GraphSimplifyResult:
     """Prove, reduce, export and validate; ValidationError (nothing to write) above the tolerance."""
     t0 = time.perf_counter()
-    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget, blocks, backend, bab=bab)
+    ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget, blocks, backend, bab=bab,
+                      journal=journal)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
     small, removed, folds = shrink(reduce_graph(g, ph))
@@ -254,6 +264,9 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     if skipped:
         notes.append(f"the solver budget ran out: {skipped} positions got no solver query (they stay 'unknown' "
                      "unless sampling showed them unstable)")
+    if ph.stats.get("journal_proofs_reused") or ph.stats.get("journal_points_reused"):
+        notes.append(f"{ph.stats['journal_proofs_reused']} proved phases and {ph.stats['journal_points_reused']} "
+                     "solver points taken from the journal")
     if ph.stats.get("milp_too_large"):
         notes.append(f"{ph.stats['milp_too_large']} MILP decisions were too large for the {backend} licence and proved "
                      "nothing")

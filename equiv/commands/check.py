@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from .. import __version__
 from .common import inputs_of, progress_of, regions_of
@@ -45,6 +46,9 @@ def cmd_check(args, out) -> int:
     elif chains:
         res = check_models(args.model_a, args.model_b, boxes if len(boxes) > 1 else boxes[0], opt)
     else:
+        if args.workers or args.scheduler or args.journal:
+            print("equiv: note: --workers, --scheduler and --journal apply to check on chains of dense layers so "
+                  "far; these graphs are checked in this process, without a journal", file=sys.stderr)
         from ..prove.graph_carried import carried_graph_check
         from ..prove.graph_check import check_graphs
         from ..artifacts.validate import OnnxRunner

@@ -91,7 +91,8 @@ def journal_inputs(model, box, options, args) -> dict:
 def _provers(report: dict) -> str:
     """The method, and with lp / milp how many positions each solver stage proved."""
     q = report.get("queries", {})
-    parts = [f"{name} {q[key]}" for name, key in (("slopes", "alpha_proved"), ("branch and bound", "bab_proved"),
+    parts = [f"{name} {q[key]}" for name, key in (("journal", "journal_proofs_reused"), ("slopes", "alpha_proved"),
+                                                    ("branch and bound", "bab_proved"),
                                                     ("LP", "lp_proved"), ("MILP", "milp_proved")) if key in q]
     return report["method"] + (": " + ", ".join(parts) if parts else "")
 
@@ -106,14 +107,23 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
     from ..apps.simplify import sha256_of
     from ..artifacts.validate import OnnxRunner
     box.check_dim(graph.n_inputs)
-    if args.workers or args.scheduler or args.journal:
-        print("equiv: note: --workers, --scheduler and --journal apply to chains of dense layers so far; this graph "
-              "is simplified in this process, without a journal", file=sys.stderr)
-    res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
-                         seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
-                         progress=progress_of(args), time_limit=args.time_limit,
-                         budget=GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget,
-                         blocks=args.blocks, backend=args.backend, bab=args.bab)
+    if args.workers or args.scheduler:
+        print("equiv: note: --workers and --scheduler apply to chains of dense layers so far; this graph is "
+              "simplified in this process", file=sys.stderr)
+    journal = None
+    if args.journal:      # the facts a graph run proves hold for any budget: keyed by model and region only
+        from ..prove.graph_journal import PhaseJournal, journal_inputs
+        from .common import open_journal
+        journal = PhaseJournal(open_journal(args, args.journal, journal_inputs(sha256_of(args.model), box)))
+    try:
+        res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
+                             seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
+                             progress=progress_of(args), time_limit=args.time_limit,
+                             budget=GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget,
+                             blocks=args.blocks, backend=args.backend, bab=args.bab, journal=journal)
+    finally:
+        if journal is not None:
+            journal.journal.close()
     from ..prove.graph_carried import attach_graph_claims
     # the record `check` re-proves instead of searching (metadata only: the computation is unchanged)
     attach_graph_claims(res.onnx_model, sha256_of(args.model), res.phases.method, res.phases.dead, res.phases.active,
@@ -121,6 +131,8 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
     report = {"equiv_version": __version__, "model": args.model, "model_sha256": sha256_of(args.model),
               "output": str(target), "region": {"source": source, **box.to_json()}, "pipeline": "graph",
               **res.report()}
+    if journal is not None:
+        report["journal"] = journal.journal.stats()
     code = 0
     if args.certify:
         cert = _certify_graph(args, graph, res.onnx_model, box)

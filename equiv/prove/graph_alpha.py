@@ -18,6 +18,7 @@ from ..bounds.alpha import alpha_lower
 from ..bounds.engine import GraphBounds, retightened
 from ..ir.graph import Graph
 from ..spec.region import Box
+from .graph_journal import PhaseJournal
 from .graph_lp import affine_in_input, run_points
 
 CORNERS_KEPT = 64       # per layer, of the rows' corners, for validation (all are run to see signs)
@@ -25,10 +26,11 @@ CORNERS_KEPT = 64       # per layer, of the rows' corners, for validation (all a
 
 def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, iters: int = 10,
                 budget: float | None = None, progress: bool = False,
-                points: list | None = None) -> tuple[GraphBounds, dict]:
+                points: list | None = None, journal: PhaseJournal | None = None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (each one a sound back-substitution bound) and counts of the positions tried.  Each
     row's minimising input corner is run in the real graph (pos / neg); points, if given, receives up to
-    CORNERS_KEPT of them per layer (for validation)."""
+    CORNERS_KEPT of them per layer (for validation); journal receives the phases proved."""
+    journal = journal or PhaseJournal()
     stats = {"alpha_rows": 0, "alpha_proved": 0, "alpha_skipped": 0, "seconds": 0.0}
     t0 = time.perf_counter()
     deadline = None if budget is None else t0 + budget
@@ -61,6 +63,7 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
         np.minimum.at(new_hi, todo[~up], -low[~up])
         stats["alpha_rows"] += int(todo.size)
         stats["alpha_proved"] += int(np.sum(open_ & ((new_lo >= 0) | (new_hi <= 0))))
+        journal.layer(r, lo, hi, new_lo, new_hi, "slopes")
         bounds = retightened(g, box, bounds, z, new_lo, new_hi)
     stats["seconds"] = time.perf_counter() - t0
     return bounds, stats

@@ -19,6 +19,7 @@ from ..bounds.engine import GraphBounds, retightened
 from ..ir.graph import Graph
 from ..ir.graph_chain import NotAChain, lower_to_chain
 from ..spec.region import Box
+from .graph_journal import PhaseJournal
 from .graph_lp import run_points
 from .graph_milp import MARGIN, candidates
 from .relu_bab import decide_many
@@ -44,11 +45,13 @@ def _questions(g: Graph, bounds: GraphBounds, r: str, todo: np.ndarray, pos: dic
 
 
 def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, budget: float | None = None,
-              progress: bool = False, points: list | None = None) -> tuple[GraphBounds, dict]:
+              progress: bool = False, points: list | None = None,
+              journal: PhaseJournal | None = None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (phases proved by branch and bound) and counts; pos / neg / points grow with the points
-    found.  budget: seconds for the whole stage, shared over the layers in proportion to their positions
+    found, and journal (`prove.graph_journal`) receives both, a layer at a time.  budget: seconds for the whole stage, shared over the layers in proportion to their positions
     (what one leaves flows on), and at most LAYER_BASE + LAYER_PER s per question on a layer."""
     stats = {"bab": 0, "bab_proved": 0, "bab_witness": 0, "bab_domains": 0, "seconds": 0.0}
+    journal = journal or PhaseJournal()
     t_start = time.perf_counter()
     end = None if budget is None else t_start + budget
     todo_counts = [candidates(g, bounds, r, pos, neg).size for r in g.relus]
@@ -101,7 +104,10 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
                 stats["bab_witness"] += 1
                 found.append(a.x)
         if found:
-            run_points(g, np.clip(np.array(found), box.lo, box.hi), pos, neg, points)
+            found = np.clip(np.array(found), box.lo, box.hi)
+            run_points(g, found, pos, neg, points)
+            journal.points(found)
+        journal.layer(r, lo, hi, new_lo, new_hi, "branch and bound")
         bar.update(todo.size)
         bounds = retightened(g, box, bounds, z, new_lo, new_hi)     # later layers start from the tighter bounds
     bar.close()

@@ -22,16 +22,19 @@ from ..spec.region import Box
 from ..solvers import Status
 from ..solvers import make_backend
 from ..solvers.highs import HighsBackend
+from .graph_journal import PhaseJournal
 
 
 def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
              budget: float | None = None, progress: bool = False, backend: str = "highs",
-             points: list | None = None) -> tuple[GraphBounds, dict]:
+             points: list | None = None, journal: PhaseJournal | None = None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (sound: intersections with LP dual bounds) and counts of the queries made.
 
     pos / neg: per ReLU, the positions seen positive / negative at real points (updated in place with each
     LP's input point, run in the real graph: a position seen with both signs is unstable, no query).
-    points: if given, receives those input points (for validation)."""
+    points: if given, receives those input points (for validation).  journal: receives the phases proved
+    and the LPs' points (`prove.graph_journal`)."""
+    journal = journal or PhaseJournal()
     stats = {"lp": 0, "lp_unknown": 0, "lp_proved": 0, "lp_witnessed": 0, "lp_skipped": 0, "seconds": 0.0}
     t_start = time.perf_counter()
     for r in g.relus:
@@ -55,6 +58,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             X = _admm_layer(g, enc, bounds, z, order, lo, hi, new_lo, new_hi, lim, stats,
                             progress and f"LP {r} (admm)")
             run_points(g, np.clip(X, box.lo, box.hi), pos, neg, points)
+            journal.layer(r, lo, hi, new_lo, new_hi, "lp")
             bounds = retightened(g, box, bounds, z, new_lo, new_hi)
             continue
         solver = HighsBackend(enc.model, warm_lp=True) if backend == "highs" else make_backend(backend, enc.model)
@@ -70,7 +74,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             res = solver.maximize(c, off, integer=False, time_limit=time_limit)
             stats["lp"] += 1
             if res.x is not None:
-                _witness(g, enc, res.x, box, pos, neg, points)
+                journal.points(_witness(g, enc, res.x, box, pos, neg, points))
             proved = res.status == Status.OPTIMAL or getattr(solver, "certified_at_limit", False)   # admm: certified
             if not proved or res.bound is None or not np.isfinite(res.bound):
                 stats["lp_unknown"] += 1
@@ -81,6 +85,7 @@ def lp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, t
             else:
                 new_lo[p] = max(new_lo[p], -res.bound)     # max -z <= bound, so z >= -bound
                 stats["lp_proved"] += int(new_lo[p] >= 0)
+        journal.layer(r, lo, hi, new_lo, new_hi, "lp")
         bounds = retightened(g, box, bounds, z, new_lo, new_hi)     # later layers start from the tighter bounds
     stats["seconds"] = time.perf_counter() - t_start
     return bounds, stats
@@ -117,11 +122,13 @@ def _admm_layer(g: Graph, enc, bounds: GraphBounds, z: str, order, lo, hi, new_l
     return admm.inputs[np.isfinite(admm.inputs).all(axis=1)]
 
 
-def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict, points: list | None = None) -> None:
+def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict,
+             points: list | None = None) -> np.ndarray:
     """Run the LP solution's input point (clipped into the box) in the real graph; record the signs seen
-    (and the point in `points`, if given)."""
+    (and the point in `points`, if given).  Returns the point."""
     x = np.clip(np.concatenate([np.asarray(v)[enc.model.groups[i]] for i in g.inputs]), box.lo, box.hi)
     run_points(g, x[None], pos, neg, points)
+    return x
 
 
 def affine_in_input(g: Graph, z: str) -> bool:

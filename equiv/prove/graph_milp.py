@@ -22,6 +22,7 @@ from ..encode.graph import ConeError, cone_of, encode_graph
 from ..ir.graph import Graph
 from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
+from .graph_journal import PhaseJournal
 from .graph_lp import _witness, affine_in_input
 
 QUERIES_PER_LAYER = 4
@@ -84,11 +85,13 @@ def _encoding(g: Graph, box: Box, bounds: GraphBounds, z: str, p: int, full: lis
 def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
                budget: float | None = None, progress: bool = False, backend: str = "highs",
                dead_sides: dict | None = None, points: list | None = None,
-               threads: int = THREADS) -> tuple[GraphBounds, dict]:
+               threads: int = THREADS, journal: PhaseJournal | None = None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (phases settled by infeasible decisions) and counts of the decisions made.
     dead_sides: per ReLU, the positions to try to prove dead (the others: active); default, the side the bounds
     make likelier.  points: if given, receives the decisions' points run in the real graph (for validation).
-    threads: decisions solved at once (HiGHS only; the other backends one by one)."""
+    threads: decisions solved at once (HiGHS only; the other backends one by one).  journal: receives each
+    phase as it is proved and each decision's point (`prove.graph_journal`)."""
+    journal = journal or PhaseJournal()
     stats = {"milp": 0, "milp_proved": 0, "milp_witnessed": 0, "milp_unknown": 0, "milp_skipped": 0,
              "seconds": 0.0}
     t_start = time.perf_counter()
@@ -135,8 +138,9 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
                 else:
                     new_lo[p] = max(new_lo[p], 0.0)
                 stats["milp_proved"] += 1
+                journal.proved(r, [p] if dead_side else [], [] if dead_side else [p], "milp")
             elif dec.x is not None:
-                _witness(g, enc, dec.x, box, pos, neg, points)
+                journal.points(_witness(g, enc, dec.x, box, pos, neg, points))
                 stats["milp_unknown"] += int(not seen()[p])
             else:
                 stats["milp_unknown"] += 1
