@@ -126,6 +126,48 @@ def kill_and_resume(tmp: Path, time_limit: float = 2.0) -> dict:
     return out
 
 
+def graph_resume(tmp: Path, budget: float = 40.0, kill_after: float = 30.0) -> dict:
+    """ResNet-2B img386 with `--journal` (a graph: phases kept as facts): a fresh run; the same command again
+    on its journal (a continuation: another budget on what is left); a run SIGTERMed after kill_after s, then
+    resumed from its journal."""
+    cifar = BENCH / "cifar"
+    base = [cifar / "resnet_2b.onnx", "--spec", cifar / "resnet_2b-img386-eps2_255.vnnlib", "--milp-budget", budget]
+    fresh_j, kill_j = tmp / "graph_fresh.jnl", tmp / "graph_killed.jnl"
+    for p in (fresh_j, kill_j):
+        p.unlink(missing_ok=True)
+
+    def run(name, journal):
+        dst = tmp / f"graph_{name}.onnx"
+        dst.unlink(missing_ok=True)
+        r, wall = _simplify(base + ["-o", dst, "--journal", journal])
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(r.stdout)
+        q = rep["queries"]
+        return {"relus_after": rep["relus_after"], "phases": rep["phases"], "wall_seconds": round(wall, 2),
+                "journal_proofs_reused": q.get("journal_proofs_reused", 0),
+                "journal_points_reused": q.get("journal_points_reused", 0),
+                "proved_here": sum(q.get(k, 0) for k in ("alpha_proved", "bab_proved", "milp_proved")),
+                "journal_lines_written": rep["journal"]["answers_written"],
+                "validation_max_abs_diff": rep["validation"]["max_abs_diff"]}
+    out = {"budget": budget, "fresh": run("fresh", fresh_j)}
+    out["continued"] = run("continued", fresh_j)
+    dst = tmp / "graph_killed.onnx"
+    dst.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    p = subprocess.Popen(CLI + ["simplify", *map(str, base), "-o", str(dst), "--journal", str(kill_j), "--no-progress",
+                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        p.wait(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    out["killed"] = {"returncode": p.returncode, "wall_seconds": round(time.perf_counter() - t0, 2),
+                     "journal_lines": kill_j.read_bytes().count(b"\n") - 1, "output_written": dst.exists()}
+    out["resumed"] = run("resumed", kill_j)
+    print("graph_resume", out, flush=True)
+    return out
+
+
 def _summary(rep, wall, path) -> dict:
     return {"relus_after": rep["relus_after"], "sha256": _sha(path), "wall_seconds": round(wall, 2),
             "solver_seconds": _solver_seconds(rep), "phases": rep["phases"], "distributed": rep["distributed"]}
@@ -234,7 +276,8 @@ def write_md(data: dict, path: Path) -> None:
          f"Machine: {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, shared with three other "
          f"engineers' runs (load average at the start of the last measurement: {la}). Every time here is "
          "pessimistic; the 2-worker runs never had two free cores.", "",
-         "Command: `PYTHONPATH=. python -m equiv.bench.distributed [--only identical,resume,speedup,killed,slice]`.", ""]
+         "Command: `PYTHONPATH=. python -m equiv.bench.distributed [--only identical,resume,speedup,killed,slice,"
+         "graph_resume]`.", ""]
     L += ["## Same output, serial vs `--workers 2`", "", "| case | relus_after serial / 2 workers | same bytes | "
           "MILP queries | wall s serial / 2 workers |", "|---|---|---|---|---|"]
     for r in data.get("identical", []):
@@ -299,6 +342,21 @@ def write_md(data: dict, path: Path) -> None:
                   "1.3 of the 2 cores (`ps`) during this run, so two worker processes had well under two cores. "
                   f"On two idle cores the serial pair times would schedule to {ideal['makespan_seconds']} s "
                   f"({ideal['speedup']}x) - an estimate, not a measurement: the 1.6x target is not shown here."]
+    if "graph_resume" in data:
+        r = data["graph_resume"]
+        k = r["killed"]
+        L += ["", f"## Kill and resume on a graph: `simplify` ResNet-2B img386 with `--journal`, `--milp-budget {r['budget']}`",
+              "", "A graph run journals facts (each phase proved, each solver point), keyed by model and region only: "
+              "the same command again starts from all of them and spends its budget on what is left.", "",
+              "| run | relus_after | stable | unknown | phases from the journal | proved in this run | wall s | "
+              "max diff |", "|---|---|---|---|---|---|---|---|"]
+        for name, label in (("fresh", "fresh"), ("continued", "the same command again (continuation)"),
+                            ("resumed", f"resumed after a SIGTERM at {k['wall_seconds']} s (exit {k['returncode']}, "
+                                        f"model written: {k['output_written']}, {k['journal_lines']} journal lines)")):
+            x = r[name]
+            L.append(f"| {label} | {x['relus_after']} | {x['phases']['dead'] + x['phases']['active']} | "
+                     f"{x['phases']['unknown']} | {x['journal_proofs_reused']} (+{x['journal_points_reused']} points) | "
+                     f"{x['proved_here']} | {x['wall_seconds']} | {x['validation_max_abs_diff']:.2g} |")
     for name, est in data.get("estimates", {}).items():
         L += ["", f"Estimate {name}: {est}"]
     path.write_text("\n".join(L) + "\n")
@@ -319,7 +377,7 @@ def main(argv=None):
     for name in a.only.split(","):
         fn = {"identical": lambda: identical_outputs(tmp), "resume": lambda: kill_and_resume(tmp),
               "speedup": check_speedup, "killed": worker_killed,
-              "slice": lambda: slice_family(tmp)}[name]
+              "slice": lambda: slice_family(tmp), "graph_resume": lambda: graph_resume(tmp)}[name]
         data[name] = fn()
         path.write_text(json.dumps(data, indent=1))
     write_md(data, Path(a.out) / "distributed.md")
