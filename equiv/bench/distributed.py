@@ -273,9 +273,9 @@ def write_md(data: dict, path: Path) -> None:
     m = data.get("machine", {})
     la = data.get("load_average_at_start")
     L = ["# Distributed work and journals (issue 16)", "",
-         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, shared with three other "
-         f"engineers' runs (load average at the start of the last measurement: {la}). Every time here is "
-         "pessimistic; the 2-worker runs never had two free cores.", "",
+         f"Machine (unless a section names its own): {m.get('cpu')}, {m.get('cores')} cores, Python "
+         f"{m.get('python')}, shared with three other engineers' runs (load average at the start of those "
+         f"measurements: {la}). Every time there is pessimistic; the 2-worker runs never had two free cores.", "",
          "Command: `PYTHONPATH=. python -m equiv.bench.distributed [--only identical,resume,speedup,killed,slice,"
          "graph_resume]`.", ""]
     L += ["## Same output, serial vs `--workers 2`", "", "| case | relus_after serial / 2 workers | same bytes | "
@@ -345,8 +345,10 @@ def write_md(data: dict, path: Path) -> None:
     if "graph_resume" in data:
         r = data["graph_resume"]
         k = r["killed"]
+        m = data.get("machines", {}).get("graph_resume", {})
         L += ["", f"## Kill and resume on a graph: `simplify` ResNet-2B img386 with `--journal`, `--milp-budget {r['budget']}`",
-              "", "A graph run journals facts (each phase proved, each solver point), keyed by model and region only: "
+              "", f"Machine: {m.get('cpu')}, {m.get('cores')} cores (load average at the start "
+              f"{[round(v, 2) for v in m.get('load_average_at_start', [])]}).", "", "A graph run journals facts (each phase proved, each solver point), keyed by model and region only: "
               "the same command again starts from all of them and spends its budget on what is left.", "",
               "| run | relus_after | stable | unknown | phases from the journal | proved in this run | wall s | "
               "max diff |", "|---|---|---|---|---|---|---|---|"]
@@ -372,13 +374,13 @@ def main(argv=None):
     path = Path(a.out) / "distributed.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     from .core import machine
-    data["machine"] = machine()
-    data["load_average_at_start"] = os.getloadavg()
+    here = {**machine(), "load_average_at_start": os.getloadavg()}
     for name in a.only.split(","):
         fn = {"identical": lambda: identical_outputs(tmp), "resume": lambda: kill_and_resume(tmp),
               "speedup": check_speedup, "killed": worker_killed,
               "slice": lambda: slice_family(tmp), "graph_resume": lambda: graph_resume(tmp)}[name]
         data[name] = fn()
+        data.setdefault("machines", {})[name] = here      # (the header's machine is that of the first runs)
         path.write_text(json.dumps(data, indent=1))
     write_md(data, Path(a.out) / "distributed.md")
     print(json.dumps(data)[:2000])
