@@ -7,7 +7,7 @@ from conftest import MNIST, needs_bench
 from equiv.bounds import deeppoly_bounds
 from equiv.ir.network import Dense, Network
 from equiv.prove.stability import StabilityOptions, prove_stability
-from equiv.prove.stability_window import window, window_encoding
+from equiv.prove.windows import window, window_encoding
 from equiv.solvers import make_backend
 from equiv.spec.region import Box
 
@@ -94,21 +94,22 @@ def test_windowed_mnist_sampled_soundness_and_budget(tmp_path):
 
 
 def test_start_window_widens_only_when_the_narrow_one_does_not_pay():
-    from equiv.prove.stability_window import FIRST_WINDOW, _StartWindow
+    from equiv.prove.window_milp import StartWindow
+    from equiv.prove.windows import FIRST_WINDOW
     k = FIRST_WINDOW + 2
-    s = _StartWindow(k)
+    s = StartWindow(k)
     assert s.w == FIRST_WINDOW
-    for _ in range(_StartWindow.TRIES):          # narrow tries that never prove, each followed by a wider one
+    for _ in range(StartWindow.TRIES):          # narrow tries that never prove, each followed by a wider one
         s.record(s.w, False, 0.5)
         s.record(s.w + 1, True, 1.0)
     assert s.w == FIRST_WINDOW + 1
-    paying = _StartWindow(k)
-    for _ in range(3 * _StartWindow.TRIES):       # narrow proofs half the time at a fifth of the wider cost
+    paying = StartWindow(k)
+    for _ in range(3 * StartWindow.TRIES):       # narrow proofs half the time at a fifth of the wider cost
         paying.record(paying.w, True, 0.2)
         paying.record(paying.w, False, 0.2)
         paying.record(paying.w + 1, True, 1.0)
     assert paying.w == FIRST_WINDOW
-    full = _StartWindow(1)                        # layer 2: the first window is the whole network already
+    full = StartWindow(1)                        # layer 2: the first window is the whole network already
     full.record(1, False, 1.0)
     assert full.w == 1
 
@@ -163,7 +164,7 @@ def test_partial_milp_is_a_relaxation_between_the_lp_and_the_milp():
     relaxation of it), the LP-only decision never "below" where the partial one is not, and relaxing
     really changes answers on some random chains (the columns are not silently kept integral)."""
     from conftest import random_problem
-    from equiv.prove.stability_window import _Influence
+    from equiv.prove.window_milp import Influence
     seen_gap, nets = False, 0
     for seed in range(40):
         if nets >= 4 and seen_gap:
@@ -176,7 +177,7 @@ def test_partial_milp_is_a_relaxation_between_the_lp_and_the_milp():
             continue
         be = make_backend("highs", enc.model)
         nets += 1
-        infl = _Influence(net, b, k, k, enc)
+        infl = Influence(net, b, k, k, enc)
         assert infl.n == enc.model.n_binaries
         xs = box.sample(5000, np.random.default_rng(seed))
         _, pre = net.forward(xs, return_pre=True)
@@ -202,7 +203,7 @@ def test_partial_milp_is_a_relaxation_between_the_lp_and_the_milp():
 
 def test_influence_keeps_the_binaries_that_reach_the_objective():
     """Binaries of neurons the objective row cannot see (zero weight all the way) are relaxed first."""
-    from equiv.prove.stability_window import _Influence
+    from equiv.prove.window_milp import Influence
     W1 = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])      # three unstable neurons on [-1, 1]^2
     net = Network.from_layers([Dense(W1, np.zeros(3)), Dense(np.eye(3), np.zeros(3)),
                                Dense(np.ones((1, 3)), np.zeros(1))])
@@ -210,7 +211,7 @@ def test_influence_keeps_the_binaries_that_reach_the_objective():
     b = deeppoly_bounds(net, box)
     enc = window_encoding(net, box, b, 1, 1)
     d1 = enc.model.groups["d1"]
-    infl = _Influence(net, b, 1, 1, enc)
+    infl = Influence(net, b, 1, 1, enc)
     assert infl.n == 3
     # rows over the three layer-1 neurons; neuron 2 (x1 + x2 on [-2, 2]) has gap 1, the others 0.5
     assert list(infl.keep(np.array([1.0, 0.0, 0.0]), 0.3)) == [d1[0]]       # only neuron 0 reaches it
@@ -223,7 +224,7 @@ def test_influence_keeps_the_binaries_that_reach_the_objective():
 def test_partial_first_tries_change_no_phase():
     """With partial tries on every window (threshold lowered) the stage proves exactly the phases the full
     MILPs prove, soundly, and the partial tries are counted."""
-    import equiv.prove.stability_window as sw
+    import equiv.prove.window_milp as sw
     from conftest import random_problem
     for seed in range(60):
         net, box = random_problem(seed, 4, [10, 10, 10, 10], 2, linear_channels=False)
@@ -291,13 +292,13 @@ def test_bottleneck_interval_step_is_sound_and_exact_with_one_live_neuron():
     """Layer 3's interval bounds from layer 2's, when only neuron 0 of layer 2 is live: the exact range of
     each layer-3 neuron over the live neuron's range (a grid of it), padded by no more than 1e-9."""
     from equiv.bounds import Bounds
-    from equiv.prove.stability_window import _interval_step
+    from equiv.prove.window_bottleneck import interval_step
     net, box = bottleneck_chain(0)
     b = deeppoly_bounds(net, box)
     b = Bounds([a.copy() for a in b.lo], [a.copy() for a in b.hi])
     lo0, hi0 = 0.1, 0.7
     b.lo[1][0], b.hi[1][0] = lo0, hi0
-    _interval_step(net, b, 1)
+    interval_step(net, b, 1)
     y = np.linspace(lo0, hi0, 1001)
     z = net.dense[2].W[:, :1] * y[None] + net.dense[2].b[:, None]
     assert np.all(b.lo[2] <= z.min(axis=1)) and np.all(b.hi[2] >= z.max(axis=1))

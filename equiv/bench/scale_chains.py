@@ -65,7 +65,7 @@ def chain_lines(rows: list[dict]) -> list[str]:
              "branch and bound on ReLU phases (`prove/relu_bab.py`): proofs / real points / asked; MILP = MILP "
              "decisions; windows = MILP decisions per window width (hidden layers encoded before the neuron); "
              "bottleneck = decisions (branch and bound or MILP) on a layer's one live neuron that decide the next "
-             "layer (`stability_window._bottleneck`); windowed off = the per-layer full-depth LP/MILP stages "
+             "layer (`window_bottleneck.bottleneck`); windowed off = the per-layer full-depth LP/MILP stages "
              "(no branch and bound there); lp = `--method lp` (full-depth LPs only, the layers of >= 1500 rows "
              "on DagAdmm, as without `--backend`): the LP-only count. solver s = the seconds of every neuron's "
              "LP, branch and bound and MILP queries; vs full depth = neurons with the same phase as the windowed-off "

@@ -4,7 +4,7 @@ A `LayerSpec` holds what every query of one hidden layer shares (the network, th
 bounds at the start of the layer's MILP pass): it is built once per layer and scattered to the workers
 once.  A `NeuronQuery` names one neuron and the limits; `run_neuron` runs on a worker, builds the
 window encodings there (cached per worker thread: solver objects never cross a process boundary) and
-returns a `NeuronAnswer`.  The decision logic is the one of `stability_window._milp_layer`: the likelier
+returns a `NeuronAnswer`.  The decision logic is the one of `window_milp.milp_layer`: the likelier
 phase first, windows widened while they find only non-real points, a full-window point run in the real
 network.  Only infeasibility (a solver's proof) settles a side; a timeout or error proves nothing.
 """
@@ -110,7 +110,7 @@ _cache = threading.local()          # per worker thread: {(spec key, window): (e
 
 
 def _encoding(spec: LayerSpec, w: int, backend: str):
-    from ..prove.stability_window import window_encoding
+    from ..prove.windows import window_encoding
     from ..solvers import make_backend, milp_backend
     store = getattr(_cache, "store", None)
     if store is None or store[0] != spec.key:          # one layer at a time: drop the previous layer's models

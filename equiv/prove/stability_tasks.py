@@ -1,6 +1,6 @@
 """The windowed MILP decisions of one layer as tasks: one `NeuronQuery` per open neuron, sent
 out through a `distributed.Runner` (an executor and a journal), the answers recorded in the same order and
-by the same rules as the serial `stability_window._milp_layer`.
+by the same rules as the serial `window_milp.milp_layer`.
 
 What stays the same: a neuron is dead/active only by an infeasible decision (the solver's proof); a
 witness is a real point, re-run in the network here; an answer is recorded only while its neuron is still
@@ -17,7 +17,8 @@ import numpy as np
 
 from ..distributed.work import LayerSpec, NeuronQuery
 from .stability_solvers import settle
-from .stability_window import FIRST_WINDOW, _bab_layer, _ordered, _sides
+from .window_milp import bab_layer
+from .windows import FIRST_WINDOW, likelier_sides, ordered_open
 
 
 def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=None, shared=True):
@@ -27,10 +28,10 @@ def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=
     def is_open(i):
         return not tr.unstable(k)[i] and bounds.hi[k][i] > 0 and bounds.lo[k][i] < 0
 
-    todo = _ordered(tr, bounds, k)
+    todo = ordered_open(tr, bounds, k)
     if opt.bab and shared and todo.size:
         bq = queries.setdefault("bab", {"tried": 0, "proved": 0, "witness": 0, "domains": 0})
-        _bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)],
+        bab_layer(k, net, box, bounds, tr, opt, budget, bq, [i for i in todo if is_open(i)],
                    [(d.W, d.b) for d in net.dense[:k]], bar)
         todo = np.array([i for i in todo if is_open(i)], dtype=int)
     if todo.size == 0:
@@ -40,7 +41,7 @@ def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=
     def make_query(i):
         if not is_open(i):
             return None
-        return NeuronQuery(k, int(i), _sides(bounds, k, i), FIRST_WINDOW,
+        return NeuronQuery(k, int(i), likelier_sides(bounds, k, i), FIRST_WINDOW,
                            bool(tr.seen_pos[k][i]), bool(tr.seen_neg[k][i]), float(opt.time_limit),
                            float(opt.margin), opt.backend)
 
