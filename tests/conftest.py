@@ -250,3 +250,26 @@ def lp_optima(model, objectives) -> np.ndarray:
         assert r.status == 0, r.message
         out.append(-r.fun + off)
     return np.array(out)
+
+
+def sigterm_once_journalled(cmd: list, journal: Path, lines: int, env=None, timeout: float = 300.0):
+    """Run the CLI command `cmd`, SIGTERM it once `journal` holds `lines` lines (the header included); returns
+    (exit code, stderr).  Fails if the run ends before that."""
+    import signal
+    import subprocess
+    import time
+    p = subprocess.Popen([str(c) for c in cmd], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if p.poll() is not None or (journal.exists() and journal.read_bytes().count(b"\n") >= lines):
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, "the run ended before it could be killed"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, err

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from equiv.ir.network import Dense, Network
 from equiv.prove.stability import StabilityOptions, prove_stability
 from equiv.spec.region import Box
 
-from conftest import MNIST, ROOT, needs_bench
+from conftest import MNIST, ROOT, needs_bench, sigterm_once_journalled
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 CLI = [sys.executable, "-c", "import sys\nfrom equiv.cli import main\nif __name__ == '__main__':\n sys.exit(main())"]
@@ -371,20 +370,8 @@ def test_sigterm_leaves_no_output_and_a_usable_journal(tmp_path):
     # (--no-bab: with branch and bound first the whole run takes about a second, too short to be killed)
     args = ["simplify", MNIST / "mnist-net_256x4.onnx", "--spec", MNIST / "prop_0_0.03.vnnlib", "--time-limit", "1",
             "-o", dst, "--journal", jn, "--no-progress", "--no-bab"]
-    p = subprocess.Popen(CLI + list(map(str, args)), env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(3000):
-            if p.poll() is not None or (jn.exists() and jn.read_bytes().count(b"\n") >= 4):
-                break
-            time.sleep(0.1)
-        assert p.poll() is None, "the run ended before it could be killed"
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 143, err
+    code, err = sigterm_once_journalled(CLI + args, jn, 4, env=ENV)
+    assert code == 143, err
     assert not dst.exists()
     desc = json.loads(jn.read_text().splitlines()[0].rsplit("\t", 1)[0])["describe"]
     j = Journal(jn, desc)

@@ -100,6 +100,39 @@ def test_bab_proves_dead_what_the_triangles_cannot_and_hands_on_its_points():
     assert box.contains(x).all() and (g.evaluate(x)["t"] > 0).any()
 
 
+def test_questions_ask_the_likelier_side_first_and_the_likeliest_proofs_first():
+    """One position per line: z in [lo, hi]; the dead side is likelier when hi <= -lo.  All likelier sides
+    come before any other side, and within each round the questioned end nearest 0 (relative) first."""
+    from equiv.bounds.engine import GraphBounds
+    from equiv.prove.graph_bab import _questions
+    g = Graph.build([("x", Input((1, 4)), []), ("z", Dense((1, 4), W=np.eye(4), bias=None), ["x"]),
+                     ("h", Relu((1, 4)), ["z"])], ["x"], ["h"])
+    lo, hi = np.array([-1.0, -0.1, -3.0, -1.0]), np.array([0.5, 2.0, 0.3, 0.9])
+    b = GraphBounds({"z": lo[None]}, {"z": hi[None]})
+    none = {"h": np.zeros((1, 4), bool)}
+    rows, signs = _questions(g, b, "h", np.arange(4), none, none)
+    # likelier: 0 dead (0.5 / 1.5), 1 active (0.1 / 2.1), 2 dead (0.3 / 3.3), 3 dead (0.9 / 1.9)
+    assert rows.tolist() == [1, 2, 0, 3, 3, 0, 2, 1] and signs.tolist() == [-1, 1, 1, 1, -1, -1, -1, 1]
+    pos = {"h": np.array([[True, False, False, False]])}          # a real point showed z_0 > 0: never "dead"
+    rows, signs = _questions(g, b, "h", np.arange(4), pos, none)
+    assert (0, 1.0) not in set(zip(rows.tolist(), signs.tolist())) and rows.size == 7
+
+
+def test_later_rounds_take_what_the_first_left(monkeypatch):
+    """With no time for any layer in the first round (caps 0), a second round with the budget's rest proves
+    the dead position; without a budget there is no second round."""
+    import equiv.prove.graph_bab as gb
+    monkeypatch.setattr(gb, "LAYER_BASE", 0.0)
+    monkeypatch.setattr(gb, "LAYER_PER", 0.0)
+    g, box = two_relus(-2.5), Box([-1.0, -1.0], [1.0, 1.0])
+    b = deeppoly_graph(g, box)
+    none = lambda: {r: np.zeros(g.shape(g.args(r)[0]), bool) for r in g.relus}   # noqa: E731
+    b2, stats = bab_stage(g, box, b, none(), none(), budget=10.0)
+    assert b2.hi["t"].item() <= 0 and stats["bab_proved"] >= 1 and stats["bab_rounds"] == 2
+    b3, stats = bab_stage(g, box, b, none(), none(), budget=None)
+    assert b3.hi["t"].item() > 0 and stats["bab_proved"] == 0 and stats["bab_rounds"] == 1
+
+
 @needs_cifar
 def test_bab_on_resnet_2b_is_sampled_sound():
     """A few seconds of the stage on ResNet-2B (from DeepPoly bounds) settles positions; none is contradicted

@@ -5,38 +5,22 @@ points, a fact this graph cannot hold is refused, and a SIGTERM'd CLI run resume
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import CIFAR, ROOT, needs_cifar
+from conftest import CIFAR, ROOT, needs_cifar, sigterm_once_journalled
 from equiv.apps.graph_simplify import graph_phases
 from equiv.distributed import Journal
 from equiv.distributed.journal import JournalMismatchError
 from equiv.ir import Graph
-from equiv.ir.conv import ConvGeometry
-from equiv.ir.ops import Conv, Input, Relu
 from equiv.prove.graph_journal import PROVED, PhaseJournal, journal_inputs
 from equiv.spec.region import Box
+from test_graph_milp import two_convs as conv_net
 
 CLI = [sys.executable, "-m", "equiv.cli"]
-
-
-def conv_net(seed: int = 5) -> tuple[Graph, Box]:
-    """Two 3x3 convolutions with ReLUs on a 6x6 image, where the MILPs prove phases DeepPoly cannot."""
-    rng = np.random.default_rng(seed)
-    g = Graph.build([("x", Input((1, 1, 6, 6)), []),
-                     ("c1", Conv((1, 2, 6, 6), W=rng.normal(size=(2, 1, 3, 3)), bias=rng.normal(size=(2, 1, 1)) * 0.3,
-                                 geo=ConvGeometry(1, 6, 6, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)), ["x"]),
-                     ("r1", Relu((1, 2, 6, 6)), ["c1"]),
-                     ("c2", Conv((1, 2, 6, 6), W=rng.normal(size=(2, 2, 3, 3)), bias=np.full((2, 1, 1), -1.0),
-                                 geo=ConvGeometry(2, 6, 6, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)), ["r1"]),
-                     ("r2", Relu((1, 2, 6, 6)), ["c2"])], ["x"], ["r2"])
-    return g, Box(np.full(36, -0.5), np.full(36, 0.5))
 
 
 def _facts(journal: Journal, g: Graph) -> tuple[dict, dict]:
@@ -126,19 +110,8 @@ def test_sigterm_then_resume_on_a_cifar_net(tmp_path):
     jn, dst, rep = tmp_path / "run.jnl", tmp_path / "small.onnx", tmp_path / "r.json"
     args = CLI + ["simplify", str(net), "--spec", str(spec), "-o", str(dst), "--journal", str(jn), "--no-progress",
                   "--milp-budget", "30", "--report", str(rep)]
-    p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(1200):
-            if p.poll() is not None or (jn.exists() and jn.read_bytes().count(b"\n") >= 4):
-                break
-            time.sleep(0.1)
-        assert p.poll() is None, "the run ended before it could be killed"
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 143, err
+    code, err = sigterm_once_journalled(args, jn, 4)
+    assert code == 143, err
     assert not dst.exists() and not rep.exists()
 
     from conftest import load_box, load_graph_cached

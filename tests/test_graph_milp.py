@@ -24,6 +24,21 @@ def two_relus(offset: float) -> Graph:
                         ("y", Relu((1, 1)), ["t"])], ["x"], ["y"])
 
 
+def two_convs(seed: int = 5) -> tuple[Graph, Box]:
+    """Two random 3x3 convolutions with ReLUs on a 6x6 image in [-0.5, 0.5]^36."""
+    from equiv.ir.conv import ConvGeometry
+    from equiv.ir.ops import Conv
+    rng = np.random.default_rng(seed)
+    g = Graph.build([("x", Input((1, 1, 6, 6)), []),
+                     ("c1", Conv((1, 2, 6, 6), W=rng.normal(size=(2, 1, 3, 3)), bias=rng.normal(size=(2, 1, 1)) * 0.3,
+                                 geo=ConvGeometry(1, 6, 6, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)), ["x"]),
+                     ("r1", Relu((1, 2, 6, 6)), ["c1"]),
+                     ("c2", Conv((1, 2, 6, 6), W=rng.normal(size=(2, 2, 3, 3)), bias=np.full((2, 1, 1), -1.0),
+                                 geo=ConvGeometry(2, 6, 6, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)), ["r1"]),
+                     ("r2", Relu((1, 2, 6, 6)), ["c2"])], ["x"], ["r2"])
+    return g, Box(np.full(36, -0.5), np.full(36, 0.5))
+
+
 def _signs(g, box, n=500, seed=0):
     x = Box(box.lo, box.hi).sample(n, np.random.default_rng(seed))
     vals = g.evaluate(x)
@@ -142,17 +157,7 @@ def test_threads_decide_what_one_by_one_decides(seed):
     """Two decisions in flight (threads) settle the same positions as one at a time, with no budget (they may
     ask more: a point found by one decision cannot spare the one already running); every position they settle
     keeps its sign on sampled points of the region (sampled soundness)."""
-    from equiv.ir.conv import ConvGeometry
-    from equiv.ir.ops import Conv
-    rng = np.random.default_rng(seed)
-    g = Graph.build([("x", Input((1, 1, 6, 6)), []),
-                     ("c1", Conv((1, 2, 6, 6), W=rng.normal(size=(2, 1, 3, 3)), bias=rng.normal(size=(2, 1, 1)) * 0.3,
-                                 geo=ConvGeometry(1, 6, 6, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)), ["x"]),
-                     ("r1", Relu((1, 2, 6, 6)), ["c1"]),
-                     ("c2", Conv((1, 2, 6, 6), W=rng.normal(size=(2, 2, 3, 3)), bias=np.full((2, 1, 1), -1.0),
-                                 geo=ConvGeometry(2, 6, 6, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)), ["r1"]),
-                     ("r2", Relu((1, 2, 6, 6)), ["c2"])], ["x"], ["r2"])
-    box = Box(np.full(36, -0.5), np.full(36, 0.5))      # (seeds where the MILPs prove what DeepPoly cannot)
+    g, box = two_convs(seed)      # (seeds where the MILPs prove what DeepPoly cannot)
     b = deeppoly_graph(g, box)
     out = {}
     for threads in (1, 2):

@@ -109,9 +109,11 @@ def _needs_splits():
     raise AssertionError("no random net needed a split")
 
 
-def test_many_questions_answer_as_one_at_a_time():
+@pytest.mark.parametrize("quantum", [256, 16, 1])
+def test_many_questions_answer_as_one_at_a_time(quantum):
     """decide_many on rows that need splits, are false, or are proved at the root gives each row the verdict
-    decide_max gives it alone; with groups, a row proved drops the other rows of its group as moot."""
+    decide_max gives it alone, whatever the domains a question gets per turn; with groups, a row proved drops
+    the other rows of its group as moot."""
     q, best, t = _needs_splits()
     many = dict(layers=q["layers"], masks=q["masks"], lo=q["lo"], hi=q["hi"], hidden_lo=q["hidden_lo"],
                 hidden_hi=q["hidden_hi"], C=np.repeat(q["c"][None], 3, axis=0), d=np.full(3, q["d"]),
@@ -119,9 +121,9 @@ def test_many_questions_answer_as_one_at_a_time():
     ths = np.array([t, best - 0.1 * max(1.0, abs(best)), best + 1e3])
     alone = [decide_max(**q, threshold=x, time_limit=20.0).verdict for x in ths]
     assert alone == ["below", "above", "below"]
-    assert [r.verdict for r in decide_many(**many, thresholds=ths)] == alone
+    assert [r.verdict for r in decide_many(**many, thresholds=ths, quantum=quantum)] == alone
     # rows 0 and 2 alternatives: row 2 is proved by the first batch's root bound, so row 0 is dropped
-    r = decide_many(**many, thresholds=ths, groups=np.array([7, 5, 7]))
+    r = decide_many(**many, thresholds=ths, groups=np.array([7, 5, 7]), quantum=quantum)
     assert [x.verdict for x in r] == ["unknown", "above", "below"] and "moot" in r[0].message
 
 

@@ -384,7 +384,8 @@ def decide_max(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden
 def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden_lo: list, hidden_hi: list,
                 C: np.ndarray, d: np.ndarray, thresholds: np.ndarray, time_limit: float, margin: float = 1e-6,
                 batch: int = 128, iters: int = 5, groups: np.ndarray | None = None,
-                stall: float | None = None, report=None, stall_on_points: bool = False) -> list:
+                stall: float | None = None, report=None, stall_on_points: bool = False,
+                quantum: int = QUANTUM) -> list:
     """`decide_max` for the rows of C (m, n), d (m,), thresholds (m,) at once: their domains share the
     batches, so the many questions a root bound settles cost one batched bound instead of one call each
     (all of a layer's phase decisions, say).  Returns one BabResult per row; when time runs out, the rows
@@ -436,7 +437,7 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
         # what 3 in 4 of the proofs so far needed (at least QUANTUM), the size of a question worth finishing.
         # (256 questions of mnist 256x6's layer 5: one after the other spent 20 s on the first one's 26 000
         # domains; a fixed q = 32 let hardly any finish, as most need 200-2 000 domains)
-        q = max(QUANTUM, 2 * np.percentile(sizes, 75)) if len(sizes) >= 4 else QUANTUM
+        q = max(quantum, 2 * np.percentile(sizes, 75)) if len(sizes) >= 4 else quantum
         cur = queue.pop(batch, np.floor(np.log2(1.0 + done / q)))
         corners = _optimise(chain, cur, iters)
         np.add.at(done, cur.obj, 1)
