@@ -76,30 +76,26 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
         stats["bab_not_run"] = str(exc)
         return bounds, stats
     bar = tqdm(total=sum(todo_counts), desc="branch and bound", unit="position", disable=not progress, leave=False)
-    again = set(range(len(g.relus)))       # the layers a round visits: all, then those the first cut short
     for first in (True,) if end is None else (True, False):
         if not first:
-            todo_counts = [candidates(g, bounds, r, pos, neg).size if k in again else 0
-                           for k, r in enumerate(g.relus)]
+            todo_counts = [candidates(g, bounds, r, pos, neg).size for r in g.relus]
             if not any(todo_counts) or end - time.perf_counter() < ROUND_MIN:
                 break
             bar.total += sum(todo_counts)
             bar.refresh()
+        capped = False
         stats["bab_rounds"] += 1
-        cut_short = set()
         for k, r in enumerate(g.relus):
-            todo = candidates(g, bounds, r, pos, neg) if k in again else np.zeros(0, int)
+            todo = candidates(g, bounds, r, pos, neg)
             if todo.size == 0:
                 continue
             share = np.inf if end is None else \
                 (end - time.perf_counter()) * todo.size / max(1, todo.size + sum(todo_counts[k + 1:]))
             bounds, cut = _layer(g, box, bounds, chain, k, todo, share, first, pos, neg, points, journal, stats,
                                  bar if progress else None, t_start)
-            if cut:
-                cut_short.add(k)
+            capped |= cut
             bar.update(todo.size)
-        again = cut_short
-        if not again:
+        if not capped:
             break
     bar.close()
     stats["seconds"] = time.perf_counter() - t_start
