@@ -61,8 +61,9 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
     found, and journal (`prove.graph_journal`) receives both, a layer at a time.  budget: seconds for the
     whole stage, shared over the layers in proportion to their open positions (what one leaves flows on).
     A first round gives a layer at most LAYER_BASE + LAYER_PER s per question, so that the budget reaches
-    the deep layers; with a budget, a second round gives what is left to the layers whose search that cap
-    ended while it was proving."""
+    the deep layers; with a budget, when that cap ended a layer's search while it was still proving, a
+    second round gives what is left to every layer still open (one that stalled in the first round may
+    become provable once earlier layers gain proofs)."""
     stats = {"bab": 0, "bab_proved": 0, "bab_witness": 0, "bab_domains": 0, "bab_rounds": 0, "seconds": 0.0}
     journal = journal or PhaseJournal()
     t_start = time.perf_counter()
