@@ -38,20 +38,15 @@ def _questions(g: Graph, bounds: GraphBounds, r: str, todo: np.ndarray, pos: dic
     z = g.args(r)[0]
     lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
     P, N = pos[r].reshape(-1), neg[r].reshape(-1)
-    rows, signs = [], []
+    asked = []
     for first in (True, False):
-        asked = []
+        side = []       # (how far the questioned end reaches past 0 relative to the width, position, sign)
         for p in todo:
             dead = (hi[p] <= -lo[p]) == first
             if not (P[p] if dead else N[p]):
-                asked.append((hi[p] if dead else -lo[p]) / (hi[p] - lo[p]))
-                rows.append(int(p))
-                signs.append(1.0 if dead else -1.0)
-        n = len(asked)
-        order = np.argsort(asked, kind="stable")
-        rows[len(rows) - n:] = [rows[len(rows) - n + i] for i in order]
-        signs[len(signs) - n:] = [signs[len(signs) - n + i] for i in order]
-    return np.array(rows, int), np.array(signs)
+                side.append(((hi[p] if dead else -lo[p]) / (hi[p] - lo[p]), int(p), 1.0 if dead else -1.0))
+        asked += sorted(side, key=lambda q: q[0])         # (stable: ties keep the position order)
+    return np.array([q[1] for q in asked], int), np.array([q[2] for q in asked])
 
 
 def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, budget: float | None = None,

@@ -68,9 +68,7 @@ class PhaseJournal:
         journal's header matched, so the file was edited."""
         if self.journal is None:
             return bounds, np.zeros((0, box.dim))
-        lo = {z: v.reshape(-1).copy() for z, v in bounds.lo.items()}
-        hi = {z: v.reshape(-1).copy() for z, v in bounds.hi.items()}
-        tighter, pts = False, []
+        lo, hi, pts = {}, {}, []          # flat copies of the ReLU inputs a fact tightens
         for key, fact in self.journal.answers.items():
             if key.startswith(PROVED):
                 r = fact["relu"]
@@ -78,6 +76,8 @@ class PhaseJournal:
                     raise JournalMismatchError(f"journal {self.journal.path}: a proof names ReLU {r!r}, which this "
                                                "model does not have; move the journal away")
                 z = g.args(r)[0]
+                if z not in lo:
+                    lo[z], hi[z] = bounds.lo[z].reshape(-1).copy(), bounds.hi[z].reshape(-1).copy()
                 dead, active = np.array(fact["dead"], int), np.array(fact["active"], int)
                 if any(p.size and (p.min() < 0 or p.max() >= lo[z].size) for p in (dead, active)):
                     raise JournalMismatchError(f"journal {self.journal.path}: a proof names a position outside "
@@ -85,7 +85,6 @@ class PhaseJournal:
                 hi[z][dead] = np.minimum(hi[z][dead], 0.0)
                 lo[z][active] = np.maximum(lo[z][active], 0.0)
                 self.replayed["journal_proofs_reused"] += dead.size + active.size
-                tighter = True
             elif key.startswith(POINT):
                 x = np.frombuffer(base64.b64decode(fact["x"]), np.float64)
                 if x.size != box.dim:
@@ -94,9 +93,9 @@ class PhaseJournal:
                 pts.append(x)
         self.replayed["journal_points_reused"] = len(pts)
         self.journal.reused += len(pts) + sum(k.startswith(PROVED) for k in self.journal.answers)
-        if tighter:
-            known = GraphBounds({z: v.reshape(bounds.lo[z].shape) for z, v in lo.items()},
-                                {z: v.reshape(bounds.hi[z].shape) for z, v in hi.items()})
+        if lo:      # (as `bounds.engine.retightened`, for every tensor a fact tightens, in one pass)
+            known = GraphBounds({**bounds.lo, **{z: v.reshape(bounds.lo[z].shape) for z, v in lo.items()}},
+                                {**bounds.hi, **{z: v.reshape(bounds.hi[z].shape) for z, v in hi.items()}})
             bounds = deeppoly_graph(g, box, known=known)
         x = np.clip(np.array(pts), box.lo, box.hi) if pts else np.zeros((0, box.dim))
         return bounds, x

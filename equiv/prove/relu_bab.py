@@ -393,7 +393,8 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
     group are alternatives (the two sides of a neuron): once one is proved below, the others are dropped
     ("unknown", moot).  stall (seconds): give up then if no row is decided yet (with stall_on_points, if none
     is proved yet: real points found do not count as progress) (a hopeless batch of questions
-    should not hold the time the caller could spend elsewhere).  report(proved, points): called at most
+    should not hold the time the caller could spend elsewhere).  quantum: domains each question gets per
+    turn at its level of work, at least (see the queue below).  report(proved, points): called at most
     every REPORT_EVERY seconds with the rows proved and refuted so far (a progress bar)."""
     t0 = time.perf_counter()
     m = len(thresholds)
@@ -434,7 +435,7 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
         # the questions by levels of work done so far (a multilevel feedback queue: level l holds the
         # questions with q (2^l - 1) to q (2^(l+1) - 1) domains bounded), one after the other within a level:
         # a hard question must not starve the others, and the easy ones still finish one by one.  q: twice
-        # what 3 in 4 of the proofs so far needed (at least QUANTUM), the size of a question worth finishing.
+        # what 3 in 4 of the proofs so far needed (at least quantum), the size of a question worth finishing.
         # (256 questions of mnist 256x6's layer 5: one after the other spent 20 s on the first one's 26 000
         # domains; a fixed q = 32 let hardly any finish, as most need 200-2 000 domains)
         q = max(quantum, 2 * np.percentile(sizes, 75)) if len(sizes) >= 4 else quantum
