@@ -152,12 +152,14 @@ def _add_distributed(p, journal: bool = True) -> None:
     """--workers / --scheduler (and --journal): where the solver queries run, and where their answers are kept."""
     g = p.add_argument_group("distributed work (--workers/--scheduler need the extra equiv[dask])")
     g.add_argument("--workers", type=positive_count, default=None, metavar="N",
-                   help="run the independent work (simplify: the MILP decisions of a layer; check: sub-boxes "
+                   help="run the independent work (simplify: the MILP decisions of a layer; on a graph also its "
+                        "branch and bound, split by position; check: sub-boxes "
                         "tiling the region, 4 per worker; slice: the two halves of every split; compress: one "
                         "candidate per worker in each bisection step; bench --suite "
                         "equivalence: the pairs) on a local Dask cluster of N worker processes on 127.0.0.1; the "
                         "proofs, and so the written models and verdicts, are the same as without it (compress "
-                        "excepted: it then tries other levels, so it may return another model, proved all the same)")
+                        "excepted: it then tries other levels, so it may return another model, proved all the "
+                        "same; and a graph under a budget: its split search may end elsewhere)")
     g.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run them on the existing Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786)")
     if journal:

@@ -171,20 +171,3 @@ def test_threads_decide_what_one_by_one_decides(seed):
     for z in ("c1", "c2"):
         assert np.array_equal(b1.hi[z] <= 0, b2.hi[z] <= 0) and np.array_equal(b1.lo[z] >= 0, b2.lo[z] >= 0)
         assert (vals[z] <= np.maximum(b2.hi[z], 0) + 1e-9).all() and (vals[z] >= np.minimum(b2.lo[z], 0) - 1e-9).all()
-
-
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_in_flight_answers_every_item_once_and_stops_at_the_deadline(threads):
-    from equiv.prove.graph_milp import in_flight
-    got, asked = [], []
-
-    def ask(item, seconds):
-        asked.append((item, seconds))
-        return item * item
-
-    n = in_flight(list(range(10)), ask, got.append, lambda i: i % 3 == 0, lambda: None, 2.0, threads)
-    assert n == 10 and sorted(got) == [i * i for i in range(10) if i % 3] and all(s == 2.0 for _, s in asked)
-    got.clear()
-    clock = iter([5.0, 1.0, 0.01])       # seconds left at each submission: the third is out of time
-    n = in_flight(list(range(10)), ask, got.append, lambda i: False, lambda: next(clock), 2.0, threads)
-    assert n == 2 and sorted(got) == [0, 1] and asked[-2:] == [(0, 2.0), (1, 1.0)]

@@ -89,13 +89,15 @@ class GraphPhases:
 def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 2000, seed: int = 0,
                  progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
                  blocks=None, backend: str = "highs", claims: tuple[dict, dict] | None = None,
-                 bab: bool = True, journal: PhaseJournal | None = None) -> GraphPhases:
+                 bab: bool = True, journal: PhaseJournal | None = None, executor=None) -> GraphPhases:
     """Proved phases (interval or DeepPoly bounds on the DAG; with lp/milp then optimised slopes, with milp
     branch and bound on ReLU phases (unless not bab, BAB_SHARE of the budget), and one LP or MILP decision
     per position still undecided) and positions seen with both signs at real points.
     claims: (dead, active) boolean masks per ReLU: only these phases are tried, each on its claimed side; the
     other positions count as unstable and get no query (re-proving a record, see `prove.graph_carried`).
-    journal (`prove.graph_journal`, lp / milp): its phases and points are taken first, new ones kept there."""
+    journal (`prove.graph_journal`, lp / milp): its phases and points are taken first, new ones kept there.
+    executor (milp): a Dask one (`distributed.executor`) runs the branch and bound and the MILP decisions on
+    its workers."""
     rng = np.random.default_rng(seed)
     pts = np.vstack([box.sample(samples, rng), box.vertices(256, rng), box.center[None]])
     vals = g.evaluate(pts)
@@ -127,10 +129,10 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
         left = lambda: None if budget is None else max(0.0, budget - (time.perf_counter() - t0))  # noqa: E731
         if method == "milp" and bab:
             b, more = bab_stage(g, box, b, pos, neg, budget=None if budget is None else BAB_SHARE * left(),
-                                progress=progress, points=found, journal=journal)
+                                progress=progress, points=found, journal=journal, executor=executor)
             stats.update(_stage_stats(more, "bab"))
         stage = milp_stage if method == "milp" else lp_stage
-        extra = {"dead_sides": dead_sides} if method == "milp" else {}
+        extra = {"dead_sides": dead_sides, "executor": executor} if method == "milp" else {}
         b, more = stage(g, box, b, pos, neg, time_limit=time_limit, budget=left(), progress=progress, backend=backend,
                         points=found, journal=journal, **extra)
         stats.update(_stage_stats(more, method))
@@ -242,11 +244,11 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
                    seed: int = 0, validation_samples: int = 10000, tolerance: float = 1e-4,
                    progress: bool = False, time_limit: float = 10.0, budget: float | None = None,
                    blocks=None, backend: str = "highs", bab: bool = True,
-                   journal: PhaseJournal | None = None) -> GraphSimplifyResult:
+                   journal: PhaseJournal | None = None, executor=None) -> GraphSimplifyResult:
     """Prove, reduce, export and validate; ValidationError (nothing to write) above the tolerance."""
     t0 = time.perf_counter()
     ph = graph_phases(g, box, method, samples, seed, progress, time_limit, budget, blocks, backend, bab=bab,
-                      journal=journal)
+                      journal=journal, executor=executor)
     seconds = {"prove": time.perf_counter() - t0}
     t1 = time.perf_counter()
     small, removed, folds = shrink(reduce_graph(g, ph))
@@ -267,6 +269,10 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     if ph.stats.get("journal_proofs_reused") or ph.stats.get("journal_points_reused"):
         notes.append(f"{ph.stats['journal_proofs_reused']} proved phases and {ph.stats['journal_points_reused']} "
                      "solver points taken from the journal")
+    failed = ph.stats.get("bab_failed", 0) + ph.stats.get("milp_failed", 0)
+    if failed:
+        notes.append(f"{failed} tasks failed on the cluster (their workers died) and proved nothing: "
+                     + "; ".join((ph.stats.get("bab_failures", []) + ph.stats.get("milp_failures", []))[:3]))
     if ph.stats.get("milp_too_large"):
         notes.append(f"{ph.stats['milp_too_large']} MILP decisions were too large for the {backend} licence and proved "
                      "nothing")

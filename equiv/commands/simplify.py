@@ -107,23 +107,31 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
     from ..apps.simplify import sha256_of
     from ..artifacts.validate import OnnxRunner
     box.check_dim(graph.n_inputs)
-    if args.workers or args.scheduler:
-        print("equiv: note: --workers and --scheduler apply to chains of dense layers so far; this graph is "
-              "simplified in this process", file=sys.stderr)
-    journal = None
+    if (args.workers or args.scheduler) and args.method != "milp":
+        print(f"equiv: note: on a graph, --workers and --scheduler run the MILP method's branch and bound and MILP "
+              f"decisions; --method {args.method} runs in this process", file=sys.stderr)
+    journal = executor = None
     if args.journal:      # the facts a graph run proves hold for any budget: keyed by model and region only
         from ..prove.graph_journal import PhaseJournal, journal_inputs
         from .common import open_journal
         journal = PhaseJournal(open_journal(args, args.journal, journal_inputs(sha256_of(args.model), box)))
     try:
+        if (args.workers or args.scheduler) and args.method == "milp":
+            from ..distributed import make_executor
+            executor = make_executor(args.workers, args.scheduler)
         res = simplify_graph(graph, OnnxRunner(str(args.model)), box, method=args.method, samples=args.samples,
                              seed=args.seed, validation_samples=args.validation_samples, tolerance=args.tolerance,
                              progress=progress_of(args), time_limit=args.time_limit,
                              budget=GRAPH_LP_BUDGET if args.milp_budget is None else args.milp_budget,
-                             blocks=args.blocks, backend=args.backend, bab=args.bab, journal=journal)
+                             blocks=args.blocks, backend=args.backend, bab=args.bab, journal=journal,
+                             executor=executor)
     finally:
-        if journal is not None:
-            journal.journal.close()
+        try:
+            if executor is not None:
+                executor.close()
+        finally:
+            if journal is not None:
+                journal.journal.close()
     from ..prove.graph_carried import attach_graph_claims
     # the record `check` re-proves instead of searching (metadata only: the computation is unchanged)
     attach_graph_claims(res.onnx_model, sha256_of(args.model), res.phases.method, res.phases.dead, res.phases.active,
@@ -133,6 +141,10 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
               **res.report()}
     if journal is not None:
         report["journal"] = journal.journal.stats()
+    if executor is not None:
+        q = res.phases.stats
+        report["distributed"] = {"executor": executor.kind, "workers": executor.workers,
+                                 "tasks_failed": q.get("bab_failed", 0) + q.get("milp_failed", 0)}
     code = 0
     if args.certify:
         cert = _certify_graph(args, graph, res.onnx_model, box)

@@ -12,55 +12,24 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from ..bounds.engine import GraphBounds, retightened
+from ..distributed.slots import in_flight, on_cluster, slots_for
 from ..encode.graph import ConeError, cone_of, encode_graph
 from ..ir.graph import Graph
 from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
 from .graph_journal import PhaseJournal
-from .graph_lp import _witness, affine_in_input
+from .graph_lp import affine_in_input, run_points
 
 QUERIES_PER_LAYER = 4
 THREADS = 2        # HiGHS decisions solved at once (highspy releases the GIL while it solves)
 MARGIN = 1e-6      # a decision proves z <= -MARGIN (or >= MARGIN) up to the solver's feasibility tolerance
-
-
-def in_flight(items, ask, answer, skip, left, limit: float, threads: int) -> int:
-    """ask(item, seconds) for the items in order, up to `threads` at once in worker threads, and answer(result)
-    here as each comes back.  An item is submitted only when a slot is free, so a point an answer found can
-    make skip(item) spare the next ones; and only while left() (seconds, None: no end) exceeds 0.05, with at
-    most min(limit, left()) seconds.  Returns how many items were submitted or skipped."""
-    pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
-    running, i, stop = set(), 0, False
-    try:
-        while True:
-            while i < len(items) and len(running) < threads and not stop:
-                if skip(items[i]):
-                    i += 1
-                    continue
-                t = left()
-                if t is not None and t <= 0.05:
-                    stop = True
-                    break
-                q = limit if t is None else min(limit, t)
-                if pool is None:
-                    answer(ask(items[i], q))
-                else:
-                    running.add(pool.submit(ask, items[i], q))
-                i += 1
-            if not running:          # every item submitted and answered, or out of time
-                return i
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for f in done:
-                answer(f.result())
-    finally:
-        if pool is not None:
-            pool.shutdown()
 
 
 def candidates(g: Graph, bounds: GraphBounds, r: str, pos: dict, neg: dict) -> np.ndarray:
@@ -70,6 +39,34 @@ def candidates(g: Graph, bounds: GraphBounds, r: str, pos: dict, neg: dict) -> n
     if affine_in_input(g, z):
         return np.zeros(0, int)        # affine in the input: DeepPoly is exact there already
     return np.flatnonzero((lo < 0) & (hi > 0) & ~(pos[r] & neg[r]).reshape(-1))
+
+
+@dataclass
+class PositionAnswer:
+    """One decision's outcome, as plain data (it may come back from a worker)."""
+    p: int
+    dead_side: bool
+    verdict: str          # "below": the phase is proved; anything else proves nothing
+    status: str
+    x: np.ndarray | None  # the decision's input point, clipped into the box
+
+
+def decide_position(shared, z: str, p: int, dead_side: bool, limit: float, backend: str,
+                    full: list | None = None, lock=None) -> PositionAnswer:
+    """Can position p of tensor z reach the other side of 0 (dead_side: above 0)?  One exact MILP over its cone
+    of influence.  shared: (graph, box, bounds).  full / lock: a whole-graph encoding shared between threads
+    (built once, if a cone is refused); a worker task builds its own."""
+    g, box, bounds = shared
+    with lock or nullcontext():
+        enc = _encoding(g, box, bounds, z, p, [] if full is None else full)
+    solver = make_backend(milp_backend(backend), enc.model)
+    c, off = enc.objective(z, p, 1.0 if dead_side else -1.0)
+    dec = solver.decide(c, off, 0.0, time_limit=limit, margin=MARGIN)
+    x = None
+    if dec.x is not None:
+        v = np.asarray(dec.x)
+        x = np.clip(np.concatenate([v[enc.model.groups[i]] for i in g.inputs]), box.lo, box.hi)
+    return PositionAnswer(int(p), bool(dead_side), dec.verdict, getattr(dec.status, "name", str(dec.status)), x)
 
 
 def _encoding(g: Graph, box: Box, bounds: GraphBounds, z: str, p: int, full: list):
@@ -85,12 +82,14 @@ def _encoding(g: Graph, box: Box, bounds: GraphBounds, z: str, p: int, full: lis
 def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, time_limit: float = 10.0,
                budget: float | None = None, progress: bool = False, backend: str = "highs",
                dead_sides: dict | None = None, points: list | None = None,
-               threads: int = THREADS, journal: PhaseJournal | None = None) -> tuple[GraphBounds, dict]:
+               threads: int = THREADS, journal: PhaseJournal | None = None,
+               executor=None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (phases settled by infeasible decisions) and counts of the decisions made.
     dead_sides: per ReLU, the positions to try to prove dead (the others: active); default, the side the bounds
     make likelier.  points: if given, receives the decisions' points run in the real graph (for validation).
     threads: decisions solved at once (HiGHS only; the other backends one by one).  journal: receives each
-    phase as it is proved and each decision's point (`prove.graph_journal`)."""
+    phase as it is proved and each decision's point (`prove.graph_journal`).  executor: a Dask one
+    (`distributed.executor`) runs the decisions on its workers, one each (a failed task proves nothing)."""
     journal = journal or PhaseJournal()
     stats = {"milp": 0, "milp_proved": 0, "milp_witnessed": 0, "milp_unknown": 0, "milp_skipped": 0,
              "seconds": 0.0}
@@ -98,69 +97,92 @@ def milp_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *,
     end = None if budget is None else t_start + budget
     todo_counts = {r: candidates(g, bounds, r, pos, neg).size for r in g.relus}
     bar = tqdm(total=sum(todo_counts.values()), desc="MILP", unit="query", disable=not progress, leave=False)
-    n = max(1, threads) if milp_backend(backend) == "highs" else 1
+    slots = slots_for(executor, max(1, threads) if milp_backend(backend) == "highs" else 1)
+    remote = on_cluster(executor)
     lock = threading.Lock()
-    for k, r in enumerate(g.relus):
-        todo = candidates(g, bounds, r, pos, neg)
-        if todo.size == 0:
-            continue
-        now = time.perf_counter()
-        if end is not None and now >= end:
-            stats["milp_skipped"] += int(todo.size)
-            continue
-        later = sum(todo_counts[q] for q in g.relus[k + 1:])
-        layer_end = None if end is None else now + (end - now) * todo.size / max(1, todo.size + later)
-        # at least QUERIES_PER_LAYER decisions per layer: one hard query must not eat the layer's share
-        limit = time_limit if layer_end is None else min(time_limit, max(0.5, (layer_end - now) / QUERIES_PER_LAYER))
-        z = g.args(r)[0]
-        lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
-        new_lo, new_hi = lo.copy(), hi.copy()
-        full = []          # the whole graph's encoding, built only if a cone is refused
-        order = todo[np.argsort(np.minimum(-lo[todo], hi[todo]) / (hi[todo] - lo[todo]))]
-        seen = lambda: (pos[r] & neg[r]).reshape(-1)      # noqa: E731
-
-        def ask(p, limit):
-            """One decision on the phase the bounds make likelier (or the one a record claims); in a worker."""
-            dead_side = bool(dead_sides[r].reshape(-1)[p]) if dead_sides is not None else hi[p] <= -lo[p]
-            with lock:                                   # (the shared whole-graph encoding is built once)
-                enc = _encoding(g, box, bounds, z, int(p), full)
-            solver = make_backend(milp_backend(backend), enc.model)
-            c, off = enc.objective(z, int(p), 1.0 if dead_side else -1.0)
-            return p, dead_side, enc, solver.decide(c, off, 0.0, time_limit=limit, margin=MARGIN)
-
-        def answer(res):
-            p, dead_side, enc, dec = res
-            bar.update(1)
-            stats["milp"] += 1
-            if dec.verdict == "below":               # sign * z < -MARGIN everywhere on the region
-                if dead_side:
-                    new_hi[p] = min(new_hi[p], 0.0)
-                else:
-                    new_lo[p] = max(new_lo[p], 0.0)
-                stats["milp_proved"] += 1
-                journal.proved(r, [p] if dead_side else [], [] if dead_side else [p], "milp")
-            elif dec.x is not None:
-                journal.points(_witness(g, enc, dec.x, box, pos, neg, points))
-                stats["milp_unknown"] += int(not seen()[p])
-            else:
-                stats["milp_unknown"] += 1
-                if dec.status == Status.TOO_LARGE:        # e.g. gurobi's size-limited licence: proves nothing
-                    stats["milp_too_large"] = stats.get("milp_too_large", 0) + 1
-
-        def skip(p):
-            if seen()[p]:
-                stats["milp_witnessed"] += 1         # an earlier point already showed it unstable
-                bar.update(1)
-                return True
-            return False
-
-        left = (lambda: None) if layer_end is None else (lambda: layer_end - time.perf_counter())  # noqa: E731
-        i = in_flight(order, ask, answer, skip, left, limit, n)
-        if i < order.size:
-            rest = order[i:]
-            stats["milp_skipped"] += int((~seen()[rest]).sum())
-            bar.update(rest.size)
-        bounds = retightened(g, box, bounds, z, new_lo, new_hi)     # later layers start from the tighter bounds
+    try:
+        for k, r in enumerate(g.relus):
+            todo = candidates(g, bounds, r, pos, neg)
+            if todo.size == 0:
+                continue
+            now = time.perf_counter()
+            if end is not None and now >= end:
+                stats["milp_skipped"] += int(todo.size)
+                continue
+            later = sum(todo_counts[q] for q in g.relus[k + 1:])
+            layer_end = None if end is None else now + (end - now) * todo.size / max(1, todo.size + later)
+            # at least QUERIES_PER_LAYER decisions per layer: one hard query must not eat the layer's share
+            limit = time_limit if layer_end is None else \
+                min(time_limit, max(0.5, (layer_end - now) / QUERIES_PER_LAYER))
+            bounds = _layer(g, box, bounds, r, todo, limit, layer_end, backend, dead_sides, pos, neg, points,
+                            journal, stats, bar, slots, executor.scatter((g, box, bounds)) if remote else None,
+                            lock)
+    finally:
+        slots.close()
     bar.close()
     stats["seconds"] = time.perf_counter() - t_start
     return bounds, stats
+
+
+def _layer(g: Graph, box: Box, bounds: GraphBounds, r: str, todo: np.ndarray, limit: float, layer_end,
+           backend: str, dead_sides, pos: dict, neg: dict, points, journal: PhaseJournal, stats: dict, bar,
+           slots, handle, lock) -> GraphBounds:
+    """Layer r's decisions (the positions whose bounds lie nearest to a proof first) until layer_end;
+    returns the bounds with the phases they proved (DeepPoly again for the later layers).  handle: the
+    scattered (graph, box, bounds) when the decisions run on a cluster, else None (threads here)."""
+    z = g.args(r)[0]
+    lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
+    new_lo, new_hi = lo.copy(), hi.copy()
+    full = []          # the whole graph's encoding, built only if a cone is refused (threads here)
+    order = todo[np.argsort(np.minimum(-lo[todo], hi[todo]) / (hi[todo] - lo[todo]))]
+    seen = lambda: (pos[r] & neg[r]).reshape(-1)      # noqa: E731
+
+    def submit(p, seconds):
+        """One decision on the phase the bounds make likelier (or the one a record claims)."""
+        dead_side = bool(dead_sides[r].reshape(-1)[p]) if dead_sides is not None else bool(hi[p] <= -lo[p])
+        if handle is not None:
+            return slots.submit(decide_position, handle, z, int(p), dead_side, seconds, backend)
+        return slots.submit(decide_position, (g, box, bounds), z, int(p), dead_side, seconds, backend, full, lock)
+
+    def answer(fut):
+        bar.update(1)
+        stats["milp"] += 1
+        try:
+            a = fut.result()
+        except Exception as exc:          # on a cluster (a worker killed too often, ...): proves nothing
+            if handle is None:
+                raise                     # here it is a bug: never a verdict
+            stats["milp_unknown"] += 1
+            stats["milp_failed"] = stats.get("milp_failed", 0) + 1
+            stats.setdefault("milp_failures", []).append(f"{r}: {type(exc).__name__}: {exc}"[:300])
+            return
+        if a.verdict == "below":               # sign * z < -MARGIN everywhere on the region
+            if a.dead_side:
+                new_hi[a.p] = min(new_hi[a.p], 0.0)
+            else:
+                new_lo[a.p] = max(new_lo[a.p], 0.0)
+            stats["milp_proved"] += 1
+            journal.proved(r, [a.p] if a.dead_side else [], [] if a.dead_side else [a.p], "milp")
+        elif a.x is not None:
+            run_points(g, a.x[None], pos, neg, points)
+            journal.points(a.x[None])
+            stats["milp_unknown"] += int(not seen()[a.p])
+        else:
+            stats["milp_unknown"] += 1
+            if a.status == Status.TOO_LARGE.name:   # e.g. gurobi's size-limited licence: proves nothing
+                stats["milp_too_large"] = stats.get("milp_too_large", 0) + 1
+
+    def skip(p):
+        if seen()[p]:
+            stats["milp_witnessed"] += 1         # an earlier point already showed it unstable
+            bar.update(1)
+            return True
+        return False
+
+    left = (lambda: None) if layer_end is None else (lambda: layer_end - time.perf_counter())  # noqa: E731
+    i = in_flight(order, submit, answer, skip, left, limit, slots)
+    if i < order.size:
+        rest = order[i:]
+        stats["milp_skipped"] += int((~seen()[rest]).sum())
+        bar.update(rest.size)
+    return retightened(g, box, bounds, z, new_lo, new_hi)     # later layers start from the tighter bounds
