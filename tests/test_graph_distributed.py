@@ -15,7 +15,8 @@ import pytest
 from equiv.bounds.engine import deeppoly_graph
 from equiv.distributed.executor import DaskExecutor
 from equiv.distributed.slots import SerialSlots, ThreadSlots, in_flight, slots_for
-from equiv.prove.graph_bab import _Split, bab_stage
+from equiv.prove.bab_split import BabSplit
+from equiv.prove.graph_bab import bab_stage
 from equiv.prove.graph_milp import milp_stage
 
 from conftest import CIFAR, ROOT, needs_bench
@@ -105,9 +106,9 @@ def test_a_failed_task_proves_nothing(cluster):
     b = deeppoly_graph(g, box)
     stats = {}
     from equiv.ir.graph_chain import lower_to_chain
-    split = _Split(cluster, lower_to_chain(g), None)
-    split.shared = cluster.scatter(None)
-    res = split.search(1, box, [], [], np.eye(3), np.zeros(3), np.array([0, 1, 2]), 5.0, 2.0, stats)
+    split = BabSplit(cluster, None, lower_to_chain(g).layers, None)     # (masks None: the tasks fail)
+    res = split.search(1, [], [], box.lo, box.hi, [], [], np.eye(3), np.zeros(3), np.array([0, 1, 2]),
+                       time_limit=5.0, stall=2.0, margin=1e-6, stats=stats)
     assert [a.verdict for a in res] == ["unknown"] * 3 and stats["bab_failed"] == 2
     assert "TypeError" in stats["bab_failures"][0]
     r = g.relus[0]
@@ -138,3 +139,11 @@ def test_simplify_a_cnn_with_two_worker_processes(tmp_path):
     q = rep["queries"]
     assert q["bab"] + q["milp"] > 0 and q["bab_proved"] + q["milp_proved"] > 0
     assert rep["validation"]["max_abs_diff"] <= 1e-4 and out.exists()
+
+
+def test_a_dask_worker_searches_one_share_at_a_time(cluster):
+    """Inside a worker (one thread of a cluster that uses every core) branch and bound does not split again;
+    here it splits over the cores."""
+    from equiv.prove.bab_split import cores_here
+    assert cluster.submit(cores_here).result() == 1
+    assert cores_here() >= 1

@@ -10,24 +10,19 @@ left goes to the MILP stage.  ResNet-2B img386, the layer where most MILPs are s
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ..bounds.engine import GraphBounds, retightened
-from ..distributed.slots import on_cluster
 from ..ir.graph import Graph
 from ..ir.graph_chain import NotAChain, lower_to_chain
 from ..spec.region import Box
 from .graph_journal import PhaseJournal
 from .graph_lp import run_points
 from .graph_milp import MARGIN, candidates
-from .relu_bab import BabResult, decide_many
+from .bab_split import BabSplit
 
 STALL_MIN, STALL_SHARE = 2.0, 0.25     # a layer stops early when nothing is proved after this long (or share)
 ROUND_MIN = 2.0     # seconds left for a second round over the layers at least
@@ -79,12 +74,9 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
     except NotAChain as exc:
         stats["bab_not_run"] = str(exc)
         return bounds, stats
-    split = _Split(executor, chain, threads)
-    try:
+    with BabSplit(executor, threads, chain.layers, chain.masks) as split:
         bounds = _rounds(g, box, bounds, chain, todo_counts, end, pos, neg, points, journal, stats, progress,
                          t_start, split)
-    finally:
-        split.close()
     stats["seconds"] = time.perf_counter() - t_start
     return bounds, stats
 
@@ -125,7 +117,7 @@ def _layer(g: Graph, box: Box, bounds: GraphBounds, chain, k: int, todo: np.ndar
     first round also at most LAYER_BASE + LAYER_PER s per question): proofs tighten the bounds (DeepPoly
     again for the later layers), points are run in the graph.  Also returns whether the first round's cap,
     below the share, ended a search that was proving (then a later round may give the layer more).
-    split: where the search runs (`_Split`)."""
+    split: where the search runs (`bab_split.BabSplit`)."""
     r = g.relus[k]
     rows, signs = _questions(g, bounds, r, todo, pos, neg)
     quota = LAYER_BASE + LAYER_PER * rows.size
@@ -141,8 +133,10 @@ def _layer(g: Graph, box: Box, bounds: GraphBounds, chain, k: int, todo: np.ndar
                         spent=f"{time.perf_counter() - t_start:.0f}s")
     C = A[rows].toarray() if hasattr(A, "toarray") else A[rows]
     stall = max(STALL_MIN, STALL_SHARE * min(cap, quota))     # (a later round: the first's)
-    res = split.search(k, box, hl, hh, signs[:, None] * C, signs * c[rows], rows, cap, stall, stats,
-                       report if bar is not None else None)
+    res = split.search(k, chain.layers, chain.masks, box.lo, box.hi, hl, hh, signs[:, None] * C, signs * c[rows],
+                       rows, time_limit=cap, stall=stall, margin=MARGIN, quantum=QUANTUM,
+                       stall_on_points=True,   # (points come cheap: a side is often refuted at once)
+                       stats=stats, report=report if bar is not None else None)
     cut = cap < share and any(a.message == "time limit" for a in res) and any(a.verdict == "below" for a in res)
     lo, hi = bounds.lo[z].reshape(-1), bounds.hi[z].reshape(-1)
     new_lo, new_hi = lo.copy(), hi.copy()
@@ -167,81 +161,3 @@ def _layer(g: Graph, box: Box, bounds: GraphBounds, chain, k: int, todo: np.ndar
     return retightened(g, box, bounds, z, new_lo, new_hi), cut     # later layers start from the tighter bounds
 
 
-
-def bab_threads() -> int:
-    """Threads for branch and bound here: this process's cores."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:         # (not on Linux)
-        return max(1, os.cpu_count() or 1)
-
-
-class _Split:
-    """Where a layer's questions are searched: split by position into one share per Dask worker, or per thread
-    here with BLAS on one thread each, or (one thread) a single search here.  Measured on ResNet-2B img386, 2
-    cores, the stage's 29 s: one search on two BLAS threads bounds 12 000 domains and proves 128 phases;
-    two threads of one BLAS thread each, 18 500 and 133 (numpy's small operations use one core only)."""
-
-    def __init__(self, executor, chain, threads: int | None):
-        self.remote = on_cluster(executor)
-        if self.remote:
-            self.pool, self.n = executor, max(1, executor.workers)
-            self.shared = executor.scatter((chain.layers, chain.masks))
-        else:
-            self.n = max(1, bab_threads() if threads is None else threads)
-            self.pool = ThreadPoolExecutor(self.n) if self.n > 1 else None
-            self.shared = (chain.layers, chain.masks)
-
-    def close(self):
-        if self.pool is not None and not self.remote:
-            self.pool.shutdown()
-
-    def search(self, k: int, box: Box, hidden_lo, hidden_hi, C, d, rows, cap: float, stall: float, stats: dict,
-               report=None) -> list:
-        """One BabResult per question (row of C, d; rows: their positions) on the chain's first k layers.  The
-        two sides of a position are alternatives: they stay in one share.  A task that failed on a cluster
-        (its workers killed) leaves its questions unknown; here an error is a bug and propagates."""
-        if self.pool is None:
-            return bab_task(self.shared, k, box.lo, box.hi, hidden_lo, hidden_hi, C, d, rows, cap, stall, report)
-        _, first = np.unique(rows, return_index=True)
-        deal = {int(p): i % self.n for i, p in enumerate(rows[np.sort(first)])}   # in the order asked
-        share = np.array([deal[int(p)] for p in rows])
-        counts = np.zeros((self.n, 2), int)
-
-        def reporter(w):
-            def one(proved, found):          # the shares' counts summed (called from their threads)
-                counts[w] = proved, found
-                report(int(counts[:, 0].sum()), int(counts[:, 1].sum()))
-            return one if report is not None and not self.remote else None
-        with nullcontext() if self.remote else threadpool_limits(1):     # (here: one BLAS thread per share)
-            tasks = []
-            for w in range(self.n):
-                idx = np.flatnonzero(share == w)
-                if idx.size:
-                    tasks.append((idx, self.pool.submit(bab_task, self.shared, k, box.lo, box.hi, hidden_lo,
-                                                        hidden_hi, C[idx], d[idx], rows[idx], cap, stall,
-                                                        reporter(w))))
-            res = [None] * len(rows)
-            for idx, fut in tasks:
-                try:
-                    out = fut.result()
-                except Exception as exc:
-                    if not self.remote:
-                        raise
-                    msg = f"branch and bound on layer {k}: {type(exc).__name__}: {exc}"[:300]
-                    stats["bab_failed"] = stats.get("bab_failed", 0) + 1
-                    stats.setdefault("bab_failures", []).append(msg)
-                    out = [BabResult("unknown", None, None, 0.0, 0, msg) for _ in idx]
-                for i, a in zip(idx, out):
-                    res[i] = a
-        return res
-
-
-def bab_task(shared, k: int, lo, hi, hidden_lo, hidden_hi, C, d, groups, cap: float, stall: float,
-             report=None) -> list:
-    """One share of a layer's questions (`_Split`): decide_many on the chain's first k layers."""
-    layers, masks = shared
-    return decide_many(layers[:k], masks[:k], lo, hi, hidden_lo, hidden_hi, C, d, np.zeros(len(d)),
-                       time_limit=cap, margin=MARGIN, groups=groups, stall=stall, report=report,
-                       stall_on_points=True,   # (points come cheap: a side is often refuted at once)
-                       quantum=QUANTUM)

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..bounds import Bounds
 from ..ir.network import Network
-from .relu_bab import decide_many, decide_max
+from .bab_split import BabSplit
+from .relu_bab import decide_max
 from .stability_solvers import settle
 from .windows import BAB_SHARE, FIRST_WINDOW, count_window, likelier_sides, ordered_open
 
@@ -129,9 +130,10 @@ def bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers, bar=None)
         if bar is not None:
             bar.set_postfix(layer=k + 1, step="branch and bound", proved=f"{proved}/{len(rows)}", points=points,
                             spent=f"{budget.spent():.0f}s")
-    res = decide_many(layers, net.masks[:k], box.lo, box.hi, bounds.lo[:k], bounds.hi[:k], sign[:, None] * W,
-                      sign * b, np.zeros(len(rows)), time_limit=cap, margin=opt.margin, groups=np.array(rows),
-                      stall=max(BAB_STALL_MIN, BAB_STALL_SHARE * cap), report=report)
+    with BabSplit() as split:          # the questions split over this process's cores
+        res = split.search(k, layers, net.masks[:k], box.lo, box.hi, bounds.lo[:k], bounds.hi[:k],
+                           sign[:, None] * W, sign * b, np.array(rows), time_limit=cap, margin=opt.margin,
+                           stall=max(BAB_STALL_MIN, BAB_STALL_SHARE * cap), report=report)
     share = (time.perf_counter() - t0) / len(rows)
     points = []
     for i, side, r in zip(rows, sides, res):
