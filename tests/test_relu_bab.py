@@ -127,6 +127,15 @@ def test_many_questions_answer_as_one_at_a_time(quantum):
     assert [x.verdict for x in r] == ["unknown", "above", "below"] and "moot" in r[0].message
 
 
+def test_too_many_domains_gives_up_the_question_and_ends_cleanly():
+    """A question that needs splits, with room for one open domain: it is given up ("too many domains"),
+    and the search ends with the queue empty (it once asked an empty queue for a batch)."""
+    q, best, t = _needs_splits()
+    r = decide_many(q["layers"], q["masks"], q["lo"], q["hi"], q["hidden_lo"], q["hidden_hi"], q["c"][None],
+                    np.array([q["d"]]), np.array([t]), time_limit=20.0, max_pending=1)[0]
+    assert r.verdict == "unknown" and "too many domains" in r.message
+
+
 def test_stall_gives_up_when_nothing_is_decided():
     q, best, t = _needs_splits()
     r = decide_many(q["layers"], q["masks"], q["lo"], q["hi"], q["hidden_lo"], q["hidden_hi"], q["c"][None],

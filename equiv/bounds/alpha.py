@@ -107,10 +107,11 @@ def _gradient(g: Graph, kept: dict, parts: dict, relax: dict, alpha: dict, need:
 
 def alpha_lower(g: Graph, box: Box, bounds: GraphBounds, target: str, rows: np.ndarray, signs: np.ndarray, *,
                 iters: int = 20, lr: float = 0.2, deadline: float | None = None,
-                corners: np.ndarray | None = None) -> np.ndarray:
+                corners: np.ndarray | None = None, row_bytes: float = ROW_BUDGET_BYTES) -> np.ndarray:
     """Sound lower bounds of signs[i] * flat(target)[rows[i]] with optimised lower slopes (Adam on [0, 1]).
     corners (rows x inputs), if given, receives each row's input corner of its last relaxed minimum: a
-    point worth running in the real network (it often shows the row's other sign)."""
+    point worth running in the real network (it often shows the row's other sign).  row_bytes: memory for
+    one chunk of rows' coefficients."""
     parts = _box_parts(g, box)
     need = nx.ancestors(g.dag, target) | {target}
     relax = {}
@@ -122,7 +123,7 @@ def alpha_lower(g: Graph, box: Box, bounds: GraphBounds, target: str, rows: np.n
             relax[r] = (sl, su, tu, mask & (bounds.lo[z] < 0) & (bounds.hi[z] > 0))
     opt = [r for r in relax if relax[r][3].any()]
     widest = sum(g.op(n).size for n in need)
-    chunk = max(1, int(ROW_BUDGET_BYTES // (8 * widest * 6)))
+    chunk = max(1, int(row_bytes // (8 * widest * 6)))
     out = np.empty(rows.size)
     for s in range(0, rows.size, chunk):
         rr, ss = rows[s:s + chunk], signs[s:s + chunk]

@@ -9,32 +9,15 @@ phases as one search on two BLAS threads, 18 500 and 133 as two shares on one BL
 
 from __future__ import annotations
 
-import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..distributed.cores import cores_here
 from ..distributed.slots import on_cluster
-from .relu_bab import QUANTUM, BabResult, decide_many
-
-
-def cores_here() -> int:
-    """Shares to search at once in this process: its cores, or 1 inside a Dask worker (a worker is one
-    thread of a cluster that already uses every core)."""
-    if "distributed" in sys.modules:
-        try:
-            from distributed import get_worker
-            get_worker()
-            return 1
-        except ValueError:
-            pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:         # (not on Linux)
-        return max(1, os.cpu_count() or 1)
+from .relu_bab import MAX_PENDING, QUANTUM, BabResult, decide_many
 
 
 class BabSplit:
@@ -72,7 +55,8 @@ class BabSplit:
         stats["bab_failed"] and named in stats["bab_failures"]; here an error is a bug and propagates."""
         args = (lo, hi, hidden_lo, hidden_hi)
         limits = {"time_limit": time_limit, "stall": stall, "margin": margin, "quantum": quantum,
-                  "stall_on_points": stall_on_points}
+                  "stall_on_points": stall_on_points,
+                  "max_pending": MAX_PENDING // (1 if self.remote else self.n)}   # (here: one memory for all)
         if self.pool is None:
             return split_task((layers, masks), k, *args, C, d, groups, limits, report)
         shared = self.shared if self.remote else (layers, masks)

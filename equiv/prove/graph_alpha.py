@@ -14,22 +14,26 @@ import networkx as nx
 import numpy as np
 from tqdm import tqdm
 
-from ..bounds.alpha import alpha_lower
+from ..bounds.alpha import ROW_BUDGET_BYTES, alpha_lower
 from ..bounds.engine import GraphBounds, retightened
+from ..distributed.cores import cores_here, map_on_cores
 from ..ir.graph import Graph
 from ..spec.region import Box
 from .graph_journal import PhaseJournal
 from .graph_lp import affine_in_input, run_points
 
 CORNERS_KEPT = 64       # per layer, of the rows' corners, for validation (all are run to see signs)
+MIN_SHARE_ROWS = 16     # rows per core's share at least
 
 
 def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, iters: int = 10,
                 budget: float | None = None, progress: bool = False,
-                points: list | None = None, journal: PhaseJournal | None = None) -> tuple[GraphBounds, dict]:
+                points: list | None = None, journal: PhaseJournal | None = None,
+                threads: int | None = None) -> tuple[GraphBounds, dict]:
     """Tighter bounds (each one a sound back-substitution bound) and counts of the positions tried.  Each
     row's minimising input corner is run in the real graph (pos / neg); points, if given, receives up to
-    CORNERS_KEPT of them per layer (for validation); journal receives the phases proved."""
+    CORNERS_KEPT of them per layer (for validation); journal receives the phases proved.  threads: shares of
+    a layer's rows optimised at once (default: this process's cores)."""
     journal = journal or PhaseJournal()
     stats = {"alpha_rows": 0, "alpha_proved": 0, "alpha_skipped": 0, "seconds": 0.0}
     t0 = time.perf_counter()
@@ -53,7 +57,13 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
             stats["alpha_skipped"] += int(todo.size)
             continue
         corners = np.tile(box.center, (todo.size, 1))
-        low = alpha_lower(g, box, bounds, z, todo, signs, iters=iters, deadline=deadline, corners=corners)
+        # the rows in one share per core (each row's ascent is its own; ResNet-2B img386: 8.8 s -> 6.0 s)
+        n = max(1, min(cores_here() if threads is None else threads, -(-todo.size // MIN_SHARE_ROWS)))
+        cuts = np.linspace(0, todo.size, n + 1).astype(int)
+        low = np.concatenate(map_on_cores(
+            lambda s: alpha_lower(g, box, bounds, z, todo[s], signs[s], iters=iters, deadline=deadline,
+                                  corners=corners[s], row_bytes=ROW_BUDGET_BYTES / n),
+            [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]))
         run_points(g, corners, pos, neg)
         if points is not None:
             points.append(corners[::max(1, len(corners) // CORNERS_KEPT)])

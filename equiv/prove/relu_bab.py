@@ -385,7 +385,7 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
                 C: np.ndarray, d: np.ndarray, thresholds: np.ndarray, time_limit: float, margin: float = 1e-6,
                 batch: int = 128, iters: int = 5, groups: np.ndarray | None = None,
                 stall: float | None = None, report=None, stall_on_points: bool = False,
-                quantum: int = QUANTUM) -> list:
+                quantum: int = QUANTUM, max_pending: int = MAX_PENDING) -> list:
     """`decide_max` for the rows of C (m, n), d (m,), thresholds (m,) at once: their domains share the
     batches, so the many questions a root bound settles cost one batched bound instead of one call each
     (all of a layer's phase decisions, say).  Returns one BabResult per row; when time runs out, the rows
@@ -394,7 +394,8 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
     ("unknown", moot).  stall (seconds): give up then if no row is decided yet (with stall_on_points, if none
     is proved yet: real points found do not count as progress) (a hopeless batch of questions
     should not hold the time the caller could spend elsewhere).  quantum: domains each question gets per
-    turn at its level of work, at least (see the queue below).  report(proved, points): called at most
+    turn at its level of work, at least (see the queue below).  max_pending: open domains kept at most (the
+    question holding the most is given up beyond).  report(proved, points): called at most
     every REPORT_EVERY seconds with the rows proved and refuted so far (a progress bar)."""
     t0 = time.perf_counter()
     m = len(thresholds)
@@ -427,11 +428,13 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
             for j in list(queue.stacks):
                 finish(j, "unknown", f"nothing decided in the first {stall:g} s" if stalled else "time limit")
             break
-        while queue.size > MAX_PENDING:
+        while queue.size > max_pending:
             # too many open domains: give up the question that holds the most of them
             j = int(queue.count.argmax())
             finish(j, "unknown", "too many domains")
             queue.drop(j)
+        if not queue.size:
+            break
         # the questions by levels of work done so far (a multilevel feedback queue: level l holds the
         # questions with q (2^l - 1) to q (2^(l+1) - 1) domains bounded), one after the other within a level:
         # a hard question must not starve the others, and the easy ones still finish one by one.  q: twice
