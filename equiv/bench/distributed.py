@@ -168,6 +168,33 @@ def graph_resume(tmp: Path, budget: float = 40.0, kill_after: float = 30.0) -> d
     return out
 
 
+def graph_workers(tmp: Path, budget: float = 40.0) -> list[dict]:
+    """Graphs in this process (branch and bound split over the cores, two MILPs at once) and with
+    `--workers 2` (the shares and the MILPs as tasks on a local cluster of two processes)."""
+    cifar = BENCH / "cifar"
+    rows = []
+    for name, model, spec in [("ResNet-2B img386", "resnet_2b.onnx", "resnet_2b-img386-eps2_255.vnnlib"),
+                              ("cifar10_small", "cifar10_small.onnx",
+                               "networkcifar10_small_index1189_eps0.012_target1_orig0.vnnlib")]:
+        row = {"case": name, "budget": budget}
+        for mode, extra in [("here", []), ("workers2", ["--workers", "2"])]:
+            dst = tmp / f"graph_{mode}.onnx"
+            dst.unlink(missing_ok=True)
+            r, wall = _simplify([cifar / model, "--spec", cifar / spec, "--milp-budget", budget, "-o", dst, *extra])
+            assert r.returncode == 0, r.stderr
+            rep = json.loads(r.stdout)
+            q = rep["queries"]
+            row[mode] = {"relus_after": rep["relus_after"], "stable": rep["phases"]["dead"] + rep["phases"]["active"],
+                         "unknown": rep["phases"]["unknown"], "bab_domains": q.get("bab_domains", 0),
+                         "bab_proved": q.get("bab_proved", 0), "milp": q.get("milp", 0),
+                         "milp_proved": q.get("milp_proved", 0), "wall_seconds": round(wall, 2),
+                         "tasks_failed": rep.get("distributed", {}).get("tasks_failed"),
+                         "validation_max_abs_diff": rep["validation"]["max_abs_diff"]}
+        rows.append(row)
+        print("graph_workers", row, flush=True)
+    return rows
+
+
 def _summary(rep, wall, path) -> dict:
     return {"relus_after": rep["relus_after"], "sha256": _sha(path), "wall_seconds": round(wall, 2),
             "solver_seconds": _solver_seconds(rep), "phases": rep["phases"], "distributed": rep["distributed"]}
@@ -359,6 +386,23 @@ def write_md(data: dict, path: Path) -> None:
             L.append(f"| {label} | {x['relus_after']} | {x['phases']['dead'] + x['phases']['active']} | "
                      f"{x['phases']['unknown']} | {x['journal_proofs_reused']} (+{x['journal_points_reused']} points) | "
                      f"{x['proved_here']} | {x['wall_seconds']} | {x['validation_max_abs_diff']:.2g} |")
+    if "graph_workers" in data:
+        m = data.get("machines", {}).get("graph_workers", {})
+        L += ["", "## Graphs: in this process vs `--workers 2`", "",
+              f"Machine: {m.get('cpu')}, {m.get('cores')} cores (load average at the start "
+              f"{[round(v, 2) for v in m.get('load_average_at_start', [])]}). In this process the branch and bound "
+              "runs one share of each layer's questions per core (one BLAS thread each) and two MILPs at once; with "
+              "`--workers 2` the shares and the MILPs are tasks on two worker processes (cluster start included "
+              "in the wall time).", "",
+              "| case | `--milp-budget` | where | relus_after | stable | unknown | branch-and-bound domains / proved | "
+              "MILPs / proved | failed tasks | wall s | max diff |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in data["graph_workers"]:
+            for mode, label in (("here", "this process"), ("workers2", "`--workers 2`")):
+                x = row[mode]
+                L.append(f"| {row['case']} | {row['budget']} | {label} | {x['relus_after']} | {x['stable']} | "
+                         f"{x['unknown']} | {x['bab_domains']} / {x['bab_proved']} | {x['milp']} / {x['milp_proved']} | "
+                         f"{x['tasks_failed'] if x['tasks_failed'] is not None else '-'} | {x['wall_seconds']} | "
+                         f"{x['validation_max_abs_diff']:.2g} |")
     for name, est in data.get("estimates", {}).items():
         L += ["", f"Estimate {name}: {est}"]
     path.write_text("\n".join(L) + "\n")
@@ -378,7 +422,8 @@ def main(argv=None):
     for name in a.only.split(","):
         fn = {"identical": lambda: identical_outputs(tmp), "resume": lambda: kill_and_resume(tmp),
               "speedup": check_speedup, "killed": worker_killed,
-              "slice": lambda: slice_family(tmp), "graph_resume": lambda: graph_resume(tmp)}[name]
+              "slice": lambda: slice_family(tmp), "graph_resume": lambda: graph_resume(tmp),
+              "graph_workers": lambda: graph_workers(tmp)}[name]
         data[name] = fn()
         data.setdefault("machines", {})[name] = here      # (the header's machine is that of the first runs)
         path.write_text(json.dumps(data, indent=1))

@@ -159,5 +159,3 @@ def _layer(g: Graph, box: Box, bounds: GraphBounds, chain, k: int, todo: np.ndar
         journal.points(found)
     journal.layer(r, lo, hi, new_lo, new_hi, "branch and bound")
     return retightened(g, box, bounds, z, new_lo, new_hi), cut     # later layers start from the tighter bounds
-
-
