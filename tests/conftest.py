@@ -273,3 +273,12 @@ def sigterm_once_journalled(cmd: list, journal: Path, lines: int, env=None, time
         if p.poll() is None:
             p.kill()
     return p.returncode, err
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real Dask LocalCluster on 127.0.0.1: two worker threads in this process (quick to start)."""
+    from equiv.distributed.executor import DaskExecutor
+    ex = DaskExecutor(workers=2, processes=False)
+    yield ex
+    ex.close()

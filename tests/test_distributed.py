@@ -51,14 +51,6 @@ def problem():
     return net, box, serial
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A real LocalCluster on 127.0.0.1: two worker threads in this process (quick to start)."""
-    ex = DaskExecutor(workers=2, processes=False)
-    yield ex
-    ex.close()
-
-
 # ---- work as data ---------------------------------------------------------------------------------------
 
 def test_query_and_answer_pickle_and_answer_json_round_trip(problem):

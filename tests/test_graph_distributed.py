@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from equiv.bounds.engine import deeppoly_graph
-from equiv.distributed.executor import DaskExecutor
 from equiv.distributed.slots import SerialSlots, ThreadSlots, in_flight, slots_for
 from equiv.prove.bab_split import BabSplit
 from equiv.prove.graph_bab import bab_stage
@@ -23,14 +22,6 @@ from conftest import CIFAR, ROOT, needs_bench
 from test_graph_milp import two_convs
 
 CLI = [sys.executable, "-c", "import sys\nfrom equiv.cli import main\nif __name__ == '__main__':\n sys.exit(main())"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A real LocalCluster on 127.0.0.1: two worker threads in this process (quick to start)."""
-    ex = DaskExecutor(workers=2, processes=False)
-    yield ex
-    ex.close()
 
 
 def _unseen(g):
@@ -165,3 +156,37 @@ def test_slopes_split_over_threads_give_the_same_bounds():
         for z in out[1][0].lo:
             assert np.allclose(out[n][0].lo[z], out[1][0].lo[z], rtol=0, atol=1e-9)
             assert np.allclose(out[n][0].hi[z], out[1][0].hi[z], rtol=0, atol=1e-9)
+
+
+def test_leaving_the_shares_early_tells_the_others_to_stop():
+    """A share that fails (here at once; in a run, also a SIGTERM or Ctrl-C in the main thread) sets the
+    stop event the other shares watch, so that leaving does not wait for their whole search."""
+    from equiv.distributed.cores import map_on_cores
+    saw = []
+
+    def share(i, stop):
+        if i == 0:
+            raise RuntimeError("share 0 fails")
+        saw.append(stop.wait(120))       # True as soon as the event is set
+        return i
+    with pytest.raises(RuntimeError, match="share 0"):
+        map_on_cores(share, [0, 1])
+    assert saw == [True]
+    assert map_on_cores(lambda i, stop: (i, stop.is_set()), [1, 2, 3]) == [(1, False), (2, False), (3, False)]
+
+
+def test_a_set_stop_event_ends_a_search_like_its_time_limit():
+    import threading
+    from equiv.ir.graph_chain import lower_to_chain
+    from equiv.prove.relu_bab import decide_many
+    g, box = two_convs(5)
+    b = deeppoly_graph(g, box)
+    chain = lower_to_chain(g)
+    hl, hh = chain.hidden_bounds(g, box, b.lo, b.hi, 1)
+    A, c = chain.rows[1]
+    C = (A.toarray() if hasattr(A, "toarray") else A)[:6]
+    stop = threading.Event()
+    stop.set()
+    res = decide_many(chain.layers[:1], chain.masks[:1], box.lo, box.hi, hl, hh, C, c[:6], np.full(6, -1e-3),
+                      time_limit=120.0, stop=stop)
+    assert all(r.verdict == "unknown" and r.message == "time limit" for r in res)

@@ -107,11 +107,11 @@ def _gradient(g: Graph, kept: dict, parts: dict, relax: dict, alpha: dict, need:
 
 def alpha_lower(g: Graph, box: Box, bounds: GraphBounds, target: str, rows: np.ndarray, signs: np.ndarray, *,
                 iters: int = 20, lr: float = 0.2, deadline: float | None = None,
-                corners: np.ndarray | None = None, row_bytes: float = ROW_BUDGET_BYTES) -> np.ndarray:
+                corners: np.ndarray | None = None, row_bytes: float = ROW_BUDGET_BYTES, stop=None) -> np.ndarray:
     """Sound lower bounds of signs[i] * flat(target)[rows[i]] with optimised lower slopes (Adam on [0, 1]).
     corners (rows x inputs), if given, receives each row's input corner of its last relaxed minimum: a
     point worth running in the real network (it often shows the row's other sign).  row_bytes: memory for
-    one chunk of rows' coefficients."""
+    one chunk of rows' coefficients.  stop: an event that ends the ascent early, as the deadline does."""
     parts = _box_parts(g, box)
     need = nx.ancestors(g.dag, target) | {target}
     relax = {}
@@ -141,7 +141,8 @@ def alpha_lower(g: Graph, box: Box, bounds: GraphBounds, target: str, rows: np.n
             best_c[live[better]] = c[better]
             for r in opt:
                 best[r][live[better]] = alpha[r][better]
-            if it == iters or (deadline is not None and time.perf_counter() > deadline):
+            if it == iters or (deadline is not None and time.perf_counter() > deadline) or \
+                    (stop is not None and stop.is_set()):
                 break
             grad = _gradient(g, kept, parts, relax, alpha, need, live.size)
             for r in opt:          # Adam ascent, projected onto [0, 1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import threadpool_limits
@@ -33,9 +34,16 @@ def cores_here() -> int:
 
 
 def map_on_cores(fn, shares: list) -> list:
-    """[fn(share) for share in shares], at once on threads with one BLAS thread each (in order; one share:
-    here, as is).  An error in any share propagates."""
+    """[fn(share, stop) for share in shares], at once on threads with one BLAS thread each (in order; one
+    share: here, as is).  stop: a threading.Event set when this call is left early (an error in a share, a
+    SIGTERM or Ctrl-C in the main thread): fn should then end soon, so that leaving does not wait for it."""
+    stop = threading.Event()
     if len(shares) <= 1:
-        return [fn(s) for s in shares]
+        return [fn(s, stop) for s in shares]
     with threadpool_limits(1), ThreadPoolExecutor(len(shares)) as pool:
-        return list(pool.map(fn, shares))
+        futures = [pool.submit(fn, s, stop) for s in shares]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            stop.set()
+            raise

@@ -9,6 +9,7 @@ phases as one search on two BLAS threads, 18 500 and 133 as two shares on one BL
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
@@ -34,6 +35,7 @@ class BabSplit:
             self.n = max(1, cores_here() if threads is None else threads)
             self.pool = ThreadPoolExecutor(self.n) if self.n > 1 else None
             self.shared = None
+        self.stop = threading.Event()      # set when the caller leaves a search early: the shares end
 
     def close(self):
         if self.pool is not None and not self.remote:
@@ -56,7 +58,8 @@ class BabSplit:
         args = (lo, hi, hidden_lo, hidden_hi)
         limits = {"time_limit": time_limit, "stall": stall, "margin": margin, "quantum": quantum,
                   "stall_on_points": stall_on_points,
-                  "max_pending": MAX_PENDING // (1 if self.remote else self.n)}   # (here: one memory for all)
+                  "max_pending": MAX_PENDING // (1 if self.remote else self.n),   # (here: one memory for all)
+                  **({} if self.remote else {"stop": self.stop})}
         if self.pool is None:
             return split_task((layers, masks), k, *args, C, d, groups, limits, report)
         shared = self.shared if self.remote else (layers, masks)
@@ -78,8 +81,9 @@ class BabSplit:
             for idx, fut in tasks:
                 try:
                     out = fut.result()
-                except Exception as exc:
-                    if not self.remote:
+                except BaseException as exc:
+                    if not self.remote or not isinstance(exc, Exception):
+                        self.stop.set()   # (a SIGTERM, Ctrl-C or a bug: the other shares end at their next batch)
                         raise
                     msg = f"branch and bound on layer {k}: {type(exc).__name__}: {exc}"[:300]
                     if stats is not None:
@@ -93,7 +97,7 @@ class BabSplit:
 
 def split_task(shared, k: int, lo, hi, hidden_lo, hidden_hi, C, d, groups, limits: dict, report=None) -> list:
     """One share of the questions (`BabSplit.search`): decide_many on the first k layers of shared; limits:
-    its time_limit, stall, margin, quantum and stall_on_points."""
+    its keyword arguments (time_limit, stall, margin, quantum, stall_on_points, max_pending, stop)."""
     layers, masks = shared
     return decide_many(list(layers[:k]), list(masks[:k]), lo, hi, hidden_lo, hidden_hi, C, d, np.zeros(len(d)),
                        groups=groups, report=report, **limits)

@@ -61,8 +61,8 @@ def alpha_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *
         n = max(1, min(cores_here() if threads is None else threads, -(-todo.size // MIN_SHARE_ROWS)))
         cuts = np.linspace(0, todo.size, n + 1).astype(int)
         low = np.concatenate(map_on_cores(
-            lambda s: alpha_lower(g, box, bounds, z, todo[s], signs[s], iters=iters, deadline=deadline,
-                                  corners=corners[s], row_bytes=ROW_BUDGET_BYTES / n),
+            lambda s, stop: alpha_lower(g, box, bounds, z, todo[s], signs[s], iters=iters, deadline=deadline,
+                                        corners=corners[s], row_bytes=ROW_BUDGET_BYTES / n, stop=stop),
             [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]))
         run_points(g, corners, pos, neg)
         if points is not None:

@@ -385,7 +385,7 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
                 C: np.ndarray, d: np.ndarray, thresholds: np.ndarray, time_limit: float, margin: float = 1e-6,
                 batch: int = 128, iters: int = 5, groups: np.ndarray | None = None,
                 stall: float | None = None, report=None, stall_on_points: bool = False,
-                quantum: int = QUANTUM, max_pending: int = MAX_PENDING) -> list:
+                quantum: int = QUANTUM, max_pending: int = MAX_PENDING, stop=None) -> list:
     """`decide_max` for the rows of C (m, n), d (m,), thresholds (m,) at once: their domains share the
     batches, so the many questions a root bound settles cost one batched bound instead of one call each
     (all of a layer's phase decisions, say).  Returns one BabResult per row; when time runs out, the rows
@@ -395,7 +395,8 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
     is proved yet: real points found do not count as progress) (a hopeless batch of questions
     should not hold the time the caller could spend elsewhere).  quantum: domains each question gets per
     turn at its level of work, at least (see the queue below).  max_pending: open domains kept at most (the
-    question holding the most is given up beyond).  report(proved, points): called at most
+    question holding the most is given up beyond).  stop: an event (threading.Event) that ends the search,
+    as the time limit does, once set (the caller is exiting).  report(proved, points): called at most
     every REPORT_EVERY seconds with the rows proved and refuted so far (a progress bar)."""
     t0 = time.perf_counter()
     m = len(thresholds)
@@ -424,7 +425,7 @@ def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidde
         spent = time.perf_counter() - t0
         stalled = (stall is not None and spent > stall and done.any() and not sizes
                    and (stall_on_points or not (verdict == "above").any()))
-        if spent > time_limit or stalled:
+        if spent > time_limit or stalled or (stop is not None and stop.is_set()):
             for j in list(queue.stacks):
                 finish(j, "unknown", f"nothing decided in the first {stall:g} s" if stalled else "time limit")
             break
