@@ -271,7 +271,7 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
                      "solver points taken from the journal")
     failed = ph.stats.get("bab_failed", 0) + ph.stats.get("milp_failed", 0)
     if failed:
-        notes.append(f"{failed} tasks failed on the cluster (their workers died) and proved nothing: "
+        notes.append(f"{failed} tasks failed on the cluster (their workers died, or they raised) and proved nothing: "
                      + "; ".join((ph.stats.get("bab_failures", []) + ph.stats.get("milp_failures", []))[:3]))
     if ph.stats.get("milp_too_large"):
         notes.append(f"{ph.stats['milp_too_large']} MILP decisions were too large for the {backend} licence and proved "

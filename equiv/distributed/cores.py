@@ -1,7 +1,8 @@
 """Work split over this process's cores: threads with BLAS on one thread each.  numpy's many small
 operations (a branch and bound's batches, the slopes' ascent steps) use one core, so one stream of them
-leaves the others idle; a share per core, each on one BLAS thread, uses them all.  Memory budgets are
-divided between the shares (`per_share`), so splitting never multiplies a stage's peak.
+leaves the others idle; a share per core, each on one BLAS thread, uses them all.  Callers divide their
+memory budgets between the shares (branch and bound's open domains, the slopes' row chunks), so splitting
+does not multiply a stage's peak.
 """
 
 from __future__ import annotations
