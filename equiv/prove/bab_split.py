@@ -9,43 +9,25 @@ phases as one search on two BLAS threads, 18 500 and 133 as two shares on one BL
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from ..distributed.cores import cores_here
+from ..distributed.cores import cores_here, map_on_cores
 from ..distributed.slots import on_cluster
 from .relu_bab import MAX_PENDING, QUANTUM, BabResult, decide_many
 
 
 class BabSplit:
     """Where many questions are searched: the workers of `executor` when it is a Dask one (the chain's
-    `layers` and `masks`, given here, scattered once), else `threads` threads here (default: the cores; one:
-    a single search, with progress reports)."""
+    `layers` and `masks`, given here, scattered once), else `threads` shares on this process's cores
+    (`distributed.cores.map_on_cores`; default: the cores; one: a single search, with progress reports)."""
 
     def __init__(self, executor=None, threads: int | None = None, layers=None, masks=None):
         self.remote = on_cluster(executor)
         if self.remote:
-            self.pool, self.n = executor, max(1, executor.workers)
+            self.executor, self.n = executor, max(1, executor.workers)
             self.shared = executor.scatter((layers, masks))
         else:
-            self.n = max(1, cores_here() if threads is None else threads)
-            self.pool = ThreadPoolExecutor(self.n) if self.n > 1 else None
-            self.shared = None
-        self.stop = threading.Event()      # set when the caller leaves a search early: the shares end
-
-    def close(self):
-        if self.pool is not None and not self.remote:
-            self.pool.shutdown()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+            self.executor, self.n = None, max(1, cores_here() if threads is None else threads)
 
     def search(self, k: int, layers, masks, lo, hi, hidden_lo, hidden_hi, C, d, groups, *, time_limit: float,
                stall: float, margin: float, quantum: int = QUANTUM, stall_on_points: bool = False,
@@ -58,41 +40,48 @@ class BabSplit:
         args = (lo, hi, hidden_lo, hidden_hi)
         limits = {"time_limit": time_limit, "stall": stall, "margin": margin, "quantum": quantum,
                   "stall_on_points": stall_on_points,
-                  "max_pending": MAX_PENDING // (1 if self.remote else self.n),   # (here: one memory for all)
-                  **({} if self.remote else {"stop": self.stop})}
-        if self.pool is None:
+                  "max_pending": MAX_PENDING // (1 if self.remote else self.n)}   # (here: one memory for all)
+        if self.n == 1 and not self.remote:
             return split_task((layers, masks), k, *args, C, d, groups, limits, report)
-        shared = self.shared if self.remote else (layers, masks)
         _, first = np.unique(groups, return_index=True)
         deal = {int(p): i % self.n for i, p in enumerate(groups[np.sort(first)])}
         share = np.array([deal[int(p)] for p in groups])
-        counts = np.zeros((self.n, 2), int)
+        parts = [(w, idx) for w in range(self.n) for idx in [np.flatnonzero(share == w)] if idx.size]
+        if self.remote:
+            outs = self._on_cluster(k, args, C, d, groups, limits, parts, stats)
+        else:
+            counts = np.zeros((self.n, 2), int)
 
-        def reporter(w):
-            def one(proved, found):          # the shares' counts summed (called from their threads)
-                counts[w] = proved, found
-                report(int(counts[:, 0].sum()), int(counts[:, 1].sum()))
-            return one if report is not None and not self.remote else None
+            def one_share(part, stop):
+                w, idx = part
+
+                def reported(proved, found):      # the shares' counts summed (called from their threads)
+                    counts[w] = proved, found
+                    report(int(counts[:, 0].sum()), int(counts[:, 1].sum()))
+                return split_task((layers, masks), k, *args, C[idx], d[idx], groups[idx], {**limits, "stop": stop},
+                                  reported if report is not None else None)
+            outs = map_on_cores(one_share, parts)
         res = [None] * len(groups)
-        with nullcontext() if self.remote else threadpool_limits(1):     # (here: one BLAS thread per share)
-            tasks = [(idx, self.pool.submit(split_task, shared, k, *args, C[idx], d[idx], groups[idx], limits,
-                                            reporter(w)))
-                     for w in range(self.n) for idx in [np.flatnonzero(share == w)] if idx.size]
-            for idx, fut in tasks:
-                try:
-                    out = fut.result()
-                except BaseException as exc:
-                    if not self.remote or not isinstance(exc, Exception):
-                        self.stop.set()   # (a SIGTERM, Ctrl-C or a bug: the other shares end at their next batch)
-                        raise
-                    msg = f"branch and bound on layer {k}: {type(exc).__name__}: {exc}"[:300]
-                    if stats is not None:
-                        stats["bab_failed"] = stats.get("bab_failed", 0) + 1
-                        stats.setdefault("bab_failures", []).append(msg)
-                    out = [BabResult("unknown", None, None, 0.0, 0, msg) for _ in idx]
-                for i, a in zip(idx, out):
-                    res[i] = a
+        for (_, idx), out in zip(parts, outs):
+            for i, a in zip(idx, out):
+                res[i] = a
         return res
+
+    def _on_cluster(self, k, args, C, d, groups, limits, parts, stats) -> list:
+        """The shares as tasks on the workers; a failed one gives unknowns (and is counted in stats)."""
+        futures = [self.executor.submit(split_task, self.shared, k, *args, C[idx], d[idx], groups[idx], limits)
+                   for _, idx in parts]
+        outs = []
+        for (_, idx), fut in zip(parts, futures):
+            try:
+                outs.append(fut.result())
+            except Exception as exc:
+                msg = f"branch and bound on layer {k}: {type(exc).__name__}: {exc}"[:300]
+                if stats is not None:
+                    stats["bab_failed"] = stats.get("bab_failed", 0) + 1
+                    stats.setdefault("bab_failures", []).append(msg)
+                outs.append([BabResult("unknown", None, None, 0.0, 0, msg) for _ in idx])
+        return outs
 
 
 def split_task(shared, k: int, lo, hi, hidden_lo, hidden_hi, C, d, groups, limits: dict, report=None) -> list:

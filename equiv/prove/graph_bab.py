@@ -74,9 +74,8 @@ def bab_stage(g: Graph, box: Box, bounds: GraphBounds, pos: dict, neg: dict, *, 
     except NotAChain as exc:
         stats["bab_not_run"] = str(exc)
         return bounds, stats
-    with BabSplit(executor, threads, chain.layers, chain.masks) as split:
-        bounds = _rounds(g, box, bounds, chain, todo_counts, end, pos, neg, points, journal, stats, progress,
-                         t_start, split)
+    bounds = _rounds(g, box, bounds, chain, todo_counts, end, pos, neg, points, journal, stats, progress,
+                     t_start, BabSplit(executor, threads, chain.layers, chain.masks))
     stats["seconds"] = time.perf_counter() - t_start
     return bounds, stats
 

@@ -126,9 +126,14 @@ def _witness(g: Graph, enc, v: np.ndarray, box: Box, pos: dict, neg: dict,
              points: list | None = None) -> np.ndarray:
     """Run the LP solution's input point (clipped into the box) in the real graph; record the signs seen
     (and the point in `points`, if given).  Returns the point."""
-    x = np.clip(np.concatenate([np.asarray(v)[enc.model.groups[i]] for i in g.inputs]), box.lo, box.hi)
+    x = input_point(g, enc, v, box)
     run_points(g, x[None], pos, neg, points)
     return x
+
+
+def input_point(g: Graph, enc, v: np.ndarray, box: Box) -> np.ndarray:
+    """A solution's values of the graph's inputs (`encode.graph` groups them per input), clipped into the box."""
+    return np.clip(np.concatenate([np.asarray(v)[enc.model.groups[i]] for i in g.inputs]), box.lo, box.hi)
 
 
 def affine_in_input(g: Graph, z: str) -> bool:

@@ -25,7 +25,7 @@ from ..ir.graph import Graph
 from ..solvers import Status, make_backend, milp_backend
 from ..spec.region import Box
 from .graph_journal import PhaseJournal
-from .graph_lp import affine_in_input, run_points
+from .graph_lp import affine_in_input, input_point, run_points
 
 QUERIES_PER_LAYER = 4
 THREADS = 2        # HiGHS decisions solved at once (highspy releases the GIL while it solves)
@@ -62,10 +62,7 @@ def decide_position(shared, z: str, p: int, dead_side: bool, limit: float, backe
     solver = make_backend(milp_backend(backend), enc.model)
     c, off = enc.objective(z, p, 1.0 if dead_side else -1.0)
     dec = solver.decide(c, off, 0.0, time_limit=limit, margin=MARGIN)
-    x = None
-    if dec.x is not None:
-        v = np.asarray(dec.x)
-        x = np.clip(np.concatenate([v[enc.model.groups[i]] for i in g.inputs]), box.lo, box.hi)
+    x = None if dec.x is None else input_point(g, enc, dec.x, box)
     return PositionAnswer(int(p), bool(dead_side), dec.verdict, getattr(dec.status, "name", str(dec.status)), x)
 
 

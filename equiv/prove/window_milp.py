@@ -130,10 +130,9 @@ def bab_layer(k, net, box, bounds, tr, opt, budget, bq, open_, layers, bar=None)
         if bar is not None:
             bar.set_postfix(layer=k + 1, step="branch and bound", proved=f"{proved}/{len(rows)}", points=points,
                             spent=f"{budget.spent():.0f}s")
-    with BabSplit() as split:          # the questions split over this process's cores
-        res = split.search(k, layers, net.masks[:k], box.lo, box.hi, bounds.lo[:k], bounds.hi[:k],
-                           sign[:, None] * W, sign * b, np.array(rows), time_limit=cap, margin=opt.margin,
-                           stall=max(BAB_STALL_MIN, BAB_STALL_SHARE * cap), report=report)
+    res = BabSplit().search(k, layers, net.masks[:k], box.lo, box.hi, bounds.lo[:k], bounds.hi[:k],  # (the cores)
+                            sign[:, None] * W, sign * b, np.array(rows), time_limit=cap, margin=opt.margin,
+                            stall=max(BAB_STALL_MIN, BAB_STALL_SHARE * cap), report=report)
     share = (time.perf_counter() - t0) / len(rows)
     points = []
     for i, side, r in zip(rows, sides, res):
