@@ -235,3 +235,29 @@ def test_cnn_against_its_float16_copy_is_bounded_far_tighter_than_by_the_product
     lo, hi = _assert_difference_sound(f, g, box, np.random.default_rng(0))
     p = deeppoly_graph(product_graph(f, g), box)
     assert np.maximum(-lo, hi).max() < 0.1 * np.maximum(-p.lo["diff"], p.hi["diff"]).max()
+
+
+@needs_cifar
+def test_graph_falsification_scores_samples_in_onnxruntime(tmp_path):
+    """With runners, the sampled points are scored in onnxruntime as float32 points of the box: a copy whose
+    last bias moves by 0.3 on output 2 differs by exactly that everywhere, and the candidates say so."""
+    from equiv.artifacts.validate import OnnxRunner
+    from equiv.prove import falsify
+    net = CIFAR / "cifar_wide_kw.onnx"
+    model = onnx.load(net)
+    last = next(t for t in model.graph.initializer if tuple(t.dims) == (10,))
+    b = onnx.numpy_helper.to_array(last).copy()
+    b[2] += 0.3
+    last.CopyFrom(onnx.numpy_helper.from_array(b, last.name))
+    onnx.save(model, tmp_path / "shifted.onnx")
+    f, g = load_graph_cached(net), graph_from_onnx(onnx.load(tmp_path / "shifted.onnx"))
+    box = load_box(CIFAR / "cifar_wide_kw-img19-eps0.007973856209150327.vnnlib")
+    runners = (OnnxRunner(str(net)), OnnxRunner(str(tmp_path / "shifted.onnx")))
+    eps = np.full(10, 0.1)
+    c = falsify.search(f, g, box, "linf", eps, np.random.default_rng(0), samples=300, runners=runners)
+    assert c.points.shape[1] == box.dim and len(c.points) >= 32
+    sampled = c.points[np.isclose(c.scores, 3.0, atol=1e-4)]
+    assert len(sampled) and np.all(sampled == sampled.astype(np.float32))          # scored as float32 points
+    assert np.all((c.points >= box.lo) & (c.points <= box.hi))
+    cex, seen = falsify.confirm(*runners, c.points, box, "linf", eps)
+    assert cex is not None and abs(seen - 0.3) < 1e-4

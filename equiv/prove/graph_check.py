@@ -97,7 +97,7 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     simplification of f, by its record); then f - g = (f - base) + (base - g), the second bounded on the
     difference graph of base and g (g aligned to base's names), which is tight when g is base with edited
     weights; when g does not have base's structure, via is ignored."""
-    cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples)
+    cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples, runners=(run_a, run_b))
     cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, eps)
     if cex is not None:
         return "not_equivalent", np.inf, seen, cex, []
