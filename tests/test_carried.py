@@ -12,13 +12,12 @@ import onnx
 import pytest
 from hypothesis import given, settings
 
-from conftest import ACAS, MNIST, MODELS, acas_path, random_problem, small_problems
+from conftest import ACAS, MODELS, acas_path, random_problem, small_problems
 from equiv.apps.simplify import sha256_of, simplify
 from equiv.artifacts.validate import OnnxRunner
 from equiv.cli import main
 from equiv.ir.chain_export import network_to_onnx
 from equiv.ir.chain_io import load_onnx
-from equiv.ir.network import Dense
 from equiv.prove.carried import META_KEY, attach_claims, read_claims, rounding_bound, _export_order
 from equiv.prove.equivalence import CheckOptions, check_models
 from equiv.prove.stability import StabilityOptions

@@ -12,7 +12,7 @@ from conftest import MNIST, acas_path, load_cached, lp_optima, needs_bench, smal
 from equiv.bounds import deeppoly_bounds
 from equiv.encode.chain import encode_network
 from equiv.ir.network import Dense, Network
-from equiv.solvers import Status, make_backend
+from equiv.solvers import Status
 from equiv.solvers.chain_admm import chain_relaxation
 from equiv.solvers.dag_admm import DagAdmm, lagrangian_bound, slope_multipliers
 from equiv.spec.region import Box

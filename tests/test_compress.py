@@ -19,7 +19,7 @@ from equiv.apps.compress.makers import affine, lowrank, neurons, rounded
 from equiv.apps.compress.quantize import int8_rows
 from equiv.artifacts.validate import OnnxRunner
 from equiv.cli import main
-from equiv.ir.chain_io import load_onnx, network_from_onnx
+from equiv.ir.chain_io import network_from_onnx
 from equiv.prove.equivalence import CheckOptions, check_models
 from equiv.spec.region import Box, load_region
 

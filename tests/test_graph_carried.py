@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 
 from equiv.artifacts.validate import OnnxRunner
 from equiv.cli import main

@@ -190,3 +190,30 @@ def test_a_set_stop_event_ends_a_search_like_its_time_limit():
     res = decide_many(chain.layers[:1], chain.masks[:1], box.lo, box.hi, hl, hh, C, c[:6], np.full(6, -1e-3),
                       time_limit=120.0, stop=stop)
     assert all(r.verdict == "unknown" and r.message == "time limit" for r in res)
+
+
+def test_leaving_answers_early_cancels_the_rest_and_stops_the_running():
+    """answers_on_threads: a caller leaving its loop (here after the first answer) cancels the tasks not
+    started and sets the running ones' stop; a full loop answers every item once."""
+    import threading
+    from contextlib import closing
+    from equiv.distributed.cores import answers_on_threads
+    started, stopped = [], []
+    lock = threading.Lock()
+
+    def task(i, stop):
+        with lock:
+            started.append(i)
+        if i == 0:
+            return i
+        stopped.append(stop.wait(30))      # the others wait for the stop (or 30 s)
+        return i
+
+    with closing(answers_on_threads(task, list(range(10)), threads=3)) as answers:
+        for i, got in answers:
+            assert i == got == 0
+            break
+    assert sorted(started)[:1] == [0] and len(started) <= 4        # 3 threads: at most one more than 3 started
+    assert stopped and all(stopped)
+    with closing(answers_on_threads(lambda i, stop: i * i, list(range(10)), threads=3, ordered=True)) as answers:
+        assert list(answers) == [(i, i * i) for i in range(10)]

@@ -80,3 +80,51 @@ def test_decisions_agree_with_real_points(acas_1_1, prop4_box):
         x = enc.input_point(dec.x)
         z = net.forward(np.clip(x, box.lo, box.hi)[None], return_pre=True)[1][k][0, i]
         assert sign * z > -1e-5
+
+
+@needs_bench
+def test_a_set_stop_ends_a_milp_and_proves_nothing(hard_query):
+    """A MILP given a set stop event ends at HiGHS's first checkpoint, from the main thread and from a worker
+    thread alike: status 'interrupt', nothing proved (not 'below', no bound), whatever its time limit."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    enc, c, off = hard_query
+    be = HighsBackend(enc.model)
+    stop = threading.Event()
+    stop.set()
+    with ThreadPoolExecutor(1) as pool:
+        in_thread = pool.submit(be.decide, c, off, 0.0, time_limit=60.0, margin=1e-6, stop=stop).result()
+    here = be.decide(c, off, 0.0, time_limit=60.0, margin=1e-6, stop=stop)
+    for dec in (in_thread, here):
+        assert dec.verdict == "unknown" and dec.bound is None and dec.status == Status.ERROR
+        assert "nterrupt" in dec.message
+    res = be.maximize(c, off, integer=True, time_limit=60.0, stop=stop)
+    assert res.status == Status.ERROR and res.bound is None
+    # the same query without the event decides (the event, not the query, ended them)
+    assert be.decide(c, off, 0.0, time_limit=60.0, margin=1e-6).verdict in ("below", "above")
+
+
+@needs_bench
+def test_a_signal_in_the_main_thread_stops_its_milp(hard_query):
+    """A signal's exception (SIGTERM's, Ctrl-C's) raised while the main thread waits for a MILP reaches the
+    caller, and the solver thread is interrupted and joined, not left running."""
+    import signal
+    import threading
+    enc, c, off = hard_query
+    be = HighsBackend(enc.model)
+
+    class Alarm(Exception):
+        pass
+
+    def ring(signum, frame):
+        raise Alarm()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)          # the query takes HiGHS 2-3 s
+        with pytest.raises(Alarm):
+            be.decide(c, off, 0.0, time_limit=60.0, margin=1e-6)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not any(t.name == "highs" and t.is_alive() for t in threading.enumerate())

@@ -109,7 +109,7 @@ def test_s2_only_milp_proves():
     assert res.stage_counts["milp"] == 2 and res.stage_counts["lp"] == 0
 
 
-def always_unknown(self, c, offset, threshold, *, time_limit, margin):
+def always_unknown(self, c, offset, threshold, *, time_limit, margin, stop=None):
     return Decision("unknown", None, None, 0.0, Status.TIME_LIMIT)
 
 
@@ -128,7 +128,7 @@ def test_lp_timeout_is_not_a_bound(monkeypatch):
     """An LP that stops at its time limit does not tighten anything (its bound is not proven)."""
     from equiv.solvers import SolveResult
 
-    def timed_out(self, c, offset, *, integer, time_limit):
+    def timed_out(self, c, offset, *, integer, time_limit, stop=None):
         return SolveResult(Status.TIME_LIMIT, -1e9, -1e9, None, 0.0)   # a 'bound' that would be absurd
 
     monkeypatch.setattr(HighsBackend, "maximize", timed_out)

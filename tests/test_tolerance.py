@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from conftest import ACAS, MNIST, MODELS, acas_path, load_box, needs_bench, small_problems, tiny_net
-from equiv.apps.tolerance.candidates import _merge_fits, minimax_affine, relu_candidates
+from equiv.apps.tolerance.candidates import _merge_fits, minimax_affine
 from equiv.apps.tolerance.edits import Edit, apply_edits, compact, exact_edits
 from equiv.apps.tolerance.judge import Judge, partition
 from equiv.apps.tolerance.pipeline import ToleranceOptions, simplify_within

@@ -5,6 +5,7 @@ is free lets an answer (a point showing a position unstable) spare the tasks aft
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 
@@ -12,6 +13,7 @@ class SerialSlots:
     """One slot: the task runs at submission, in this process."""
 
     size = 1
+    stop = None          # (a task in the main thread is stopped by a signal itself)
 
     def submit(self, fn, *args):
         f = Future()
@@ -29,15 +31,18 @@ class SerialSlots:
 
 
 class ThreadSlots(SerialSlots):
-    """n worker threads of this process."""
+    """n worker threads of this process.  stop: an event for the tasks (solvers given it end within
+    milliseconds once it is set), set by close: leaving early (a SIGTERM) does not wait for their limits."""
 
     def __init__(self, n: int):
         self.size, self.pool = n, ThreadPoolExecutor(max_workers=n)
+        self.stop = threading.Event()
 
     def submit(self, fn, *args):
         return self.pool.submit(fn, *args)
 
     def close(self):
+        self.stop.set()
         self.pool.shutdown()
 
 

@@ -52,16 +52,16 @@ class PositionAnswer:
 
 
 def decide_position(shared, z: str, p: int, dead_side: bool, limit: float, backend: str,
-                    full: list | None = None, lock=None) -> PositionAnswer:
+                    full: list | None = None, lock=None, stop=None) -> PositionAnswer:
     """Can position p of tensor z reach the other side of 0 (dead_side: above 0)?  One exact MILP over its cone
     of influence.  shared: (graph, box, bounds).  full / lock: a whole-graph encoding shared between threads
-    (built once, if a cone is refused); a worker task builds its own."""
+    (built once, if a cone is refused); a worker task builds its own.  stop: the slots' event (threads here)."""
     g, box, bounds = shared
     with lock or nullcontext():
         enc = _encoding(g, box, bounds, z, p, [] if full is None else full)
     solver = make_backend(milp_backend(backend), enc.model)
     c, off = enc.objective(z, p, 1.0 if dead_side else -1.0)
-    dec = solver.decide(c, off, 0.0, time_limit=limit, margin=MARGIN)
+    dec = solver.decide(c, off, 0.0, time_limit=limit, margin=MARGIN, stop=stop)
     x = None if dec.x is None else input_point(g, enc, dec.x, box)
     return PositionAnswer(int(p), bool(dead_side), dec.verdict, getattr(dec.status, "name", str(dec.status)), x)
 
@@ -139,7 +139,8 @@ def _layer(g: Graph, box: Box, bounds: GraphBounds, r: str, todo: np.ndarray, li
         dead_side = bool(dead_sides[r].reshape(-1)[p]) if dead_sides is not None else bool(hi[p] <= -lo[p])
         if handle is not None:
             return slots.submit(decide_position, handle, z, int(p), dead_side, seconds, backend)
-        return slots.submit(decide_position, (g, box, bounds), z, int(p), dead_side, seconds, backend, full, lock)
+        return slots.submit(decide_position, (g, box, bounds), z, int(p), dead_side, seconds, backend, full, lock,
+                            slots.stop)
 
     def answer(fut):
         bar.update(1)

@@ -372,13 +372,13 @@ def _set_beta(dom: _Domains, i: int, where: list, mu, scale: float):
 
 def decide_max(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden_lo: list, hidden_hi: list,
                c: np.ndarray, d: float, threshold: float, time_limit: float, margin: float = 1e-6,
-               batch: int = 128, iters: int = 5) -> BabResult:
+               batch: int = 128, iters: int = 5, stop=None) -> BabResult:
     """Is max over the box [lo, hi] of c.h(x) + d <= threshold (to within `margin`, as the backends' decide)?
 
     layers: the hidden (W, b) of a dense chain, masks its ReLU positions, h the last hidden output;
     hidden_lo/hi: sound bounds of every hidden pre-activation on the box."""
     return decide_many(layers, masks, lo, hi, hidden_lo, hidden_hi, np.atleast_2d(c), np.atleast_1d(d),
-                       np.atleast_1d(threshold), time_limit, margin, batch, iters)[0]
+                       np.atleast_1d(threshold), time_limit, margin, batch, iters, stop=stop)[0]
 
 
 def decide_many(layers: list, masks: list, lo: np.ndarray, hi: np.ndarray, hidden_lo: list, hidden_hi: list,

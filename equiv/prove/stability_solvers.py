@@ -4,11 +4,12 @@ decisions that stop at the first feasible point (whose real signs rule neurons u
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import closing
 
 import numpy as np
 
 from ..bounds import Bounds, deeppoly_bounds
+from ..distributed.cores import answers_on_threads, map_on_cores
 from ..encode.chain import encode_network
 from ..solvers import Status, make_backend, milp_backend
 
@@ -151,9 +152,11 @@ def _lp_layer(W, b, todo, enc, backend, opt, bar=None, deadline=None) -> list:
     that many threads, each with its own backend: LP queries reuse one solver object, which must not be
     shared between threads.
     """
-    def run(be, part):
+    def run(be, part, stop=None):
         out = []
         for i in part:
+            if stop is not None and stop.is_set():
+                break
             limit = opt.time_limit
             if deadline is not None:
                 limit = min(limit, (deadline - time.perf_counter()) / 2)
@@ -172,10 +175,9 @@ def _lp_layer(W, b, todo, enc, backend, opt, bar=None, deadline=None) -> list:
     if n <= 1:
         return run(backend, todo)
     parts = [todo[j::n] for j in range(n)]
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        done = [pool.submit(run, backend, parts[0])]
-        done += [pool.submit(run, make_backend(opt.backend, enc.model), p) for p in parts[1:]]
-        return [r for f in done for r in f.result()]
+    bes = [backend] + [make_backend(opt.backend, enc.model) for _ in parts[1:]]
+    done = map_on_cores(lambda j, stop: run(bes[j], parts[j], stop), list(range(n)), one_blas_thread=False)
+    return [r for part in done for r in part]
 
 
 def _admm_layer(net, box, bounds, k, todo, opt, bar=None, deadline=None) -> list:
@@ -210,8 +212,8 @@ def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None, b
         # a real point with z > 0 rules out dead, one with z < 0 rules out active
         return not (tr.seen_pos[k][i] if side == "dead" else tr.seen_neg[k][i])
 
-    def ask(i, side):
-        if not open_side(i, side):
+    def ask(i, side, stop=None):
+        if not open_side(i, side) or (stop is not None and stop.is_set()):
             return None
         limit = opt.time_limit
         if deadline is not None:
@@ -221,7 +223,7 @@ def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None, b
         sign = 1.0 if side == "dead" else -1.0
         c, off = enc.objective(sign * W[i], sign * b[i])
         q0 = time.perf_counter()
-        dec = backend.decide(c, off, 0.0, time_limit=limit, margin=opt.margin)
+        dec = backend.decide(c, off, 0.0, time_limit=limit, margin=opt.margin, stop=stop)
         return dec, time.perf_counter() - q0
 
     def record(i, side, answer):
@@ -251,10 +253,9 @@ def _milp_layer(net, k, enc, backend, bounds, tr, opt, queries, deadline=None, b
         if bar is not None:
             bar.add(len(jobs), f"MILP {k + 1} {side}?")
         if parallel and len(jobs) > 1:
-            with ThreadPoolExecutor(max_workers=opt.workers) as pool:
-                futures = {pool.submit(ask, i, side): i for i in jobs}
-                for f in as_completed(futures):
-                    record(futures[f], side, f.result())
+            with closing(answers_on_threads(lambda i, stop: ask(i, side, stop), jobs, opt.workers)) as answers:
+                for i, answer in answers:
+                    record(i, side, answer)
         else:
             for i in jobs:
                 record(i, side, ask(i, side))

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..distributed.cores import map_on_cores
 from ..solvers.lazy import LazyMilp
 from .relu_bab import decide_max
 from .windows import BAB_SHARE, open_neurons, window_encoding
@@ -55,7 +55,7 @@ def bottleneck(k, net, box, bounds, tr, opt, budget, queries, milp_ok=True) -> b
     layers = [(d.W, d.b) for d in net.dense[:j]]
     tightened = []
 
-    def side(sign):
+    def side(sign, stop):
         # sign +1: the smallest threshold with max z_a <= it; -1: the largest with min z_a >= it.  Most
         # neurons turn out stable, so the first query asks the extreme threshold (one proof settles all),
         # then bisection between the real points found and the proofs
@@ -64,7 +64,7 @@ def bottleneck(k, net, box, bounds, tr, opt, budget, queries, milp_ok=True) -> b
         first = True
         while lo_i < hi_i:
             lim = budget.limit()
-            if lim is None:
+            if lim is None or (stop is not None and stop.is_set()):
                 return
             mid = lo_i if first else (lo_i + hi_i) // 2
             first = False
@@ -79,7 +79,7 @@ def bottleneck(k, net, box, bounds, tr, opt, budget, queries, milp_ok=True) -> b
                     r = decide_max(layers, net.masks[:j], box.lo, box.hi, bounds.lo[:j], bounds.hi[:j],
                                    sign * net.dense[j].W[a], sign * net.dense[j].b[a], q,
                                    time_limit=lim * BAB_SHARE if milp_ok else min(lim * BAB_SHARE, BOTTLENECK_QUICK),
-                                   margin=opt.margin)
+                                   margin=opt.margin, stop=stop)
                 with lock:
                     bq["bab"] += 1
                 if r.verdict != "unknown":
@@ -91,7 +91,7 @@ def bottleneck(k, net, box, bounds, tr, opt, budget, queries, milp_ok=True) -> b
                 return
             if dec is None:
                 dec = milp.decide(sign * net.dense[j].W[a], sign * net.dense[j].b[a], q, time_limit=lim,
-                                  margin=opt.margin)
+                                  margin=opt.margin, stop=stop)
                 with lock:
                     bq["milp"] += 1
                     queries["milp"] += 1
@@ -117,12 +117,10 @@ def bottleneck(k, net, box, bounds, tr, opt, budget, queries, milp_ok=True) -> b
                     return
 
     if opt.workers > 1 and (opt.bab or milp.threads_ok):
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for f in [pool.submit(side, sg) for sg in (1.0, -1.0)]:
-                f.result()
+        map_on_cores(side, [1.0, -1.0], one_blas_thread=False)     # leaving early sets their stop
     else:
-        side(1.0)
-        side(-1.0)
+        side(1.0, None)
+        side(-1.0, None)
     if tightened:
         interval_step(net, bounds, j)
     return bool(tightened)

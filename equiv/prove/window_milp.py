@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..bounds import Bounds
+from ..distributed.cores import map_on_cores
 from ..ir.network import Network
 from .bab_split import BabSplit
 from .relu_bab import decide_max
@@ -197,8 +197,10 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
     if shared_only:
         return
 
-    def take():
+    def take(stop):
         with lock:
+            if stop is not None and stop.is_set():
+                return None
             for i in queue:
                 if is_open(i):
                     return i
@@ -209,7 +211,7 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
 
     bab_lock = threading.Lock()
 
-    def bab_side(i, side, sign) -> bool | None:
+    def bab_side(i, side, sign, stop) -> bool | None:
         """Branch and bound at full depth on one side of neuron i: True when it decided (a proof, or a real
         point that shows the neuron on that side), False to go on with the MILP, None when the budget is spent."""
         with bab_lock:              # one at a time: numpy on two threads is slower than one after the other
@@ -221,7 +223,7 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
             q0 = time.perf_counter()
             cap = min(lim, opt.time_limit) * BAB_SHARE
             r = decide_max(layers, net.masks[:k], box.lo, box.hi, hl, hh, sign * W[i], sign * b[i], 0.0,
-                           time_limit=cap, margin=opt.margin)
+                           time_limit=cap, margin=opt.margin, stop=stop)
             secs = time.perf_counter() - q0
         with lock:
             tr.seconds[k][i] += secs
@@ -230,8 +232,8 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
                 tr.absorb(x[None], "witness")
         return r.verdict != "unknown"
 
-    def decide(i) -> bool:
-        """All of neuron i's decisions; False once the budget is spent."""
+    def decide(i, stop) -> bool:
+        """All of neuron i's decisions; False once the budget is spent (or stop, an event, is set)."""
         with lock:
             order = likelier_sides(bounds, k, i)
         for side in order:
@@ -243,14 +245,14 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
                 w = start.w
             sign = 1.0 if side == "dead" else -1.0
             if opt.bab:
-                got = bab_side(i, side, sign)
+                got = bab_side(i, side, sign, stop)
                 if got is None:
                     return False
                 if got:
                     continue
             while True:
                 lim = budget.limit()
-                if lim is None:
+                if lim is None or (stop is not None and stop.is_set()):
                     return False
                 with lock:
                     enc, be = enc_of(w)     # (a MILP backend: highs for admm)
@@ -262,7 +264,7 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
                 if cols is not None:
                     # partial MILP first: a relaxation of the window, so "below" proves; else the full one
                     dec = be.decide(c, off, 0.0, time_limit=min(lim, opt.time_limit / 2), margin=opt.margin,
-                                    integer_cols=cols)
+                                    integer_cols=cols, stop=stop)
                     with lock:
                         partial[w].record(dec.verdict == "below")
                         pq["tried"] += 1
@@ -270,9 +272,9 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
                     if dec.verdict != "below":
                         dec, lim = None, budget.limit()
                         if lim is not None:
-                            dec, calls = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin), 2
+                            dec, calls = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin, stop=stop), 2
                 else:
-                    dec = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin)
+                    dec = be.decide(c, off, 0.0, time_limit=lim, margin=opt.margin, stop=stop)
                 secs = time.perf_counter() - q0
                 with lock:
                     tr.seconds[k][i] += secs
@@ -294,12 +296,12 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
                     break
         return True
 
-    def worker():
+    def worker(_, stop):
         while True:
-            i = take()
+            i = take(stop)
             if i is None:
                 return
-            if not decide(i):
+            if not decide(i, stop):
                 return
             with lock:
                 finished.add(i)
@@ -309,11 +311,7 @@ def milp_layer(k, net, box, bounds, tr, opt, budget, queries, enc_of, bar, share
 
     be0 = enc_of(min(k, FIRST_WINDOW))[1]
     n = min(opt.workers, todo.size) if getattr(be0, "threads_ok", False) else 1
-    if n <= 1:
-        worker()
-    else:
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            for f in [pool.submit(worker) for _ in range(n)]:
-                f.result()
+    # leaving early (a SIGTERM) sets the threads' stop: they end at their next step, their MILPs at once
+    map_on_cores(worker, list(range(n)), one_blas_thread=False)
     queries["milp_skipped"] += sum(int(is_open(i)) for i in todo if i not in finished)
     queries.setdefault("start_window", {})[k + 1] = start.w

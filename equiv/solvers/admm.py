@@ -65,12 +65,12 @@ class AdmmBackend(Backend):
         return self.kkt.factorisations
 
     # -- queries ---------------------------------------------------------------------------------
-    def maximize(self, c, offset, *, integer=False, time_limit=10.0) -> SolveResult:
+    def maximize(self, c, offset, *, integer=False, time_limit=10.0, stop=None) -> SolveResult:
         if integer and self.model.integer.any():
             return SolveResult(Status.ERROR, None, message=LP_ONLY_MESSAGE)
         return self.maximize_many(np.asarray(c, dtype=np.float64)[None], [offset], time_limit)[0]
 
-    def decide(self, c, offset, threshold, *, time_limit, margin) -> Decision:
+    def decide(self, c, offset, threshold, *, time_limit, margin, stop=None) -> Decision:
         """"below" when the certified LP bound (a bound on the MILP too) is <= threshold - margin; never
         "above" (an LP point is no witness for the MILP), else "unknown"."""
         r = self.maximize(c, offset, integer=False, time_limit=time_limit)

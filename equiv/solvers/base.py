@@ -7,6 +7,7 @@ or a finite dual bound at a limit); an incumbent is never a proof.  Anything els
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,16 +59,19 @@ class Backend:
         self.model = model
         self.threads = threads
 
-    def maximize(self, c: np.ndarray, offset: float, *, integer: bool, time_limit: float) -> SolveResult:
+    def maximize(self, c: np.ndarray, offset: float, *, integer: bool, time_limit: float,
+                 stop: threading.Event | None = None) -> SolveResult:
         raise NotImplementedError
 
     def decide(self, c: np.ndarray, offset: float, threshold: float, *, time_limit: float,
-               margin: float, integer_cols: np.ndarray | None = None) -> Decision:
+               margin: float, integer_cols: np.ndarray | None = None, stop: threading.Event | None = None) -> Decision:
         """Prove max c.v + offset <= threshold - margin... or find a point above threshold + margin.
 
         Implemented with a row  c.v >= threshold - offset  added to the MILP: infeasible means
         the maximum is below the threshold (the solver's dual proof); any feasible point is a witness.
         The margin absorbs the solver's feasibility and integrality tolerances.  integer_cols (backends with
         partial_ok only): the integer columns kept integral, the rest relaxed; None keeps them all.
+        stop (MILPs; HiGHS only, the others run to their limit): once set, the solve ends within milliseconds,
+        proving nothing; a caller leaving early (an error, a SIGTERM) sets it so that its threads end soon.
         """
         raise NotImplementedError

@@ -78,7 +78,7 @@ class GurobiBackend(Backend):
             return SolveResult(Status.ERROR, None, None, None, time.perf_counter() - t0, message=str(exc))
         return None
 
-    def maximize(self, c, offset, *, integer, time_limit) -> SolveResult:
+    def maximize(self, c, offset, *, integer, time_limit, stop=None) -> SolveResult:
         integer = integer and bool(self.model.integer.any())
         self._set_integrality(integer)
         self.m.setMObjective(None, np.asarray(c, float), float(offset), sense=GRB.MAXIMIZE)
@@ -107,7 +107,7 @@ class GurobiBackend(Backend):
             return SolveResult(Status.TIME_LIMIT, bound, obj, x, secs, "time limit")
         return SolveResult(Status.ERROR, None, obj, x, secs, f"gurobi status {st}")
 
-    def decide(self, c, offset, threshold, *, time_limit, margin) -> Decision:
+    def decide(self, c, offset, threshold, *, time_limit, margin, stop=None) -> Decision:
         c = np.asarray(c, float)
         self._set_integrality(True)
         self.m.setMObjective(None, c, float(offset), sense=GRB.MAXIMIZE)

@@ -10,6 +10,7 @@ On a fresh object both clocks start at zero.  Building one costs ~1 ms, nothing 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import highspy
@@ -46,6 +47,35 @@ _silence_banner()
 
 def _finite(a: np.ndarray) -> np.ndarray:
     return np.clip(a, -INF, INF)
+
+
+def run_until(h: highspy.Highs, stop: threading.Event | None) -> None:
+    """h.run() for a MILP, ended at HiGHS's next MIP checkpoint (milliseconds) once `stop` is set: its status is
+    then 'interrupt', which proves nothing.  In the main thread the solve runs on a helper thread while this one
+    waits in Python, so that a SIGTERM or Ctrl-C, raised here, stops it at once rather than at its time limit."""
+    main = threading.current_thread() is threading.main_thread()
+    if (stop is None and not main) or not hasattr(h, "cbMipInterrupt"):      # (highspy without callbacks)
+        h.run()
+        return
+    stop = stop or threading.Event()
+
+    def interrupt(event):
+        if stop.is_set():
+            event.interrupt()
+
+    h.cbMipInterrupt += interrupt
+    if not main:
+        h.run()
+        return
+    solver = threading.Thread(target=h.run, name="highs", daemon=True)
+    solver.start()
+    try:
+        while solver.is_alive():
+            solver.join(0.05)
+    except BaseException:
+        stop.set()
+        solver.join()
+        raise
 
 
 class HighsBackend(Backend):
@@ -105,7 +135,7 @@ class HighsBackend(Backend):
         h.changeObjectiveOffset(float(offset))
 
     # -- queries ---------------------------------------------------------------------------------
-    def maximize(self, c, offset, *, integer, time_limit) -> SolveResult:
+    def maximize(self, c, offset, *, integer, time_limit, stop=None) -> SolveResult:
         integer = integer and self._int_idx.size > 0
         if integer:
             h = self._new_highs(integer=True)
@@ -122,11 +152,14 @@ class HighsBackend(Backend):
                 # presolve would discard the simplex basis that makes consecutive LP queries cheap
                 h.setOptionValue("presolve", "off")
         self._set_objective(h, c, offset)
-        return self._run(h, c, offset, integer)
+        return self._run(h, c, offset, integer, stop)
 
-    def _run(self, h, c, offset, integer) -> SolveResult:
+    def _run(self, h, c, offset, integer, stop) -> SolveResult:
         t0 = time.perf_counter()
-        h.run()
+        if integer:
+            run_until(h, stop)
+        else:
+            h.run()
         secs = time.perf_counter() - t0
         status = h.getModelStatus()
         info = h.getInfo()
@@ -149,7 +182,7 @@ class HighsBackend(Backend):
             return SolveResult(Status.TIME_LIMIT, bound, obj, x, secs, "time limit")
         return SolveResult(Status.ERROR, None, obj, x, secs, h.modelStatusToString(status))
 
-    def decide(self, c, offset, threshold, *, time_limit, margin, integer_cols=None) -> Decision:
+    def decide(self, c, offset, threshold, *, time_limit, margin, integer_cols=None, stop=None) -> Decision:
         c = np.asarray(c, dtype=np.float64)
         nz = np.flatnonzero(c)
         if integer_cols is not None and not np.all(self.model.integer[np.asarray(integer_cols, dtype=np.int64)]):
@@ -165,7 +198,7 @@ class HighsBackend(Backend):
         h.setOptionValue("mip_heuristic_run_rins", False)
         h.setOptionValue("mip_heuristic_run_rens", False)
         t0 = time.perf_counter()
-        h.run()
+        run_until(h, stop)
         secs = time.perf_counter() - t0
         status = h.getModelStatus()
         sol = h.getSolution()

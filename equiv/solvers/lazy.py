@@ -31,11 +31,12 @@ class LazyMilp:
     def threads_ok(self) -> bool:
         return bool(getattr(self.get()[1], "threads_ok", False))
 
-    def decide(self, w, b: float, threshold: float, *, time_limit: float, margin: float) -> Decision:
-        """Is max w.h + b <= threshold over the encoding?  The decision's point (if any) as an input point."""
+    def decide(self, w, b: float, threshold: float, *, time_limit: float, margin: float, stop=None) -> Decision:
+        """Is max w.h + b <= threshold over the encoding?  The decision's point (if any) as an input point.
+        stop: as the backends' (`solvers.base.Backend.decide`)."""
         enc, be = self.get()
         c, off = enc.objective(w, b)
         with nullcontext() if getattr(be, "threads_ok", False) else self._turn:
-            dec = be.decide(c, off, threshold, time_limit=time_limit, margin=margin)
+            dec = be.decide(c, off, threshold, time_limit=time_limit, margin=margin, stop=stop)
         dec.x = None if dec.x is None else enc.input_point(dec.x)
         return dec

@@ -73,7 +73,7 @@ class PulpCbcBackend(Backend):
         x = np.array([v.varValue if v.varValue is not None else np.nan for v in self.vars])
         return None if np.isnan(x).any() else x
 
-    def maximize(self, c, offset, *, integer, time_limit) -> SolveResult:
+    def maximize(self, c, offset, *, integer, time_limit, stop=None) -> SolveResult:
         c = np.asarray(c, float)
         integer = integer and bool(self.model.integer.any())
         prob, names = self._problem(c, offset, integer)
@@ -95,7 +95,7 @@ class PulpCbcBackend(Backend):
         return SolveResult(Status.TIME_LIMIT if secs >= time_limit else Status.ERROR, None, obj, x, secs,
                            f"cbc status {pulp.LpStatus.get(status, status)}")
 
-    def decide(self, c, offset, threshold, *, time_limit, margin) -> Decision:
+    def decide(self, c, offset, threshold, *, time_limit, margin, stop=None) -> Decision:
         c = np.asarray(c, float)
         prob, _ = self._problem(c, offset, True)
         nz = np.flatnonzero(c)

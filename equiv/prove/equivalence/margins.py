@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import numpy as np
 
 from ...bounds.common import Bounds
+from ...distributed.cores import answers_on_threads, map_on_cores
 from ...bounds.diff import output_bounds, pair_bounds
 from ...encode.chain import encode_network
 from ...ir.network import Dense, Network
@@ -48,11 +49,12 @@ def margin_rows(n_out: int, c: int, pairs: list) -> np.ndarray:
 
 
 def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, todo: np.ndarray, opt, clock,
-                   stats, workers: int = 2, bab_lock=None) -> tuple[np.ndarray, list]:
+                   stats, workers: int = 2, bab_lock=None, stop=None) -> tuple[np.ndarray, list]:
     """For each k in `todo` (in that order, `workers` at a time), decide net_c - net_k > thresholds[k] on the box
     (margin network `net`; `hidden`: sound bounds of the original network's hidden pre-activations): by branch
     and bound (`relu_bab`, one query at a time under `bab_lock`), then by MILP when that does not decide; returns
-    (proved mask, witness input points of the queries that found a point above)."""
+    (proved mask, witness input points of the queries that found a point above).  stop: a caller's event that
+    ends the queries once set (it is set here too when this is left early)."""
     bab_lock = threading.Lock() if bab_lock is None else bab_lock
     depth = len(net.masks) - 1                   # the margin layer is the last hidden one
     W, b = net.dense[depth].W, net.dense[depth].b
@@ -64,9 +66,9 @@ def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, to
 
     layers = [(d.W, d.b) for d in net.dense[:depth]]
 
-    def ask(k):
+    def ask(k, stop=None):
         limit = min(opt.query_time_limit, clock.left - 1.0)
-        if limit < 0.1:
+        if limit < 0.1 or (stop is not None and stop.is_set()):
             return None
         t0 = time.perf_counter()
         if opt.bab:
@@ -77,7 +79,8 @@ def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, to
                 if limit < 0.1:
                     return None
                 r = decide_max(layers, net.masks[:depth], box.lo, box.hi, hidden.lo[:depth], hidden.hi[:depth],
-                               -W[k], -b[k], -float(thresholds[k]), time_limit=BAB_SHARE * limit, margin=opt.margin)
+                               -W[k], -b[k], -float(thresholds[k]), time_limit=BAB_SHARE * limit, margin=opt.margin,
+                               stop=stop)
                 stats["bab_queries"] = stats.get("bab_queries", 0) + 1
                 stats["bab_domains"] = stats.get("bab_domains", 0) + r.domains
             if r.verdict != "unknown":
@@ -88,14 +91,14 @@ def decide_margins(net: Network, box, hidden: Bounds, thresholds: np.ndarray, to
             if limit < 0.1:
                 return None
         # max -(m_k) <= -t - margin  <=>  m_k >= t + margin on the whole box
-        dec = milp.decide(-W[k], -b[k], -float(thresholds[k]), time_limit=limit, margin=opt.margin)
+        dec = milp.decide(-W[k], -b[k], -float(thresholds[k]), time_limit=limit, margin=opt.margin, stop=stop)
         stats.setdefault("margin_query_seconds", []).append([int(k), round(time.perf_counter() - t0, 2), "milp"])
         return dec, "milp"
 
     # (numpy releases the GIL in its products, and HiGHS while it solves; other backends take turns)
     workers = workers if len(todo) > 1 else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for k, got in zip(todo, pool.map(ask, todo)):
+    with closing(answers_on_threads(ask, list(todo), workers, ordered=True, stop=stop)) as answers:
+        for k, got in answers:
             if got is None:
                 continue
             dec, by = got
@@ -199,11 +202,11 @@ def decide_side_by_side(runs: list, box, thresholds: np.ndarray, opt, clock, sta
     merged into `stats` after (MNIST 256x2 pruned, prop_1: f's and g's last queries, 7 s each, now overlap)."""
     busy = sum(len(r[2]) > 0 for r in runs)
     own = [{"milp_queries": 0, "milp_unknown": 0} for _ in runs]
-    with ThreadPoolExecutor(max_workers=max(1, min(busy, 2))) as pool:
-        bab_lock = threading.Lock()      # one branch and bound at a time over both networks
-        out = list(pool.map(lambda r: decide_margins(r[0], box, r[1], thresholds, r[2], opt, clock, r[3],
-                                                     workers=1 if busy > 1 else 2, bab_lock=bab_lock),
-                            [run + (o,) for run, o in zip(runs, own)]))
+    bab_lock = threading.Lock()      # one branch and bound at a time over both networks
+    # leaving early (a SIGTERM) sets the shared stop: both networks' queries end at once
+    out = map_on_cores(lambda r, stop: decide_margins(r[0], box, r[1], thresholds, r[2], opt, clock, r[3],
+                                                      workers=1 if busy > 1 else 2, bab_lock=bab_lock, stop=stop),
+                       [run + (o,) for run, o in zip(runs, own)], one_blas_thread=False)
     for o in own:
         stats["milp_queries"] = stats.get("milp_queries", 0) + o.pop("milp_queries")
         stats["milp_unknown"] = stats.get("milp_unknown", 0) + o.pop("milp_unknown")
