@@ -261,3 +261,20 @@ def test_graph_falsification_scores_samples_in_onnxruntime(tmp_path):
     assert np.all((c.points >= box.lo) & (c.points <= box.hi))
     cex, seen = falsify.confirm(*runners, c.points, box, "linf", eps)
     assert cex is not None and abs(seen - 0.3) < 1e-4
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_difference_of_a_masked_relu_that_reads_the_input(seed):
+    """A ReLU reading a network input directly: both networks read the same input node (the difference graph
+    once looked for a copy of it in B), with and without different masks."""
+    from test_graph_ir import N, make_model
+    r = np.random.default_rng(seed)
+    m = make_model([N("Mul", ["x", "m"], ["zm"]), N("Relu", ["zm"], ["r"]), N("Mul", ["x", "a"], ["za"]),
+                    N("Add", ["r", "za"], ["h"]), N("MatMul", ["h", "V"], ["y"])], [("x", (1, 5))], ["y"],
+                   {"m": np.array([1.0, 0, 1, 0, 1]), "a": np.array([0.0, 1, 0, 0, 0]), "V": r.normal(size=(5, 2))})
+    f = graph_from_onnx(m, check=False)
+    assert [type(f.op(n)).__name__ for n in f.order][1] == "MaskedRelu"
+    lo = r.uniform(-2.0, 1.0, size=f.n_inputs)
+    box = Box(lo, lo + r.uniform(0.0, 2.0, size=f.n_inputs))
+    for masks in (False, True):
+        _assert_difference_sound(f, perturbed(f, r, masks=masks), box, r)

@@ -110,8 +110,9 @@ class Sweep:
         first = sorted(pre, key=lambda z: rank[pre[z][1]])
         self.deep = set(first if depth is None else first[:depth])
         for z, (fz, gz, dz) in pre.items():
-            self.kind[gz] = ("g", z)
-            if own_f:
+            if gz not in G.inputs:           # (an input's bounds are the box's)
+                self.kind[gz] = ("g", z)
+            if own_f and fz not in G.inputs:
                 self.kind[fz] = ("f", z)
             if dz is not None:
                 self.kind[dz] = ("d", z)

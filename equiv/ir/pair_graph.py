@@ -94,11 +94,11 @@ def difference_graph(f: Graph, g: Graph) -> Graph:
         elif a.kind == "relu":
             z = args[0]
             (fr, fl), (gr, gl) = act_masks(a), act_masks(b)
-            pre[z] = ("f:" + z, "g:" + z, d_of.get(z))
+            pre[z] = (arg("f:", z), arg("g:", z), d_of.get(z))      # (an input: the one both read)
             if d_of.get(z) is None and _same(fr, gr) and _same(fl, gl):
                 continue           # same input, same activation: no difference
             nodes.append(("d:" + n, ops.ReluDiff(a.shape, f_relu=fr, f_linear=fl, g_relu=gr, g_linear=gl),
-                          [d_of.get(z) or zero(z), "g:" + z, "f:" + z]))
+                          [d_of.get(z) or zero(z), arg("g:", z), arg("f:", z)]))
             d_of[n] = "d:" + n
         else:
             _linear_difference(nodes, d_of, n, a, b, args, diffs, zero, arg)
