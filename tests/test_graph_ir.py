@@ -392,6 +392,18 @@ def _simple_case(name, nodes, inputs, outputs=("y",), inits=None, opset=13):
 
 
 N = helper.make_node
+_simple_case("maxpool_2x2_s2", lambda: [N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+             [("x", (1, 3, 6, 7))])
+_simple_case("maxpool_3x2_dilated", lambda: [N("MaxPool", ["x"], ["y"], kernel_shape=[3, 2], strides=[1, 2],
+                                               dilations=[1, 2])], [("x", (1, 2, 7, 7))], opset=12)
+_simple_case("maxpool_1x1", lambda: [N("MaxPool", ["x"], ["y"], kernel_shape=[1, 1], strides=[2, 2])], [("x", (1, 2, 5, 5))])
+_simple_case("maxpool_padded_after_relu",          # -inf padding = zeros on a ReLU's (>= 0) output
+             lambda: [N("Conv", ["x", "W"], ["c"]), N("Relu", ["c"], ["r"]),
+                      N("MaxPool", ["r"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+             [("x", (1, 2, 6, 6))], inits={"W": (3, 2, 1, 1)})
+_simple_case("maxpool_same_upper_after_relu",
+             lambda: [N("Relu", ["x"], ["r"]), N("MaxPool", ["r"], ["y"], kernel_shape=[2, 3], auto_pad="SAME_UPPER")],
+             [("x", (1, 2, 5, 5))])
 _simple_case("avgpool_same_upper", lambda: [N("AveragePool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2],
                                               auto_pad="SAME_UPPER")], [("x", (1, 2, 5, 6))])
 _simple_case("avgpool_same_lower_incl", lambda: [N("AveragePool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2],
@@ -526,8 +538,12 @@ def _refusal_models(rng):
     yield "Sigmoid", "sig_node", make_model(
         [helper.make_node("Gemm", ["x", "W"], ["a"], name="g"), helper.make_node("Sigmoid", ["a"], ["y"], name="sig_node")],
         [("x", (1, 3))], ["y"], {"W": rng.normal(size=(3, 2))})
-    yield "MaxPool", "pool_node", make_model(
-        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], name="pool_node")], [("x", (1, 1, 4, 4))], ["y"])
+    yield "MaxPool", "pool_node", make_model(      # padded (-inf) on a tensor that may be negative
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[1, 1, 0, 0], name="pool_node")],
+        [("x", (1, 1, 4, 4))], ["y"])
+    yield "MaxPool", "ceil_pool", make_model(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1, name="ceil_pool")],
+        [("x", (1, 1, 5, 5))], ["y"])
     yield "Mul", "mul_node", make_model(
         [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Mul", ["x", "r"], ["y"], name="mul_node")],
         [("x", (1, 3))], ["y"])
@@ -555,7 +571,7 @@ def _refusal_models(rng):
         [("x", (1, 3))], ["y"], {"c": np.ones(3), "a": np.array([0])})
 
 
-@pytest.mark.parametrize("k", range(12))
+@pytest.mark.parametrize("k", range(13))
 def test_unsupported_models_are_refused_by_node_and_op(k, rng):
     op, node, model = list(_refusal_models(rng))[k]
     with pytest.raises(UnsupportedModelError) as err:
@@ -567,13 +583,13 @@ def test_unsupported_models_are_refused_by_node_and_op(k, rng):
 def test_unsupported_op_after_a_big_conv_is_refused_quickly(rng):
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1], name="conv"),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], name="the_pool")]
+             helper.make_node("Sigmoid", ["r"], ["y"], name="the_sigmoid")]
     model = make_model(nodes, [("x", (1, 3, 32, 32))], ["y"],
                        {"W": rng.normal(size=(64, 3, 3, 3)), "B": rng.normal(size=64)})
     from equiv.ir.onnx_import import validate
-    with pytest.raises(UnsupportedModelError, match="the_pool.*MaxPool"):
+    with pytest.raises(UnsupportedModelError, match="the_sigmoid.*Sigmoid"):
         validate(model)                   # the structural pass alone refuses it, before any weight is read
-    with pytest.raises(UnsupportedModelError, match="the_pool.*MaxPool"):
+    with pytest.raises(UnsupportedModelError, match="the_sigmoid.*Sigmoid"):
         graph_from_onnx(model)
 
 

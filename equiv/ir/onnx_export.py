@@ -36,10 +36,11 @@ class _Writer:
         return output
 
 
-def _with_bias(w: _Writer, y: str, op, out: str) -> str:
+def _with_bias(w: _Writer, op_type: str, inputs: list, op, out: str) -> str:
+    """op_type(inputs) + op's bias, named out (the node itself when there is no bias: no Identity after it)."""
     if op.bias is None or not np.any(op.bias):
-        return w.node("Identity", [y], out)
-    return w.node("Add", [y, w.const(op.bias)], out)
+        return w.node(op_type, inputs, out)
+    return w.node("Add", [w.node(op_type, inputs), w.const(op.bias)], out)
 
 
 def _batched(shape) -> list:
@@ -56,7 +57,7 @@ def _write(w: _Writer, g: Graph, name: str, out: str, args: list[str]) -> None:
     elif isinstance(op, ops.MaskedRelu):
         _masked_relu(w, op, args[0], out)
     elif isinstance(op, ops.Dense):
-        _with_bias(w, w.node("MatMul", [args[0], w.const(op.W.T)]), op, out)
+        _with_bias(w, "MatMul", [args[0], w.const(op.W.T)], op, out)
     elif isinstance(op, ops.MatMulConst):
         w_in = w.const(op.W)
         w.node("MatMul", [w_in, args[0]] if op.left else [args[0], w_in], out)
@@ -68,9 +69,10 @@ def _write(w: _Writer, g: Graph, name: str, out: str, args: list[str]) -> None:
         w.node("Conv", ins, out, kernel_shape=list(geo.kernel), strides=list(geo.strides), pads=list(geo.pads),
                dilations=list(geo.dilations), group=geo.group)
     elif isinstance(op, ops.Scale):
-        _with_bias(w, w.node("Mul", [args[0], w.const(op.s)]), op, out)
+        _with_bias(w, "Mul", [args[0], w.const(op.s)], op, out)
     elif isinstance(op, ops.Shift):
-        _with_bias(w, args[0], op, out)
+        has_bias = op.bias is not None and np.any(op.bias)
+        w.node("Add", [args[0], w.const(op.bias)], out) if has_bias else w.node("Identity", [args[0]], out)
     elif isinstance(op, ops.Reshape):
         target = list(op.shape)
         if op.in_shape and op.shape and op.in_shape[0] == op.shape[0] == 1:
@@ -125,6 +127,71 @@ def _mask(w: _Writer, m: np.ndarray) -> str:
     return w.node("Cast", [w.const(m, np.bool_)], to=TensorProto.FLOAT)
 
 
+def _max_parts(g: Graph, n: str):
+    """(a, c, relu, difference) when node n computes max(a, c) as c + relu(a - c) (how a MaxPool is read), else
+    None."""
+    op = g.op(n)
+    if not (isinstance(op, ops.Add) and tuple(op.signs) == (1.0, 1.0) and op.bias is None):
+        return None
+    r, c = g.args(n)
+    if type(g.op(r)) is not ops.Relu:
+        return None
+    d = g.args(r)[0]
+    dop = g.op(d)
+    if not (isinstance(dop, ops.Add) and tuple(dop.signs) == (1.0, -1.0) and dop.bias is None and g.args(d)[1] == c):
+        return None
+    return g.args(d)[0], c, r, d
+
+
+def _one_hot_offset(op) -> tuple | None:
+    """(i, j) when op picks kernel offset (i, j) of every channel (a depthwise one-hot pooling Conv), else None."""
+    if not (isinstance(op, ops.Conv) and op.pooling and op.bias is None and op.geo.group == op.geo.in_channels
+            and op.W.shape[:2] == (op.geo.in_channels, 1)):
+        return None
+    hot = np.argwhere(op.W[0, 0] != 0)
+    if len(hot) != 1:
+        return None
+    i, j = (int(v) for v in hot[0])
+    one = np.zeros(op.W.shape[2:])
+    one[i, j] = 1.0
+    return (i, j) if np.array_equal(op.W, np.broadcast_to(one, op.W.shape)) else None
+
+
+def max_pools(g: Graph) -> dict:
+    """{root: (input, geometry, inner nodes)} for every tree of maxima over one-hot picks of all a window's offsets
+    (a MaxPool as the import lowered it, none of its ReLUs removed): the root is written back as a MaxPool, the
+    inner nodes (used by nothing else) are not written.  A padded one only on a ReLU's output (zeros pad it)."""
+    found, inside = {}, set()
+    for n in reversed(g.order):
+        if n in inside or _max_parts(g, n) is None:
+            continue
+        leaves, inner, todo = [], [], [n]
+        while todo:
+            m = todo.pop()
+            parts = _max_parts(g, m)
+            if parts is None:
+                leaves.append(m)
+                continue
+            a, c, r, d = parts
+            inner += [m, r, d]
+            todo += [a, c]
+        ops_ = [g.op(v) for v in leaves]
+        offsets = [_one_hot_offset(op) for op in ops_]
+        if any(o is None for o in offsets):
+            continue
+        x, geo = g.args(leaves[0])[0], ops_[0].geo
+        if (any(g.args(v)[0] != x for v in leaves) or any(op.geo != geo for op in ops_)
+                or sorted(offsets) != [(i, j) for i in range(geo.kernel[0]) for j in range(geo.kernel[1])]
+                or (any(geo.pads) and type(g.op(x)) is not ops.Relu)):
+            continue
+        body = set(inner[1:]) | set(leaves)
+        if any(s not in body and s != n for v in body for s in g.dag.successors(v)) or body & set(g.outputs):
+            continue          # an inner value is used elsewhere: write the tree as it is
+        found[n] = (x, geo, body)
+        inside |= body
+    return found
+
+
 def graph_to_onnx(g: Graph, producer: str = "equiv") -> onnx.ModelProto:
     """A checked ONNX model computing g, with the original's input/output names (from g.meta when known)."""
     meta = g.meta
@@ -133,9 +200,17 @@ def graph_to_onnx(g: Graph, producer: str = "equiv") -> onnx.ModelProto:
     onnx_name = dict(zip(g.inputs, in_names))
     onnx_name.update(dict(zip(g.outputs, out_names)))
     w = _Writer()
+    pools = max_pools(g)
+    skip = set().union(*(body for _, _, body in pools.values()))
     for name in g.order:
         op = g.op(name)
-        if op.kind == "input":
+        if op.kind == "input" or name in skip:
+            continue
+        if name in pools:
+            x, geo, _ = pools[name]
+            out = onnx_name[name] = onnx_name.get(name, f"t_{name}")
+            w.node("MaxPool", [onnx_name[x]], out, kernel_shape=list(geo.kernel), strides=list(geo.strides),
+                   pads=list(geo.pads), dilations=list(geo.dilations))
             continue
         if op.kind == "const":
             onnx_name[name] = w.const(op.value)

@@ -214,13 +214,25 @@ def _geometry(in_shape, W, attrs, where) -> ConvGeometry:
     return ConvGeometry(C, H, Wd, W.shape[0], (kh, kw), strides, pads, dil, group)
 
 
+def pool_kernel(W: np.ndarray, geo: ConvGeometry, bias) -> bool:
+    """Whether a convolution is a pool's (equiv writes a pool it could not keep whole that way): depthwise,
+    without bias, one kernel for every channel that is uniform (an average's window sum) or one-hot (a MaxPool's
+    pick).  Its weights are then not parameters (not counted, not compressed)."""
+    if bias is not None or geo.group != geo.in_channels or W.shape[:2] != (geo.in_channels, 1):
+        return False
+    k = W[0, 0]
+    if not np.array_equal(W, np.broadcast_to(k, W.shape)):
+        return False
+    return bool(np.all(k == k.flat[0]) or (np.count_nonzero(k) == 1 and k.max() == 1.0))
+
+
 def _conv(b: _Builder, node, attrs, where):
     x = b.arg(node.input[0], where)
     W = b.consts[node.input[1]]
     geo = _geometry(b.shapes[x], W, attrs, where)
     bias = b.consts[node.input[2]].reshape(-1, 1, 1) if len(node.input) > 2 and node.input[2] else None
     shape = (b.shapes[x][0], geo.out_channels) + geo.out_hw
-    b.add(ops.Conv(shape, W=W, geo=geo, bias=bias), [x], node.output[0])
+    b.add(ops.Conv(shape, W=W, geo=geo, bias=bias, pooling=pool_kernel(W, geo, bias)), [x], node.output[0])
 
 
 def _avgpool(b: _Builder, node, attrs, where):
@@ -239,6 +251,40 @@ def _avgpool(b: _Builder, node, attrs, where):
     else:  # ONNX default: padding does not count
         counts = conv_forward(np.ones((1, s[1], s[2], s[3])), W, geo)[0]
     b.add(ops.Scale(shape, s=1.0 / counts), [total], node.output[0])
+
+
+def _maxpool(b: _Builder, node, attrs, where):
+    """Exactly, with ReLUs: each window offset (i, j) picked by a one-hot depthwise convolution, the picks paired
+    in a tree, max(a, c) = c + relu(a - c).  A proof that a - c keeps one sign removes that ReLU, so a pool whose
+    winner is known on the region simplifies to a selection.  Padding (-inf in ONNX) only on a ReLU's output:
+    its values are >= 0 and every window holds one, so the zeros of a convolution's padding never win."""
+    x = b.arg(node.input[0], where)
+    s = b.shapes[x]
+    if len(s) != 4 or attrs.get("ceil_mode", 0) or (len(node.output) > 1 and node.output[1]):
+        raise UnsupportedModelError(f"{where}: only 2-D MaxPool on NCHW inputs, without ceil_mode or Indices, "
+                                    "is supported")
+    kh, kw = attrs["kernel_shape"]
+    C = s[1]
+    geo = _geometry(s, np.zeros((C, 1, kh, kw)), {**attrs, "group": C}, where)
+    if any(geo.pads) and type(next((op for n, op, _ in b.nodes if n == x), None)) is not ops.Relu:
+        raise UnsupportedModelError(f"{where}: a padded MaxPool is supported on a Relu's output only (its padding "
+                                    "is -inf)")
+    shape = (s[0], C) + geo.out_hw
+    picks = []
+    for i in range(kh):
+        for j in range(kw):
+            W = np.zeros((C, 1, kh, kw))
+            W[:, 0, i, j] = 1.0
+            picks.append(b.add(ops.Conv(shape, W=W, geo=geo, pooling=True), [x]))
+    while len(picks) > 1:
+        last, pairs = len(picks) == 2, []
+        for a, c in zip(picks[0::2], picks[1::2]):
+            d = b.add(ops.Add(shape, in_shapes=[shape, shape], signs=(1.0, -1.0)), [a, c])
+            r = b.add(ops.Relu(shape), [d])
+            pairs.append(b.add(ops.Add(shape, in_shapes=[shape, shape]), [r, c], node.output[0] if last else None))
+        picks = pairs + picks[len(pairs) * 2:]
+    if kh * kw == 1:
+        _reshape_like(b, picks[0], shape, node.output[0])
 
 
 def _pad(b: _Builder, node, attrs, where):
@@ -297,4 +343,4 @@ def _concat(b: _Builder, node, attrs, where):
 HANDLERS = {"Relu": _relu, "Identity": _identity, "Dropout": _identity, "Flatten": _flatten, "Reshape": _reshape,
             "Squeeze": _squeeze, "Unsqueeze": _squeeze, "Transpose": _transpose, "Add": _binary, "Sub": _binary,
             "Mul": _binary, "Div": _binary, "Neg": _neg, "MatMul": _matmul, "Gemm": _gemm, "Conv": _conv,
-            "AveragePool": _avgpool, "Pad": _pad, "BatchNormalization": _batchnorm, "Concat": _concat}
+            "AveragePool": _avgpool, "MaxPool": _maxpool, "Pad": _pad, "BatchNormalization": _batchnorm, "Concat": _concat}

@@ -22,7 +22,7 @@ from .onnx_handlers import HANDLERS, _reshape_target
 # op -> positions of the inputs that must be constants
 CONST_OPERANDS = {"Conv": (1, 2), "BatchNormalization": (1, 2, 3, 4), "Reshape": (1,), "Squeeze": (1,),
                   "Unsqueeze": (1,), "Pad": (1, 2, 3), "Dropout": (1, 2), "Cast": (0,)}
-SUPPORTED = ("Gemm", "MatMul", "Conv", "BatchNormalization", "AveragePool", "Pad", "Add", "Sub", "Mul", "Div",
+SUPPORTED = ("Gemm", "MatMul", "Conv", "BatchNormalization", "AveragePool", "MaxPool", "Pad", "Add", "Sub", "Mul", "Div",
              "Neg", "Concat", "Flatten", "Reshape", "Transpose", "Identity", "Dropout", "Squeeze", "Unsqueeze",
              "Relu", "Constant", "Cast")
 
