@@ -67,7 +67,15 @@ def run_until(h: highspy.Highs, stop: threading.Event | None) -> None:
     if not main:
         h.run()
         return
-    solver = threading.Thread(target=h.run, name="highs", daemon=True)
+    failed = []
+
+    def solve():
+        try:
+            h.run()
+        except BaseException as exc:      # (raised here, in the caller's thread, as without the helper)
+            failed.append(exc)
+
+    solver = threading.Thread(target=solve, name="highs", daemon=True)
     solver.start()
     try:
         while solver.is_alive():
@@ -76,6 +84,8 @@ def run_until(h: highspy.Highs, stop: threading.Event | None) -> None:
         stop.set()
         solver.join()
         raise
+    if failed:
+        raise failed[0]
 
 
 class HighsBackend(Backend):
