@@ -143,3 +143,22 @@ def test_resnet_simplified_is_checked_by_its_record(tmp_path, capsys):
     assert code == 0 and {p["method"] for p in r["pieces"]} == {"carried"}
     x = np.vstack([box.sample(3000, np.random.default_rng(2)), box.random_vertices(64, np.random.default_rng(2))])
     assert np.array_equal(OnnxRunner(str(model))(x).argmax(axis=1), OnnxRunner(str(out))(x).argmax(axis=1))
+
+
+@needs_cifar
+def test_avgpool_cnn_simplified_is_checked_by_its_record(tmp_path, capsys):
+    """Convnet_avgpool (Pad + AveragePool), simplified with DeepPoly: its written pool reads back as a plain
+    Conv, which once made the pair fall back to the product graph (a 0.9 bound, 'unknown' at 1e-4)."""
+    model, spec = CIFAR / "Convnet_avgpool.onnx", CIFAR / "avgpool_prop_0_0.02.vnnlib"
+    out = tmp_path / "s.onnx"
+    assert main(["simplify", str(model), "--spec", str(spec), "-o", str(out), "--method", "deeppoly",
+                 "--validation-samples", "1000", "--no-progress"]) == 0
+    capsys.readouterr()
+    code = main(["check", str(model), str(out), "--spec", str(spec), "--epsilon", "1e-4", "--json", "--no-progress",
+                 "--samples", "2000"])
+    r = json.loads(capsys.readouterr().out)
+    assert code == 0 and r["verdict"] == "equivalent" and {p["method"] for p in r["pieces"]} == {"carried"}
+    assert r["max_diff_upper"] <= 1e-6
+    from equiv.spec.region import load_region
+    box = load_region(spec=spec)[0]
+    assert _sampled_max_diff(model, out, box, n=3000) <= 1e-4
