@@ -484,6 +484,22 @@ def test_op_lowering_matches_onnxruntime(name, built, rng):
     assert_matches_ort(model, g, points(g, rng))
 
 
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_every_op_case_is_written_and_read_back_as_the_same_function(name, built, rng):
+    """graph_to_onnx on every case: onnxruntime runs the written file as our graph computes it, the file reads
+    back as the same function, and a MaxPool is written back whole (with its ReLUs on reading it again)."""
+    from equiv.ir.onnx_export import graph_to_onnx
+    _, g = built[name]
+    written = graph_to_onnx(g)
+    x = points(g, rng)
+    assert_matches_ort(written, g, x)
+    back = graph_from_onnx(written)
+    np.testing.assert_allclose(back.forward(f32(x).astype(np.float64)), g.forward(f32(x).astype(np.float64)),
+                               rtol=1e-5, atol=1e-5)
+    if name.startswith("maxpool") and name != "maxpool_1x1":            # (a 1x1 pool is a pick: no ReLU)
+        assert [n.op_type for n in written.graph.node].count("MaxPool") == 1 and back.n_relus == g.n_relus
+
+
 def test_case_catalogue_covers_every_supported_op():
     from equiv.ir.onnx_import import SUPPORTED
 
