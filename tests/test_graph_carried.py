@@ -120,11 +120,10 @@ def test_other_original_or_wider_region_fall_back(tmp_path, rng, capsys):
         assert np.abs(OnnxRunner(str(path))(x[None]) - OnnxRunner(str(out))(x[None])).max() > 1e-4
 
 
-@needs_cifar
-def test_resnet_simplified_is_checked_by_its_record(tmp_path, capsys):
-    """ResNet-2B, simplified with DeepPoly: check re-proves the 5 000+ recorded phases instead of searching the
-    pair (which DeepPoly on the product graph cannot prove once channels are deleted)."""
-    model, spec = CIFAR / "resnet_2b.onnx", CIFAR / "resnet_2b-img386-eps2_255.vnnlib"
+def _simplified_and_checked(model, spec, tmp_path, capsys):
+    """`simplify` (DeepPoly) the network on the spec's box, then `check` it against the original at 1e-4:
+    (written model, check report, box); the check must have decided by the record, and onnxruntime agrees."""
+    from equiv.spec.region import load_region
     out = tmp_path / "s.onnx"
     assert main(["simplify", str(model), "--spec", str(spec), "-o", str(out), "--method", "deeppoly",
                  "--validation-samples", "1000", "--no-progress"]) == 0
@@ -132,10 +131,18 @@ def test_resnet_simplified_is_checked_by_its_record(tmp_path, capsys):
     code = main(["check", str(model), str(out), "--spec", str(spec), "--epsilon", "1e-4", "--json", "--no-progress",
                  "--samples", "2000"])
     r = json.loads(capsys.readouterr().out)
-    assert code == 0 and {p["method"] for p in r["pieces"]} == {"carried"}
-    from equiv.spec.region import load_region
+    assert code == 0 and r["verdict"] == "equivalent" and {p["method"] for p in r["pieces"]} == {"carried"}
     box = load_region(spec=spec)[0]
     assert _sampled_max_diff(model, out, box, n=3000) <= 1e-4
+    return out, r, box
+
+
+@needs_cifar
+def test_resnet_simplified_is_checked_by_its_record(tmp_path, capsys):
+    """ResNet-2B, simplified with DeepPoly: check re-proves the 5 000+ recorded phases instead of searching the
+    pair (which DeepPoly on the product graph cannot prove once channels are deleted)."""
+    model, spec = CIFAR / "resnet_2b.onnx", CIFAR / "resnet_2b-img386-eps2_255.vnnlib"
+    out, _, box = _simplified_and_checked(model, spec, tmp_path, capsys)
     # top-1 from the same record: ResNet-2B's class margins on this ball exceed the rounding bound
     code = main(["check", str(model), str(out), "--spec", str(spec), "--norm", "top1", "--json", "--no-progress",
                  "--samples", "2000"])
@@ -149,16 +156,6 @@ def test_resnet_simplified_is_checked_by_its_record(tmp_path, capsys):
 def test_avgpool_cnn_simplified_is_checked_by_its_record(tmp_path, capsys):
     """Convnet_avgpool (Pad + AveragePool), simplified with DeepPoly: its written pool reads back as a plain
     Conv, which once made the pair fall back to the product graph (a 0.9 bound, 'unknown' at 1e-4)."""
-    model, spec = CIFAR / "Convnet_avgpool.onnx", CIFAR / "avgpool_prop_0_0.02.vnnlib"
-    out = tmp_path / "s.onnx"
-    assert main(["simplify", str(model), "--spec", str(spec), "-o", str(out), "--method", "deeppoly",
-                 "--validation-samples", "1000", "--no-progress"]) == 0
-    capsys.readouterr()
-    code = main(["check", str(model), str(out), "--spec", str(spec), "--epsilon", "1e-4", "--json", "--no-progress",
-                 "--samples", "2000"])
-    r = json.loads(capsys.readouterr().out)
-    assert code == 0 and r["verdict"] == "equivalent" and {p["method"] for p in r["pieces"]} == {"carried"}
+    _, r, _ = _simplified_and_checked(CIFAR / "Convnet_avgpool.onnx", CIFAR / "avgpool_prop_0_0.02.vnnlib", tmp_path,
+                                      capsys)
     assert r["max_diff_upper"] <= 1e-6
-    from equiv.spec.region import load_region
-    box = load_region(spec=spec)[0]
-    assert _sampled_max_diff(model, out, box, n=3000) <= 1e-4
