@@ -50,42 +50,21 @@ def _finite(a: np.ndarray) -> np.ndarray:
 
 
 def run_until(h: highspy.Highs, stop: threading.Event | None) -> None:
-    """h.run() for a MILP, ended at HiGHS's next MIP checkpoint (milliseconds) once `stop` is set: its status is
-    then 'interrupt', which proves nothing.  In the main thread the solve runs on a helper thread while this one
-    waits in Python, so that a SIGTERM or Ctrl-C, raised here, stops it at once rather than at its time limit."""
-    main = threading.current_thread() is threading.main_thread()
-    if (stop is None and not main) or not hasattr(h, "cbMipInterrupt"):      # (highspy without callbacks)
+    """h.run() for a MILP on a worker thread, ended at HiGHS's next MIP checkpoint once `stop` is set (the pool
+    that owns the thread sets it when it is left early, e.g. on SIGTERM): its status is then 'interrupt', which
+    proves nothing.  In the main thread the solve runs as it is: a callback there would run the signal handler
+    inside HiGHS, and solving on a short-lived helper thread instead made the process abort at exit
+    ("terminate called without an active exception", 6 of 16 SIGTERMed runs)."""
+    if stop is None or threading.current_thread() is threading.main_thread() or not hasattr(h, "cbMipInterrupt"):
         h.run()
         return
-    stop = stop or threading.Event()
 
     def interrupt(event):
         if stop.is_set():
             event.interrupt()
 
     h.cbMipInterrupt += interrupt
-    if not main:
-        h.run()
-        return
-    failed = []
-
-    def solve():
-        try:
-            h.run()
-        except BaseException as exc:      # (raised here, in the caller's thread, as without the helper)
-            failed.append(exc)
-
-    solver = threading.Thread(target=solve, name="highs", daemon=True)
-    solver.start()
-    try:
-        while solver.is_alive():
-            solver.join(0.05)
-    except BaseException:
-        stop.set()
-        solver.join()
-        raise
-    if failed:
-        raise failed[0]
+    h.run()
 
 
 class HighsBackend(Backend):
