@@ -71,7 +71,8 @@ class Backend:
         the maximum is below the threshold (the solver's dual proof); any feasible point is a witness.
         The margin absorbs the solver's feasibility and integrality tolerances.  integer_cols (backends with
         partial_ok only): the integer columns kept integral, the rest relaxed; None keeps them all.
-        stop (MILPs; HiGHS only, the others run to their limit): once set, the solve ends within milliseconds,
-        proving nothing; a caller leaving early (an error, a SIGTERM) sets it so that its threads end soon.
+        stop (MILPs on worker threads; HiGHS only, the others run to their limit): once set, the solve ends at
+        HiGHS's next MIP checkpoint, proving nothing; a pool left early (an error, a SIGTERM) sets it so that
+        its threads end soon.
         """
         raise NotImplementedError
