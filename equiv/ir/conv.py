@@ -89,3 +89,17 @@ def conv_transpose(a: np.ndarray, W: np.ndarray, geo: ConvGeometry) -> np.ndarra
             t = t[0] if g == 1 else t.transpose(1, 0, 2)
             out[:, rows, cols, :] += t.reshape(R, ho, wo, geo.in_channels)
     return np.ascontiguousarray(out[:, pt:pt + geo.height, pl:pl + geo.width, :].transpose(0, 3, 1, 2))
+
+
+def pool_kernel(W: np.ndarray, geo: ConvGeometry, bias=None) -> str | None:
+    """'sum' or 'pick' when a convolution is a pool's: depthwise, without bias, one kernel for every channel that
+    is uniform (an AveragePool's window sum) or one-hot with a 1 (a MaxPool's pick of one window offset, as equiv
+    reads and writes a MaxPool); else None."""
+    if bias is not None or geo.group != geo.in_channels or W.shape[:2] != (geo.in_channels, 1):
+        return None
+    k = W[0, 0]
+    if not np.array_equal(W, np.broadcast_to(k, W.shape)):
+        return None
+    if np.all(k == k.flat[0]):
+        return "sum"
+    return "pick" if np.count_nonzero(k) == 1 and k.max() == 1.0 else None

@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import ops
+from .conv import pool_kernel
 from .graph import Graph
 
 OPSET = 17
@@ -144,17 +145,11 @@ def _max_parts(g: Graph, n: str):
 
 
 def _one_hot_offset(op) -> tuple | None:
-    """(i, j) when op picks kernel offset (i, j) of every channel (a depthwise one-hot pooling Conv), else None."""
-    if not (isinstance(op, ops.Conv) and op.pooling and op.bias is None and op.geo.group == op.geo.in_channels
-            and op.W.shape[:2] == (op.geo.in_channels, 1)):
+    """(i, j) when op picks kernel offset (i, j) of every channel (`conv.pool_kernel`'s 'pick'), else None."""
+    if not (isinstance(op, ops.Conv) and pool_kernel(op.W, op.geo, op.bias) == "pick"):
         return None
-    hot = np.argwhere(op.W[0, 0] != 0)
-    if len(hot) != 1:
-        return None
-    i, j = (int(v) for v in hot[0])
-    one = np.zeros(op.W.shape[2:])
-    one[i, j] = 1.0
-    return (i, j) if np.array_equal(op.W, np.broadcast_to(one, op.W.shape)) else None
+    i, j = np.argwhere(op.W[0, 0] != 0)[0]
+    return int(i), int(j)
 
 
 def max_pools(g: Graph) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from . import ops
-from .conv import ConvGeometry, conv_forward
+from .conv import ConvGeometry, conv_forward, pool_kernel
 
 if TYPE_CHECKING:
     from .onnx_import import _Builder
@@ -214,25 +214,15 @@ def _geometry(in_shape, W, attrs, where) -> ConvGeometry:
     return ConvGeometry(C, H, Wd, W.shape[0], (kh, kw), strides, pads, dil, group)
 
 
-def pool_kernel(W: np.ndarray, geo: ConvGeometry, bias) -> bool:
-    """Whether a convolution is a pool's (equiv writes a pool it could not keep whole that way): depthwise,
-    without bias, one kernel for every channel that is uniform (an average's window sum) or one-hot (a MaxPool's
-    pick).  Its weights are then not parameters (not counted, not compressed)."""
-    if bias is not None or geo.group != geo.in_channels or W.shape[:2] != (geo.in_channels, 1):
-        return False
-    k = W[0, 0]
-    if not np.array_equal(W, np.broadcast_to(k, W.shape)):
-        return False
-    return bool(np.all(k == k.flat[0]) or (np.count_nonzero(k) == 1 and k.max() == 1.0))
-
-
 def _conv(b: _Builder, node, attrs, where):
     x = b.arg(node.input[0], where)
     W = b.consts[node.input[1]]
     geo = _geometry(b.shapes[x], W, attrs, where)
     bias = b.consts[node.input[2]].reshape(-1, 1, 1) if len(node.input) > 2 and node.input[2] else None
     shape = (b.shapes[x][0], geo.out_channels) + geo.out_hw
-    b.add(ops.Conv(shape, W=W, geo=geo, bias=bias, pooling=pool_kernel(W, geo, bias)), [x], node.output[0])
+    # a pool's window sum or pick (equiv writes a pool it could not keep whole that way): not parameters
+    b.add(ops.Conv(shape, W=W, geo=geo, bias=bias, pooling=pool_kernel(W, geo, bias) is not None), [x],
+          node.output[0])
 
 
 def _avgpool(b: _Builder, node, attrs, where):
