@@ -14,7 +14,8 @@ from equiv.encode.chain import encode_network
 from equiv.ir.network import Dense, Network
 from equiv.solvers import Status
 from equiv.solvers.chain_admm import chain_relaxation
-from equiv.solvers.dag_admm import DagAdmm, lagrangian_bound, slope_multipliers
+from equiv.solvers.dag_admm import DagAdmm
+from equiv.solvers.dag_relaxation import lagrangian_bound, slope_multipliers
 from equiv.spec.region import Box
 
 

@@ -12,7 +12,8 @@ from conftest import CIFAR, load_box, load_graph_cached, lp_optima, needs_bench
 from equiv.bounds.engine import deeppoly_graph
 from equiv.encode.graph import encode_graph
 from equiv.solvers import Status
-from equiv.solvers.dag_admm import DagAdmm, graph_objectives, graph_relaxation, lagrangian_bound, slope_multipliers
+from equiv.solvers.dag_admm import DagAdmm
+from equiv.solvers.dag_relaxation import graph_objectives, graph_relaxation, lagrangian_bound, slope_multipliers
 from test_graph_bounds import small_dags
 
 

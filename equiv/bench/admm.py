@@ -61,7 +61,7 @@ def compare_graph(g, box, bounds, z, rows, tol: float = TOL, time_limit: float =
     """HiGHS warm (as the graph LP stage runs it) against one DagAdmm batch, on the LP `encode_graph` builds up
     to tensor z; rows: the objectives (c, offset) over its variables."""
     from ..encode.graph import encode_graph
-    from ..solvers.dag_admm import graph_objectives, graph_relaxation
+    from ..solvers.dag_relaxation import graph_objectives, graph_relaxation
     from ..solvers.highs import HighsBackend
     enc = encode_graph(g, box, bounds, upto=z)
     rows = rows(enc)

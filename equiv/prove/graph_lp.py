@@ -97,7 +97,8 @@ def _admm_layer(g: Graph, enc, bounds: GraphBounds, z: str, order, lo, hi, new_l
     phase, as the HiGHS path asks it; every bound it reports is certified (weak duality), so it tightens
     new_lo / new_hi in place whether or not ADMM closed its gap.  desc: a progress bar's label (none without).
     Returns the input points of ADMM's best points of the relaxation (one per query that has one)."""
-    from ..solvers.dag_admm import DagAdmm, graph_objectives, graph_relaxation
+    from ..solvers.dag_admm import DagAdmm
+    from ..solvers.dag_relaxation import graph_objectives, graph_relaxation
     rel, cols = graph_relaxation(enc, g, bounds, [r for r in g.relus if r in enc.model.groups])
     dead_side = hi[order] <= -lo[order]
     rows = [enc.objective(z, int(p), 1.0 if d else -1.0) for p, d in zip(order, dead_side)]

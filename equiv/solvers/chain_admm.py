@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dag_admm import IDENTITY, TRIANGLE, ZERO, DagAdmm, DagRelaxation
+from .dag_admm import DagAdmm
+from .dag_relaxation import IDENTITY, TRIANGLE, ZERO, DagRelaxation
 
 
 def chain_relaxation(net, box, bounds, depth: int) -> DagRelaxation:
