@@ -83,10 +83,10 @@ def test_decisions_agree_with_real_points(acas_1_1, prop4_box):
 
 
 @needs_bench
-def test_a_set_stop_ends_a_milp_on_a_worker_thread_and_proves_nothing(hard_query):
-    """A MILP on a worker thread given a set stop event ends at HiGHS's first checkpoint: status 'interrupt',
-    nothing proved (not 'below', no bound), whatever its time limit.  In the main thread the event is not
-    used (a signal's exception is raised there itself), and the same query decides."""
+def test_a_set_stop_ends_a_milp_on_any_thread_and_proves_nothing(hard_query):
+    """A MILP given a set stop event ends at HiGHS's first checkpoint, on a worker thread or in the main one:
+    status 'interrupt', nothing proved (not 'below', no bound), whatever its time limit.  Without the event
+    the same query decides."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
     enc, c, off = hard_query
@@ -96,7 +96,41 @@ def test_a_set_stop_ends_a_milp_on_a_worker_thread_and_proves_nothing(hard_query
     with ThreadPoolExecutor(1) as pool:
         dec = pool.submit(be.decide, c, off, 0.0, time_limit=60.0, margin=1e-6, stop=stop).result()
         res = pool.submit(lambda: be.maximize(c, off, integer=True, time_limit=60.0, stop=stop)).result()
-    assert dec.verdict == "unknown" and dec.bound is None and dec.status == Status.ERROR
-    assert "nterrupt" in dec.message
+    main = be.decide(c, off, 0.0, time_limit=60.0, margin=1e-6, stop=stop)
+    for d in (dec, main):
+        assert d.verdict == "unknown" and d.bound is None and d.status == Status.ERROR
+        assert "nterrupt" in d.message
     assert res.status == Status.ERROR and res.bound is None
-    assert be.decide(c, off, 0.0, time_limit=60.0, margin=1e-6, stop=stop).verdict in ("below", "above")
+    assert be.decide(c, off, 0.0, time_limit=60.0, margin=1e-6).verdict in ("below", "above")
+
+
+@needs_bench
+def test_a_signal_during_a_main_thread_milp_ends_it_then_reaches_its_handler(hard_query):
+    """SIGTERM arriving while the main thread is inside a MILP (the query takes HiGHS 2-3 s; the signal comes
+    after 0.3 s): the solve ends at its next checkpoint with nothing proved, and only then does the signal's
+    handler run, once, in plain Python (a handler raising inside HiGHS's callback would unwind through C++).
+    The handlers in place before the solve are back afterwards."""
+    import os
+    import signal
+    import threading
+    enc, c, off = hard_query
+    be = HighsBackend(enc.model)
+    seen = []
+
+    def handler(signum, frame):
+        seen.append((signum, be_done[0]))
+    be_done = [False]
+    previous = signal.signal(signal.SIGTERM, handler)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        dec = be.decide(c, off, 0.0, time_limit=60.0, margin=1e-6)
+        be_done[0] = True
+        timer.join()
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    assert dec.verdict == "unknown" and dec.bound is None and "nterrupt" in dec.message
+    # raised again when the solve returned, before `decide` read the solution: not after be_done was set
+    assert seen == [(signal.SIGTERM, False)]

@@ -10,6 +10,8 @@ On a fresh object both clocks start at zero.  Building one costs ~1 ms, nothing 
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
 
@@ -50,12 +52,24 @@ def _finite(a: np.ndarray) -> np.ndarray:
 
 
 def run_until(h: highspy.Highs, stop: threading.Event | None) -> None:
-    """h.run() for a MILP on a worker thread, ended at HiGHS's next MIP checkpoint once `stop` is set (the pool
-    that owns the thread sets it when it is left early, e.g. on SIGTERM): its status is then 'interrupt', which
-    proves nothing.  In the main thread the solve runs as it is: a callback there would run the signal handler
-    inside HiGHS, and solving on a short-lived helper thread instead made the process abort at exit
-    ("terminate called without an active exception", 6 of 16 SIGTERMed runs)."""
-    if stop is None or threading.current_thread() is threading.main_thread() or not hasattr(h, "cbMipInterrupt"):
+    """h.run() for a MILP, ended at HiGHS's next MIP checkpoint once `stop` is set (the pool that owns a worker
+    thread sets it when it is left early) or, in the main thread, once SIGINT or SIGTERM arrives: its status is
+    then 'interrupt', which proves nothing, and the signal is delivered to its handler when the solve has
+    returned (`signals_deferred`: a handler that raised inside HiGHS's callback would unwind through C++).
+    (Solving on a short-lived helper thread instead made the process abort at exit, "terminate called without
+    an active exception", in 6 of 16 SIGTERMed runs.)"""
+    if not hasattr(h, "cbMipInterrupt"):
+        h.run()
+        return
+    if threading.current_thread() is threading.main_thread():
+        with signals_deferred() as pending:
+            def interrupt(event):
+                if pending or (stop is not None and stop.is_set()):
+                    event.interrupt()
+            h.cbMipInterrupt += interrupt
+            h.run()
+        return
+    if stop is None:
         h.run()
         return
 
@@ -65,6 +79,28 @@ def run_until(h: highspy.Highs, stop: threading.Event | None) -> None:
 
     h.cbMipInterrupt += interrupt
     h.run()
+
+
+@contextlib.contextmanager
+def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
+    """In the main thread: while inside, SIGINT/SIGTERM are only recorded (the list yielded); on the way out the
+    previous handlers come back and each recorded signal is raised again, so it reaches them in plain Python."""
+    pending: list = []
+    previous = {}
+
+    def record(signum, frame):
+        pending.append(signum)
+    for s in signums:
+        old = signal.getsignal(s)
+        if old is not None:             # (None: a handler not installed from Python, left alone)
+            previous[s] = signal.signal(s, record)
+    try:
+        yield pending
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
 
 
 class HighsBackend(Backend):
