@@ -124,6 +124,46 @@ def test_a_task_that_kills_its_workers_is_reported_not_retried_forever():
         ex.close()
 
 
+def _hard_milp_task(acas_dir: str, out: str):
+    """On a worker: ACAS Xu 1_1 on prop_3 with DeepPoly bounds, "is neuron 6 of layer 6 dead?" (HiGHS needs
+    2-3 s); a file "started" just before the MILP, and its verdict and message in "answer" after it."""
+    from pathlib import Path
+    from equiv.bounds import deeppoly_bounds
+    from equiv.encode.chain import encode_network
+    from equiv.ir.chain_io import load_onnx
+    from equiv.solvers.highs import HighsBackend
+    from equiv.spec.region import load_region
+    net = load_onnx(Path(acas_dir) / "ACASXU_run2a_1_1_batch_2000.onnx")
+    box = load_region(spec=Path(acas_dir) / "prop_3.vnnlib")[0]
+    enc = encode_network(net, box, deeppoly_bounds(net, box), depth=5)
+    c, off = enc.objective(net.dense[5].W[6], net.dense[5].b[6])
+    be = HighsBackend(enc.model)
+    Path(out, "started").touch()
+    dec = be.decide(c, off, 0.0, time_limit=60.0, margin=1e-6)
+    Path(out, "answer").write_text(f"{dec.verdict}|{dec.message}")
+
+
+@needs_bench
+def test_closing_a_cluster_ends_the_milps_its_workers_run(tmp_path):
+    """Closing the executor (as a SIGTERMed run does) while a worker's task is inside a HiGHS MILP sets that
+    worker's stop event (`distributed.worker_stop`, set by the worker's close): the MILP ends at its next
+    checkpoint with nothing proved, and the task finishes, instead of running on until the nanny kills the
+    worker process after 4 s.  (Without the event this query decides in 2-3 s.)"""
+    from conftest import ACAS
+    ex = DaskExecutor(workers=1)
+    try:
+        fut = ex.submit(_hard_milp_task, str(ACAS), str(tmp_path))
+        for _ in range(1200):
+            if (tmp_path / "started").exists() or fut.done():
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "started").exists(), fut.result()
+    finally:
+        ex.close()
+    verdict, message = (tmp_path / "answer").read_text().split("|", 1)
+    assert verdict == "unknown" and "nterrupt" in message
+
+
 # ---- the journal -------------------------------------------------------------------------------------------
 
 def test_journal_refuses_other_inputs(tmp_path):

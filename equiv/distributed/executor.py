@@ -98,6 +98,9 @@ class DaskExecutor:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
                                         host="127.0.0.1", protocol="tcp://", dashboard_address=":0")
             self.client = Client(self.cluster)
+        # closing a worker sets its stop event, which ends the HiGHS MILPs its tasks are running (`worker_stop`)
+        from .worker_stop import NAME, StopOnClose
+        self.client.register_plugin(StopOnClose(), name=NAME)
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})) or (workers or 1))
 
     def scatter(self, obj):

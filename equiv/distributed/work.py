@@ -12,6 +12,7 @@ network.  Only infeasibility (a solver's proof) settles a side; a timeout or err
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -159,6 +160,12 @@ def run_neuron(spec: LayerSpec, q: NeuronQuery) -> NeuronAnswer:
             break
         if ans.verdicts.get(side) == "below":
             break
+    if "distributed" in sys.modules:
+        from .worker_stop import running_worker_stop
+        stop = running_worker_stop()
+        if stop is not None and stop.is_set():
+            # its MILPs were interrupted by the worker's close: a failed task (never journalled), not an answer
+            raise RuntimeError("the Dask worker closed while this neuron's MILPs ran")
     return ans
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 
@@ -52,10 +53,11 @@ def _finite(a: np.ndarray) -> np.ndarray:
 
 
 def run_until(h: highspy.Highs, stop: threading.Event | None) -> None:
-    """h.run() for a MILP, ended at HiGHS's next MIP checkpoint once `stop` is set (the pool that owns a worker
-    thread sets it when it is left early) or, in the main thread, once SIGINT or SIGTERM arrives: its status is
-    then 'interrupt', which proves nothing, and the signal is delivered to its handler when the solve has
-    returned (`signals_deferred`: a handler that raised inside HiGHS's callback would unwind through C++).
+    """h.run() for a MILP, ended at HiGHS's next MIP checkpoint (status 'interrupt', which proves nothing) once
+    - `stop` is set: the pool that owns a worker thread sets it when it is left early;
+    - on a Dask worker's task thread, once the worker closes (`distributed.worker_stop`);
+    - in the main thread, once SIGINT or SIGTERM arrives; the signal then reaches its handler when the solve has
+      returned (`signals_deferred`: a handler that raised inside HiGHS's callback would unwind through C++).
     (Solving on a short-lived helper thread instead made the process abort at exit, "terminate called without
     an active exception", in 6 of 16 SIGTERMed runs.)"""
     if not hasattr(h, "cbMipInterrupt"):
@@ -69,6 +71,9 @@ def run_until(h: highspy.Highs, stop: threading.Event | None) -> None:
             h.cbMipInterrupt += interrupt
             h.run()
         return
+    if stop is None and "distributed" in sys.modules:       # a task on a Dask worker: its worker's event
+        from ..distributed.worker_stop import running_worker_stop
+        stop = running_worker_stop()
     if stop is None:
         h.run()
         return
