@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -480,6 +481,16 @@ class _Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame):
+    # Python prints and drops an exception raised inside a finaliser (__del__), and the run would go on to write
+    # its output: there, have the signal sent again 10 ms later (from a timer thread: sent from here, it would
+    # be handled at once, inside this handler, recursively), by when the finaliser has returned
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            again = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+            again.daemon = True
+            again.start()
+            return
+        frame = frame.f_back
     raise _Terminated()
 
 

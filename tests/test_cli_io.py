@@ -122,6 +122,41 @@ def test_sigterm_exits_143_and_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigterm_inside_a_finaliser_is_handled_after_it():
+    """A SIGTERM whose handler runs inside a __del__ (a tqdm bar being collected, seen once under load) must not
+    be lost: Python would print and drop the exception raised there, and the run would exit 0 with its output.
+    Inside a finaliser the handler has the signal sent again shortly, and outside it raises as usual."""
+    import signal
+    import time
+    from equiv.cli import _on_sigterm, _Terminated
+    got = []
+
+    def handler(signum, frame):
+        try:
+            _on_sigterm(signum, frame)
+        except _Terminated:
+            got.append("terminated")
+
+    class Finalised:
+        def __del__(self):
+            got.append("del")
+            signal.raise_signal(signal.SIGTERM)       # arrives while the finaliser runs
+            for _ in range(3):
+                got.append("del goes on")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        obj = Finalised()
+        del obj
+        for _ in range(200):              # (sent again from a timer thread after 10 ms)
+            if "terminated" in got:
+                break
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert got == ["del"] + ["del goes on"] * 3 + ["terminated"]
+
+
 def test_bench_default_benchmarks_folder_is_next_to_the_repository():
     """`equiv bench` without --benchmarks reads <repo>/../shared/benchmarks (a layout move once broke it)."""
     from conftest import BENCH
