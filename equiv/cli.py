@@ -141,7 +141,7 @@ def _add_solver(p: argparse.ArgumentParser, default_method="milp", samples_defau
                    help="input splitting budget in boxes, used with --method milp when at most 12 inputs vary "
                         "(0 turns it off; default 10000)")
     p.add_argument("--samples", type=count, default=samples_default, help=samples_help)
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
+    p.add_argument("--seed", type=count, default=0, help="random seed for sampling (default: 0)")
     p.add_argument("--blocks", type=blocks_mode, default="auto", metavar="auto|none|residual|K",
                    help="block summaries in DeepPoly (BBPoly): K ReLU layers per block, the residual blocks, or none; "
                         "auto (default) uses them only where they were measured to pay (deep chains, many residual "
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--validation-samples", type=positive_count, default=10000, metavar="N",
                    help="random points of the region for validation, besides random vertices, the centre, solver "
                         "witnesses and gradient-ascent points (default 10000)")
-    s.add_argument("--tolerance", type=non_negative, default=1e-4,
+    s.add_argument("--tolerance", type=positive_number, default=1e-4,
                    help="largest accepted output difference in validation (default 1e-4; above it is a bug, exit 1)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.add_argument("--certify", action="store_true",
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "first trying branch and bound on ReLU phases (alpha-beta-CROWN bounds, numpy; by "
                         "default it gets half of each query's time limit and decides most margins alone)")
     q.add_argument("--samples", type=count, default=10000, help="random points for falsification (default 10000)")
-    q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    q.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
     q.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     q.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the summary")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -287,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_region(b)
     _add_solver(b, default_method="deeppoly")
     b.add_argument("--json", action="store_true", help="print all bounds as JSON")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars (--method lp|milp)")
 
     c = sub.add_parser("slice", help="split the region; write a family of small networks and a dispatcher",
                        description="Bisect the region into pieces, simplify the model on each piece (proofs on that "
@@ -317,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random points per slice for its validation (default 10000)")
     c.add_argument("--dispatch-samples", type=positive_count, default=None, metavar="N",
                    help="random points of the region for the dispatcher's validation (default 100000; 5000 on graphs)")
-    c.add_argument("--tolerance", type=non_negative, default=1e-4, help="largest accepted output difference (default 1e-4)")
+    c.add_argument("--tolerance", type=positive_number, default=1e-4, help="largest accepted output difference (default 1e-4)")
     c.add_argument("--epsilon", type=positive_number, default=None, metavar="E",
                    help="simplify each slice further, up to a proved |original - slice| <= E on its box (chains of "
                         "dense layers; see simplify --epsilon); every slice is certified by `check`, and the family "
@@ -379,7 +380,8 @@ def _add_compress(sub) -> None:
                     "layer's inputs on the region, 'lowrank-svd' is plain ALDS), an affine fit (no hidden layer: a ReLU "
                     "net is often nearly affine on a small region), weight pruning, and float16/int8 "
                     "rounding of the best model. Each level is bisected; every candidate is written and that file is "
-                    "checked, so the returned file is the one that was proved. Dense chains only so far.",
+                    "checked, so the returned file is the one that was proved. Conv and residual graphs take the makers "
+                    "listed under --makers.",
         epilog="examples:\n  equiv compress model.onnx --spec prop.vnnlib --epsilon 0.05 -o small.onnx --report r.json "
                "--plot pareto.png\n  equiv compress model.onnx --spec prop.vnnlib --preserve top1 --target-params 0.3 "
                "-o small.onnx\n\nsizes: params = stored weights and biases of the written model (a factored layer "
@@ -419,7 +421,7 @@ def _add_compress(sub) -> None:
     z.add_argument("--bisect-steps", type=positive_count, default=5, metavar="N",
                    help="bisection steps per maker on the fraction of weights kept (default 5)")
     z.add_argument("--backend", default="highs", help="MILP backend for the checks (default highs)")
-    z.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    z.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
     z.add_argument("--report", metavar="FILE.json", help="write the JSON report (every candidate) here")
     z.add_argument("--plot", metavar="FILE.png", help="write the Pareto plot (size against proven bound) here")
     z.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the summary")

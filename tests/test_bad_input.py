@@ -58,6 +58,7 @@ def scratch(tmp_path):
     (tmp_path / "notes" / "todo.txt").write_text("mine\n")
     os.mkfifo(tmp_path / "fifo")
     os.symlink(tmp_path / "M.onnx", tmp_path / "link.onnx")
+    shutil.copy(MODELS / "digits_mlp_center.npy", tmp_path / "c.npy")
     os.link(tmp_path / "M.onnx", tmp_path / "hard.onnx")
     (tmp_path / "empty.onnx").write_bytes(b"")
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07not a protobuf at all\xff\xfe" * 7)
@@ -102,7 +103,19 @@ CATALOGUE = [
     ("time-limit-negative", SIMPLIFY + ["-o", "out.onnx", "--time-limit", "-5"], "positive"),
     ("milp-budget-negative", SIMPLIFY + ["-o", "out.onnx", "--milp-budget", "-5"], "positive"),
     ("check-time-limit-negative", CHECK + ["--time-limit", "-1"], "positive"),
-    ("tolerance-negative", SIMPLIFY + ["-o", "out.onnx", "--tolerance", "-1"], ">= 0"),
+    ("tolerance-negative", SIMPLIFY + ["-o", "out.onnx", "--tolerance", "-1"], "positive"),
+    ("tolerance-zero", SIMPLIFY + ["-o", "out.onnx", "--tolerance", "0"], "positive"),
+    ("seed-negative", SIMPLIFY + ["-o", "out.onnx", "--seed", "-1"], ">= 0"),
+    ("check-seed-negative", CHECK + ["--seed", "-1"], ">= 0"),
+    ("box-beyond-float32", ["simplify", "M.onnx", "--box", ",".join(["1e39:1e39"] + ["0:1"] * 63), "-o", "out.onnx"],
+     "float32"),
+    ("clip-misses-the-ball", ["simplify", "M.onnx", "--center", "c.npy", "--radius", "0.1", "--clip", "2:3",
+                              "-o", "out.onnx"], "empty region"),
+    ("check-journal-is-model-b", CHECK + ["--journal", "S.onnx"], "--journal"),
+    ("check-journal-is-report", CHECK + ["--journal", "r.json", "--report", "r.json"], "--journal"),
+    ("check-different-sizes-on-workers", ["check", "M.onnx", "tiny2.onnx", "--spec", "P.vnnlib", "--epsilon", "0.1",
+                                          "--workers", "1"], "different inputs"),
+    ("check-epsilons-of-another-length", CHECK[:-1] + ["0.1,0.1"], "epsilon has 2 values"),
     ("validation-samples-zero", SIMPLIFY + ["-o", "out.onnx", "--validation-samples", "0"], ">= 1"),
     ("max-slices-zero", ["slice", "M.onnx", "--spec", "P.vnnlib", "-o", "fam", "--max-slices", "0"], ">= 1"),
     ("samples-not-a-number", SIMPLIFY + ["-o", "out.onnx", "--samples", "many"], "whole number"),

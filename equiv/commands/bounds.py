@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from .common import region_of, require_chain, stability_options
+from .common import progress_of, region_of, require_chain, stability_options
 
 
 def cmd_bounds(args, out) -> int:
@@ -53,7 +53,7 @@ def _bounds_chain(args, out) -> int:
     net = load_onnx(args.model)
     box, source = region_of(args)
     box.check_dim(net.n_inputs)
-    res = prove_stability(net, box, stability_options(args, progress=False))
+    res = prove_stability(net, box, stability_options(args, progress=progress_of(args)))
     b = res.bounds
     if args.json:
         out.emit(json.dumps({"model": args.model, "region": {"source": source, **box.to_json()}, "method": args.method,

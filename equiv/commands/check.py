@@ -6,7 +6,7 @@ import json
 import sys
 
 from .. import __version__
-from .common import inputs_of, progress_of, regions_of
+from .common import inputs_of, progress_of, refuse_journal_clash, regions_of
 
 
 def _epsilon(text):
@@ -28,6 +28,8 @@ def cmd_check(args, out) -> int:
     guard = OutputGuard(inputs_of(args, "model_a", "model_b"))
     if args.report:
         guard.claim(args.report, "report")
+    if args.journal:
+        refuse_journal_clash(args, args.journal)
     check_backend(args.backend, milp=True)
     boxes, source = regions_of(args)
     opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,
@@ -37,6 +39,8 @@ def cmd_check(args, out) -> int:
     from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
     ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once
+    from ..prove.graph_check import check_pair
+    check_pair(ga, gb, boxes, opt)                  # (bad input is exit 2 here, not a failed task on a worker)
     chains = takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b)
     if chains and (args.workers or args.scheduler or args.journal):
         res, notes = _carried_first(args, boxes, opt)

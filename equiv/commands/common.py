@@ -82,14 +82,21 @@ def runner_of(args, description: dict):
         raise
 
 
-def open_journal(args, path, description):
-    """The journal at `path`, refused (exit 2) when it is a file the run reads or writes, or cannot be opened."""
+def refuse_journal_clash(args, path) -> None:
+    """Exit 2 when the journal `path` is a file the run reads or writes (checked up front, even on a path that
+    may not open the journal)."""
     from pathlib import Path
-    from ..distributed import Journal
     from ..errors import InputFileError
     others = [getattr(args, n, None) for n in ("model", "model_a", "model_b", "spec", "center", "output", "report")]
     if any(o and Path(o).resolve() == Path(path).resolve() for o in others):
         raise InputFileError(f"--journal {path} is also an input or output of this run; choose another file")
+
+
+def open_journal(args, path, description):
+    """The journal at `path`, refused (exit 2) when it is a file the run reads or writes, or cannot be opened."""
+    from ..distributed import Journal
+    from ..errors import InputFileError
+    refuse_journal_clash(args, path)
     try:
         return Journal(path, description)
     except (OSError, UnicodeDecodeError) as exc:

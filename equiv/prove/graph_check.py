@@ -139,23 +139,31 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     return ("equivalent" if proved else "unknown"), upper, seen, None, notes
 
 
-def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckOptions, f_known: dict | None = None,
-                 f_margins: np.ndarray | None = None, via: tuple | None = None) -> CheckResult:
-    """Check two graphs on every box of the region; the same verdict rules as `check_networks`.  f_known,
-    f_margins and via: bounds of f's tensors, top-1 margins, and a base graph with f - base bounded, all
-    proved beforehand on every box (see `_check_box`)."""
+def check_pair(f: Graph, g: Graph, boxes: list[Box], opt: CheckOptions) -> None:
+    """Refuse (exit 2), before any work, two models and a region `check` cannot compare: different input or
+    output sizes, a box of another dimension, or an epsilon per output of another length."""
     if f.n_inputs != g.n_inputs:
         raise InputFileError(f"the models take different inputs: A has {f.n_inputs} input values, B has {g.n_inputs}")
     if f.n_outputs != g.n_outputs:
         raise InputFileError(f"the models give different outputs: A has {f.n_outputs} output values, "
                              f"B has {g.n_outputs}")
+    for box in boxes:
+        box.check_dim(f.n_inputs)
+    eps_vector(opt, f.n_outputs)
+
+
+def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckOptions, f_known: dict | None = None,
+                 f_margins: np.ndarray | None = None, via: tuple | None = None) -> CheckResult:
+    """Check two graphs on every box of the region; the same verdict rules as `check_networks`.  f_known,
+    f_margins and via: bounds of f's tensors, top-1 margins, and a base graph with f - base bounded, all
+    proved beforehand on every box (see `_check_box`)."""
+    check_pair(f, g, boxes, opt)
     t0 = time.perf_counter()
     eps = eps_vector(opt, f.n_outputs)
     rng = np.random.default_rng(opt.seed)
     pieces, notes, uppers, seen_all, cex = [], [], [], 0.0, None
     verdict = "equivalent"
     for box in boxes:
-        box.check_dim(f.n_inputs)
         v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng, f_known, f_margins, via)
         pieces.append(Piece(box.lo, box.hi, v, "bounds" if v == "equivalent" else "none", upper))
         uppers.append(upper)

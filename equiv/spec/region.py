@@ -10,6 +10,8 @@ import numpy as np
 from . import vnnlib
 from ..errors import RegionError
 
+F32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True)
 class Box:
@@ -29,6 +31,10 @@ class Box:
         if np.any(lo > hi):
             bad = np.flatnonzero(lo > hi)
             raise RegionError(f"empty box: lower bound above upper bound for input(s) {bad[:10].tolist()}")
+        big = np.flatnonzero((np.abs(lo) > F32_MAX) | (np.abs(hi) > F32_MAX))
+        if big.size:
+            raise RegionError(f"box bounds beyond float32's range (|x| > {F32_MAX:.4g}) for input(s) {big[:10].tolist()}: "
+                              "the models take float32 inputs")
         object.__setattr__(self, "lo", lo)
         object.__setattr__(self, "hi", hi)
 
@@ -138,6 +144,12 @@ def ball(center: np.ndarray, radius: float, clip: tuple[float, float] | None = N
     c = np.asarray(center, dtype=np.float64).reshape(-1)
     lo, hi = c - radius, c + radius
     if clip is not None:
+        if clip[0] > clip[1]:
+            raise RegionError(f"--clip {clip[0]:g}:{clip[1]:g} is empty (lower bound above upper bound)")
+        apart = np.flatnonzero((hi < clip[0]) | (lo > clip[1]))
+        if apart.size:
+            raise RegionError(f"empty region: the ball does not meet --clip {clip[0]:g}:{clip[1]:g} at input(s) "
+                              f"{apart[:10].tolist()}")
         lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
     return Box(lo, hi)
 
