@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from conftest import tiny_net
+from conftest import needs_bench, tiny_net
 from equiv.artifacts.files import (OutputGuard, claim_family_dir, replace_dir_atomic, save_onnx_atomic,
                              write_bytes_atomic, write_json_atomic)
 from equiv.errors import InputFileError
@@ -118,3 +118,30 @@ def test_family_folder_may_not_hold_an_input(tmp_path):
     (fam / "model.onnx").write_text("x")
     with pytest.raises(InputFileError, match="input file"):
         claim_family_dir(fam, OutputGuard([fam / "model.onnx"]), True, lambda d: True, lambda d: {"model.onnx"})
+
+
+@needs_bench
+def test_validation_allows_float32_rounding_relative_to_the_outputs(tmp_path):
+    """Validation passes a point when |a - b| <= tolerance + 2^-16 x |output|: ACAS Xu 1_1 simplified on inputs of
+    1000 (outputs ~113) differs from the original by float32 rounding alone, above the absolute 1e-4 that once
+    made it a "BUG" (exit 1); the same model with an output bias moved by 0.01 still fails."""
+    import json
+    from conftest import acas_path
+    from equiv.artifacts.validate import ROUNDING_RELATIVE, OnnxRunner, compare_on_points
+    from equiv.cli import main
+    src = acas_path(1, 1)
+    box = "1000:1000,1000:1000,0:0,0:0,0:0"
+    out, report = tmp_path / "s.onnx", tmp_path / "r.json"
+    assert main(["simplify", str(src), f"--box={box}", "-o", str(out), "--report", str(report), "--no-progress"]) == 0
+    val = json.loads(report.read_text())["validation"]
+    assert val["ok"] and val["rounding_relative"] == ROUNDING_RELATIVE
+    net = load_onnx(src)
+    net.dense[-1].b[:] += 0.01                       # a real difference, at every point
+    moved = tmp_path / "moved.onnx"
+    import onnx
+    onnx.save(network_to_onnx(net), str(moved))
+    x = {"point": np.array([[1000.0, 1000.0, 0.0, 0.0, 0.0]])}
+    a, b = OnnxRunner(str(src)), OnnxRunner(str(moved))
+    assert abs(float(np.abs(a(x["point"])).max()) * ROUNDING_RELATIVE) < 0.01 - 1e-4
+    assert not compare_on_points(a, b, x, 1e-4).ok
+    assert compare_on_points(a, OnnxRunner(str(out)), x, 1e-4).ok
