@@ -78,3 +78,4 @@ def test_nested_disjunction_simplify_and_check(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and res["verdict"] == "equivalent", res["notes"]
     assert res["stats"]["input_boxes"] == res["stats"]["input_boxes_checked"] == 3
+    assert sum(res["stats"]["pieces"].values()) == res["pieces_total"] == res["stats"]["pieces"]["equivalent"]

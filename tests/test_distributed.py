@@ -105,6 +105,43 @@ def test_tasks_after_the_layers_branch_and_bound_give_the_same_phases(problem, c
     assert res.queries["bab"]["tried"] > 0 and runner.tasks < serial.queries["milp"] and not runner.failed
 
 
+def test_a_neuron_task_stops_at_the_budget_it_carries_and_its_cut_answer_is_not_journalled(problem, tmp_path):
+    """A query carries what is left of --milp-budget (`Runner._query` puts it in); `run_neuron` starts no
+    decision once that is spent: the answer is `cut`, without a verdict, and the journal does not keep it
+    (its key names the full per-query limit).  The same query without a budget is answered and kept."""
+    from dataclasses import replace
+    net, box, serial = problem
+    spec = LayerSpec(net, box, serial.bounds, 2)
+    q = NeuronQuery(2, 3, ("dead", "active"), 2, False, False, 10.0, 1e-6, "highs")
+    cut = run_neuron(spec, replace(q, budget=0.0))
+    assert cut.cut and cut.verdicts == {} and cut.windows == {} and cut.status == "done"
+    jn = Journal(tmp_path / "run.jnl", {"case": "budget"})
+    runner = Runner(InProcessExecutor(), jn)
+    sent, _, _ = runner._query(spec, 3, lambda i: q, lambda i: True, lambda: 7.5)
+    assert sent.budget == 7.5 and sent.key(spec.key) == q.key(spec.key)
+    runner._finish(q.key(spec.key), q, InProcessExecutor().submit(run_neuron, spec, replace(q, budget=0.0)))
+    assert jn.written == 0
+    full = runner._finish(q.key(spec.key), q, InProcessExecutor().submit(run_neuron, spec, q))
+    assert not full.cut and full.verdicts and jn.written == 1
+    jn.close()
+
+
+def test_a_spent_budget_sends_no_task_to_the_cluster(problem, cluster):
+    """Once the budget is spent no query is sent (the old loop sent the whole layer and then cancelled it
+    query by query, 10-15 s per MNIST layer); every neuron is yielded unanswered."""
+    net, box, serial = problem
+    spec = LayerSpec(net, box, serial.bounds, 2)
+    runner = Runner(cluster)
+
+    def make_query(i):
+        return NeuronQuery(2, int(i), ("dead", "active"), 2, False, False, 10.0, 1e-6, "highs")
+    out = list(runner.neuron_answers(spec, range(6), make_query, lambda i: True, lambda: 0.0))
+    assert out == [(i, None) for i in range(6)] and runner.tasks == 0
+    some = list(runner.neuron_answers(spec, range(3), make_query, lambda i: True, lambda: 600.0))
+    assert [i for i, a in some] == [0, 1, 2] and all(a is not None and not a.cut for _, a in some)
+    assert runner.tasks == 3
+
+
 def test_a_task_that_kills_its_workers_is_reported_not_retried_forever():
     """os._exit in a task kills the worker process; after ALLOWED_FAILURES deaths the scheduler gives up
     and the runner records a failed task (which proves nothing)."""
@@ -338,6 +375,8 @@ def test_check_on_a_cluster_gives_the_serial_verdict(float16_pair, cluster):
     dist = check_split(*float16_pair, [box], opt, cluster)
     assert serial.verdict == dist.verdict == "equivalent"
     assert dist.stats["tasks_failed"] == 0 and dist.stats["input_boxes"] >= 8
+    # the piece counts describe exactly the pieces reported
+    assert sum(dist.stats["pieces"].values()) == len(dist.pieces) == dist.stats["pieces"]["equivalent"]
 
 
 @needs_bench

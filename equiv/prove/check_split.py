@@ -94,7 +94,11 @@ def check_split(model_a: str, model_b: str, boxes: list[Box], options, executor,
             if hit is not None:
                 results[i] = _proof_from_json(hit)
     todo = [i for i in range(len(subs)) if results[i] is None]
-    futures = [executor.submit(check_box_task, str(model_a), str(model_b), subs[i], options) for i in todo]
+    # a worker runs its sub-boxes one after another, so each gets its share of the run's time limit (with the
+    # whole limit each, the first sub-boxes used it all and the rest never ran: a --measure gave no bound)
+    rounds = max(1, -(-len(todo) // max(1, executor.workers)))
+    task_options = dataclasses.replace(options, time_limit=options.time_limit / rounds)
+    futures = [executor.submit(check_box_task, str(model_a), str(model_b), subs[i], task_options) for i in todo]
     index = {id(f): i for i, f in zip(todo, futures)}
     bar = None
     if options.progress:
@@ -131,9 +135,4 @@ def check_split(model_a: str, model_b: str, boxes: list[Box], options, executor,
     if failed:
         res.notes.append(f"{len(failed)} sub-box task(s) failed and prove nothing: " + "; ".join(failed[:5]))
     res.stats["tasks_failed"] = len(failed)
-    counts = {}
-    for r in done:
-        for k, v in r.stats.get("pieces", {}).items():
-            counts[k] = counts.get(k, 0) + v
-    res.stats["pieces"] = counts
     return res

@@ -56,6 +56,8 @@ def combine(results: list[CheckResult], n_boxes: int, options: CheckOptions, sec
                           "max_diff_lower": r.max_diff_lower, "seconds": round(r.seconds, 4)} for r in results]}
     for key in ("boxes", "milp_queries", "milp_unknown"):
         stats[key] = sum(int(r.stats.get(key, 0)) for r in results)
+    pieces = [p for r in results for p in r.pieces]
+    stats["pieces"] = {v: sum(p.verdict == v for p in pieces) for v in ("equivalent", "unknown", "measured")}
     notes = [f"the region is a union of {n_boxes} input boxes (a disjunction in the spec); each box was checked "
              "on its own"]
     if not done and not bad:
@@ -67,7 +69,7 @@ def combine(results: list[CheckResult], n_boxes: int, options: CheckOptions, sec
         verdict=verdict, norm=options.norm, epsilon=first.epsilon if first else None,
         max_diff_upper=float(upper), max_diff_lower=max((r.max_diff_lower for r in results), default=0.0),
         counterexample=bad[0].counterexample if bad else None, backend=options.backend, seconds=seconds,
-        pieces=[p for r in results for p in r.pieces], stats=stats, notes=notes, per_output_upper=per_out)
+        pieces=pieces, stats=stats, notes=notes, per_output_upper=per_out)
 
 
 def _num(v: float):

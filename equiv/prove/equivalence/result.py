@@ -126,9 +126,12 @@ def summary(r: CheckResult, a: str = "A", b: str = "B") -> str:
         lines.append(f"  counterexample: input {np.array2string(c.input, precision=6, threshold=12)}")
         lines.append(f"    {a}: {np.array2string(c.output_a, precision=5, threshold=12)} (argmax {int(np.argmax(c.output_a))})")
         lines.append(f"    {b}: {np.array2string(c.output_b, precision=5, threshold=12)} (argmax {int(np.argmax(c.output_b))})")
-    p = r.stats.get("pieces", {})
-    lines.append(f"  pieces: {len(r.pieces)} ({', '.join(f'{k} {v}' for k, v in p.items() if v)}), boxes bounded "
-                 f"{r.stats.get('boxes', 0)}, MILP queries {r.stats.get('milp_queries', 0)} ({r.backend})")
+    kinds = ", ".join(f"{k} {v}" for k, v in r.stats.get("pieces", {}).items() if v)
+    closed = f"{len(r.pieces)}" + (f" ({kinds})" if kinds else "")
+    if r.verdict == "not_equivalent" and r.pieces:
+        closed += " closed before the counterexample"
+    lines.append(f"  pieces: {closed}, boxes bounded {r.stats.get('boxes', 0)}, MILP queries "
+                 f"{r.stats.get('milp_queries', 0)} ({r.backend})")
     lines += [f"  note: {n}" for n in r.notes]
     lines.append(f"  time {r.seconds:.2f} s")
     return "\n".join(lines)
