@@ -51,6 +51,18 @@ def test_metadata_round_trip_and_malformed():
     model.metadata_props[0].value = "{not json"
     claims, why = read_claims(model)
     assert claims is None and "malformed" in why
+    # a large record is stored deflated, and read back the same; a damaged one is malformed, never trusted
+    from equiv.prove.carried import PACKED
+    big = [np.arange(5000) % 3 == 0]
+    attach_claims(model, "ef" * 32, big, [~big[0]], Box(np.linspace(0, 1, 3000), np.linspace(1, 2, 3000)))
+    value = model.metadata_props[0].value
+    assert value.startswith(PACKED)
+    claims, why = read_claims(model)
+    assert why is None and claims.dead[0].tolist() == np.flatnonzero(big[0]).tolist()
+    assert claims.region["lo"] == np.linspace(0, 1, 3000).tolist()
+    model.metadata_props[0].value = value[:-8]
+    claims, why = read_claims(model)
+    assert claims is None and "malformed" in why
 
 
 def test_rounding_bound_covers_merged_layers(rng):

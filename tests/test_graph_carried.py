@@ -12,6 +12,7 @@ from equiv.artifacts.validate import OnnxRunner
 from equiv.cli import main
 from equiv.ir import load_graph
 from equiv.prove.graph_carried import META_KEY, GraphClaims, read_graph_claims
+from equiv.prove.carried import pack_record, unpack_record
 from equiv.spec.region import Box
 from test_graph_simplify import CIFAR, conv_dense_model, needs_cifar, residual_model
 
@@ -39,9 +40,9 @@ def _sampled_max_diff(a, b, box: Box, n: int = 10000) -> float:
 def _edit_record(src, dst, edit):
     m = onnx.load(str(src))
     prop = next(p for p in m.metadata_props if p.key == META_KEY)
-    doc = json.loads(prop.value)
+    doc = json.loads(unpack_record(prop.value))
     edit(doc)
-    prop.value = json.dumps(doc)
+    prop.value = pack_record(json.dumps(doc))
     onnx.save(m, str(dst))
 
 

@@ -25,6 +25,8 @@ from ..artifacts.files import write_json_atomic, write_text_atomic
 from .core import machine
 from ..bounds.engine import deeppoly_graph, interval_graph
 from ..apps.graph_simplify import simplify_graph
+from ..apps.simplify import sha256_of
+from ..prove.graph_carried import attach_graph_claims
 from ..ir import load_graph
 from ..spec.region import load_region
 from ..artifacts.validate import OnnxRunner
@@ -56,6 +58,9 @@ def run_graph_case(root: Path, network: str, spec: str, crown, alpha_crown) -> d
     t0 = time.perf_counter()
     res = simplify_graph(g, OnnxRunner(str(root / network)), box, method="milp", budget=MILP_BUDGET)
     t_simplify = time.perf_counter() - t0
+    # the record `equiv simplify` stores in the file (so file sizes are those of the files users get)
+    attach_graph_claims(res.onnx_model, sha256_of(root / network), res.phases.method, res.phases.dead,
+                        res.phases.active, box)
     c = res.phases.counts()
     return {"network": network, "spec": spec, "relus": g.n_relus, "import_seconds": round(t_load, 3),
             "interval_stable": ib.counts(g)["stable"], "deeppoly_stable": dp.counts(g)["stable"],

@@ -13,9 +13,11 @@ algebra, exact when the phases hold).  B has R's layers with float32 weights; wi
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +28,7 @@ from ..spec.region import Box
 
 META_KEY = "equiv.reduction"
 FORMAT = 1
+PACKED = "zlib+base64:"       # a record stored deflated (`put_record`); plain JSON is read too
 
 
 @dataclass
@@ -75,8 +78,23 @@ def put_record(model: onnx.ModelProto, key: str, doc: dict, region: Box | None =
     keep = [p for p in model.metadata_props if p.key != key]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
-    model.metadata_props.add(key=key, value=json.dumps(doc, separators=(",", ":")))
+    model.metadata_props.add(key=key, value=pack_record(json.dumps(doc, separators=(",", ":"))))
     return model
+
+
+def pack_record(text: str) -> str:
+    """A record's JSON as stored: deflated and base64-encoded (prefix PACKED) when that is shorter.  The region's
+    bounds (thousands of floats for an image) and the position lists dominate: cifar_wide_kw's simplification
+    record takes 46 KB of the file instead of 147 KB."""
+    packed = PACKED + base64.b64encode(zlib.compress(text.encode(), 9)).decode()
+    return packed if len(packed) < len(text) else text
+
+
+def unpack_record(value: str) -> str:
+    """A stored record's JSON text (`pack_record` undone; plain JSON as it is)."""
+    if value.startswith(PACKED):
+        return zlib.decompress(base64.b64decode(value[len(PACKED):], validate=True)).decode()
+    return value
 
 
 def get_record(model: onnx.ModelProto, key: str, fmt: int, parse):
@@ -86,11 +104,11 @@ def get_record(model: onnx.ModelProto, key: str, fmt: int, parse):
     if text is None:
         return None, None
     try:
-        doc = json.loads(text)
+        doc = json.loads(unpack_record(text))
         if doc.get("format") != fmt:
             return None, f"its {key} metadata has format {doc.get('format')!r}, this equiv reads {fmt}"
         return parse(doc), None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, zlib.error) as exc:
         return None, f"its {key} metadata is malformed ({exc})"
 
 
@@ -190,8 +208,9 @@ def check_claims(original: Network, reduced: Network, box: Box, claims: Claims, 
                             seconds=time.perf_counter() - t0, stats=stats, witnesses=stab.witnesses)
     # 3. the written weights against the exact reduction: a bound on the float32 rounding's effect
     per_output = rounding_bound(exact, reduced, box)
-    return CarriedCheck(True, f"all {n_claims} recorded phases re-proved on this region and the model is their "
-                        "reduction of the original", per_output, time.perf_counter() - t0, stats, stab.witnesses)
+    return CarriedCheck(True, f"all {n_claims} recorded phases re-proved on this region and the model has the "
+                        "structure of their reduction of the original", per_output, time.perf_counter() - t0, stats,
+                        stab.witnesses)
 
 
 def _flat(net: Network, k: int, i: int) -> int:

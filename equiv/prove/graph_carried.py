@@ -115,8 +115,8 @@ def check_graph_claims(original: Graph, written: onnx.ModelProto, box: Box, clai
                                  seconds=time.perf_counter() - t0)
     lo, hi = difference_bounds(exact, got, box)
     per_output = np.maximum(np.abs(lo), np.abs(hi))
-    return GraphCarriedCheck(True, f"all {n_claims} recorded phases re-proved on this region and the model is "
-                             "their reduction of the original", per_output, time.perf_counter() - t0,
+    return GraphCarriedCheck(True, f"all {n_claims} recorded phases re-proved on this region and the model has "
+                             "the structure of their reduction of the original", per_output, time.perf_counter() - t0,
                              ph.witnesses)
 
 
@@ -166,7 +166,8 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
         if cex is None:
             upper = float(cc.per_output.max())
             notes.append(f"{which} is equiv's simplification of {other} (sha256 recorded in its metadata): {cc.reason}; "
-                         "the difference is float32 rounding of the written weights")
+                         "the bound covers every change of its weights from the reduction's (float32 "
+                         "rounding, or edits)")
             if seen > upper:
                 notes.append(float32_note(seen, upper))
             pieces = [Piece(b.lo, b.hi, "equivalent", "carried", upper) for b in boxes]

@@ -112,7 +112,8 @@ def _carried(st, f: Network, g: Network, box: Box, carried, rng, notes) -> bool:
             verdict = "equivalent" if proved else "measured"
             st.close(box.lo, box.hi, verdict, "carried", cc.per_output)
             notes.append(f"{which} is equiv's simplification of {'A' if g_is_reduction else 'B'} (sha256 recorded in "
-                         f"its metadata): {cc.reason}; the difference is float32 rounding of the written weights")
+                         f"its metadata): {cc.reason}; the bound covers every change of its weights from the "
+                         "reduction's (float32 rounding, or edits)")
             return True
     why = (cc.reason if not cc.ok else "a point differs by more than epsilon" if st.cex is not None
            else f"the rounding bound {float(np.max(cc.per_output)):.3g} exceeds epsilon")
