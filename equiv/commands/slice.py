@@ -75,7 +75,9 @@ def _slice_graph(args, out, graph) -> int:
     from ..apps.slicing.graph import GraphSliceOptions, slice_graph
     from ..errors import UnsupportedModelError
     if args.certify:
-        raise UnsupportedModelError("--certify runs `equiv check`, which works on chains of dense layers so far; "
+        raise UnsupportedModelError("--certify proves slices of chains of dense layers so far (graph slices carry no "
+                                    "record of their phases, and a bound from scratch on a reduced graph against the "
+                                    "original is too loose for the tolerance); "
                                     "this model has convolutions, branches or several inputs/outputs")
     from .simplify import GRAPH_LP_BUDGET
     box, source = region_of(args)

@@ -93,7 +93,7 @@ def build_manifest(fam: SliceFamily, hashes: list[str], dispatch_sha: str, notes
         "model": fam.model_path, "model_resolved": str(Path(fam.model_path).resolve()),
         "model_sha256": fam.model_sha256,
         "region": {"source": fam.region_source, **fam.region.to_json()},
-        "options": {"stability": dataclasses.asdict(fam.options), "slicing": dataclasses.asdict(fam.slice_options)},
+        "options": {"stability": _stability_json(fam.options), "slicing": dataclasses.asdict(fam.slice_options)},
         "summary": family_summary(fam),
         "slices": slices,
         "tree": fam.tree.to_json(),
@@ -228,3 +228,9 @@ def read_manifest(folder: str | Path) -> dict:
     if missing:
         raise InputFileError(f"{folder / MANIFEST} is not a slice family manifest (missing {sorted(missing)})")
     return manifest
+
+
+def _stability_json(options) -> dict:
+    """The proof options as recorded: `workers` (threads solving one layer's queries in a process) is written
+    as `threads`, so that it is not read as the number of Dask workers (--workers)."""
+    return {("threads" if k == "workers" else k): v for k, v in dataclasses.asdict(options).items()}
