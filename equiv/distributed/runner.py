@@ -9,7 +9,7 @@ queries still running).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .executor import InProcessExecutor
 from .work import LayerSpec, NeuronAnswer, run_neuron
@@ -45,66 +45,67 @@ class Runner:
             return NeuronAnswer.failed(q, msg)
         self.tasks += 1
         self.task_seconds.append(ans.seconds)
-        if self.journal is not None and ans.status == "done":
-            self.journal.put(key, ans.to_json())
+        if self.journal is not None and ans.status == "done" and not ans.cut:
+            self.journal.put(key, ans.to_json())       # (a cut answer is not the keyed query's: not journalled)
         return ans
 
-    def neuron_answers(self, spec: LayerSpec, todo, make_query, still_open, in_budget=lambda: True, bar=None):
+    def neuron_answers(self, spec: LayerSpec, todo, make_query, still_open, left=lambda: None, bar=None):
         """Yield (i, answer or None) for every neuron i of `todo`, in order.
 
         make_query(i) -> NeuronQuery or None (nothing to ask); still_open(i): is the neuron still worth an
-        answer (checked right before it is recorded; in-process also before it runs); in_budget(): False
-        once the solver budget is spent (the rest get None).
+        answer (checked right before its query is sent and again before its answer is yielded); left():
+        seconds of the solver budget left (None: no end).  A query is sent only while more than 0.05 s are
+        left, with `budget` = what is left (its task stops there: `run_neuron`), and on a cluster only when
+        a worker is free (at most `executor.workers` tasks at once), so a task never waits in a queue past
+        the budget and an answer's witness spares the queries after it.  The neurons not asked get None.
         """
         if isinstance(self.executor, InProcessExecutor):
-            yield from self._serial(spec, todo, make_query, still_open, in_budget, bar)
+            yield from self._serial(spec, todo, make_query, still_open, left, bar)
             return
-        handle = self.executor.scatter(spec)
-        pending, order = {}, []
+        from .slots import ExecutorSlots
+        slots = ExecutorSlots(self.executor)
+        todo = [int(i) for i in todo]
+        handle, sent, running, got = None, 0, {}, {}     # got: i -> answer (None: not asked)
         for i in todo:
-            q = make_query(i)
-            if q is None:
-                order.append((i, None, None, None))
-                continue
-            key, hit = self._lookup(spec.key, q)
-            fut = None if hit is not None else self.executor.submit(run_neuron, handle, q)
-            order.append((i, q, key, hit))
-            if fut is not None:
-                pending[fut.key] = (fut, key, q)
-        done = {}
-        it = self.executor.as_completed([f for f, _, _ in pending.values()])
-        for i, q, key, hit in order:
-            if q is None:
-                yield i, None
-                continue
-            if not in_budget():              # budget spent: what still runs is cancelled, proves nothing
-                for f, fkey, _ in pending.values():
-                    if fkey not in done:
-                        f.cancel()
-                yield i, None
-                continue
-            if hit is None:
-                while key not in done:       # journal answers as they finish, whatever their order
-                    f = next(it)
-                    _, fkey, fq = pending[f.key]
-                    done[fkey] = self._finish(fkey, fq, f)
-                    if bar is not None:
-                        bar.update(1)
-                hit = done[key]
-            elif bar is not None:
+            while i not in got:
+                while sent < len(todo) and len(running) < slots.size:     # fill the free workers, in order
+                    j = todo[sent]
+                    sent += 1
+                    q, key, hit = self._query(spec, j, make_query, still_open, left)
+                    if q is None or hit is not None:
+                        got[j] = hit
+                        continue
+                    handle = handle or self.executor.scatter(spec)
+                    fut = self.executor.submit(run_neuron, handle, q)
+                    running[fut.key] = (fut, key, q, j)
+                if i in got:
+                    break
+                done, _ = slots.wait_first({f for f, _, _, _ in running.values()})
+                for f in done:         # journal answers as they finish, whatever their order
+                    _, key, q, j = running.pop(f.key)
+                    got[j] = self._finish(key, q, f)
+            ans = got.pop(i)
+            if ans is not None and bar is not None:
                 bar.update(1)
-            yield i, (hit if still_open(i) and in_budget() else None)
+            yield i, (ans if ans is not None and still_open(i) else None)
 
-    def _serial(self, spec, todo, make_query, still_open, in_budget, bar):
+    def _query(self, spec, i, make_query, still_open, left):
+        """(query, journal key, journalled answer or None) for neuron i, or (None, None, None) when it is
+        not asked (closed, nothing to ask, or the budget spent).  The query carries the budget left."""
+        t = left()
+        q = make_query(i) if still_open(i) and (t is None or t > 0.05) else None
+        if q is None:
+            return None, None, None
+        q = replace(q, budget=t)
+        key, hit = self._lookup(spec.key, q)
+        return q, key, hit
+
+    def _serial(self, spec, todo, make_query, still_open, left, bar):
         for i in todo:
-            if not in_budget():
-                yield i, None
-                continue
-            q = make_query(i) if still_open(i) else None
+            q, key, hit = self._query(spec, i, make_query, still_open, left)
             if q is None:
                 yield i, None
                 continue
-            key, hit = self._lookup(spec.key, q)
             if hit is None:
                 hit = self._finish(key, q, self.executor.submit(run_neuron, spec, q))
             if bar is not None:

@@ -68,9 +68,11 @@ class NeuronQuery:
     time_limit: float
     margin: float
     backend: str
+    budget: float | None = None   # seconds all its decisions may take (the run's --milp-budget left when it
+                                  # was sent; None: no end); not in the key: an answer it cut is not journalled
 
     def key(self, spec_key: str) -> str:
-        """The journal key: the layer's content hash and every field of the query."""
+        """The journal key: the layer's content hash and every field of the query but `budget`."""
         text = f"{spec_key}|{self.k}|{self.i}|{','.join(self.sides)}|{self.first_window}|{int(self.seen_pos)}|" \
                f"{int(self.seen_neg)}|{self.time_limit!r}|{self.margin!r}|{self.backend}"
         return hashlib.sha256(text.encode()).hexdigest()
@@ -90,17 +92,19 @@ class NeuronAnswer:
     unknown: int = 0                                  # queries that ended without a proof or a point
     status: str = "done"                              # done | failed (a task that proves nothing)
     message: str = ""
+    cut: bool = False                                 # the query's budget ended a decision (or a side unasked)
+
 
     def to_json(self) -> dict:
         return {"k": self.k, "i": self.i, "verdicts": self.verdicts, "witnesses": self.witnesses,
                 "seconds": self.seconds, "windows": {str(w): n for w, n in self.windows.items()},
-                "unknown": self.unknown, "status": self.status, "message": self.message}
+                "unknown": self.unknown, "status": self.status, "message": self.message, "cut": self.cut}
 
     @classmethod
     def from_json(cls, d: dict) -> "NeuronAnswer":
         return cls(d["k"], d["i"], dict(d["verdicts"]), [list(map(float, p)) for p in d["witnesses"]],
                    float(d["seconds"]), {int(w): n for w, n in d["windows"].items()}, int(d["unknown"]),
-                   d["status"], d.get("message", ""))
+                   d["status"], d.get("message", ""), bool(d.get("cut", False)))
 
     @classmethod
     def failed(cls, q: NeuronQuery, message: str) -> "NeuronAnswer":
@@ -125,10 +129,13 @@ def _encoding(spec: LayerSpec, w: int, backend: str):
 
 def run_neuron(spec: LayerSpec, q: NeuronQuery) -> NeuronAnswer:
     """Run one neuron's decisions (on whatever process holds `spec`); pure function of its arguments
-    except for time limits."""
+    except for time limits.  With q.budget, every decision gets min(time_limit, what is left of the budget)
+    counted from the task's start, and none starts once it is spent (within 0.05 s, as `windows.Budget`): the
+    answer is then `cut` (a decision it ended proves nothing, a side it left unasked has no verdict)."""
     net, k, i = spec.net, spec.k, q.i
     W, b = net.dense[k].W, net.dense[k].b
     ans = NeuronAnswer(k, i)
+    t_start = time.perf_counter()
     seen = {"dead": q.seen_pos, "active": q.seen_neg}     # a point with z > 0 rules out dead, z < 0 active
     for side in q.sides:
         if seen["dead"] and seen["active"]:
@@ -138,12 +145,19 @@ def run_neuron(spec: LayerSpec, q: NeuronQuery) -> NeuronAnswer:
         sign = 1.0 if side == "dead" else -1.0
         w = min(k, q.first_window)
         while True:
+            lim = q.time_limit
+            if q.budget is not None:
+                lim = min(lim, q.budget - (time.perf_counter() - t_start))
+                if lim <= 0.05:
+                    ans.cut = True
+                    break
             enc, be = _encoding(spec, w, q.backend)
             c, off = enc.objective(sign * W[i], sign * b[i])
             q0 = time.perf_counter()
-            dec = be.decide(c, off, 0.0, time_limit=q.time_limit, margin=q.margin)
+            dec = be.decide(c, off, 0.0, time_limit=lim, margin=q.margin)
             ans.seconds += time.perf_counter() - q0
             ans.windows[w] = ans.windows.get(w, 0) + 1
+            ans.cut |= dec.verdict == "unknown" and lim < q.time_limit
             if dec.verdict == "above" and w < k:
                 w += 1                  # the window's point may not be reachable: widen
                 continue
@@ -158,7 +172,7 @@ def run_neuron(spec: LayerSpec, q: NeuronQuery) -> NeuronAnswer:
             elif dec.verdict == "unknown":
                 ans.unknown += 1
             break
-        if ans.verdicts.get(side) == "below":
+        if ans.verdicts.get(side) == "below" or ans.cut:
             break
     if "distributed" in sys.modules:
         from .worker_stop import running_worker_stop

@@ -6,9 +6,9 @@ What stays the same: a neuron is dead/active only by an infeasible decision (the
 witness is a real point, re-run in the network here; an answer is recorded only while its neuron is still
 open.  What a cluster changes: the queries of a layer run at once, so a neuron that an earlier neuron's
 witness shows unstable may have been asked anyway (its answer is then dropped, as the serial loop would
-not have asked) - the proved phases are the same, only the query count grows.  Under --milp-budget the
-per-query limit is not cut to the budget left (a query's limit is part of its journal key); the budget
-stops further queries.
+not have asked) - the proved phases are the same, only the query count grows.  Under --milp-budget a task
+is sent only while the budget lasts and carries what is left of it: its decisions stop there, as the serial
+loop's do (an answer so cut is not journalled: a query's limit is part of its journal key).
 """
 
 from __future__ import annotations
@@ -45,15 +45,9 @@ def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=
                            bool(tr.seen_pos[k][i]), bool(tr.seen_neg[k][i]), float(opt.time_limit),
                            float(opt.margin), opt.backend)
 
-    spent = [False]
-
-    def in_budget():
-        spent[0] = spent[0] or budget.limit() is None
-        return not spent[0]
-
-    for i, ans in runner.neuron_answers(spec, todo, make_query, is_open, in_budget, bar):
+    for i, ans in runner.neuron_answers(spec, todo, make_query, is_open, budget.left, bar):
         if ans is None:
-            if spent[0] and is_open(i):
+            if is_open(i):            # open, yet not asked: the budget was spent
                 queries["milp_skipped"] += 1
             continue
         tr.seconds[k][i] += ans.seconds
@@ -69,4 +63,6 @@ def milp_layer_tasks(k, net, box, bounds, tr, opt, budget, queries, runner, bar=
                 settle(bounds, tr, k, i, side)
         if ans.witnesses:
             tr.absorb(np.array(ans.witnesses, dtype=np.float64), "witness")
+        if ans.cut and is_open(i):    # the budget ended its decisions
+            queries["milp_skipped"] += 1
 

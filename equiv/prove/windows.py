@@ -59,6 +59,10 @@ class Budget:
         left = self.end - time.perf_counter()
         return None if left <= 0.05 else min(self.per_query, left)
 
+    def left(self) -> float | None:
+        """Seconds left (None: no budget); at most 0.05 means spent, as for `limit`."""
+        return None if self.end is None else self.end - time.perf_counter()
+
     def spent(self) -> float:
         return time.perf_counter() - self.t0
 
