@@ -227,3 +227,32 @@ def test_a_constant_model_is_written_without_a_zero_matrix():
     X = np.random.default_rng(0).normal(size=(7, 50))
     np.testing.assert_allclose(OnnxRunner(model)(X), np.tile([1.0, -2.0, 0.5], (7, 1)))
     np.testing.assert_allclose(network_from_onnx(model).forward(X), np.tile([1.0, -2.0, 0.5], (7, 1)))
+
+
+def test_a_spent_time_limit_starts_no_selection_and_no_certificate():
+    """ToleranceOptions.time_limit bounds the selection and the certificates together (compress gives the stage
+    half of its time left): with none left, no candidate is tried, no certificate is started, and the exact
+    simplification is written and validated."""
+    net = _net()
+    box = Box(np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
+    model, res = _run(net, box, ToleranceOptions(epsilon=0.5, time_limit=0.0, validation_samples=2000))
+    assert res.selection.accepted == [] and res.attempts == [] and res.certificate is None
+    assert "selection time limit" in res.selection.stopped
+    assert res.simplified is res.exact and res.validation["samples"] > 0
+
+
+def test_top1_skips_the_margin_milps_when_a_sample_shows_another_class():
+    """A sampled point where another class reaches the centre's class shows that margin <= 0: no bound can
+    prove it positive, so no margin MILP runs (each took up to margin_time_limit: 80 s on ACAS 1_1 prop_3)
+    and only the exact simplification is offered."""
+    from equiv.apps.tolerance.margins import milp_margins
+    # outputs relu(x) and relu(-x) on x in [-1, 1]: class 0 at x > 0 (the centre ties), class 1 at x < 0
+    net = tiny_net([([[1.0], [-1.0]], [0.0, 0.0]), ([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])])
+    box = Box(np.array([-1.0]), np.array([1.0]))
+    model, res = _run(net, box, ToleranceOptions(preserve="top1", validation_samples=500))
+    assert any("sampled point" in n for n in res.notes) and res.selection.tried == 0 and res.kept == []
+    # and a margin MILP never starts past its deadline: the classes keep the bounds given
+    from equiv.bounds import deeppoly_bounds
+    lower = np.array([-1.0])
+    out = milp_margins(net, box, deeppoly_bounds(net, box), 0, lower, deadline=0.0)
+    assert out.tolist() == lower.tolist()

@@ -37,8 +37,10 @@ class ToleranceOptions:
     safety: float = 0.9                    # the proved stage aims at safety * epsilon: room for the certificate
     sampled_safety: float = 0.6            # then the sampled stage, up to this fraction on the samples (0: off)
     kinds: tuple = ("constant", "merge", "affine")
-    selection_time_limit: float = 300.0
+    selection_time_limit: float = 300.0    # the top1 margin MILPs and both selection stages
     certify_time_limit: float = 60.0
+    time_limit: float | None = None        # selection and every certificate together (None: no end); each
+                                           # certificate gets at most what is left, none starts after it
     margin_time_limit: float = 30.0        # top1: seconds per MILP proving a margin of the original
     backoffs: int = 6                      # certificates tried at most (halving the accepted set each time)
     samples: int = 5000                    # points for the sampled stage, the rejection and the merge fits
@@ -101,6 +103,8 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
     points = np.vstack([box.center[None], box.vertices(256, rng), box.sample(opt.samples, rng)])
 
     t0 = time.perf_counter()
+    end = None if opt.time_limit is None else t0 + opt.time_limit
+    sel_end = t0 + opt.selection_time_limit if end is None else min(end, t0 + opt.selection_time_limit)
     left = [m & ~d & ~a for m, d, a in zip(net.masks, dead, active)]
     eps = None if opt.epsilon is None else np.broadcast_to(np.asarray(opt.epsilon, float), (net.n_outputs,)).copy()
     judge = Judge(net, box, stab.bounds, target=eps, top1=opt.preserve == "top1",
@@ -108,18 +112,29 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
     cands = relu_candidates(net, stab.bounds.lo, stab.bounds.hi, left, points, kinds=opt.kinds)
     if opt.preserve == "top1":
         margins = judge.f_margins(apply_edits(net, base))
-        if not np.all(margins > 0):
+        # a sample where some class k reaches the label's score shows f_c - f_k <= 0 there: no bound can prove
+        # that margin positive, so the margin MILPs (up to margin_time_limit each) would be spent for nothing
+        other = np.delete(judge.fX, judge.label, axis=1) if judge.fX is not None else None
+        beaten = other is not None and bool(np.any(other >= judge.fX[:, [judge.label]]))
+        if beaten:
+            k = int(np.argmax((other >= judge.fX[:, [judge.label]]).any(axis=0)))
+            k += k >= judge.label
+            notes.append(f"a sampled point of the region has class {k} at least as high as the original's "
+                         f"top-1 class ({judge.label}) at the centre: the class is not the same on the whole region, "
+                         "only the exact simplification is offered")
+            cands = []
+        elif not np.all(margins > 0):
             margins = milp_margins(net, box, stab.bounds, judge.label, margins, backend=milp_backend(stability.backend),
-                                   time_limit=opt.margin_time_limit)
+                                   time_limit=opt.margin_time_limit, deadline=sel_end)
         judge.f_margin = margins
-        if not np.all(margins > 0):
+        if not beaten and not np.all(margins > 0):
             notes.append(f"the original's top-1 class ({judge.label}) could not be proved the same on the whole "
                          f"region by bounds (smallest proven margin {float(margins.min()):.3g}): only the exact "
                          "simplification is offered")
             cands = []
     bar = _bar(opt.progress, len(cands))
     try:
-        sel = select(net, base, cands, judge, time_limit=opt.selection_time_limit, progress=bar)
+        sel = select(net, base, cands, judge, time_limit=max(0.0, sel_end - time.perf_counter()), progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -131,7 +146,7 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
         done = {(e.layer, e.index) for e in sel.accepted}
         rest = [c for c in cands if (c.layer, c.index) not in done]
         judge.sampled_only, judge.safety = True, opt.sampled_safety
-        more = select(net, base + sel.accepted, rest, judge)
+        more = select(net, base + sel.accepted, rest, judge, time_limit=max(0.0, sel_end - time.perf_counter()))
         judge.sampled_only, judge.safety = False, opt.safety
         sel.accepted += more.accepted
         sel.sampled = len(more.accepted)
@@ -140,10 +155,16 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
     t0 = time.perf_counter()
     attempts, cert, small, model, kept = [], None, exact, None, 0
 
+    def out_of_time() -> bool:
+        return end is not None and end - time.perf_counter() <= 0.05
+
     def attempt(n: int):
+        if out_of_time():                 # not asked: proves nothing
+            return None
+        limit = opt.certify_time_limit if end is None else min(opt.certify_time_limit, end - time.perf_counter())
         g = compact(apply_edits(net, base + sel.accepted[:n]))
         m = network_to_onnx(g)
-        c, att = _certify(net, reference, m, box, opt, eps, n, g, stab.bounds, judge)
+        c, att = _certify(net, reference, m, box, opt, eps, n, g, stab.bounds, judge, limit)
         attempts.append(att)
         if c.verdict == "not_equivalent":
             notes.append(f"with {n} replacements the certificate found a counterexample (the samples missed it)")
@@ -156,7 +177,7 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
         kept = n
     elif n:
         lo, hi = (proved, n) if proved < n else (0, n)
-        while hi - lo > 1 and len(attempts) < opt.backoffs - 1:
+        while hi - lo > 1 and len(attempts) < opt.backoffs - 1 and not out_of_time():
             mid = (lo + hi) // 2
             got = attempt(mid)
             if got is not None:
@@ -171,8 +192,9 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
     if cert is None:
         kept, small, model = 0, exact, network_to_onnx(exact)
         if sel.accepted:
-            notes.append("no set of replacements was certified within the attempts: the exact simplification "
-                         "(proved by its phase proofs) is returned")
+            notes.append("no set of replacements was certified within the attempts"
+                         f"{f' and the time limit ({opt.time_limit:g} s)' if out_of_time() else ''}: the exact "
+                         "simplification (proved by its phase proofs) is returned")
     seconds["certify"] = time.perf_counter() - t0
     if len(small.dense) == 1 and not small.dense[0].W.any():
         notes.append(f"the written model outputs a constant on every input (stored as x @ 0 + b: "
@@ -187,12 +209,12 @@ def simplify_within(net: Network, reference: OnnxRunner, box: Box, options: Tole
 
 
 def _certify(net: Network, reference: OnnxRunner, model: onnx.ModelProto, box: Box, opt: ToleranceOptions,
-             eps, kept: int, g: Network, f_bounds, judge: Judge) -> tuple[CheckResult, Attempt]:
+             eps, kept: int, g: Network, f_bounds, judge: Judge, time_limit: float) -> tuple[CheckResult, Attempt]:
     """`check` of the model as it will be written (float32 bytes, parsed back) against the original, starting
-    from the original's neuron bounds proved by the exact simplification."""
+    from the original's neuron bounds proved by the exact simplification, within time_limit seconds."""
     written = onnx.load_from_string(model.SerializeToString())
     b = network_from_onnx(written)
-    copt = CheckOptions(norm=opt.norm, epsilon=eps, time_limit=opt.certify_time_limit, seed=opt.seed)
+    copt = CheckOptions(norm=opt.norm, epsilon=eps, time_limit=time_limit, seed=opt.seed)
     t0 = time.perf_counter()
     margins = None
     if judge.top1:
