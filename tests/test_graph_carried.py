@@ -160,3 +160,24 @@ def test_avgpool_cnn_simplified_is_checked_by_its_record(tmp_path, capsys):
     _, r, _ = _simplified_and_checked(CIFAR / "Convnet_avgpool.onnx", CIFAR / "avgpool_prop_0_0.02.vnnlib", tmp_path,
                                       capsys)
     assert r["max_diff_upper"] <= 1e-6
+
+
+def test_past_the_deadline_no_bound_starts_and_the_verdict_is_unknown(tmp_path, rng):
+    """--time-limit on graphs: a DeepPoly pass cannot be cut, but no stage starts after the limit.  The record's
+    check stops once its phases are re-proved (no difference-graph bound) and `carried_graph_check` answers
+    unknown without a search from scratch; `check_graphs` starts no box's bounds past its deadline."""
+    from equiv.prove.equivalence import CheckOptions
+    from equiv.prove.graph_carried import carried_graph_check, check_graph_claims
+    from equiv.prove.graph_check import check_graphs
+    path, out = _simplified(tmp_path, rng)
+    ga, gb = load_graph(path), load_graph(out)
+    box = Box(np.full(72, -1.0), np.ones(72))
+    claims, _ = read_graph_claims(onnx.load(str(out)))
+    cc = check_graph_claims(ga, onnx.load(str(out)), box, claims, deadline=0.0)
+    assert cc.timed_out and not cc.ok and cc.per_output is None
+    assert check_graph_claims(ga, onnx.load(str(out)), box, claims).ok          # (no deadline: proved)
+    opt = CheckOptions(norm="linf", epsilon=1e-5, time_limit=1e-9)
+    res, notes = carried_graph_check(str(path), str(out), ga, gb, [box], opt, OnnxRunner(str(path)), OnnxRunner(str(out)))
+    assert res.verdict == "unknown" and res.stats["carried"]["ok"] is False and "time limit" in notes[-1]
+    res = check_graphs(ga, gb, [box], OnnxRunner(str(path)), OnnxRunner(str(out)), opt, deadline=0.0)
+    assert res.verdict == "unknown" and res.max_diff_upper == np.inf and any("time limit" in n for n in res.notes)

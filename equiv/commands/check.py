@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from .. import __version__
 from .common import inputs_of, progress_of, refuse_journal_clash, regions_of
@@ -57,9 +58,10 @@ def cmd_check(args, out) -> int:
         from ..prove.graph_check import check_graphs
         from ..artifacts.validate import OnnxRunner
         run_a, run_b = OnnxRunner(str(args.model_a)), OnnxRunner(str(args.model_b))
+        t_start = time.perf_counter()      # (--time-limit covers the record's check and the search after it)
         res, notes = carried_graph_check(args.model_a, args.model_b, ga, gb, boxes, opt, run_a, run_b)
         if res is None:
-            res = check_graphs(ga, gb, boxes, run_a, run_b, opt)
+            res = check_graphs(ga, gb, boxes, run_a, run_b, opt, deadline=t_start + opt.time_limit)
             res.notes += notes
     from ..spec.region import hull
     region = {"source": source, **hull(boxes).to_json()}

@@ -79,6 +79,7 @@ class GraphCarriedCheck:
     per_output: np.ndarray | None = None     # proven bound on |original - written| per (flattened) output
     seconds: float = 0.0
     witnesses: np.ndarray | None = None
+    timed_out: bool = False                  # the deadline passed before the bound on the written model started
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 3),
@@ -86,8 +87,12 @@ class GraphCarriedCheck:
 
 
 def check_graph_claims(original: Graph, written: onnx.ModelProto, box: Box, claims: GraphClaims, *,
-                       time_limit: float = 60.0, backend: str = "highs", seed: int = 0) -> GraphCarriedCheck:
-    """Re-prove the recorded phases on the box, rebuild the reduction and bound the written model against it."""
+                       time_limit: float = 60.0, backend: str = "highs", seed: int = 0,
+                       deadline: float | None = None) -> GraphCarriedCheck:
+    """Re-prove the recorded phases on the box, rebuild the reduction and bound the written model against it.
+    deadline (a time.perf_counter() time): when re-proving the phases (one DeepPoly pass with method deeppoly,
+    which cannot be cut) ends after it, the bound (another pass, on the difference graph) is not started:
+    not ok, timed_out."""
     from ..apps.graph_simplify import graph_phases, reduce_graph
     from ..ir.graph_align import align_to
     from ..ir.onnx_import import graph_from_onnx
@@ -106,6 +111,9 @@ def check_graph_claims(original: Graph, written: onnx.ModelProto, box: Box, clai
     if missing:
         return GraphCarriedCheck(False, f"{missing} of its {n_claims} recorded phases were not re-proved on this "
                                  "region", seconds=time.perf_counter() - t0, witnesses=ph.witnesses)
+    if deadline is not None and time.perf_counter() > deadline:
+        return GraphCarriedCheck(False, "the time limit was reached once its phases were re-proved, before the bound "
+                                 "on the model", seconds=time.perf_counter() - t0, timed_out=True)
     claimed = _Phases(dead, active)
     exact, _, _ = shrink(reduce_graph(original, claimed))
     try:
@@ -148,8 +156,19 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
     original, written = (ga, load_proto(model_b)) if b_is_reduction else (gb, load_proto(model_a))
     box = boxes[0] if len(boxes) == 1 else hull(boxes)       # phases proved on the hull hold on every box
     cc = check_graph_claims(original, written, box, claims, time_limit=0.5 * opt.time_limit,
-                            backend=milp_backend(opt.backend), seed=opt.seed)
+                            backend=milp_backend(opt.backend), seed=opt.seed, deadline=t0 + opt.time_limit)
     eps = eps_vector(opt, ga.n_outputs)
+    if cc.timed_out:
+        # past --time-limit: no further stage (nor the search from scratch) starts; the verdict is unknown
+        notes.append(f"{which} carries its reduction's phases, but {cc.reason} (--time-limit {opt.time_limit:g} s; "
+                     "one DeepPoly pass over the original cannot be cut)")
+        pieces = [Piece(b.lo, b.hi, "unknown", "none", float("inf")) for b in boxes]
+        return CheckResult("unknown", opt.norm, None if opt.epsilon is None else eps.tolist(), float("inf"), 0.0,
+                           None, opt.backend, time.perf_counter() - t0, pieces,
+                           {"pipeline": "graph", "carried": cc.to_json(), "boxes": 0, "milp_queries": 0,
+                            "unknown_reason": f"time limit of {opt.time_limit:g} s reached",
+                            "pieces": {"equivalent": 0, "unknown": len(pieces), "not_equivalent": 0}},
+                           notes), notes
     if cc.ok and opt.norm == "top1":
         proved, why_not = _top1_from_rounding(original, boxes, cc.per_output + opt.margin)
     else:

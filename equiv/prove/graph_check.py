@@ -90,7 +90,7 @@ def known_bounds(known: dict, prefix: str, G: Graph) -> GraphBounds:
 
 
 def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=None, f_margins=None,
-               via=None) -> tuple:
+               via=None, deadline: float | None = None) -> tuple:
     """(verdict, upper bound on max_j |f_j - g_j|, largest difference seen, counterexample, notes) on one box.
     f_margins (top1): proven lower bounds of f_c - f_k on the box (c the centre's class, k the others in order).
     via (base, lo, hi): a graph `base` with f - base proved within [lo, hi] on the box (e.g. equiv's own
@@ -101,6 +101,8 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, eps)
     if cex is not None:
         return "not_equivalent", np.inf, seen, cex, []
+    if deadline is not None and time.perf_counter() > deadline:
+        return "unknown", np.inf, seen, None, [f"time limit of {opt.time_limit:g} s reached before the bounds"]
     notes = []
     if via is not None:
         try:
@@ -153,18 +155,27 @@ def check_pair(f: Graph, g: Graph, boxes: list[Box], opt: CheckOptions) -> None:
 
 
 def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckOptions, f_known: dict | None = None,
-                 f_margins: np.ndarray | None = None, via: tuple | None = None) -> CheckResult:
+                 f_margins: np.ndarray | None = None, via: tuple | None = None,
+                 deadline: float | None = None) -> CheckResult:
     """Check two graphs on every box of the region; the same verdict rules as `check_networks`.  f_known,
     f_margins and via: bounds of f's tensors, top-1 margins, and a base graph with f - base bounded, all
-    proved beforehand on every box (see `_check_box`)."""
+    proved beforehand on every box (see `_check_box`).  deadline (a time.perf_counter() time; default: this
+    call's start + opt.time_limit): a box's falsification or bounds (DeepPoly passes, which cannot be cut) do
+    not start after it; such a box is unknown."""
     check_pair(f, g, boxes, opt)
     t0 = time.perf_counter()
+    deadline = t0 + opt.time_limit if deadline is None else deadline
     eps = eps_vector(opt, f.n_outputs)
     rng = np.random.default_rng(opt.seed)
     pieces, notes, uppers, seen_all, cex = [], [], [], 0.0, None
     verdict = "equivalent"
     for box in boxes:
-        v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng, f_known, f_margins, via)
+        if time.perf_counter() > deadline:
+            v, upper, seen, c, more = "unknown", np.inf, 0.0, None, [f"time limit of {opt.time_limit:g} s reached "
+                                                                     "before every box was checked"]
+        else:
+            v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng, f_known, f_margins, via,
+                                                 deadline)
         pieces.append(Piece(box.lo, box.hi, v, "bounds" if v == "equivalent" else "none", upper))
         uppers.append(upper)
         seen_all = max(seen_all, seen)
