@@ -181,3 +181,31 @@ def test_past_the_deadline_no_bound_starts_and_the_verdict_is_unknown(tmp_path, 
     assert res.verdict == "unknown" and res.stats["carried"]["ok"] is False and "time limit" in notes[-1]
     res = check_graphs(ga, gb, [box], OnnxRunner(str(path)), OnnxRunner(str(out)), opt, deadline=0.0)
     assert res.verdict == "unknown" and res.max_diff_upper == np.inf and any("time limit" in n for n in res.notes)
+
+
+def _transpose_matvec_model(rng):
+    """Gemm, Relu, Reshape (1, 4, 4), Transpose, then MatMul by a 1-D constant: tensor @ vector."""
+    from onnx import TensorProto, helper, numpy_helper
+    W1, b1 = rng.normal(size=(5, 16)).astype(np.float32), rng.normal(size=16).astype(np.float32)
+    b1[:5], b1[5:8] = -20.0, 20.0          # dead and active positions on the box [-1, 1]^5: something to remove
+    v = rng.normal(size=4).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"]), helper.make_node("Relu", ["z1"], ["h1"]),
+             helper.make_node("Reshape", ["h1", "shp"], ["r1"]),
+             helper.make_node("Transpose", ["r1"], ["t1"], perm=[0, 2, 1]), helper.make_node("MatMul", ["t1", "v"], ["y"])]
+    inits = [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(b1, "b1"),
+             numpy_helper.from_array(np.array([1, 4, 4], np.int64), "shp"), numpy_helper.from_array(v, "v")]
+    g = helper.make_graph(nodes, "tmv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_tensor_times_vector_model_is_certified_by_its_record(tmp_path, rng, capsys):
+    """x @ v with a 1-D constant v reads as a one-output dense layer, as the written file (a MatMul by a (k, 1)
+    matrix) reads back: once read as two different ops, the record could not match and equiv could not certify
+    its own output (`simplify --certify` unknown, exit 3)."""
+    box = ",".join(["-1:1"] * 5)
+    path, out = _simplified(tmp_path, rng, _transpose_matvec_model, box)
+    capsys.readouterr()
+    code, r = _check(capsys, path, out, box, "--epsilon", "1e-4")
+    assert code == 0 and r["verdict"] == "equivalent" and {p["method"] for p in r["pieces"]} == {"carried"}, r["notes"]
+    assert _sampled_max_diff(path, out, Box(-np.ones(5), np.ones(5))) <= 1e-5

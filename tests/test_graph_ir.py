@@ -211,6 +211,7 @@ _matmul_case("tensor_1d", (2, 3), (3,))
 _matmul_case("rank3_tensor_2d", (1, 2, 3), (3, 4))
 _matmul_case("const_tensor", (4, 3), (2, 4), left=True)
 _matmul_case("const_rank3_tensor", (1, 4, 3), (2, 4), left=True)
+_matmul_case("rank4_tensor_batched_3d", (1, 2, 2, 3), (2, 3, 4))      # a constant with batch axes: MatMulConst
 
 
 @case("transpose_perm")

@@ -132,6 +132,10 @@ def _matmul(b: _Builder, node, attrs, where):
     s = b.shapes[x]
     if not left and W.ndim == 2 and len(s) >= 1 and s[-1] == W.shape[0]:
         return _dense(b, x, W, None, node.output[0], where)            # the common case: a dense layer
+    if not left and W.ndim == 1 and len(s) >= 2 and s[-1] == W.shape[0]:
+        # tensor @ vector: a one-output dense layer on the last axis, then the axis dropped; read as a MatMulConst
+        # it was written back as a MatMul by a (k, 1) matrix, which reads as this, and a record could not match
+        return _dense(b, x, W, None, node.output[0], where)
     if left and W.ndim == 2 and len(s) >= 2 and s[-2] == W.shape[1]:
         return _left(b, W, x, node.output[0], where)
     try:
