@@ -11,7 +11,7 @@ import onnx
 from equiv.artifacts.validate import OnnxRunner
 from equiv.cli import main
 from equiv.ir import load_graph
-from equiv.prove.graph_carried import META_KEY, GraphClaims, read_graph_claims
+from equiv.prove.graph_carried import META_KEY, GraphClaims, _bits, read_graph_claims
 from equiv.prove.carried import pack_record, unpack_record
 from equiv.spec.region import Box
 from test_graph_simplify import CIFAR, conv_dense_model, needs_cifar, residual_model
@@ -44,6 +44,24 @@ def _edit_record(src, dst, edit):
     edit(doc)
     prop.value = pack_record(json.dumps(doc))
     onnx.save(m, str(dst))
+
+
+def test_a_record_of_index_lists_is_still_read(tmp_path, rng, capsys):
+    """Records written before bit masks (positions as index lists) give the same claims, and still certify."""
+    path, out = _simplified(tmp_path, rng)
+    capsys.readouterr()
+    claims, _ = read_graph_claims(onnx.load(str(out)))
+    old = tmp_path / "old.onnx"
+
+    def as_lists(doc):
+        for key in ("dead", "active"):            # (the claims hold flat indices)
+            doc[key] = {r: getattr(claims, key)[r].tolist() for r in doc.pop(key + "_bits")}
+    _edit_record(out, old, as_lists)
+    again, why = read_graph_claims(onnx.load(str(old)))
+    assert why is None and all(np.array_equal(again.dead[r], claims.dead[r]) and
+                               np.array_equal(again.active[r], claims.active[r]) for r in claims.dead)
+    code, r = _check(capsys, path, old, BOX72, "--epsilon", "1e-4")
+    assert code == 0 and {p["method"] for p in r["pieces"]} == {"carried"}
 
 
 def test_record_round_trip_and_fit(tmp_path, rng, capsys):
@@ -90,8 +108,9 @@ def test_a_false_record_is_never_trusted(tmp_path, rng, capsys):
     lie = tmp_path / "lie.onnx"
 
     def claim_dead(doc):
-        doc["dead"][r0] = sorted(set(doc["dead"][r0]) | {p})
-        doc["active"][r0] = [i for i in doc["active"][r0] if i != p]
+        d, a = dead[r0].reshape(-1).copy(), active[r0].reshape(-1).copy()
+        d[p], a[p] = True, False
+        doc["dead_bits"][r0], doc["active_bits"][r0] = _bits(d), _bits(a)
     _edit_record(out, lie, claim_dead)
     code, r = _check(capsys, path, lie, BOX72, "--epsilon", "1e-5")
     assert "carried" not in {q["method"] for q in r["pieces"]}
