@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .equivalence import CheckOptions, CheckResult, check_networks
+from .equivalence import CheckOptions, CheckResult, check_networks, piece_counts
 from ..spec.region import Box
 
 
@@ -57,7 +57,7 @@ def combine(results: list[CheckResult], n_boxes: int, options: CheckOptions, sec
     for key in ("boxes", "milp_queries", "milp_unknown"):
         stats[key] = sum(int(r.stats.get(key, 0)) for r in results)
     pieces = [p for r in results for p in r.pieces]
-    stats["pieces"] = {v: sum(p.verdict == v for p in pieces) for v in ("equivalent", "unknown", "measured")}
+    stats["pieces"] = piece_counts(pieces)
     notes = [f"the region is a union of {n_boxes} input boxes (a disjunction in the spec); each box was checked "
              "on its own"]
     if not done and not bad:

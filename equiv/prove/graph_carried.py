@@ -156,7 +156,8 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
     """`check` of two graphs when one says it is equiv's simplification of the other: (result, notes), the
     result None when the record decided nothing (the notes say why; the caller searches)."""
     from . import falsify
-    from .equivalence import CheckResult, Piece, eps_vector
+    from .equivalence import CheckResult, Piece, eps_vector, piece_counts
+    from .equivalence.result import GRAPH_KINDS
     from .equivalence.ledger import float32_note
     from ..solvers import milp_backend
     from ..spec.region import hull
@@ -183,7 +184,7 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
                            None, opt.backend, time.perf_counter() - t0, pieces,
                            {"pipeline": "graph", "carried": cc.to_json(), "boxes": 0, "milp_queries": 0,
                             "unknown_reason": f"time limit of {opt.time_limit:g} s reached",
-                            "pieces": {"equivalent": 0, "unknown": len(pieces), "not_equivalent": 0}},
+                            "pieces": piece_counts(pieces, GRAPH_KINDS)},
                            notes), notes
     if cc.ok and opt.norm == "top1":
         proved, why_not = _top1_from_rounding(original, boxes, cc.per_output + opt.margin)
@@ -210,7 +211,7 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
                                None, opt.backend,
                                time.perf_counter() - t0, pieces,
                                {"pipeline": "graph", "carried": cc.to_json(), "boxes": 0, "milp_queries": 0,
-                                "pieces": {"equivalent": len(pieces), "unknown": 0, "not_equivalent": 0}},
+                                "pieces": piece_counts(pieces, GRAPH_KINDS)},
                                notes, [float(v) for v in cc.per_output]), notes
         notes.append(f"{which} carries its reduction's phases, but a point differs "
                      f"({'by more than epsilon' if opt.norm == 'linf' else 'in its top-1 class'}): searched from scratch")

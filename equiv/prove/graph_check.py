@@ -16,7 +16,8 @@ from ..bounds.diff import difference_boxes
 from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..ir.graph_align import align_to, normalised
 from ..ir.pair_graph import StructureError, difference_graph
-from .equivalence import CheckOptions, CheckResult, Piece, eps_vector
+from .equivalence import CheckOptions, CheckResult, Piece, eps_vector, piece_counts
+from .equivalence.result import GRAPH_KINDS
 from ..errors import InputFileError
 from ..ir import ops
 from ..ir.graph import Graph
@@ -195,5 +196,4 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
                        max_diff_lower=seen_all, counterexample=cex, backend=opt.backend,
                        seconds=time.perf_counter() - t0, pieces=pieces,
                        stats={"boxes": len(pieces), "milp_queries": 0, "pipeline": "graph",
-                              "pieces": {v: sum(p.verdict == v for p in pieces)
-                                         for v in ("equivalent", "unknown", "not_equivalent")}}, notes=notes)
+                              "pieces": piece_counts(pieces, GRAPH_KINDS)}, notes=notes)

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .result import NORMS, CheckOptions, CheckResult, Piece, eps_vector, summary
+from .result import NORMS, CheckOptions, CheckResult, Piece, eps_vector, piece_counts, summary
 from .search import check_networks
 from ...spec.region import Box
 
 __all__ = ["NORMS", "CheckOptions", "CheckResult", "Piece", "certify_simplified", "check_models", "check_networks",
-           "eps_vector", "summary"]
+           "eps_vector", "piece_counts", "summary"]
 
 
 def check_models(model_a, model_b, box: Box | list[Box], options: CheckOptions, *, search: bool = True) -> CheckResult:

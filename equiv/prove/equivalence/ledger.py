@@ -12,7 +12,7 @@ from ..align import AlignedPair
 from ...bounds.diff import PairBounds, pair_bounds
 from ...spec.region import Box
 from ...solvers import Status
-from .result import CheckOptions, CheckResult, Piece
+from .result import CheckOptions, CheckResult, Piece, piece_counts
 
 
 class _Clock:
@@ -95,8 +95,7 @@ class Ledger:
             verdict = "unknown"
         covered = self.cex is None and bool(self.pieces)   # the closed pieces tile the region
         upper = min(float(self.per_out.max()) if covered else np.inf, self.root_upper())
-        self.stats["pieces"] = {v: sum(p.verdict == v for p in self.pieces)
-                                for v in ("equivalent", "unknown", "measured")}
+        self.stats["pieces"] = piece_counts(self.pieces)
         if verdict == "unknown" and "unknown_reason" in self.stats:
             notes.append(self.stats["unknown_reason"])
         if self.stats.get("milp_unconfirmed"):

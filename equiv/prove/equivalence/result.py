@@ -100,6 +100,15 @@ def _num(v: float):
     return float(v) if np.isfinite(v) else None
 
 
+CHAIN_KINDS = ("equivalent", "unknown", "measured")
+GRAPH_KINDS = ("equivalent", "unknown", "not_equivalent")
+
+
+def piece_counts(pieces: list, kinds: tuple = CHAIN_KINDS) -> dict:
+    """How many pieces have each verdict of `kinds` (the report's `stats.pieces`)."""
+    return {v: sum(p.verdict == v for p in pieces) for v in kinds}
+
+
 def eps_vector(opt: CheckOptions, n_out: int) -> np.ndarray:
     if opt.epsilon is None:
         return np.ones(n_out)        # measure without epsilon: scores are absolute differences
