@@ -59,7 +59,9 @@ def test_metadata_round_trip_and_malformed():
     assert value.startswith(PACKED)
     claims, why = read_claims(model)
     assert why is None and claims.dead[0].tolist() == np.flatnonzero(big[0]).tolist()
-    assert claims.region["lo"] == np.linspace(0, 1, 3000).tolist()
+    region = Box(np.linspace(0, 1, 3000), np.linspace(1, 2, 3000))
+    assert claims.region == {"sha256": region.sha256(), "dims": 3000}        # named, not written out
+    assert Box(region.lo, region.hi + 1e-12).sha256() != region.sha256()
     model.metadata_props[0].value = value[:-8]
     claims, why = read_claims(model)
     assert claims is None and "malformed" in why

@@ -47,18 +47,22 @@ def _edit_record(src, dst, edit):
 
 
 def test_a_record_of_index_lists_is_still_read(tmp_path, rng, capsys):
-    """Records written before bit masks (positions as index lists) give the same claims, and still certify."""
+    """Records written before bit masks (positions as index lists, the region's bounds written out) give the same
+    claims, and still certify."""
     path, out = _simplified(tmp_path, rng)
     capsys.readouterr()
     claims, _ = read_graph_claims(onnx.load(str(out)))
+    assert set(claims.region) == {"sha256", "dims"}
     old = tmp_path / "old.onnx"
+    bounds = {"lo": [-1.0] * claims.region["dims"], "hi": [1.0] * claims.region["dims"]}
 
     def as_lists(doc):
         for key in ("dead", "active"):            # (the claims hold flat indices)
             doc[key] = {r: getattr(claims, key)[r].tolist() for r in doc.pop(key + "_bits")}
+        doc["region"] = bounds
     _edit_record(out, old, as_lists)
     again, why = read_graph_claims(onnx.load(str(old)))
-    assert why is None and all(np.array_equal(again.dead[r], claims.dead[r]) and
+    assert why is None and again.region == bounds and all(np.array_equal(again.dead[r], claims.dead[r]) and
                                np.array_equal(again.active[r], claims.active[r]) for r in claims.dead)
     code, r = _check(capsys, path, old, BOX72, "--epsilon", "1e-4")
     assert code == 0 and {p["method"] for p in r["pieces"]} == {"carried"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,11 @@ class Box:
 
     def to_json(self) -> dict:
         return {"lo": self.lo.tolist(), "hi": self.hi.tolist()}
+
+    def sha256(self) -> str:
+        """sha256 of the bounds as little-endian float64, lo then hi: names the box in a few bytes (an image's
+        bounds as JSON take ~60 KB)."""
+        return hashlib.sha256(self.lo.astype("<f8").tobytes() + self.hi.astype("<f8").tobytes()).hexdigest()
 
 
 def boxes_from_vnnlib(path: str | Path) -> list[Box]:
