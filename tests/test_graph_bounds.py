@@ -17,7 +17,7 @@ from conftest import ACAS, CIFAR, CIFAR_REFERENCE, MNIST, acas_path, load_box, l
 from equiv.bounds import deeppoly_bounds, interval_bounds
 from equiv.bounds.engine import GraphBounds, _box_parts, backsubstitute, deeppoly_graph, interval_graph
 from equiv.ir import Graph
-from equiv.ir.ops import Add, Concat, Const, Dense, Input, MaskedRelu, Relu
+from equiv.ir.ops import Add, Concat, Const, Dense, Input, MaskedRelu, Pad, Relu, Reshape
 from equiv.bounds.common import outward
 from equiv.ir import graph_from_onnx
 from equiv.spec.region import Box
@@ -214,6 +214,29 @@ def test_counts_of_a_masked_relu_follow_its_mask():
     assert g.n_relus == 2
     assert db.counts(g) == {"dead": 0, "active": 1, "stable": 1, "unstable": 1}
     assert sum(r["size"] for r in db.per_layer(g)) == g.n_relus
+
+
+def test_ops_that_only_move_elements_keep_a_zero_bound_exact():
+    """A ReLU on an input (or on a reshaped / padded / identity-mapped one) whose box starts at 0 is active, and one
+    ending at 0 dead: these ops do no arithmetic, so their bounds take no rounding margin (with it, lo = -1e-9
+    left such positions unstable).  An op that does arithmetic keeps its margin."""
+    box = Box([0, 0, -1, -1], [1, 2, 0, 1])
+    eye = dense((4,), np.eye(4))
+    g = Graph.build([("x", Input((4,)), []), ("z", eye, ["x"]), ("h", Relu((4,)), ["z"]),
+                     ("f", Reshape((2, 2), in_shape=(4,)), ["h"]),
+                     ("p", Pad((2, 3), pads=((0, 0), (0, 1)), value=0.0, bias=np.pad(np.zeros((2, 2)), ((0, 0), (0, 1)))),
+                      ["f"]), ("r", Relu((2, 3)), ["p"]), ("y", Reshape((6,), in_shape=(2, 3)), ["r"])], ["x"], ["y"])
+    assert eye.selects and g.op("f").selects and g.op("p").selects
+    for b in (interval_graph(g, box), deeppoly_graph(g, box)):
+        assert b.lo["z"].tolist() == [0, 0, -1, -1] and b.hi["z"].tolist() == [1, 2, 0, 1]
+        assert b.lo["p"].reshape(-1).tolist() == [0, 0, 0, 0, 0, 0] and b.hi["p"].reshape(-1).tolist() == [1, 2, 0, 0, 1, 0]
+        # h: 0, 1 active (lo = 0), 2 dead (hi = 0), 3 unstable; r reads h >= 0: active, dead where it is
+        # [0, 0] (h's dead position and the two pads)
+        assert b.counts(g) == {"dead": 1 + 3, "active": 2 + 3, "stable": 9, "unstable": 1}
+    # arithmetic keeps the margin: a bias, a coefficient other than 1, two inputs in a row
+    for W, bias in ((np.eye(4), np.ones(4)), (2 * np.eye(4), None), (np.ones((4, 4)), None)):
+        assert not dense((4,), W, bias).selects
+    assert not Pad((2, 3), pads=((0, 0), (0, 1)), bias=np.ones((2, 3))).selects
 
 
 # ---- sampled soundness on the op catalogue of test_graph_ir (every op's interval and adjoint in use) -----

@@ -68,6 +68,29 @@ def test_cli_json_on_stdout(tmp_path, capsys):
     assert r["method"] == "deeppoly" and r["queries"]["milp"] == 0
 
 
+def test_a_relu_on_the_input_is_decided_by_the_box(tmp_path, capsys):
+    """A ReLU straight on an input reads the box itself: [0, 1] is active and [-1, 0] dead, with no query (the
+    chain reads it through an identity layer, whose bounds once took a rounding margin: both stayed unknown)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    W1, b1, W2 = rng.normal(size=(4, 6)), rng.normal(size=6), rng.normal(size=(6, 2))
+    init = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in ((W1, "W1"), (b1, "b1"), (W2, "W2"))]
+    nodes = [helper.make_node("Relu", ["x"], ["r0"]), helper.make_node("MatMul", ["r0", "W1"], ["m1"]),
+             helper.make_node("Add", ["m1", "b1"], ["z1"]), helper.make_node("Relu", ["z1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "W2"], ["y"])]
+    graph = helper.make_graph(nodes, "relu_on_input", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], init)
+    path, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    code = main(["simplify", str(path), "--box", "0:1,0:2,-1:1,-1:0", "-o", str(out), "--json", "--no-progress"])
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    first = [(n["phase"], n["method"]) for n in r["neurons"] if n["layer"] == 1]
+    assert first == [("active", "interval"), ("active", "interval"), ("unstable", "samples"), ("dead", "interval")]
+    assert r["unknown"] == 0 and r["validation"]["ok"]
+    _check_written(path, out, load_region(box="0:1,0:2,-1:1,-1:0")[0])
+
+
 def test_cli_bounds_json(capsys):
     assert main(["bounds", str(DIGITS), "--spec", str(DIGITS_SPEC), "--method", "interval", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

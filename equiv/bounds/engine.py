@@ -96,6 +96,9 @@ def _interval_node(g: Graph, name: str, parts: dict, lo: dict, hi: dict, known: 
     elif op.kind == "relu_diff":
         args = g.args(name)
         l, h = outward(*op.interval([lo[a] for a in args], [hi[a] for a in args]))
+    elif op.selects:          # elements moved, no arithmetic: exact, no margin
+        args = g.args(name)
+        l, h = op.forward(*[lo[a] for a in args]), op.forward(*[hi[a] for a in args])
     else:
         args = g.args(name)
         c = op.forward(*[(lo[a] + hi[a]) / 2 for a in args])

@@ -27,6 +27,9 @@ class Op:
 
     shape: tuple
     kind = "linear"          # input | const | relu | relu_diff | linear
+    # every output element is an input element (or a constant), moved without arithmetic: the op is monotone
+    # and interval bounds through it are exact, forward(lo) and forward(hi), with no rounding margin
+    selects = False
 
     @property
     def size(self) -> int:
@@ -176,6 +179,15 @@ class Dense(Linear):
         return r @ np.abs(self.W).T
 
     @property
+    def selects(self) -> bool:
+        """W picks one input per output (a row of one 1, zeros elsewhere) and there is no bias: x @ W.T is then
+        exact in floating point (how a chain reads a ReLU straight on an input: an identity layer before it)."""
+        W = np.asarray(self.W)
+        if (self.bias is not None and np.any(self.bias)) or np.count_nonzero(W[:1]) != 1:
+            return False                  # (a real layer fails here at once: no pass over a large W)
+        return bool(np.all((W == 0) | (W == 1))) and bool(np.all(np.count_nonzero(W, axis=1) == 1))
+
+    @property
     def macs(self) -> int:
         return self.size * self.W.shape[1]
 
@@ -320,6 +332,10 @@ class Reshape(Linear):
     def linear(self, x):
         return x.reshape((x.shape[0],) + tuple(self.shape))
 
+    @property
+    def selects(self) -> bool:
+        return self.bias is None
+
     def transpose(self, a):
         return [a.reshape((a.shape[0],) + tuple(self.in_shape))]
 
@@ -332,6 +348,10 @@ class Transpose(Linear):
 
     def linear(self, x):
         return np.transpose(x, (0,) + tuple(p + 1 for p in self.perm))
+
+    @property
+    def selects(self) -> bool:
+        return self.bias is None
 
     def transpose(self, a):
         inv = np.argsort(self.perm)
@@ -346,6 +366,14 @@ class Pad(Linear):
 
     pads: tuple = ()          # ((b0, a0), (b1, a1), ...) per axis of the input
     value: float = 0.0        # the pad value (bias = value on the padded positions)
+
+    @property
+    def selects(self) -> bool:
+        """No bias inside the padding's frame (0 + value at the pads, x + 0 inside: both exact)."""
+        if self.bias is None:
+            return True
+        inner = tuple(slice(b, n - e) for (b, e), n in zip(self.pads, self.shape))
+        return not np.any(np.broadcast_to(self.bias, self.shape)[inner])
 
     def linear(self, x):
         return np.pad(x, ((0, 0),) + tuple(self.pads))
@@ -390,6 +418,10 @@ class Add(Linear):
 class Concat(Linear):
     axis: int = 0
     in_shapes: list = field(default_factory=list)
+
+    @property
+    def selects(self) -> bool:
+        return self.bias is None
 
     def linear(self, *xs):
         return np.concatenate(xs, axis=self.axis + 1)
