@@ -99,15 +99,44 @@ def test_residual_family_is_made_verified_and_tampering_is_caught(residual_path,
 
 def test_chain_only_options_are_refused_on_graphs(residual_path, tmp_path, capsys):
     out = tmp_path / "fam"
-    assert main(["slice", str(residual_path), BOX, "-o", str(out), "--certify", *FAST]) == 2
-    assert "chains of dense layers" in capsys.readouterr().err
     assert main(["slice", str(residual_path), BOX, "-o", str(out), "--strategy", "unstable", *FAST]) == 2
     assert "chains of dense layers only" in capsys.readouterr().err
+    assert main(["slice", str(residual_path), BOX, "-o", str(out), "--certify", "--epsilon", "0.1", *FAST]) == 2
+    assert "certified by `check` already" in capsys.readouterr().err
     assert not out.exists()
-    assert main(["slice", str(residual_path), BOX, "-o", str(out), "--max-pieces", "2", *FAST]) == 0
-    capsys.readouterr()
-    assert main(["slice", "--verify", str(out), "--certify"]) == 2
-    assert "graph pipeline" in capsys.readouterr().err
+
+
+def test_graph_slices_are_certified_by_their_records(residual_path, tmp_path, capsys):
+    """Each graph slice records the phases it was reduced with: --certify re-proves them on the slice's box and
+    bounds the file against the exact reduction; `--verify --certify` does the same from the files, and a slice
+    whose weights were changed is not certified."""
+    from equiv.prove.graph_carried import read_graph_claims
+    out = tmp_path / "fam"
+    assert main(["slice", str(residual_path), BOX, "-o", str(out), "--max-pieces", "2", "--certify", *FAST]) == 0
+    assert "2 of 2 slices proved equivalent" in capsys.readouterr().out
+    m = json.loads((out / MANIFEST).read_text())
+    for s in m["slices"]:
+        c = s["certificate"]
+        assert c["verdict"] == "equivalent" and c["max_diff_upper"] <= c["epsilon"] == 1e-4
+        claims, why = read_graph_claims(onnx.load(str(out / s["file"])))
+        assert why is None and claims.region["sha256"] == Box(s["lo"], s["hi"]).sha256()
+        # the certificate bounds what onnxruntime sees on the slice's box
+        box = Box(s["lo"], s["hi"])
+        X = np.vstack([box.sample(2000, np.random.default_rng(3)), box.random_vertices(200, np.random.default_rng(4))])
+        seen = np.abs(OnnxRunner(str(residual_path))(X) - OnnxRunner(str(out / s["file"]))(X)).max()
+        assert seen <= c["max_diff_upper"]
+    assert main(["slice", "--verify", str(out), "--certify", "--samples", "1000"]) == 0
+    assert "all 2 slices proved equal to the original" in capsys.readouterr().out
+    # a changed weight: the record's bound on the slice exceeds the tolerance (or a point refutes it)
+    s0 = onnx.load(str(out / "slice_000.onnx"))
+    for t in s0.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.ndim == 1 and a.size == 3:          # the last layer's bias
+            t.CopyFrom(numpy_helper.from_array((a + 0.01).astype(a.dtype), t.name))
+    onnx.save(s0, str(out / "slice_000.onnx"))
+    assert main(["slice", "--verify", str(out), "--certify", "--samples", "1000"]) == 1
+    text = capsys.readouterr().out
+    assert "FAIL  certificates" in text and "slice 0: not certified by its record" in text
 
 
 @needs_cifar

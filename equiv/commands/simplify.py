@@ -178,16 +178,7 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
 
 def _certify_graph(args, graph, model, box):
     """`simplify --certify` on a graph: `check` of the written model against the original at epsilon = the
-    tolerance, by its record (the phases re-proved, the reduction rebuilt, the rounding bounded); a record
-    that decides nothing leaves the certificate unknown, with the reason in its notes."""
-    from ..prove.equivalence import CheckOptions, CheckResult
-    from ..prove.graph_carried import carried_graph_check
-    from ..artifacts.validate import OnnxRunner
-    opt = CheckOptions(norm="linf", epsilon=args.tolerance, backend=args.backend,
-                       time_limit=args.certify_time_limit or 300.0, seed=args.seed)
-    res, notes = carried_graph_check(args.model, model, graph, None, [box], opt, OnnxRunner(str(args.model)),
-                                     OnnxRunner(model))
-    if res is None:
-        res = CheckResult("unknown", "linf", [float(args.tolerance)] * graph.n_outputs, float("inf"), 0.0, None,
-                          args.backend, 0.0, [], {"pipeline": "graph"}, notes)
-    return res
+    tolerance, by its record (`graph_carried.certify_graph_model`)."""
+    from ..prove.graph_carried import certify_graph_model
+    return certify_graph_model(args.model, graph, model, box, args.tolerance, backend=args.backend,
+                               time_limit=args.certify_time_limit or 300.0, seed=args.seed)

@@ -59,12 +59,19 @@ def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float =
     for p, model in pieces:
         r = _certify_slice(fam.original, p.network, p.box, reference, OnnxRunner(model), fam.slice_options.tolerance,
                            backend, time_limit)
-        out.append({"verdict": r.verdict, "epsilon": fam.slice_options.tolerance,
-                    "max_diff_upper": None if not np.isfinite(r.max_diff_upper) else r.max_diff_upper,
-                    "max_diff_lower": r.max_diff_lower, "seconds": round(r.seconds, 4),
-                    "counterexample": None if r.counterexample is None else r.counterexample.to_json()})
+        out.append(certificate_entry(r, fam.slice_options.tolerance))
     fam.certificates = out
     return out
+
+
+def certificate_entry(r, epsilon: float) -> dict:
+    """A slice's certificate in the manifest, from its `check` result (a CheckResult); its notes say why it is
+    unknown, or why onnxruntime sees more than the proved bound (float32 evaluation)."""
+    return {"verdict": r.verdict, "epsilon": epsilon,
+            "max_diff_upper": None if not np.isfinite(r.max_diff_upper) else r.max_diff_upper,
+            "max_diff_lower": r.max_diff_lower, "seconds": round(r.seconds, 4),
+            "counterexample": None if r.counterexample is None else r.counterexample.to_json(),
+            **({"notes": list(r.notes)} if r.notes else {})}
 
 
 def _certify_slice(original: Network, net: Network, box: Box, reference, run, tolerance: float, backend: str,

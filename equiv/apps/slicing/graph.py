@@ -25,9 +25,10 @@ from ...spec.region import Box
 from ...transform.dispatch import GraphIO, build_graph_dispatcher
 from ...transform.fold import shrink
 from ...artifacts.validate import OnnxRunner
+from ...prove.graph_carried import attach_graph_claims, certify_graph_model
 from ..graph_simplify import graph_phases, reduce_graph, validate_graph_model
 from ..simplify import sha256_of
-from .family import SliceFamily, _stop_notes, check_dispatcher, export_leaves, tolerance_summary
+from .family import SliceFamily, _stop_notes, certificate_entry, check_dispatcher, export_leaves, tolerance_summary
 from .tree import Piece, SliceOptions, grow_tree, splittable_dims, widest_dim
 
 GRAPH_STRATEGIES = ("gradient", "width")
@@ -110,6 +111,12 @@ def slice_graph(model_path: str | Path, g: Graph, region: Box, gopt: GraphSliceO
     leaves, models, vals = export_leaves(tree, graph_to_onnx, lambda s, leaf, model: validate_graph_model(
         reference, model, g, leaf.network, leaf.box, leaf.stability.witnesses, sopt.validation_samples,
         gopt.seed + 1 + s, sopt.tolerance, what=f"slice {s}"))
+    if sopt.epsilon is None:
+        # each slice records the phases it was reduced with, as `simplify` does: `check` (and --certify)
+        # re-proves them on the slice's box instead of searching (metadata only: the computation is unchanged)
+        sha = sha256_of(model_path)
+        for leaf, model in zip(leaves, models):
+            attach_graph_claims(model, sha, leaf.stability.method, leaf.stability.dead, leaf.stability.active, leaf.box)
     seconds["validate_slices"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -119,7 +126,7 @@ def slice_graph(model_path: str | Path, g: Graph, region: Box, gopt: GraphSliceO
     seconds["dispatch"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     notes = _stop_notes(leaves, sopt) + ["graph pipeline: each piece proved afresh (the graph bounds take no "
-                                         "inherited bounds); --certify works on chains only"]
+                                         "inherited bounds)"]
     return SliceFamily(str(model_path), sha256_of(model_path), region, region_source, g, tree, leaves, models, vals,
                        dispatcher, dval, gopt, sopt, [], seconds, notes, pipeline="graph", certificates=certificates)
 
@@ -137,4 +144,21 @@ def graph_within_tolerance(g: Graph, reference: OnnxRunner, leaves: list, sopt: 
         res = simplify_graph_within(g, reference, leaf.box, opt, phases=leaf.stability)
         leaf.network = res.simplified
         out.append(tolerance_summary(res, sopt.epsilon))
+    return out
+
+
+def certify_graph_family(fam: SliceFamily, backend: str = "highs", time_limit: float = 60.0,
+                         progress: bool = False) -> list:
+    """`slice --certify` on a graph: each slice proved equal to the original on its box by its record (the phases
+    re-proved there, the reduction rebuilt, its float32 rounding bounded; `graph_carried.certify_graph_model`),
+    epsilon = the slicing tolerance; one certificate summary per slice."""
+    pieces = list(zip(fam.slices, fam.models))
+    if progress:
+        from tqdm import tqdm
+        pieces = tqdm(pieces, desc="certifying slices", unit="slice", leave=False)
+    out = [certificate_entry(certify_graph_model(fam.model_path, fam.original, model, p.box, fam.slice_options.tolerance,
+                                                 backend=backend, time_limit=time_limit,
+                                                 seed=fam.options.seed), fam.slice_options.tolerance)
+           for p, model in pieces]
+    fam.certificates = out
     return out

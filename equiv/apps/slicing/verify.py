@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from ...errors import UnsupportedModelError, EquivError, InputFileError, RegionError
+from ...errors import EquivError, InputFileError, RegionError
 from ...spec.region import Box
 from ..simplify import sha256_of
 from ...artifacts.validate import OnnxRunner, compare_on_points
@@ -73,11 +74,6 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int | N
     folder = Path(folder)
     m = read_manifest(folder)
     graph = m.get("pipeline") == "graph"
-    if certify and graph:
-        raise UnsupportedModelError("--certify proves slices of chains of dense layers so far (graph slices carry no "
-                                    "record of their phases, and a bound from scratch on a reduced graph against the "
-                                    "original is too loose for the tolerance); "
-                                    "this family was made by the graph pipeline")
     samples = samples or (GRAPH_VERIFY_SAMPLES if graph else 100000)
     rep = VerifyReport(str(folder))
     model_path = _find_model(m, model)
@@ -111,32 +107,49 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int | N
     _check_slice_outputs(slices, lo, hi, files, reference, per_slice, tol, seed, rep)
     _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, seed, rep, inner_faces=graph)
     if certify:
-        _certify_slices(model_path, slices, lo, hi, files, reference, tol, certify_time_limit, backend, rep)
+        _certify_slices(model_path, slices, lo, hi, files, reference, tol, certify_time_limit, backend, rep, graph)
     return rep
 
 
-def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limit, backend, rep):
-    """`--verify --certify`: prove every slice file equal to the original on its box with `equiv check`."""
-    from ...ir.chain_io import load_onnx
-    original = load_onnx(model_path)
+def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limit, backend, rep, graph=False):
+    """`--verify --certify`: prove every slice file equal to the original on its box with `equiv check` (a graph
+    family's slices by their records: `graph_carried.certify_graph_model`)."""
+    if graph:
+        from ...ir import load_graph
+        from ...prove.graph_carried import certify_graph_model
+        original = load_graph(model_path)
+    else:
+        from ...ir.chain_io import load_onnx
+        original = load_onnx(model_path)
     problems, proved, worst = [], 0, 0.0
     for i in range(len(slices)):
         if i not in files:
             problems.append(f"slice {i}: no file to certify")
             continue
-        try:
-            net = load_onnx(files[i])
-        except EquivError as exc:
-            problems.append(f"slice {i}: cannot be read for certification ({exc})")
-            continue
-        r = _certify_slice(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(str(files[i])), tol, backend,
-                           time_limit)
+        if graph:
+            try:
+                written = onnx.load(str(files[i]), load_external_data=False)
+            except Exception as exc:        # (onnx raises DecodeError and others on a damaged file)
+                problems.append(f"slice {i}: cannot be read for certification ({exc})")
+                continue
+            r = certify_graph_model(model_path, original, written, Box(lo[i], hi[i]), tol, backend=backend,
+                                    time_limit=time_limit)
+        else:
+            try:
+                net = load_onnx(files[i])
+            except EquivError as exc:
+                problems.append(f"slice {i}: cannot be read for certification ({exc})")
+                continue
+            r = _certify_slice(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(str(files[i])), tol, backend,
+                               time_limit)
         if r.verdict == "equivalent":
             proved += 1
             worst = max(worst, r.max_diff_upper)
         elif r.verdict == "not_equivalent":
             problems.append(f"slice {i}: differs from the original by {r.max_diff_lower:.3g} > {tol:g} at "
                             f"{r.counterexample.input.tolist()}")
+        elif graph:
+            problems.append(f"slice {i}: not certified by its record ({'; '.join(r.notes) or 'no reason given'})")
         else:
             problems.append(f"slice {i}: equivalence neither proved nor refuted in {time_limit:g} s")
     rep.add("certificates", problems, f"all {proved} slices proved equal to the original on their boxes "
