@@ -14,7 +14,8 @@ from ...ir.chain_export import network_to_onnx
 from ...transform.dispatch import build_dispatcher
 from ...errors import ValidationError
 from ...ir.network import Network
-from ...ir.chain_io import load_onnx
+from ...ir.chain_io import load_onnx, network_from_onnx
+from ...prove.carried import attach_claims, read_claims
 from ...spec.region import Box
 from ..simplify import sha256_of, validate_model
 from ...prove.stability import StabilityOptions
@@ -48,8 +49,9 @@ class SliceFamily:
 
 
 def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float = 60.0, progress: bool = False) -> list:
-    """`slice --certify`: prove each slice equal to the original on its own box with the equivalence checker
-    (epsilon = the slicing tolerance); returns one summary per slice."""
+    """`slice --certify`: prove each slice file equal to the original on its own box with the equivalence checker
+    (epsilon = the slicing tolerance), by the record of its phases first when it has one; returns one summary
+    per slice."""
     reference = OnnxRunner(str(fam.model_path))
     out = []
     pieces = list(zip(fam.slices, fam.models))
@@ -57,8 +59,9 @@ def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float =
         from tqdm import tqdm
         pieces = tqdm(pieces, desc="certifying slices", unit="slice", leave=False)
     for p, model in pieces:
-        r = _certify_slice(fam.original, p.network, p.box, reference, OnnxRunner(model), fam.slice_options.tolerance,
-                           backend, time_limit)
+        # the file's float32 weights, as written (the proof is about the file, not the float64 network)
+        r = _certify_slice(fam.original, network_from_onnx(model), p.box, reference, OnnxRunner(model),
+                           fam.slice_options.tolerance, backend, time_limit, carried=_record_of(model, fam.model_sha256))
         out.append(certificate_entry(r, fam.slice_options.tolerance))
     fam.certificates = out
     return out
@@ -75,11 +78,18 @@ def certificate_entry(r, epsilon: float) -> dict:
 
 
 def _certify_slice(original: Network, net: Network, box: Box, reference, run, tolerance: float, backend: str,
-                   time_limit: float):
-    """`equiv check` of one slice against the original on the slice's box, epsilon = the tolerance."""
+                   time_limit: float, carried=None):
+    """`equiv check` of one slice against the original on the slice's box, epsilon = the tolerance; carried:
+    (claims, True) when the slice records the phases it was reduced with (re-proved before any search)."""
     from ...prove.equivalence import CheckOptions, check_networks
     return check_networks(original, net, box, reference, run,
-                          CheckOptions(epsilon=tolerance, backend=backend, time_limit=time_limit))
+                          CheckOptions(epsilon=tolerance, backend=backend, time_limit=time_limit), carried=carried)
+
+
+def _record_of(model: onnx.ModelProto, original_sha256: str):
+    """(claims, True) when the slice model records phases of the original (sha256), else None."""
+    claims, _ = read_claims(model)
+    return (claims, True) if claims is not None and claims.source_sha256 == original_sha256 else None
 
 
 def prepass_unstable(net: Network, box: Box) -> int:
@@ -112,6 +122,12 @@ def slice_model(model_path: str | Path, region: Box, options: StabilityOptions |
     leaves, models, vals = export_leaves(tree, network_to_onnx, lambda s, leaf, model: validate_model(
         reference, model, leaf.box, leaf.stability.witnesses, sopt.validation_samples, options.seed + 1 + s,
         sopt.tolerance, what=f"slice {s}", networks=(net, leaf.network)))
+    if sopt.epsilon is None:
+        # each slice records the phases it was reduced with, as `simplify` does: `check` (and --certify) re-proves
+        # them on the slice's box instead of searching (metadata only: the computation is unchanged)
+        sha = sha256_of(model_path)
+        for leaf, model in zip(leaves, models):
+            attach_claims(model, sha, *leaf.stability.phase_masks(net), leaf.box)
     seconds["validate_slices"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

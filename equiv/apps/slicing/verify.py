@@ -13,7 +13,7 @@ from ...errors import EquivError, InputFileError, RegionError
 from ...spec.region import Box
 from ..simplify import sha256_of
 from ...artifacts.validate import OnnxRunner, compare_on_points
-from .family import _certify_slice
+from .family import _certify_slice, _record_of
 from .manifest import MANIFEST, read_manifest
 from .tiling import check_tiling, check_tree, dispatch_points
 
@@ -121,6 +121,7 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
     else:
         from ...ir.chain_io import load_onnx
         original = load_onnx(model_path)
+    sha = sha256_of(model_path)
     problems, proved, worst = [], 0, 0.0
     for i in range(len(slices)):
         if i not in files:
@@ -141,7 +142,7 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
                 problems.append(f"slice {i}: cannot be read for certification ({exc})")
                 continue
             r = _certify_slice(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(str(files[i])), tol, backend,
-                               time_limit)
+                               time_limit, carried=_record_of(onnx.load(str(files[i]), load_external_data=False), sha))
         if r.verdict == "equivalent":
             proved += 1
             worst = max(worst, r.max_diff_upper)
