@@ -67,6 +67,16 @@ def residual_path(tmp_path):
 BOX = "--box=" + ",".join(["0.2:0.6"] * 32)
 
 
+def _shift_last_bias(path, by: float) -> None:
+    """Edit a slice file in place: its last layer's bias (3 outputs) moved by `by`."""
+    m = onnx.load(str(path))
+    for t in m.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.ndim == 1 and a.size == 3:
+            t.CopyFrom(numpy_helper.from_array((a + by).astype(a.dtype), t.name))
+    onnx.save(m, str(path))
+
+
 def test_residual_family_is_made_verified_and_tampering_is_caught(residual_path, tmp_path, capsys):
     out = tmp_path / "fam"
     assert main(["slice", str(residual_path), BOX, "-o", str(out), "--max-pieces", "4", "--json", *FAST]) == 0
@@ -86,12 +96,7 @@ def test_residual_family_is_made_verified_and_tampering_is_caught(residual_path,
     assert main(["slice", "--verify", str(out), "--samples", "1000"]) == 0
     capsys.readouterr()
     # a slice whose output moves is caught (and so is its hash)
-    s0 = onnx.load(str(out / "slice_000.onnx"))
-    for t in s0.graph.initializer:
-        a = numpy_helper.to_array(t)
-        if a.ndim == 1 and a.size == 3:          # the last layer's bias
-            t.CopyFrom(numpy_helper.from_array((a + 1.0).astype(a.dtype), t.name))
-    onnx.save(s0, str(out / "slice_000.onnx"))
+    _shift_last_bias(out / "slice_000.onnx", 1.0)
     assert main(["slice", "--verify", str(out), "--samples", "1000"]) == 1
     err = capsys.readouterr().out
     assert "FAIL  slices vs original" in err and "FAIL  files" in err
@@ -128,12 +133,7 @@ def test_graph_slices_are_certified_by_their_records(residual_path, tmp_path, ca
     assert main(["slice", "--verify", str(out), "--certify", "--samples", "1000"]) == 0
     assert "all 2 slices proved equal to the original" in capsys.readouterr().out
     # a changed weight: the record's bound on the slice exceeds the tolerance (or a point refutes it)
-    s0 = onnx.load(str(out / "slice_000.onnx"))
-    for t in s0.graph.initializer:
-        a = numpy_helper.to_array(t)
-        if a.ndim == 1 and a.size == 3:          # the last layer's bias
-            t.CopyFrom(numpy_helper.from_array((a + 0.01).astype(a.dtype), t.name))
-    onnx.save(s0, str(out / "slice_000.onnx"))
+    _shift_last_bias(out / "slice_000.onnx", 0.01)
     assert main(["slice", "--verify", str(out), "--certify", "--samples", "1000"]) == 1
     text = capsys.readouterr().out
     assert "FAIL  certificates" in text and "slice 0: not certified by its record" in text
