@@ -44,11 +44,10 @@ def is_dense_chain(g: Graph) -> bool:
 
 def takes_chain_pipeline(g: Graph, path) -> bool:
     """Dense chains, and equiv's own partial-ReLU layers (Concat of a Relu and a linear branch), go to the
-    chain pipeline (input splitting, LP/MILP, the difference checker); everything else to the graph one."""
-    if is_dense_chain(g):
-        return True
-    if len(g.inputs) != 1 or len(g.outputs) != 1 or not all(isinstance(g.op(n), CHAIN_OPS + (ops.Concat,))
-                                                              for n in g.order):
+    chain pipeline (input splitting, LP/MILP, the difference checker); everything else to the graph one.  Either
+    way the chain importer must read the file (it does not fold constant subgraphs, e.g. a Cast of weights)."""
+    if not is_dense_chain(g) and (len(g.inputs) != 1 or len(g.outputs) != 1 or
+                                  not all(isinstance(g.op(n), CHAIN_OPS + (ops.Concat,)) for n in g.order)):
         return False
     from ..errors import UnsupportedModelError
     from ..ir.chain_io import load_onnx

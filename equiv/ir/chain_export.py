@@ -92,6 +92,8 @@ def model_around(net: Network, body, graph_name: str, producer: str = "equiv") -
     # batch dimension (first) left free so the model also runs on batches; the others are fixed
     rest = list(net.output_shape[1:])
     out_shape = [-1] + rest if rest and all(isinstance(d, int) and d > 0 for d in rest) else [-1, net.n_outputs]
+    if batched_shape(net.output_shape)[0] != "N" and all(isinstance(d, int) and d > 0 for d in net.output_shape):
+        out_shape = list(net.output_shape)       # no batch axis (e.g. a rank-1 output): exactly the declared shape
     nodes = [helper.make_node("Reshape", [net.input_name, "in_shape"], ["h0"]), *body_nodes,
              helper.make_node("Reshape", [y, "out_shape"], [net.output_name])]
     inits = [_int64("in_shape", [-1, net.n_inputs]), *inits, _int64("out_shape", out_shape)]

@@ -61,7 +61,7 @@ def fuse_masked_relus(g: Graph) -> Graph:
         add = _sole_user(g, users, out)
         if add is not None and isinstance(g.op(add), ops.Add) and g.op(add).signs == (1.0, 1.0):
             other = [a for a in g.args(add) if a != out]
-            if len(other) == 1 and g.args(other[0]) == [x] and len(users[other[0]]) == 1:
+            if len(other) == 1 and g.args(other[0]) == [x] and _sole_user(g, users, other[0]) == add:
                 a = _mask(g.op(other[0]), shape)
                 if a is not None and not np.any(a & relu_mask) and g.shape(add) == shape:
                     lin_mask = a

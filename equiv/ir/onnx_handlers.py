@@ -311,7 +311,18 @@ def _pad(b: _Builder, node, attrs, where):
     b.add(ops.Pad(shape, pads=pw, value=float(value), bias=bias), [x], node.output[0])
 
 
+def _dropout(b: _Builder, node, attrs, where):
+    """Inference Dropout is the identity; training mode (a constant true training_mode, or is_test = 0 before
+    opset 7) drops at random and is refused."""
+    mode = b.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if (mode is not None and bool(np.asarray(mode).reshape(-1)[0])) or attrs.get("is_test", 1) == 0:
+        raise UnsupportedModelError(f"{where}: training mode is not supported")
+    _identity(b, node, attrs, where)
+
+
 def _batchnorm(b: _Builder, node, attrs, where):
+    if attrs.get("training_mode", 0):
+        raise UnsupportedModelError(f"{where}: training mode is not supported (batch statistics)")
     x = b.arg(node.input[0], where)
     s = b.shapes[x]
     scale, B, mean, var = (b.consts[n] for n in node.input[1:5])
@@ -334,7 +345,7 @@ def _concat(b: _Builder, node, attrs, where):
     b.add(ops.Concat(shape, axis=axis, in_shapes=shapes), parts, node.output[0])
 
 
-HANDLERS = {"Relu": _relu, "Identity": _identity, "Dropout": _identity, "Flatten": _flatten, "Reshape": _reshape,
+HANDLERS = {"Relu": _relu, "Identity": _identity, "Dropout": _dropout, "Flatten": _flatten, "Reshape": _reshape,
             "Squeeze": _squeeze, "Unsqueeze": _squeeze, "Transpose": _transpose, "Add": _binary, "Sub": _binary,
             "Mul": _binary, "Div": _binary, "Neg": _neg, "MatMul": _matmul, "Gemm": _gemm, "Conv": _conv,
             "AveragePool": _avgpool, "MaxPool": _maxpool, "Pad": _pad, "BatchNormalization": _batchnorm, "Concat": _concat}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InputFileError, UnsupportedModelError
 from . import ops
@@ -66,8 +66,16 @@ def graph_from_onnx(model: onnx.ModelProto, check: bool = True) -> Graph:
 
 
 def validate(model: onnx.ModelProto) -> None:
-    """Cheap checks of every node before any heavy work: supported op, constant operands where needed."""
+    """Cheap checks of every node before any heavy work: float32 inputs and outputs, supported op, constant
+    operands where needed."""
     consts = {t.name for t in model.graph.initializer}
+    for kind, vis in (("input", [i for i in model.graph.input if i.name not in consts]), ("output", model.graph.output)):
+        for vi in vis:
+            t = vi.type.tensor_type.elem_type
+            if t not in (TensorProto.FLOAT, TensorProto.UNDEFINED):      # (undefined: left to onnxruntime)
+                name = TensorProto.DataType.Name(t) if t in TensorProto.DataType.values() else str(t)
+                raise UnsupportedModelError(f"{kind} '{vi.name}' is {name.lower()}: equiv reads float32 models (convert "
+                                            "the model's weights and inputs to float32 first)")
     for node in model.graph.node:
         where = f"node '{node.name or node.output[0]}'"
         if node.op_type not in SUPPORTED or node.domain not in ("", "ai.onnx"):
@@ -90,19 +98,25 @@ class _Builder:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        self.consts = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+        # constants in their ONNX types (folding follows ONNX's arithmetic: a float16 cast rounds, an integer
+        # division truncates), and as float64 for the handlers
+        self.raw = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.consts = {name: _as_weights(v, f"initializer '{name}'") for name, v in self.raw.items()}
         self.nodes: list = []
         self.shapes: dict = {}
         self.names: dict = {}          # IR node -> ONNX tensor it equals (for the check)
         self.alias: dict = {}          # ONNX tensor -> IR node computing it
         self.fresh = 0
+        g = model.graph
+        self.taken = {v.name for v in list(g.input) + list(g.output) + list(g.initializer)} | \
+            {o for n in g.node for o in n.output}
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def add(self, op: ops.Op, args: list, onnx_name: str | None = None) -> str:
         """Add an IR node; returns its name (the ONNX tensor's name when given, else a fresh one)."""
         name = onnx_name if onnx_name is not None and onnx_name not in self.shapes else None
-        if name is None:
-            self.fresh += 1
+        while name is None or name in self.shapes or (name != onnx_name and name in self.taken):
+            self.fresh += 1       # a fresh name: never one of the model's own tensor names
             name = f"{onnx_name or 'equiv'}/{self.fresh}"
         self.nodes.append((name, op, args))
         self.shapes[name] = tuple(op.shape)
@@ -128,11 +142,10 @@ class _Builder:
             where = f"node '{node.name or node.output[0]}' ({node.op_type})"
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             args = list(node.input)
-            if node.op_type == "Constant":
-                self.consts[node.output[0]] = _constant(attrs, where)
-                continue
-            if all(not a or a in self.consts for a in args):
-                self.consts[node.output[0]] = _fold(node.op_type, [self.consts.get(a) for a in args], attrs, where)
+            if node.op_type == "Constant" or all(not a or a in self.consts for a in args):
+                v = _constant(attrs, where) if node.op_type == "Constant" else \
+                    _fold(node.op_type, [self.raw.get(a) for a in args], attrs, where)
+                self.raw[node.output[0]], self.consts[node.output[0]] = v, _as_weights(v, where)
                 continue
             HANDLERS[node.op_type](self, node, attrs, where)
         outputs = []
@@ -140,6 +153,12 @@ class _Builder:
             if o.name not in self.alias:
                 raise UnsupportedModelError(f"graph output '{o.name}' is not computed from the inputs")
             outputs.append(self.alias[o.name])
+            declared, got = _dims(o), self.shapes[self.alias[o.name]]
+            dims = o.type.tensor_type.shape.dim          # (none written: not declared)
+            known = len(dims) > 0 and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:])
+            if known and int(np.prod(declared)) != int(np.prod(got)):      # (a symbolic first dim: the batch)
+                raise UnsupportedModelError(f"graph output '{o.name}' is declared with shape {tuple(_dims_raw(o))}, but "
+                                            f"the model computes shape {tuple(got)}: fix the declaration")
         graph = Graph.build(self.nodes, [self.alias[i.name] for i in inputs], outputs,
                             meta={"onnx_names": self.names, "opset": self.opset,
                                   "input_names": [i.name for i in inputs], "output_names": [o.name for o in g.output],
@@ -161,35 +180,65 @@ def _dims_raw(vi) -> list:
 
 
 def _constant(attrs, where) -> np.ndarray:
+    """A Constant node's value, in its ONNX type (value_float(s): float32, value_int(s): int64)."""
     if "value" in attrs:
-        return numpy_helper.to_array(attrs["value"]).astype(np.float64)
-    for k in ("value_float", "value_floats", "value_int", "value_ints"):
+        return numpy_helper.to_array(attrs["value"])
+    for k, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                     ("value_ints", np.int64)):
         if k in attrs:
-            return np.asarray(attrs[k], dtype=np.float64)
+            return np.asarray(attrs[k], dtype=dtype)
     raise UnsupportedModelError(f"{where}: only a tensor or number value is supported")
+
+
+def _as_weights(v: np.ndarray, where: str) -> np.ndarray:
+    """A constant as the float64 array the handlers read; NaN or infinite values are refused (no bound holds
+    through them)."""
+    if v.dtype.kind not in "fiub":
+        raise UnsupportedModelError(f"{where}: constants of type {v.dtype} are not supported")
+    out = v.astype(np.float64)
+    if not np.all(np.isfinite(out)):
+        raise UnsupportedModelError(f"{where}: a constant holds NaN or infinite values; equiv needs finite weights")
+    return out
 
 
 # ---- constants-only subgraphs ----------------------------------------------------------------------
 
 def _fold(op: str, vals: list, attrs: dict, where: str) -> np.ndarray:
-    """Evaluate an op whose inputs are all constants (shape arithmetic, weight preprocessing)."""
+    """Evaluate an op whose inputs are all constants (shape arithmetic, weight preprocessing) as ONNX does, in
+    the constants' own types: float32 sums round to float32, a cast to float16 rounds, integers divide
+    truncating toward zero."""
     a = vals[0]
-    if op in ("Identity", "Dropout"):
+    if op == "Identity":
         return a
-    if op in ("Add", "Sub", "Mul", "Div"):
-        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](a, vals[1])
+    if op == "Dropout":
+        if len(vals) > 2 and vals[2] is not None and bool(np.asarray(vals[2]).reshape(-1)[0]):
+            raise UnsupportedModelError(f"{where}: training mode is not supported")
+        return a
+    if op in ("Add", "Sub", "Mul"):
+        return np.asarray({"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a, vals[1]))
+    if op == "Div":
+        b = vals[1]
+        if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+            if np.any(b == 0):
+                raise UnsupportedModelError(f"{where}: integer division by zero")
+            q = np.abs(a) // np.abs(b)             # ONNX integer Div truncates toward zero
+            return np.asarray(np.where((a < 0) != (b < 0), -q, q).astype(np.result_type(a, b)))
+        return np.asarray(np.divide(a, b))
     if op == "Neg":
-        return -a
-    if op == "Cast":              # to a float type: the same values; to bool or an integer type: C casts
+        return np.negative(a)
+    if op == "Cast":              # C casts: a float16 target rounds, an integer one truncates
         to = helper.tensor_dtype_to_np_dtype(attrs["to"])
-        return a if np.issubdtype(to, np.floating) else a.astype(to).astype(np.float64)
+        if np.dtype(to).kind not in "fiub":
+            raise UnsupportedModelError(f"{where}: a cast to {np.dtype(to)} is not supported")
+        return a.astype(to)
     if op == "Transpose":
         return np.transpose(a, attrs.get("perm"))
     if op == "Reshape":
         return a.reshape(_reshape_target(a.shape, vals[1], attrs))
     if op == "Concat":
         return np.concatenate(vals, axis=attrs["axis"])
-    if op == "Flatten":
-        ax = attrs.get("axis", 1) % max(a.ndim, 1)
-        return a.reshape(int(np.prod(a.shape[:ax])), -1)
+    if op == "Flatten":           # axis in [-rank, rank]; axis = rank gives (size, 1)
+        ax = attrs.get("axis", 1)
+        ax = ax + a.ndim if ax < 0 else ax
+        return a.reshape(int(np.prod(a.shape[:ax])), int(np.prod(a.shape[ax:])))
     raise UnsupportedModelError(f"{where}: computing {op} on constants only is not supported")

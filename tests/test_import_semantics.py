@@ -1,0 +1,170 @@
+"""The ONNX import on models built to trip it (found by an adversarial hunt): constant subgraphs folded as
+ONNX computes them (float16 casts round, integer division truncates, Flatten's last axis), models refused
+with exit 2 and a clear message instead of an internal error (training mode, non-float32 models, non-finite
+weights, a declared output shape the model does not compute), and valid patterns that once crashed or were
+refused (a graph output inside equiv's own masked-ReLU pattern, tensor names like equiv's fresh ones, a Cast
+of the weights of a dense chain, a rank-1 output).  Every bound is checked against onnxruntime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from equiv.artifacts.validate import OnnxRunner
+from equiv.cli import main
+
+N = helper.make_node
+
+
+def _save(path, nodes, inputs, outputs, inits, opset=17, check=True):
+    init = [numpy_helper.from_array(np.asarray(v, dt), n) for n, v, dt in inits]
+    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, init),
+                          opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    if check:
+        onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, str(path))
+    return path
+
+
+def _vi(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+F32, I64 = np.float32, np.int64
+
+
+def _bounds(capsys, path, box):
+    assert main(["bounds", str(path), "--box", box, "--json", "--no-progress"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _output_bounds(report) -> tuple[float, float]:
+    layer = next(L for L in report["layers"] if L["kind"] == "output")
+    return float(np.min(layer["lo"])), float(np.max(layer["hi"]))
+
+
+@pytest.mark.parametrize("case", ["float16_cast", "integer_division"])
+def test_constant_subgraphs_fold_as_onnx_computes_them(case, tmp_path, capsys):
+    """y = relu(x * k - s) at one point where onnxruntime gives y = 0 exactly: k folded in float64 instead of as
+    ONNX computes it (1.00005 cast to float16 is 1.0; int64 1000001 / 1000 is 1000) made z > 0, and equiv's
+    'sound' bounds excluded the real output."""
+    if case == "float16_cast":
+        nodes = [N("Cast", ["C"], ["c16"], to=TensorProto.FLOAT16), N("Cast", ["c16"], ["k"], to=TensorProto.FLOAT)]
+        inits = [("C", [1.00005], F32)]
+        x, s = 1000.0, 1000.02
+    else:
+        nodes = [N("Div", ["a", "b"], ["q"]), N("Cast", ["q"], ["k"], to=TensorProto.FLOAT)]
+        inits = [("a", 1000001, I64), ("b", 1000, I64)]
+        x, s = 1000.0, 1000000.5
+    nodes += [N("Mul", ["X", "k"], ["x1"]), N("Sub", ["x1", "S"], ["z"]), N("Relu", ["z"], ["h"]),
+              N("Gemm", ["h", "V"], ["Y"])]
+    path = _save(tmp_path / "m.onnx", nodes, [_vi("X", [1, 1])], [_vi("Y", [1, 1])],
+                 inits + [("S", [[s]], F32), ("V", [[1.0]], F32)])
+    real = float(OnnxRunner(str(path))(np.array([[x]]))[0, 0])
+    assert real == 0.0
+    lo, hi = _output_bounds(_bounds(capsys, path, f"{x}:{x}"))
+    assert lo <= real <= hi and hi < 1e-6
+
+
+def test_flatten_of_a_constant_on_its_last_axis(tmp_path, capsys):
+    """Flatten(C (2, 3), axis=2) is (6, 1) in ONNX (it was folded to (1, 6): the model was refused)."""
+    C = np.random.default_rng(0).normal(size=(2, 3))
+    path = _save(tmp_path / "m.onnx", [N("Flatten", ["C"], ["cf"], axis=2), N("MatMul", ["X", "cf"], ["z"]),
+                                       N("Relu", ["z"], ["Y"])], [_vi("X", [1, 6])], [_vi("Y", [1, 1])], [("C", C, F32)])
+    rng = np.random.default_rng(1)
+    X = rng.uniform(-1, 1, (500, 6))
+    lo, hi = _output_bounds(_bounds(capsys, path, ",".join(["-1:1"] * 6)))
+    Y = OnnxRunner(str(path))(X)
+    assert lo <= Y.min() and Y.max() <= hi
+
+
+def _conv_model(path, extra_nodes, extra_inits, opset=13):
+    rng = np.random.default_rng(0)
+    nodes = [N("Conv", ["X", "W"], ["z"]), *extra_nodes, N("Relu", ["d"], ["h"]), N("Flatten", ["h"], ["f"]),
+             N("Gemm", ["f", "V"], ["Y"])]
+    return _save(path, nodes, [_vi("X", [1, 1, 3, 3])], [_vi("Y", [1, 2])],
+                 [("W", rng.normal(size=(2, 1, 2, 2)), F32), ("V", rng.normal(size=(8, 2)), F32), *extra_inits],
+                 opset=opset)
+
+
+BOX9 = ",".join(["-1:1"] * 9)
+
+
+def _refused(capsys, path, phrase):
+    assert main(["bounds", str(path), "--box", BOX9 if "conv" in path.name else "-1:1,-1:1,-1:1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "internal error" not in err, err
+
+
+def test_training_mode_is_refused(tmp_path, capsys):
+    """Dropout with a constant true training_mode and BatchNormalization with training_mode=1 compute training
+    behaviour in onnxruntime: refused (exit 2), not read as inference ops (the import check then failed, exit 4)."""
+    drop = _conv_model(tmp_path / "conv_drop.onnx", [N("Dropout", ["z", "ratio", "train"], ["d"])],
+                       [("ratio", 0.5, F32), ("train", True, np.bool_)])
+    _refused(capsys, drop, "training mode")
+    bn = [N("BatchNormalization", ["z", "sc", "bb", "mu", "var"], ["d", "rm", "rv"], training_mode=1)]
+    stats = [(n, v, F32) for n, v in (("sc", [1, 1]), ("bb", [0, 0]), ("mu", [0, 0]), ("var", [1, 1]))]
+    _refused(capsys, _conv_model(tmp_path / "conv_bn.onnx", bn, stats, opset=15), "training mode")
+
+
+def _dense(path, W=None, dtype=TensorProto.FLOAT, out_shape=(1, 2), check=True):
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(3, 4)) if W is None else W
+    npdt = {TensorProto.FLOAT: F32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}[dtype]
+    return _save(path, [N("MatMul", ["X", "W"], ["z"]), N("Relu", ["z"], ["h"]), N("MatMul", ["h", "V"], ["Y"])],
+                 [_vi("X", [1, 3], dtype)], [_vi("Y", list(out_shape), dtype)],
+                 [("W", W, npdt), ("V", rng.normal(size=(4, 2)), npdt)], check=check)
+
+
+def test_models_equiv_cannot_read_are_refused_with_the_reason(tmp_path, capsys):
+    W = np.random.default_rng(0).normal(size=(3, 4))
+    W[1, 2] = np.nan
+    _refused(capsys, _dense(tmp_path / "nan.onnx", W), "NaN or infinite")
+    _refused(capsys, _dense(tmp_path / "f16.onnx", dtype=TensorProto.FLOAT16), "is float16: equiv reads float32")
+    _refused(capsys, _dense(tmp_path / "f64.onnx", dtype=TensorProto.DOUBLE), "is double: equiv reads float32")
+    # onnx.checker and onnxruntime accept a declared output shape the model does not compute (a warning)
+    _refused(capsys, _dense(tmp_path / "shape.onnx", out_shape=(1, 5), check=False), "declared with shape (1, 5)")
+
+
+def test_valid_patterns_that_once_failed(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    # a graph output inside the masked-ReLU pattern equiv writes, Relu(z * m) + z * a: the linear term stays
+    both = _save(tmp_path / "both.onnx", [N("MatMul", ["X", "W"], ["z"]), N("Mul", ["z", "M"], ["zm"]),
+                                          N("Relu", ["zm"], ["r"]), N("Mul", ["z", "A"], ["za"]),
+                                          N("Add", ["r", "za"], ["Y"])],
+                 [_vi("X", [1, 3])], [_vi("Y", [1, 4]), _vi("za", [1, 4])],
+                 [("W", rng.normal(size=(3, 4)), F32), ("M", [1, 0, 1, 0], F32), ("A", [0, 1, 0, 0], F32)])
+    # a tensor named like equiv's fresh names, next to a MaxPool (whose lowering makes fresh nodes)
+    named = _save(tmp_path / "named.onnx", [N("Conv", ["X", "W"], ["a"]), N("Relu", ["a"], ["equiv/1"]),
+                                            N("MaxPool", ["equiv/1"], ["p"], kernel_shape=[2, 2], strides=[1, 1]),
+                                            N("Flatten", ["p"], ["f"]), N("Gemm", ["f", "V"], ["Y"])],
+                  [_vi("X", [1, 1, 3, 3])], [_vi("Y", [1, 2])],
+                  [("W", rng.normal(size=(2, 1, 2, 2)), F32), ("V", rng.normal(size=(2, 2)), F32)])
+    # a dense chain whose weights are a Cast of float16 constants (the chain importer does not fold: the graph
+    # pipeline takes it)
+    cast = _save(tmp_path / "cast.onnx", [N("Cast", ["W16"], ["W"], to=TensorProto.FLOAT),
+                                          N("MatMul", ["X", "W"], ["z"]), N("Relu", ["z"], ["h"]),
+                                          N("MatMul", ["h", "V"], ["Y"])], [_vi("X", [1, 3])], [_vi("Y", [1, 2])],
+                 [("W16", rng.normal(size=(3, 4)), np.float16), ("V", rng.normal(size=(4, 2)), F32)])
+    # a rank-1 input and output (no batch axis): the written model computes the declared shape (3,)
+    rank1 = _save(tmp_path / "rank1.onnx", [N("MatMul", ["X", "W"], ["z"]), N("Relu", ["z"], ["h"]),
+                                            N("MatMul", ["h", "V"], ["Y"])], [_vi("X", [4])], [_vi("Y", [3])],
+                  [("W", rng.normal(size=(4, 5)), F32), ("V", rng.normal(size=(5, 3)), F32)])
+    for path, box in ((both, "-1:1,-1:1,-1:1"), (named, BOX9), (cast, "-1:1,-1:1,-1:1"), (rank1, "-1:1,-1:1,-1:1,-1:1")):
+        out = tmp_path / f"{path.stem}_s.onnx"
+        assert main(["simplify", str(path), "--box", box, "-o", str(out), "--json", "--no-progress"]) == 0, path.name
+        r = json.loads(capsys.readouterr().out)
+        assert r["validation"]["max_abs_diff"] <= 1e-4
+        n = len(box.split(","))
+        X = np.random.default_rng(2).uniform(-1, 1, (200, n))
+        a, b = OnnxRunner(str(path)), OnnxRunner(str(out))
+        assert np.abs(a(X) - b(X)).max() <= 1e-4, path.name
+    import onnxruntime as ort
+    y = ort.InferenceSession(str(tmp_path / "rank1_s.onnx")).run(None, {"X": np.zeros(4, np.float32)})[0]
+    assert y.shape == (3,)
