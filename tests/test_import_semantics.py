@@ -168,3 +168,56 @@ def test_valid_patterns_that_once_failed(tmp_path, capsys):
     import onnxruntime as ort
     y = ort.InferenceSession(str(tmp_path / "rank1_s.onnx")).run(None, {"X": np.zeros(4, np.float32)})[0]
     assert y.shape == (3,)
+
+
+@pytest.mark.parametrize("case", ["constant_in_the_model", "branch_dead_on_the_region"])
+def test_a_concat_with_a_constant_runs_on_any_batch(case, tmp_path, capsys):
+    """A Concat of a computed tensor and a (1, k) constant (in the model, or a ReLU branch proved dead, hence 0)
+    does not broadcast over a batch in ONNX: it is written as a Pad holding the constants, so the written model
+    runs on 7 inputs at once like the original, and `check` still proves it by its record."""
+    rng = np.random.default_rng(0)
+    if case == "constant_in_the_model":
+        nodes = [N("Gemm", ["X", "W", "b"], ["z"]), N("Relu", ["z"], ["h"]), N("Concat", ["h", "K"], ["c"], axis=1),
+                 N("Gemm", ["c", "V"], ["Y"])]
+        inits = [("W", rng.normal(size=(3, 4)), F32), ("b", rng.normal(size=4), F32), ("K", [[0.5, -0.5]], F32),
+                 ("V", rng.normal(size=(6, 2)), F32)]
+        x_shape = [1, 3]
+    else:
+        nodes = [N("Gemm", ["X", "W1", "b1"], ["z1"]), N("Relu", ["z1"], ["h1"]), N("Gemm", ["X", "W2", "b2"], ["z2"]),
+                 N("Relu", ["z2"], ["h2"]), N("Concat", ["h2", "h1"], ["c"], axis=1), N("Gemm", ["c", "V"], ["Y"])]
+        inits = [("W1", rng.normal(size=(3, 2)), F32), ("b1", [-100.0, -100.0], F32), ("W2", rng.normal(size=(3, 4)), F32),
+                 ("b2", rng.normal(size=4), F32), ("V", rng.normal(size=(6, 2)), F32)]
+        x_shape = ["N", 3]
+    path, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    _save(path, nodes, [_vi("X", x_shape)], [_vi("Y", [x_shape[0], 2])], inits)
+    assert main(["simplify", str(path), "--box", "-1:1,-1:1,-1:1", "-o", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    X = np.random.default_rng(1).uniform(-1, 1, (7, 3))
+    a = OnnxRunner(str(path))(X) if case != "constant_in_the_model" else np.vstack(
+        [OnnxRunner(str(path))(X[i:i + 1]) for i in range(7)])          # (that original runs one input at a time)
+    import onnxruntime as ort
+    b = ort.InferenceSession(str(out)).run(None, {"X": X.astype(np.float32)})[0]
+    assert b.shape == (7, 2) and np.abs(a - b).max() <= 1e-5
+    assert main(["check", str(path), str(out), "--box", "-1:1,-1:1,-1:1", "--epsilon", "1e-4", "--json",
+                 "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {p["method"] for p in r["pieces"]} == {"carried"}
+
+
+def test_products_by_vectors_read_back_as_written(tmp_path, capsys):
+    """x (1, 3, 4) @ w (4,) and L (3,) @ x: the vector products imported as the ops their written form (a MatMul by
+    the promoted 2-D constant) reads back as, so `check` proves equiv's own output by its record (it was unknown:
+    the record could not match)."""
+    rng = np.random.default_rng(0)
+    nodes = [N("Reshape", ["X", "s"], ["x3"]), N("MatMul", ["x3", "w"], ["z"]), N("Relu", ["z"], ["h"]),
+             N("MatMul", ["L", "x3"], ["q"]), N("Relu", ["q"], ["hq"]), N("Concat", ["h", "hq"], ["c"], axis=1),
+             N("Gemm", ["c", "V2"], ["Y"])]
+    path, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    _save(path, nodes, [_vi("X", [1, 12])], [_vi("Y", [1, 2])],
+          [("w", rng.normal(size=(4,)), F32), ("L", rng.normal(size=(3,)), F32), ("V2", rng.normal(size=(7, 2)), F32),
+           ("s", [1, 3, 4], I64)])
+    box = ",".join(["-1:1"] * 12)
+    assert main(["simplify", str(path), "--box", box, "-o", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(path), str(out), "--box", box, "--epsilon", "1e-4", "--json", "--no-progress"]) == 0
+    assert {p["method"] for p in json.loads(capsys.readouterr().out)["pieces"]} == {"carried"}

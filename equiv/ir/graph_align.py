@@ -32,8 +32,8 @@ def is_identity(op) -> bool:
 
 
 def normalised(g: Graph) -> Graph:
-    """g without identity nodes (outputs kept), and each Shift folded into the bias-free Dense or Conv that
-    only it reads (how a dense layer with a bias reads back)."""
+    """g without identity nodes (outputs kept), and each Shift folded into the bias-free Dense, Conv or Pad that
+    only it reads (how a dense layer with a bias reads back, and a Pad holding a Concat's constants)."""
     alias, nodes = {}, {}
     users = {n: len(list(g.dag.successors(n))) for n in g.order}
     for n in g.order:
@@ -44,7 +44,8 @@ def normalised(g: Graph) -> Graph:
         if isinstance(op, ops.Shift) and len(args) == 1 and op.bias is not None and args[0] in nodes:
             x = args[0]
             xop, xargs = nodes[x]
-            if isinstance(xop, (ops.Dense, ops.Conv)) and xop.bias is None and users[x] == 1 and x not in g.outputs:
+            if isinstance(xop, (ops.Dense, ops.Conv, ops.Pad)) and xop.bias is None and users[x] == 1 \
+                    and x not in g.outputs:
                 del nodes[x]
                 op = dataclasses.replace(xop, bias=np.broadcast_to(np.asarray(op.bias, np.float64), op.shape).copy())
                 args = xargs

@@ -83,7 +83,10 @@ def _write(w: _Writer, g: Graph, name: str, out: str, args: list[str]) -> None:
         w.node("Transpose", args, out, perm=list(op.perm))
     elif isinstance(op, ops.Pad):
         pads = [p for p, _ in op.pads] + [q for _, q in op.pads]
-        w.node("Pad", [args[0], w.const(pads, np.int64), w.const(op.value)], out, mode="constant")
+        if op.bias is None or np.array_equal(np.broadcast_to(op.bias, op.shape), _pad_value_bias(op)):
+            w.node("Pad", [args[0], w.const(pads, np.int64), w.const(op.value)], out, mode="constant")
+        else:       # a bias beyond the pad value (constants a Concat held, `fold_rules.concat_constants`)
+            _with_bias(w, "Pad", [args[0], w.const(pads, np.int64), w.const(0.0)], op, out)
     elif isinstance(op, ops.Add):
         sa, sb = op.signs
         if sa == 1.0 and sb == 1.0:
@@ -96,6 +99,13 @@ def _write(w: _Writer, g: Graph, name: str, out: str, args: list[str]) -> None:
         w.node("Concat", args, out, axis=op.axis)
     else:  # pragma: no cover - every op class has a writer
         raise TypeError(f"no ONNX writer for {type(op).__name__}")
+
+
+def _pad_value_bias(op: ops.Pad) -> np.ndarray:
+    """The bias a Pad with constant `value` has (as imported): the value at the padded positions, 0 inside."""
+    out = np.full(op.shape, float(op.value))
+    out[tuple(slice(b, n - e) for (b, e), n in zip(op.pads, op.shape))] = 0.0
+    return out
 
 
 def _masked_relu(w: _Writer, op: ops.MaskedRelu, x: str, out: str) -> None:

@@ -149,8 +149,15 @@ def _matmul(b: _Builder, node, attrs, where):
         x2 = _reshape_like(b, x, (s[0], 1) if left else (1, s[0]), None)
     s2 = b.shapes[x2]
     shape2 = np.matmul(np.empty(W2.shape), np.empty(s2)).shape if left else np.matmul(np.empty(s2), np.empty(W2.shape)).shape
-    y = b.add(ops.MatMulConst(tuple(shape2), W=W2, left=left, in_shape=s2), [x2],
-              node.output[0] if tuple(shape2) == tuple(out) else None)
+    name = node.output[0] if tuple(shape2) == tuple(out) else None
+    # the promoted product as the op its written form (a MatMul by the 2-D constant) reads back as, so that a
+    # record of equiv's own output matches it
+    if left and W2.ndim == 2 and len(s2) >= 2 and s2[-2] == W2.shape[1]:
+        y = _left(b, W2, x2, name, where)
+    elif not left and W2.ndim == 2 and s2[-1] == W2.shape[0]:
+        y = _dense(b, x2, W2, None, name, where)
+    else:
+        y = b.add(ops.MatMulConst(tuple(shape2), W=W2, left=left, in_shape=s2), [x2], name)
     if tuple(shape2) != tuple(out):
         _reshape_like(b, y, out, node.output[0])
 

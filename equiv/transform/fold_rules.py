@@ -96,6 +96,28 @@ def constants(rw: Rewriter, n: str) -> bool:
     return False
 
 
+def concat_constants(rw: Rewriter, n: str) -> bool:
+    """Concat(x, C...) of one computed tensor and constants (a branch proved dead on the region is a constant 0)
+    becomes a Pad of x with the constants as its bias: the same values, and it runs on any batch (a (1, k)
+    constant in a Concat does not broadcast over the batch axis in ONNX)."""
+    op, args = rw.op(n), rw.args(n)
+    if not isinstance(op, ops.Concat) or op.bias is not None or op.axis == 0:
+        return False
+    computed = [k for k, a in enumerate(args) if rw.op(a).kind != "const"]
+    if len(computed) != 1 or len(args) < 2:
+        return False
+    k = computed[0]
+    widths = [s[op.axis] for s in op.in_shapes]
+    before, after = sum(widths[:k]), sum(widths[k + 1:])
+    x_shape = tuple(op.in_shapes[k])
+    parts = [np.zeros(x_shape) if j == k else np.broadcast_to(np.asarray(rw.op(a).value, np.float64), tuple(s))
+             for j, (a, s) in enumerate(zip(args, op.in_shapes))]
+    bias = np.concatenate(parts, axis=op.axis)
+    pads = tuple((before, after) if ax == op.axis else (0, 0) for ax in range(len(x_shape)))
+    rw.set(n, ops.Pad(op.shape, pads=pads, value=0.0, bias=bias if np.any(bias) else None), [args[k]])
+    return True
+
+
 def identities(rw: Rewriter, n: str) -> bool:
     """x + 0, x * 1, a reshape to the same shape, an identity transpose, and unread nodes go."""
     op, args = rw.op(n), rw.args(n)
@@ -285,5 +307,5 @@ def _plus_identity(L, sa: float, sb: float, in_shape: tuple, shape: tuple):
     return None
 
 
-RULES = [(f.__name__, f) for f in (identities, masked_relu, constants, affine_into_producer, affine_into_consumer,
+RULES = [(f.__name__, f) for f in (identities, masked_relu, constants, concat_constants, affine_into_producer, affine_into_consumer,
                                    dense_dense, conv_conv, residual)]
