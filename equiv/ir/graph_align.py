@@ -69,6 +69,18 @@ def _as(ref_op, got_op):
     return got_op if type(got_op) is type(ref_op) else None
 
 
+def _scale_then_shift(got: Graph, users: dict, rop, gop, x: str) -> str | None:
+    """The Shift that alone reads bias-free Scale x, when ref's op is a Scale with a bias (how an elementwise
+    x * s + t per position reads back), else None."""
+    if not (isinstance(rop, ops.Scale) and np.any(rop.bias) and isinstance(gop, ops.Scale) and gop.bias is None
+            and len(users[x]) == 1 and x not in got.outputs):
+        return None
+    y = users[x][0]
+    yop = got.op(y)
+    ok = isinstance(yop, ops.Shift) and yop.bias is not None and tuple(yop.shape) == tuple(gop.shape)
+    return y if ok else None
+
+
 def align_to(ref: Graph, got: Graph) -> Graph:
     """got with ref's tensor names and DAG, each node computed by got's own op (identities that got lost in
     writing are put back as ref's); StructureError when got is not ref written and read back."""
@@ -87,6 +99,10 @@ def align_to(ref: Graph, got: Graph) -> Graph:
         gargs = [where[a] for a in ref.args(n)]
         pick = None
         pool = users[gargs[0]] if gargs else [x for x in got.order if not got.args(x)]
+        # the node equiv wrote for n (`graph_to_onnx` names it t_<n>) first: two nodes of one type and shape on
+        # the same arguments (two dense layers of the input) are told apart by it.  (Any consistent pairing
+        # is sound: every node keeps the file's own op, so the result computes what the file computes.)
+        pool = sorted(pool, key=lambda x: x not in (f"t_{n}", n))
         for x in pool:
             if x in used:
                 continue
@@ -96,6 +112,12 @@ def align_to(ref: Graph, got: Graph) -> Graph:
                 if not (isinstance(gop, ops.Add) and len(gargs) == 2 and got.args(x) == gargs[::-1]):
                     continue
                 gop = dataclasses.replace(gop, signs=tuple(gop.signs[::-1]), in_shapes=list(gop.in_shapes[::-1]))
+            shift = _scale_then_shift(got, users, rop, gop, x)
+            if shift is not None:           # x * s + t written as Mul then Add: one Scale with a bias again
+                pick = (shift, dataclasses.replace(gop, bias=np.broadcast_to(
+                    np.asarray(got.op(shift).bias, np.float64), gop.shape).copy()))
+                used.add(x)
+                break
             op = _as(rop, gop)
             if op is not None:
                 pick = (x, op)
