@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 # (network, spec, --milp-budget or None, windowed mode or "lp" (method lp, as `simplify --method lp` runs it:
-# LP layers of >= 1500 rows on DagAdmm), branch and bound first)
+# LP layers of >= 1500 rows on DagAdmm), branch and bound first).  The "<= 60 s" rows take a 55 s
+# budget: it counts solver time only, and the pre-pass and bookkeeping around it took the runs to 60.2-60.4 s
 CASES = [("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "auto", True),
          ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", 20.0, "auto", True),
-         ("mnist-net_256x4.onnx", "prop_7_0.05.vnnlib", 60.0, "auto", True),
-         ("mnist-net_256x6.onnx", "prop_0_0.03.vnnlib", 60.0, "auto", True),
+         ("mnist-net_256x4.onnx", "prop_7_0.05.vnnlib", 55.0, "auto", True),
+         ("mnist-net_256x6.onnx", "prop_0_0.03.vnnlib", 55.0, "auto", True),
          ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "auto", False),
          ("mnist-net_256x4.onnx", "prop_0_0.03.vnnlib", None, "off", True),
          ("mnist-net_256x6.onnx", "prop_0_0.03.vnnlib", None, "lp", True)]
