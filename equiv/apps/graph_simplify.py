@@ -52,7 +52,7 @@ def takes_chain_pipeline(g: Graph, path) -> bool:
     from ..errors import UnsupportedModelError
     from ..ir.chain_io import load_onnx
     try:
-        load_onnx(path)
+        load_onnx(path, check=False)      # (the pipeline reads it again, with the onnxruntime check)
         return True
     except UnsupportedModelError:
         return False
