@@ -101,19 +101,19 @@ def concat_constants(rw: Rewriter, n: str) -> bool:
     becomes a Pad of x with the constants as its bias: the same values, and it runs on any batch (a (1, k)
     constant in a Concat does not broadcast over the batch axis in ONNX)."""
     op, args = rw.op(n), rw.args(n)
-    if not isinstance(op, ops.Concat) or op.bias is not None or op.axis == 0:
+    if not isinstance(op, ops.Concat) or op.bias is not None or op.axis % len(op.shape) == 0:
         return False
     computed = [k for k, a in enumerate(args) if rw.op(a).kind != "const"]
     if len(computed) != 1 or len(args) < 2:
         return False
-    k = computed[0]
-    widths = [s[op.axis] for s in op.in_shapes]
+    k, axis = computed[0], op.axis % len(op.shape)
+    widths = [s[axis] for s in op.in_shapes]
     before, after = sum(widths[:k]), sum(widths[k + 1:])
     x_shape = tuple(op.in_shapes[k])
     parts = [np.zeros(x_shape) if j == k else np.broadcast_to(np.asarray(rw.op(a).value, np.float64), tuple(s))
              for j, (a, s) in enumerate(zip(args, op.in_shapes))]
-    bias = np.concatenate(parts, axis=op.axis)
-    pads = tuple((before, after) if ax == op.axis else (0, 0) for ax in range(len(x_shape)))
+    bias = np.concatenate(parts, axis=axis)
+    pads = tuple((before, after) if ax == axis else (0, 0) for ax in range(len(x_shape)))
     rw.set(n, ops.Pad(op.shape, pads=pads, value=0.0, bias=bias if np.any(bias) else None), [args[k]])
     return True
 
@@ -307,5 +307,5 @@ def _plus_identity(L, sa: float, sb: float, in_shape: tuple, shape: tuple):
     return None
 
 
-RULES = [(f.__name__, f) for f in (identities, masked_relu, constants, concat_constants, affine_into_producer, affine_into_consumer,
-                                   dense_dense, conv_conv, residual)]
+RULES = [(f.__name__, f) for f in (identities, masked_relu, constants, concat_constants, affine_into_producer,
+                                   affine_into_consumer, dense_dense, conv_conv, residual)]
