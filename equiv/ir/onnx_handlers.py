@@ -139,7 +139,7 @@ def _matmul(b: _Builder, node, attrs, where):
     if left and W.ndim == 2 and len(s) >= 2 and s[-2] == W.shape[1]:
         return _left(b, W, x, node.output[0], where)
     try:
-        out = np.matmul(np.empty(W.shape), np.empty(s)).shape if left else np.matmul(np.empty(s), np.empty(W.shape)).shape
+        out = np.matmul(np.zeros(W.shape), np.zeros(s)).shape if left else np.matmul(np.zeros(s), np.zeros(W.shape)).shape
     except ValueError:
         raise UnsupportedModelError(f"{where}: shapes {s} and {W.shape} do not multiply") from None
     # 1-D operands: numpy/ONNX promote them to matrices and drop the added axis afterwards
@@ -148,7 +148,7 @@ def _matmul(b: _Builder, node, attrs, where):
     if len(s) == 1:
         x2 = _reshape_like(b, x, (s[0], 1) if left else (1, s[0]), None)
     s2 = b.shapes[x2]
-    shape2 = np.matmul(np.empty(W2.shape), np.empty(s2)).shape if left else np.matmul(np.empty(s2), np.empty(W2.shape)).shape
+    shape2 = np.matmul(np.zeros(W2.shape), np.zeros(s2)).shape if left else np.matmul(np.zeros(s2), np.zeros(W2.shape)).shape
     name = node.output[0] if tuple(shape2) == tuple(out) else None
     # the promoted product as the op its written form (a MatMul by the 2-D constant) reads back as, so that a
     # record of equiv's own output matches it
