@@ -152,9 +152,10 @@ class _Phases:
     active: dict
 
 
-def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box], opt, run_a, run_b):
+def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box], opt, run_a, run_b,
+                        then: str = "searched from scratch"):
     """`check` of two graphs when one says it is equiv's simplification of the other: (result, notes), the
-    result None when the record decided nothing (the notes say why; the caller searches)."""
+    result None when the record decided nothing (the notes say why, and `then` what the caller does next)."""
     from . import falsify
     from .equivalence import CheckResult, Piece, eps_vector, piece_counts
     from .equivalence.result import GRAPH_KINDS
@@ -214,9 +215,9 @@ def carried_graph_check(model_a, model_b, ga: Graph, gb: Graph, boxes: list[Box]
                                 "pieces": piece_counts(pieces, GRAPH_KINDS)},
                                notes, [float(v) for v in cc.per_output]), notes
         notes.append(f"{which} carries its reduction's phases, but a point differs "
-                     f"({'by more than epsilon' if opt.norm == 'linf' else 'in its top-1 class'}): searched from scratch")
+                     f"({'by more than epsilon' if opt.norm == 'linf' else 'in its top-1 class'}): {then}")
         return None, notes
-    notes.append(f"{which} carries its reduction's phases, but {why_not}: searched from scratch")
+    notes.append(f"{which} carries its reduction's phases, but {why_not}: {then}")
     return None, notes
 
 
@@ -230,11 +231,9 @@ def certify_graph_model(original_path, original: Graph, written: onnx.ModelProto
     from .equivalence import CheckOptions, CheckResult
     opt = CheckOptions(norm="linf", epsilon=tolerance, backend=backend, time_limit=time_limit, seed=seed)
     res, notes = carried_graph_check(original_path, written, original, None, [box], opt, OnnxRunner(str(original_path)),
-                                     OnnxRunner(written))
+                                     OnnxRunner(written), then="not certified (the record alone is used; `equiv check` "
+                                                               "searches)")
     if res is None:
-        # (carried_graph_check's notes are written for `check`, which then searches; here nothing does)
-        notes = [n.replace(": searched from scratch", "") for n in notes]
-        notes.append("certified by the record alone, with no search from scratch (`equiv check` searches)")
         res = CheckResult("unknown", "linf", [float(tolerance)] * original.n_outputs, float("inf"), 0.0, None, backend,
                           0.0, [], {"pipeline": "graph"}, notes)
     return res

@@ -53,18 +53,21 @@ def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float =
     (epsilon = the slicing tolerance), by the record of its phases first when it has one; returns one summary
     per slice."""
     reference = OnnxRunner(str(fam.model_path))
-    out = []
+    # the file's float32 weights, as written (the proof is about the file, not the float64 network)
+    return certify_each(fam, lambda p, model: _certify_slice(
+        fam.original, network_from_onnx(model), p.box, reference, OnnxRunner(model), fam.slice_options.tolerance,
+        backend, time_limit, carried=_record_of(model, fam.model_sha256)), progress)
+
+
+def certify_each(fam: SliceFamily, certify, progress: bool) -> list:
+    """`certify(slice, model)` (a CheckResult) for every slice, with a progress bar; the certificate summaries,
+    also kept in fam.certificates."""
     pieces = list(zip(fam.slices, fam.models))
     if progress:
         from tqdm import tqdm
         pieces = tqdm(pieces, desc="certifying slices", unit="slice", leave=False)
-    for p, model in pieces:
-        # the file's float32 weights, as written (the proof is about the file, not the float64 network)
-        r = _certify_slice(fam.original, network_from_onnx(model), p.box, reference, OnnxRunner(model),
-                           fam.slice_options.tolerance, backend, time_limit, carried=_record_of(model, fam.model_sha256))
-        out.append(certificate_entry(r, fam.slice_options.tolerance))
-    fam.certificates = out
-    return out
+    fam.certificates = [certificate_entry(certify(p, model), fam.slice_options.tolerance) for p, model in pieces]
+    return fam.certificates
 
 
 def certificate_entry(r, epsilon: float) -> dict:

@@ -28,7 +28,7 @@ from ...artifacts.validate import OnnxRunner
 from ...prove.graph_carried import attach_graph_claims, certify_graph_model
 from ..graph_simplify import graph_phases, reduce_graph, validate_graph_model
 from ..simplify import sha256_of
-from .family import SliceFamily, _stop_notes, certificate_entry, check_dispatcher, export_leaves, tolerance_summary
+from .family import SliceFamily, _stop_notes, certify_each, check_dispatcher, export_leaves, tolerance_summary
 from .tree import Piece, SliceOptions, grow_tree, splittable_dims, widest_dim
 
 GRAPH_STRATEGIES = ("gradient", "width")
@@ -152,13 +152,6 @@ def certify_graph_family(fam: SliceFamily, backend: str = "highs", time_limit: f
     """`slice --certify` on a graph: each slice proved equal to the original on its box by its record (the phases
     re-proved there, the reduction rebuilt, its float32 rounding bounded; `graph_carried.certify_graph_model`),
     epsilon = the slicing tolerance; one certificate summary per slice."""
-    pieces = list(zip(fam.slices, fam.models))
-    if progress:
-        from tqdm import tqdm
-        pieces = tqdm(pieces, desc="certifying slices", unit="slice", leave=False)
-    out = [certificate_entry(certify_graph_model(fam.model_path, fam.original, model, p.box, fam.slice_options.tolerance,
-                                                 backend=backend, time_limit=time_limit,
-                                                 seed=fam.options.seed), fam.slice_options.tolerance)
-           for p, model in pieces]
-    fam.certificates = out
-    return out
+    return certify_each(fam, lambda p, model: certify_graph_model(
+        fam.model_path, fam.original, model, p.box, fam.slice_options.tolerance, backend=backend,
+        time_limit=time_limit, seed=fam.options.seed), progress)

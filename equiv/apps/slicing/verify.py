@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from ...errors import EquivError, InputFileError, RegionError
+from ...ir.chain_io import load_onnx, network_from_onnx
+from ...ir.onnx_import import read_onnx_file
 from ...spec.region import Box
 from ..simplify import sha256_of
 from ...artifacts.validate import OnnxRunner, compare_on_points
@@ -119,7 +120,6 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
         from ...prove.graph_carried import certify_graph_model
         original = load_graph(model_path)
     else:
-        from ...ir.chain_io import load_onnx
         original = load_onnx(model_path)
     sha = sha256_of(model_path)
     problems, proved, worst = [], 0, 0.0
@@ -127,22 +127,18 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
         if i not in files:
             problems.append(f"slice {i}: no file to certify")
             continue
+        try:
+            written = read_onnx_file(files[i])          # (read once: the network and its record)
+            net = None if graph else network_from_onnx(written)
+        except EquivError as exc:
+            problems.append(f"slice {i}: cannot be read for certification ({exc})")
+            continue
         if graph:
-            try:
-                written = onnx.load(str(files[i]), load_external_data=False)
-            except Exception as exc:        # (onnx raises DecodeError and others on a damaged file)
-                problems.append(f"slice {i}: cannot be read for certification ({exc})")
-                continue
             r = certify_graph_model(model_path, original, written, Box(lo[i], hi[i]), tol, backend=backend,
                                     time_limit=time_limit)
         else:
-            try:
-                net = load_onnx(files[i])
-            except EquivError as exc:
-                problems.append(f"slice {i}: cannot be read for certification ({exc})")
-                continue
-            r = _certify_slice(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(str(files[i])), tol, backend,
-                               time_limit, carried=_record_of(onnx.load(str(files[i]), load_external_data=False), sha))
+            r = _certify_slice(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(written), tol, backend,
+                               time_limit, carried=_record_of(written, sha))
         if r.verdict == "equivalent":
             proved += 1
             worst = max(worst, r.max_diff_upper)
