@@ -170,7 +170,8 @@ def test_valid_patterns_that_once_failed(tmp_path, capsys):
     assert y.shape == (3,)
 
 
-@pytest.mark.parametrize("case", ["constant_in_the_model", "branch_dead_on_the_region"])
+@pytest.mark.parametrize("case", ["constant_in_the_model", "branch_dead_on_the_region",
+                                  "dead_branch_between_two_live_ones"])
 def test_a_concat_with_a_constant_runs_on_any_batch(case, tmp_path, capsys):
     """A Concat of a computed tensor and a (1, k) constant (in the model, or a ReLU branch proved dead, hence 0)
     does not broadcast over a batch in ONNX: it is written as a Pad holding the constants, so the written model
@@ -182,6 +183,14 @@ def test_a_concat_with_a_constant_runs_on_any_batch(case, tmp_path, capsys):
         inits = [("W", rng.normal(size=(3, 4)), F32), ("b", rng.normal(size=4), F32), ("K", [[0.5, -0.5]], F32),
                  ("V", rng.normal(size=(6, 2)), F32)]
         x_shape = [1, 3]
+    elif case == "dead_branch_between_two_live_ones":
+        nodes = [N("Gemm", ["X", "W1", "b1"], ["z1"]), N("Relu", ["z1"], ["h1"]), N("Gemm", ["X", "W2", "b2"], ["z2"]),
+                 N("Relu", ["z2"], ["h2"]), N("Gemm", ["X", "W3", "b3"], ["z3"]), N("Relu", ["z3"], ["h3"]),
+                 N("Concat", ["h2", "h1", "h3", "h1"], ["c"], axis=1), N("Gemm", ["c", "V"], ["Y"])]
+        inits = [("W1", rng.normal(size=(3, 2)), F32), ("b1", [-100.0, -100.0], F32), ("W2", rng.normal(size=(3, 4)), F32),
+                 ("b2", rng.normal(size=4), F32), ("W3", rng.normal(size=(3, 3)), F32), ("b3", rng.normal(size=3), F32),
+                 ("V", rng.normal(size=(11, 2)), F32)]
+        x_shape = ["N", 3]
     else:
         nodes = [N("Gemm", ["X", "W1", "b1"], ["z1"]), N("Relu", ["z1"], ["h1"]), N("Gemm", ["X", "W2", "b2"], ["z2"]),
                  N("Relu", ["z2"], ["h2"]), N("Concat", ["h2", "h1"], ["c"], axis=1), N("Gemm", ["c", "V"], ["Y"])]

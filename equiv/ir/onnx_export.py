@@ -96,7 +96,10 @@ def _write(w: _Writer, g: Graph, name: str, out: str, args: list[str]) -> None:
         else:
             w.node("Sub", [args[1], args[0]], out)
     elif isinstance(op, ops.Concat):
-        w.node("Concat", args, out, axis=op.axis)
+        if op.bias is None or not np.any(op.bias):
+            w.node("Concat", args, out, axis=op.axis)
+        else:
+            w.node("Add", [w.node("Concat", args, axis=op.axis), w.const(op.bias)], out)
     else:  # pragma: no cover - every op class has a writer
         raise TypeError(f"no ONNX writer for {type(op).__name__}")
 

@@ -38,6 +38,20 @@ class Rewriter:
     def set(self, n: str, op, args: list | None = None) -> None:
         self.nodes[n] = [op, list(self.args(n) if args is None else args)]
 
+    def insert(self, before: str, base: str, op, args: list) -> str:
+        """Add a node computing op(args), placed just before node `before` in the order; returns its new name
+        (`base` and a number, unused by any node, removed node or ONNX name of the model)."""
+        taken = set(self.nodes) | set(self.removed) | set(self.meta.get("onnx_names", {}).values())
+        taken |= {f"t_{n}" for n in taken} | set(self.meta.get("input_names", ())) | set(self.meta.get("output_names", ()))
+        k = 1
+        while f"{base}{k}" in taken or f"t_{base}{k}" in taken:
+            k += 1
+        name = f"{base}{k}"
+        items = list(self.nodes.items())
+        items.insert(list(self.nodes).index(before), (name, [op, list(args)]))
+        self.nodes = dict(items)
+        return name
+
     def drop(self, n: str, rule: str) -> None:
         del self.nodes[n]
         self.removed[n] = rule

@@ -97,24 +97,39 @@ def constants(rw: Rewriter, n: str) -> bool:
 
 
 def concat_constants(rw: Rewriter, n: str) -> bool:
-    """Concat(x, C...) of one computed tensor and constants (a branch proved dead on the region is a constant 0)
-    becomes a Pad of x with the constants as its bias: the same values, and it runs on any batch (a (1, k)
-    constant in a Concat does not broadcast over the batch axis in ONNX)."""
+    """A Concat of computed tensors and constants (a branch proved dead on the region is a constant 0): each run
+    of constants becomes the padding of the computed tensor after it (trailing ones: before it), a Pad with the
+    constants as its bias. The same values, and it runs on any batch (a (1, k) constant in a Concat does not
+    broadcast over the batch axis in ONNX). With one computed tensor the Concat itself becomes the Pad."""
     op, args = rw.op(n), rw.args(n)
     if not isinstance(op, ops.Concat) or op.bias is not None or op.axis % len(op.shape) == 0:
         return False
     computed = [k for k, a in enumerate(args) if rw.op(a).kind != "const"]
-    if len(computed) != 1 or len(args) < 2:
+    if not computed or len(computed) == len(args):
         return False
-    k, axis = computed[0], op.axis % len(op.shape)
-    widths = [s[axis] for s in op.in_shapes]
-    before, after = sum(widths[:k]), sum(widths[k + 1:])
-    x_shape = tuple(op.in_shapes[k])
-    parts = [np.zeros(x_shape) if j == k else np.broadcast_to(np.asarray(rw.op(a).value, np.float64), tuple(s))
-             for j, (a, s) in enumerate(zip(args, op.in_shapes))]
-    bias = np.concatenate(parts, axis=axis)
-    pads = tuple((before, after) if ax == axis else (0, 0) for ax in range(len(x_shape)))
-    rw.set(n, ops.Pad(op.shape, pads=pads, value=0.0, bias=bias if np.any(bias) else None), [args[k]])
+    axis = op.axis % len(op.shape)
+    owner = [next((k for k in computed if k >= j), computed[-1]) for j in range(len(args))]
+    parts, shapes = [], []
+    for k in computed:
+        group = [j for j in range(len(args)) if owner[j] == k]
+        x_shape = tuple(op.in_shapes[k])
+        if group == [k]:
+            parts.append(args[k])
+            shapes.append(x_shape)
+            continue
+        before = sum(op.in_shapes[j][axis] for j in group if j < k)
+        after = sum(op.in_shapes[j][axis] for j in group if j > k)
+        bias = np.concatenate([np.zeros(x_shape) if j == k else
+                               np.broadcast_to(np.asarray(rw.op(args[j]).value, np.float64), tuple(op.in_shapes[j]))
+                               for j in group], axis=axis)
+        pads = tuple((before, after) if ax == axis else (0, 0) for ax in range(len(x_shape)))
+        pad = ops.Pad(bias.shape, pads=pads, value=0.0, bias=bias if np.any(bias) else None)
+        if len(computed) == 1:
+            rw.set(n, dataclasses.replace(pad, shape=op.shape), [args[k]])
+            return True
+        parts.append(rw.insert(n, f"{n}/pad", pad, [args[k]]))
+        shapes.append(bias.shape)
+    rw.set(n, dataclasses.replace(op, in_shapes=shapes), parts)
     return True
 
 
