@@ -315,7 +315,9 @@ def test_bottleneck_on_mnist_256x4_is_sound_and_settles_the_last_layer(tmp_path)
     from equiv.spec.region import load_region
     model = MNIST / "mnist-net_256x4.onnx"
     box = load_region(spec=str(MNIST / "prop_0_0.03.vnnlib"))[0]
-    res = simplify(model, box, StabilityOptions(), output_path=tmp_path / "s.onnx", validation_samples=2000)
+    # (a generous limit per query: under a loaded CI machine a 10 s MILP could run out, leaving a neuron unknown)
+    res = simplify(model, box, StabilityOptions(time_limit=120.0), output_path=tmp_path / "s.onnx",
+                   validation_samples=2000)
     st = res.stability
     bq = st.queries["bottleneck"]
     assert bq["layers"] == [3] and 1 <= bq["milp"] + bq["bab"] <= 3
