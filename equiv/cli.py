@@ -318,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random points per slice for its validation (default 10000)")
     c.add_argument("--dispatch-samples", type=positive_count, default=None, metavar="N",
                    help="random points of the region for the dispatcher's validation (default 100000; 5000 on graphs)")
-    c.add_argument("--tolerance", type=positive_number, default=1e-4, help="largest accepted output difference (default 1e-4)")
+    c.add_argument("--tolerance", type=positive_number, default=None,
+                   help="largest accepted output difference (default 1e-4; with --verify: the family's own, from "
+                        "its manifest, unless this or --epsilon is given)")
     c.add_argument("--epsilon", type=positive_number, default=None, metavar="E",
                    help="simplify each slice further, up to a proved |original - slice| <= E on its box (chains of "
                         "dense layers; see simplify --epsilon); every slice is certified by `check`, and the family "

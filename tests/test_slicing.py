@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from conftest import ACAS, acas_path, random_problem
 from equiv.bounds import deeppoly_bounds
 from equiv.cli import main
-from equiv.transform.dispatch import build_dispatcher
+from equiv.transform.dispatch import build_dispatcher, network_io
 from equiv.ir.network import Dense, Network
 from equiv.artifacts.files import save_onnx_atomic
 from equiv.ir.chain_io import network_to_onnx
@@ -180,7 +180,7 @@ def test_dispatcher_matches_the_original_on_a_tiny_net():
     leaves = tree.leaves()
     nets = [prove_and_reduce(net, p.box, StabilityOptions())[1] for p in leaves]
     assert sum(n.n_relus for n in nets) < len(nets) * net.n_relus   # the pieces are simplified
-    model = build_dispatcher(region, [p.box for p in leaves], nets)
+    model = build_dispatcher(region, [p.box for p in leaves], [network_to_onnx(n) for n in nets], network_io(net))
     onnx.checker.check_model(model)
     ref = network_to_onnx(net)
     assert [i.name for i in model.graph.input] == [i.name for i in ref.graph.input]
@@ -199,9 +199,74 @@ def test_dispatcher_takes_the_first_slice_on_a_shared_face_and_clips_outside():
     const = lambda v: Network.from_layers([Dense(np.zeros((1, 1)), np.array([v]))])  # noqa: E731
     region = Box(np.array([0.0]), np.array([2.0]))
     left, right = region.bisect(0)
-    run = OnnxRunner(build_dispatcher(region, [left, right], [const(10.0), const(20.0)]))
+    run = OnnxRunner(build_dispatcher(region, [left, right], [network_to_onnx(const(v)) for v in (10.0, 20.0)],
+                                      network_io(const(0.0))))
     y = run(np.array([[0.5], [1.0], [1.5], [-5.0], [7.0]])).ravel()
     assert y.tolist() == [10.0, 10.0, 20.0, 10.0, 20.0]
+
+
+def kink_across_a_split(path, V: float = 1e9) -> None:
+    """y = x0 + V relu(relu(x0 - p) - t - |x1 - 0.5|) on x0 in [0, 0.2] (p the float32 below 0.1, t = 7e-9): the
+    inner neuron is dead for every real x0 <= 0.1, but at the float32 x0 = float32(0.1) > 0.1 it is not."""
+    from onnx import TensorProto, helper
+    p, t = np.nextafter(np.float32(0.1), np.float32(0)), np.float32(7e-9)
+    arrays = {"W1": np.array([[1, 0, 0, 1], [0, 1, -1, 0]]), "b1": np.array([-p, -0.5, 0.5, 0]),
+              "W2": np.array([[1, 0], [-1, 0], [-1, 0], [0, 1]]), "b2": np.array([-t, 0]),
+              "W3": np.array([[V], [1.0]]), "b3": np.zeros(1)}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"]), helper.make_node("Relu", ["z1"], ["h1"]),
+             helper.make_node("Gemm", ["h1", "W2", "b2"], ["z2"]), helper.make_node("Relu", ["z2"], ["h2"]),
+             helper.make_node("Gemm", ["h2", "W3", "b3"], ["y"])]
+    g = helper.make_graph(nodes, "kink", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+                          [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+
+
+def test_the_dispatcher_sends_a_float32_input_to_a_slice_proved_on_it(tmp_path, capsys):
+    """The split at x0 = 0.1 is no float32: float32(0.1) lies above it, in the second slice's box.  Its box
+    constants rounded to nearest sent that input to the first slice, which was proved (dead neuron) only for
+    x0 <= 0.1, and answered 0.1 where the original says 0.55 (unbounded in V).  Rounded inward, it is routed
+    to the second slice, and `--verify --certify` still passes."""
+    kink_across_a_split(tmp_path / "kink.onnx")
+    fam = tmp_path / "fam"
+    assert main(["slice", str(tmp_path / "kink.onnx"), "--box", "0:0.2,0:1.2", "-o", str(fam), "--max-slices", "2",
+                 "--strategy", "width", "--no-progress"]) == 0
+    m = json.loads((fam / MANIFEST).read_text())
+    assert [s["hi"][0] for s in m["slices"]] == [0.1, 0.2]
+    x = np.array([[np.float32(0.1), 0.5], [np.nextafter(np.float32(0.1), np.float32(0)), 0.5]], np.float32)
+    want, got = OnnxRunner(str(tmp_path / "kink.onnx"))(x), OnnxRunner(str(fam / "dispatch.onnx"))(x)
+    assert abs(float(want[0, 0]) - 0.55) < 0.01 and np.array_equal(got, want)
+    capsys.readouterr()
+    assert main(["slice", "--verify", str(fam), "--certify", "--no-progress"]) == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6), st.integers(0, 2 ** 31 - 1))
+def test_routing_limits_admit_exactly_the_float32_points_of_each_box(cuts, seed):
+    """Whatever the split points, a float32 input of the region passes slice s's float32 test exactly when it
+    lies in slice s's real box (so the first slice passed was proved on it), and every one passes some slice."""
+    from equiv.transform.dispatch import routing_limits
+    region = Box(np.array([0.1, -0.3]), np.array([0.7, 0.9]))
+    boxes = [region]
+    for c in cuts:                      # split the last box at a random real point of its first input
+        b = boxes.pop()
+        mid = b.lo[0] + c * (b.hi[0] - b.lo[0])
+        if not b.lo[0] < mid < b.hi[0]:
+            boxes.append(b)
+            continue
+        boxes += [Box(b.lo, np.array([mid, b.hi[1]])), Box(np.array([mid, b.lo[1]]), b.hi)]
+    rlo, rhi, lo32, hi32 = routing_limits(region, boxes)
+    rng = np.random.default_rng(seed)
+    x = np.vstack([region.sample(500, rng), np.array([[b.hi[0], 0.0] for b in boxes]),
+                   np.array([[b.lo[0], 0.0] for b in boxes])]).astype(np.float32)
+    for v in (x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))):
+        v = np.clip(v, rlo, rhi)                                # what the dispatcher does first
+        assert np.all(region.contains(v.astype(np.float64)))
+        passes = np.all((v[:, None] >= lo32) & (v[:, None] <= hi32), axis=2)
+        inside = np.array([b.contains(v.astype(np.float64)) for b in boxes]).T
+        assert np.array_equal(passes, inside) and passes.any(axis=1).all()
 
 
 # ---- a real ACAS Xu family -------------------------------------------------------------------------
@@ -281,7 +346,49 @@ def test_verify_catches_changed_slice_weights(acas_family, tmp_path, capsys):
     code, text = _verify(folder, capsys)
     assert code == 1
     assert "slice 3: slice_003.onnx was changed" in text
-    assert "slice 3: differs from the original" in text and "FAIL  dispatcher" not in text
+    assert "slice 3: differs from the original" in text and "FAIL  dispatcher vs original" not in text
+    assert "FAIL  dispatcher build" in text         # the dispatcher routes to the old slice 3, not this file
+
+
+def test_verify_proves_the_dispatcher_is_the_routing_of_the_slices(acas_family, tmp_path, capsys):
+    """Sampling cannot see a dispatcher edited on a sliver of the region (here one routing limit moved by one
+    float32 step, the manifest's sha256 updated): rebuilding it from the slice files and boxes does."""
+    from equiv.apps.simplify import sha256_of
+    folder = _copy(acas_family, tmp_path)
+    code, text = _verify(folder, capsys)
+    assert code == 0 and "ok    dispatcher build" in text
+    path = folder / "dispatch.onnx"
+    model = onnx.load(str(path))
+    init = next(i for i in model.graph.initializer if i.name == "d_hi")
+    hi = numpy_helper.to_array(init).copy()
+    hi[0, 0] = np.nextafter(hi[0, 0], np.float32(np.inf))
+    init.CopyFrom(numpy_helper.from_array(hi, "d_hi"))
+    save_onnx_atomic(model, path)
+    m = json.loads((folder / MANIFEST).read_text())
+    m["dispatch_sha256"] = sha256_of(path)
+    (folder / MANIFEST).write_text(json.dumps(m))
+    code, text = _verify(folder, capsys)
+    assert code == 1 and "FAIL  dispatcher build" in text and "ok    dispatcher vs original" in text
+
+
+def test_verify_uses_the_tolerance_given_not_the_manifests(acas_family, tmp_path, capsys):
+    """A manifest whose tolerance was raised to 1000 does not set the bar when the user gives --tolerance."""
+    from equiv.apps.simplify import sha256_of
+    folder = _copy(acas_family, tmp_path)
+    path = folder / "slice_003.onnx"
+    model = onnx.load(str(path))
+    init = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT][-1]   # output bias
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 0.01, init.name))
+    save_onnx_atomic(model, path)
+    m = json.loads((folder / MANIFEST).read_text())
+    m["slices"][3]["sha256"] = sha256_of(path)
+    m["options"]["slicing"]["tolerance"] = 1000.0
+    (folder / MANIFEST).write_text(json.dumps(m))
+    code, text = _verify(folder, capsys)
+    assert "ok    slices vs original" in text and "(tolerance 1000)" in text
+    assert code == 1 and "FAIL  dispatcher build" in text     # the dispatcher still routes to the old slice 3
+    code, text = _verify(folder, capsys, "--tolerance", "1e-4")
+    assert code == 1 and "FAIL  slices vs original" in text and "slice 3: differs" in text
 
 
 def test_verify_catches_a_missing_and_a_swapped_slice_file(acas_family, tmp_path, capsys):

@@ -18,7 +18,7 @@ from equiv.artifacts.validate import OnnxRunner
 from equiv.cli import main
 from equiv.ir import graph_from_onnx
 from equiv.spec.region import Box
-from equiv.transform.dispatch import build_graph_dispatcher
+from equiv.transform.dispatch import build_dispatcher
 from test_graph_simplify import residual_model
 
 FAST = ["--no-progress", "--validation-samples", "300", "--dispatch-samples", "2000", "--samples", "300"]
@@ -51,7 +51,7 @@ def test_graph_dispatcher_routes_to_the_first_slice_and_clips():
     region = Box(np.array([0.0]), np.array([1.0]))
     left, right = region.bisect(0)
     io = graph_io(graph_from_onnx(scaled(1.0)))
-    run = OnnxRunner(build_graph_dispatcher(region, [left, right], [scaled(1.0), scaled(2.0)], io))
+    run = OnnxRunner(build_dispatcher(region, [left, right], [scaled(1.0), scaled(2.0)], io))
     x = np.array([[0.25], [0.5], [0.75], [3.0], [-1.0]])
     # 0.5 lies on both boxes: the first slice answers; 3.0 is clipped to 1.0, -1.0 to 0.0
     assert np.allclose(run(x)[:, 0], [0.25, 0.5, 1.5, 2.0, 0.0])

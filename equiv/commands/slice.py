@@ -19,11 +19,13 @@ def cmd_slice(args, out) -> int:
         given = any(v is not None for v in (args.spec, args.box, args.center))
         rep = slicing.verify_family(args.verify, model=args.original or args.model, samples=args.samples,
                                     region=region_of(args)[0] if given else None, certify=args.certify,
-                                    certify_time_limit=args.certify_time_limit, backend=milp_backend(args.backend))
+                                    certify_time_limit=args.certify_time_limit, backend=milp_backend(args.backend),
+                                    tolerance=args.epsilon or args.tolerance)
         out.emit(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
         return 0 if rep.ok else 1
     if not (args.model and args.output):
         raise InputFileError("give MODEL.onnx and -o FAMILY to make a family, or --verify FAMILY to check one")
+    args.tolerance = args.tolerance or 1e-4
     guard = OutputGuard(inputs_of(args, "model"))
     slicing.claim_output_dir(args.output, guard, args.force)     # refuse before the work
     from ..apps.graph_simplify import takes_chain_pipeline

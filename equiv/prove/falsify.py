@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.network import Network
-from ..spec.region import Box
+from ..spec.region import Box, floats_in_box
 
 
 def gradient(net: Network, x: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -119,13 +119,6 @@ def _ascend(f, g, box, X, norm, eps, steps):
     return best
 
 
-def float32_gaps(box: Box) -> np.ndarray:
-    """The inputs whose interval [lo, hi] holds no float32 value (e.g. an input fixed at -0.3)."""
-    lo32 = box.lo.astype(np.float32)
-    up = np.where(lo32.astype(np.float64) < box.lo, np.nextafter(lo32, np.float32(np.inf)), lo32)
-    return np.flatnonzero(up.astype(np.float64) > box.hi)
-
-
 def _pair_ascent(f, g, box, X, fx, gx, steps, per_pair: int = 2):
     """Top-1: for each ordered pair of classes (c, k) and each network b in {f, g} (a being the other), ascend
     b_k - b_c (the class change itself) and (b_k - b_c) - (a_k - a_c) (the change of the margin) from the
@@ -170,21 +163,6 @@ def _pair_ascent(f, g, box, X, fx, gx, steps, per_pair: int = 2):
     return best
 
 
-def floats_in_box(X: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """Row by row, the float32 point nearest x that still lies in the box, and whether the box holds one there;
-    an input whose interval holds no float32 (`float32_gaps`) takes the float32 nearest its lower end."""
-    x32 = np.clip(X, box.lo, box.hi).astype(np.float32)
-    lo_bad = x32.astype(np.float64) < box.lo
-    x32[lo_bad] = np.nextafter(x32[lo_bad], np.float32(np.inf))
-    hi_bad = x32.astype(np.float64) > box.hi
-    x32[hi_bad] = np.nextafter(x32[hi_bad], np.float32(-np.inf))
-    gaps = float32_gaps(box)
-    x32[:, gaps] = box.lo[gaps].astype(np.float32)
-    inside = (x32.astype(np.float64) >= box.lo) & (x32.astype(np.float64) <= box.hi)
-    inside[:, gaps] = True
-    return x32, inside.all(axis=1)
-
-
 @dataclass
 class Confirmed:
     input: np.ndarray        # float32 point of the region
@@ -208,13 +186,16 @@ def evaluate(run_a, run_b, X: np.ndarray, box: Box):
     return P, run_a(P).astype(np.float64), run_b(P).astype(np.float64)
 
 
-def confirm(run_a, run_b, X: np.ndarray, box: Box, norm: str, eps: np.ndarray):
+def confirm(run_a, run_b, X: np.ndarray, box: Box, norm: str, eps: np.ndarray | None):
     """The first point of X that is a counterexample in onnxruntime (None if none is), and the largest
-    absolute output difference seen at these points."""
+    absolute output difference seen at these points.  eps None with linf (`--measure` without epsilon):
+    nothing is a counterexample, only the difference is measured."""
     P, A, B = evaluate(run_a, run_b, X, box)
     if not len(P):
         return None, 0.0
     seen = float(np.abs(A - B).max())
+    if norm == "linf" and eps is None:
+        return None, seen
     if norm == "linf":
         s = linf_scores(A, B, eps)
         bad = np.flatnonzero(s > 1.0)

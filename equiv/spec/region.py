@@ -194,3 +194,42 @@ def load_region(spec=None, box=None, center=None, radius=None, clip=None) -> tup
     if len(boxes) == 1:
         return boxes[0], desc
     return hull(boxes), f"vnnlib:{spec} (hull of {len(boxes)} input boxes)"
+
+
+# ---- float32 points of a region: what onnxruntime can be asked about ---------------------------------------
+
+def float32_up(a: np.ndarray) -> np.ndarray:
+    """Elementwise, the smallest float32 >= a."""
+    a32 = np.asarray(a, np.float64).astype(np.float32)
+    return np.where(a32.astype(np.float64) < a, np.nextafter(a32, np.float32(np.inf)), a32)
+
+
+def float32_down(a: np.ndarray) -> np.ndarray:
+    """Elementwise, the largest float32 <= a."""
+    a32 = np.asarray(a, np.float64).astype(np.float32)
+    return np.where(a32.astype(np.float64) > a, np.nextafter(a32, np.float32(-np.inf)), a32)
+
+
+def float32_gaps(box: Box) -> np.ndarray:
+    """The inputs whose interval [lo, hi] holds no float32 value (e.g. an input fixed at -0.3)."""
+    return np.flatnonzero(float32_up(box.lo).astype(np.float64) > box.hi)
+
+
+def float32_inward(box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """(lo32, hi32): per input the smallest float32 >= lo and the largest float32 <= hi, so a float32 x lies in
+    [lo, hi] exactly when lo32 <= x <= hi32; an input whose interval holds no float32 (`float32_gaps`) takes
+    the float32 nearest lo at both ends."""
+    lo32, hi32 = float32_up(box.lo), float32_down(box.hi)
+    gaps = float32_gaps(box)
+    lo32[gaps] = hi32[gaps] = box.lo[gaps].astype(np.float32)
+    return lo32, hi32
+
+
+def floats_in_box(X: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """Row by row, the float32 point nearest x that still lies in the box, and whether the box holds one there;
+    an input whose interval holds no float32 (`float32_gaps`) takes the float32 nearest its lower end."""
+    lo32, hi32 = float32_inward(box)
+    x32 = np.clip(np.clip(X, box.lo, box.hi).astype(np.float32), lo32, hi32)
+    inside = (x32.astype(np.float64) >= box.lo) & (x32.astype(np.float64) <= box.hi)
+    inside[:, float32_gaps(box)] = True
+    return x32, inside.all(axis=1)

@@ -11,11 +11,14 @@ zeros is exact in float32, so the selected slice's output comes through bit for 
 
 Boundaries: slices are closed boxes; an input on a face shared by two slices lies in both, and the
 first one (in slice-id order) is taken.  Both are exact there (each was proved on its own closed box),
-so either answer is right.  The box constants are float32: a shared face comes from ONE float64
-midpoint, so both slices round it to the same float32, and because rounding is monotone the float32
-boxes still tile the float32 region, leaving no float32 input in a gap.  (A float32 box may reach a
-rounding step outside its float64 box; the slice network is continuous, so the effect is float32
-rounding noise, which the validation measures.)
+so either answer is right.  The box constants are float32, rounded INWARD (lo up, hi down,
+`spec.region.float32_inward`): a float32 input x then passes slice s's test exactly when x lies in
+the real box s was proved on.  Every float32 input of the region lies in some slice's real box (the
+boxes tile the region), so it is routed to a slice proved there, whatever the split points are.
+(Rounding to nearest instead routed x = float32(0.1) > 0.1 to the slice [0, 0.1], where nothing was
+proved: a wrong answer, unbounded in the weights.)  An input whose region interval holds no float32
+(`float32_gaps`, e.g. one fixed at 0.3) is rounded to nearest at every limit: no float32 input lies in
+such a region, and the dispatcher answers for the nearest one.
 
 Inputs outside the region are clipped into it first, so the model answers for the nearest point of
 the region: it is equivalent to the original only on the region, like every slice.
@@ -29,26 +32,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..ir.chain_export import model_around, network_nodes
+from ..ir.chain_export import model_around
 from ..ir.network import Network
-from ..spec.region import Box
-
-
-def build_dispatcher(region: Box, boxes: list[Box], nets: list[Network], producer: str = "equiv") -> onnx.ModelProto:
-    """The dispatcher model for slices `boxes[s]` with networks `nets[s]` (same I/O as the original)."""
-    if not boxes or len(boxes) != len(nets):
-        raise ValueError(f"need one network per slice box, got {len(boxes)} boxes and {len(nets)} networks")
-    io = {(n.input_name, tuple(n.input_shape), n.output_name, tuple(n.output_shape), n.n_inputs, n.n_outputs)
-          for n in nets}
-    if len(io) != 1:
-        raise ValueError("all slice networks must have the same input/output names and shapes")
-    pieces = [lambda x, prefix, net=net: network_nodes(net, x, prefix=prefix) for net in nets]
-    return model_around(nets[0], lambda x: _dispatch_nodes(x, region, boxes, pieces), "equiv_dispatch", producer)
+from ..spec.region import Box, float32_down, float32_gaps, float32_inward, float32_up
 
 
 @dataclass
-class GraphIO:
-    """The one input and one output of a graph model: what `model_around` needs to wrap the routing."""
+class ModelIO:
+    """The one input and one output of a slice model: what `model_around` needs to wrap the routing."""
 
     input_name: str
     input_shape: tuple
@@ -58,17 +49,36 @@ class GraphIO:
     n_outputs: int
 
 
-def build_graph_dispatcher(region: Box, boxes: list[Box], models: list[onnx.ModelProto], io: GraphIO,
-                           producer: str = "equiv") -> onnx.ModelProto:
-    """The dispatcher for slices given as ONNX models of one graph (1 input, 1 output, the original's names
-    and shapes): each model is inlined under its own name prefix, fed the clipped input in its shape."""
+def network_io(net: Network) -> ModelIO:
+    """The input and output of a chain (`Network`) as the slice models written from it have them."""
+    return ModelIO(net.input_name, tuple(net.input_shape), net.output_name, tuple(net.output_shape), net.n_inputs,
+                   net.n_outputs)
+
+
+def build_dispatcher(region: Box, boxes: list[Box], models: list[onnx.ModelProto], io: ModelIO,
+                     producer: str = "equiv") -> onnx.ModelProto:
+    """The dispatcher for slices `boxes[s]` given as the ONNX models written for them (one input, one output,
+    the original's names and shapes): each model is inlined under its own name prefix, fed the clipped input
+    in its shape.  A function of the models' graphs, the boxes and the region only, so `slice --verify`
+    rebuilds it from the files to show the dispatcher is the routing of those slices."""
     if not boxes or len(boxes) != len(models):
         raise ValueError(f"need one model per slice box, got {len(boxes)} boxes and {len(models)} models")
     pieces = [lambda x, prefix, m=m: _inline(m, x, prefix, io) for m in models]
     return model_around(io, lambda x: _dispatch_nodes(x, region, boxes, pieces), "equiv_dispatch", producer)
 
 
-def _inline(model: onnx.ModelProto, x: str, prefix: str, io: GraphIO) -> tuple[list, list, str]:
+def routing_limits(region: Box, boxes: list[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(region lo, region hi, slice lo (S, n), slice hi (S, n)) as the float32 constants the dispatcher
+    compares with: rounded inward, except on inputs where the region holds no float32 (nearest)."""
+    gaps = float32_gaps(region)
+    rlo, rhi = float32_inward(region)
+    lo, hi = np.array([b.lo for b in boxes]), np.array([b.hi for b in boxes])
+    lo32, hi32 = float32_up(lo), float32_down(hi)
+    lo32[:, gaps], hi32[:, gaps] = lo[:, gaps].astype(np.float32), hi[:, gaps].astype(np.float32)
+    return rlo, rhi, lo32, hi32
+
+
+def _inline(model: onnx.ModelProto, x: str, prefix: str, io: ModelIO) -> tuple[list, list, str]:
     """(nodes, initializers, output) of `model` on the 2-D tensor x (N, n_inputs), every name prefixed; the
     output is reshaped to (N, n_outputs)."""
     g = model.graph
@@ -76,9 +86,14 @@ def _inline(model: onnx.ModelProto, x: str, prefix: str, io: GraphIO) -> tuple[l
         raise ValueError("a graph dispatcher needs models with one input and one output")
     name = {"": ""}
     rename = lambda t: name.setdefault(t, prefix + t)  # noqa: E731
-    inits = [numpy_helper.from_array(np.array([-1, *io.input_shape[1:]], np.int64), prefix + "in_shape"),
-             numpy_helper.from_array(np.array([-1, io.n_outputs], np.int64), prefix + "out_shape")]
-    nodes = [helper.make_node("Reshape", [x, prefix + "in_shape"], [rename(g.input[0].name)])]
+    taken = {t.name for t in g.initializer} | {t for n in g.node for t in list(n.input) + list(n.output)}
+    taken |= {v.name for v in list(g.input) + list(g.output)}
+    fresh = lambda base: prefix + next("_" * k + base for k in range(len(taken) + 1)  # noqa: E731
+                                        if "_" * k + base not in taken)
+    in_shape, out_shape, y2 = fresh("in_shape"), fresh("out_shape"), fresh("y2")
+    inits = [numpy_helper.from_array(np.array([-1, *io.input_shape[1:]], np.int64), in_shape),
+             numpy_helper.from_array(np.array([-1, io.n_outputs], np.int64), out_shape)]
+    nodes = [helper.make_node("Reshape", [x, in_shape], [rename(g.input[0].name)])]
     for t in g.initializer:
         c = onnx.TensorProto()
         c.CopyFrom(t)
@@ -91,8 +106,8 @@ def _inline(model: onnx.ModelProto, x: str, prefix: str, io: GraphIO) -> tuple[l
         c.input[:] = [rename(t) for t in n.input]
         c.output[:] = [rename(t) for t in n.output]
         nodes.append(c)
-    nodes.append(helper.make_node("Reshape", [rename(g.output[0].name), prefix + "out_shape"], [prefix + "y2"]))
-    return nodes, inits, prefix + "y2"
+    nodes.append(helper.make_node("Reshape", [rename(g.output[0].name), out_shape], [y2]))
+    return nodes, inits, y2
 
 
 def _dispatch_nodes(x: str, region: Box, boxes: list[Box], pieces: list):
@@ -105,12 +120,11 @@ def _dispatch_nodes(x: str, region: Box, boxes: list[Box], pieces: list):
         return name
 
     node = helper.make_node
-    lo = np.array([b.lo for b in boxes])
-    hi = np.array([b.hi for b in boxes])
+    rlo, rhi, lo, hi = routing_limits(region, boxes)
     nodes = [
         # clip into the region (per input; Clip only takes scalar limits)
-        node("Min", [x, const("d_region_hi", region.hi)], ["d_xmin"]),
-        node("Max", ["d_xmin", const("d_region_lo", region.lo)], ["d_x"]),
+        node("Min", [x, const("d_region_hi", rhi)], ["d_xmin"]),
+        node("Max", ["d_xmin", const("d_region_lo", rlo)], ["d_x"]),
         # (N, 1, n) against (S, n): per slice and input, is lo <= x <= hi
         node("Unsqueeze", ["d_x", const("d_axis1", [1], np.int64)], ["d_x3"]),
         node("GreaterOrEqual", ["d_x3", const("d_lo", lo)], ["d_ge"]),

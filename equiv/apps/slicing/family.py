@@ -11,7 +11,7 @@ import onnx
 
 from ...bounds import deeppoly_bounds, interval_bounds
 from ...ir.chain_export import network_to_onnx
-from ...transform.dispatch import build_dispatcher
+from ...transform.dispatch import build_dispatcher, network_io
 from ...errors import ValidationError
 from ...ir.network import Network
 from ...ir.chain_io import load_onnx, network_from_onnx
@@ -135,7 +135,7 @@ def slice_model(model_path: str | Path, region: Box, options: StabilityOptions |
 
     t0 = time.perf_counter()
     boxes = [p.box for p in leaves]
-    dispatcher = build_dispatcher(region, boxes, [p.network for p in leaves])
+    dispatcher = build_dispatcher(region, boxes, models, network_io(net))
     dval = check_dispatcher(reference, dispatcher, region, boxes, sopt, options.seed + 7)
     seconds["dispatch"] = time.perf_counter() - t0
     prepass = [prepass_unstable(net, b) for b in boxes]
@@ -187,7 +187,7 @@ def check_dispatcher(reference: OnnxRunner, dispatcher: onnx.ModelProto, region:
     """The dispatcher against the original on the region, its slices' faces and corners; ValidationError
     (nothing to write) above the tolerance."""
     points = dispatch_points(region, boxes, sopt.dispatch_samples, sopt.face_samples, seed, inner_faces)
-    dval = compare_on_points(reference, OnnxRunner(dispatcher), points, sopt.tolerance)
+    dval = compare_on_points(reference, OnnxRunner(dispatcher), points, sopt.tolerance, region)
     if not dval.ok:
         raise ValidationError(f"BUG: the dispatcher differs from the original by {dval.max_abs_diff:.3g} (tolerance "
                               f"{sopt.tolerance:g}) at input {dval.worst_input}; nothing was written. Please report this.")

@@ -22,7 +22,7 @@ from ...errors import InputFileError, UnsupportedModelError
 from ...ir.graph import Graph
 from ...ir.onnx_export import graph_to_onnx
 from ...spec.region import Box
-from ...transform.dispatch import GraphIO, build_graph_dispatcher
+from ...transform.dispatch import ModelIO, build_dispatcher
 from ...transform.fold import shrink
 from ...artifacts.validate import OnnxRunner
 from ...prove.graph_carried import attach_graph_claims, certify_graph_model
@@ -45,7 +45,7 @@ class GraphSliceOptions:
     budget: float | None = 60.0     # seconds of LP queries per piece (method lp/milp)
 
 
-def graph_io(g: Graph) -> GraphIO:
+def graph_io(g: Graph) -> ModelIO:
     """The graph's one input and one output (UnsupportedModelError otherwise)."""
     if len(g.inputs) != 1 or len(g.outputs) != 1:
         raise UnsupportedModelError(f"slice on a graph needs one input and one output; this model has "
@@ -54,7 +54,7 @@ def graph_io(g: Graph) -> GraphIO:
     in_shape = tuple(meta.get("input_shapes", [g.shape(g.inputs[0])])[0])
     if not all(isinstance(d, int) and d > 0 for d in in_shape[1:]):
         raise UnsupportedModelError(f"slice on a graph needs a fixed input shape after the batch, got {in_shape}")
-    return GraphIO(meta.get("input_names", g.inputs)[0], in_shape, meta.get("output_names", g.outputs)[0],
+    return ModelIO(meta.get("input_names", g.inputs)[0], in_shape, meta.get("output_names", g.outputs)[0],
                    tuple(meta.get("output_shapes", [g.shape(g.outputs[0])])[0]), g.n_inputs, g.n_outputs)
 
 
@@ -121,7 +121,7 @@ def slice_graph(model_path: str | Path, g: Graph, region: Box, gopt: GraphSliceO
 
     t0 = time.perf_counter()
     boxes = [p.box for p in leaves]
-    dispatcher = build_graph_dispatcher(region, boxes, models, io)
+    dispatcher = build_dispatcher(region, boxes, models, io)
     dval = check_dispatcher(reference, dispatcher, region, boxes, sopt, gopt.seed + 7, inner_faces=True)
     seconds["dispatch"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start

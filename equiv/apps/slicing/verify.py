@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from ...errors import EquivError, InputFileError, RegionError
 from ...ir.chain_io import load_onnx, network_from_onnx
@@ -68,10 +69,11 @@ def _member(folder: Path, name) -> Path | None:
 
 def verify_family(folder: str | Path, model: str | None = None, samples: int | None = None, region: Box | None = None,
                   seed: int = 12345, certify: bool = False, certify_time_limit: float = 60.0,
-                  backend: str = "highs") -> VerifyReport:
+                  backend: str = "highs", tolerance: float | None = None) -> VerifyReport:
     """Re-check a family from its files alone: tiling of the region by the slice boxes, the tree, file
     hashes, every slice against the original on its own box, and the dispatcher on the whole region.
-    `samples` defaults to 100000 points (chains) or 5000 (graphs: thousands of inputs, costly passes)."""
+    `samples` defaults to 100000 points (chains) or 5000 (graphs: thousands of inputs, costly passes);
+    `tolerance` to the manifest's."""
     folder = Path(folder)
     m = read_manifest(folder)
     graph = m.get("pipeline") == "graph"
@@ -85,7 +87,8 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int | N
         hi = [np.asarray(s["hi"], float) for s in slices]
     except (KeyError, TypeError, ValueError, RegionError) as exc:
         raise InputFileError(f"{folder / MANIFEST}: malformed region or slices ({exc})") from exc
-    tol = float(m.get("options", {}).get("slicing", {}).get("tolerance", 1e-4))
+    # the user's tolerance when given, else the family's own (what it was made and validated with)
+    tol = tolerance or float(m.get("options", {}).get("slicing", {}).get("tolerance", 1e-4))
 
     sha = sha256_of(model_path)
     model_ok = rep.add("original model", [] if sha == m["model_sha256"] else
@@ -107,6 +110,7 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int | N
     per_slice = max(1000, samples // max(len(slices), 1))
     _check_slice_outputs(slices, lo, hi, files, reference, per_slice, tol, seed, rep)
     _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, seed, rep, inner_faces=graph)
+    _check_dispatcher_build(folder, m, model_path, reg, lo, hi, files, graph, rep)
     if certify:
         _certify_slices(model_path, slices, lo, hi, files, reference, tol, certify_time_limit, backend, rep, graph)
     return rep
@@ -197,7 +201,7 @@ def _check_slice_outputs(slices, lo, hi, files, reference, n, tol, seed, rep):
             box = Box(lo[i], hi[i])
             pts = {"random": box.sample(n, np.random.default_rng(seed + i)), "corners": box.corners(limit=1024),
                    "center": box.center[None]}
-            val = compare_on_points(reference, run, pts, tol)
+            val = compare_on_points(reference, run, pts, tol, box)
         except Exception as exc:  # wrong shapes, bad box: a failed check, not a crash
             problems.append(f"slice {i}: cannot be compared ({type(exc).__name__}: {str(exc)[:120]})")
             continue
@@ -207,6 +211,34 @@ def _check_slice_outputs(slices, lo, hi, files, reference, n, tol, seed, rep):
                             f"(tolerance {tol:g}) at {np.round(val.worst_input, 6).tolist()}")
     rep.add("slices vs original", problems, f"{len(slices)} slices, each on {n} random points, corners and centre "
                                             f"of its box: max |diff| {worst:.3g} (tolerance {tol:g})")
+
+
+def _check_dispatcher_build(folder, m, model_path, reg, lo, hi, files, graph, rep) -> None:
+    """The dispatcher file is exactly the routing equiv builds from these slice files, these boxes and this
+    region (`transform.dispatch`: a float32 input goes to the first slice whose real box holds it): with the
+    tiling and the slices' certificates, a proof about the dispatcher, which sampling alone is not."""
+    from ...transform.dispatch import build_dispatcher, network_io
+    path = _member(folder, m["dispatch"])
+    if path is None or not path.is_file() or len(files) != len(lo):
+        rep.add("dispatcher build", ["not rebuilt: a slice file or the dispatcher is missing"], "")
+        return
+    try:
+        if graph:
+            from ...ir import load_graph
+            from .graph import graph_io
+            io = graph_io(load_graph(model_path))
+        else:
+            io = network_io(load_onnx(model_path))
+        models = [onnx.load(str(files[i])) for i in range(len(lo))]
+        rebuilt = build_dispatcher(reg, [Box(a, b) for a, b in zip(lo, hi)], models, io)
+        same = rebuilt.graph.SerializeToString() == onnx.load(str(path)).graph.SerializeToString()
+    except Exception as exc:  # a tampered file may fail in protobuf or onnx in many ways
+        rep.add("dispatcher build", [f"not rebuilt ({type(exc).__name__}: {str(exc)[:120]})"], "")
+        return
+    rep.add("dispatcher build", [] if same else [
+        f"{m['dispatch']} is not the routing of these slice files over these boxes (edited, or made by an older "
+        "equiv, whose float32 box limits could send an input to a slice not proved on it: slice again)"],
+        "the dispatcher is the routing of these slice files over these boxes, rebuilt identically")
 
 
 def _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, seed, rep, inner_faces=False):
@@ -219,7 +251,7 @@ def _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, se
         boxes = [Box(a, b) for a, b in zip(lo, hi)] if tiled else []
         pts = dispatch_points(reg, boxes, samples, 16, seed, inner_faces) if boxes else \
             {"random": reg.sample(samples, np.random.default_rng(seed))}
-        val = compare_on_points(reference, run, pts, tol)
+        val = compare_on_points(reference, run, pts, tol, reg)
     except Exception as exc:
         rep.add("dispatcher vs original", [f"cannot be compared ({type(exc).__name__}: {str(exc)[:120]})"], "")
         return

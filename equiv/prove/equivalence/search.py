@@ -14,7 +14,7 @@ from ...bounds.diff import PairBounds, Sweep, output_bounds, pair_bounds
 from ...ir.pair_graph import pair_graph
 from ...ir.network import Network
 from ...spec.bisect import Bisection, Node, Open
-from ...spec.region import Box
+from ...spec.region import Box, float32_gaps
 from .ledger import Ledger, _Clock
 from .queries import milp_piece
 from .result import CheckOptions, CheckResult, eps_vector
@@ -49,7 +49,7 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         stats["f_bounds"] = st.known is not None
         if st.known is None:
             notes.append("the given bounds of A were not used: A's layers were deepened to pair them with B's")
-    gaps = falsify.float32_gaps(box)
+    gaps = float32_gaps(box)
     if gaps.size:
         near = box.lo[gaps].astype(np.float32)
         notes.append(f"inputs {gaps.tolist()} are fixed at values with no float32 in their interval "
