@@ -88,6 +88,17 @@ def test_identical_networks_have_zero_difference(acas_1_1, prop3_box):
     r = run_check(acas_1_1, acas_1_1, prop3_box, epsilon=1e-6)
     assert r.verdict == "equivalent"
     assert r.max_diff_upper <= 1e-6 and r.max_diff_lower == 0.0
+    m = run_check(acas_1_1, acas_1_1, prop3_box, measure=True)
+    assert m.verdict == "measured" and m.exit_code == 0 and m.max_diff_upper == 0.0
+
+
+def test_measure_without_epsilon_has_no_counterexample_above_one():
+    """--measure without --epsilon measures: a difference of 3 is a bound to compute, not a counterexample
+    (the search scales by ones there, and took every difference above 1 for one: exit 1)."""
+    g = tiny_net([([[1.0]], [0.0]), ([[4.0]], [0.0])])             # 4 relu(x): max |f - g| = 3 at x = 1
+    m = run_check(F1, g, BOX1, measure=True)
+    assert m.verdict == "measured" and m.exit_code == 0 and m.counterexample is None
+    assert 3.0 - 1e-6 <= m.max_diff_upper <= 3.0 * 1.06 and m.max_diff_lower == pytest.approx(3.0, rel=1e-5)
 
 
 def test_mismatched_shapes_are_bad_input():

@@ -11,13 +11,18 @@ from .common import inputs_of, progress_of, refuse_journal_clash, regions_of
 
 
 def _epsilon(text):
+    """--epsilon E[,E...] (check, simplify): positive finite numbers, one or one per output."""
     if text is None:
         return None
+    import math
     from ..errors import InputFileError
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:
         raise InputFileError(f"--epsilon must be a number or comma-separated numbers, got '{text}'") from None
+    if not all(math.isfinite(v) and v > 0 for v in vals):
+        raise InputFileError(f"--epsilon values must be positive and finite, got '{text}' (for the exact "
+                             "simplification, leave --epsilon out)")
     return vals[0] if len(vals) == 1 else vals
 
 
@@ -25,12 +30,15 @@ def cmd_check(args, out) -> int:
     from ..artifacts.files import OutputGuard, write_json_atomic
     from ..prove.equivalence import CheckOptions, check_models, summary
     from ..apps.simplify import sha256_of
+    from ..errors import InputFileError
     from ..solvers import check_backend
     guard = OutputGuard(inputs_of(args, "model_a", "model_b"))
     if args.report:
         guard.claim(args.report, "report")
     if args.journal:
         refuse_journal_clash(args, args.journal)
+    if args.norm == "top1" and args.epsilon is not None:
+        raise InputFileError("--epsilon is for --norm linf; --norm top1 compares the top-1 classes and takes none")
     check_backend(args.backend, milp=True)
     boxes, source = regions_of(args)
     opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,

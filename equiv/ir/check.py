@@ -68,6 +68,12 @@ def check_graph(model: onnx.ModelProto, g: Graph, points: np.ndarray | None = No
                 raise ImportMismatchError(
                     f"equiv's import of '{onnx_name}' has shape {ours.shape[1:]} but onnxruntime gives "
                     f"{theirs.shape[1:]}: this is a bug in equiv, please report it")
+            if not np.all(np.isfinite(theirs)):
+                # (a finite float64 value where onnxruntime's float32 overflowed: the model, not the import)
+                raise UnsupportedModelError(
+                    f"tensor '{onnx_name}' ({type(g.op(node)).__name__}) is {float(np.nanmax(np.abs(theirs))):g} in "
+                    f"onnxruntime at a test input (equiv computes {float(np.max(np.abs(ours))):.3g}): the model's "
+                    "values overflow float32, and equiv cannot reason about them")
             scale = _magnitude(g, node, vals, given)
             err = np.abs(ours - theirs)
             bad = err > rtol * scale + atol

@@ -17,7 +17,7 @@ from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..ir.graph_align import align_to, normalised
 from ..ir.pair_graph import StructureError, difference_graph
 from .equivalence import CheckOptions, CheckResult, Piece, eps_vector, piece_counts
-from .equivalence.result import GRAPH_KINDS
+from .equivalence.result import GRAPH_KINDS, cex_eps
 from ..errors import InputFileError
 from ..ir import ops
 from ..ir.graph import Graph
@@ -25,21 +25,49 @@ from ..spec.region import Box
 
 
 def product_graph(f: Graph, g: Graph) -> Graph:
-    """One graph computing f(x) - g(x) (outputs flattened and concatenated) over a shared input."""
+    """One graph computing f(x) - g(x) (outputs flattened and concatenated) over a shared input: A's inputs
+    when B's have the same shapes, else one flat input of every value in order (how `check` numbers them,
+    as VNN-LIB's X_i), which each model reads through a selection and a reshape into its own layout."""
     nodes = []
+    same = [tuple(f.shape(n)) for n in f.inputs] == [tuple(g.shape(n)) for n in g.inputs]
+    if same:
+        inputs = ["a:" + n for n in f.inputs]
+        nodes += [("a:" + n, f.op(n), []) for n in f.inputs]
+        read = {"a:": dict(zip(f.inputs, inputs)), "b:": dict(zip(g.inputs, inputs))}
+    else:
+        total = f.n_inputs
+        inputs = ["x"]
+        nodes.append(("x", ops.Input((1, total)), []))
+        read = {"a:": _read_flat(nodes, f, "a:", total), "b:": _read_flat(nodes, g, "b:", total)}
     for prefix, net in (("a:", f), ("b:", g)):
-        shared = {n: "a:" + f.inputs[net.inputs.index(n)] for n in net.inputs}   # B reads A's inputs
         for name in net.order:
             op = net.op(name)
-            if op.kind == "input":
-                if prefix == "a:":
-                    nodes.append((prefix + name, op, []))
-                continue
-            nodes.append((prefix + name, op, [shared.get(a, prefix + a) for a in net.args(name)]))
+            if op.kind != "input":
+                nodes.append((prefix + name, op, [read[prefix].get(a, prefix + a) for a in net.args(name)]))
     flat_a, flat_b = _flatten(nodes, f, "a:"), _flatten(nodes, g, "b:")
     m = f.n_outputs
     nodes.append(("diff", ops.Add((1, m), in_shapes=[(1, m), (1, m)], signs=(1.0, -1.0)), [flat_a, flat_b]))
-    return Graph.build(nodes, ["a:" + n for n in f.inputs], ["diff"])
+    return Graph.build(nodes, inputs, ["diff"])
+
+
+def _read_flat(nodes: list, net: Graph, prefix: str, total: int) -> dict:
+    """{input of net: node holding it} read from the flat input "x" (1, total): the values of input k are
+    those after the sizes of inputs 0..k-1, picked by a 0/1 Dense when there are several, then reshaped."""
+    out, offset = {}, 0
+    for n in net.inputs:
+        shape = tuple(net.shape(n))
+        size = int(np.prod(shape))
+        src = "x"
+        if len(net.inputs) > 1:
+            W = np.zeros((size, total))
+            W[np.arange(size), offset + np.arange(size)] = 1.0
+            src = prefix + "pick:" + n
+            nodes.append((src, ops.Dense((1, size), W=W), ["x"]))
+        nodes.append((prefix + n, ops.Reshape(shape, in_shape=(1, size) if len(net.inputs) > 1 else (1, total)),
+                      [src]))
+        out[n] = prefix + n
+        offset += size
+    return out
 
 
 def margin_graph(net: Graph, head: np.ndarray) -> Graph:
@@ -99,7 +127,7 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     difference graph of base and g (g aligned to base's names), which is tight when g is base with edited
     weights; when g does not have base's structure, via is ignored."""
     cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples, runners=(run_a, run_b))
-    cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, eps)
+    cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, cex_eps(opt, eps))
     if cex is not None:
         return "not_equivalent", np.inf, seen, cex, []
     if deadline is not None and time.perf_counter() > deadline:

@@ -12,7 +12,7 @@ from ..align import AlignedPair
 from ...bounds.diff import PairBounds, pair_bounds
 from ...spec.region import Box
 from ...solvers import Status
-from .result import CheckOptions, CheckResult, Piece, piece_counts
+from .result import CheckOptions, CheckResult, Piece, cex_eps, piece_counts
 
 
 class _Clock:
@@ -53,7 +53,7 @@ class Ledger:
     def try_points(self, X: np.ndarray):
         if self.cex is not None or not len(X):
             return
-        cex, seen = falsify.confirm(self.run_a, self.run_b, X, self.box, self.opt.norm, self.eps)
+        cex, seen = falsify.confirm(self.run_a, self.run_b, X, self.box, self.opt.norm, cex_eps(self.opt, self.eps))
         self.seen = max(self.seen, seen)
         if cex is not None:
             self.cex = cex
@@ -93,6 +93,8 @@ class Ledger:
             verdict = "equivalent"
         else:
             verdict = "unknown"
+        if verdict == "equivalent" and opt.measure and opt.epsilon is None:
+            verdict = "measured"            # (two identical networks: the bound 0 was computed)
         covered = self.cex is None and bool(self.pieces)   # the closed pieces tile the region
         upper = min(float(self.per_out.max()) if covered else np.inf, self.root_upper())
         self.stats["pieces"] = piece_counts(self.pieces)

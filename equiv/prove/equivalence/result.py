@@ -120,6 +120,12 @@ def eps_vector(opt: CheckOptions, n_out: int) -> np.ndarray:
     return e
 
 
+def cex_eps(opt: CheckOptions, eps: np.ndarray) -> np.ndarray | None:
+    """What a point must exceed to be a counterexample (`falsify.confirm`): None when measuring without
+    epsilon, where no point is one (eps_vector's ones only scale the search there)."""
+    return None if opt.norm == "linf" and opt.epsilon is None else eps
+
+
 def summary(r: CheckResult, a: str = "A", b: str = "B") -> str:
     """A few lines for people: the verdict, the proven interval of the worst difference, the work done."""
     what = {"linf": f"max |{a} - {b}| <= {_eps_text(r.epsilon)}", "top1": "same top-1 class"}[r.norm]
