@@ -65,6 +65,8 @@ def scratch(tmp_path):
     _unsupported_model(tmp_path / "sigmoid.onnx")
     onnx.save(network_to_onnx(tiny_net([([[1.0, -1.0], [0.5, 2.0]], [0.0, 0.1]), ([[1.0, 1.0]], [0.0])])),
               str(tmp_path / "tiny2.onnx"))
+    onnx.save(network_to_onnx(tiny_net([([[1.0, -1.0], [0.5, 2.0]], [0.0, 0.1]), ([[3e38, 3e38]], [0.0])])),
+              str(tmp_path / "huge.onnx"))        # finite float32 weights whose products overflow
     text = (tmp_path / "P.vnnlib").read_text()
     (tmp_path / "unbalanced.vnnlib").write_text(text + "\n(assert (<= X_0 1.0)\n")
     (tmp_path / "coupled.vnnlib").write_text(text + "\n(assert (<= (+ X_0 X_1) 1.0))\n")
@@ -109,6 +111,18 @@ CATALOGUE = [
     ("check-seed-negative", CHECK + ["--seed", "-1"], ">= 0"),
     ("box-beyond-float32", ["simplify", "M.onnx", "--box", ",".join(["1e39:1e39"] + ["0:1"] * 63), "-o", "out.onnx"],
      "float32"),
+    ("box-overflows-the-model", ["simplify", "M.onnx", "--box", ",".join(["-1e38:1e38"] * 64), "-o", "out.onnx"],
+     "not finite in float32"),
+    ("check-model-overflows-float32", ["check", "huge.onnx", "tiny2.onnx", "--box", "-2:2,-2:2", "--epsilon", "0.1"],
+     "overflow float32"),
+    ("check-top1-with-epsilon", ["check", "M.onnx", "S.onnx", "--spec", "P.vnnlib", "--norm", "top1", "--epsilon",
+                                 "0.5"], "takes none"),
+    ("compress-top1-with-epsilon", ["compress", "M.onnx", "--spec", "P.vnnlib", "--preserve", "top1", "--epsilon",
+                                    "0.5", "-o", "out.onnx"], "takes none"),
+    ("simplify-epsilon-negative", SIMPLIFY + ["-o", "out.onnx", "--epsilon=-1"], "positive and finite"),
+    ("simplify-epsilon-nan", SIMPLIFY + ["-o", "out.onnx", "--epsilon", "nan"], "positive and finite"),
+    ("simplify-epsilon-zero", SIMPLIFY + ["-o", "out.onnx", "--epsilon", "0"], "leave --epsilon out"),
+    ("scheduler-not-an-address", SIMPLIFY + ["-o", "out.onnx", "--scheduler", "nowhere"], "no Dask scheduler"),
     ("clip-misses-the-ball", ["simplify", "M.onnx", "--center", "c.npy", "--radius", "0.1", "--clip", "2:3",
                               "-o", "out.onnx"], "empty region"),
     ("check-journal-is-model-b", CHECK + ["--journal", "S.onnx"], "--journal"),

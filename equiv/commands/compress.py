@@ -25,6 +25,8 @@ def cmd_compress(args, out) -> int:
         guard.claim(args.plot, "plot")
     if args.preserve == "linf" and args.epsilon is None:
         raise InputFileError("--preserve linf needs --epsilon (the largest allowed output difference)")
+    if args.preserve == "top1" and args.epsilon is not None:
+        raise InputFileError("--epsilon is for --preserve linf; --preserve top1 keeps the top-1 class and takes none")
     check_backend(args.backend, milp=True)
     from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph

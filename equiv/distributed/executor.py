@@ -25,6 +25,12 @@ class DaskMissingError(EquivError):
     exit_code = 2
 
 
+class SchedulerUnreachableError(EquivError):
+    """--scheduler names an address where no Dask scheduler answers (or one that is not an address)."""
+
+    exit_code = 2
+
+
 class _Lazy:
     """A future of the in-process executor: the call runs at the first `result()`, never if cancelled."""
 
@@ -89,7 +95,11 @@ class DaskExecutor:
         self.cluster = None
         self.warning = None
         if scheduler:
-            self.client = Client(scheduler, timeout="20s")
+            try:
+                self.client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError, ValueError) as exc:   # a wrong address is the user's input, not a bug
+                raise SchedulerUnreachableError(f"--scheduler {scheduler}: no Dask scheduler answered there "
+                                                f"({type(exc).__name__}: {str(exc)[:160]})") from None
             # an existing cluster was started by someone else, with their nanny's environment: say so
             self.warning = slow_worker_environment(self.client.run(_malloc_trim_threshold))
             if self.warning:

@@ -380,6 +380,9 @@ class Search:
         for maker in self.opt.makers:
             if self.done():
                 break
+            if maker == "neurons" and not sum(int(np.size(m)) for m in base.net.masks):
+                self.result.notes.append("neurons: skipped, the model has no hidden neuron left to prune")
+                continue
             if maker in LEVEL_MAKERS:
                 nxt = self.bisect(base, maker)
                 if nxt is not base and maker == "neurons" and not self.done():
