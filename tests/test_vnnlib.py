@@ -446,3 +446,14 @@ def test_real_mnist_load_regions():
     boxes, desc = load_regions(spec=MNIST / "prop_0_0.03.vnnlib")
     assert len(boxes) == 1 and boxes[0].dim == 784 and desc == f"vnnlib:{MNIST / 'prop_0_0.03.vnnlib'}"
     assert isinstance(boxes[0], Box)
+
+
+def test_a_byte_order_mark_is_no_token_and_full_width_digits_are_no_number(tmp_path):
+    """A file saved with a UTF-8 BOM reads like the same file without it; a full-width '１' (which Python's
+    float() accepts) is not a VNN-LIB number."""
+    text = decls(1) + bounds([0.0], [1.0])
+    path = tmp_path / "bom.vnnlib"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert as_tuples(boxes_from_vnnlib(path)) == [((0.0,), (1.0,))]
+    with pytest.raises(RegionError):
+        read(tmp_path, decls(1) + "(assert (>= X_0 0.0))\n(assert (<= X_0 \uff11))\n")

@@ -35,6 +35,8 @@ def _dims(vi) -> tuple:
 def read_onnx_file(path) -> onnx.ModelProto:
     """The model in an ONNX file; InputFileError for a missing, empty, unparsable or node-less file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not an ONNX model file")
     if not path.is_file():
         raise InputFileError(f"model file not found: {path}")
     if path.stat().st_size == 0:

@@ -182,9 +182,10 @@ def load_regions(spec=None, box=None, center=None, radius=None, clip=None) -> tu
     if radius is None:
         raise RegionError("--center needs --radius")
     try:
-        c = np.load(center)
+        c = np.load(center, allow_pickle=False)
     except Exception as exc:
-        raise RegionError(f"cannot read centre file {center}: {exc}") from exc
+        why = "not a .npy array file (numpy.save writes one)" if isinstance(exc, ValueError) else str(exc)
+        raise RegionError(f"cannot read centre file {center}: {why}") from exc
     return [ball(c, float(radius), clip)], f"ball:{center} r={radius}"
 
 

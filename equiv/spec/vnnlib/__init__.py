@@ -54,7 +54,7 @@ def read_file(path: str | Path) -> list[tuple[np.ndarray, np.ndarray]]:
     if not p.is_file():
         raise RegionError(f"VNN-LIB file not found: {path}")
     try:
-        text = p.read_text(encoding="utf-8", errors="replace")
+        text = p.read_text(encoding="utf-8-sig", errors="replace")     # (-sig: a byte-order mark is no token)
     except OSError as exc:
         raise RegionError(f"cannot read VNN-LIB file {path}: {exc}") from exc
     return read_text(text, str(path))

@@ -19,7 +19,7 @@ _TOKEN = re.compile(r"""
   | (?P<atom>[^\s()";|]+)
   | (?P<bad>["|])
 """, re.VERBOSE)
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z", re.ASCII)   # ASCII: no full-width digits
 _VAR = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
 _LOOKS_LIKE_VAR = re.compile(r"[XY]_\d+\Z")
 
