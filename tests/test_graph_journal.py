@@ -90,15 +90,37 @@ def test_a_journal_records_nothing_twice(tmp_path):
     g, box = conv_net()
     j = Journal(tmp_path / "run.jnl", journal_inputs("0" * 64, box))
     pj = PhaseJournal(j)
+    dead = np.flatnonzero(graph_phases(g, box, "milp", budget=60).dead["r2"].reshape(-1))[:2]   # true facts
+    assert dead.size == 2
     for _ in range(2):
-        pj.proved("r1", [3, 1], [5], "milp")
+        pj.proved("r2", dead[::-1], [], "milp")
         pj.points(np.full((2, 36), 0.25))
-    pj.proved("r2", [], [], "milp")                     # nothing proved: nothing written
+    pj.proved("r1", [], [], "milp")                     # nothing proved: nothing written
     assert j.written == 2
     b, x = pj.replay(g, box, graph_phases(g, box, "deeppoly").bounds)
-    assert b.hi["c1"].reshape(-1)[[1, 3]].max() <= 0 and b.lo["c1"].reshape(-1)[5] >= 0
+    assert b.hi["c2"].reshape(-1)[dead].max() <= 0
     assert x.shape == (1, 36) and (x == 0.25).all()
     j.close()
+
+
+def test_replay_refuses_a_fact_that_a_point_or_the_bounds_refute(tmp_path):
+    """A journalled phase is taken as a proof; a line edited with a valid checksum is not signed, but one that
+    a real point (here the journalled point itself) or this run's own bounds refute is refused."""
+    g, box = conv_net()
+    bounds = graph_phases(g, box, "deeppoly").bounds
+    x = box.sample(200, np.random.default_rng(1))
+    c2 = g.evaluate(x)["c2"].reshape(len(x), -1)
+    pos = int(np.flatnonzero(c2.max(axis=0) > 0)[0])
+    proved_dead = int(np.flatnonzero(bounds.hi["c2"].reshape(-1) < 0)[0])
+    for n, (dead, active, why) in enumerate([([pos], [], "refuted by a real point"),
+                                             ([], [proved_dead], "contradicts its proven bounds")]):
+        j = Journal(tmp_path / f"forged{n}.jnl", journal_inputs("0" * 64, box))
+        pj = PhaseJournal(j)
+        pj.proved("r2", dead, active, "milp")
+        pj.points(x[np.argmax(c2[:, pos])][None])
+        with pytest.raises(JournalMismatchError, match=why):
+            pj.replay(g, box, bounds)
+        j.close()
 
 
 @needs_cifar

@@ -93,9 +93,33 @@ class PhaseJournal:
                 pts.append(x)
         self.replayed["journal_points_reused"] = len(pts)
         self.journal.reused += len(pts) + sum(k.startswith(PROVED) for k in self.journal.answers)
+        x = np.clip(np.array(pts), box.lo, box.hi) if pts else np.zeros((0, box.dim))
+        self._refuse_contradictions(g, box, lo, hi, x)
         if lo:      # (as `bounds.engine.retightened`, for every tensor a fact tightens, in one pass)
             known = GraphBounds({**bounds.lo, **{z: v.reshape(bounds.lo[z].shape) for z, v in lo.items()}},
                                 {**bounds.hi, **{z: v.reshape(bounds.hi[z].shape) for z, v in hi.items()}})
             bounds = deeppoly_graph(g, box, known=known)
-        x = np.clip(np.array(pts), box.lo, box.hi) if pts else np.zeros((0, box.dim))
         return bounds, x
+
+    def _refuse_contradictions(self, g: Graph, box: Box, lo: dict, hi: dict, x: np.ndarray) -> None:
+        """A journalled phase is trusted as a proof, so one that anything refutes means an edited file:
+        refused when it contradicts this run's own sound bounds (hi < lo once intersected), or the values at
+        real points (the centre, a few random ones, the journalled points) by more than rounding."""
+        for z in lo:
+            bad = np.flatnonzero(hi[z] < lo[z])
+            if bad.size:
+                raise JournalMismatchError(f"journal {self.journal.path}: a journalled phase of {z!r} (position "
+                                           f"{int(bad[0])}) contradicts its proven bounds: the file was edited; "
+                                           "move the journal away")
+        if not lo:
+            return
+        pts = np.vstack([box.center[None], box.sample(8, np.random.default_rng(0)), x])
+        vals = g.evaluate(pts)
+        for z in lo:
+            v = np.asarray(vals[z]).reshape(len(pts), -1)
+            slack = 1e-6 * (1.0 + np.abs(v).max(axis=0))
+            bad = np.flatnonzero(np.any((v > hi[z] + slack) | (v < lo[z] - slack), axis=0))
+            if bad.size:
+                raise JournalMismatchError(f"journal {self.journal.path}: a journalled phase of {z!r} (position "
+                                           f"{int(bad[0])}) is refuted by a real point: the file was edited; "
+                                           "move the journal away")
