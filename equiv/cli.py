@@ -31,7 +31,8 @@ CODES = {
     "slice": [("0", "the family was written (or, with --verify, every check passed)"),
               ("1", "making: a slice or the dispatcher disagreed with the original (a bug: nothing is written); "
                     "--verify: a check failed (tiling, tree, a changed or missing file, outputs that differ)"),
-              ("3", "--certify: some slice was neither proved nor refuted in its time (the family is written)")],
+              ("3", "--certify: some slice was neither proved nor refuted in its time (the family is written; with "
+                    "--verify: every other check passed)")],
     "compress": [("0", "a smaller model proved equivalent to the original (the file that was checked) was written"),
                  ("1", "the certified model failed the sampled re-check in onnxruntime: a bug in equiv; nothing is "
                        "written"),

@@ -391,6 +391,17 @@ def test_verify_uses_the_tolerance_given_not_the_manifests(acas_family, tmp_path
     assert code == 1 and "FAIL  slices vs original" in text and "slice 3: differs" in text
 
 
+def test_verify_exit_code_tells_unknown_certificates_from_failures():
+    """--verify --certify: certificates neither proved nor refuted exit 3 (as when making the family), any
+    failed check 1."""
+    from equiv.apps.slicing.verify import Check, VerifyReport
+    rep = VerifyReport("f", [Check("tiling", True, "ok"), Check("certificates", False, "slice 2: ...", unknown=True)])
+    assert rep.exit_code == 3 and "UNKN  certificates" in rep.format() and rep.to_json()["exit_code"] == 3
+    rep.checks.append(Check("files", False, "slice 1 changed"))
+    assert rep.exit_code == 1 and "VERIFICATION FAILED" in rep.format()
+    assert VerifyReport("f", [Check("tiling", True, "ok")]).exit_code == 0
+
+
 def test_verify_catches_a_missing_and_a_swapped_slice_file(acas_family, tmp_path, capsys):
     folder = _copy(acas_family, tmp_path)
     (folder / "slice_005.onnx").unlink()

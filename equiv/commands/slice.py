@@ -22,7 +22,7 @@ def cmd_slice(args, out) -> int:
                                     certify_time_limit=args.certify_time_limit, backend=milp_backend(args.backend),
                                     tolerance=args.epsilon or args.tolerance)
         out.emit(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
-        return 0 if rep.ok else 1
+        return rep.exit_code
     if not (args.model and args.output):
         raise InputFileError("give MODEL.onnx and -o FAMILY to make a family, or --verify FAMILY to check one")
     args.tolerance = args.tolerance or 1e-4

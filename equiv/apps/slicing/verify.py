@@ -27,6 +27,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    unknown: bool = False     # not ok, but nothing was shown wrong (a certificate neither proved nor refuted)
 
 
 @dataclass
@@ -38,17 +39,26 @@ class VerifyReport:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    @property
+    def exit_code(self) -> int:
+        """0 all passed, 1 a check failed, 3 only certificates neither proved nor refuted (as when making)."""
+        if self.ok:
+            return 0
+        return 3 if all(c.ok or c.unknown for c in self.checks) else 1
+
     def add(self, name: str, problems: list[str], ok_detail: str) -> bool:
         self.checks.append(Check(name, not problems, "; ".join(problems) if problems else ok_detail))
         return not problems
 
     def to_json(self) -> dict:
-        return {"folder": self.folder, "ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks]}
+        return {"folder": self.folder, "ok": self.ok, "exit_code": self.exit_code,
+                "checks": [dataclasses.asdict(c) for c in self.checks]}
 
     def format(self) -> str:
         lines = [f"equiv slice --verify {self.folder}"]
-        lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]
-        lines.append("  family verified" if self.ok else "  VERIFICATION FAILED")
+        lines += [f"  {'ok  ' if c.ok else 'UNKN' if c.unknown else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]
+        lines.append({0: "  family verified", 1: "  VERIFICATION FAILED",
+                      3: "  NOT VERIFIED: some certificates are unknown, nothing failed"}[self.exit_code])
         return "\n".join(lines)
 
 
@@ -126,7 +136,7 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
     else:
         original = load_onnx(model_path)
     sha = sha256_of(model_path)
-    problems, proved, worst = [], 0, 0.0
+    problems, unknown, proved, worst = [], [], 0, 0.0
     for i in range(len(slices)):
         if i not in files:
             problems.append(f"slice {i}: no file to certify")
@@ -150,11 +160,12 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
             problems.append(f"slice {i}: differs from the original by {r.max_diff_lower:.3g} > {tol:g} at "
                             f"{r.counterexample.input.tolist()}")
         elif graph:
-            problems.append(f"slice {i}: not certified by its record ({'; '.join(r.notes) or 'no reason given'})")
+            unknown.append(f"slice {i}: not certified by its record ({'; '.join(r.notes) or 'no reason given'})")
         else:
-            problems.append(f"slice {i}: equivalence neither proved nor refuted in {time_limit:g} s")
-    rep.add("certificates", problems, f"all {proved} slices proved equal to the original on their boxes "
-                                      f"(max |diff| <= {worst:.3g}, epsilon {tol:g})")
+            unknown.append(f"slice {i}: equivalence neither proved nor refuted in {time_limit:g} s")
+    rep.add("certificates", problems + unknown, f"all {proved} slices proved equal to the original on their boxes "
+                                                f"(max |diff| <= {worst:.3g}, epsilon {tol:g})")
+    rep.checks[-1].unknown = bool(unknown) and not problems
 
 
 def _check_files(folder: Path, slices: list, m: dict, rep: VerifyReport) -> dict:
