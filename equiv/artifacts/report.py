@@ -48,7 +48,7 @@ def summary(r: SimplifyResult) -> str:
         f"  neurons dead {st.count('dead')}, active {st.count('active')}, unstable {st.count('unstable')}, "
         f"unknown {st.count('unknown')}",
         f"  proved by: {proved or 'nothing'}",
-        f"  validation: {r.validation.samples} points, max |diff| {r.validation.max_abs_diff:.3g}",
+        r.validation.line(),
         f"  time {r.seconds.get('total', 0):.2f} s (prove {r.seconds.get('prove', 0):.2f} s)"
         + (f"  -> {r.output_path}" if r.output_path else ""),
     ])

@@ -166,7 +166,7 @@ def _simplify_graph(args, out, graph, box, source, target) -> int:
         f"  MACs    {report['macs_before']:>8} -> {report['macs_after']}",
         f"  positions dead {c['dead']}, active {c['active']}, unstable {c['unstable']}, unknown {c['unknown']} "
         f"(proved by {_provers(report)})",
-        f"  validation: {res.validation.samples} points, max |diff| {res.validation.max_abs_diff:.3g}",
+        res.validation.line(),
         *(["  folded: " + ", ".join(f"{k} {v}" for k, v in report["folded"].items())] if report["folded"] else []),
         *[f"  note: {n}" for n in report["notes"]],
         f"  time {report['seconds']['total']:.2f} s -> {target}",
