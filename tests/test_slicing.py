@@ -416,6 +416,11 @@ def test_verify_catches_a_missing_and_a_swapped_slice_file(acas_family, tmp_path
     code, text = _verify(folder2, capsys)
     assert code == 1 and "slice 0: slice_000.onnx was changed" in text and "slice 1: slice_001.onnx was changed" in text
 
+    folder3 = _copy(acas_family, tmp_path / "three")
+    shutil.copy(folder3 / "slice_000.onnx", folder3 / "slice_999.onnx")
+    code, text = _verify(folder3, capsys)
+    assert code == 1 and "slice_999.onnx in the folder is no slice of the manifest" in text
+
 
 def test_verify_catches_another_model_and_a_changed_dispatcher(acas_family, tmp_path, capsys):
     folder = _copy(acas_family, tmp_path)

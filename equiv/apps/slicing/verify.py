@@ -187,6 +187,11 @@ def _check_files(folder: Path, slices: list, m: dict, rep: VerifyReport) -> dict
         problems.append(f"dispatcher {m['dispatch']!r} is missing")
     elif sha256_of(path) != m.get("dispatch_sha256"):
         problems.append(f"dispatcher {m['dispatch']} was changed (sha256 differs from the manifest)")
+    named = {s.get("file") for s in slices} | {m.get("dispatch")}
+    extra = sorted(p.name for p in folder.glob("*.onnx") if p.name not in named)
+    if extra:
+        problems.append(f"{', '.join(extra[:5])} in the folder {'is' if len(extra) == 1 else 'are'} no slice of the "
+                        "manifest (an edit? a deployment may pick it up)")
     rep.add("files", problems, f"{len(slices)} slice files and the dispatcher match their sha256")
     return found
 
