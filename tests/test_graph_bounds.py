@@ -432,3 +432,28 @@ def test_random_dags_deeppoly_sound_and_no_looser_than_interval(problem, seed):
     for n in g.order:
         assert np.all(db.lo[n] >= ib.lo[n]) and np.all(db.hi[n] <= ib.hi[n]), n
     assert db.counts(g)["stable"] >= ib.counts(g)["stable"]
+
+
+def test_bounds_hold_where_large_terms_cancel():
+    """z = w . x with terms of 1e10 that cancel to about +1e-7 (weights ~1e6, inputs ~1e4, a point box): the
+    margin relative to |bound| alone left interval and DeepPoly upper bounds below the exact z, and the ReLU
+    was called dead.  The margin on the forward magnitude keeps every bound above it (exact, in Fractions)."""
+    from fractions import Fraction
+    from equiv.bounds.engine import interval_graph
+    rng = np.random.default_rng(0)
+    tried = 0
+    for _ in range(300):
+        W = np.array([[rng.choice([1e6, -1e6, 3e5]), rng.choice([1e6, -1e6, -7e5]), -1e6, 1.0]], np.float32)
+        x = np.array([1e4 + rng.random(), 1e4 + rng.random(), 1e4 + rng.random(), 0.0])
+        big = sum(Fraction(float(W[0, i])) * Fraction(x[i]) for i in range(3))
+        x[3] = float(-big + Fraction(1, 10 ** 7))
+        z = big + Fraction(x[3])
+        if z <= 0:
+            continue
+        tried += 1
+        g = Graph.build([("x", Input((1, 4)), []), ("z", Dense((1, 1), W=W.astype(np.float64)), ["x"]),
+                         ("y", Relu((1, 1)), ["z"])], ["x"], ["y"])
+        box = Box(x, x.copy())
+        for b in (interval_graph(g, box), deeppoly_graph(g, box)):
+            assert Fraction(float(b.lo["z"].item())) <= z <= Fraction(float(b.hi["z"].item()))
+    assert tried > 100

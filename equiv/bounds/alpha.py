@@ -23,7 +23,7 @@ import numpy as np
 from ..ir.graph import Graph
 from ..spec.region import Box
 from .common import outward
-from .engine import GraphBounds, _box_parts, _relaxation
+from .engine import GraphBounds, _box_parts, _parts, _relaxation, rounding_margins
 
 ROW_BUDGET_BYTES = 256 * 2 ** 20
 
@@ -114,6 +114,7 @@ def alpha_lower(g: Graph, box: Box, bounds: GraphBounds, target: str, rows: np.n
     one chunk of rows' coefficients.  stop: an event that ends the ascent early, as the deadline does."""
     parts = _box_parts(g, box)
     need = nx.ancestors(g.dag, target) | {target}
+    margin = rounding_margins(g, _parts(g, box.lo[None], box.hi[None]), need)[target][0].reshape(-1)
     relax = {}
     for r in g.relus:
         if r in need:
@@ -159,7 +160,8 @@ def alpha_lower(g: Graph, box: Box, bounds: GraphBounds, target: str, rows: np.n
                 for d in (alpha, m, v2):
                     for r in opt:
                         d[r] = d[r][still]
-        # the bound reported is a fresh back-substitution at the best slopes found
+        # the bound reported is a fresh back-substitution at the best slopes found, less the target's rounding
+        # margin (`engine.rounding_margins`)
         c, _ = _backward(g, target, rr, ss, parts, relax, best, need, keep=False)
-        out[s:s + chunk] = outward(c, c)[0]
+        out[s:s + chunk] = outward(c, c)[0] - margin[rr]
     return out

@@ -13,6 +13,13 @@ ROUND_ABS = 1e-9
 # Relative margin on the sum of |terms| of a back-substituted bound (`engine._backward(magnitude=True)`):
 # a difference of two networks is a small sum of large terms, which the margins above do not cover.
 ROUND_TERMS = 1e-12
+# Per accumulated operation, a margin relative to a tensor's forward magnitude (`engine.rounding_margins`:
+# |W| M + |b| from max |x| at the inputs, which bounds every term the tensor's bounds sum up, since ReLU
+# slopes lie in [0, 1] and their intercepts below |l|).  float64 rounds each operation by at most 2^-53
+# relative, so operations x 2^-52 x magnitude bounds the error.  Without it, terms of 1e10 cancelling to
+# 1e-7 (weights ~1e5, inputs ~1e3) gave an upper bound below a real value, and a ReLU was called dead that
+# is not (found by an adversarial hunt).
+ROUND_MAG = 2.0 ** -52
 
 
 def outward(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

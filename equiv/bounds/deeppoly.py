@@ -15,7 +15,7 @@ from ..ir.chain_graph import dense_names, network_graph
 from ..ir.network import Network
 from ..spec.region import Box
 from .common import Bounds, outward
-from .engine import GraphBounds, _backward, _parts, _relaxation, deeppoly_boxes
+from .engine import GraphBounds, _backward, _parts, _relaxation, deeppoly_boxes, rounding_margins, widen
 
 
 def relaxation(lo: np.ndarray, hi: np.ndarray, mask: np.ndarray):
@@ -36,8 +36,10 @@ def backsubstitute(net: Network, box: Box, bounds: Bounds, k: int, C: np.ndarray
     g, name = network_graph(net), dense_names(net)[k]
     known = chain_known(net, [a[None] for a in bounds.lo[:k]], [a[None] for a in bounds.hi[:k]])
     rows = np.arange(net.dense[k].n_out) if C is None else np.asarray(C, np.float64)
-    cl, ch = _backward(g, name, rows, known.lo, known.hi, _parts(g, box.lo[None], box.hi[None]), {})
-    return outward(cl[0], ch[0])
+    parts = _parts(g, box.lo[None], box.hi[None])
+    cl, ch = _backward(g, name, rows, known.lo, known.hi, parts, {})
+    m = rounding_margins(g, parts)[name][0].reshape(-1)
+    return widen(*outward(cl[0], ch[0]), m if C is None else np.abs(rows) @ m)
 
 
 def deeppoly_bounds(net: Network, box: Box, known: Bounds | None = None) -> Bounds:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..ir import ops
 from ..ir.graph import Graph
 from ..spec.region import Box
-from .common import ROUND_TERMS, outward
+from .common import ROUND_MAG, ROUND_TERMS, outward
 from .blocks import find_blocks, jump, make_summary, needed_rows
 from .relax import _relaxation, diff_step, prepare, prepare_diff, relu_step, rowdot  # noqa: F401  (_relaxation: alpha)
 
@@ -82,9 +82,59 @@ def _squeeze(b: GraphBounds) -> GraphBounds:
                        b.summaries)
 
 
-def _interval_node(g: Graph, name: str, parts: dict, lo: dict, hi: dict, known: GraphBounds | None, N: int):
+def rounding_margins(g: Graph, parts: dict, names=None) -> dict:
+    """{tensor: (N, *shape)} the float64 rounding margin of its bounds: ROUND_MAG x the operations summed on
+    the longest way from the input (fan-ins, plus the inputs' count for the final concretisation) x its
+    forward magnitude M (|W| M + |bias| from max(|lo|, |hi|) at the inputs; a ReLU keeps its input's).
+    names: only these tensors (and what they read)."""
+    M, C = {}, {}
+    N = next(iter(parts.values()))[0].shape[0] if parts else 1
+    for n in g.order:
+        if names is not None and n not in names:
+            continue
+        op, args = g.op(n), g.args(n)
+        if op.kind == "input":
+            l, h = parts[n]
+            M[n], C[n] = np.maximum(np.abs(l), np.abs(h)), g.n_inputs
+        elif op.kind == "const":
+            M[n], C[n] = np.broadcast_to(np.abs(np.asarray(op.value, np.float64)), (N,) + tuple(op.shape)), 0
+        elif op.kind == "relu":              # (a back-substitution sums its intercepts over all positions)
+            M[n], C[n] = M[args[0]], C[args[0]] + op.size + 2
+        elif op.kind == "relu_diff":         # dh = act_f(z_f) - act_g(z_g): |dh| <= |z_f| + |z_g|
+            M[n], C[n] = M[args[1]] + M[args[2]], max(C[a] for a in args) + 2 * op.size + 4
+        elif op.selects:                      # elements moved (a pad value where no element lands)
+            M[n], C[n] = np.abs(op.forward(*[M[a] for a in args])), max(C[a] for a in args)
+        else:
+            M[n] = op.abs_linear(*[M[a] for a in args])
+            if op.bias is not None:
+                M[n] = M[n] + np.abs(np.broadcast_to(np.asarray(op.bias, np.float64), op.shape))
+            C[n] = max(C[a] for a in args) + _sum_length(op, len(args)) + (op.size if op.bias is not None else 0) + 2
+    return {n: ROUND_MAG * C[n] * M[n] for n in M}
+
+
+def _sum_length(op, n_args: int) -> int:
+    """The longest sum one application of the op, or of its adjoint, makes: the fan-in or the fan-out."""
+    W = getattr(op, "W", None)
+    if W is None:
+        return n_args
+    W = np.asarray(W)
+    if W.ndim == 4:           # a convolution (out, in / group, kh, kw): its adjoint sums out x kh x kw terms
+        return max(W[0].size, W.shape[0] * W.shape[2] * W.shape[3])
+    return max(W.shape)
+
+
+def widen(l: np.ndarray, h: np.ndarray, m: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """[l, h] widened by a rounding margin m (`rounding_margins`)."""
+    if m is None:
+        return l, h
+    return l - m, h + m
+
+
+def _interval_node(g: Graph, name: str, parts: dict, lo: dict, hi: dict, known: GraphBounds | None, N: int,
+                   M: dict | None = None):
     """Interval bounds (N, *shape) of one node from those of its arguments (centre/radius through the op,
-    |L| for the radius), intersected with `known` where given."""
+    |L| for the radius), widened by its rounding margin M[name] (`rounding_margins`) where it sums
+    anything, and intersected with `known` where given."""
     op = g.op(name)
     if op.kind == "input":
         l, h = parts[name]
@@ -95,7 +145,8 @@ def _interval_node(g: Graph, name: str, parts: dict, lo: dict, hi: dict, known: 
         l, h = op.forward(lo[a]), op.forward(hi[a])
     elif op.kind == "relu_diff":
         args = g.args(name)
-        l, h = outward(*op.interval([lo[a] for a in args], [hi[a] for a in args]))
+        l, h = widen(*outward(*op.interval([lo[a] for a in args], [hi[a] for a in args])),
+                     None if M is None else M[name])
     elif op.selects:          # elements moved, no arithmetic: exact, no margin
         args = g.args(name)
         l, h = op.forward(*[lo[a] for a in args]), op.forward(*[hi[a] for a in args])
@@ -103,7 +154,7 @@ def _interval_node(g: Graph, name: str, parts: dict, lo: dict, hi: dict, known: 
         args = g.args(name)
         c = op.forward(*[(lo[a] + hi[a]) / 2 for a in args])
         r = op.abs_linear(*[(hi[a] - lo[a]) / 2 for a in args])
-        l, h = outward(c - r, c + r)
+        l, h = widen(*outward(c - r, c + r), None if M is None else M[name])
     if known is not None and name in known.lo:
         l, h = np.maximum(l, known.lo[name]), np.minimum(h, known.hi[name])
     lo[name], hi[name] = np.asarray(l, np.float64), np.asarray(h, np.float64)
@@ -113,8 +164,9 @@ def interval_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
     """Interval bounds of every tensor on each of the N boxes [lo[n], hi[n]] ((N, n_inputs) arrays):
     {tensor: (N, *shape)}.  `known` bounds (broadcastable to that) are intersected in."""
     parts, L, H = _parts(g, lo, hi), {}, {}
+    M = rounding_margins(g, parts)
     for name in g.order:
-        _interval_node(g, name, parts, L, H, known, lo.shape[0])
+        _interval_node(g, name, parts, L, H, known, lo.shape[0], M)
     return GraphBounds(L, H)
 
 
@@ -336,9 +388,10 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
     # plain interval bounds first: the sweep's intervals (from tighter arguments) are intersected with
     # them, so no bound comes out looser than the interval one by a rounding difference
     L, H = {}, {}
+    M = rounding_margins(g, parts, need)
     for z in g.order:
         if z in need:
-            _interval_node(g, z, parts, L, H, known, N)
+            _interval_node(g, z, parts, L, H, known, N, M)
     known, L, H, forms = GraphBounds(L, H), {}, {}, {}
     relax = {} if relax is None else relax
     ends = {b.end: b for b in (blocks if isinstance(blocks, list) else find_blocks(g, blocks))}
@@ -351,7 +404,7 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
         if z not in need:
             continue
         t1 = time.perf_counter()
-        _interval_node(g, z, parts, L, H, known, N)
+        _interval_node(g, z, parts, L, H, known, N, M)
         t_int += time.perf_counter() - t1
         if z in ends:
             t1 = time.perf_counter()
@@ -361,7 +414,7 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
             if bar is not None:
                 bar.update()
             mag = z in magnitude if isinstance(magnitude, (set, frozenset, dict)) else bool(magnitude)
-            _tighten(g, z, L, H, parts, relax, rows, coef, summaries, mag, chunk, forms)
+            _tighten(g, z, L, H, parts, relax, rows, coef, summaries, mag, chunk, forms, M[z])
         if tie is not None:
             tie(z, L, H)
     if bar is not None:
@@ -373,8 +426,9 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
 
 
 def _tighten(g: Graph, z: str, L: dict, H: dict, parts: dict, relax: dict, rows, coef: bool, summaries: dict,
-             magnitude: bool, chunk: int, forms: dict):
-    """One target of the sweep: back-substitute its rows to the input in chunks and intersect (in L, H)."""
+             magnitude: bool, chunk: int, forms: dict, Mz: np.ndarray):
+    """One target of the sweep: back-substitute its rows to the input in chunks, widen by its rounding margin
+    Mz (`rounding_margins`) and intersect (in L, H)."""
     args = g.args(z)
     if len(set(args)) == len(args) and all(g.op(a).kind == "input" for a in args):
         return                  # one op of distinct inputs (a box): its interval bounds are already exact
@@ -385,7 +439,7 @@ def _tighten(g: Graph, z: str, L: dict, H: dict, parts: dict, relax: dict, rows,
     for s in range(0, todo.size, chunk):
         r = todo[s:s + chunk]
         res = _backward(g, z, r, L, H, parts, relax, coef, summaries=summaries or None, magnitude=magnitude)
-        cl, ch = outward(res[0], res[1])
+        cl, ch = widen(*outward(res[0], res[1]), np.broadcast_to(Mz, L[z].shape).reshape(N, -1)[:, r])
         if on is not None:      # off its boxes a row keeps its interval bounds
             cl, ch = np.where(on[:, r], cl, -np.inf), np.where(on[:, r], ch, np.inf)
         l[:, r], h[:, r] = np.maximum(l[:, r], cl), np.minimum(h[:, r], ch)
