@@ -17,6 +17,7 @@ from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..ir.graph_align import align_to, normalised
 from ..ir.pair_graph import StructureError, difference_graph
 from .equivalence import CheckOptions, CheckResult, Piece, eps_vector, piece_counts
+from .equivalence.ledger import float32_note
 from .equivalence.result import GRAPH_KINDS, cex_eps
 from ..errors import InputFileError
 from ..ir import ops
@@ -217,6 +218,9 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
     if opt.measure and opt.epsilon is None and verdict != "not_equivalent":
         verdict = "measured"
     notes = list(dict.fromkeys(notes))          # one line per kind of note, not one per box
+    if cex is None and uppers and seen_all > max(uppers):
+        # the proof is about the exact functions of the stored weights; onnxruntime rounds in float32
+        notes.append(float32_note(seen_all, float(max(uppers))))
     notes.append("graph check: falsification, then DeepPoly on the difference (or product) graph of the two networks; input "
                  "splitting and the product MILP work on chains of dense layers only so far")
     return CheckResult(verdict=verdict, norm=opt.norm, epsilon=None if opt.epsilon is None else eps.tolist(),
