@@ -57,6 +57,27 @@ def test_backends_agree_on_decisions(seed):
             assert a == b or "unknown" in (a, b), (name, ref, v)
 
 
+@pytest.mark.parametrize("name", [b for b in INSTALLED if b != "admm"])
+def test_a_badly_scaled_milp_proves_nothing(name):
+    """z = 1e9 x1 - 1e9 x2 + d (x in [0, 1], d binary): numbers of 1e9 compared at a margin of 1e-6 are past
+    any solver's precision (the hunt saw HiGHS, Gurobi and CBC answer "infeasible" on such big-M models with
+    feasible points).  Decisions and MILP bounds are unknown there; an LP bound (a safe dual bound) is still
+    used."""
+    from equiv.solvers.base import MILP_SCALE_MAX, model_scale
+    A = sp.csr_matrix(np.array([[1e9, -1e9, 1.0, -1.0]]))         # row: z - (1e9 x1 - 1e9 x2 + d) = 0
+    model = LinearModel(A, np.zeros(1), np.zeros(1), np.array([0.0, 0.0, 0.0, -3e9]), np.array([1.0, 1.0, 1.0, 3e9]),
+                        np.array([False, False, True, False]))
+    be = make_backend(name, model)
+    assert model_scale(model) > MILP_SCALE_MAX and "badly scaled" in be.badly_scaled()
+    c = np.array([0.0, 0.0, 0.0, 1.0])
+    d = be.decide(c, 0.0, 0.5, time_limit=5, margin=1e-6)
+    assert d.verdict == "unknown" and "badly scaled" in d.message
+    r = be.maximize(c, 0.0, integer=True, time_limit=5)
+    assert r.bound is None and "badly scaled" in r.message
+    lp = be.maximize(c, 0.0, integer=False, time_limit=5)         # (not refused: a bound from the duals is
+    assert lp.bound is None or lp.bound >= 1e9 + 1.0 - 1e-3       # safe at any scale, if the solver gives one)
+
+
 @pytest.mark.skipif("gurobi" not in INSTALLED, reason="gurobipy not installed")
 def test_gurobi_size_limited_licence_is_unknown_not_a_proof():
     n = 2500  # above the pip licence's ~2000 variable limit

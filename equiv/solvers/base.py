@@ -47,10 +47,37 @@ class Decision:
     message: str = ""
 
 
+# The largest number a MILP may compare (a row's sum of |a| x max|v|, a bound) for its answer to prove
+# anything at the decision margin (1e-6): past it the solver's relative tolerances (~1e-9 .. 1e-14) exceed
+# the margin.  An adversarial hunt found HiGHS, Gurobi and CBC answering "infeasible" on nets with weights
+# and biases ~1e4 per layer (big-M constants 1e13..1e15) where a point had z = +5e11.
+MILP_SCALE_MAX = 1e8
+
+
+def model_scale(model: LinearModel) -> float:
+    """The size of the numbers a MILP over the model compares: the largest row sum |a| . max(|lo|, |hi|) of
+    the columns, and the largest finite row or column bound."""
+    col = np.maximum(np.abs(model.col_lo), np.abs(model.col_hi))
+    col = np.where(np.isfinite(col), col, 0.0)
+    rows = abs(model.A) @ col if model.n_rows else np.zeros(0)
+    bounds = [np.abs(b[np.isfinite(b)]) for b in (model.row_lo, model.row_hi)] + [col]
+    return float(max([rows.max(initial=0.0)] + [b.max(initial=0.0) for b in bounds]))
+
+
 class Backend:
     """Translate a LinearModel once, then answer many objective queries on it (warm starts allowed)."""
 
     name = "abstract"
+    scale_max = MILP_SCALE_MAX     # a backend with less precision (CBC through PuLP's files) sets less
+
+    def badly_scaled(self) -> str | None:
+        """Why a MILP answer on this model would prove nothing (None: it may): numbers beyond scale_max."""
+        if getattr(self, "_scale", None) is None:
+            self._scale = model_scale(self.model)
+        if self._scale > self.scale_max:
+            return (f"the MILP is badly scaled (numbers up to {self._scale:.3g}, beyond {self.scale_max:g}): "
+                    "a solver's answer at the decision margin proves nothing there")
+        return None
     # partial_ok: `decide` takes integer_cols, a subset of the model's integer columns kept integral (the
     # others relaxed to their bounds: a relaxation, so "below" is still a proof; a point proves nothing)
     partial_ok = False

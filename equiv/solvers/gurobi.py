@@ -33,7 +33,10 @@ class GurobiBackend(Backend):
         self.what = what
         env = gp.Env(empty=True)
         env.setParam("OutputFlag", 0)
-        env.start()
+        try:
+            env.start()
+        except gp.GurobiError as exc:       # no usable licence: the backend is unavailable, not a bug
+            raise SolverUnavailableError(f"the gurobi backend cannot start: {exc}") from None
         self.env = env
         m = gp.Model(env=env)
         m.Params.Threads = threads
@@ -80,6 +83,8 @@ class GurobiBackend(Backend):
 
     def maximize(self, c, offset, *, integer, time_limit, stop=None) -> SolveResult:
         integer = integer and bool(self.model.integer.any())
+        if integer and self.badly_scaled():
+            return SolveResult(Status.ERROR, None, None, None, 0.0, message=self.badly_scaled())
         self._set_integrality(integer)
         self.m.setMObjective(None, np.asarray(c, float), float(offset), sense=GRB.MAXIMIZE)
         self.m.Params.TimeLimit = float(time_limit)
@@ -108,6 +113,8 @@ class GurobiBackend(Backend):
         return SolveResult(Status.ERROR, None, obj, x, secs, f"gurobi status {st}")
 
     def decide(self, c, offset, threshold, *, time_limit, margin, stop=None) -> Decision:
+        if self.badly_scaled():
+            return Decision("unknown", None, None, 0.0, Status.ERROR, self.badly_scaled())
         c = np.asarray(c, float)
         self._set_integrality(True)
         self.m.setMObjective(None, c, float(offset), sense=GRB.MAXIMIZE)

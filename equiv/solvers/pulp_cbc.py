@@ -23,6 +23,10 @@ MILP_MARGIN = 1e-6
 
 class PulpCbcBackend(Backend):
     name = "cbc"
+    # PuLP hands CBC the model in a file with 13 significant digits (relative 5e-13): past 1e5 that
+    # rounding reaches the decision margin, and CBC decides another model (an adversarial hunt: an input of
+    # 2^34 times a weight 1 + 2^-23 written as 1.000000119209 moved a value by 5e-3)
+    scale_max = 1e5
 
     def __init__(self, model: LinearModel, threads: int = 1):
         if pulp is None:
@@ -76,6 +80,8 @@ class PulpCbcBackend(Backend):
     def maximize(self, c, offset, *, integer, time_limit, stop=None) -> SolveResult:
         c = np.asarray(c, float)
         integer = integer and bool(self.model.integer.any())
+        if integer and self.badly_scaled():
+            return SolveResult(Status.ERROR, None, None, None, 0.0, message=self.badly_scaled())
         prob, names = self._problem(c, offset, integer)
         secs = self._solve(prob, time_limit)
         status, sol = prob.status, prob.sol_status
@@ -96,6 +102,8 @@ class PulpCbcBackend(Backend):
                            f"cbc status {pulp.LpStatus.get(status, status)}")
 
     def decide(self, c, offset, threshold, *, time_limit, margin, stop=None) -> Decision:
+        if self.badly_scaled():
+            return Decision("unknown", None, None, 0.0, Status.ERROR, self.badly_scaled())
         c = np.asarray(c, float)
         prob, _ = self._problem(c, offset, True)
         nz = np.flatnonzero(c)
