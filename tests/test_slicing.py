@@ -336,13 +336,18 @@ def test_verify_catches_an_edited_box(acas_family, tmp_path, capsys):
     assert "FAIL  tiling" in text and "gap" in text and "differs from its tree leaf" in text
 
 
-def test_verify_catches_changed_slice_weights(acas_family, tmp_path, capsys):
-    folder = _copy(acas_family, tmp_path)
-    path = folder / "slice_003.onnx"
+def _shift_output_bias(path, delta: float):
+    """The slice file at path with its output bias moved by delta (written in place); returns path."""
     model = onnx.load(str(path))
     init = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT][-1]   # output bias
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 0.01, init.name))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + delta, init.name))
     save_onnx_atomic(model, path)
+    return path
+
+
+def test_verify_catches_changed_slice_weights(acas_family, tmp_path, capsys):
+    folder = _copy(acas_family, tmp_path)
+    _shift_output_bias(folder / "slice_003.onnx", 0.01)
     code, text = _verify(folder, capsys)
     assert code == 1
     assert "slice 3: slice_003.onnx was changed" in text
@@ -375,11 +380,7 @@ def test_verify_uses_the_tolerance_given_not_the_manifests(acas_family, tmp_path
     """A manifest whose tolerance was raised to 1000 does not set the bar when the user gives --tolerance."""
     from equiv.apps.simplify import sha256_of
     folder = _copy(acas_family, tmp_path)
-    path = folder / "slice_003.onnx"
-    model = onnx.load(str(path))
-    init = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT][-1]   # output bias
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 0.01, init.name))
-    save_onnx_atomic(model, path)
+    path = _shift_output_bias(folder / "slice_003.onnx", 0.01)
     m = json.loads((folder / MANIFEST).read_text())
     m["slices"][3]["sha256"] = sha256_of(path)
     m["options"]["slicing"]["tolerance"] = 1000.0
