@@ -67,7 +67,8 @@ class PulpCbcBackend(Backend):
         return prob, names
 
     def _solve(self, prob, time_limit, options=()):
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(np.ceil(time_limit))), gapRel=0.0,
+        # (CBC's -sec takes fractions of a second; rounding up to whole seconds ran a 0.01 s limit for 1 s)
+        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(0.01, float(time_limit)), gapRel=0.0,
                                    gapAbs=0.0, threads=self.threads, options=list(options))
         t0 = time.perf_counter()
         prob.solve(solver)
