@@ -83,10 +83,10 @@ def _squeeze(b: GraphBounds) -> GraphBounds:
 
 
 def rounding_margins(g: Graph, parts: dict, names=None) -> dict:
-    """{tensor: (N, *shape)} the float64 rounding margin of its bounds: ROUND_MAG x the operations summed on
-    the longest way from the input (fan-ins, plus the inputs' count for the final concretisation) x its
-    forward magnitude M (|W| M + |bias| from max(|lo|, |hi|) at the inputs; a ReLU keeps its input's).
-    names: only these tensors (and what they read)."""
+    """{tensor: (N, *shape)} the float64 rounding margin of its bounds: ROUND_MAG x the terms summed on the
+    longest way from the input (each op's fan-in or fan-out, the intercept sums over a layer's positions,
+    the inputs' count for the final concretisation) x its forward magnitude M (|W| M + |bias| from
+    max(|lo|, |hi|) at the inputs; a ReLU keeps its input's).  names: only these tensors (and what they read)."""
     M, C = {}, {}
     N = next(iter(parts.values()))[0].shape[0] if parts else 1
     for n in g.order:
