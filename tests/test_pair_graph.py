@@ -299,3 +299,31 @@ def test_a_pool_written_and_read_back_pairs_with_the_original(name):
     lo = r.uniform(-1.0, 0.0, size=f.n_inputs)
     dlo, dhi = difference_bounds(f, g, Box(lo, lo + 1.0))
     assert np.abs(np.r_[dlo, dhi]).max() <= 1e-6
+
+
+def test_output_bounds_and_parent_lines_keep_the_forward_magnitude_margin():
+    """`output_bounds` (the verdict of `check` on chains) and a parent's input-space lines (evaluated on its
+    sub-boxes) are widened by the forward-magnitude rounding margin, as every engine bound is: on a point box
+    where terms of ~1e11 cancel in f and g, each is at least that margin wide and holds the exact (rational)
+    value (the difference reads W_f - W_g, exact here, so its margin is small)."""
+    from equiv.bounds.engine import _parts, rounding_margins
+    W1 = [[1.0, 1.0], [1.0, 1.0 + 2.0 ** -40]]
+    f = tiny_net([(W1, [0.0, 0.0]), ([[1e8, -1e8]], [0.0])])
+    g = tiny_net([(W1, [0.0, 0.0]), ([[1e8, -1e8 * (1 + 2.0 ** -30)]], [0.0])])
+    pair = align(f, g)
+    x = np.array([[1000.25, 1000.75]])
+    pb = pair_bounds(pair, x, x, forms=True)
+    G = pair_graph(pair)
+    M = rounding_margins(G, _parts(G, x, x))
+    h = [Fraction(x[0, 0]) + Fraction(x[0, 1]), Fraction(x[0, 0]) + Fraction(1.0 + 2.0 ** -40) * Fraction(x[0, 1])]
+    yf = Fraction(1e8) * h[0] - Fraction(1e8) * h[1]
+    yg = Fraction(1e8) * h[0] - Fraction(1e8 * (1 + 2.0 ** -30)) * h[1]
+    for which, exact in (("f", yf), ("g", yg), ("d", yf - yg)):
+        lo, hi = output_bounds(pair, pb, np.eye(1), which)
+        margin = M[G.meta["out"][which]].reshape(-1)[0]
+        assert (margin > 1e-6 or which == "d") and hi[0, 0] - lo[0, 0] >= 2 * margin, which
+        assert Fraction(lo[0, 0]) <= exact <= Fraction(hi[0, 0]), which
+    for name, (Al, bl, Au, bu) in pb.forms.items():
+        rows = np.isfinite(bl[0])
+        width = (Au[0] @ x[0] + bu[0]) - (Al[0] @ x[0] + bl[0])
+        assert np.all(width[rows] >= 2 * M[name].reshape(-1)[rows] * 0.999), name

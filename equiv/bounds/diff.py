@@ -23,7 +23,7 @@ from ..ir.ops import ReluDiff
 from ..ir.pair_graph import act_masks, pair_graph
 from ..prove.align import AlignedPair
 from .common import ROUND_TERMS, outward
-from .engine import GraphBounds, _backward, _parts, deeppoly_boxes
+from .engine import GraphBounds, _backward, _parts, deeppoly_boxes, rounding_margins, widen
 
 
 @dataclass
@@ -222,9 +222,12 @@ def output_bounds(pair: AlignedPair, pb: PairBounds, C: np.ndarray, which: str, 
     input-space coefficients (N, r, dim) of the lower and upper linear bounds (to choose a split)."""
     G = pair_graph(pair)
     L, H, relax = pb.state
-    res = _backward(G, G.meta["out"][which], np.asarray(C, np.float64), L, H, _parts(G, pb.lo, pb.hi), relax,
-                    coef=return_coef, magnitude=True)
-    low, up = outward(res[0], res[1])
+    parts, out = _parts(G, pb.lo, pb.hi), G.meta["out"][which]
+    C = np.asarray(C, np.float64)
+    res = _backward(G, out, C, L, H, parts, relax, coef=return_coef, magnitude=True)
+    # the forward-magnitude rounding margin of the output (`engine.rounding_margins`), through |C|
+    m = rounding_margins(G, parts)[out]
+    low, up = widen(*outward(res[0], res[1]), m.reshape(m.shape[0], -1) @ np.abs(C).T)
     return (low, up, res[2][0], res[2][2]) if return_coef else (low, up)
 
 

@@ -443,7 +443,10 @@ def _tighten(g: Graph, z: str, L: dict, H: dict, parts: dict, relax: dict, rows,
         if on is not None:      # off its boxes a row keeps its interval bounds
             cl, ch = np.where(on[:, r], cl, -np.inf), np.where(on[:, r], ch, np.inf)
         l[:, r], h[:, r] = np.maximum(l[:, r], cl), np.minimum(h[:, r], ch)
-        parts_out.append(res[2] if coef else None)
+        if coef:                # the lines hold up to the same rounding: their intercepts get the margin too
+            m = np.broadcast_to(Mz, L[z].shape).reshape(N, -1)[:, r]
+            Al, bl, Au, bu = res[2]
+            parts_out.append((Al, bl - m, Au, bu + m))
     L[z], H[z] = l.reshape(L[z].shape), h.reshape(H[z].shape)
     if coef and parts_out:
         forms[z] = (todo,) + tuple(np.concatenate([p[j] for p in parts_out], axis=1) for j in range(4))
