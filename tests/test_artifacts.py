@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from conftest import needs_bench, tiny_net
+from conftest import needs_bench, needs_cifar, tiny_net
 from equiv.artifacts.files import (OutputGuard, claim_family_dir, replace_dir_atomic, save_onnx_atomic,
                              write_bytes_atomic, write_json_atomic)
 from equiv.errors import InputFileError
@@ -173,3 +173,60 @@ def test_validation_allows_the_originals_own_float32_error(tmp_path):
     rep = compare_on_points(OnnxRunner(str(src)), OnnxRunner(str(moved)), pts, 1e-4, box,
                             exact=load_onnx(src).forward)
     assert not rep.ok and rep.float32_noise > 1.0
+
+
+def _onnx_mlp(layers):
+    """A float32 ONNX model y = W_k(... relu(W_1 x + b_1) ...) + b_k from [(W, b)] (W: out x in)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, inits, cur = [], [], "x"
+    for i, (W, b) in enumerate(layers):
+        W, b = np.asarray(W, np.float32), np.asarray(b, np.float32)
+        inits += [numpy_helper.from_array(W.T.copy(), f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("MatMul", [cur, f"W{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [f"z{i}"])]
+        cur = f"z{i}"
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [cur], [f"h{i}"]))
+            cur = f"h{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    n_in, n_out = np.asarray(layers[0][0]).shape[1], np.asarray(layers[-1][0]).shape[0]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n_in])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n_out])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_validation_rechecks_float32_failures_in_float64():
+    """y = relu(1e7 x + 0.5) - relu(1e7 x) is 0.5 in the reals on x in [1, 2], but float32 rounds 1e7 x + 0.5
+    to a multiple of 1 or 2: against the constant 0.5 it differs by up to 1, a false "BUG".  Rerun in float64
+    (ONNX's reference evaluator) the points agree, and validation passes and says why; a constant 0.75, a
+    real difference, still fails after the recheck."""
+    from equiv.artifacts.validate import OnnxRunner, compare_on_points
+    from equiv.spec.region import Box
+    box = Box(np.array([1.0]), np.array([2.0]))
+    pts = {"random": box.sample(400, np.random.default_rng(0)), "vertices": box.vertices(8, np.random.default_rng(0))}
+    rounded = OnnxRunner(_onnx_mlp([([[1e7], [1e7]], [0.5, 0.0]), ([[1.0, -1.0]], [0.0])]))
+    for const, ok in ((0.5, True), (0.75, False)):
+        other = OnnxRunner(_onnx_mlp([([[0.0]], [0.0]), ([[0.0]], [const])]))
+        rep = compare_on_points(rounded, other, pts, 1e-4, box)
+        assert rep.excess > 0.4                        # float32 alone fails in both cases
+        r = rep.float64_recheck
+        assert r["of"] > 100 and r["points"] == 128 and rep.ok is ok
+        assert (r["max_abs_diff"] < 1e-6) if ok else abs(r["max_abs_diff"] - 0.25) < 1e-9
+        assert ("float32 rounding" in rep.line()) is ok and rep.to_json()["ok"] is ok
+    same = compare_on_points(rounded, rounded, pts, 1e-4, box)
+    assert same.ok and same.float64_recheck == {}
+
+
+@needs_cifar
+def test_float64_runs_of_the_real_cnns_match_onnxruntime():
+    """`as_float64` + ONNX's reference evaluator run every shared CIFAR net (Conv, Pad, AveragePool, Transpose,
+    Gemm, residual Adds) in float64, within float32 rounding of onnxruntime's float32 outputs."""
+    from conftest import CIFAR
+    from equiv.artifacts.validate import OnnxRunner
+    rng = np.random.default_rng(0)
+    for path in sorted(CIFAR.glob("*.onnx")):
+        run = OnnxRunner(str(path))
+        x = rng.random((3, sum(run.sizes)))
+        y32, y64 = run(x), run.float64(x)
+        assert y64.dtype == np.float64 and y64.shape == y32.shape
+        assert np.abs(y64 - y32).max() <= 1e-4 * max(1.0, np.abs(y64).max()), path.name
