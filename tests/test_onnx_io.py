@@ -612,3 +612,46 @@ def test_transpose_then_matmul_by_vector_follows_onnx_semantics():
     net = network_from_onnx(model)
     x = np.array([1.0, 2.0, 3.0, 4.0])
     np.testing.assert_allclose(net.forward(x), x.reshape(2, 2).T @ v.astype(np.float64), rtol=1e-12)
+
+
+def _named_mlp(in_name: str, out_name: str, second_output: bool, seed: int = 0) -> onnx.ModelProto:
+    """A 3-4-2 ReLU MLP with the given input/output names (a second output sends it down the graph pipeline)."""
+    r = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(r.normal(size=s).astype(np.float32), n)
+             for n, s in [("A1", (4, 3)), ("B1", (4,)), ("A2", (2, 4)), ("B2", (2,))]]
+    nodes = [helper.make_node("Gemm", [in_name, "A1", "B1"], ["z"], transB=1), helper.make_node("Relu", ["z"], ["h"]),
+             helper.make_node("Gemm", ["h", "A2", "B2"], [out_name], transB=1)]
+    outs = [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", 2])]
+    if second_output:
+        nodes.append(helper.make_node("Neg", ["h"], ["other"]))
+        outs.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, ["N", 4]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, ["N", 3])], outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("in_name, out_name, graph", [
+    ("x", "logits", False), ("h0", "y", False), ("in_shape", "y", False), ("W1", "y", False), ("x", "b2", False),
+    ("x", "h1r", False), ("out_shape", "in_shape", False), ("x", "t_h", True), ("equiv_c1", "y", True),
+    ("x", "equiv_t1", True), ("t_z", "t_h", True)])
+def test_written_models_avoid_the_models_own_names(tmp_path, in_name, out_name, graph):
+    """The writers' internal names (h0, logits, in_shape, W<k>, b<k>, h<k>r; t_<tensor>, equiv_c<k>) never
+    take the model's own input or output name: such a model was written as invalid ONNX (exit 4).  On a
+    wide box and on one narrow enough to merge layers, the written model keeps the names and matches the
+    original in onnxruntime."""
+    from equiv.cli import main
+    src = tmp_path / "m.onnx"
+    onnx.save(_named_mlp(in_name, out_name, graph), str(src))
+    x = np.random.default_rng(1).uniform(-0.01, 0.01, size=(64, 3)).astype(np.float32)
+    for k, box in enumerate(("-1:1,-1:1,-1:1", "-0.01:0.01,-0.01:0.01,-0.01:0.01")):
+        out = tmp_path / f"s{k}.onnx"
+        assert main(["simplify", str(src), f"--box={box}", "-o", str(out), "--no-progress"]) == 0
+        written = onnx.load(str(out))
+        onnx.checker.check_model(written)
+        assert [i.name for i in written.graph.input] == [in_name]
+        assert written.graph.output[0].name == out_name
+        a, b = session(str(src)), session(str(out))
+        ya = a.run(None, {in_name: x})[0]
+        yb = b.run([out_name], {in_name: x})[0]
+        np.testing.assert_allclose(yb, ya, rtol=1e-5, atol=1e-5)

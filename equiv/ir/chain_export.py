@@ -26,6 +26,13 @@ def _value_info(name, shape):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [d if isinstance(d, int) else str(d) for d in shape])
 
 
+def fresh_name(name: str, taken: set) -> str:
+    """`name`, or `name` with underscores added until it is none of `taken` (a model's own tensor names)."""
+    while name in taken:
+        name += "_"
+    return name
+
+
 def _int64(name, values):
     return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
 
@@ -88,15 +95,30 @@ def network_nodes(net: Network, x: str, prefix: str = "") -> tuple[list, list, s
 def model_around(net: Network, body, graph_name: str, producer: str = "equiv") -> onnx.ModelProto:
     """A checked model with net's input/output names and shapes around `body(x) -> (nodes, inits, y)`,
     which maps the input reshaped to x = (N, n_inputs) to y = (N, n_outputs)."""
-    body_nodes, inits, y = body("h0")
+    io = {net.input_name, net.output_name}
+    body_nodes, inits, y = body(fresh_name("h0", io))
+    # the body's own names (h0, logits, W1, ...) must not be the model's input or output name
+    internal = {o for n in body_nodes for o in n.output} | {t.name for t in inits}
+    rename = {}
+    for name in sorted(internal & io):
+        rename[name] = fresh_name(name, io | internal | set(rename.values()))
+    for n in body_nodes:
+        n.input[:] = [rename.get(a, a) for a in n.input]
+        n.output[:] = [rename.get(a, a) for a in n.output]
+    for t in inits:
+        t.name = rename.get(t.name, t.name)
+    y = rename.get(y, y)
+    taken = io | internal | set(rename.values())
+    in_shape = fresh_name("in_shape", taken)
+    out_shape_name = fresh_name("out_shape", taken | {in_shape})
     # batch dimension (first) left free so the model also runs on batches; the others are fixed
     rest = list(net.output_shape[1:])
     out_shape = [-1] + rest if rest and all(isinstance(d, int) and d > 0 for d in rest) else [-1, net.n_outputs]
     if batched_shape(net.output_shape)[0] != "N" and all(isinstance(d, int) and d > 0 for d in net.output_shape):
         out_shape = list(net.output_shape)       # no batch axis (e.g. a rank-1 output): exactly the declared shape
-    nodes = [helper.make_node("Reshape", [net.input_name, "in_shape"], ["h0"]), *body_nodes,
-             helper.make_node("Reshape", [y, "out_shape"], [net.output_name])]
-    inits = [_int64("in_shape", [-1, net.n_inputs]), *inits, _int64("out_shape", out_shape)]
+    nodes = [helper.make_node("Reshape", [net.input_name, in_shape], [fresh_name("h0", io)]), *body_nodes,
+             helper.make_node("Reshape", [y, out_shape_name], [net.output_name])]
+    inits = [_int64(in_shape, [-1, net.n_inputs]), *inits, _int64(out_shape_name, out_shape)]
     graph = helper.make_graph(nodes, graph_name, [_value_info(net.input_name, batched_shape(net.input_shape))],
                               [_value_info(net.output_name, batched_shape(net.output_shape))], inits)
     model = helper.make_model(graph, producer_name=producer, opset_imports=[helper.make_opsetid("", OPSET)])

@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import ops
+from .chain_export import fresh_name
 from .conv import pool_kernel
 from .graph import Graph
 
@@ -20,19 +21,28 @@ IR_VERSION = 8
 
 
 class _Writer:
-    def __init__(self):
-        self.nodes, self.inits, self.k = [], [], 0
+    """Nodes and initializers of the model being written; every name it makes avoids `reserved` (the
+    model's own input and output names)."""
+
+    def __init__(self, reserved: set = frozenset()):
+        self.nodes, self.inits, self.k, self.reserved = [], [], 0, set(reserved)
+
+    def name(self, base: str) -> str:
+        """A name not used yet: `base`, or `base` with underscores added."""
+        name = fresh_name(base, self.reserved)
+        self.reserved.add(name)
+        return name
 
     def const(self, arr, dtype=np.float32) -> str:
         self.k += 1
-        name = f"equiv_c{self.k}"
+        name = self.name(f"equiv_c{self.k}")
         self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=dtype), name))
         return name
 
     def node(self, op_type, inputs, output=None, **attrs) -> str:
         if output is None:
             self.k += 1
-            output = f"equiv_t{self.k}"
+            output = self.name(f"equiv_t{self.k}")
         self.nodes.append(helper.make_node(op_type, inputs, [output], **attrs))
         return output
 
@@ -207,7 +217,7 @@ def graph_to_onnx(g: Graph, producer: str = "equiv") -> onnx.ModelProto:
     out_names = meta.get("output_names", g.outputs)
     onnx_name = dict(zip(g.inputs, in_names))
     onnx_name.update(dict(zip(g.outputs, out_names)))
-    w = _Writer()
+    w = _Writer(set(in_names) | set(out_names))
     pools = max_pools(g)
     skip = set().union(*(body for _, _, body in pools.values()))
     for name in g.order:
@@ -216,14 +226,14 @@ def graph_to_onnx(g: Graph, producer: str = "equiv") -> onnx.ModelProto:
             continue
         if name in pools:
             x, geo, _ = pools[name]
-            out = onnx_name[name] = onnx_name.get(name, f"t_{name}")
+            out = onnx_name[name] = onnx_name.get(name) or w.name(f"t_{name}")
             w.node("MaxPool", [onnx_name[x]], out, kernel_shape=list(geo.kernel), strides=list(geo.strides),
                    pads=list(geo.pads), dilations=list(geo.dilations))
             continue
         if op.kind == "const":
             onnx_name[name] = w.const(op.value)
             continue
-        out = onnx_name.get(name, f"t_{name}")
+        out = onnx_name.get(name) or w.name(f"t_{name}")
         onnx_name[name] = out
         _write(w, g, name, out, [onnx_name[a] for a in g.args(name)])
     in_shapes = meta.get("input_shapes", [g.shape(n) for n in g.inputs])
