@@ -46,6 +46,29 @@ def _unsupported_model(path: Path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
+def _odd_models(folder: Path):
+    """Models whose input shape equiv cannot know, or that ONNX's checker refuses (a handler once crashed on
+    each: exit 4), or that onnxruntime cannot run."""
+    R = np.random.default_rng(0).normal
+    def save(name, nodes, x_dims, inits=(), out="y", x_shape=True):
+        x = (helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims) if x_shape else
+             helper.make_value_info("x", helper.make_tensor_type_proto(TensorProto.FLOAT, shape=None)))
+        g = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(folder / name))
+    gemm = [helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1)]
+    wb = [("W", R(size=(2, 6)).astype(np.float32)), ("b", R(size=2).astype(np.float32))]
+    save("noshape.onnx", gemm, None, wb, x_shape=False)
+    save("zerobatch.onnx", gemm, [0, 6], wb)
+    save("symfeature.onnx", gemm, ["N", "F"], wb)
+    save("concat_no_axis.onnx", [helper.make_node("Concat", ["x"], ["y"])], [1, 6])
+    save("pool_no_kernel.onnx", [helper.make_node("AveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])],
+         [1, 1, 2, 3])
+    save("transpose_bad_perm.onnx", [helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2])], [1, 6])
+    save("bn_bad_size.onnx", [helper.make_node("BatchNormalization", ["x", "s", "B", "m", "v"], ["y"])], [1, 6],
+         [(k, np.abs(R(size=4)).astype(np.float32)) for k in "sBmv"])
+
+
 @pytest.fixture
 def scratch(tmp_path):
     """A folder with M.onnx, P.vnnlib, S.onnx (an earlier output), a family-less non-empty folder, a fifo,
@@ -63,6 +86,7 @@ def scratch(tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07not a protobuf at all\xff\xfe" * 7)
     _unsupported_model(tmp_path / "sigmoid.onnx")
+    _odd_models(tmp_path)
     onnx.save(network_to_onnx(tiny_net([([[1.0, -1.0], [0.5, 2.0]], [0.0, 0.1]), ([[1.0, 1.0]], [0.0])])),
               str(tmp_path / "tiny2.onnx"))
     onnx.save(network_to_onnx(tiny_net([([[1.0, -1.0], [0.5, 2.0]], [0.0, 0.1]), ([[3e38, 3e38]], [0.0])])),
@@ -80,6 +104,7 @@ def scratch(tmp_path):
 SIMPLIFY = ["simplify", "M.onnx", "--spec", "P.vnnlib"]
 CHECK = ["check", "M.onnx", "S.onnx", "--spec", "P.vnnlib", "--epsilon", "0.1"]
 BOX16 = ",".join(["0:1"] * 16)
+BOX6 = ",".join(["0:1"] * 6)
 
 # (id, argv, phrase of the message on stderr)
 CATALOGUE = [
@@ -141,6 +166,13 @@ CATALOGUE = [
     ("corrupt-model", ["simplify", "junk.onnx", "--spec", "P.vnnlib", "-o", "out.onnx"], "junk.onnx"),
     ("missing-model", ["simplify", "nope.onnx", "--spec", "P.vnnlib", "-o", "out.onnx"], "not found"),
     ("unsupported-op", ["simplify", "sigmoid.onnx", "--box", "0:1,0:1", "-o", "out.onnx"], "Sigmoid"),
+    ("input-without-shape", ["simplify", "noshape.onnx", "--box", BOX6, "-o", "out.onnx"], "declares no shape"),
+    ("input-batch-of-zero", ["simplify", "zerobatch.onnx", "--box", BOX6, "-o", "out.onnx"], "has size 0"),
+    ("input-symbolic-feature", ["simplify", "symfeature.onnx", "--box", BOX6, "-o", "out.onnx"], "'F', not a fixed"),
+    ("invalid-onnx-concat", ["simplify", "concat_no_axis.onnx", "--box", BOX6, "-o", "out.onnx"], "not valid ONNX"),
+    ("invalid-onnx-pool", ["simplify", "pool_no_kernel.onnx", "--box", BOX6, "-o", "out.onnx"], "not valid ONNX"),
+    ("invalid-onnx-perm", ["simplify", "transpose_bad_perm.onnx", "--box", BOX6, "-o", "out.onnx"], "not valid ONNX"),
+    ("ort-cannot-run", ["simplify", "bn_bad_size.onnx", "--box", BOX6, "-o", "out.onnx"], "onnxruntime cannot run"),
     ("vnnlib-unbalanced", ["simplify", "M.onnx", "--spec", "unbalanced.vnnlib", "-o", "out.onnx"], "unbalanced.vnnlib:"),
     ("vnnlib-coupled", ["simplify", "M.onnx", "--spec", "coupled.vnnlib", "-o", "out.onnx"], "coupled.vnnlib:"),
     ("vnnlib-unknown-command", ["simplify", "M.onnx", "--spec", "unknown_cmd.vnnlib", "-o", "out.onnx"],

@@ -57,7 +57,11 @@ def check_graph(model: onnx.ModelProto, g: Graph, points: np.ndarray | None = No
     worst = 0.0
     for row in x:
         feed = {name: v[0].astype(np.float32) for name, v in zip(inputs, g.split_input(row[None]).values())}
-        outs = dict(zip(exposed, sess.run(exposed, feed)))
+        try:
+            outs = dict(zip(exposed, sess.run(exposed, feed)))
+        except Exception as exc:   # (e.g. a BatchNormalization scale of the wrong size: found at run time)
+            raise UnsupportedModelError(f"onnxruntime cannot run this model, so equiv cannot check its import: "
+                                        f"{str(exc).splitlines()[0]}") from None
         given = {node: np.asarray(outs[o], np.float64)[None] for node, o in names.items() if o in outs}
         vals = _node_local(g, row[None], given)
         for node, onnx_name in names.items():

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import InputFileError, UnsupportedModelError
+from ..errors import EquivError, InputFileError, UnsupportedModelError
 from . import ops
 from .fuse import fuse_masked_relus
 from .graph import Graph
@@ -139,6 +139,7 @@ class _Builder:
         if not inputs:
             raise UnsupportedModelError("the model has no input tensor")
         for i in inputs:
+            _check_input_shape(i)
             self.add(ops.Input(_dims(i)), [], i.name)
         for node in g.node:
             where = f"node '{node.name or node.output[0]}' ({node.op_type})"
@@ -149,7 +150,16 @@ class _Builder:
                     _fold(node.op_type, [self.raw.get(a) for a in args], attrs, where)
                 self.raw[node.output[0]], self.consts[node.output[0]] = v, _as_weights(v, where)
                 continue
-            HANDLERS[node.op_type](self, node, attrs, where)
+            try:
+                HANDLERS[node.op_type](self, node, attrs, where)
+            except EquivError:
+                raise
+            except Exception as exc:
+                # a node the handler cannot read: the model's fault when ONNX's checker refuses it too
+                why = _invalid_onnx(self.model)
+                if why is None:
+                    raise
+                raise UnsupportedModelError(f"{where}: the model is not valid ONNX ({why})") from exc
         outputs = []
         for o in g.output:
             if o.name not in self.alias:
@@ -175,6 +185,33 @@ class _Builder:
         if name in self.consts:
             return self.consts[name]
         raise UnsupportedModelError(f"{where}: input '{name}' is not computed by an earlier node")
+
+
+def _invalid_onnx(model: onnx.ModelProto) -> str | None:
+    """Why ONNX's own checker (with shape inference) refuses the model, or None when it accepts it."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        return str(exc).strip().splitlines()[0][:300] or type(exc).__name__
+    return None
+
+
+def _check_input_shape(vi) -> None:
+    """Refuse a graph input whose sizes equiv cannot know: no declared shape, or a dimension that is symbolic
+    or 0 other than the first (batch) one of a tensor of rank >= 2 (a first dimension of 0 too: onnxruntime then
+    runs no point of size 1)."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        raise UnsupportedModelError(f"graph input '{vi.name}' declares no shape: equiv needs its sizes (declare it "
+                                    "in the exporter, or with onnx.tools.update_model_dims)")
+    dims, raw = t.shape.dim, _dims_raw(vi)
+    for k, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0 or k == 0 and len(dims) >= 2 and not d.HasField("dim_value"):
+            continue
+        what = f"size {d.dim_value}" if d.HasField("dim_value") else f"'{d.dim_param}', not a fixed size" \
+            if d.dim_param else "no size"
+        raise UnsupportedModelError(f"graph input '{vi.name}' has shape {raw}: its dimension {k} has {what}; equiv "
+                                    "needs fixed sizes (only the first, batch, dimension may be symbolic)")
 
 
 def _dims_raw(vi) -> list:
