@@ -65,6 +65,11 @@ def _odd_models(folder: Path):
     save("pool_no_kernel.onnx", [helper.make_node("AveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])],
          [1, 1, 2, 3])
     save("transpose_bad_perm.onnx", [helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2])], [1, 6])
+    relu = helper.make_node("Relu", ["x"], ["y"], domain="com.example")
+    g = helper.make_graph([relu], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+              str(folder / "domain.onnx"))
     save("bn_bad_size.onnx", [helper.make_node("BatchNormalization", ["x", "s", "B", "m", "v"], ["y"])], [1, 6],
          [(k, np.abs(R(size=4)).astype(np.float32)) for k in "sBmv"])
 
@@ -172,6 +177,7 @@ CATALOGUE = [
     ("invalid-onnx-concat", ["simplify", "concat_no_axis.onnx", "--box", BOX6, "-o", "out.onnx"], "not valid ONNX"),
     ("invalid-onnx-pool", ["simplify", "pool_no_kernel.onnx", "--box", BOX6, "-o", "out.onnx"], "not valid ONNX"),
     ("invalid-onnx-perm", ["simplify", "transpose_bad_perm.onnx", "--box", BOX6, "-o", "out.onnx"], "not valid ONNX"),
+    ("op-of-another-domain", ["simplify", "domain.onnx", "--box", BOX6, "-o", "out.onnx"], "of domain 'com.example'"),
     ("ort-cannot-run", ["simplify", "bn_bad_size.onnx", "--box", BOX6, "-o", "out.onnx"], "onnxruntime cannot run"),
     ("vnnlib-unbalanced", ["simplify", "M.onnx", "--spec", "unbalanced.vnnlib", "-o", "out.onnx"], "unbalanced.vnnlib:"),
     ("vnnlib-coupled", ["simplify", "M.onnx", "--spec", "coupled.vnnlib", "-o", "out.onnx"], "coupled.vnnlib:"),

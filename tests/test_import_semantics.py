@@ -260,3 +260,36 @@ def test_check_proves_equivs_own_output_by_its_record(case, tmp_path, capsys):
     assert 0 < r["relus_after"] < r["relus_before"]          # a masked ReLU: some positions stable, some not
     assert main(["check", str(path), str(out), "--box", box, "--epsilon", "1e-4", "--json", "--no-progress"]) == 0
     assert {p["method"] for p in json.loads(capsys.readouterr().out)["pieces"]} == {"carried"}
+
+
+GEMM_FORMS = {   # name: (Gemm inputs, attributes, extra initializers) on x (1, 3) with h = relu(x W1^T) (1, 4)
+    "constant-left": (["A", "ht"], {}, [("A", np.arange(8).reshape(2, 4) / 7 - 0.5, F32)]),
+    "constant-left-transA-transB": (["At", "h"], {"transA": 1, "transB": 1, "alpha": 0.5},
+                                    [("At", np.arange(8).reshape(4, 2) / 5 - 0.7, F32)]),
+    "constant-left-bias": (["A", "ht", "C"], {"beta": 2.0}, [("A", np.arange(8).reshape(2, 4) / 7 - 0.5, F32),
+                                                              ("C", [[0.25], [-1.0]], F32)]),
+    "computed-bias": (["h", "B", "hc"], {"transB": 1, "beta": -0.5}, [("B", np.arange(8).reshape(2, 4) / 3 - 1, F32)]),
+}
+
+
+@pytest.mark.parametrize("form", sorted(GEMM_FORMS))
+def test_gemm_with_the_constant_on_the_left_or_a_computed_bias(form, tmp_path):
+    """Gemm in the forms the README promises beyond tensor @ constant: a constant on the left (with transA,
+    transB, alpha, beta and a bias) and a computed bias C; the import's values match onnxruntime's and
+    `simplify` writes a model that does (these were refused: "only Gemm(tensor, constant, constant bias)")."""
+    from equiv.ir import load_graph
+    inputs, attrs, extra = GEMM_FORMS[form]
+    W1 = np.array([[1.0, -0.5, 0.25], [0.5, 1.0, -1.0], [-0.3, 0.2, 0.9], [0.7, -0.8, 0.1]])
+    Wc = np.arange(6).reshape(2, 3) / 4 - 0.6
+    nodes = [N("Gemm", ["x", "W1"], ["z"], transB=1), N("Relu", ["z"], ["h"]), N("Transpose", ["h"], ["ht"]),
+             N("Gemm", ["x", "Wc"], ["hc"], transB=1), N("Gemm", inputs, ["g"], **attrs)]
+    nodes.append(N("Reshape", ["g", "shape"], ["y"]))          # (2, 1) or (1, 2) -> (1, 2)
+    path = _save(tmp_path / "m.onnx", nodes, [_vi("x", [1, 3])], [_vi("y", [1, 2])],
+                 [("W1", W1, F32), ("Wc", Wc, F32), ("shape", [1, 2], I64)] + extra)
+    g = load_graph(str(path))
+    x = np.random.default_rng(0).uniform(-1, 1, size=(50, 3)).astype(np.float32)
+    ort = OnnxRunner(str(path))
+    np.testing.assert_allclose(g.forward(x.astype(float)).reshape(50, -1), ort(x), rtol=1e-5, atol=1e-5)
+    out = tmp_path / "s.onnx"
+    assert main(["simplify", str(path), "--box=-1:1,-1:1,-1:1", "-o", str(out), "--no-progress"]) == 0
+    np.testing.assert_allclose(OnnxRunner(str(out))(x), ort(x), rtol=1e-5, atol=1e-5)

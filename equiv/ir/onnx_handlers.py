@@ -188,17 +188,42 @@ def _left(b: _Builder, W: np.ndarray, x: str, out: str, where):
 
 
 def _gemm(b: _Builder, node, attrs, where):
+    """Y = alpha A' B' + beta C (A' = A or A^T, B' likewise) with one of A, B constant; C constant or computed."""
     A, B = b.arg(node.input[0], where), b.arg(node.input[1], where)
     C = b.arg(node.input[2], where) if len(node.input) > 2 and node.input[2] else None
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
-    if not isinstance(B, np.ndarray) or not isinstance(A, str) or isinstance(C, str):
-        raise UnsupportedModelError(f"{where}: only Gemm(tensor, constant, constant bias) is supported")
-    if attrs.get("transA", 0):
-        s = b.shapes[A]
-        A = b.add(ops.Transpose((s[1], s[0]), perm=(1, 0)), [A])
-    Bm = B.T if attrs.get("transB", 0) else B
-    bias = None if C is None else beta * C
-    _dense(b, A, alpha * Bm, bias, node.output[0], where)
+    if isinstance(A, str) == isinstance(B, str):
+        raise UnsupportedModelError(f"{where}: Gemm needs one constant and one computed factor")
+    for v in (A, B):
+        if (np.ndim(v) if isinstance(v, np.ndarray) else len(b.shapes[v])) != 2:
+            raise UnsupportedModelError(f"{where}: Gemm's factors must be matrices")
+    out = node.output[0]
+    bias = None if C is None or isinstance(C, str) else beta * C
+    target = None if isinstance(C, str) else out        # a computed C is added after the product
+
+    def transposed(x):
+        s = b.shapes[x]
+        return b.add(ops.Transpose((s[1], s[0]), perm=(1, 0)), [x])
+
+    if isinstance(A, str):              # tensor @ constant: a dense layer
+        y = _dense(b, transposed(A) if attrs.get("transA", 0) else A,
+                   alpha * (B.T if attrs.get("transB", 0) else B), bias, target, where)
+    else:                               # constant @ tensor: Y^T = B'^T A'^T, a dense layer on B'^T
+        Am = A.T if attrs.get("transA", 0) else A
+        x = B if attrs.get("transB", 0) else transposed(B)
+        m, n = Am.shape[0], b.shapes[x][0]
+        if Am.shape[1] != b.shapes[x][1]:
+            raise UnsupportedModelError(f"{where}: shapes {Am.shape} and {b.shapes[x][::-1]} do not multiply")
+        biasT = None if bias is None else np.broadcast_to(bias, _broadcast((m, n), np.shape(bias), where)).T.copy()
+        yT = _dense(b, x, alpha * Am.T, biasT, None, where)
+        y = b.add(ops.Transpose((m, n), perm=(1, 0)), [yT], target)
+    if isinstance(C, str):
+        if beta != 1.0:
+            C = b.add(ops.Scale(b.shapes[C], s=np.array(float(beta))), [C])
+        shape = _broadcast(b.shapes[y], b.shapes[C], where)
+        if shape != b.shapes[y]:
+            raise UnsupportedModelError(f"{where}: Gemm's bias C enlarges the product")
+        b.add(ops.Add(shape, in_shapes=[b.shapes[y], b.shapes[C]], signs=(1.0, 1.0)), [y, C], out)
 
 
 def _geometry(in_shape, W, attrs, where) -> ConvGeometry:

@@ -80,7 +80,10 @@ def validate(model: onnx.ModelProto) -> None:
                                             "the model's weights and inputs to float32 first)")
     for node in model.graph.node:
         where = f"node '{node.name or node.output[0]}'"
-        if node.op_type not in SUPPORTED or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedModelError(f"{where} uses op '{node.op_type}' of domain '{node.domain}': equiv reads the "
+                                        "standard ONNX domain only")
+        if node.op_type not in SUPPORTED:
             raise UnsupportedModelError(f"{where} uses op '{node.op_type}', which equiv does not support; supported "
                                         f"ops: {', '.join(SUPPORTED)}")
         if node.op_type == "Constant":
