@@ -177,7 +177,6 @@ def test_validation_allows_the_originals_own_float32_error(tmp_path):
 
 def _onnx_mlp(layers):
     """A float32 ONNX model y = W_k(... relu(W_1 x + b_1) ...) + b_k from [(W, b)] (W: out x in)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     nodes, inits, cur = [], [], "x"
     for i, (W, b) in enumerate(layers):
