@@ -558,3 +558,29 @@ def test_cli_slice_certify_proves_mnist_slices_by_their_records(bench, tmp_path,
         c = s["certificate"]
         assert c["verdict"] == "equivalent" and c["max_diff_upper"] <= 1e-4
         assert any("simplification of A (sha256 recorded" in n for n in c["notes"])
+
+
+def test_ancestor_bounds_hold_on_each_slice_and_need_a_tree_that_nests(acas_family):
+    """`--certify`'s second try starts from the bounds a slice's ancestors tighten, root first: they contain
+    the original's sampled pre-activations on the slice's box, are shared by siblings (one proof per
+    ancestor), and are refused (None) when the manifest's tree has an ancestor box that does not hold the
+    slice (a tree is read from a file)."""
+    import copy
+    from conftest import assert_contains, layer_values, samples_with_corners
+    from equiv.apps.slicing.family import ancestor_bounds, tree_path
+    fam, out, m, _ = acas_family
+    tree, cache = m["tree"], {}
+    paths = [tree_path(tree, i) for i in range(len(m["slices"]))]
+    assert all(p and p[0] is tree for p in paths) and tree_path(tree, 99) is None
+    rng = np.random.default_rng(0)
+    for i in (0, 1, len(paths) - 1):
+        box = Box(m["slices"][i]["lo"], m["slices"][i]["hi"])
+        b = ancestor_bounds(fam.original, tree, i, box, "highs", 20.0, cache)
+        assert len(b.lo) == len(fam.original.dense)
+        assert_contains(b, layer_values(fam.original, samples_with_corners(box, 2000, rng)), what="ancestors")
+    assert len(cache) == len({(tuple(n["lo"]), tuple(n["hi"])) for i in (0, 1, len(paths) - 1) for n in paths[i]})
+    bad = copy.deepcopy(tree)
+    node = tree_path(bad, 0)[-1]
+    node["hi"] = list(m["slices"][0]["lo"])        # a parent box that is the slice's lowest corner
+    box0 = Box(m["slices"][0]["lo"], m["slices"][0]["hi"])
+    assert ancestor_bounds(fam.original, bad, 0, box0, "highs", 20.0, {}) is None

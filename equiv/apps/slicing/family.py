@@ -12,13 +12,13 @@ import onnx
 from ...bounds import deeppoly_bounds, interval_bounds
 from ...ir.chain_export import network_to_onnx
 from ...transform.dispatch import build_dispatcher, network_io
-from ...errors import ValidationError
+from ...errors import RegionError, ValidationError
 from ...ir.network import Network
 from ...ir.chain_io import load_onnx, network_from_onnx
 from ...prove.carried import attach_claims, read_claims
 from ...spec.region import Box
 from ..simplify import sha256_of, validate_model
-from ...prove.stability import StabilityOptions
+from ...prove.stability import StabilityOptions, prove_stability
 from ...artifacts.validate import OnnxRunner, ValidationReport, compare_on_points
 from .tree import Piece, SliceOptions, build_tree
 from .tiling import dispatch_points
@@ -54,9 +54,11 @@ def certify_family(fam: SliceFamily, backend: str = "highs", time_limit: float =
     per slice."""
     reference = OnnxRunner(str(fam.model_path))
     # the file's float32 weights, as written (the proof is about the file, not the float64 network)
+    tree, cache = fam.tree.to_json(), {}
     return certify_each(fam, lambda p, model: _certify_slice(
         fam.original, network_from_onnx(model), p.box, reference, OnnxRunner(model), fam.slice_options.tolerance,
-        backend, time_limit, carried=_record_of(model, fam.model_sha256)), progress)
+        backend, time_limit, carried=_record_of(model, fam.model_sha256), ancestors=(tree, p.slice_id, cache)),
+        progress)
 
 
 def certify_each(fam: SliceFamily, certify, progress: bool) -> list:
@@ -81,12 +83,62 @@ def certificate_entry(r, epsilon: float) -> dict:
 
 
 def _certify_slice(original: Network, net: Network, box: Box, reference, run, tolerance: float, backend: str,
-                   time_limit: float, carried=None):
+                   time_limit: float, carried=None, ancestors=None):
     """`equiv check` of one slice against the original on the slice's box, epsilon = the tolerance; carried:
-    (claims, True) when the slice records the phases it was reduced with (re-proved before any search)."""
+    (claims, True) when the slice records the phases it was reduced with (re-proved before any search).
+    ancestors: (manifest tree, slice index, cache): when the check is left unknown, it runs again from the
+    bounds the slice's ancestors tighten, root first, as the slice was made (`ancestor_bounds`): a leaf's
+    box alone can leave its recorded phases too hard to re-prove (ACAS Xu 4_7 prop_2)."""
     from ...prove.equivalence import CheckOptions, check_networks
-    return check_networks(original, net, box, reference, run,
-                          CheckOptions(epsilon=tolerance, backend=backend, time_limit=time_limit), carried=carried)
+    opt = CheckOptions(epsilon=tolerance, backend=backend, time_limit=time_limit)
+    r = check_networks(original, net, box, reference, run, opt, carried=carried)
+    if r.verdict in ("equivalent", "not_equivalent") or ancestors is None:
+        return r
+    tree, i, cache = ancestors
+    bounds = ancestor_bounds(original, tree, i, box, backend, time_limit, cache)
+    if bounds is None:
+        return r
+    again = check_networks(original, net, box, reference, run, opt, carried=carried, f_bounds=bounds)
+    again.notes.append(f"checked again from the bounds of its {len(tree_path(tree, i))} ancestors in the tree "
+                       "(on the slice's box alone it was left unknown)")
+    return again
+
+
+def tree_path(tree: dict, i: int) -> list[dict] | None:
+    """The nodes from the root down to slice i's parent in a manifest's tree (None: no such leaf)."""
+    stack = [(tree, [])]
+    while stack:
+        node, path = stack.pop()
+        if "children" not in node:
+            if node.get("slice") == i:
+                return path
+            continue
+        stack += [(c, path + [node]) for c in node["children"]]
+    return None
+
+
+def ancestor_bounds(original, tree: dict, i: int, box: Box, backend: str, time_limit: float, cache: dict):
+    """Bounds of the original on slice i's `box`: each ancestor's box proved (LP/MILP, within `time_limit`) from
+    its parent's bounds, root first, as the tree was made; sound on the slice since each box holds the next
+    (checked here: a manifest's tree is read from a file; None when it does not hold, or no ancestor).
+    cache: {(lo, hi): Bounds} shared by the slices of one family (siblings share their ancestors)."""
+    bounds, inner = None, box
+    path = tree_path(tree, i) or []
+    try:
+        boxes = [Box(np.asarray(n["lo"], float), np.asarray(n["hi"], float)) for n in path]
+    except (KeyError, TypeError, ValueError, RegionError):
+        return None
+    for outer in reversed(boxes):
+        if outer.dim != inner.dim or np.any(outer.lo > inner.lo) or np.any(outer.hi < inner.hi):
+            return None
+        inner = outer
+    for node in boxes:
+        key = (tuple(node.lo), tuple(node.hi))
+        if key not in cache:
+            sopt = StabilityOptions(backend=backend, time_limit=min(10.0, time_limit), milp_budget=time_limit)
+            cache[key] = prove_stability(original, node, sopt, known=bounds).bounds
+        bounds = cache[key]
+    return bounds
 
 
 def _record_of(model: onnx.ModelProto, original_sha256: str):

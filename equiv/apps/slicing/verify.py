@@ -122,13 +122,16 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int | N
     _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, seed, rep, inner_faces=graph)
     _check_dispatcher_build(folder, m, model_path, reg, lo, hi, files, graph, rep)
     if certify:
-        _certify_slices(model_path, slices, lo, hi, files, reference, tol, certify_time_limit, backend, rep, graph)
+        _certify_slices(model_path, slices, lo, hi, files, reference, tol, certify_time_limit, backend, rep, graph,
+                        m["tree"])
     return rep
 
 
-def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limit, backend, rep, graph=False):
+def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limit, backend, rep, graph=False,
+                    tree=None):
     """`--verify --certify`: prove every slice file equal to the original on its box with `equiv check` (a graph
-    family's slices by their records: `graph_carried.certify_graph_model`)."""
+    family's slices by their records: `graph_carried.certify_graph_model`).  A chain slice left unknown is
+    tried again from the bounds its ancestors in `tree` (the manifest's) tighten, top-down, as when made."""
     if graph:
         from ...ir import load_graph
         from ...prove.graph_carried import certify_graph_model
@@ -136,7 +139,7 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
     else:
         original = load_onnx(model_path)
     sha = sha256_of(model_path)
-    problems, unknown, proved, worst = [], [], 0, 0.0
+    problems, unknown, proved, worst, along = [], [], 0, 0.0, {}    # along: the ancestors' bounds
     for i in range(len(slices)):
         if i not in files:
             problems.append(f"slice {i}: no file to certify")
@@ -152,7 +155,7 @@ def _certify_slices(model_path, slices, lo, hi, files, reference, tol, time_limi
                                     time_limit=time_limit)
         else:
             r = _certify_slice(original, net, Box(lo[i], hi[i]), reference, OnnxRunner(written), tol, backend,
-                               time_limit, carried=_record_of(written, sha))
+                               time_limit, carried=_record_of(written, sha), ancestors=(tree, i, along))
         if r.verdict == "equivalent":
             proved += 1
             worst = max(worst, r.max_diff_upper)

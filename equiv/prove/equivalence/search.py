@@ -66,7 +66,7 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         notes.append("one network carries its reduction's phases, but they bound |A - B|, not the top-1 class: "
                      "searched from scratch")
     elif carried is not None:
-        if _carried(st, f, g, box, carried, rng, notes):
+        if _carried(st, f, g, box, carried, rng, notes, f_bounds):
             return st.result(clock.elapsed, notes)
     if not search:
         return st.result(clock.elapsed, notes)
@@ -93,14 +93,16 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
     return st.result(clock.elapsed, notes)
 
 
-def _carried(st, f: Network, g: Network, box: Box, carried, rng, notes) -> bool:
-    """Check a reduction's recorded phases (`carried`); True when that decided the whole box."""
+def _carried(st, f: Network, g: Network, box: Box, carried, rng, notes, f_bounds=None) -> bool:
+    """Check a reduction's recorded phases (`carried`), with f's given bounds when f is the original; True when
+    that decided the whole box."""
     from ..carried import check_claims
     opt = st.opt
     claims, g_is_reduction = carried
     original, reduced = (f, g) if g_is_reduction else (g, f)
     cc = check_claims(original, reduced, box, claims, backend=opt.backend, time_limit=0.5 * opt.time_limit,
-                      seed=opt.seed, progress=opt.progress)
+                      seed=opt.seed, progress=opt.progress, known=f_bounds if g_is_reduction else None,
+                      target=None if opt.epsilon is None else st.eps - opt.margin)
     st.stats["carried"] = cc.to_json()
     which = "B" if g_is_reduction else "A"
     proved = cc.ok and opt.epsilon is not None and bool(np.all(cc.per_output + opt.margin <= st.eps))
