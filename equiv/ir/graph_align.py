@@ -31,6 +31,18 @@ def is_identity(op) -> bool:
     return False
 
 
+def float32_identity(op):
+    """The identity op that a Scale or Shift becomes once its constants are rounded to float32 (a slope of
+    1 - 1e-9 is 1.0 in the file, which reads back as no node), else None."""
+    if isinstance(op, (ops.Scale, ops.Shift)):
+        s32 = np.asarray(getattr(op, "s", 1.0), np.float64).astype(np.float32)
+        b32 = None if op.bias is None else np.asarray(op.bias, np.float64).astype(np.float32)
+        if np.all(s32 == 1) and (b32 is None or not np.any(b32)):       # (the same type: pairs stay aligned)
+            return dataclasses.replace(op, s=np.ones_like(s32, np.float64), bias=None) if isinstance(op, ops.Scale) \
+                else dataclasses.replace(op, bias=None)
+    return None
+
+
 def normalised(g: Graph) -> Graph:
     """g without identity nodes (outputs kept), and each Shift folded into the bias-free Dense, Conv or Pad that
     only it reads (how a dense layer with a bias reads back, and a Pad holding a Concat's constants)."""
@@ -81,6 +93,17 @@ def _scale_then_shift(got: Graph, users: dict, rop, gop, x: str) -> str | None:
     return y if ok else None
 
 
+def _absorbed(ref: Graph, got: Graph, nodes: list, n: str, x: str) -> bool:
+    """Whether ref's Shift n reads a bias-free layer whose counterpart x in got carries a bias (the Shift
+    absorbed in writing), the Shift being that layer's only reader."""
+    a = ref.args(n)[0]
+    rop, xop = ref.op(a), got.op(x)
+    mine = [op for name, op, _ in nodes if name == a]
+    return (hasattr(rop, "bias") and rop.bias is None and getattr(xop, "bias", None) is not None and bool(mine)
+            and mine[0] is xop and list(ref.dag.successors(a)) == [n] and tuple(rop.shape) == tuple(ref.op(n).shape)
+            and a not in ref.outputs)
+
+
 def align_to(ref: Graph, got: Graph) -> Graph:
     """got with ref's tensor names and DAG, each node computed by got's own op (identities that got lost in
     writing are put back as ref's); StructureError when got is not ref written and read back."""
@@ -122,9 +145,23 @@ def align_to(ref: Graph, got: Graph) -> Graph:
             if op is not None:
                 pick = (x, op)
                 break
+        if pick is None and isinstance(rop, ops.Shift) and len(gargs) == 1 and _absorbed(ref, got, nodes, n, gargs[0]):
+            # a bias-free layer then this Shift, written as one layer with the bias (a Gemm): the layer
+            # without its bias, then the bias as the Shift (the same function)
+            k = next(i for i, (name, _, _) in enumerate(nodes) if name == ref.args(n)[0])
+            a, aop, aargs = nodes[k]
+            nodes[k] = (a, dataclasses.replace(aop, bias=None), aargs)
+            nodes.append((n, ops.Shift(rop.shape, bias=aop.bias), ref.args(n)))
+            where[n] = gargs[0]
+            continue
         if pick is None:
             if len(gargs) == 1 and is_identity(rop):
                 nodes.append((n, rop, ref.args(n)))
+                where[n] = gargs[0]
+                continue
+            same = float32_identity(rop)
+            if len(gargs) == 1 and same is not None:      # written in float32 it is the identity: as the file
+                nodes.append((n, same, ref.args(n)))
                 where[n] = gargs[0]
                 continue
             raise StructureError(f"tensor '{n}' ({type(rop).__name__}) has no counterpart in the file read back")

@@ -26,6 +26,7 @@ from ...ir.graph import Graph
 from ...ir.graph_align import align_to
 from ...ir.onnx_export import graph_to_onnx
 from ...ir.onnx_import import graph_from_onnx
+from ...ir.pair_graph import StructureError
 from ...prove.equivalence import CheckOptions, CheckResult
 from ...prove.graph_check import check_graphs, difference_bounds, known_bounds, margin_graph
 from ...spec.region import Box
@@ -303,7 +304,13 @@ def certify_graph(f: Graph, g: Graph, slots, model: onnx.ModelProto, reference: 
     """`check_graphs` of the model as written (float32 bytes, read back and aligned with g) against the
     original with identity slots, starting from the original's proved bounds (and top-1 margins)."""
     written = onnx.load_from_string(model.SerializeToString())
-    g_file = align_to(g, graph_from_onnx(written))
+    as_read = graph_from_onnx(written)
+    try:
+        g_file = align_to(g, as_read)
+    except StructureError:
+        # the writer merged nodes the alignment cannot split again (a slope Scale folded into the layer before
+        # it): the file is checked as it reads, on the product graph (sound, often looser)
+        g_file = as_read
     fs = slotted(f, None, [], slots)
     copt = CheckOptions(norm=opt.norm, epsilon=eps, time_limit=opt.certify_time_limit, seed=opt.seed)
     return check_graphs(fs, g_file, [box], reference, OnnxRunner(written), copt, f_known=judge.known(slots),
