@@ -36,7 +36,7 @@ class PairBounds:
     g_hi: list
     d_lo: list
     d_hi: list
-    state: tuple | None   # (lo, hi, relaxations) of the difference graph, for `output_bounds`
+    state: tuple | None   # (lo, hi, relaxations, cache) of the difference graph, for `output_bounds`
     lo: np.ndarray        # the boxes
     hi: np.ndarray
     forms: dict | None = None   # {tensor: (Al, bl, Au, bu)} input-space lines of its rows on each box (`concretise`)
@@ -213,7 +213,7 @@ def pair_bounds(pair: AlignedPair, lo: np.ndarray, hi: np.ndarray, known: PairBo
         fl.append(b.lo[fz]), fh.append(b.hi[fz]), gl.append(b.lo[gz]), gh.append(b.hi[gz])
         zero = np.zeros_like(b.lo[fz])
         dl.append(zero if dz is None else b.lo[dz]), dh.append(zero if dz is None else b.hi[dz])
-    return PairBounds(fl, fh, gl, gh, dl, dh, (b.lo, b.hi, relax), lo, hi, lines)
+    return PairBounds(fl, fh, gl, gh, dl, dh, (b.lo, b.hi, relax, {}), lo, hi, lines)
 
 
 def output_bounds(pair: AlignedPair, pb: PairBounds, C: np.ndarray, which: str, return_coef: bool = False):
@@ -221,12 +221,14 @@ def output_bounds(pair: AlignedPair, pb: PairBounds, C: np.ndarray, which: str, 
     pair's relaxations (f = dz + z_g, g = z_g, f - g = dz at the output); with return_coef also the
     input-space coefficients (N, r, dim) of the lower and upper linear bounds (to choose a split)."""
     G = pair_graph(pair)
-    L, H, relax = pb.state
+    L, H, relax, cache = pb.state
     parts, out = _parts(G, pb.lo, pb.hi), G.meta["out"][which]
     C = np.asarray(C, np.float64)
     res = _backward(G, out, C, L, H, parts, relax, coef=return_coef, magnitude=True)
-    # the forward-magnitude rounding margin of the output (`engine.rounding_margins`), through |C|
-    m = rounding_margins(G, parts)[out]
+    # the forward-magnitude rounding margin of the output (`engine.rounding_margins`, once per boxes), through |C|
+    if "margins" not in cache:
+        cache["margins"] = rounding_margins(G, parts)
+    m = cache["margins"][out]
     low, up = widen(*outward(res[0], res[1]), m.reshape(m.shape[0], -1) @ np.abs(C).T)
     return (low, up, res[2][0], res[2][2]) if return_coef else (low, up)
 
