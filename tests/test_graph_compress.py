@@ -267,3 +267,35 @@ def test_cli_compress_graph_linf_with_every_maker(tmp_path, capsys, rng):
     capsys.readouterr()
     x = np.vstack([box.sample(10000, np.random.default_rng(3)), box.random_vertices(256, np.random.default_rng(3))])
     assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= 0.2
+
+
+def test_float16_is_skipped_when_a_weight_is_beyond_its_range(tmp_path):
+    """A weight of 1e5 has no float16 value: the float16 maker wrote an infinite weight and the whole run
+    stopped (exit 2, nothing written, found by a hunt).  Now that candidate is skipped with a note and the
+    best proved model is written, within epsilon in onnxruntime."""
+    from onnx import TensorProto, helper, numpy_helper
+    from equiv.cli import main
+    from equiv.spec.region import Box
+    r = np.random.default_rng(0)
+    W1 = r.normal(0, .6, (2, 1, 3, 3)).astype(np.float32)
+    b1 = np.array([0.5, -3.0], np.float32)          # channel 1 dead on the box
+    W2 = r.normal(0, .6, (3, 18)).astype(np.float32)
+    W2[0, 0] = 1e5
+    N = helper.make_node
+    g = helper.make_graph([N("Conv", ["x", "W1", "b1"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+                           N("Relu", ["c"], ["r"]), N("Flatten", ["r"], ["f"]), N("Gemm", ["f", "W2", "b2"], ["y"], transB=1)],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                          [numpy_helper.from_array(a, k) for k, a in
+                           {"W1": W1, "b1": b1, "W2": W2, "b2": r.normal(0, .3, 3).astype(np.float32)}.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src, out, rep = tmp_path / "m.onnx", tmp_path / "c.onnx", tmp_path / "r.json"
+    onnx.save(m, str(src))
+    box = Box(np.zeros(9), np.full(9, 0.1))
+    assert main(["compress", str(src), "--box", ",".join(["0:0.1"] * 9), "--epsilon", "0.01", "-o", str(out),
+                 "--report", str(rep), "--no-progress"]) == 0
+    report = json.loads(rep.read_text())
+    assert any(n.startswith("float16: not tried") for n in report["notes"]), report["notes"]
+    x = np.vstack([box.sample(3000, r), box.vertices(256, r)])
+    assert np.abs(OnnxRunner(str(src))(x) - OnnxRunner(str(out))(x)).max() <= 0.01

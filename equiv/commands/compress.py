@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from .common import inputs_of, progress_of, region_of
+from .common import inputs_of, progress_of, refuse_top1_of_one_output, region_of
 
 
 def cmd_compress(args, out) -> int:
@@ -30,7 +30,10 @@ def cmd_compress(args, out) -> int:
     check_backend(args.backend, milp=True)
     from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
-    chain = takes_chain_pipeline(load_graph(args.model), args.model)
+    graph = load_graph(args.model)
+    if args.preserve == "top1":
+        refuse_top1_of_one_output(graph.n_outputs)
+    chain = takes_chain_pipeline(graph, args.model)
     box, source = region_of(args)
     makers = tuple(m.strip() for m in args.makers.split(",") if m.strip())
     unknown = [m for m in makers if m not in MAKERS]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from .. import __version__
-from .common import progress_of, stability_options
+from .common import progress_of, refuse_top1_of_one_output, stability_options
 
 
 def cmd_simplify_tolerance(args, out, box, source, target) -> int:
@@ -26,6 +26,8 @@ def cmd_simplify_tolerance(args, out, box, source, target) -> int:
     stab_opt = stability_options(args, progress)
     net = load_onnx(args.model)
     box.check_dim(net.n_inputs)
+    if args.preserve == "top1":
+        refuse_top1_of_one_output(net.n_outputs)
     eps = _epsilon(args.epsilon)
     if eps is not None and np.size(eps) not in (1, net.n_outputs):
         raise InputFileError(f"--epsilon has {np.size(eps)} values; the model has {net.n_outputs} outputs")
@@ -59,6 +61,8 @@ def cmd_simplify_graph_tolerance(args, out, graph, box, source, target, budget) 
     if args.workers or args.scheduler or args.journal:
         raise InputFileError("--workers, --scheduler and --journal do not apply to --epsilon / --preserve yet")
     box.check_dim(graph.n_inputs)
+    if args.preserve == "top1":
+        refuse_top1_of_one_output(graph.n_outputs)
     eps = _epsilon(args.epsilon)
     if eps is not None and np.size(eps) not in (1, graph.n_outputs):
         raise InputFileError(f"--epsilon has {np.size(eps)} values; the model has {graph.n_outputs} outputs")

@@ -256,10 +256,15 @@ class GraphSearch:
     def rounded(self, kind: str, base: Graph, parent: str, via) -> None:
         """The best model so far (else the base) with its weights rounded: for the report and the file size."""
         from ...ir.onnx_export import graph_to_onnx
-        from .graph_makers import round_graph
+        from .graph_makers import Unrepresentable, round_graph
         top, name = (self.best_graph, self.res.best.name) if self.best_graph is not None else (base, parent)
-        self.certify(f"{name}+{kind}", kind, None, name, graph_to_onnx(round_graph(top, kind)),
-                     f"weights rounded to {kind} values", via=via)
+        try:
+            rounded = round_graph(top, kind)
+        except Unrepresentable as exc:
+            self.res.notes.append(f"{kind}: not tried, {exc}")
+            return
+        self.certify(f"{name}+{kind}", kind, None, name, graph_to_onnx(rounded), f"weights rounded to {kind} values",
+                     via=via)
 
     def reached(self) -> bool:
         goal = self.goal()

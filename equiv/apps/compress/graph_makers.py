@@ -43,6 +43,13 @@ def prune_weights(g: Graph, level: float) -> Graph:
     return _with_ops(g, new)
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class Unrepresentable(ValueError):
+    """A rounding that cannot hold the model's values (float16 beyond 65 504)."""
+
+
 def round_graph(g: Graph, kind: str) -> Graph:
     """Weights (float16: and biases) rounded to float16 values, or to int8 levels with one symmetric scale per
     output row / output channel; values kept in float64 arrays, written as float32."""
@@ -53,6 +60,10 @@ def round_graph(g: Graph, kind: str) -> Graph:
         op = g.op(n)
         W = np.asarray(op.W, float)
         if kind == "float16":
+            big = max(float(np.abs(W).max(initial=0.0)), float(np.abs(np.asarray(op.bias, float)).max(initial=0.0))
+                      if op.bias is not None else 0.0)
+            if big > FLOAT16_MAX:
+                raise Unrepresentable(f"a weight or bias of {n} ({big:.3g}) is beyond float16's range")
             bias = None if op.bias is None else np.asarray(op.bias, float).astype(np.float16).astype(float)
             new[n] = replace(op, W=W.astype(np.float16).astype(float), bias=bias)
         else:

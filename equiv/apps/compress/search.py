@@ -478,7 +478,8 @@ def validate_best(model_path, model_bytes: bytes, box: Box, target: Target, seed
         out = {"points": len(pts), "max_abs_diff": diff, "epsilon": target.epsilon, "ok": ok}
     else:
         srt = np.sort(ya, axis=1)
-        clear = srt[:, -1] - srt[:, -2] > 1e-6          # ties in the original are not a top-1 statement
+        # ties in the original are not a top-1 statement (one output: no tie, one class)
+        clear = srt[:, -1] - srt[:, -2] > 1e-6 if ya.shape[1] > 1 else np.ones(len(ya), bool)
         agree = np.argmax(ya, axis=1) == np.argmax(yb, axis=1)
         ok = bool(np.all(agree | ~clear))
         out = {"points": len(pts), "max_abs_diff": diff, "argmax_agree": int(agree.sum()), "ok": ok}
