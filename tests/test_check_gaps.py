@@ -110,3 +110,18 @@ def test_top1_tie_on_the_boundary_is_unknown_not_an_error():
     r = run_check(f, g, box, norm="top1", time_limit=5.0, max_boxes=64)
     assert r.verdict in ("unknown", "equivalent")
     assert r.stats["milp_queries"] >= 1
+
+
+def test_graph_check_says_when_an_input_has_no_float32_in_the_region():
+    """The graph check runs onnxruntime at the nearest float32 of an input fixed at 0.7 (outside the region)
+    and says so, as the chain check does; its counterexample is at that value (found by a hunt: no note)."""
+    from equiv.ir import graph_from_onnx
+    from equiv.prove.graph_check import check_graphs
+    f = tiny_net([([[1.0, 1.0], [0.5, -1.0]], [0.0, 0.1]), ([[1.0, 1.0]], [0.0])])
+    g = tiny_net([([[1.0, 1.0], [0.5, -1.0]], [0.0, 0.1]), ([[1.0, 1.0]], [0.02])])
+    ma, mb = network_to_onnx(f), network_to_onnx(g)
+    box = Box([0.7, -1.0], [0.7, 1.0])
+    r = check_graphs(graph_from_onnx(ma), graph_from_onnx(mb), [box], OnnxRunner(ma), OnnxRunner(mb),
+                     CheckOptions(epsilon=0.01))
+    assert r.verdict == "not_equivalent" and r.counterexample.input[0] == np.float32(0.7)
+    assert sum("nearest float32" in n for n in r.notes) == 1

@@ -17,7 +17,7 @@ from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..ir.graph_align import align_to, normalised
 from ..ir.pair_graph import StructureError, difference_graph
 from .equivalence import CheckOptions, CheckResult, Piece, eps_vector, piece_counts
-from .equivalence.ledger import float32_note
+from .equivalence.ledger import float32_gap_note, float32_note
 from .equivalence.result import GRAPH_KINDS, cex_eps
 from ..errors import InputFileError
 from ..ir import ops
@@ -206,6 +206,8 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
         else:
             v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng, f_known, f_margins, via,
                                                  deadline)
+        gap = float32_gap_note(box)
+        more = ([gap] if gap else []) + more
         pieces.append(Piece(box.lo, box.hi, v, "bounds" if v == "equivalent" else "none", upper))
         uppers.append(upper)
         seen_all = max(seen_all, seen)

@@ -127,6 +127,19 @@ class Ledger:
         return float(np.maximum(self.root.d_hi[-1], -self.root.d_lo[-1]).max())
 
 
+def float32_gap_note(box) -> str | None:
+    """The note for inputs fixed at a value no float32 equals (onnxruntime runs the nearest float32, just
+    outside the region), or None."""
+    from ...spec.region import float32_gaps
+    gaps = float32_gaps(box)
+    if not gaps.size:
+        return None
+    near = box.lo[gaps].astype(np.float32)
+    return (f"inputs {gaps.tolist()} are fixed at values with no float32 in their interval ({box.lo[gaps].tolist()}): "
+            f"onnxruntime points use the nearest float32 values ({[float(v) for v in near]}), just outside the "
+            "region; the proof covers the box as given, and a counterexample or a difference seen is at those values")
+
+
 def float32_note(seen: float, upper: float) -> str:
     """Why onnxruntime may show a difference above the proven one (the proof is about exact arithmetic)."""
     return (f"onnxruntime's outputs differ by up to {seen:.3g}, above the proven {upper:.3g}: the proof bounds the "

@@ -14,8 +14,8 @@ from ...bounds.diff import PairBounds, Sweep, output_bounds, pair_bounds
 from ...ir.pair_graph import pair_graph
 from ...ir.network import Network
 from ...spec.bisect import Bisection, Node, Open
-from ...spec.region import Box, float32_gaps
-from .ledger import Ledger, _Clock
+from ...spec.region import Box
+from .ledger import Ledger, _Clock, float32_gap_note
 from .queries import milp_piece
 from .result import CheckOptions, CheckResult, eps_vector
 
@@ -49,12 +49,9 @@ def check_networks(f: Network, g: Network, box: Box, run_a, run_b, options: Chec
         stats["f_bounds"] = st.known is not None
         if st.known is None:
             notes.append("the given bounds of A were not used: A's layers were deepened to pair them with B's")
-    gaps = float32_gaps(box)
-    if gaps.size:
-        near = box.lo[gaps].astype(np.float32)
-        notes.append(f"inputs {gaps.tolist()} are fixed at values with no float32 in their interval "
-                     f"({box.lo[gaps].tolist()}): onnxruntime points use the nearest float32 values "
-                     f"({[float(v) for v in near]}); the proof covers the box as given")
+    gap = float32_gap_note(box)
+    if gap:
+        notes.append(gap)
     if identical(f, g):
         # same layers and weights: the same function, and onnxruntime runs the same operations on both
         st.try_points(box.center[None])
