@@ -128,7 +128,8 @@ def difference_graph(f: Graph, g: Graph) -> Graph:
 
 
 def _linear_difference(nodes, d_of, n, a, b, args, diffs, zero, arg):
-    """d of a linear op: L_f(d args) + L_{P_f - P_g}(g args) + (b_f - b_g); no node when it is exactly 0."""
+    """d of a linear op: L_f(d args) + L_{P_f - P_g}(g args) + (b_f - b_g); no node when it is exactly 0.
+    Its two terms are named d#<n>/a and d#<n>/b: never a tensor's d:<name>, whatever the tensors are called."""
     dparams = {p: np.asarray(getattr(a, p), np.float64) - getattr(b, p) for p in PARAMS
                if hasattr(a, p) and not _same(getattr(a, p), getattr(b, p))}
     same_bias = _same(a.bias, b.bias) or (a.bias is None and b.bias is None)
@@ -136,14 +137,14 @@ def _linear_difference(nodes, d_of, n, a, b, args, diffs, zero, arg):
         (0.0 if b.bias is None else b.bias)
     terms = []
     if any(d is not None for d in diffs):
-        nodes.append((f"d:{n}/a", dataclasses.replace(a, bias=None), [d or zero(x) for d, x in zip(diffs, args)]))
-        terms.append(f"d:{n}/a")
+        nodes.append((f"d#{n}/a", dataclasses.replace(a, bias=None), [d or zero(x) for d, x in zip(diffs, args)]))
+        terms.append(f"d#{n}/a")
     if dparams or dbias is not None:
         if dparams:         # (parameterised ops have one argument)
-            nodes.append((f"d:{n}/b", dataclasses.replace(a, bias=dbias, **dparams), [arg("g:", args[0])]))
+            nodes.append((f"d#{n}/b", dataclasses.replace(a, bias=dbias, **dparams), [arg("g:", args[0])]))
         else:               # only the bias differs: a constant
-            nodes.append((f"d:{n}/b", ops.Const(a.shape, value=np.broadcast_to(dbias, a.shape).copy()), []))
-        terms.append(f"d:{n}/b")
+            nodes.append((f"d#{n}/b", ops.Const(a.shape, value=np.broadcast_to(dbias, a.shape).copy()), []))
+        terms.append(f"d#{n}/b")
     if not terms:
         return
     if len(terms) == 1:

@@ -248,7 +248,8 @@ def _top1_from_rounding(original: Graph, boxes: list[Box], delta: np.ndarray) ->
     for b in boxes:
         c = int(np.argmax(original.forward(b.center[None])[0]))
         head = np.eye(n)[c][None, :] - np.delete(np.eye(n), c, axis=0)
-        fm = deeppoly_graph(margin_graph(original, head), b).lo["margins"].reshape(-1)
+        M = margin_graph(original, head)
+        fm = deeppoly_graph(M, b).lo[M.outputs[0]].reshape(-1)
         need = delta[c] + np.delete(delta, c)
         if not np.all(fm > need):
             return False, (f"A's top-1 margins on the region could not be proved above the rounding bound (smallest "

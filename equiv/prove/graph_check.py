@@ -15,6 +15,7 @@ from . import falsify
 from ..bounds.diff import difference_boxes
 from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..ir.graph_align import align_to, normalised
+from ..ir.chain_export import fresh_name
 from ..ir.pair_graph import StructureError, difference_graph
 from .equivalence import CheckOptions, CheckResult, Piece, eps_vector, piece_counts
 from .equivalence.ledger import float32_gap_note, float32_note
@@ -45,7 +46,7 @@ def product_graph(f: Graph, g: Graph) -> Graph:
             op = net.op(name)
             if op.kind != "input":
                 nodes.append((prefix + name, op, [read[prefix].get(a, prefix + a) for a in net.args(name)]))
-    flat_a, flat_b = _flatten(nodes, f, "a:"), _flatten(nodes, g, "b:")
+    flat_a, flat_b = _flatten(nodes, f, "a:", "a#"), _flatten(nodes, g, "b:", "b#")
     m = f.n_outputs
     nodes.append(("diff", ops.Add((1, m), in_shapes=[(1, m), (1, m)], signs=(1.0, -1.0)), [flat_a, flat_b]))
     return Graph.build(nodes, inputs, ["diff"])
@@ -62,7 +63,7 @@ def _read_flat(nodes: list, net: Graph, prefix: str, total: int) -> dict:
         if len(net.inputs) > 1:
             W = np.zeros((size, total))
             W[np.arange(size), offset + np.arange(size)] = 1.0
-            src = prefix + "pick:" + n
+            src = prefix[:-1] + "#pick:" + n            # (helpers: "a#...", never a tensor's "a:...")
             nodes.append((src, ops.Dense((1, size), W=W), ["x"]))
         nodes.append((prefix + n, ops.Reshape(shape, in_shape=(1, size) if len(net.inputs) > 1 else (1, total)),
                       [src]))
@@ -72,25 +73,31 @@ def _read_flat(nodes: list, net: Graph, prefix: str, total: int) -> dict:
 
 
 def margin_graph(net: Graph, head: np.ndarray) -> Graph:
-    """net followed by head @ (its outputs flattened): e.g. the margins f_c - f_k of a class c."""
+    """net followed by head @ (its outputs flattened): e.g. the margins f_c - f_k of a class c; its output
+    (graph.outputs[0]) is "margins", or that with "#" added when net has a tensor of that name."""
     nodes = [(n, net.op(n), net.args(n)) for n in net.order]
-    flat = _flatten(nodes, net, "")
-    nodes.append(("margins", ops.Dense((1, head.shape[0]), W=head), [flat]))
-    return Graph.build(nodes, net.inputs, ["margins"])
+    tag = "#"
+    while any(n.startswith(tag) for n in net.order):     # helper names no tensor of net has
+        tag += "#"
+    flat = _flatten(nodes, net, "", tag)
+    out = fresh_name("margins", set(net.order))
+    nodes.append((out, ops.Dense((1, head.shape[0]), W=head), [flat]))
+    return Graph.build(nodes, net.inputs, [out])
 
 
-def _flatten(nodes: list, net: Graph, prefix: str) -> str:
-    """A (1, n_outputs) tensor: the outputs of `net` (named with `prefix`) flattened and concatenated."""
+def _flatten(nodes: list, net: Graph, prefix: str, helper: str) -> str:
+    """A (1, n_outputs) tensor: the outputs of `net` (named with `prefix`) flattened and concatenated, by nodes
+    named with `helper` (a prefix no tensor name of the graph being built has)."""
     parts, shapes = [], []
     for k, o in enumerate(net.outputs):
         shape = net.shape(o)
-        name = f"{prefix}equiv_flat{k}"
+        name = f"{helper}equiv_flat{k}"
         nodes.append((name, ops.Reshape((1, int(np.prod(shape))), in_shape=shape), [prefix + o]))
         parts.append(name)
         shapes.append((1, int(np.prod(shape))))
     if len(parts) == 1:
         return parts[0]
-    name = f"{prefix}equiv_flat"
+    name = f"{helper}equiv_flat"
     nodes.append((name, ops.Concat((1, net.n_outputs), axis=1, in_shapes=shapes), parts))
     return name
 
@@ -157,13 +164,15 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     n = f.n_outputs
     c = int(np.argmax(f.forward(box.center[None])[0]))
     head = np.eye(n)[c][None, :] - np.delete(np.eye(n), c, axis=0)
-    fm = deeppoly_graph(margin_graph(f, head), box).lo["margins"].reshape(-1)
+    M = margin_graph(f, head)
+    fm = deeppoly_graph(M, box).lo[M.outputs[0]].reshape(-1)
     if f_margins is not None:
         fm = np.maximum(fm, f_margins)
     # g_c - g_k = (f_c - f_k) - (d_c - d_k) >= fm_k - (dhi_c - dlo_k), or g's own DeepPoly margins
     gm = fm - (dhi[c] - np.delete(dlo, c))
     if not np.all(gm > 0):
-        gm = np.maximum(gm, deeppoly_graph(margin_graph(g, head), box).lo["margins"].reshape(-1))
+        Mg = margin_graph(g, head)
+        gm = np.maximum(gm, deeppoly_graph(Mg, box).lo[Mg.outputs[0]].reshape(-1))
     proved = bool(np.all(fm > 0) and np.all(gm > 0))
     if not proved:
         notes.append(f"top-1: DeepPoly could not show one class (the centre's, {c}) winning strictly in both networks "

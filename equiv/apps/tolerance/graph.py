@@ -138,7 +138,7 @@ class GraphJudge:
             # DeepPoly on the margins, with the original's proved (LP/MILP-tightened) bounds known
             M = margin_graph(f, head)
             b, _ = deeppoly_boxes(M, box.lo[None], box.hi[None], known_bounds(self.known(()), "", M))
-            self.f_margin = b.lo["margins"].reshape(-1)
+            self.f_margin = b.lo[M.outputs[0]].reshape(-1)
 
     def known(self, slots) -> dict:
         """f's proved bounds {tensor: (lo, hi)} of the slotted original (a slot's Scale output is its input)."""
