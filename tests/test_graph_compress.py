@@ -299,3 +299,34 @@ def test_float16_is_skipped_when_a_weight_is_beyond_its_range(tmp_path):
     assert any(n.startswith("float16: not tried") for n in report["notes"]), report["notes"]
     x = np.vstack([box.sample(3000, r), box.vertices(256, r)])
     assert np.abs(OnnxRunner(str(src))(x) - OnnxRunner(str(out))(x)).max() <= 0.01
+
+
+@needs_cifar
+def test_sigterm_after_a_certified_candidate_leaves_no_file(tmp_path):
+    """compress on a graph keeps its best certified file beside the work folder while it searches; a SIGTERM
+    then left that hidden file in the output folder (found by a hunt).  Now: exit 143 and an empty folder."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "out"
+    out.mkdir()
+    cli = [sys.executable, "-c", "import sys\nfrom equiv.cli import main\nsys.exit(main())"]
+    p = subprocess.Popen(cli + ["compress", str(CIFAR / "cifar_wide_kw.onnx"), "--spec",
+                          str(CIFAR / "cifar_wide_kw-img19-eps0.007973856209150327.vnnlib"), "--epsilon", "0.05",
+                          "-o", str(out / "w.onnx"), "--no-progress", "--time-limit", "300"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 300
+        while not glob.glob(str(out / ".*.best.onnx")) and p.poll() is None and time.monotonic() < end:
+            time.sleep(0.2)
+        assert p.poll() is None, "the run ended before a candidate was certified"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert sorted(os.listdir(out)) == []

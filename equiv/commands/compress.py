@@ -45,19 +45,19 @@ def cmd_compress(args, out) -> int:
                           simplify_budget=args.simplify_budget, simplify=not args.no_simplify, makers=makers, bisect_steps=args.bisect_steps,
                           seed=args.seed, backend=args.backend, progress=progress_of(args),
                           workers=args.workers, scheduler=args.scheduler)
-    if chain:
-        res = compress(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
-    else:      # convolutions / residual blocks: the exact graph simplification, certified by its record
-        from ..apps.compress.graph import compress_graph
-        res = compress_graph(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
-    written = None
+    res, written = None, None
     try:
+        if chain:
+            res = compress(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
+        else:      # convolutions / residual blocks: the exact graph simplification, certified by its record
+            from ..apps.compress.graph import compress_graph
+            res = compress_graph(args.model, box, target, opt, workdir=Path(target_path).resolve().parent)
         if res.best_file is not None:
             _check_replaceable(Path(target_path))
             os.replace(res.best_file, target_path)      # the very file that was certified
             written = str(target_path)
     finally:
-        if res.best_file is not None and Path(res.best_file).exists():
+        if res is not None and res.best_file is not None and Path(res.best_file).exists():
             Path(res.best_file).unlink()
     report = build_report(res, args.model, sha256_of(args.model), {"source": source, **box.to_json()}, written)
     if written:

@@ -316,16 +316,16 @@ def compress_graph(model_path, box: Box, target: Target, options: CompressOption
     g = load_graph(path)
     box.check_dim(g.n_inputs)
     work = Path(tempfile.mkdtemp(prefix=".equiv-compress.", dir=None if workdir is None else str(workdir)))
+    keep = work.parent / f".{work.name}.best.onnx"      # where `GraphSearch.keep` puts the best file so far
     try:
         s = GraphSearch(path, g, box, target, opt, work)
         res = run_search(s, opt)
         if res.best_file is not None:
-            try:
-                res.validation = validate_best(path, res.best_model, box, target, opt.seed)
-            except BaseException:
-                res.best_file.unlink()
-                raise
+            res.validation = validate_best(path, res.best_model, box, target, opt.seed)
         res.seconds = time.perf_counter() - s.t0
         return res
+    except BaseException:           # a failed re-check, Ctrl-C or SIGTERM: no partial output is left
+        keep.unlink(missing_ok=True)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
