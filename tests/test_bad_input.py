@@ -155,6 +155,7 @@ CATALOGUE = [
     ("simplify-epsilon-negative", SIMPLIFY + ["-o", "out.onnx", "--epsilon=-1"], "positive and finite"),
     ("simplify-epsilon-nan", SIMPLIFY + ["-o", "out.onnx", "--epsilon", "nan"], "positive and finite"),
     ("simplify-epsilon-zero", SIMPLIFY + ["-o", "out.onnx", "--epsilon", "0"], "leave --epsilon out"),
+    ("check-epsilon-zero", CHECK[:-1] + ["0"], "use --measure without --epsilon"),
     ("scheduler-not-an-address", SIMPLIFY + ["-o", "out.onnx", "--scheduler", "nowhere"], "no Dask scheduler"),
     ("clip-misses-the-ball", ["simplify", "M.onnx", "--center", "c.npy", "--radius", "0.1", "--clip", "2:3",
                               "-o", "out.onnx"], "empty region"),

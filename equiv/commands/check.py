@@ -10,7 +10,7 @@ from .. import __version__
 from .common import inputs_of, progress_of, refuse_journal_clash, regions_of
 
 
-def _epsilon(text):
+def _epsilon(text, command: str = "simplify"):
     """--epsilon E[,E...] (check, simplify): positive finite numbers, one or one per output."""
     if text is None:
         return None
@@ -21,8 +21,9 @@ def _epsilon(text):
     except ValueError:
         raise InputFileError(f"--epsilon must be a number or comma-separated numbers, got '{text}'") from None
     if not all(math.isfinite(v) and v > 0 for v in vals):
-        raise InputFileError(f"--epsilon values must be positive and finite, got '{text}' (for the exact "
-                             "simplification, leave --epsilon out)")
+        hint = ("for the exact simplification, leave --epsilon out" if command == "simplify" else
+                "to bound the difference without a threshold, use --measure without --epsilon")
+        raise InputFileError(f"--epsilon values must be positive and finite, got '{text}' ({hint})")
     return vals[0] if len(vals) == 1 else vals
 
 
@@ -41,7 +42,7 @@ def cmd_check(args, out) -> int:
         raise InputFileError("--epsilon is for --norm linf; --norm top1 compares the top-1 classes and takes none")
     check_backend(args.backend, milp=True)
     boxes, source = regions_of(args)
-    opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon), measure=args.measure, backend=args.backend,
+    opt = CheckOptions(norm=args.norm, epsilon=_epsilon(args.epsilon, "check"), measure=args.measure, backend=args.backend,
                        time_limit=args.time_limit, query_time_limit=args.query_time_limit, max_boxes=args.max_boxes,
                        max_pieces=args.max_pieces, split_choice=args.split_choice, bab=args.bab,
                        samples=args.samples, seed=args.seed, progress=progress_of(args))
