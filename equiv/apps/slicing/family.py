@@ -109,11 +109,14 @@ def tree_path(tree: dict, i: int) -> list[dict] | None:
     stack = [(tree, [])]
     while stack:
         node, path = stack.pop()
+        if not isinstance(node, dict):          # (a malformed manifest: `check_tree` reports it)
+            continue
         if "children" not in node:
             if node.get("slice") == i:
                 return path
             continue
-        stack += [(c, path + [node]) for c in node["children"]]
+        if isinstance(node["children"], list):
+            stack += [(c, path + [node]) for c in node["children"]]
     return None
 
 
