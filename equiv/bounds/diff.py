@@ -177,7 +177,7 @@ def difference_boxes(G, lo: np.ndarray, hi: np.ndarray, known: GraphBounds | Non
     `depth` activation inputs (the others get interval bounds and ties, and the outputs too)."""
     sweep = Sweep(G, own_f, depth)
     b, got = deeppoly_boxes(G, lo, hi, known, sweep.targets, rows=sweep.rows, all_nodes=True, tie=sweep.tie,
-                            magnitude=sweep.difference_rows, relax=relax, coef=forms)
+                            magnitude=sweep.difference_rows, relax=relax, coef=forms, keep_margins=True)
     if not forms:
         return b, None
     out = {}
@@ -213,7 +213,7 @@ def pair_bounds(pair: AlignedPair, lo: np.ndarray, hi: np.ndarray, known: PairBo
         fl.append(b.lo[fz]), fh.append(b.hi[fz]), gl.append(b.lo[gz]), gh.append(b.hi[gz])
         zero = np.zeros_like(b.lo[fz])
         dl.append(zero if dz is None else b.lo[dz]), dh.append(zero if dz is None else b.hi[dz])
-    return PairBounds(fl, fh, gl, gh, dl, dh, (b.lo, b.hi, relax, {}), lo, hi, lines)
+    return PairBounds(fl, fh, gl, gh, dl, dh, (b.lo, b.hi, relax, {"margins": b.margins}), lo, hi, lines)
 
 
 def output_bounds(pair: AlignedPair, pb: PairBounds, C: np.ndarray, which: str, return_coef: bool = False):
@@ -226,7 +226,7 @@ def output_bounds(pair: AlignedPair, pb: PairBounds, C: np.ndarray, which: str, 
     C = np.asarray(C, np.float64)
     res = _backward(G, out, C, L, H, parts, relax, coef=return_coef, magnitude=True)
     # the forward-magnitude rounding margin of the output (`engine.rounding_margins`, once per boxes), through |C|
-    if "margins" not in cache:
+    if out not in cache.get("margins", {}):
         cache["margins"] = rounding_margins(G, parts)
     m = cache["margins"][out]
     low, up = widen(*outward(res[0], res[1]), m.reshape(m.shape[0], -1) @ np.abs(C).T)

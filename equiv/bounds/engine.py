@@ -42,6 +42,7 @@ class GraphBounds:
     hi: dict
     seconds: dict = field(default_factory=dict)
     summaries: dict = field(default_factory=dict)    # {block output: blocks.Summary} when made with blocks
+    margins: dict = field(default_factory=dict)      # {tensor: its rounding margin} (`rounding_margins`), when kept
 
     def relu_input(self, g: Graph, relu: str) -> tuple[np.ndarray, np.ndarray]:
         z = g.args(relu)[0]
@@ -359,7 +360,7 @@ def _rows(g: Graph, z: str, lo: np.ndarray, hi: np.ndarray, rows: str):
 def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds | None = None,
                    targets: list | None = None, rows: str = "unstable", coef: bool = False,
                    all_nodes: bool = False, progress: bool = False, blocks=None, tie=None,
-                   magnitude=False, relax: dict | None = None) -> tuple[GraphBounds, dict]:
+                   magnitude=False, relax: dict | None = None, keep_margins: bool = False) -> tuple[GraphBounds, dict]:
     """DeepPoly/CROWN bounds on each of the N boxes [lo[n], hi[n]] ((N, n_inputs) arrays) of every target
     tensor (default: every ReLU input, then the outputs), intersected with interval bounds (and `known`,
     broadcastable to (N, *shape)), and interval bounds of the tensors they need (of every tensor with
@@ -377,7 +378,8 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
     rows may also be a function (tensor, lo, hi) -> (positions, mask or None) like `_rows`; tie(tensor, L, H)
     is called when a tensor's bounds are final and may tighten them, and earlier ones, in place (bounds
     that relations between tensors imply, such as z_f = z_g + dz); magnitude (True, or the set of targets
-    that need it): see `_backward`; relax: a dict to keep the ReLUs' relaxations in (for later walks)."""
+    that need it): see `_backward`; relax: a dict to keep the ReLUs' relaxations in (for later walks);
+    keep_margins: the result keeps every tensor's rounding margin (`GraphBounds.margins`, for later walks)."""
     t0 = time.perf_counter()
     N = lo.shape[0]
     parts = _parts(g, lo, hi)
@@ -422,7 +424,7 @@ def deeppoly_boxes(g: Graph, lo: np.ndarray, hi: np.ndarray, known: GraphBounds 
     seconds = {"interval": t_int, "deeppoly": time.perf_counter() - t0 - t_int - t_blk}
     if ends:
         seconds["summaries"] = t_blk
-    return GraphBounds(L, H, seconds, summaries), forms
+    return GraphBounds(L, H, seconds, summaries, M if keep_margins else {}), forms
 
 
 def _tighten(g: Graph, z: str, L: dict, H: dict, parts: dict, relax: dict, rows, coef: bool, summaries: dict,
