@@ -255,6 +255,12 @@ def lp_optima(model, objectives) -> np.ndarray:
 def sigterm_once_journalled(cmd: list, journal: Path, lines: int, env=None, timeout: float = 300.0):
     """Run the CLI command `cmd`, SIGTERM it once `journal` holds `lines` lines (the header included); returns
     (exit code, stderr).  Fails if the run ends before that."""
+    return sigterm_when(cmd, lambda: journal.exists() and journal.read_bytes().count(b"\n") >= lines, env, timeout)
+
+
+def sigterm_when(cmd: list, ready, env=None, timeout: float = 300.0):
+    """Run the CLI command `cmd`, SIGTERM it once `ready()` is true; returns (exit code, stderr).  Fails if the
+    run ends before that."""
     import signal
     import subprocess
     import time
@@ -263,7 +269,7 @@ def sigterm_once_journalled(cmd: list, journal: Path, lines: int, env=None, time
     try:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if p.poll() is not None or (journal.exists() and journal.read_bytes().count(b"\n") >= lines):
+            if p.poll() is not None or ready():
                 break
             time.sleep(0.1)
         assert p.poll() is None, "the run ended before it could be killed"

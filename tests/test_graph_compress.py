@@ -307,26 +307,14 @@ def test_sigterm_after_a_certified_candidate_leaves_no_file(tmp_path):
     then left that hidden file in the output folder (found by a hunt).  Now: exit 143 and an empty folder."""
     import glob
     import os
-    import signal
-    import subprocess
     import sys
-    import time
+    from conftest import sigterm_when
     out = tmp_path / "out"
     out.mkdir()
     cli = [sys.executable, "-c", "import sys\nfrom equiv.cli import main\nsys.exit(main())"]
-    p = subprocess.Popen(cli + ["compress", str(CIFAR / "cifar_wide_kw.onnx"), "--spec",
-                          str(CIFAR / "cifar_wide_kw-img19-eps0.007973856209150327.vnnlib"), "--epsilon", "0.05",
-                          "-o", str(out / "w.onnx"), "--no-progress", "--time-limit", "300"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        end = time.monotonic() + 300
-        while not glob.glob(str(out / ".*.best.onnx")) and p.poll() is None and time.monotonic() < end:
-            time.sleep(0.2)
-        assert p.poll() is None, "the run ended before a candidate was certified"
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 143, err
+    code, err = sigterm_when(cli + ["compress", CIFAR / "cifar_wide_kw.onnx", "--spec",
+                                    CIFAR / "cifar_wide_kw-img19-eps0.007973856209150327.vnnlib", "--epsilon", "0.05",
+                                    "-o", out / "w.onnx", "--no-progress", "--time-limit", "300"],
+                             lambda: bool(glob.glob(str(out / ".*.best.onnx"))))
+    assert code == 143, err
     assert sorted(os.listdir(out)) == []
