@@ -78,6 +78,16 @@ class Backend:
             return (f"the MILP is badly scaled (numbers up to {self._scale:.3g}, beyond {self.scale_max:g}): "
                     "a solver's answer at the decision margin proves nothing there")
         return None
+
+    def scale_refusal(self) -> SolveResult | None:
+        """The error result a MILP `maximize` returns on a badly scaled model (None: solve it)."""
+        why = self.badly_scaled()
+        return None if why is None else SolveResult(Status.ERROR, None, None, None, 0.0, message=why)
+
+    def decision_refusal(self) -> Decision | None:
+        """The unknown decision `decide` returns on a badly scaled model (None: decide it)."""
+        why = self.badly_scaled()
+        return None if why is None else Decision("unknown", None, None, 0.0, Status.ERROR, why)
     # partial_ok: `decide` takes integer_cols, a subset of the model's integer columns kept integral (the
     # others relaxed to their bounds: a relaxation, so "below" is still a proof; a point proves nothing)
     partial_ok = False

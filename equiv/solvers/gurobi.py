@@ -83,8 +83,8 @@ class GurobiBackend(Backend):
 
     def maximize(self, c, offset, *, integer, time_limit, stop=None) -> SolveResult:
         integer = integer and bool(self.model.integer.any())
-        if integer and self.badly_scaled():
-            return SolveResult(Status.ERROR, None, None, None, 0.0, message=self.badly_scaled())
+        if integer and (refused := self.scale_refusal()):
+            return refused
         self._set_integrality(integer)
         self.m.setMObjective(None, np.asarray(c, float), float(offset), sense=GRB.MAXIMIZE)
         self.m.Params.TimeLimit = float(time_limit)
@@ -113,8 +113,8 @@ class GurobiBackend(Backend):
         return SolveResult(Status.ERROR, None, obj, x, secs, f"gurobi status {st}")
 
     def decide(self, c, offset, threshold, *, time_limit, margin, stop=None) -> Decision:
-        if self.badly_scaled():
-            return Decision("unknown", None, None, 0.0, Status.ERROR, self.badly_scaled())
+        if refused := self.decision_refusal():
+            return refused
         c = np.asarray(c, float)
         self._set_integrality(True)
         self.m.setMObjective(None, c, float(offset), sense=GRB.MAXIMIZE)

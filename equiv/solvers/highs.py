@@ -167,8 +167,8 @@ class HighsBackend(Backend):
     # -- queries ---------------------------------------------------------------------------------
     def maximize(self, c, offset, *, integer, time_limit, stop=None) -> SolveResult:
         integer = integer and self._int_idx.size > 0
-        if integer and self.badly_scaled():
-            return SolveResult(Status.ERROR, None, None, None, 0.0, message=self.badly_scaled())
+        if integer and (refused := self.scale_refusal()):
+            return refused
         if integer:
             h = self._new_highs(integer=True)
             h.setOptionValue("time_limit", float(time_limit))
@@ -215,8 +215,8 @@ class HighsBackend(Backend):
         return SolveResult(Status.ERROR, None, obj, x, secs, h.modelStatusToString(status))
 
     def decide(self, c, offset, threshold, *, time_limit, margin, integer_cols=None, stop=None) -> Decision:
-        if self.badly_scaled():
-            return Decision("unknown", None, None, 0.0, Status.ERROR, self.badly_scaled())
+        if refused := self.decision_refusal():
+            return refused
         c = np.asarray(c, dtype=np.float64)
         nz = np.flatnonzero(c)
         if integer_cols is not None and not np.all(self.model.integer[np.asarray(integer_cols, dtype=np.int64)]):

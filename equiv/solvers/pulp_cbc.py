@@ -81,8 +81,8 @@ class PulpCbcBackend(Backend):
     def maximize(self, c, offset, *, integer, time_limit, stop=None) -> SolveResult:
         c = np.asarray(c, float)
         integer = integer and bool(self.model.integer.any())
-        if integer and self.badly_scaled():
-            return SolveResult(Status.ERROR, None, None, None, 0.0, message=self.badly_scaled())
+        if integer and (refused := self.scale_refusal()):
+            return refused
         prob, names = self._problem(c, offset, integer)
         secs = self._solve(prob, time_limit)
         status, sol = prob.status, prob.sol_status
@@ -103,8 +103,8 @@ class PulpCbcBackend(Backend):
                            f"cbc status {pulp.LpStatus.get(status, status)}")
 
     def decide(self, c, offset, threshold, *, time_limit, margin, stop=None) -> Decision:
-        if self.badly_scaled():
-            return Decision("unknown", None, None, 0.0, Status.ERROR, self.badly_scaled())
+        if refused := self.decision_refusal():
+            return refused
         c = np.asarray(c, float)
         prob, _ = self._problem(c, offset, True)
         nz = np.flatnonzero(c)
