@@ -441,12 +441,12 @@ def _tighten(g: Graph, z: str, L: dict, H: dict, parts: dict, relax: dict, rows,
     for s in range(0, todo.size, chunk):
         r = todo[s:s + chunk]
         res = _backward(g, z, r, L, H, parts, relax, coef, summaries=summaries or None, magnitude=magnitude)
-        cl, ch = widen(*outward(res[0], res[1]), np.broadcast_to(Mz, L[z].shape).reshape(N, -1)[:, r])
+        m = np.broadcast_to(Mz, L[z].shape).reshape(N, -1)[:, r]
+        cl, ch = widen(*outward(res[0], res[1]), m)
         if on is not None:      # off its boxes a row keeps its interval bounds
             cl, ch = np.where(on[:, r], cl, -np.inf), np.where(on[:, r], ch, np.inf)
         l[:, r], h[:, r] = np.maximum(l[:, r], cl), np.minimum(h[:, r], ch)
         if coef:                # the lines hold up to the same rounding: their intercepts get the margin too
-            m = np.broadcast_to(Mz, L[z].shape).reshape(N, -1)[:, r]
             Al, bl, Au, bu = res[2]
             parts_out.append((Al, bl - m, Au, bu + m))
     L[z], H[z] = l.reshape(L[z].shape), h.reshape(H[z].shape)
