@@ -201,3 +201,20 @@ def test_a_slope_that_rounds_to_one_aligns_as_the_file_computes(rng):
     x = BOX.sample(200, rng)
     assert np.abs(back.forward(x) - OnnxRunner(model)(x)).max() <= 1e-4
     difference_graph(slotted(f, None, [], slots), back)
+
+
+def test_slot_names_step_aside_from_the_models_own_tensor_names(tmp_path, rng):
+    """A model tensor named like a replacement slot ('r1/equiv_slope', a hunt's find) crashed tolerance mode
+    (exit 4, "computed twice").  The slots now take fresh names and the run certifies as usual."""
+    model = residual_model(rng)
+    for node in model.graph.node:
+        node.input[:] = ["r1/equiv_slope" if t == "c2" else t for t in node.input]
+        node.output[:] = ["r1/equiv_slope" if t == "c2" else t for t in node.output]
+    path, out, rep = tmp_path / "m.onnx", tmp_path / "s.onnx", tmp_path / "r.json"
+    onnx.save(model, path)
+    assert main(["simplify", str(path), "--box", _box_arg(BOX), "--epsilon", "0.3", "-o", str(out),
+                 "--report", str(rep), "--no-progress"]) == 0
+    r = json.loads(rep.read_text())
+    assert r["replacements"]["kept"] > 0 and r["certificate"]["verdict"] == "equivalent"
+    x = np.vstack([BOX.sample(5000, rng), BOX.random_vertices(256, rng)])
+    assert np.abs(OnnxRunner(model)(x) - OnnxRunner(str(out))(x)).max() <= 0.3

@@ -22,6 +22,7 @@ import onnx
 from ...artifacts.validate import OnnxRunner
 from ...bounds.engine import deeppoly_boxes
 from ...ir import ops
+from ...ir.chain_export import fresh_name
 from ...ir.graph import Graph
 from ...ir.graph_align import align_to
 from ...ir.onnx_export import graph_to_onnx
@@ -35,6 +36,20 @@ from ..graph_simplify import GraphPhases, graph_phases, reduce_graph
 from .candidates import minimax_affine
 
 SLOPE, ACT = "{}/equiv_slope", "{}/equiv_act"
+
+
+def slot_names(g: Graph) -> dict:
+    """{relu: (scale name, activation name)} of each ReLU's slot: SLOPE/ACT, stepped aside from every tensor
+    name of g (and from each other), so a model's own names never clash with them."""
+    taken = set(g.order) | set(g.inputs)
+    out = {}
+    for r in g.relus:
+        s = fresh_name(SLOPE.format(r), taken)
+        taken.add(s)
+        a = fresh_name(ACT.format(r), taken)
+        taken.add(a)
+        out[r] = (s, a)
+    return out
 FLOAT_MARGIN = 1e-4      # a certificate must prove the difference below epsilon x (1 - this)
 
 
@@ -60,6 +75,7 @@ def slotted(g: Graph, ph: GraphPhases | None, edits: list[PositionEdit], slots) 
     by_relu: dict = {}
     for e in edits:
         by_relu.setdefault(e.relu, []).append(e)
+    names = slot_names(g)
     nodes = []
     for name in base.order:
         op, args = base.op(name), base.args(name)
@@ -78,9 +94,10 @@ def slotted(g: Graph, ph: GraphPhases | None, edits: list[PositionEdit], slots) 
                 s.flat[e.index], c.flat[e.index] = e.a, e.c
                 relu.flat[e.index], lin.flat[e.index] = False, True
             act = ops.MaskedRelu(shape, relu_mask=relu, linear_mask=lin)
-        nodes.append((SLOPE.format(name), ops.Scale(shape, s=s), args))
-        nodes.append((ACT.format(name), act, [SLOPE.format(name)]))
-        nodes.append((name, ops.Shift(shape, bias=c), [ACT.format(name)]))
+        slope, act_name = names[name]
+        nodes.append((slope, ops.Scale(shape, s=s), args))
+        nodes.append((act_name, act, [slope]))
+        nodes.append((name, ops.Shift(shape, bias=c), [act_name]))
     return Graph.build(nodes, base.inputs, base.outputs, dict(base.meta))
 
 
@@ -144,8 +161,9 @@ class GraphJudge:
         """f's proved bounds {tensor: (lo, hi)} of the slotted original (a slot's Scale output is its input)."""
         b = self.ph.bounds
         out = {z: (b.lo[z], b.hi[z]) for z in (self.f.args(r)[0] for r in self.f.relus)}
+        names = slot_names(self.f)
         for r in slots:
-            out[SLOPE.format(r)] = out[self.f.args(r)[0]]
+            out[names[r][0]] = out[self.f.args(r)[0]]
         return out
 
     def bound(self, g: Graph, slots) -> np.ndarray:
