@@ -268,9 +268,10 @@ def test_cli_refuses_a_journal_of_other_inputs(tmp_path):
     a = ["models/digits_mlp.onnx", "--spec", "models/digits_mlp_ball.vnnlib", "--journal", jn]
     r = _simplify(a + ["-o", tmp_path / "a.onnx"])
     assert r.returncode == 0, r.stderr
-    r = _simplify(a + ["-o", tmp_path / "b.onnx", "--seed", "3"])
-    assert r.returncode == 2 and "other inputs" in r.stderr
-    assert not (tmp_path / "b.onnx").exists()
+    for other in (["--seed", "3"], ["--no-bab"], ["--backend", "highs"]):     # every option a proof depends on
+        r = _simplify(a + ["-o", tmp_path / "b.onnx"] + other)
+        assert r.returncode == 2 and "other inputs" in r.stderr, other
+        assert not (tmp_path / "b.onnx").exists()
     r = _simplify(["models/digits_mlp.onnx", "--spec", "models/digits_mlp_ball.vnnlib", "-o", tmp_path / "c.onnx",
                    "--journal", "models/digits_mlp.onnx"])
     assert r.returncode == 2 and "input or output" in r.stderr

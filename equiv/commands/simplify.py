@@ -85,7 +85,8 @@ def journal_inputs(model, box, options, args) -> dict:
             "method": options.method, "backend": options.backend, "time_limit": options.time_limit,
             "samples": options.samples, "seed": options.seed, "margin": options.margin,
             "milp_budget": options.milp_budget, "split_boxes": options.split_boxes, "windowed": options.windowed,
-            "alpha": options.alpha, "window_lp": options.window_lp}
+            "alpha": options.alpha, "window_lp": options.window_lp, "bab": options.bab,
+            "lp_admm_rows": options.lp_admm_rows}
 
 
 def _provers(report: dict) -> str:
