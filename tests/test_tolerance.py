@@ -229,6 +229,30 @@ def test_a_constant_model_is_written_without_a_zero_matrix():
     np.testing.assert_allclose(network_from_onnx(model).forward(X), np.tile([1.0, -2.0, 0.5], (7, 1)))
 
 
+@needs_bench
+def test_check_certifies_a_constant_model_on_the_chain_checker(tmp_path):
+    """Tolerance mode writes a constant model as x @ zeros(n, 1) + b (the bias broadcast to the outputs); the
+    graph importer holds that Add as a broadcast, so `check` sent the pair to the graph checker, which answered
+    unknown (bound 0.96) where simplify's own certificate had proved 0.5.  The chain checker now takes it."""
+    from equiv.apps.graph_simplify import takes_chain_pipeline
+    from equiv.cli import main
+    from equiv.ir import load_graph
+    from equiv.ir.network import Dense, Network
+    model, spec = MNIST / "mnist-net_256x2.onnx", MNIST / "prop_0_0.03.vnnlib"
+    box = load_box(spec)
+    y = OnnxRunner(str(model))(np.vstack([box.center[None], box.sample(2000, np.random.default_rng(0))]))
+    const = tmp_path / "const.onnx"
+    net = Network.from_layers([Dense(np.zeros((10, 784)), (y.min(0) + y.max(0)) / 2)], [])
+    const.write_bytes(network_to_onnx(net).SerializeToString())
+    assert takes_chain_pipeline(load_graph(const), const)
+    rep = tmp_path / "r.json"
+    assert main(["check", str(model), str(const), "--spec", str(spec), "--epsilon", "0.4", "--no-progress",
+                 "--report", str(rep)]) == 0
+    r = json.loads(rep.read_text())
+    assert r["verdict"] == "equivalent" and r["max_diff_upper"] <= 0.4
+    assert r["max_diff_lower"] > 0.01          # the models do differ: the proof is not of a trivial pair
+
+
 def test_a_spent_time_limit_starts_no_selection_and_no_certificate():
     """ToleranceOptions.time_limit bounds the selection and the certificates together (compress gives the stage
     half of its time left): with none left, no candidate is tried, no certificate is started, and the exact

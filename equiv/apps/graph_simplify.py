@@ -42,12 +42,21 @@ def is_dense_chain(g: Graph) -> bool:
             and all(g.dag.out_degree(n) <= 1 for n in g.order))
 
 
+def _chain_like(g: Graph, n: str) -> bool:
+    """A node the chain importer may hold: a chain op, a Concat (partial-ReLU layers), a constant, or the Add of
+    a constant to one tensor (a bias broadcast to a wider shape, e.g. tolerance mode's constant output x @ 0 + b)."""
+    op = g.op(n)
+    if isinstance(op, CHAIN_OPS + (ops.Concat, ops.Const)):
+        return True
+    return isinstance(op, ops.Add) and sum(isinstance(g.op(a), ops.Const) for a in g.args(n)) == len(g.args(n)) - 1
+
+
 def takes_chain_pipeline(g: Graph, path) -> bool:
     """Dense chains, and equiv's own partial-ReLU layers (Concat of a Relu and a linear branch), go to the
     chain pipeline (input splitting, LP/MILP, the difference checker); everything else to the graph one.  Either
     way the chain importer must read the file (it does not fold constant subgraphs, e.g. a Cast of weights)."""
     if not is_dense_chain(g) and (len(g.inputs) != 1 or len(g.outputs) != 1 or
-                                  not all(isinstance(g.op(n), CHAIN_OPS + (ops.Concat,)) for n in g.order)):
+                                  not all(_chain_like(g, n) for n in g.order)):
         return False
     from ..errors import UnsupportedModelError
     from ..ir.chain_io import load_onnx
