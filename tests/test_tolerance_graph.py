@@ -143,6 +143,11 @@ def test_slice_epsilon_on_a_graph_certifies_every_slice(tmp_path, rng, capsys):
     assert any(c["replaced"] > 0 for c in certs)
     assert all(c["max_diff_upper"] <= 0.3 for c in certs if c["verdict"] == "equivalent")
     assert main(["slice", "--verify", str(fam)]) == 0
+    # each slice records its phases and replacements: --certify proves them (it said "unknown, no reason" before)
+    capsys.readouterr()
+    assert main(["slice", "--verify", str(fam), "--certify", "--json"]) == 0
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["certificates"]["ok"]
 
 
 def _two_branch_model(rng) -> onnx.ModelProto:
@@ -218,3 +223,86 @@ def test_slot_names_step_aside_from_the_models_own_tensor_names(tmp_path, rng):
     assert r["replacements"]["kept"] > 0 and r["certificate"]["verdict"] == "equivalent"
     x = np.vstack([BOX.sample(5000, rng), BOX.random_vertices(256, rng)])
     assert np.abs(OnnxRunner(model)(x) - OnnxRunner(str(out))(x)).max() <= 0.3
+
+
+def _tolerance_output(tmp_path, rng, eps="0.3"):
+    model = residual_model(rng)
+    path, out, rep = tmp_path / "m.onnx", tmp_path / "s.onnx", tmp_path / "r.json"
+    onnx.save(model, path)
+    assert main(["simplify", str(path), "--box", _box_arg(BOX), "--epsilon", eps, "-o", str(out), "--report",
+                 str(rep), "--no-progress"]) == 0
+    r = json.loads(rep.read_text())
+    assert r["replacements"]["kept"] > 0
+    return path, out, r
+
+
+def _check(tmp_path, a, b, eps="0.3"):
+    rep = tmp_path / "c.json"
+    code = main(["check", str(a), str(b), "--box", _box_arg(BOX), "--epsilon", eps, "--no-progress",
+                 "--report", str(rep)])
+    return code, json.loads(rep.read_text())
+
+
+def test_check_certifies_a_graph_tolerance_output_by_its_record(tmp_path, rng):
+    """simplify --epsilon on a graph records its phases and its replacements; `check` re-proves the phases, reads
+    the file as the reduction with those lines and bounds it against the original as simplify's certificate
+    did.  Before, the search alone bounded the pair by 23.8 (unknown) where simplify had proved 0.244."""
+    path, out, r = _tolerance_output(tmp_path, rng)
+    code, c = _check(tmp_path, path, out)
+    assert code == 0 and c["verdict"] == "equivalent"
+    assert c["stats"]["carried"]["ok"] and c["max_diff_upper"] <= 0.3
+    assert c["max_diff_upper"] <= 1.01 * r["certificate"]["max_diff_upper"]      # about simplify's own bound
+    x = np.vstack([BOX.sample(5000, rng), BOX.random_vertices(256, rng)])
+    assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= c["max_diff_upper"]
+    # the same file without its record: the search from scratch does not decide it
+    bare = onnx.load(str(out))
+    del bare.metadata_props[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    code, c = _check(tmp_path, path, tmp_path / "bare.onnx")
+    assert code == 3 and "carried" not in c["stats"]
+    from equiv.prove.graph_carried import certify_graph_model
+    res = certify_graph_model(path, graph_from_onnx(onnx.load(str(path))), bare, BOX, 0.3)
+    assert res.verdict == "unknown" and "carries no record" in res.notes[0]
+
+
+def test_a_graph_tolerance_record_only_decides_how_the_file_is_read(tmp_path, rng):
+    """The bound is of the file against the original itself, so a record that lies about the lines cannot make
+    a wrong verdict: the file's slopes scaled by 3 after writing (record unchanged) are bounded as they are (or
+    the check stays unknown), and replacements naming positions the original lacks are refused as a proof."""
+    from equiv.apps.tolerance.graph import PositionEdit
+    from equiv.prove.graph_carried import attach_graph_claims, read_graph_claims
+    path, out, _ = _tolerance_output(tmp_path, rng)
+    m = onnx.load(str(out))
+    claims, _ = read_graph_claims(m)
+    edited = onnx.load(str(out))
+    for t in edited.graph.initializer:
+        if "equiv_slope" in t.name or "slope" in t.name:
+            a = onnx.numpy_helper.to_array(t)
+            t.CopyFrom(onnx.numpy_helper.from_array(np.where(a != 1, 3 * a, a).astype(a.dtype), t.name))
+    onnx.save(edited, tmp_path / "edited.onnx")
+    x = np.vstack([BOX.sample(5000, rng), BOX.random_vertices(256, rng)])
+    seen = np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(tmp_path / "edited.onnx"))(x)).max()
+    code, c = _check(tmp_path, path, tmp_path / "edited.onnx", eps="100")
+    assert code == 0 and c["max_diff_upper"] >= seen
+    # a replacement at a position out of range, or at a position the record says is dead: not a proof
+    relu = claims.edits[0]["relu"]
+    dead_at = int(claims.dead[relu][0]) if claims.dead[relu].size else None
+    for index in [10 ** 6] + ([dead_at] if dead_at is not None else []):
+        bad = onnx.load(str(out))
+        del bad.metadata_props[:]
+        edits = [PositionEdit(e["relu"], e["index"], e["a"], e["c"], 0.0) for e in claims.edits]
+        edits.append(PositionEdit(relu, index, 0.5, 0.1, 0.0))
+        attach_graph_claims(bad, claims.source_sha256, claims.method,
+                            {r: _mask(path, r, claims.dead[r]) for r in claims.dead},
+                            {r: _mask(path, r, claims.active[r]) for r in claims.active}, BOX, edits=edits)
+        onnx.save(bad, tmp_path / "bad.onnx")
+        code, c = _check(tmp_path, path, tmp_path / "bad.onnx")
+        assert code in (0, 3) and "carried" not in c["stats"]
+        assert any("carries its reduction's phases, but" in n for n in c["notes"])
+
+
+def _mask(path, relu, idx):
+    g = graph_from_onnx(onnx.load(str(path)))
+    m = np.zeros(int(np.prod(g.shape(g.args(relu)[0]))), bool)
+    m[idx] = True
+    return m

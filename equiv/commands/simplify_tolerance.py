@@ -55,6 +55,7 @@ def cmd_simplify_graph_tolerance(args, out, graph, box, source, target, budget) 
     from ..apps.tolerance.graph import simplify_graph_within
     from ..apps.tolerance.pipeline import ToleranceOptions, validate_within
     from ..errors import InputFileError
+    from ..prove.graph_carried import attach_graph_claims
     from .check import _epsilon
     if args.certify:
         raise InputFileError("--certify is implied by --epsilon / --preserve (the written model is always checked)")
@@ -75,6 +76,9 @@ def cmd_simplify_graph_tolerance(args, out, graph, box, source, target, budget) 
                                 budget=budget, backend=args.backend, samples=args.samples)
     eps_full = None if eps is None else np.broadcast_to(np.asarray(eps, float), (graph.n_outputs,))
     validation = validate_within(reference, res.onnx_model, box, opt, eps_full, res.phases.witnesses)
+    # the record `check` re-proves (the phases) and reads the file with (the replaced positions); metadata only
+    attach_graph_claims(res.onnx_model, sha256_of(args.model), res.phases.method, res.phases.dead,
+                        res.phases.active, box, edits=res.kept)
     save_onnx_atomic(res.onnx_model, target)
     report = graph_report(res, args.model, sha256_of(args.model), {"source": source, **box.to_json()}, str(target),
                           opt, validation)

@@ -35,6 +35,7 @@ class GraphClaims:
     dead: dict
     active: dict
     region: dict | None = None
+    edits: list | None = None     # tolerance mode: the ReLU positions replaced by lines, [{relu, index, a, c}]
 
     def masks(self, g: Graph) -> tuple[dict, dict] | None:
         """Boolean masks (each ReLU's input shape) for graph g; None when the record does not fit g."""
@@ -51,13 +52,16 @@ class GraphClaims:
 
 
 def attach_graph_claims(model: onnx.ModelProto, source_sha256: str, method: str, dead: dict, active: dict,
-                        region: Box | None = None) -> onnx.ModelProto:
-    """Record in the model's metadata the original's sha256 and the proved phases (in place)."""
+                        region: Box | None = None, edits: list | None = None) -> onnx.ModelProto:
+    """Record in the model's metadata the original's sha256 and the proved phases (in place); edits (tolerance
+    mode's `PositionEdit`s): the positions replaced by lines, which `check` puts back to align the file."""
     # positions as bit masks (base64 of packed bits): an index list costs ~6 characters per position, and a
     # conv layer has tens of thousands (Convnet_avgpool's record: 67 KB deflated as lists)
     doc = {"format": FORMAT, "source_sha256": source_sha256, "method": method,
            "dead_bits": {r: _bits(m) for r, m in dead.items()},
            "active_bits": {r: _bits(m) for r, m in active.items()}}
+    if edits:
+        doc["edits"] = [{"relu": e.relu, "index": int(e.index), "a": float(e.a), "c": float(e.c)} for e in edits]
     return put_record(model, META_KEY, doc, region)
 
 
@@ -79,7 +83,11 @@ def read_graph_claims(model: onnx.ModelProto) -> tuple[GraphClaims | None, str |
             active = {str(r): _indices(v) for r, v in doc["active_bits"].items()}
         else:                           # index lists: the records equiv wrote before bit masks
             dead, active = idx(doc["dead"]), idx(doc["active"])
-        return GraphClaims(str(doc["source_sha256"]), str(doc["method"]), dead, active, doc.get("region"))
+        edits = doc.get("edits")
+        if edits is not None:
+            edits = [{"relu": str(e["relu"]), "index": int(e["index"]), "a": float(e["a"]), "c": float(e["c"])}
+                     for e in edits]
+        return GraphClaims(str(doc["source_sha256"]), str(doc["method"]), dead, active, doc.get("region"), edits)
     return get_record(model, META_KEY, FORMAT, parse)
 
 
@@ -131,6 +139,8 @@ def check_graph_claims(original: Graph, written: onnx.ModelProto, box: Box, clai
         return GraphCarriedCheck(False, "the time limit was reached once its phases were re-proved, before the bound "
                                  "on the model", seconds=time.perf_counter() - t0, timed_out=True)
     claimed = _Phases(dead, active)
+    if claims.edits:
+        return _check_edits(original, written, box, claims, claimed, ph, n_claims, t0)
     exact, _, _ = shrink(reduce_graph(original, claimed))
     try:
         got = align_to(exact, graph_from_onnx(onnx.load_from_string(written.SerializeToString())))
@@ -141,6 +151,39 @@ def check_graph_claims(original: Graph, written: onnx.ModelProto, box: Box, clai
     per_output = np.maximum(np.abs(lo), np.abs(hi))
     return GraphCarriedCheck(True, f"all {n_claims} recorded phases re-proved on this region and the model has "
                              "the structure of their reduction of the original", per_output, time.perf_counter() - t0,
+                             ph.witnesses)
+
+
+def _check_edits(original: Graph, written: onnx.ModelProto, box: Box, claims: GraphClaims, claimed, ph, n_claims: int,
+                 t0: float) -> GraphCarriedCheck:
+    """A tolerance-mode record: the file is the reduction with the recorded positions replaced by lines.  It is
+    aligned with that graph, and DeepPoly bounds its difference from the original itself (identity slots at the
+    replaced ReLUs), starting from the original's bounds just proved on the box: sound whatever the record
+    says, which only decides how the file is read (and how tight the bound is)."""
+    from ..apps.tolerance.graph import PositionEdit, slot_known, slotted
+    from ..ir.graph_align import align_to
+    from ..ir.onnx_import import graph_from_onnx
+    from ..ir.pair_graph import StructureError
+    from .graph_check import difference_bounds
+    relus = set(original.relus)
+    edits = [PositionEdit(e["relu"], e["index"], e["a"], e["c"], 0.0) for e in claims.edits]
+    bad = next((e for e in edits if e.relu not in relus or not 0 <= e.index < np.prod(original.shape(e.relu))
+                or not (np.isfinite(e.a) and np.isfinite(e.c))), None)
+    if bad is not None:
+        return GraphCarriedCheck(False, f"its recorded replacement {bad.relu}[{bad.index}] does not fit the original",
+                                 seconds=time.perf_counter() - t0)
+    slots = {e.relu for e in edits}
+    try:
+        g = slotted(original, claimed, edits, slots)
+        got = align_to(g, graph_from_onnx(onnx.load_from_string(written.SerializeToString())))
+    except (ValueError, StructureError) as exc:
+        return GraphCarriedCheck(False, f"the model is not the reduction with replacements its record describes "
+                                 f"({exc})", seconds=time.perf_counter() - t0)
+    lo, hi = difference_bounds(slotted(original, None, [], slots), got, box, slot_known(original, ph.bounds, slots))
+    per_output = np.maximum(np.abs(lo), np.abs(hi))
+    return GraphCarriedCheck(True, f"all {n_claims} recorded phases re-proved on this region, and the model has the "
+                             f"structure of their reduction of the original with {len(edits)} ReLU positions replaced "
+                             "by lines (their effect is in the bound)", per_output, time.perf_counter() - t0,
                              ph.witnesses)
 
 
@@ -234,6 +277,8 @@ def certify_graph_model(original_path, original: Graph, written: onnx.ModelProto
                                      OnnxRunner(written), then="not certified (the record alone is used; `equiv check` "
                                                                "searches)")
     if res is None:
+        notes = notes or ["the model carries no record of the phases it was reduced with (not certified: the record "
+                          "alone is used; `equiv check` searches)"]
         res = CheckResult("unknown", "linf", [float(tolerance)] * original.n_outputs, float("inf"), 0.0, None, backend,
                           0.0, [], {"pipeline": "graph"}, notes)
     return res

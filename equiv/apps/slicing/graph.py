@@ -101,22 +101,22 @@ def slice_graph(model_path: str | Path, g: Graph, region: Box, gopt: GraphSliceO
     tree = grow_tree(region, sopt, lambda piece, parent: prove_graph_piece(g, piece, gopt),
                      lambda piece: choose_graph_dim(g, piece, region, sopt.strategy))
     seconds["tree"] = time.perf_counter() - t0
-    certificates = None
+    certificates, edits = None, [None] * len(tree.leaves())
     if sopt.epsilon is not None:
         t0 = time.perf_counter()
-        certificates = graph_within_tolerance(g, reference, tree.leaves(), sopt, gopt)
+        certificates, edits = graph_within_tolerance(g, reference, tree.leaves(), sopt, gopt)
         seconds["tolerance"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     leaves, models, vals = export_leaves(tree, graph_to_onnx, lambda s, leaf, model: validate_graph_model(
         reference, model, g, leaf.network, leaf.box, leaf.stability.witnesses, sopt.validation_samples,
         gopt.seed + 1 + s, sopt.tolerance, what=f"slice {s}"))
-    if sopt.epsilon is None:
-        # each slice records the phases it was reduced with, as `simplify` does: `check` (and --certify)
-        # re-proves them on the slice's box instead of searching (metadata only: the computation is unchanged)
-        sha = sha256_of(model_path)
-        for leaf, model in zip(leaves, models):
-            attach_graph_claims(model, sha, leaf.stability.method, leaf.stability.dead, leaf.stability.active, leaf.box)
+    # each slice records the phases it was reduced with (and with --epsilon its replacements), as `simplify`
+    # does: `check` (and --certify) re-proves them on the slice's box instead of searching (metadata only)
+    sha = sha256_of(model_path)
+    for leaf, model, kept in zip(leaves, models, edits):
+        attach_graph_claims(model, sha, leaf.stability.method, leaf.stability.dead, leaf.stability.active, leaf.box,
+                            edits=kept)
     seconds["validate_slices"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -132,19 +132,21 @@ def slice_graph(model_path: str | Path, g: Graph, region: Box, gopt: GraphSliceO
 
 
 def graph_within_tolerance(g: Graph, reference: OnnxRunner, leaves: list, sopt: SliceOptions,
-                           gopt: GraphSliceOptions) -> list:
+                           gopt: GraphSliceOptions) -> tuple[list, list]:
     """`slice --epsilon` on graphs: each leaf simplified further up to epsilon on its box (from the leaf's own
-    phase proofs, `apps.tolerance.graph`), its written model certified; one certificate summary per leaf."""
+    phase proofs, `apps.tolerance.graph`), its written model certified; per leaf, the certificate summary and
+    the replacements kept (for its record)."""
     from ..tolerance.graph import simplify_graph_within
     from ..tolerance.pipeline import ToleranceOptions
-    out = []
+    out, kept = [], []
     for leaf in leaves:
         opt = ToleranceOptions(epsilon=sopt.epsilon, validation_samples=min(sopt.validation_samples, 2000),
                                seed=gopt.seed, selection_time_limit=60.0)
         res = simplify_graph_within(g, reference, leaf.box, opt, phases=leaf.stability)
         leaf.network = res.simplified
         out.append(tolerance_summary(res, sopt.epsilon))
-    return out
+        kept.append(res.kept)
+    return out, kept
 
 
 def certify_graph_family(fam: SliceFamily, backend: str = "highs", time_limit: float = 60.0,

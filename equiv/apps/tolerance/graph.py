@@ -50,6 +50,18 @@ def slot_names(g: Graph) -> dict:
         taken.add(a)
         out[r] = (s, a)
     return out
+
+
+def slot_known(f: Graph, bounds, slots) -> dict:
+    """f's bounds {tensor: (lo, hi)} (a GraphBounds proved on the region) at each ReLU's input, as known bounds
+    of f slotted at `slots` (an identity slot's Scale output is its input)."""
+    out = {z: (bounds.lo[z], bounds.hi[z]) for z in (f.args(r)[0] for r in f.relus)}
+    names = slot_names(f)
+    for r in slots:
+        out[names[r][0]] = out[f.args(r)[0]]
+    return out
+
+
 FLOAT_MARGIN = 1e-4      # a certificate must prove the difference below epsilon x (1 - this)
 
 
@@ -159,12 +171,7 @@ class GraphJudge:
 
     def known(self, slots) -> dict:
         """f's proved bounds {tensor: (lo, hi)} of the slotted original (a slot's Scale output is its input)."""
-        b = self.ph.bounds
-        out = {z: (b.lo[z], b.hi[z]) for z in (self.f.args(r)[0] for r in self.f.relus)}
-        names = slot_names(self.f)
-        for r in slots:
-            out[names[r][0]] = out[self.f.args(r)[0]]
-        return out
+        return slot_known(self.f, self.ph.bounds, slots)
 
     def bound(self, g: Graph, slots) -> np.ndarray:
         """linf: per output, the proven max |f_j - g_j|; top1: per other class, the proven min of g_c - g_k."""
