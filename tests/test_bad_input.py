@@ -100,6 +100,10 @@ def scratch(tmp_path):
     (tmp_path / "unbalanced.vnnlib").write_text(text + "\n(assert (<= X_0 1.0)\n")
     (tmp_path / "coupled.vnnlib").write_text(text + "\n(assert (<= (+ X_0 X_1) 1.0))\n")
     (tmp_path / "unknown_cmd.vnnlib").write_text(text + "\n(frobnicate X_0)\n")
+    c = np.load(tmp_path / "c.npy")
+    np.save(tmp_path / "c_str.npy", c.astype(str))                # centres that are no real numbers (exit 4 before)
+    np.save(tmp_path / "c_complex.npy", c.astype(complex))       # (the imaginary part was dropped with a warning)
+    np.savez(tmp_path / "c.npz", c=c)
     cwd = os.getcwd()
     os.chdir(tmp_path)
     yield tmp_path
@@ -157,6 +161,13 @@ CATALOGUE = [
     ("simplify-epsilon-zero", SIMPLIFY + ["-o", "out.onnx", "--epsilon", "0"], "leave --epsilon out"),
     ("check-epsilon-zero", CHECK[:-1] + ["0"], "use --measure without --epsilon"),
     ("scheduler-not-an-address", SIMPLIFY + ["-o", "out.onnx", "--scheduler", "nowhere"], "no Dask scheduler"),
+    ("center-of-strings", ["simplify", "M.onnx", "--center", "c_str.npy", "--radius", "0.1", "-o", "out.onnx"],
+     "real numbers"),
+    ("center-complex", ["simplify", "M.onnx", "--center", "c_complex.npy", "--radius", "0.1", "-o", "out.onnx"],
+     "dtype complex128"),
+    ("center-npz", ["simplify", "M.onnx", "--center", "c.npz", "--radius", "0.1", "-o", "out.onnx"], ".npz archive"),
+    ("clip-empty", ["simplify", "M.onnx", "--center", "c.npy", "--radius", "0.1", "--clip", "", "-o", "out.onnx"],
+     "--clip is empty"),
     ("clip-misses-the-ball", ["simplify", "M.onnx", "--center", "c.npy", "--radius", "0.1", "--clip", "2:3",
                               "-o", "out.onnx"], "empty region"),
     ("check-journal-is-model-b", CHECK + ["--journal", "S.onnx"], "--journal"),

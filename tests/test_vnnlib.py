@@ -128,6 +128,18 @@ def test_inexact_bounds_are_rounded_outwards(tmp_path):
     assert Fraction(lo[0]) <= Fraction(-1, 3) and -1 / 3 - lo[0] < 1e-15
 
 
+def test_decimal_literals_are_exact_so_derived_bounds_lose_no_point(tmp_path):
+    """(X_0 - 0.69) / 0.44 <= -1 is exactly X_0 <= 0.25, and 0.17 X_0 <= 0.6375 is X_0 <= 3.75.  The literals
+    were rounded to float64 before the exact arithmetic, which put the bound one step inside (0.2499999...):
+    the point X_0 = 0.25 of the spec was outside the box.  Now the literals are exact rationals."""
+    (lo, hi), = read(tmp_path, decls(2) + "(assert (<= (/ (- X_0 0.69) 0.44) -1))\n(assert (>= X_0 0))\n"
+                     "(assert (<= (* 0.17 X_1) 0.6375))\n(assert (>= (* 0.1 X_1) 0.3))\n")
+    assert hi == (0.25, 3.75) and lo == (0.0, 3.0)
+    # a bound no float64 equals still rounds outwards from its exact value
+    (lo, hi), = read(tmp_path, decls(1) + "(assert (<= (* 0.3 X_0) 0.1))\n(assert (>= (* 0.3 X_0) -0.1))\n")
+    assert Fraction(hi[0]) >= Fraction(1, 3) and Fraction(lo[0]) <= Fraction(-1, 3)
+
+
 def test_false_atom_makes_disjunct_empty(tmp_path):
     text = decls(1) + bounds([0], [1]) + """
 (assert (or (and (<= X_0 0.5) (<= 1 0))      ; constant false
@@ -216,6 +228,15 @@ ERRORS = [
     ("nan_number", decls(1) + "(assert (<= X_0 nan))\n", 4, "'nan' is neither a number"),
     ("huge_number", decls(1) + "(assert (<= X_0 1e400))\n", 4, "out of range"),
     ("one_arg", decls(1) + "(assert (<= X_0))\n", 4, "needs at least two arguments"),
+    # bounds beyond float64 from exact arithmetic (crashed with OverflowError, exit 4)
+    ("sum_overflow", decls(1) + "(assert (<= X_0 (+ 1e308 1e308)))\n", 4, "the bound on X_0 is out of range"),
+    ("product_overflow", decls(1) + "(assert (<= X_0 (* 1e300 1e300)))\n", 4, "the bound on X_0 is out of range"),
+    ("tiny_coefficient", decls(1) + "(assert (<= (* 1e-300 1e-300 X_0) 1))\n", 4, "the bound on X_0 is out of range"),
+    ("exponent_too_far", decls(1) + "(assert (<= X_0 (+ 1 1e-99999)))\n", 4, "out of range for an exact term"),
+    # a far declared index is named without a set of all indices (filled 23 GB before)
+    ("far_gap", "(declare-const X_0 Real)\n(declare-const X_99999999999 Real)\n", 2,
+     "X_99999999999 is declared but X_1 is not"),
+    ("nul_byte", decls(1) + "\x00\n", 4, re.escape("stray token '\\x00'")),
 ]
 
 
@@ -228,9 +249,10 @@ def test_errors_name_the_line(tmp_path, name, text, line, what):
 
 def test_missing_bounds_named(tmp_path):
     text = decls(4) + "(assert (<= X_0 1))\n(assert (>= X_0 0))\n(assert (>= X_1 0))\n(assert (<= X_2 1))\n"
-    with pytest.raises(RegionError, match="unbounded: X_2 and X_3 have no lower bound; X_1 and X_3 have no upper bound$"):
+    with pytest.raises(RegionError, match="unbounded: X_2 and X_3 have no lower bound; X_1 and X_3 have no upper bound; "
+                                          r"it declares 4 inputs \(X_0 \.\. X_3\)"):
         read(tmp_path, text)
-    with pytest.raises(RegionError, match="unbounded: X_0 has no upper bound$"):
+    with pytest.raises(RegionError, match="unbounded: X_0 has no upper bound; it declares 1 input "):
         read(tmp_path, decls(1) + "(assert (>= X_0 0))\n")
     text = decls(1) + "(assert (>= X_0 0))\n(assert (or (<= X_0 1) (>= X_0 2)))\n"
     with pytest.raises(RegionError, match=r"X_0 has no upper bound \(in input box 2 of 2\)"):
@@ -257,6 +279,25 @@ def test_dnf_too_large(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(RegionError, match="not found"):
         boxes_from_vnnlib(tmp_path / "nope.vnnlib")
+    with pytest.raises(RegionError, match="is a directory"):
+        boxes_from_vnnlib(tmp_path)
+
+
+def test_a_spec_is_read_from_a_pipe(tmp_path):
+    """A file that exists but is not regular (a pipe, e.g. bash's <(...)) was reported "not found"; it is read."""
+    import os
+    import threading
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(decls(1) + bounds([0.0], [1.0])), daemon=True)
+    writer.start()
+    try:
+        assert as_tuples(boxes_from_vnnlib(fifo)) == [((0.0,), (1.0,))]
+    finally:
+        if writer.is_alive():           # the reader failed before opening the pipe: release the writer
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            writer.join(timeout=10)
+            os.close(fd)
 
 
 # ---- property: the boxes are exactly the region (soundness first) ----------------------------------

@@ -6,9 +6,11 @@ import sys
 
 
 def clip_of(args):
-    if not args.clip:
+    if args.clip is None:
         return None
     from ..errors import RegionError
+    if not args.clip.strip():
+        raise RegionError("--clip is empty: give one interval LO:HI, e.g. --clip 0:1")
     from ..spec.region import box_from_string
     try:
         c = box_from_string(args.clip)

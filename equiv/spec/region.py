@@ -186,6 +186,10 @@ def load_regions(spec=None, box=None, center=None, radius=None, clip=None) -> tu
     except Exception as exc:
         why = "not a .npy array file (numpy.save writes one)" if isinstance(exc, ValueError) else str(exc)
         raise RegionError(f"cannot read centre file {center}: {why}") from exc
+    if not isinstance(c, np.ndarray) or c.dtype.kind not in "iuf":
+        what = "an .npz archive" if not isinstance(c, np.ndarray) else f"an array of dtype {c.dtype}"
+        raise RegionError(f"centre file {center} holds {what}; it must hold one array of real numbers (integer "
+                          "or float; numpy.save writes one)")
     return [ball(c, float(radius), clip)], f"ball:{center} r={radius}"
 
 

@@ -51,8 +51,10 @@ def read_text(text: str, path: str = "<string>") -> list[tuple[np.ndarray, np.nd
 def read_file(path: str | Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """The input region of a VNN-LIB file as a union of boxes [(lo, hi), ...]; RegionError when malformed."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise RegionError(f"VNN-LIB file not found: {path}")
+    if p.is_dir():
+        raise RegionError(f"VNN-LIB file {path} is a directory: give the path of a .vnnlib file")
     try:
         text = p.read_text(encoding="utf-8-sig", errors="replace")     # (-sig: a byte-order mark is no token)
     except OSError as exc:

@@ -143,7 +143,9 @@ class Expander:
                 if no_hi.size:
                     parts.append(f"{_names(no_hi)} {'has' if no_hi.size == 1 else 'have'} no upper bound")
                 where = f" (in input box {k + 1} of {L.shape[0]})" if L.shape[0] > 1 else ""
-                raise RegionError(f"{self.path}: the input region is unbounded: {'; '.join(parts)}{where}")
+                raise RegionError(f"{self.path}: the input region is unbounded: {'; '.join(parts)}{where}; it declares "
+                                  f"{n} input{'s' if n > 1 else ''} (X_0 .. X_{n - 1}), each needs a lower and an "
+                                  "upper bound")
         return [(L[k].copy(), H[k].copy()) for k in range(L.shape[0])]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from itertools import pairwise
 
@@ -14,18 +15,30 @@ _IGNORED = {"check-sat", "get-model", "set-logic", "set-info", "set-option", "ex
 _RELATIONS = {"<=", ">=", "<", ">", "="}
 _UNSUPPORTED = {"not", "=>", "ite", "distinct", "xor", "let", "forall", "exists", "!"}
 
+_EXPONENT = re.compile(r"[eE]([+-]?\d+)\Z")
+MAX_EXPONENT = 400          # an exact 10**e beyond float64's range only costs time and memory
+MAX_DIGITS = 1000
+
 TRUE = ("true",)
 FALSE = ("false",)
 
 
+def _float(q: Fraction) -> float:
+    """The nearest float64, or +-inf beyond float64's range (the caller refuses it)."""
+    try:
+        return float(q)
+    except OverflowError:
+        return float(np.inf) if q > 0 else float(-np.inf)
+
+
 def _round_up(q: Fraction) -> float:
-    f = float(q)
-    return float(np.nextafter(f, np.inf)) if Fraction(f) < q else f
+    f = _float(q)
+    return float(np.nextafter(f, np.inf)) if np.isfinite(f) and Fraction(f) < q else f
 
 
 def _round_down(q: Fraction) -> float:
-    f = float(q)
-    return float(np.nextafter(f, -np.inf)) if Fraction(f) > q else f
+    f = _float(q)
+    return float(np.nextafter(f, -np.inf)) if np.isfinite(f) and Fraction(f) > q else f
 
 
 def _and(children) -> tuple:
@@ -119,7 +132,7 @@ class FormulaReader:
             raise RegionError(f"{self.path}: no input variables (declare-const X_i Real) found")
         n = xs[-1] + 1
         if len(xs) != n:
-            missing = min(set(range(n)) - set(xs))
+            missing = next(i for i, x in enumerate(xs) if x != i)       # xs: sorted, distinct
             raise self.fail(self.decl_line[f"X_{n - 1}"],
                             f"X_{n - 1} is declared but X_{missing} is not: the inputs must be X_0 .. X_{n - 1}")
         return n
@@ -157,6 +170,16 @@ class FormulaReader:
         if not np.isfinite(v):
             raise self.fail(tok.line, f"number {tok.text} is out of range")
         return v
+
+    def exact(self, tok: Sym) -> Fraction:
+        """The literal's exact rational value (a decimal such as 0.69 is not a float64): derived bounds are
+        rounded outward once, from exact values, so the box holds every real point of the constraint."""
+        self.number(tok)
+        m = _EXPONENT.search(tok.text)
+        if (m and abs(int(m.group(1))) > MAX_EXPONENT) or len(tok.text) > MAX_DIGITS:
+            raise self.fail(tok.line, f"number {tok.text[:40]} is out of range for an exact term (exponent beyond "
+                                      f"+-{MAX_EXPONENT} or more than {MAX_DIGITS} characters)")
+        return Fraction(tok.text)
 
 
 def atom(r: FormulaReader, op: str, a, b, line: int) -> tuple:
@@ -216,7 +239,7 @@ def term(r: FormulaReader, node) -> tuple[dict, Fraction]:
     if isinstance(node, Sym):
         t = node.text
         if _NUMBER.match(t):
-            return {}, Fraction(r.number(node))
+            return {}, r.exact(node)
         var = r.vars.get(t)
         if var is None:
             if _LOOKS_LIKE_VAR.match(t):

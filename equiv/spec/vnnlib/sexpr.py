@@ -77,7 +77,7 @@ def parse_sexprs(text: str, path: str = "<string>") -> list[SList]:
             if kind == "qsym":
                 tok = tok[1:-1]
             if not stack:
-                raise _fail(path, line, f"stray token '{tok}' outside any (...) form")
+                raise _fail(path, line, f"stray token {tok!r} outside any (...) form")
             stack[-1].append(Sym(tok, line))
             if kind != "atom":
                 line += m.group().count("\n")
