@@ -301,3 +301,32 @@ def test_a_channel_constant_mask_is_written_per_channel(rng):
     assert g.n_mask_entries <= 6 and g.n_params == 3 * 3 * 9 + 3
     x = rng.uniform(-1, 1, size=(8, g.n_inputs))
     np.testing.assert_allclose(OnnxRunner(model)(x), g.forward(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant, box", [("add", "-1:1,-1:1"), ("add", "0.5:1,-1:-0.5"), ("mulsub", "-1:1,-1:1"),
+                                          ("sub", "-1:1,-1:1")])
+def test_a_relu_beside_its_own_input_is_no_residual_branch(tmp_path, variant, box):
+    """h + relu(h) looks like a residual x + L(x) with L a ReLU (and relu(h) c - relu(h) like one with L a
+    Scale of the ReLU's output): the fold rule read L's bias, which a ReLU lacks (exit 4, found by a hunt).
+    Only affine L folds; simplify writes a model equal to the original."""
+    from onnx import TensorProto, helper, numpy_helper
+    from equiv.cli import main
+    inits = [numpy_helper.from_array(np.array([[1.0, -1.0], [0.5, 1.0]], np.float32), "W1"),
+             numpy_helper.from_array(np.array([0.1, -0.2], np.float32), "b1"),
+             numpy_helper.from_array(np.array([[1.0], [2.0]], np.float32), "W2"),
+             numpy_helper.from_array(np.array([1.5, -0.5], np.float32), "c")]
+    N = helper.make_node
+    nodes = [N("Gemm", ["x", "W1", "b1"], ["h"]), N("Relu", ["h"], ["r"])]
+    nodes += {"add": [N("Add", ["h", "r"], ["s"])], "sub": [N("Sub", ["r", "h"], ["s"])],
+              "mulsub": [N("Mul", ["r", "c"], ["m"]), N("Sub", ["m", "r"], ["s"])]}[variant]
+    nodes.append(N("MatMul", ["s", "W2"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(m, path)
+    assert main(["simplify", str(path), f"--box={box}", "-o", str(out), "--no-progress"]) == 0
+    lo, hi = (np.array(v, float) for v in zip(*(p.split(":") for p in box.split(","))))
+    x = np.random.default_rng(0).uniform(lo, hi, size=(2000, 2))
+    assert np.abs(OnnxRunner(m)(x) - OnnxRunner(str(out))(x)).max() <= 1e-5

@@ -302,8 +302,8 @@ def residual(rw: Rewriter, n: str) -> bool:
 
 def _plus_identity(L, sa: float, sb: float, in_shape: tuple, shape: tuple):
     """The op computing sa x + sb L(x), or None when L is not of a kind (and shape) where that is exact."""
-    if in_shape != shape or tuple(L.shape) != shape:
-        return None
+    if in_shape != shape or tuple(L.shape) != shape or not isinstance(L, (ops.Dense, ops.Scale, ops.Shift, ops.Conv)):
+        return None              # (x + relu(x), a hunt's crash: only affine L folds)
     b = None if L.bias is None else sb * np.asarray(L.bias, np.float64)
     if isinstance(L, ops.Dense) and L.W.shape[0] == L.W.shape[1]:
         return dataclasses.replace(L, W=sb * L.W + sa * np.eye(L.W.shape[0]), bias=b)
