@@ -243,6 +243,41 @@ def test_journal_ignores_a_torn_last_line_and_appends_cleanly(tmp_path):
         Journal(p, {"m": 1})
 
 
+def test_journal_is_locked_named_on_mismatch_and_refuses_special_files(tmp_path):
+    """Found by a hunt: two runs sharing a journal interleaved their lines (the next run refused it as corrupt,
+    all answers lost); a FIFO journal blocked forever; a header torn by a kill made the file unusable; a
+    mismatch did not say what differs."""
+    import os
+    p = tmp_path / "a.jnl"
+    j = Journal(p, {"m": 1, "time_limit": 2})
+    with pytest.raises(JournalMismatchError, match="in use by another equiv run"):
+        Journal(p, {"m": 1, "time_limit": 2})
+    j.put("k1", {"v": 1})
+    j.close()
+    j = Journal(p, {"m": 1, "time_limit": 2})             # the lock ends with the run
+    assert j.get("k1") == {"v": 1}
+    j.close()
+    with pytest.raises(JournalMismatchError, match=r"differs in: time_limit 2 \(journal\) vs 5"):
+        Journal(p, {"m": 1, "time_limit": 5})
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(JournalMismatchError, match="not a regular file"):
+        Journal(tmp_path / "fifo", {"m": 1})
+    # only a torn header (a kill during the first write): started afresh
+    header = p.read_bytes().split(b"\n")[0]
+    p.write_bytes(header[:25])
+    j = Journal(p, {"m": 1, "time_limit": 2})
+    assert j.dropped_torn and j.get("k1") is None
+    j.close()
+    j = Journal(p, {"m": 1, "time_limit": 2})
+    assert j.answers == {} and not j.dropped_torn
+    j.close()
+    # a file of other content without a newline is not taken for a torn header: refused, left as it was
+    (tmp_path / "notes").write_bytes(b"my notes")
+    with pytest.raises(JournalMismatchError, match="not an equiv journal"):
+        Journal(tmp_path / "notes", {"m": 1})
+    assert (tmp_path / "notes").read_bytes() == b"my notes"
+
+
 # ---- the CLI -----------------------------------------------------------------------------------------------
 
 def _simplify(args, **kw):

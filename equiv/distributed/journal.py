@@ -54,6 +54,45 @@ def _parse(raw: bytes):
         return None
 
 
+_HEADER_START = b'{"describe":'          # a header line's first bytes (keys sorted)
+
+
+def _open_locked(path: Path):
+    """The journal file opened for reading and appending (created if missing) and locked for this run: a second
+    run on the same journal would interleave its lines with ours and corrupt it, so it is refused (exit 2)."""
+    import fcntl
+    if path.exists() and not path.is_file():
+        raise JournalMismatchError(f"journal {path} is not a regular file (a directory, pipe or device); choose a "
+                                   "file path")
+    fh = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise JournalMismatchError(f"journal {path} is in use by another equiv run (it is locked); wait for that run "
+                                   "or choose another file") from None
+    return fh
+
+
+def _differences(header: dict, description: dict) -> str:
+    """Which of the run's inputs differ from the journal's, e.g. "differs in: time_limit 2 (journal) vs 5"."""
+    old = header.get("describe")
+    if not isinstance(old, dict):
+        return "model, region or options differ"
+    keys = sorted(k for k in set(old) | set(description)
+                  if json.dumps(old.get(k), sort_keys=True, default=str)
+                  != json.dumps(description.get(k), sort_keys=True, default=str))
+    if not keys:
+        return "model, region or options differ"
+    shown = [f"{k} {_short(old.get(k))} (journal) vs {_short(description.get(k))}" for k in keys[:4]]
+    return "differs in: " + "; ".join(shown) + ("; ..." if len(keys) > 4 else "")
+
+
+def _short(v) -> str:
+    text = json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class Journal:
     """Answers of earlier runs with the same inputs (`get`), and `put` for new ones."""
 
@@ -65,9 +104,20 @@ class Journal:
         self.written = 0
         self.dropped_torn = False
         header = {"equiv_journal": FORMAT, "inputs": self.inputs, "describe": description}
-        data = self.path.read_bytes() if self.path.exists() else b""
-        if not data:
-            self._fh = open(self.path, "wb")
+        self._fh = _open_locked(self.path)
+        try:
+            self._load(header, description)
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _load(self, header: dict, description: dict):
+        data = self._fh.read()
+        if not data or (b"\n" not in data and data.startswith(_HEADER_START) and _parse(data + b"\n") is None):
+            # new, or only a header torn by a kill during the first write: start afresh
+            self.dropped_torn = bool(data)
+            self._fh.seek(0)
+            self._fh.truncate(0)
             self._append(header)
             return
         lines = data.split(b"\n")
@@ -89,12 +139,10 @@ class Journal:
             raise JournalMismatchError(f"{self.path} is not an equiv journal; move it away or choose another file")
         if objs[0].get("inputs") != self.inputs:
             raise JournalMismatchError(
-                f"journal {self.path} belongs to a run with other inputs (model, region or options differ: "
-                f"journal {objs[0].get('inputs', '?')[:12]}, this run {self.inputs[:12]}); its answers cannot be "
-                "reused: move it away or choose another file")
+                f"journal {self.path} belongs to a run with other inputs ({_differences(objs[0], description)}); "
+                "its answers cannot be reused: move it away or choose another file")
         for obj in objs[1:]:
             self.answers[obj["key"]] = obj["answer"]
-        self._fh = open(self.path, "r+b")
         self._fh.truncate(keep)            # cut a torn tail so the next line starts clean
         self._fh.seek(keep)
 
