@@ -161,6 +161,47 @@ def test_a_task_that_kills_its_workers_is_reported_not_retried_forever():
         ex.close()
 
 
+class _LosesItsFirstScatter(DaskExecutor):
+    """A real one-worker cluster whose worker process is SIGKILLed right after the first scatter: the nanny
+    starts a new worker, and the scattered data (no task can recompute it) is gone, as when a user's only
+    worker dies mid-layer."""
+
+    killed = False
+
+    def scatter(self, obj):
+        handle = super().scatter(obj)
+        if not self.killed:
+            self.killed = True
+            (pid,) = self.client.run(os.getpid).values()
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(600):          # until the nanny's new worker has joined
+                time.sleep(0.1)
+                pids = list(self.client.run(os.getpid).values()) if self.client.nthreads() else []
+                if pids and pids[0] != pid:
+                    break
+        return handle
+
+
+def test_a_layer_whose_scattered_data_died_with_its_worker_is_sent_again(problem):
+    """Found by a hunt: the only worker SIGKILLed mid-layer took the layer's scattered data with it; the tasks
+    needing it were cancelled and `dask.wait` raised FuturesCancelledError out of the run (exit 4).  The
+    cancelled queries are now sent again with the data scattered again, and every answer comes back."""
+    net, box, serial = problem
+    spec = LayerSpec(net, box, serial.bounds, 2)
+    ex = _LosesItsFirstScatter(workers=1)
+    try:
+        runner = Runner(ex)
+
+        def make_query(i):
+            return NeuronQuery(2, int(i), ("dead", "active"), 2, False, False, 10.0, 1e-6, "highs")
+        out = list(runner.neuron_answers(spec, range(4), make_query, lambda i: True, lambda: 600.0))
+        assert ex.killed
+        assert [i for i, _ in out] == [0, 1, 2, 3] and all(a is not None and a.status == "done" for _, a in out)
+        assert not runner.failed and runner.tasks == 4
+    finally:
+        ex.close()
+
+
 def _hard_milp_task(acas_dir: str, out: str):
     """On a worker: ACAS Xu 1_1 on prop_3 with DeepPoly bounds, "is neuron 6 of layer 6 dead?" (HiGHS needs
     2-3 s); a file "started" just before the MILP, and its verdict and message in "answer" after it."""
@@ -466,6 +507,16 @@ def test_slice_family_on_a_cluster_is_the_serial_family(cluster):
     assert len(la) == len(lb) > 1
     for p, q in zip(la, lb):
         assert np.array_equal(p.box.lo, q.box.lo) and np.array_equal(p.box.hi, q.box.hi)
+        assert network_to_onnx(p.network).SerializeToString() == network_to_onnx(q.network).SerializeToString()
+    # the only worker killed after the network was scattered: its boxes are proved here (exit 2 "failed on the
+    # cluster, nothing written" before), and the family is still the serial one
+    ex = _LosesItsFirstScatter(workers=1)
+    try:
+        c = build_tree(net, box, opt, sopt, executor=ex)
+    finally:
+        ex.close()
+    assert ex.killed
+    for p, q in zip(la, c.leaves()):
         assert network_to_onnx(p.network).SerializeToString() == network_to_onnx(q.network).SerializeToString()
 
 

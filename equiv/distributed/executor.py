@@ -147,8 +147,18 @@ def slow_worker_environment(values: dict) -> str | None:
             "distributed.nanny.pre-spawn-environ in their Dask configuration")
 
 
+WORKERS_PER_CORE = 4          # --workers above this many per core is refused: each worker is a process
+
+
 def make_executor(workers: int | None = None, scheduler: str | None = None):
     """The executor the flags ask for: in-process without them, else a Dask one."""
+    from ..errors import EquivError
+    if workers and scheduler:
+        raise EquivError("--workers starts a local cluster and --scheduler uses an existing one: give one of them")
+    cores = os.cpu_count() or 1
+    if workers and workers > WORKERS_PER_CORE * cores:
+        raise EquivError(f"--workers {workers}: each worker is a process, and this machine has {cores} cores; give "
+                         f"at most {WORKERS_PER_CORE * cores} (or --scheduler ADDRESS for a larger cluster)")
     if scheduler or (workers and workers > 0):
         return DaskExecutor(workers=workers, scheduler=scheduler)
     return InProcessExecutor()

@@ -65,7 +65,7 @@ class Runner:
         from .slots import ExecutorSlots
         slots = ExecutorSlots(self.executor)
         todo = [int(i) for i in todo]
-        handle, sent, running, got = None, 0, {}, {}     # got: i -> answer (None: not asked)
+        handle, sent, running, got, resent = None, 0, {}, {}, set()     # got: i -> answer (None: not asked)
         for i in todo:
             while i not in got:
                 while sent < len(todo) and len(running) < slots.size:     # fill the free workers, in order
@@ -83,6 +83,13 @@ class Runner:
                 done, _ = slots.wait_first({f for f, _, _, _ in running.values()})
                 for f in done:         # journal answers as they finish, whatever their order
                     _, key, q, j = running.pop(f.key)
+                    if _cancelled(f) and j not in resent:
+                        # the layer's scattered data died with its worker: scatter it again, send the query again
+                        resent.add(j)
+                        handle = self.executor.scatter(spec)
+                        fut = self.executor.submit(run_neuron, handle, q)
+                        running[fut.key] = (fut, key, q, j)
+                        continue
                     got[j] = self._finish(key, q, f)
             ans = got.pop(i)
             if ans is not None and bar is not None:
@@ -111,6 +118,11 @@ class Runner:
             if bar is not None:
                 bar.update(1)
             yield i, hit
+
+
+def _cancelled(fut) -> bool:
+    """A Dask future cancelled by the cluster (not answered, nor failed in its task)."""
+    return getattr(fut, "status", None) == "cancelled"
 
 
 def map_tasks(executor, fn, items, *shared, bar=None) -> list:

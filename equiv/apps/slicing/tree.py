@@ -162,13 +162,16 @@ def build_tree(net: Network, region: Box, options: StabilityOptions, sopt: Slice
                                        None if parent is None else parent.stability.bounds,
                                        None if parent is None else parent.stability.witnesses)
                        for piece, parent in pairs]
-            for (piece, _), f in zip(pairs, futures):
+            for (piece, parent), f in zip(pairs, futures):
                 try:
                     piece.stability, piece.network, piece.seconds = f.result()
                 except Exception as exc:
-                    from ...errors import EquivError
-                    raise EquivError(f"proving the slice box {piece.box.to_json()} failed on the cluster "
-                                     f"({type(exc).__name__}: {exc}); nothing was written") from exc
+                    # a worker fault (killed, its data lost): the same pure task, run here instead
+                    print(f"equiv: note: proving a slice box failed on the cluster ({type(exc).__name__}); "
+                          "proving it in this process", file=sys.stderr)
+                    piece.stability, piece.network, piece.seconds = prove_box(
+                        net, piece.box, options, None if parent is None else parent.stability.bounds,
+                        None if parent is None else parent.stability.witnesses)
     return grow_tree(region, sopt, lambda piece, parent: prove_piece(net, piece, options, parent=parent),
                      lambda piece: choose_dim(net, piece, region, sopt.strategy), prove_batch=batch)
 
