@@ -171,6 +171,7 @@ CATALOGUE = [
     ("workers-and-scheduler", SIMPLIFY + ["-o", "out.onnx", "--workers", "1", "--scheduler", "tcp://127.0.0.1:9"],
      "give one of them"),
     ("workers-beyond-the-cores", SIMPLIFY + ["-o", "out.onnx", "--workers", "100000"], "each worker is a process"),
+    ("bounds-unknown-backend", ["bounds", "M.onnx", "--spec", "P.vnnlib", "--backend", "foo"], "unknown solver backend"),
     ("clip-misses-the-ball", ["simplify", "M.onnx", "--center", "c.npy", "--radius", "0.1", "--clip", "2:3",
                               "-o", "out.onnx"], "empty region"),
     ("check-journal-is-model-b", CHECK + ["--journal", "S.onnx"], "--journal"),

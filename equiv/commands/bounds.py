@@ -12,6 +12,10 @@ from .common import progress_of, region_of, require_chain, stability_options
 def cmd_bounds(args, out) -> int:
     if args.method in ("lp", "milp"):
         return _bounds_chain(args, out)
+    from ..errors import SolverUnavailableError
+    from ..solvers import BACKENDS
+    if args.backend not in BACKENDS:          # (unused by interval / deeppoly, but a typo is still refused)
+        raise SolverUnavailableError(f"unknown solver backend '{args.backend}'; available: {', '.join(BACKENDS)}")
     from ..bounds.engine import deeppoly_graph, interval_graph
     from ..ir import load_graph
     g = load_graph(args.model)
