@@ -99,6 +99,25 @@ def test_cli_bounds_json(capsys):
     assert np.all(lo <= hi)
 
 
+def test_cli_bounds_json_has_one_layout_for_every_method(capsys):
+    """LP/MILP bounds (the chain pipeline) carried only layer, lo and hi; a hunt found no way to pair them with
+    the model's tensors.  Every method now names the tensor, its shape, the ReLU and the per-layer counts, and
+    a stronger method's intervals lie inside a weaker one's."""
+    rows = {}
+    for method in ("interval", "deeppoly", "lp", "milp"):
+        assert main(["bounds", str(DIGITS), "--spec", str(DIGITS_SPEC), "--method", method, "--json",
+                     "--no-progress"]) == 0
+        rows[method] = json.loads(capsys.readouterr().out)["layers"]
+    meta = {m: [{k: L.get(k) for k in ("layer", "kind", "tensor", "shape", "relu", "size")} for L in r]
+            for m, r in rows.items()}
+    assert meta["lp"] == meta["milp"] == meta["deeppoly"] == meta["interval"]
+    assert [L["kind"] for L in rows["lp"]] == ["relu input", "relu input", "output"]
+    for weak, strong in (("interval", "deeppoly"), ("deeppoly", "lp")):
+        for a, b in zip(rows[weak], rows[strong]):
+            assert np.all(np.array(b["lo"]) >= np.array(a["lo"]) - 1e-7)
+            assert np.all(np.array(b["hi"]) <= np.array(a["hi"]) + 1e-7)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--box", "0:1,0:1"], "2 dimensions but the network has 64"),
     (["--box", "1:0" + ",0:1" * 63], "above upper bound"),

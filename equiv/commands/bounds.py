@@ -61,7 +61,9 @@ def _bounds_chain(args, out) -> int:
     b = res.bounds
     if args.json:
         out.emit(json.dumps({"model": args.model, "region": {"source": source, **box.to_json()}, "method": args.method,
-                             "relus": net.n_relus, "counts": b.counts(net.masks), "layers": b.to_json()}, indent=1))
+                             "relus": net.n_relus, "counts": b.counts(net.masks),
+                             "layers": _chain_layers(args.model, net, b),
+                             "seconds": {k: round(v, 4) for k, v in res.stage_seconds.items()}}, indent=1))
         return 0
     lines = [f"{args.model}: {args.method} bounds on {source}"]
     for k, (lo, hi) in enumerate(zip(b.lo, b.hi), start=1):
@@ -77,3 +79,28 @@ def _bounds_chain(args, out) -> int:
     lines.append(f"  stable {c['stable']} of {net.n_relus} ReLUs (dead {c['dead']}, active {c['active']})")
     out.emit("\n".join(lines))
     return 0
+
+
+def _chain_layers(path, net, b) -> list[dict]:
+    """The layers of a chain's bounds in the layout of the graph engine's (`kind`, `tensor`, `shape`, counts per
+    ReLU layer, `lo`, `hi`), so a reader handles every method alike; `tensor` names the model's tensor (the
+    ReLU's input, the output) when the graph reading pairs one with each layer, else null."""
+    from ..ir import load_graph
+    g = load_graph(path)
+    names = [g.args(r)[0] for r in g.relus] + list(g.outputs)
+    if len(names) != len(b.lo):
+        names = [None] * len(b.lo)
+    rows = []
+    for k, (lo, hi) in enumerate(zip(b.lo, b.hi)):
+        shape = [int(lo.size)]
+        if names[k] is not None and int(np.prod(g.shape(names[k]))) == lo.size:
+            shape = [int(d) for d in g.shape(names[k])]
+        row = {"layer": k + 1, "kind": "output" if k == len(b.lo) - 1 else "relu input", "tensor": names[k],
+               "shape": shape}
+        if k < len(b.lo) - 1:
+            m = net.masks[k]
+            row |= {"relu": None if names[k] is None else g.relus[k], "size": int(m.sum()),
+                    "dead": int(((hi <= 0) & m).sum()), "active": int(((lo >= 0) & (hi > 0) & m).sum()),
+                    "unstable": int(((lo < 0) & (hi > 0) & m).sum())}
+        rows.append(row | {"lo": lo.tolist(), "hi": hi.tolist()})
+    return rows
