@@ -281,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bounds", help="sound lower/upper bounds of every neuron on a region",
                        description="Per-layer pre-activation bounds by interval arithmetic, DeepPoly back-substitution, "
-                                   "LP tightening (triangle relaxation) or MILP phase proofs.",
+                                   "LP tightening (triangle relaxation) or MILP phase proofs.  --method milp decides "
+                                   "phases (exactly, within its time limits), but its intervals are "
+                                   "those of the stages it ran (input splitting, branch and bound): on some neurons "
+                                   "they can be wider than --method lp's; use lp for the tightest intervals.",
                        epilog="example:\n  equiv bounds model.onnx --spec prop.vnnlib --method deeppoly --json\n\n" + exit_codes("bounds"),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("model")
