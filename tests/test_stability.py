@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import exact_max, needs_bench, random_problem, small_problems, tiny_net
 from equiv.errors import RegionError
@@ -260,3 +261,81 @@ def test_lp_stage_follows_the_solver_budget():
                     assert b.phase == a.phase
         return
     pytest.fail("no random net needed an LP")
+
+
+def test_a_first_layer_range_ending_exactly_at_zero_is_decided():
+    """z0 = -x0 - x1/2 has exact maximum 0 on [0, 1]^2 and z1 = x0 + x1/2 exact minimum 0: the float bounds'
+    rounding margins (+-1e-9) kept both unknown (a hunt's find).  The first layer's range is now recomputed
+    in rational arithmetic where it straddles 0 by less than the margins; a range ending just above 0 in the
+    floats' exact values (0.1 x0 + 0.2 x1 - 0.3 reaches 2^-55) stays undecided."""
+    box = Box(np.zeros(2), np.ones(2))
+    net = tiny_net([([[-1.0, -0.5], [1.0, 0.5], [0.1, 0.2]], [0.0, 0.0, -0.3]), ([[1.0, 1.0, 1.0]], [0.0])])
+    res = prove_stability(net, box, StabilityOptions(method="milp"))
+    phases = [p.phase for p in res.neurons]
+    assert phases[:2] == ["dead", "active"] and [p.method for p in res.neurons[:2]] == ["interval", "interval"]
+    assert phases[2] in ("unstable", "unknown")
+    assert res.bounds.hi[0][0] == 0.0 and res.bounds.lo[0][1] == 0.0 and res.bounds.hi[0][2] > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_exact_first_layer_decisions_hold_at_every_vertex(data):
+    """Random dyadic and decimal rows, many with an extreme exactly 0 on the box: a row called dead has
+    w.x + b <= 0 at every vertex of the box, one called active >= 0, both in exact rational arithmetic."""
+    from fractions import Fraction
+    from itertools import product
+    from equiv.bounds.exact import exact_zero_sides
+    n, m = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 6))
+    vals = st.sampled_from([0.0, 0.5, -0.5, 1.0, -1.0, 0.1, -0.1, 0.2, 0.3, -0.3, 0.25, 1e-17])
+    W = np.array([[data.draw(vals) for _ in range(n)] for _ in range(m)])
+    lo = np.array([data.draw(st.sampled_from([0.0, -0.5, 0.1, 0.0])) for _ in range(n)])
+    hi = lo + np.array([data.draw(st.sampled_from([0.0, 0.5, 1.0, 0.2])) for _ in range(n)])
+    b = np.array([data.draw(vals) for _ in range(m)])
+    ext = [[sum(Fraction(float(W[i, j])) * Fraction(float(v[j])) for j in range(n)) + Fraction(float(b[i]))
+            for v in product(*zip(lo, hi))] for i in range(m)]
+    zlo = np.array([float(min(e)) for e in ext]) - 1e-9            # float bounds widened as the engine does
+    zhi = np.array([float(max(e)) for e in ext]) + 1e-9
+    dead, active = exact_zero_sides(W, b, lo, hi, zlo, zhi)
+    for i in range(m):
+        if dead[i]:
+            assert max(ext[i]) <= 0
+        if active[i]:
+            assert min(ext[i]) >= 0
+        if max(ext[i]) == 0 and min(ext[i]) < 0:
+            assert dead[i]                 # an exact zero maximum is always found
+
+
+def test_a_graph_dense_layer_on_the_input_is_decided_exactly(tmp_path, capsys):
+    """The same on the graph pipeline (a skip connection makes it a DAG): ReLUs on a dense layer of the input whose
+    range ends at exactly 0 are proved dead / active, `bounds` shows the 0, and the written model is exact."""
+    import json
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from equiv.apps.graph_simplify import graph_phases, takes_chain_pipeline
+    from equiv.artifacts.validate import OnnxRunner
+    from equiv.cli import main
+    from equiv.ir import graph_from_onnx
+    arrays = {"W": np.array([[-1.0, -0.5], [1.0, 0.5]]), "b": np.zeros(2), "W2": np.array([[1.0, 1.0]]),
+              "S": np.array([[2.0, -1.0]])}
+    N = helper.make_node
+    nodes = [N("Gemm", ["x", "W", "b"], ["h"], transB=1), N("Relu", ["h"], ["r"]),
+             N("Gemm", ["r", "W2"], ["y1"], transB=1), N("Gemm", ["x", "S"], ["y2"], transB=1),
+             N("Add", ["y1", "y2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                          [numpy_helper.from_array(a.astype(np.float32), k) for k, a in arrays.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    path, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(m, path)
+    graph = graph_from_onnx(m)
+    assert not takes_chain_pipeline(graph, path)
+    box = Box(np.zeros(2), np.ones(2))
+    ph = graph_phases(graph, box)
+    (r,) = graph.relus
+    assert ph.dead[r].reshape(-1).tolist() == [True, False] and ph.active[r].reshape(-1).tolist() == [False, True]
+    assert main(["bounds", str(path), "--box", "0:1,0:1", "--json"]) == 0
+    layer = json.loads(capsys.readouterr().out)["layers"][0]
+    assert layer["hi"][0] == 0.0 and layer["lo"][1] == 0.0 and layer["dead"] == layer["active"] == 1
+    assert main(["simplify", str(path), "--box", "0:1,0:1", "-o", str(out), "--no-progress"]) == 0
+    x = np.random.default_rng(0).uniform(0, 1, size=(2000, 2))
+    assert np.abs(OnnxRunner(m)(x) - OnnxRunner(str(out))(x)).max() <= 1e-6

@@ -120,6 +120,7 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
             neg[r] = neg[r] | ~a
         dead_sides = claims[0]
     b = interval_graph(g, box) if method == "interval" else deeppoly_graph(g, box, progress=progress, blocks=blocks)
+    exact_first_dense(g, box, b)
     stats = {}
     found = []          # the solvers' points run in the graph (slopes' corners, LP and MILP points): validated too
     if method != "interval":
@@ -155,6 +156,26 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
     # a solver returned (near the phase boundaries its queries were about)
     wit = np.vstack([pts[:: max(1, len(pts) // 64)]] + found)
     return GraphPhases(dead, active, unstable, b, wit, method, stats)
+
+
+def exact_first_dense(g: Graph, box: Box, b) -> None:
+    """ReLUs on a dense layer of a graph input whose exact range on the box ends at 0 (`bounds.exact`): their
+    input's upper bound set to 0 (dead) or lower bound (active), in place; the margins kept them unstable."""
+    from ..bounds.exact import exact_zero_sides
+    L, H = g.split_input(box.lo[None]), g.split_input(box.hi[None])
+    for r in g.relus:
+        z = g.args(r)[0]
+        op, args = g.op(z), g.args(z)
+        if not isinstance(op, ops.Dense) or len(args) != 1 or g.op(args[0]).kind != "input" \
+                or int(np.prod(g.shape(args[0])[:-1])) != 1:
+            continue
+        bias = np.zeros(op.W.shape[0]) if op.bias is None else \
+            np.broadcast_to(np.asarray(op.bias, np.float64), op.shape).reshape(-1)
+        shape = b.hi[z].shape
+        dead, active = exact_zero_sides(op.W, bias, L[args[0]][0].reshape(-1), H[args[0]][0].reshape(-1),
+                                        b.lo[z].reshape(-1), b.hi[z].reshape(-1))
+        b.hi[z] = np.where(dead.reshape(shape), 0.0, b.hi[z])
+        b.lo[z] = np.where(active.reshape(shape), 0.0, b.lo[z])
 
 
 def _stage_stats(stats: dict, name: str) -> dict:

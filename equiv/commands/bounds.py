@@ -22,6 +22,8 @@ def cmd_bounds(args, out) -> int:
     box, source = region_of(args)
     box.check_dim(g.n_inputs)
     b = interval_graph(g, box) if args.method == "interval" else deeppoly_graph(g, box, blocks=args.blocks)
+    from ..apps.graph_simplify import exact_first_dense
+    exact_first_dense(g, box, b)
     counts = b.counts(g)
     layers = [{"layer": k, "kind": "relu input", "tensor": g.args(row["relu"])[0], **row,
                "lo": b.lo[g.args(row["relu"])[0]].reshape(-1).tolist(),

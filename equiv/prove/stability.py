@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bounds import Bounds, deeppoly_bounds, interval_bounds
+from ..bounds.exact import exact_zero_sides
 from ..bounds.split import split_bounds
 from ..ir.network import Network
 from ..spec.region import Box
@@ -203,6 +204,7 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
 
     t0 = time.perf_counter()
     ib = interval_bounds(net, box)
+    _exact_first_layer(net, box, ib)
     for k in range(len(tr.masks)):
         tr.record_bounds(k, ib, "interval")
     stage_counts["interval"] = tr.stable_count(ib)
@@ -236,6 +238,18 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
             neurons.append(NeuronProof(k + 1, i, ph, meth, float(tr.seconds[k][i])))
     wit = np.vstack(tr.witnesses) if tr.witnesses else np.empty((0, box.dim))
     return StabilityResult(neurons, bounds, wit, stage_counts, stage_seconds, queries, notes)
+
+
+def _exact_first_layer(net: Network, box: Box, ib: Bounds) -> None:
+    """First-layer ReLUs whose exact range on the box ends at 0 (`bounds.exact`): the upper bound set to 0 (dead)
+    or the lower one (active), in place; the margins of the float bounds kept them unstable."""
+    if len(net.dense) < 2:
+        return
+    d = net.dense[0]
+    dead, active = exact_zero_sides(d.W, d.b, box.lo, box.hi, ib.lo[0], ib.hi[0])
+    m = net.masks[0]
+    ib.hi[0] = np.where(dead & m, 0.0, ib.hi[0])
+    ib.lo[0] = np.where(active & m, 0.0, ib.lo[0])
 
 
 def _first_layer_extremes(net: Network, box: Box) -> np.ndarray:
