@@ -104,6 +104,8 @@ def scratch(tmp_path):
     np.save(tmp_path / "c_str.npy", c.astype(str))                # centres that are no real numbers (exit 4 before)
     np.save(tmp_path / "c_complex.npy", c.astype(complex))       # (the imaginary part was dropped with a warning)
     np.savez(tmp_path / "c.npz", c=c)
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "quick.json").write_text("{}\n")       # a full run's results
     cwd = os.getcwd()
     os.chdir(tmp_path)
     yield tmp_path
@@ -171,6 +173,12 @@ CATALOGUE = [
     ("workers-and-scheduler", SIMPLIFY + ["-o", "out.onnx", "--workers", "1", "--scheduler", "tcp://127.0.0.1:9"],
      "give one of them"),
     ("workers-beyond-the-cores", SIMPLIFY + ["-o", "out.onnx", "--workers", "100000"], "each worker is a process"),
+    # bench: refused before any case runs (a hunt: --plot overwrote a benchmark network, --limit replaced results)
+    ("bench-out-empty", ["bench", "--suite", "quick", "--out", ""], "--out is empty"),
+    ("bench-out-is-a-file", ["bench", "--suite", "quick", "--out", "M.onnx"], "is a file"),
+    ("bench-plot-not-png", ["bench", "--suite", "solvers", "--plot", "S.onnx"], "ending in .png"),
+    ("bench-unknown-group", ["bench", "--suite", "equivalence", "--group", "nope"], "no group"),
+    ("bench-limit-over-results", ["bench", "--suite", "quick", "--limit", "1", "--out", "res"], "smoke run"),
     ("bounds-unknown-backend", ["bounds", "M.onnx", "--spec", "P.vnnlib", "--backend", "foo"], "unknown solver backend"),
     ("clip-misses-the-ball", ["simplify", "M.onnx", "--center", "c.npy", "--radius", "0.1", "--clip", "2:3",
                               "-o", "out.onnx"], "empty region"),

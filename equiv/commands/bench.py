@@ -5,8 +5,46 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _check_args(args, root: Path) -> None:
+    """Refuse, before any case runs, an output that would replace an input or another output, and unknown
+    groups (exit 2): a suite takes minutes, and used to fail only at its end, or to overwrite silently."""
+    from ..errors import InputFileError
+    if not str(args.out).strip():
+        raise InputFileError("--out is empty: give the folder for the results (default: results)")
+    folder = Path(args.out)
+    if folder.exists() and not folder.is_dir():
+        raise InputFileError(f"--out {folder} is a file; give a folder for the results")
+    mine = [folder / f"{args.suite}.md", folder / f"{args.suite}.json"]
+    for f in mine:
+        if f.is_symlink() or (f.exists() and not f.is_file()):
+            raise InputFileError(f"{f} is a symbolic link or not a regular file; nothing was written")
+    if args.limit and mine[1].exists():
+        raise InputFileError(f"--limit {args.limit} is a smoke run, and {mine[1]} holds a run's results it would "
+                             "replace: give another --out")
+    if args.plot:
+        plot = Path(args.plot)
+        if plot.suffix.lower() != ".png":
+            raise InputFileError(f"--plot {plot}: the plot is a PNG file; give a path ending in .png")
+        if plot.is_dir() or plot.resolve() in {m.resolve() for m in mine} or \
+                plot.resolve().is_relative_to(root.resolve()):
+            raise InputFileError(f"--plot {plot} is a folder, a result of this run or inside the benchmark folder "
+                                 f"{root}: choose another file")
+    if args.group and args.suite == "equivalence":
+        from ..bench.equivalence import cases
+        groups = list(dict.fromkeys(c["group"] for c in cases()))
+        if args.group not in groups:
+            raise InputFileError(f"--group '{args.group}' is no group of the equivalence suite; its groups: "
+                                 + "; ".join(groups))
+    if args.group and args.suite == "tolerance":
+        from ..bench.tolerance import PARTS
+        bad = [g for g in args.group.split(",") if g not in PARTS]
+        if bad:
+            raise InputFileError(f"--group {','.join(bad)}: the tolerance suite's parts are {', '.join(PARTS)}")
+
+
 def cmd_bench(args, out) -> int:
     from ..bench.core import DEFAULT_BENCHMARKS, run_suite
+    _check_args(args, Path(args.benchmarks) if args.benchmarks else DEFAULT_BENCHMARKS)
     if args.suite == "solvers":
         from ..bench.solvers import run_solvers_bench
         from ..solvers import check_backend
