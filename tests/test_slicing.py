@@ -467,6 +467,38 @@ def test_cli_slice_writes_a_family_that_verifies_and_refuses_to_overwrite_it(tin
     assert json.loads((out / MANIFEST).read_text())["summary"]["strategy"] == "width"
 
 
+def test_verify_refuses_malformed_manifests_and_finds_the_model_by_its_sha256(tiny_model, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Found by a hunt: malformed manifest fields crashed --verify (exit 4), and a relative model path was read
+    from the working directory first, so a good family failed against another file of that name there."""
+    import copy
+    out = tmp_path / "fam"
+    assert main(["slice", str(tiny_model), "--box=-1:1,-1:1", "-o", str(out), "--max-slices", "3", *FAST]) == 0
+    good = json.loads((out / MANIFEST).read_text())
+    other, _ = random_problem(12, 2, [8, 8], 2, False)
+    (tmp_path / "cwd").mkdir()
+    save_onnx_atomic(network_to_onnx(other), tmp_path / "cwd" / "tiny.onnx")
+    m = copy.deepcopy(good)
+    m["model"] = "tiny.onnx"                       # relative: names the other file from tmp_path/cwd
+    (out / MANIFEST).write_text(json.dumps(m))
+    monkeypatch.chdir(tmp_path / "cwd")
+    capsys.readouterr()
+    assert main(["slice", "--verify", str(out), "--samples", "2000"]) == 0
+    assert str(tiny_model) in capsys.readouterr().out
+    edits = [lambda m: m["slices"][0].__setitem__("id", [0]), lambda m: m.__setitem__("model", 7),
+             lambda m: m["options"].__setitem__("slicing", None), lambda m: m["slices"][0].__setitem__("lo", [0.0]),
+             lambda m: m.__setitem__("pipeline", "foo"), lambda m: m["options"]["slicing"].__setitem__("tolerance", -1),
+             lambda m: m["region"].__setitem__("hi", "wide")]
+    for edit in edits:
+        m = copy.deepcopy(good)
+        edit(m)
+        (out / MANIFEST).write_text(json.dumps(m))
+        assert main(["slice", "--verify", str(out), "--samples", "2000"]) == 2
+        assert "is malformed" in capsys.readouterr().err
+    (out / MANIFEST).write_text("[" * 100000 + "]" * 100000)          # nested beyond the JSON reader's depth
+    assert main(["slice", "--verify", str(out)]) == 2
+
+
 def test_cli_slice_bad_input_exits_2(tiny_model, tmp_path, capsys):
     assert main(["slice", str(tiny_model), "--box=-1:1", "-o", str(tmp_path / "a"), *FAST]) == 2   # wrong dimension
     assert main(["slice", str(tiny_model), "--box=-1:1,-1:1", *FAST]) == 2                        # no -o

@@ -222,12 +222,47 @@ def read_manifest(folder: str | Path) -> dict:
         manifest = json.loads((folder / MANIFEST).read_text())
     except OSError as exc:
         raise InputFileError(f"{folder} holds no readable {MANIFEST}: {exc}") from exc
-    except ValueError as exc:
-        raise InputFileError(f"{folder / MANIFEST} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InputFileError(f"{folder / MANIFEST} is not valid JSON: {str(exc)[:200]}") from exc
     missing = {"model_sha256", "region", "slices", "tree", "dispatch"} - set(manifest if isinstance(manifest, dict) else {})
     if missing:
         raise InputFileError(f"{folder / MANIFEST} is not a slice family manifest (missing {sorted(missing)})")
+    why = _malformed(manifest)
+    if why:
+        raise InputFileError(f"{folder / MANIFEST} is malformed: {why}")
     return manifest
+
+
+def _malformed(m: dict) -> str | None:
+    """Why the manifest's fields do not have the types a family's have (None when they do): a tampered manifest
+    is refused with a reason (exit 2) instead of failing inside the checks."""
+    def numbers(v, n=None):
+        return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) \
+            and (n is None or len(v) == n)
+    for key in ("model", "model_resolved"):
+        if m.get(key) is not None and not isinstance(m[key], str):
+            return f"'{key}' is not a path"
+    if not isinstance(m["model_sha256"], str):
+        return "'model_sha256' is not a string"
+    reg = m["region"]
+    if not isinstance(reg, dict) or not numbers(reg.get("lo")) or not numbers(reg.get("hi"), len(reg.get("lo") or [])):
+        return "'region' needs lists 'lo' and 'hi' of numbers of one length"
+    n = len(reg["lo"])
+    if not isinstance(m["slices"], list):
+        return "'slices' is not a list"
+    for k, sl in enumerate(m["slices"]):
+        if not isinstance(sl, dict) or not isinstance(sl.get("id"), int) or isinstance(sl.get("id"), bool) \
+                or not numbers(sl.get("lo"), n) or not numbers(sl.get("hi"), n):
+            return f"slice entry {k} needs an integer 'id' and 'lo', 'hi' lists of {n} numbers"
+    opts = m.get("options", {})
+    if not isinstance(opts, dict) or not isinstance(opts.get("slicing", {}), dict):
+        return "'options' and 'options.slicing' must be objects"
+    tol = opts.get("slicing", {}).get("tolerance", 1e-4)
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0 or tol != tol or tol == float("inf"):
+        return f"the tolerance {tol!r} is not a positive number"
+    if m.get("pipeline") not in (None, "chain", "graph"):
+        return f"unknown pipeline {m.get('pipeline')!r} (chain or graph)"
+    return None
 
 
 def _stability_json(options) -> dict:

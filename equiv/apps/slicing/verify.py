@@ -63,11 +63,18 @@ class VerifyReport:
 
 
 def _find_model(manifest: dict, model: str | None) -> Path:
+    """--model, else the manifest's recorded path or its resolved one: the first with the family's sha256 (a
+    relative path read from another folder can name another file), else the first that exists (reported as
+    not matching)."""
     candidates = [model] if model else [manifest.get("model"), manifest.get("model_resolved")]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    raise InputFileError(f"original model not found (tried {[c for c in candidates if c]}); pass it with --model")
+    found = [Path(c) for c in candidates if isinstance(c, str) and c and Path(c).is_file()]
+    if not found:
+        raise InputFileError(f"original model not found (tried {[c for c in candidates if c]}); pass it with --model")
+    if not model:
+        for p in found:
+            if sha256_of(p) == manifest.get("model_sha256"):
+                return p
+    return found[0]
 
 
 def _member(folder: Path, name) -> Path | None:
