@@ -306,3 +306,33 @@ def _mask(path, relu, idx):
     m = np.zeros(int(np.prod(g.shape(g.args(relu)[0]))), bool)
     m[idx] = True
     return m
+
+
+def test_graph_check_bisects_a_box_of_few_inputs(tmp_path):
+    """A tolerance output read without its record pairs with the original only on the product graph, whose
+    DeepPoly bound on the whole box is far above epsilon (unknown before).  With 3 inputs, `check` now bisects
+    the box until every piece is proved; a bound below the largest difference seen is impossible, and a
+    too-small epsilon is still refuted by a real point."""
+    rng = np.random.default_rng(0)
+    model = _two_branch_model(rng)
+    path, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(model, path)
+    box = Box(-np.ones(3), np.ones(3))
+    assert main(["simplify", str(path), "--box", _box_arg(box), "--epsilon", "0.5", "-o", str(out),
+                 "--no-progress"]) == 0
+    bare = onnx.load(str(out))
+    del bare.metadata_props[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    rep = tmp_path / "c.json"
+    assert main(["check", str(path), str(tmp_path / "bare.onnx"), "--box", _box_arg(box), "--epsilon", "0.7",
+                 "--no-progress", "--report", str(rep)]) == 0
+    r = json.loads(rep.read_text())
+    assert r["verdict"] == "equivalent" and r["stats"]["splits"] > 0 and "carried" not in r["stats"]
+    x = np.vstack([box.sample(20000, rng), box.corners()])
+    seen = np.abs(OnnxRunner(model)(x) - OnnxRunner(bare)(x)).max()
+    assert seen <= r["max_diff_upper"] <= 0.7
+    # pieces tile the box: their volumes add up to the box's
+    vol = sum(np.prod(np.array(p["hi"]) - np.array(p["lo"])) for p in r["pieces"])
+    assert abs(vol - 8.0) < 1e-9
+    assert main(["check", str(path), str(tmp_path / "bare.onnx"), "--box", _box_arg(box), "--epsilon",
+                 str(0.9 * seen), "--no-progress", "--time-limit", "30"]) == 1

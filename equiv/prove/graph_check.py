@@ -7,7 +7,9 @@ interval.  No input splitting or MILP on graphs yet: high-dimensional regions ar
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections import deque
 
 import numpy as np
 
@@ -126,6 +128,11 @@ def known_bounds(known: dict, prefix: str, G: Graph) -> GraphBounds:
                        {prefix + z: np.asarray(known[z][1])[None] for z in names})
 
 
+SPLIT_SAMPLES = 32       # random points a bisected piece's falsification adds
+SPLIT_MAX_INPUTS = 6     # graphs: bisect only boxes with at most this many varying inputs (each piece costs a DeepPoly
+                         # pass over the pair; with 9 inputs a product-graph pair was still open after 300 s)
+
+
 def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=None, f_margins=None,
                via=None, deadline: float | None = None) -> tuple:
     """(verdict, upper bound on max_j |f_j - g_j|, largest difference seen, counterexample, notes) on one box.
@@ -208,35 +215,64 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
     rng = np.random.default_rng(opt.seed)
     pieces, notes, uppers, seen_all, cex = [], [], [], 0.0, None
     verdict = "equivalent"
-    for box in boxes:
+    # each box of the region, then the halves of a box left unknown while few inputs vary (input splitting:
+    # bounds on a smaller box are tighter); breadth first, so the pieces shrink evenly
+    queue = deque((box, 0) for box in boxes)
+    split = 0
+    sub_opt = dataclasses.replace(opt, samples=SPLIT_SAMPLES)    # a piece's falsification: its parent's was wider
+    bar = None
+    while queue:
+        box, depth = queue.popleft()
+        if depth == 1 and bar is None and opt.progress:
+            from tqdm import tqdm
+            bar = tqdm(desc="check: bisected pieces", unit="piece", leave=False)
+        if bar is not None:
+            bar.update(1)
         if time.perf_counter() > deadline:
             v, upper, seen, c, more = "unknown", np.inf, 0.0, None, [f"time limit of {opt.time_limit:g} s reached "
                                                                      "before every box was checked"]
         else:
-            v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt, eps, rng, f_known, f_margins, via,
-                                                 deadline)
+            v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt if depth == 0 else sub_opt, eps, rng,
+                                                 f_known, f_margins, via, deadline)
+        seen_all = max(seen_all, seen)
+        if v == "unknown" and time.perf_counter() < deadline and len(pieces) + len(queue) + 2 <= opt.max_boxes \
+                and 0 < np.sum(box.hi > box.lo) <= min(opt.split_max_inputs, SPLIT_MAX_INPUTS) \
+                and opt.epsilon is not None:
+            k = int(np.argmax(box.hi - box.lo))
+            mid = 0.5 * (box.lo[k] + box.hi[k])
+            if box.lo[k] < mid < box.hi[k]:
+                lo_half, hi_half = box.hi.copy(), box.lo.copy()
+                lo_half[k], hi_half[k] = mid, mid
+                queue.extend([(Box(box.lo, lo_half), depth + 1), (Box(hi_half, box.hi), depth + 1)])
+                split += 1
+                continue
         gap = float32_gap_note(box)
         more = ([gap] if gap else []) + more
-        pieces.append(Piece(box.lo, box.hi, v, "bounds" if v == "equivalent" else "none", upper))
+        pieces.append(Piece(box.lo, box.hi, v, ("split" if depth else "bounds") if v == "equivalent" else "none",
+                            upper))
         uppers.append(upper)
-        seen_all = max(seen_all, seen)
         notes += more
         if v == "not_equivalent":
             verdict, cex = v, c
             break
         if v != "equivalent":
             verdict = "unknown"
+    if bar is not None:
+        bar.close()
     if opt.measure and opt.epsilon is None and verdict != "not_equivalent":
         verdict = "measured"
     notes = list(dict.fromkeys(notes))          # one line per kind of note, not one per box
     if cex is None and uppers and seen_all > max(uppers):
         # the proof is about the exact functions of the stored weights; onnxruntime rounds in float32
         notes.append(float32_note(seen_all, float(max(uppers))))
-    notes.append("graph check: falsification, then DeepPoly on the difference (or product) graph of the two networks; input "
-                 "splitting and the product MILP work on chains of dense layers only so far")
+    notes.append("graph check: falsification, then DeepPoly on the difference (or product) graph of the two networks, "
+                 "the box bisected while a piece is undecided and at most "
+                 f"{min(opt.split_max_inputs, SPLIT_MAX_INPUTS)} inputs vary"
+                 + (f" ({split} splits)" if split else "") + "; the product MILP works on chains of dense layers only so "
+                 "far")
     return CheckResult(verdict=verdict, norm=opt.norm, epsilon=None if opt.epsilon is None else eps.tolist(),
                        max_diff_upper=float(max(uppers)) if verdict != "not_equivalent" else np.inf,
                        max_diff_lower=seen_all, counterexample=cex, backend=opt.backend,
                        seconds=time.perf_counter() - t0, pieces=pieces,
-                       stats={"boxes": len(pieces), "milp_queries": 0, "pipeline": "graph",
+                       stats={"boxes": len(pieces) + split, "splits": split, "milp_queries": 0, "pipeline": "graph",
                               "pieces": piece_counts(pieces, GRAPH_KINDS)}, notes=notes)
