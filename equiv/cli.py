@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the summary (or the --verify report) as JSON")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--force", action="store_true",
-                   help="write into a folder that already holds a family (its files are overwritten, none deleted)")
+                   help="replace a folder that already holds a family made by equiv (and nothing else): the new family "
+                        "replaces the old one whole, so slice files it does not have are gone")
     c.add_argument("--certify", action="store_true",
                    help="prove every slice equal to the original on its box with `equiv check` (epsilon = "
                         "--tolerance): before writing (verdicts go in the manifest), or with --verify, from the files")

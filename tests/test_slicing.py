@@ -499,6 +499,36 @@ def test_verify_refuses_malformed_manifests_and_finds_the_model_by_its_sha256(ti
     assert main(["slice", "--verify", str(out)]) == 2
 
 
+def test_slice_output_folder_is_rechecked_at_the_swap_and_keeps_its_mode(tiny_model, tmp_path, capsys,
+                                                                         monkeypatch):
+    """Found by a hunt: two runs into one new folder both succeeded, the later silently replacing the other's
+    family; an existing empty 0700 folder came back 0755; `-o .` renamed the working directory away."""
+    import os
+    from equiv.apps import slicing as pkg
+    out = tmp_path / "fam"
+    out.mkdir(mode=0o700)
+    args = ["slice", str(tiny_model), "--box=-1:1,-1:1", "-o", str(out), "--max-slices", "2", *FAST]
+    assert main(args) == 0
+    assert os.stat(out).st_mode & 0o777 == 0o700
+    # another run fills the claimed (new) folder while this one works: not replaced, nothing written
+    out2 = tmp_path / "race"
+    real_write = pkg.write_family
+
+    def other_run_first(fam, where, force=False):
+        real_write(fam, where, force=force)                    # the other run's family lands first
+        return real_write(fam, where, force=force)
+    monkeypatch.setattr(pkg, "write_family", other_run_first)
+    capsys.readouterr()
+    assert main(["slice", str(tiny_model), "--box=-1:1,-1:1", "-o", str(out2), "--max-slices", "2", *FAST]) == 2
+    assert "filled while this run worked" in capsys.readouterr().err
+    monkeypatch.setattr(pkg, "write_family", real_write)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".race.")]       # no staging folder left
+    # the working directory (or a folder holding it) is refused
+    monkeypatch.chdir(out2)
+    assert main(["slice", str(tiny_model), "--box=-1:1,-1:1", "-o", ".", "--max-slices", "2", "--force", *FAST]) == 2
+    assert "working directory" in capsys.readouterr().err
+
+
 def test_cli_slice_bad_input_exits_2(tiny_model, tmp_path, capsys):
     assert main(["slice", str(tiny_model), "--box=-1:1", "-o", str(tmp_path / "a"), *FAST]) == 2   # wrong dimension
     assert main(["slice", str(tiny_model), "--box=-1:1,-1:1", *FAST]) == 2                        # no -o

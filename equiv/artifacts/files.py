@@ -159,6 +159,10 @@ def claim_family_dir(out, guard: OutputGuard, force: bool, is_equiv_made, known_
     for src in guard.inputs:
         if src.resolve() == real or real in src.resolve().parents:
             raise InputFileError(f"refusing to write into {out}: it holds the input file {src}; choose another folder")
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise InputFileError(f"refusing to write into {out}: it is (or holds) the working directory, which the "
+                             "family would replace; choose a new folder")
     if real.exists() and any(real.iterdir()):
         if not is_equiv_made(real):
             raise InputFileError(f"refusing to write into {out}: the folder is not empty and was not made by equiv "
@@ -174,9 +178,11 @@ def claim_family_dir(out, guard: OutputGuard, force: bool, is_equiv_made, known_
     return out
 
 
-def replace_dir_atomic(out, fill) -> Path:
+def replace_dir_atomic(out, fill, may_replace=None) -> Path:
     """Build a folder with `fill(staging_path)` next to `out`, then swap it in: a reader sees the old
-    folder or the complete new one, and a failure leaves `out` as it was and no staging folder behind."""
+    folder or the complete new one, and a failure leaves `out` as it was and no staging folder behind.
+    may_replace(folder): None when the folder found at `out` at swap time may be replaced, else why not (another
+    run may have written there since the folder was claimed); an existing folder's mode is kept."""
     out = Path(out)
     real = out.resolve()
     staging = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".new", dir=str(real.parent)))
@@ -185,6 +191,10 @@ def replace_dir_atomic(out, fill) -> Path:
         os.chmod(staging, _dir_mode())    # mkdtemp makes 0700; the family folder gets the usual mode
         fill(staging)
         if real.exists():
+            why = may_replace(real) if may_replace is not None else None
+            if why:
+                raise InputFileError(f"refusing to replace {out}: {why}; nothing was written")
+            os.chmod(staging, os.stat(real).st_mode & 0o7777)
             old = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".old", dir=str(real.parent)))
             os.rmdir(old)
             os.rename(real, old)

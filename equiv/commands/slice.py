@@ -57,7 +57,7 @@ def cmd_slice(args, out) -> int:
     if args.certify:
         code = _certified(fam, slicing.certify_family(fam, backend=milp_backend(args.backend),
                                                       time_limit=args.certify_time_limit, progress=sopt.progress))
-    manifest = slicing.write_family(fam, args.output)
+    manifest = slicing.write_family(fam, args.output, force=args.force)
     out.emit(json.dumps(manifest["summary"], indent=1) if args.json else slicing.format_summary(manifest, args.output))
     return code
 
@@ -87,7 +87,7 @@ def _slice_graph(args, out, graph) -> int:
         from ..solvers import milp_backend
         code = _certified(fam, certify_graph_family(fam, backend=milp_backend(args.backend),
                                                     time_limit=args.certify_time_limit, progress=sopt.progress))
-    manifest = slicing.write_family(fam, args.output)
+    manifest = slicing.write_family(fam, args.output, force=args.force)
     out.emit(json.dumps(manifest["summary"], indent=1) if args.json else slicing.format_summary(manifest, args.output))
     return code
 

@@ -55,10 +55,18 @@ def claim_output_dir(out: str | Path, guard: OutputGuard, force: bool) -> Path:
     return claim_family_dir(out, guard, force, _is_family, _family_files)
 
 
-def write_family(fam: SliceFamily, out: str | Path) -> dict:
+def write_family(fam: SliceFamily, out: str | Path, force: bool = False) -> dict:
     """Write the slices, the dispatcher, the plot and the manifest into a fresh folder that then replaces
-    `out` (which `claim_output_dir` checked); returns the manifest."""
+    `out` (which `claim_output_dir` checked: new, empty, or with force a family); returns the manifest.  What
+    `out` holds is checked again at the swap: a folder another run filled meanwhile is not replaced."""
     manifest = {}
+
+    def may_replace(folder: Path):
+        if not any(folder.iterdir()):
+            return None
+        if force and _is_family(folder):
+            return None
+        return "it was filled while this run worked (another run writing there?)"
 
     def fill(folder: Path):
         hashes = []
@@ -73,7 +81,7 @@ def write_family(fam: SliceFamily, out: str | Path) -> dict:
                                        notes, plot=None if plot_note else PLOT))
         write_json_atomic(manifest, folder / MANIFEST)
 
-    replace_dir_atomic(out, fill)
+    replace_dir_atomic(out, fill, may_replace)
     return manifest
 
 
