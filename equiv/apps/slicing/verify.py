@@ -34,6 +34,8 @@ class Check:
 class VerifyReport:
     folder: str
     checks: list[Check] = field(default_factory=list)
+    scope: str = ""           # what was verified: the region and the tolerance (both read from the manifest
+                              # unless given), and whether the slices were proved or only sampled
 
     @property
     def ok(self) -> bool:
@@ -51,14 +53,15 @@ class VerifyReport:
         return not problems
 
     def to_json(self) -> dict:
-        return {"folder": self.folder, "ok": self.ok, "exit_code": self.exit_code,
+        return {"folder": self.folder, "ok": self.ok, "exit_code": self.exit_code, "scope": self.scope,
                 "checks": [dataclasses.asdict(c) for c in self.checks]}
 
     def format(self) -> str:
         lines = [f"equiv slice --verify {self.folder}"]
         lines += [f"  {'ok  ' if c.ok else 'UNKN' if c.unknown else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]
         lines.append({0: "  family verified", 1: "  VERIFICATION FAILED",
-                      3: "  NOT VERIFIED: some certificates are unknown, nothing failed"}[self.exit_code])
+                      3: "  NOT VERIFIED: some certificates are unknown, nothing failed"}[self.exit_code]
+                     + (f" ({self.scope})" if self.scope else ""))
         return "\n".join(lines)
 
 
@@ -106,6 +109,10 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int | N
         raise InputFileError(f"{folder / MANIFEST}: malformed region or slices ({exc})") from exc
     # the user's tolerance when given, else the family's own (what it was made and validated with)
     tol = tolerance or float(m.get("options", {}).get("slicing", {}).get("tolerance", 1e-4))
+    where = "the region given" if region is not None else \
+        f"the manifest's region ({reg.dim} inputs; pass --spec/--box to check it is yours)"
+    rep.scope = (f"on {where}, tolerance {tol:g}" + ("" if tolerance else " from the manifest")
+                 + (", slices proved" if certify else ", slices sampled: --certify proves them"))
 
     sha = sha256_of(model_path)
     model_ok = rep.add("original model", [] if sha == m["model_sha256"] else
