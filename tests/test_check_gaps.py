@@ -125,3 +125,27 @@ def test_graph_check_says_when_an_input_has_no_float32_in_the_region():
                      CheckOptions(epsilon=0.01))
     assert r.verdict == "not_equivalent" and r.counterexample.input[0] == np.float32(0.7)
     assert sum("nearest float32" in n for n in r.notes) == 1
+
+
+def test_top1_bisected_down_to_points_at_a_class_boundary_stays_unknown():
+    """A hunt's pair (one input, A == B on the box: B differs at a neuron dead there), whose class changes inside
+    the box: top-1 can never be proved strictly at the boundary, the boxes there shrink to points, and the
+    look-ahead split choice met boxes with no varying input (exit 4: a reduction over zero dimensions).  Now
+    such boxes stay open and the verdict is unknown."""
+    W0 = [[-0.9698888063430786], [-0.21200445294380188], [-0.28672993183135986], [2.3624188899993896],
+          [-0.9432255029678345]]
+    B0 = [0.15296564996242523, -0.15849117934703827, -0.27294668555259705, -0.16876354813575745,
+          -0.04541561007499695]
+    W1 = np.array([[0.61527419090271, 0.05508773401379585, 0.4569869041442871, -0.0012424137676134706],
+                   [0.1756521314382553, 0.21965166926383972, 0.048987194895744324, 0.2912520170211792],
+                   [0.1563594490289688, 0.5513334274291992, 0.8083128333091736, -0.039502307772636414],
+                   [-0.08373165130615234, 0.18366681039333344, -0.741256058216095, 0.13782678544521332],
+                   [-0.23444533348083496, -0.36802804470062256, -0.7060385346412659, -0.10044755786657333]]).T
+    B1 = [-0.34765663743019104, -0.16023628413677216, -0.32262763381004333, -0.03783484920859337]
+    W0b = [row[:] for row in W0]
+    W0b[2] = [0.3108114004135132]
+    f = tiny_net([(W0, B0), (W1.tolist(), B1)])
+    g = tiny_net([(W0b, B0), (W1.tolist(), B1)])
+    box = Box(np.array([-0.825]), np.array([0.424]))
+    r = run_check(f, g, box, norm="top1", time_limit=8.0)
+    assert r.verdict == "unknown" and r.counterexample is None

@@ -334,6 +334,10 @@ def _lookahead_dims(st, nodes, width0: np.ndarray, shallow: bool = False) -> tup
     lo, hi = np.array([n.lo for n in nodes]), np.array([n.hi for n in nodes])
     dims = np.flatnonzero((hi > lo).any(axis=0))
     B, D = len(nodes), dims.size
+    if D == 0:
+        # every box is a point (bisected down to it, e.g. at a class boundary): nothing to look at; cut input 0
+        # as `_split_dims` does, so each stays open (unknown) until the limits end the search
+        return [0] * B, {}
     LO = np.repeat(lo, 2 * D, axis=0)
     HI = np.repeat(hi, 2 * D, axis=0)
     mid = (lo + hi) / 2              # the midpoint `bisect.halves` cuts at, to the bit
