@@ -100,6 +100,10 @@ class Ledger:
         self.stats["pieces"] = piece_counts(self.pieces)
         if verdict == "unknown" and "unknown_reason" in self.stats:
             notes.append(self.stats["unknown_reason"])
+        elif verdict == "measured" and "unknown_reason" in self.stats:
+            # the bound is proven, but the search stopped before bringing it within measure_rtol of the seen value
+            notes.append(f"the tightening stopped before the bound came within {opt.measure_rtol:.0%} of the largest "
+                         f"difference seen: {self.stats['unknown_reason']}")
         if self.stats.get("milp_unconfirmed"):
             notes.append(f"{self.stats['milp_unconfirmed']} MILP points above epsilon (within the solver's margin "
                          "and tolerances) were not confirmed in onnxruntime and a maximisation did not settle them: "
