@@ -229,3 +229,24 @@ def test_float64_runs_of_the_real_cnns_match_onnxruntime():
         y32, y64 = run(x), run.float64(x)
         assert y64.dtype == np.float64 and y64.shape == y32.shape
         assert np.abs(y64 - y32).max() <= 1e-4 * max(1.0, np.abs(y64).max()), path.name
+
+
+def test_a_failed_validation_names_the_point_that_fails(tmp_path):
+    """A failure is reported at the point of largest excess over the rounding allowance, not at the point of
+    largest |diff|: there a large output may be within its allowance (here 10 at an output of 1e6, allowed
+    2^-16 x 1e6 = 15), and the message named a point that passes (found by a hunt, stop 46)."""
+    import onnx
+    from equiv.artifacts.validate import OnnxRunner, compare_on_points
+    hidden = ([[1.0], [1.0]], [0.0, -1e5])
+    a = tiny_net([hidden, ([[1.0, 0.0]], [0.0])])
+    b = tiny_net([hidden, ([[1.0, 10.0 / 9e5]], [0.01])])     # +0.01 everywhere, +10.01 at x = 1e6
+    pa, pb = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(network_to_onnx(a), str(pa))
+    onnx.save(network_to_onnx(b), str(pb))
+    val = compare_on_points(OnnxRunner(str(pa)), OnnxRunner(str(pb)), {"p": np.array([[1e6], [0.0]])}, 1e-4)
+    assert not val.ok
+    assert val.worst_input == [1e6] and abs(val.max_abs_diff - 10.01) < 1e-2
+    assert val.failing_input == [0.0] and abs(val.failing_diff - 0.01) < 1e-6
+    assert "by 0.01 " in val.failure() and "at input [0.0]" in val.failure()
+    ok = compare_on_points(OnnxRunner(str(pa)), OnnxRunner(str(pa)), {"p": np.array([[1e6], [0.0]])}, 1e-4)
+    assert ok.ok and ok.failing_input == []

@@ -120,6 +120,5 @@ def validate_model(reference: OnnxRunner, model: onnx.ModelProto, region: Box, w
                          tolerance=tolerance, networks=networks)
     if not val.ok:
         raise ValidationError(
-            f"BUG: {what} differs from the original by {val.max_abs_diff:.3g} (tolerance {tolerance:g}) "
-            f"at input {val.worst_input}; nothing was written. Please report this.")
+            f"BUG: {what} {val.failure()}; nothing was written. Please report this.")
     return val

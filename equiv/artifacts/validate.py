@@ -138,12 +138,22 @@ class ValidationReport:
     excess: float = -np.inf  # max over points of |a - b| - the rounding allowances (what the tolerance bounds)
     float32_noise: float = 0.0   # largest |original in onnxruntime - original in float64| over the points
     float64_recheck: dict = field(default_factory=dict)   # {"points", "max_abs_diff", "excess"} in float64
+    failing_input: list = field(default_factory=list)   # the point of largest excess (the one a failure is about)
+    failing_diff: float = 0.0                            # max |diff| there
 
     @property
     def ok(self) -> bool:
         if self.excess <= self.tolerance:
             return True
         return bool(self.float64_recheck) and self.float64_recheck["excess"] <= self.tolerance
+
+    def failure(self) -> str:
+        """What a failed comparison says: the difference at the point that fails most, not at the point of
+        largest |diff| (a large output there may be within its rounding allowance)."""
+        x = self.failing_input or self.worst_input
+        d = self.failing_diff if self.failing_input else self.max_abs_diff
+        return (f"differs from the original by {d:.3g} (tolerance {self.tolerance:g}; largest |diff| seen "
+                f"{self.max_abs_diff:.3g}) at input {np.round(np.asarray(x, float), 6).tolist()}")
 
     def line(self) -> str:
         """The summary's validation line: points and worst difference (and the original's own float32 error,
@@ -162,7 +172,8 @@ class ValidationReport:
                 "rounding_relative": ROUNDING_RELATIVE, "ok": self.ok,
                 "by_source": {k: {"samples": n, "max_abs_diff": d} for k, (n, d) in self.by_source.items()},
                 "worst_input": self.worst_input, "float32_noise": self.float32_noise,
-                "float64_recheck": self.float64_recheck}
+                "float64_recheck": self.float64_recheck, "failing_input": self.failing_input,
+                "failing_diff": self.failing_diff}
 
 
 def validation_points(box: Box, n: int, rng: np.random.Generator, witnesses: np.ndarray | None = None,
@@ -233,12 +244,15 @@ def compare_on_points(a: OnnxRunner, b: OnnxRunner, points: dict, tolerance: flo
         noise = np.max([np.abs(Ya[p] - exact(X[p])).max(axis=0)        # (chunks: a float64 pass keeps every
                         for p in np.array_split(pick, max(1, len(pick) // 64))], axis=0)   # tensor)
     by_source, worst, worst_x, total, excess, failing = {}, 0.0, None, 0, -np.inf, []
+    fail_x, fail_d = None, 0.0
     for name, (x, ya, yb) in runs.items():
         # a NaN output (e.g. corrupted weights) counts as an infinite difference, never as a match
         d = np.nan_to_num(np.abs(ya - yb), nan=np.inf)
         size = np.nan_to_num(np.maximum(np.abs(ya), np.abs(yb)), nan=0.0, posinf=0.0)
         over = (d - ROUNDING_RELATIVE * size - NOISE_FACTOR * noise).max(axis=1)
-        excess = max(excess, float(over.max()))
+        j = int(np.argmax(over))
+        if over[j] > excess:
+            excess, fail_x, fail_d = float(over[j]), x[j], float(d[j].max())
         failing += [(float(o), xi) for o, xi in zip(over, x) if o > tolerance]
         d = d.max(axis=1)
         i = int(np.argmax(d))
@@ -247,7 +261,8 @@ def compare_on_points(a: OnnxRunner, b: OnnxRunner, points: dict, tolerance: flo
         if d[i] >= worst:
             worst, worst_x = float(d[i]), x[i]
     return ValidationReport(total, worst, [] if worst_x is None else worst_x.tolist(), by_source, tolerance, excess,
-                            float(noise.max()), recheck_float64(a, b, failing, tolerance))
+                            float(noise.max()), recheck_float64(a, b, failing, tolerance),
+                            [] if fail_x is None or excess <= tolerance else fail_x.tolist(), fail_d)
 
 
 def recheck_float64(a: OnnxRunner, b: OnnxRunner, failing: list, tolerance: float) -> dict:
