@@ -324,6 +324,9 @@ def test_verify_passes_on_an_untouched_family(acas_family, tmp_path, capsys):
     assert "family verified (on the region given, tolerance 0.0001 from the manifest, slices sampled" in text
     code, text = _verify(folder, capsys, "--spec", str(ACAS / "prop_3.vnnlib"))   # not the family's region
     assert code == 1 and "FAIL  region" in text
+    # a region of another size is bad input (exit 2), not a failed family (a hunt: it said FAIL, exit 1)
+    code, text = _verify(folder, capsys, "--box", "0:1,0:1")
+    assert code == 2 and "the region given has 2 inputs; the family's region has 5" in text
 
 
 def test_verify_catches_an_edited_box(acas_family, tmp_path, capsys):

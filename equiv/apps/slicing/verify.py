@@ -107,6 +107,8 @@ def verify_family(folder: str | Path, model: str | None = None, samples: int | N
         hi = [np.asarray(s["hi"], float) for s in slices]
     except (KeyError, TypeError, ValueError, RegionError) as exc:
         raise InputFileError(f"{folder / MANIFEST}: malformed region or slices ({exc})") from exc
+    if region is not None and region.dim != reg.dim:     # not this family's model: bad input, not a failed check
+        raise InputFileError(f"the region given has {region.dim} inputs; the family's region has {reg.dim}")
     # the user's tolerance when given, else the family's own (what it was made and validated with)
     tol = tolerance or float(m.get("options", {}).get("slicing", {}).get("tolerance", 1e-4))
     where = "the region given" if region is not None else \
@@ -240,8 +242,7 @@ def _check_slice_outputs(slices, lo, hi, files, reference, n, tol, seed, rep):
             continue
         worst = max(worst, val.max_abs_diff)
         if not val.ok:
-            problems.append(f"slice {i}: differs from the original by {val.max_abs_diff:.3g} on its box "
-                            f"(tolerance {tol:g}) at {np.round(val.worst_input, 6).tolist()}")
+            problems.append(f"slice {i}: {val.failure()} (on its box)")
     rep.add("slices vs original", problems, f"{len(slices)} slices, each on {n} random points, corners and centre "
                                             f"of its box: max |diff| {worst:.3g} (tolerance {tol:g})")
 
@@ -289,7 +290,6 @@ def _check_dispatcher(folder, m, reg, lo, hi, tiled, reference, samples, tol, se
         rep.add("dispatcher vs original", [f"cannot be compared ({type(exc).__name__}: {str(exc)[:120]})"], "")
         return
     rep.add("dispatcher vs original",
-            [] if val.ok else [f"differs from the original by {val.max_abs_diff:.3g} (tolerance {tol:g}) at "
-                               f"{np.round(val.worst_input, 6).tolist()}"],
+            [] if val.ok else [val.failure()],
             f"{val.samples} points ({', '.join(f'{k} {c}' for k, (c, _) in val.by_source.items())}): "
             f"max |diff| {val.max_abs_diff:.3g} (tolerance {tol:g})")
