@@ -183,6 +183,20 @@ def test_compress_acas_prop3_is_proved_and_smaller(tmp_path):
     _recheck(acas_path(1, 1), out, box, "linf", 0.05)
 
 
+def test_a_size_goal_the_original_meets_still_searches(tmp_path):
+    """--target-params 1.0 (or any size at least the model's): any smaller proved model meets it.  The goal's
+    first level was then 0.999, which the bisection skips, and compress gave up at once (exit 3, a hunt)."""
+    box, _ = load_region(spec=str(DIGITS_BALL))
+    for size in (1.0, 10 ** 6):
+        res = compress(DIGITS, box, Target("linf", 0.5, size=size), CompressOptions(
+            simplify=False, makers=("neurons",), time_limit=60, check_time_limit=20, bisect_steps=2, refits=0),
+            workdir=tmp_path)
+        assert res.best is not None and res.best.verdict == "equivalent"
+        assert res.best.size.params < res.original.params == 3466
+        assert res.records[-1] is res.best                    # the first proved level meets the goal: done
+        res.best_file.unlink()
+
+
 def test_a_candidate_no_smaller_than_the_original_is_never_returned(tmp_path):
     """float16 rounding of the original keeps its size: proved or not, it is not a compression."""
     box, _ = load_region(spec=str(DIGITS_BALL))

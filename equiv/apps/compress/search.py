@@ -415,8 +415,9 @@ def next_levels(bad: float, ok: float, k: int, first: float | None = None) -> li
 
 
 def goal_level(goal: float | None, base_metric: int) -> float | None:
-    """The kept fraction of the base's size (`base_metric`) that would meet the size goal."""
-    if goal is None:
+    """The kept fraction of the base's size (`base_metric`) that would meet the size goal; None when there is
+    no goal or the base meets it already (then any smaller proved model does: the plain bisection runs)."""
+    if goal is None or goal >= base_metric:
         return None
     return min(0.999, max(0.01, goal / max(1, base_metric)))
 
