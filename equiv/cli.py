@@ -357,13 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "residual nets: DeepPoly on the DAG against CROWN's counts, and simplify), scale (DeepPoly with "
                    "and without block summaries on mnist 256x6, ResNet-2B and deep random chains; the deep MNIST "
                    "chains' solver stages; ResNet-2B's whole simplify on each shared spec)")
-    n.add_argument("--case-time-limit", type=positive_seconds, default=300.0, metavar="S",
+    n.add_argument("--case-time-limit", type=positive_seconds, default=None, metavar="S",
                    help="equivalence suite: seconds per pair (default 300)")
     n.add_argument("--benchmarks", default=None, help="folder with acasxu/ and mnist_fc/ (default: ../shared/benchmarks)")
     n.add_argument("--out", default="results", help="folder for the results (default: results)")
-    n.add_argument("--time-limit", type=positive_seconds, default=10.0, help="seconds per solver query")
-    n.add_argument("--milp-budget", type=positive_seconds, default=60.0, help="total MILP seconds per case (default 60)")
-    n.add_argument("--limit", type=positive_count, default=None, help="run only the first N cases (for a smoke run)")
+    n.add_argument("--time-limit", type=positive_seconds, default=None, metavar="S",
+                   help="core, quick, slicing, solvers: seconds per solver query (default 10)")
+    n.add_argument("--milp-budget", type=positive_seconds, default=None, metavar="S",
+                   help="core, quick, slicing: total MILP seconds per case (default 60)")
+    n.add_argument("--limit", type=positive_count, default=None, metavar="N",
+                   help="core, quick, slicing, equivalence, tolerance, graphs: run only the first N cases (a smoke "
+                        "run). A suite refuses an option it does not use")
     n.add_argument("--group", default=None, metavar="NAME", help="equivalence suite: run only the pairs of this group "
                    "(e.g. 'ACAS Xu float16, prop_1'); tolerance suite: the parts to run, comma-separated, of "
                    "sweep, acas, mnist, graphs (default: all; the others are kept from the last run)")

@@ -5,10 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 
 
+# the options each suite reads (the others it would ignore: given, they are refused)
+SUITE_OPTIONS = {
+    "core": {"time_limit", "milp_budget", "limit"},
+    "quick": {"time_limit", "milp_budget", "limit"},
+    "solvers": {"time_limit", "backends", "plot"},
+    "admm": set(),
+    "tolerance": {"limit", "group"},
+    "slicing": {"time_limit", "milp_budget", "limit"},
+    "equivalence": {"case_time_limit", "limit", "group", "workers", "scheduler"},
+    "graphs": {"limit"},
+    "scale": set(),
+}
+DEFAULTS = {"time_limit": 10.0, "milp_budget": 60.0, "case_time_limit": 300.0}
+
+
+def _check_options(args) -> None:
+    """Refuse an unknown suite, and an option the suite would ignore (a `--limit 1` smoke run of the scale suite
+    ran the whole suite); then fill in the defaults of the options it reads."""
+    from ..errors import InputFileError
+    if args.suite not in SUITE_OPTIONS:
+        raise InputFileError(f"unknown suite '{args.suite}'; available: {', '.join(SUITE_OPTIONS)}")
+    ignored = [o for o in ("time_limit", "milp_budget", "case_time_limit", "limit", "group", "workers", "scheduler",
+                           "backends", "plot") if getattr(args, o) is not None and o not in SUITE_OPTIONS[args.suite]]
+    if ignored:
+        reads = sorted(SUITE_OPTIONS[args.suite])
+        raise InputFileError(f"the {args.suite} suite does not use {', '.join('--' + o.replace('_', '-') for o in ignored)}"
+                             f" (it reads {', '.join('--' + o.replace('_', '-') for o in reads) or 'none of the options'})")
+    for o, v in DEFAULTS.items():
+        if getattr(args, o) is None:
+            setattr(args, o, v)
+
+
 def _check_args(args, root: Path) -> None:
     """Refuse, before any case runs, an output that would replace an input or another output, and unknown
     groups (exit 2): a suite takes minutes, and used to fail only at its end, or to overwrite silently."""
     from ..errors import InputFileError
+    _check_options(args)
     if not str(args.out).strip():
         raise InputFileError("--out is empty: give the folder for the results (default: results)")
     folder = Path(args.out)
@@ -99,4 +132,5 @@ def cmd_bench(args, out) -> int:
         return 0 if data["all_verified"] else 1
     run_suite(args.suite, benchmarks=args.benchmarks, out=args.out, time_limit=args.time_limit, limit=args.limit,
               milp_budget=args.milp_budget)
+    out.emit((Path(args.out) / f"{args.suite}.md").read_text())
     return 0
