@@ -124,3 +124,20 @@ def test_simplify_and_check_a_pooling_cnn(k, tmp_path, rng, capsys):
                  "--no-progress"])
     c = json.loads(capsys.readouterr().out)
     assert (code, c["verdict"]) == (0, "equivalent")
+
+
+def test_bounds_name_a_pools_relus_after_the_pool(tmp_path, rng, capsys):
+    """`bounds` lists a MaxPool's inner ReLUs (max(a, c) = c + relu(a - c)) under names that start with the
+    pool's output and says how many of the count are such: they were named equiv/N and counted without a word."""
+    path = tmp_path / "m.onnx"
+    onnx.save(pool_cnn(rng, POOLS[0]), str(path))
+    box = ",".join(["0:0.1"] * 72)
+    assert main(["bounds", str(path), "--box", box, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    relus = [row["relu"] for row in d["layers"] if row["kind"] == "relu input"]
+    assert relus[0] == "r" and len(relus) == 4 and all(r.startswith("p/max/") for r in relus[1:])
+    assert d["relus"] == 108 + 3 * 27
+    assert main(["bounds", str(path), "--box", box]) == 0
+    text = capsys.readouterr().out
+    assert "relu 2 (p/max/" in text and ", in a MaxPool)" in text and "relu 1 (r):" in text
+    assert "81 of the 189 are inside MaxPools" in text

@@ -39,16 +39,28 @@ def cmd_bounds(args, out) -> int:
                              "seconds": {k: round(v, 4) for k, v in b.seconds.items()}}, indent=1))
         return 0
     lines = [f"{args.model}: {args.method} bounds on {source}"]
+    pooled = _max_pool_relus(g)
     for row in layers:
         lo, hi = np.array(row["lo"]), np.array(row["hi"])
-        what = f"relu {row['layer']}" if row["kind"] == "relu input" else "output"
+        what = (f"relu {row['layer']} ({row['relu']}{', in a MaxPool' if row['relu'] in pooled else ''})"
+                if row["kind"] == "relu input" else f"output ({row['tensor']})")
         extra = (f"  dead {row['dead']}, active {row['active']}, unstable {row['unstable']}"
                  if row["kind"] == "relu input" else "")
-        lines.append(f"  {what:>8}: {lo.size} positions {tuple(row['shape'])}, lo in [{lo.min():.4g}, {lo.max():.4g}], "
+        lines.append(f"  {what}: {lo.size} positions {tuple(row['shape'])}, lo in [{lo.min():.4g}, {lo.max():.4g}], "
                      f"hi in [{hi.min():.4g}, {hi.max():.4g}]{extra}")
     lines.append(f"  stable {counts['stable']} of {g.n_relus} ReLUs (dead {counts['dead']}, active {counts['active']})")
+    if pooled:
+        inner = sum(int(np.prod(g.shape(r))) for r in pooled)
+        lines.append(f"  {inner} of the {g.n_relus} are inside MaxPools (equiv reads max(a, c) as c + relu(a - c); "
+                     "a stable one means the window's winner is known)")
     out.emit("\n".join(lines))
     return 0
+
+
+def _max_pool_relus(g) -> set:
+    """The ReLUs inside MaxPools as the import lowered them (max(a, c) = c + relu(a - c))."""
+    from ..ir.onnx_export import max_pools
+    return {v for _, _, body in max_pools(g).values() for v in body} & set(g.relus)
 
 
 def _bounds_chain(args, out) -> int:

@@ -271,7 +271,7 @@ def _avgpool(b: _Builder, node, attrs, where):
     W = np.ones((s[1], 1, kh, kw))
     geo = _geometry(s, W, {**attrs, "group": s[1]}, where)
     shape = (s[0], s[1]) + geo.out_hw
-    total = b.add(ops.Conv(shape, W=W, geo=geo, pooling=True), [x])
+    total = b.add(ops.Conv(shape, W=W, geo=geo, pooling=True), [x], hint=f"{node.output[0]}/sum")
     if attrs.get("count_include_pad", 0) or not any(geo.pads):
         counts = np.array(float(kh * kw))
     else:  # ONNX default: padding does not count
@@ -296,18 +296,19 @@ def _maxpool(b: _Builder, node, attrs, where):
         raise UnsupportedModelError(f"{where}: a padded MaxPool is supported on a Relu's output only (its padding "
                                     "is -inf)")
     shape = (s[0], C) + geo.out_hw
-    picks = []
+    picks, hint = [], f"{node.output[0]}/max"      # the inner nodes' names say which MaxPool they are part of
     for i in range(kh):
         for j in range(kw):
             W = np.zeros((C, 1, kh, kw))
             W[:, 0, i, j] = 1.0
-            picks.append(b.add(ops.Conv(shape, W=W, geo=geo, pooling=True), [x]))
+            picks.append(b.add(ops.Conv(shape, W=W, geo=geo, pooling=True), [x], hint=hint))
     while len(picks) > 1:
         last, pairs = len(picks) == 2, []
         for a, c in zip(picks[0::2], picks[1::2]):
-            d = b.add(ops.Add(shape, in_shapes=[shape, shape], signs=(1.0, -1.0)), [a, c])
-            r = b.add(ops.Relu(shape), [d])
-            pairs.append(b.add(ops.Add(shape, in_shapes=[shape, shape]), [r, c], node.output[0] if last else None))
+            d = b.add(ops.Add(shape, in_shapes=[shape, shape], signs=(1.0, -1.0)), [a, c], hint=hint)
+            r = b.add(ops.Relu(shape), [d], hint=hint)
+            pairs.append(b.add(ops.Add(shape, in_shapes=[shape, shape]), [r, c], node.output[0] if last else None,
+                               hint=hint))
         picks = pairs + picks[len(pairs) * 2:]
     if kh * kw == 1:
         _reshape_like(b, picks[0], shape, node.output[0])

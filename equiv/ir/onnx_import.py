@@ -117,12 +117,13 @@ class _Builder:
             {o for n in g.node for o in n.output}
 
     # -- bookkeeping -------------------------------------------------------------------------------
-    def add(self, op: ops.Op, args: list, onnx_name: str | None = None) -> str:
-        """Add an IR node; returns its name (the ONNX tensor's name when given, else a fresh one)."""
+    def add(self, op: ops.Op, args: list, onnx_name: str | None = None, hint: str | None = None) -> str:
+        """Add an IR node; returns its name (the ONNX tensor's name when given, else a fresh one, prefixed with
+        `hint`: the ONNX node an inner step belongs to, so a MaxPool's ReLUs say whose they are)."""
         name = onnx_name if onnx_name is not None and onnx_name not in self.shapes else None
         while name is None or name in self.shapes or (name != onnx_name and name in self.taken):
             self.fresh += 1       # a fresh name: never one of the model's own tensor names
-            name = f"{onnx_name or 'equiv'}/{self.fresh}"
+            name = f"{onnx_name or hint or 'equiv'}/{self.fresh}"
         self.nodes.append((name, op, args))
         self.shapes[name] = tuple(op.shape)
         if onnx_name is not None:
