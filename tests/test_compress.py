@@ -197,6 +197,18 @@ def test_a_size_goal_the_original_meets_still_searches(tmp_path):
         res.best_file.unlink()
 
 
+def test_an_affine_fit_no_smaller_than_the_best_is_not_checked(tmp_path):
+    """On a box where every neuron is stable the exact simplification is already one Gemm (650 params): the
+    affine fit has the same size, and was checked anyway (a wasted check, a hunt)."""
+    box, _ = load_region(spec=str(DIGITS_BALL))
+    small = Box(box.center - 1e-4, box.center + 1e-4)
+    res = compress(DIGITS, small, Target("linf", 0.01), CompressOptions(makers=("affine",), time_limit=60,
+                                                                     check_time_limit=20), workdir=tmp_path)
+    assert [r.name for r in res.records] == ["simplified"] and res.best.size.params == 650
+    assert "affine: skipped, params no smaller than the best proved" in res.notes
+    res.best_file.unlink()
+
+
 def test_a_candidate_no_smaller_than_the_original_is_never_returned(tmp_path):
     """float16 rounding of the original keeps its size: proved or not, it is not a compression."""
     box, _ = load_region(spec=str(DIGITS_BALL))

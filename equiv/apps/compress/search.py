@@ -295,7 +295,12 @@ class Search:
         for _ in range(rounds):
             if self.done():
                 return
-            if self.certify(affine(base, self.fit_points())) or self.last_counterexample is None:
+            cand = affine(base, self.fit_points())
+            best = self.result.best
+            if best is not None and self.result.metric(size_of(cand.to_onnx())) >= self.result.metric(best.size):
+                self.result.notes.append(f"affine: skipped, {self.target.metric} no smaller than the best proved")
+                return
+            if self.certify(cand) or self.last_counterexample is None:
                 return
 
     def bisect(self, base: Candidate, maker: str) -> Candidate:
