@@ -336,3 +336,63 @@ def test_graph_check_bisects_a_box_of_few_inputs(tmp_path):
     assert abs(vol - 8.0) < 1e-9
     assert main(["check", str(path), str(tmp_path / "bare.onnx"), "--box", _box_arg(box), "--epsilon",
                  str(0.9 * seen), "--no-progress", "--time-limit", "30"]) == 1
+
+
+def _residual_model(rng, n_in=2, h=16, n_out=3) -> onnx.ModelProto:
+    """Two ReLU branches summed, a ReLU layer with a skip around it, a dense output (3 classes)."""
+    from onnx import TensorProto, helper, numpy_helper
+    arrays = {"W1": rng.normal(size=(n_in, h)), "b1": rng.normal(size=h), "W2": rng.normal(size=(n_in, h)),
+              "b2": rng.normal(size=h), "W3": rng.normal(size=(h, h)) / 4, "b3": rng.normal(size=h) / 4,
+              "Wo": rng.normal(size=(h, n_out)) / 3, "bo": rng.normal(size=n_out)}
+    N = helper.make_node
+    nodes = [N("MatMul", ["X", "W1"], ["m1"]), N("Add", ["m1", "b1"], ["a1"]), N("Relu", ["a1"], ["r1"]),
+             N("MatMul", ["X", "W2"], ["m2"]), N("Add", ["m2", "b2"], ["a2"]), N("Relu", ["a2"], ["r2"]),
+             N("Add", ["r1", "r2"], ["s"]), N("MatMul", ["s", "W3"], ["m3"]), N("Add", ["m3", "b3"], ["a3"]),
+             N("Relu", ["a3"], ["r3"]), N("Add", ["r3", "s"], ["t"]), N("MatMul", ["t", "Wo"], ["mo"]),
+             N("Add", ["mo", "bo"], ["Y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, n_in])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n_out])],
+                          [numpy_helper.from_array(a.astype(np.float32), k) for k, a in arrays.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _perturbed(model, scale, seed) -> onnx.ModelProto:
+    from onnx import numpy_helper
+    b = onnx.ModelProto()
+    b.CopyFrom(model)
+    noise = np.random.default_rng(seed)
+    for t in b.graph.initializer:
+        a = numpy_helper.to_array(t).astype(np.float64)
+        t.CopyFrom(numpy_helper.from_array((a + scale * noise.normal(size=a.shape)).astype(np.float32), t.name))
+    return b
+
+
+def test_graph_check_bisects_for_top1_and_stops_at_a_class_boundary(tmp_path):
+    """Top-1 on a DAG with 2 inputs: one class wins on the whole box, but DeepPoly on the whole box cannot show
+    it for both networks (unknown before); the bisected pieces each prove it.  Where A's class changes inside
+    the box no piece across the boundary is ever proved, so it is not bisected: unknown at once, with a note."""
+    box = Box(-np.ones(2), np.ones(2))
+    a = _residual_model(np.random.default_rng(6))
+    b = _perturbed(a, 0.02, 6)
+    onnx.save(a, tmp_path / "a.onnx")
+    onnx.save(b, tmp_path / "b.onnx")
+    rng = np.random.default_rng(1)
+    x = np.vstack([box.sample(20000, rng), box.corners()])
+    ya, yb = OnnxRunner(a)(x), OnnxRunner(b)(x)
+    assert len(np.unique(ya.argmax(1))) == 1 and np.all(ya.argmax(1) == yb.argmax(1))
+    rep = tmp_path / "c.json"
+    assert main(["check", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "--box", _box_arg(box), "--norm",
+                 "top1", "--no-progress", "--report", str(rep), "--time-limit", "60"]) == 0
+    r = json.loads(rep.read_text())
+    assert r["verdict"] == "equivalent" and r["stats"]["splits"] > 0
+    assert abs(sum(np.prod(np.array(p["hi"]) - np.array(p["lo"])) for p in r["pieces"]) - 4.0) < 1e-9
+    # a class boundary inside the box: A against itself, unknown without bisection
+    c = _residual_model(np.random.default_rng(0))
+    assert len(np.unique(OnnxRunner(c)(x).argmax(1))) > 1
+    onnx.save(c, tmp_path / "c.onnx")
+    assert main(["check", str(tmp_path / "c.onnx"), str(tmp_path / "c.onnx"), "--box", _box_arg(box), "--norm",
+                 "top1", "--no-progress", "--report", str(rep), "--time-limit", "60"]) == 3
+    r = json.loads(rep.read_text())
+    assert r["stats"]["splits"] == 0 and any("A's class changes inside the box" in n for n in r["notes"])

@@ -133,6 +133,10 @@ SPLIT_MAX_INPUTS = 6     # graphs: bisect only boxes with at most this many vary
                          # pass over the pair; with 9 inputs a product-graph pair was still open after 300 s)
 
 
+TOP1_BOUNDARY = ("top-1: A's class changes inside the box; the graph check proves top-1 only where one class wins "
+                 "on a whole piece (the product MILP of chains decides pairs across class boundaries)")
+
+
 def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=None, f_margins=None,
                via=None, deadline: float | None = None) -> tuple:
     """(verdict, upper bound on max_j |f_j - g_j|, largest difference seen, counterexample, notes) on one box.
@@ -182,8 +186,12 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
         gm = np.maximum(gm, deeppoly_graph(Mg, box).lo[Mg.outputs[0]].reshape(-1))
     proved = bool(np.all(fm > 0) and np.all(gm > 0))
     if not proved:
-        notes.append(f"top-1: DeepPoly could not show one class (the centre's, {c}) winning strictly in both networks "
-                     "on the whole box")
+        classes = np.unique(np.argmax(f.forward(np.vstack([box.corners(limit=64), box.center[None]])), axis=1))
+        if len(classes) > 1:        # no piece holding this boundary is ever proved: bisecting it cannot help
+            notes.append(TOP1_BOUNDARY)
+        else:
+            notes.append(f"top-1: DeepPoly could not show one class (the centre's, {c}) winning strictly in both "
+                         "networks on the whole box")
     return ("equivalent" if proved else "unknown"), upper, seen, None, notes
 
 
@@ -232,12 +240,13 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
             v, upper, seen, c, more = "unknown", np.inf, 0.0, None, [f"time limit of {opt.time_limit:g} s reached "
                                                                      "before every box was checked"]
         else:
+            # f_margins are for the whole box's class: a piece may have another (top-1: the piece's own bounds)
             v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt if depth == 0 else sub_opt, eps, rng,
-                                                 f_known, f_margins, via, deadline)
+                                                 f_known, f_margins if depth == 0 else None, via, deadline)
         seen_all = max(seen_all, seen)
         if v == "unknown" and time.perf_counter() < deadline and len(pieces) + len(queue) + 2 <= opt.max_boxes \
                 and 0 < np.sum(box.hi > box.lo) <= min(opt.split_max_inputs, SPLIT_MAX_INPUTS) \
-                and opt.epsilon is not None:
+                and (opt.epsilon is not None or (opt.norm == "top1" and TOP1_BOUNDARY not in more)):
             k = int(np.argmax(box.hi - box.lo))
             mid = 0.5 * (box.lo[k] + box.hi[k])
             if box.lo[k] < mid < box.hi[k]:
