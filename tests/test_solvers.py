@@ -120,3 +120,79 @@ def test_gurobi_too_large_in_a_run_is_reported_and_proves_nothing():
     assert gu.queries["too_large"] == gu.queries["lp"]
     assert any("too large" in n and "--backend highs" in n and "layer 2" in n for n in gu.notes)
     assert "lp" not in gu.proved_by()
+
+
+def _cancelling_chain():
+    """h = relu([1e9, w, 1e9] x) on x in [1e6, 2e6] (all active), z = h1 + h2 - h3 + b = w x + b exactly: terms of
+    1e15 cancel to a z in [-0.025, 0.025], which crosses 0."""
+    from equiv.ir.network import Dense, Network
+    from equiv.spec.region import Box
+    w, b = float(np.float32(5e-8)), float(np.float32(-0.075))
+    net = Network.from_layers([Dense(np.array([[1e9], [w], [1e9]]), np.zeros(3)),
+                               Dense(np.array([[1.0, 1.0, -1.0]]), np.array([b])), Dense(np.eye(1), np.zeros(1))])
+    box = Box(np.array([1e6]), np.array([2e6]))
+    from fractions import Fraction as F
+    exact = [float(F(w) * F(x) + F(b)) for x in (1e6, 2e6)]
+    return net, box, exact
+
+
+def _cancelling_pairs():
+    """3 inputs; two pairs of identical rows ~1e7..1e8 and a row ~1e-9, all active; layer 2 takes the pairs'
+    differences, so each pre-activation is a tiny affine function of x (exact range from the 8 corners)."""
+    import itertools
+    from fractions import Fraction as F
+    from equiv.ir.network import Dense, Network
+    from equiv.spec.region import Box
+    f32 = lambda a: np.asarray(a, np.float32).astype(np.float64)
+    W1 = f32([[16866504.0, 60328532.0, 47882856.0], [40033264.0, 38402824.0, 78492960.0],
+              [7.062978535365971e-10, 6.030108412602431e-09, 2.9137287027580783e-10],
+              [16866504.0, 60328532.0, 47882856.0], [40033264.0, 38402824.0, 78492960.0]])
+    W2 = f32([[-1.0, -1.0, -1.0, 1.0, 1.0], [-1.0, -1.0, -1.0, 1.0, 1.0], [-1.0, -1.0, 1.0, 1.0, 1.0]])
+    b2 = f32([2.1977116375637706e-06, 2.9476452709786827e-06, -2.9476452709786827e-06])
+    net = Network.from_layers([Dense(W1, np.zeros(5)), Dense(W2, b2), Dense(np.ones((1, 3)), np.zeros(1))])
+    box = Box(np.array([302.49571973658567, 256.6771286036801, 210.39011983020208]),
+              np.array([551.4078555045506, 467.88690155242233, 383.51208703362727]))
+    zs = []
+    for bits in itertools.product([0, 1], repeat=3):
+        x = [F(v) for v in np.where(np.array(bits, bool), box.hi, box.lo)]
+        h = [sum(F(W1[i, j]) * x[j] for j in range(3)) for i in range(5)]
+        zs.append([float(sum(F(W2[r, i]) * h[i] for i in range(5)) + F(b2[r])) for r in range(3)])
+    return net, box, np.min(zs, axis=0), np.max(zs, axis=0)
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_lp_bounds_of_cancelling_pairs_contain_the_exact_ranges(name):
+    """The hunt's second net: highs's LP gave lo > hi ([2.2e-6, 3.8e-7]) and, with all defaults, `simplify` called
+    three neurons crossing 0 stable.  Now every interval contains the exact range and none is called stable."""
+    from equiv.prove.stability import StabilityOptions, prove_stability
+    net, box, zlo, zhi = _cancelling_pairs()
+    assert np.all(zlo < 0) and np.all(zhi > 0)
+    for method in ("lp", "milp"):
+        res = prove_stability(net, box, StabilityOptions(method=method, backend=name, time_limit=10, seed=0))
+        lo, hi = res.bounds.lo[1], res.bounds.hi[1]
+        assert np.all(lo <= zlo) and np.all(hi >= zhi), (method, lo, hi)
+        dead, active = res.phase_masks(net)
+        assert not (dead[1].any() or active[1].any())
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_lp_bound_covers_the_rounding_of_the_reduced_costs(name):
+    """`safe_upper_bound` once took r = c - A^T y as exact: its rounding (~2^-53 |A|^T|y|, here ~1e-7 on a column
+    bounded by 2e6) exceeded its margin, and gurobi/cbc bounded z by -0.075 (dead) where z reaches +0.025; highs
+    gave lo > hi on a similar net (a hunt, stop 47).  Every backend's LP interval now contains the exact range,
+    however loose, and no neuron is called stable."""
+    net, box, (zlo, zhi) = _cancelling_chain()
+    b = deeppoly_bounds(net, box)
+    enc = encode_network(net, box, b, depth=1)
+    c, off = enc.objective(net.dense[1].W[0], net.dense[1].b[0])
+    be = make_backend(name, enc.model)
+    up, down = be.maximize(c, off, integer=False, time_limit=30), be.maximize(-c, -off, integer=False, time_limit=30)
+    if up.status == Status.OPTIMAL:
+        assert up.bound >= zhi
+    if down.status == Status.OPTIMAL:
+        assert -down.bound <= zlo
+    from equiv.prove.stability import StabilityOptions, prove_stability
+    res = prove_stability(net, box, StabilityOptions(method="lp", backend=name, time_limit=10, seed=0))
+    lo, hi = res.bounds.lo[1][0], res.bounds.hi[1][0]
+    assert lo <= zlo and hi >= zhi and lo <= hi
+    assert not (res.phase_masks(net)[0][1].any() or res.phase_masks(net)[1][1].any())
