@@ -63,6 +63,26 @@ def test_residual_block_simplifies_exactly(tmp_path, rng):
         assert np.all(vals[name] >= b1.lo[name] - 1e-6) and np.all(vals[name] <= b1.hi[name] + 1e-6)
 
 
+def test_real_signs_are_what_no_proof_may_contradict(rng):
+    """`real_signs` (the guard behind "proved stable but seen with both signs": kept, a BUG note) flags exactly
+    the positions whose sampled values cross 0 beyond float64 noise: on a box where the phases proved
+    stable are proved, none of them is flagged, and every position it flags is one no bound calls stable."""
+    from equiv.apps.graph_simplify import real_signs
+    model = residual_model(rng)
+    g = graph_from_onnx(model)
+    box = Box(np.full(32, 0.2), np.full(32, 0.6))
+    ph = graph_phases(g, box)
+    pts = np.vstack([box.sample(3000, rng), box.random_vertices(256, rng)])
+    real = real_signs(g, box, g.evaluate(pts[:1000]), pts[1000:])
+    vals = g.evaluate(pts)
+    for r in g.relus:
+        z = vals[g.args(r)[0]].reshape(len(pts), -1)
+        both = (z > 1e-9).any(axis=0) & (z < -1e-9).any(axis=0)
+        assert np.array_equal(real[r].reshape(-1), both)
+        assert not (real[r] & (ph.dead[r] | ph.active[r]).reshape(real[r].shape)).any()
+    assert sum(int(v.sum()) for v in real.values()) > 0 and "refuted" not in ph.stats
+
+
 @needs_cifar
 def test_cli_simplify_resnet(tmp_path, capsys):
     model, spec = CIFAR / "resnet_2b.onnx", CIFAR / "resnet_2b-img386-eps2_255.vnnlib"

@@ -339,3 +339,24 @@ def test_a_graph_dense_layer_on_the_input_is_decided_exactly(tmp_path, capsys):
     assert main(["simplify", str(path), "--box", "0:1,0:1", "-o", str(out), "--no-progress"]) == 0
     x = np.random.default_rng(0).uniform(0, 1, size=(2000, 2))
     assert np.abs(OnnxRunner(m)(x) - OnnxRunner(str(out))(x)).max() <= 1e-6
+
+
+def test_a_proof_refuted_by_real_points_keeps_the_neuron_and_says_bug():
+    """Defence in depth (a hunt, stop 47, found LP bounds that called crossing neurons stable): a neuron whose
+    bound says stable while real points of the box give it both signs (beyond float64 noise) is kept as
+    unstable, with a BUG note, whatever proved it.  Simulated with wrong `known` bounds."""
+    from equiv.bounds import Bounds
+    net = tiny_net([([[1.0], [1.0]], [0.0, 0.5]), ([[1.0, 1.0]], [0.0])])
+    box = Box(np.array([-1.0]), np.array([1.0]))        # z1 = x and z2 = x + 0.5 both cross 0
+    wrong = Bounds([np.array([-1.0, -0.5]), np.array([-10.0])], [np.array([-0.1, 1.5]), np.array([10.0])])
+    res = prove_stability(net, box, StabilityOptions(method="interval", seed=0), known=wrong)
+    phases = {(n.layer, n.index): (n.phase, n.method) for n in res.neurons}
+    assert phases[(1, 0)] == ("unstable", "samples") and phases[(1, 1)] == ("unstable", "samples")
+    assert any(n.startswith("BUG: 1 neurons proved stable took both signs") and "1:0 (bounds [-1, -0.1])" in n
+               for n in res.notes)
+    assert not res.phase_masks(net)[0][0].any()
+    # a decision at exactly 0 (the exact first layer) is not refuted by float64 noise at its corner
+    net = tiny_net([([[-1.0, -1.0]], [0.0]), ([[1.0]], [0.0])])
+    box = Box(np.zeros(2), np.array([0.3, 0.7]))
+    res = prove_stability(net, box, StabilityOptions(method="interval", seed=0))
+    assert [(n.phase) for n in res.neurons] == ["dead"] and not res.notes

@@ -67,6 +67,25 @@ def takes_chain_pipeline(g: Graph, path) -> bool:
         return False
 
 
+def real_signs(g: Graph, box: Box, values: dict, x: np.ndarray, batch: int = 256) -> dict:
+    """{relu: positions whose input took both signs at real points (`values`, the graph's tensors at some points,
+    and the points x), each beyond 100 x its float64 rounding margin (`engine.rounding_margins`): what no proof
+    may contradict."""
+    from ..bounds.engine import _parts, rounding_margins
+    noise = rounding_margins(g, _parts(g, box.lo[None], box.hi[None]), None)
+    pos = {r: False for r in g.relus}
+    neg = {r: False for r in g.relus}
+    for s in range(-batch, len(x), batch):
+        vals = values if s < 0 else g.evaluate(x[s:s + batch])
+        for r in g.relus:
+            z = g.args(r)[0]
+            t = 100.0 * noise[z][0].reshape(-1)
+            v = vals[z].reshape(len(vals[z]), -1)
+            pos[r] = pos[r] | (v > t).any(axis=0)
+            neg[r] = neg[r] | (v < -t).any(axis=0)
+    return {r: np.asarray(pos[r] & neg[r]) for r in g.relus}
+
+
 @dataclass
 class GraphPhases:
     """Per ReLU node, boolean arrays (the shape of its input) of proved and observed phases."""
@@ -146,11 +165,19 @@ def graph_phases(g: Graph, box: Box, method: str = "deeppoly", samples: int = 20
                         points=found, journal=journal, **extra)
         stats.update(_stage_stats(more, method))
     seen = {r: pos[r] & neg[r] for r in g.relus}
+    real = real_signs(g, box, vals, np.clip(np.vstack(found), box.lo, box.hi) if found else np.empty((0, box.dim)))
     dead, active, unstable = {}, {}, {}
     for r in g.relus:
         z = g.args(r)[0]
         dead[r] = b.hi[z] <= 0
         active[r] = (b.lo[z] >= 0) & ~dead[r]
+        # a proof that real points refute is wrong: the position stays (a bug to report, never a removal)
+        refuted = (dead[r] | active[r]) & real[r].reshape(dead[r].shape)
+        if refuted.any():
+            stats["refuted"] = stats.get("refuted", 0) + int(refuted.sum())
+            stats.setdefault("refuted_at", []).append(f"{r}: {int(refuted.sum())}")
+            dead[r], active[r] = dead[r] & ~refuted, active[r] & ~refuted
+            seen[r] = seen[r] | refuted
         unstable[r] = seen[r] & ~dead[r] & ~active[r]
     # the witnesses: a thinned subset of the sampled points (they show the unstable positions), and every point
     # a solver returned (near the phase boundaries its queries were about)
@@ -300,6 +327,9 @@ def simplify_graph(g: Graph, reference: OnnxRunner, box: Box, *, method: str = "
     if failed:
         notes.append(f"{failed} tasks failed on the cluster (their workers died, or they raised) and proved nothing: "
                      + "; ".join((ph.stats.get("bab_failures", []) + ph.stats.get("milp_failures", []))[:3]))
+    if ph.stats.get("refuted"):
+        notes.append(f"BUG: {ph.stats['refuted']} ReLU positions proved stable took both signs at real points of the "
+                     f"box and were kept ({'; '.join(ph.stats['refuted_at'][:4])}). Please report this.")
     if ph.stats.get("milp_too_large"):
         notes.append(f"{ph.stats['milp_too_large']} MILP decisions were too large for the {backend} licence and proved "
                      "nothing")

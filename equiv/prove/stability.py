@@ -123,6 +123,10 @@ class _Tracker:
         w = net.hidden_widths
         self.seen_pos = [np.zeros(n, bool) for n in w]
         self.seen_neg = [np.zeros(n, bool) for n in w]
+        # signs at real points beyond float64 evaluation noise (never set by `claim`): what no proof may contradict
+        self.real_pos = [np.zeros(n, bool) for n in w]
+        self.real_neg = [np.zeros(n, bool) for n in w]
+        self.noise = _forward_noise(net, box)
         self.method = [np.full(n, "none", dtype=object) for n in w]
         self.seconds = [np.zeros(n) for n in w]
         self.witnesses: list[np.ndarray] = []
@@ -134,6 +138,8 @@ class _Tracker:
         points = np.clip(np.atleast_2d(points), self.box.lo, self.box.hi)
         _, pre = self.net.forward(points, return_pre=True)
         for k, z in enumerate(pre):
+            self.real_pos[k] |= (z > self.noise[k]).any(axis=0)
+            self.real_neg[k] |= (z < -self.noise[k]).any(axis=0)
             newly = ~(self.seen_pos[k] & self.seen_neg[k])
             self.seen_pos[k] |= (z > 0).any(axis=0)
             self.seen_neg[k] |= (z < 0).any(axis=0)
@@ -161,6 +167,17 @@ class _Tracker:
 
     def stable_count(self, bounds: Bounds) -> int:
         return bounds.counts(self.masks)["stable"]
+
+
+def _forward_noise(net: Network, box: Box) -> list[np.ndarray]:
+    """Per hidden neuron, a bound well above the float64 error of its pre-activation at a point of the box:
+    1e-10 x M, with M = |W| M_prev + |b| (M_0 = max |x|) bounding every term the sums add up."""
+    M = np.maximum(np.abs(box.lo), np.abs(box.hi))
+    out = []
+    for d in net.dense[:-1]:
+        M = np.abs(d.W) @ M + np.abs(d.b)
+        out.append(1e-10 * M + 1e-300)       # the next layer's input: |relu(z)| <= |z| <= M
+    return out
 
 
 def _phase(lo, hi, mask, unstable):
@@ -230,12 +247,21 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
     elif opt.method in ("lp", "milp"):
         bounds = _solver_stages(net, box, bounds, tr, opt, stage_seconds, stage_counts, queries, notes)
 
-    neurons = []
+    neurons, contradicted = [], []
     for k, m in enumerate(tr.masks):
+        both = tr.real_pos[k] & tr.real_neg[k]
         for i in range(m.size):
             ph = _phase(bounds.lo[k][i], bounds.hi[k][i], m[i], tr.unstable(k)[i])
             meth = tr.method[k][i] if ph != "unknown" and ph != "linear" else "none"
+            if ph in ("dead", "active") and both[i]:
+                # a proof that real points refute is wrong: the neuron stays (a bug to report, never a removal)
+                contradicted.append(f"{k + 1}:{i} (bounds [{bounds.lo[k][i]:.3g}, {bounds.hi[k][i]:.3g}])")
+                ph, meth = "unstable", "samples"
             neurons.append(NeuronProof(k + 1, i, ph, meth, float(tr.seconds[k][i])))
+    if contradicted:
+        notes.append(f"BUG: {len(contradicted)} neurons proved stable took both signs at real points of the box and "
+                     f"were kept as unstable: {', '.join(contradicted[:8])}{' ...' if len(contradicted) > 8 else ''}. "
+                     "Please report this.")
     wit = np.vstack(tr.witnesses) if tr.witnesses else np.empty((0, box.dim))
     return StabilityResult(neurons, bounds, wit, stage_counts, stage_seconds, queries, notes)
 
