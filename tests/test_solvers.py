@@ -196,3 +196,60 @@ def test_lp_bound_covers_the_rounding_of_the_reduced_costs(name):
     lo, hi = res.bounds.lo[1][0], res.bounds.hi[1][0]
     assert lo <= zlo and hi >= zhi and lo <= hi
     assert not (res.phase_masks(net)[0][1].any() or res.phase_masks(net)[1][1].any())
+
+
+def _thin_positive_net():
+    """A hunt's net (stop 47): weights ~2e4 and biases ~1e5 on layer 4, whose neuron 1 reaches only +3.8e-4 at
+    the point XW of the box (one input fixed); HiGHS and CBC called it dead ("infeasible" even for z >= -1e-2)."""
+    from equiv.ir.network import Dense, Network
+    from equiv.spec.region import Box
+    layers = [
+        ([[0.0, 0.0, 0.0, 0.0], [-1.498679353062471e-06, 3.5853892654813535e-07, 1.6351616238807765e-07,
+          4.234924517731997e-07], [-1.498679353062471e-06, 3.5853892654813535e-07, 1.6351616238807765e-07,
+          4.234924517731997e-07], [5.433466299109568e-07, -9.604207207303261e-08, -1.0315850431652507e-06,
+          -1.1421940371292294e-06]], [0.0, -0.006181646138429642, -0.006181646138429642, 0.0]),
+        ([[0.0, 0.0, 1.6695632439223118e-05, 0.02749740518629551], [17.79631805419922, -1.2191717360110488e-05,
+          -47642.8359375, 1.4671201142846257e-08]], [0.0, 0.0]),
+        ([[20150.001953125, -6884.51416015625], [5219.919921875, 8837.765625], [11996.3681640625, -16089.919921875],
+          [23992.736328125, -32179.83984375], [-2160.0029296875, -13176.8955078125],
+          [-1378.5052490234375, -11460.5546875], [-4824.525390625, -18377.271484375]],
+         [-1.2185555696487427, -1.2807916402816772, 0.042739447206258774, -10.984423637390137,
+          8.098102917408756e-12, 0.6311036944389343, -9.841458759041188e-10]),
+        ([[0.0, 4186.38134765625, 5042.1435546875, 0.0, 0.0, 0.0, 0.0],
+          [9861.84765625, -9139.8955078125, 7937.2646484375, -15482.7216796875, -9128.703125, -7178.4599609375,
+           18263.314453125],
+          [5748.0205078125, 2274.8046875, -6658.9130859375, -3752.894287109375, 6490.31982421875,
+           -1696.9522705078125, 4030.544677734375]], [-8.536096061106946e-07, -112755.8125, 6044.91552734375]),
+        ([[-1.0830202102661133, 0.9394131898880005, -1.199163556098938],
+          [-0.08016403019428253, 0.04317772760987282, 1.608011245727539]], [3.00428064292646e-06, 5.533199782803422e-07])]
+    net = Network.from_layers([Dense(np.array(W), np.array(b)) for W, b in layers])
+    box = Box(np.array([-0.7129699401278251, -20.94801977349322, -0.11009718393857268, -14575.413149607239]),
+              np.array([-0.7129699401278251, 20.221160724797603, -0.1098912885543, 14577.22727246216]))
+    xw = np.array([-0.7129699401278251, -20.94801977349322, -0.11009718393857268, -14575.412834495803])
+    return net, box, xw
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_milp_tolerances_never_prove_a_thin_positive_neuron_dead(name):
+    """A MILP decision's margin grows with the objective's coefficients (`decision_margin`: the solvers'
+    ~1e-6 tolerances move c.v by ~1e-6 sum|c_j|), and so does a MILP dual bound: the neuron stays undecided
+    with every backend and every route, and MILP maxima bound its real value."""
+    from equiv.prove.stability import StabilityOptions, prove_stability
+    net, box, xw = _thin_positive_net()
+    assert box.contains(xw[None])[0]
+    _, pre = net.forward(xw[None], return_pre=True)
+    assert pre[3][0][1] > 3e-4
+    for kw in ({}, {"bab": False, "split_boxes": 0, "windowed": "off"}):
+        res = prove_stability(net, box, StabilityOptions(method="milp", backend=name, seed=0, time_limit=20, **kw))
+        n = next(p for p in res.neurons if (p.layer, p.index) == (4, 1))
+        assert n.phase not in ("dead", "active"), (kw, n)
+    b = deeppoly_bounds(net, box)
+    from equiv.bounds import Bounds
+    b = Bounds([np.minimum(lo, z[0]) for lo, z in zip(b.lo, pre)] + b.lo[len(pre):],
+               [np.maximum(hi, z[0]) for hi, z in zip(b.hi, pre)] + b.hi[len(pre):])
+    enc = encode_network(net, box, b, depth=3)
+    c, off = enc.objective(net.dense[3].W[1], net.dense[3].b[1])
+    be = make_backend(name, enc.model)
+    assert be.decide(c, off, 0.0, time_limit=20, margin=1e-6).verdict != "below"
+    r = be.maximize(c, off, integer=True, time_limit=20)
+    assert r.status != Status.OPTIMAL or r.bound >= pre[3][0][1]

@@ -54,6 +54,26 @@ class Decision:
 MILP_SCALE_MAX = 1e8
 
 
+# A MILP solver accepts every row and integrality within tolerances (~1e-6 for HiGHS, Gurobi and CBC), and its
+# simplex steps on an ill-conditioned basis err by as much: the objective c.v then moves by about 1e-6 x sum|c_j|.
+# A hunt (stop 47) found HiGHS and CBC answering "infeasible" for c.v >= -1e-6, and even >= -1e-2, where a point
+# of the box has c.v = +3.8e-4 (weights ~2e4 on the objective, biases ~1e5; Gurobi's "optimum" there exceeded
+# its own LP bound by 0.07).  A decision's margin is therefore widened by that much (`decision_margin`): its
+# "below" then means max c.v <= threshold - margin - 1e-6 sum|c_j|, robust to the tolerance-sized error.
+DECIDE_RELATIVE = 1e-6
+
+
+def decision_margin(c: np.ndarray, margin: float) -> float:
+    """The margin a MILP decision uses: the caller's, plus DECIDE_RELATIVE x sum |c_j| (see above)."""
+    return float(margin) + DECIDE_RELATIVE * float(np.abs(np.asarray(c, np.float64)).sum())
+
+
+def milp_bound(bound: float, c: np.ndarray) -> float:
+    """A MILP solver's dual bound on max c.v made safe the same way: plus 1e-6 (1 + |bound|) and the tolerance
+    share of `decision_margin`."""
+    return float(bound) + decision_margin(c, 1e-6 * (1.0 + abs(float(bound))))
+
+
 def model_scale(model: LinearModel) -> float:
     """The size of the numbers a MILP over the model compares: the largest row sum |a| . max(|lo|, |hi|) of
     the columns, and the largest finite row or column bound."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import SolverUnavailableError
 from ..encode.chain import LinearModel, safe_upper_bound
-from .base import Backend, Decision, SolveResult, Status
+from .base import Backend, Decision, SolveResult, Status, decision_margin, milp_bound
 
 try:
     import gurobipy as gp
@@ -99,7 +99,7 @@ class GurobiBackend(Backend):
         obj = self.m.ObjVal if self.m.SolCount > 0 else None
         if st == GRB.OPTIMAL:
             if integer:
-                return SolveResult(Status.OPTIMAL, float(self.m.ObjBound), obj, x, secs)
+                return SolveResult(Status.OPTIMAL, milp_bound(self.m.ObjBound, c), obj, x, secs)
             y = np.zeros(self.model.n_rows)
             for rows, constrs in self.groups:
                 y[rows] = constrs.Pi
@@ -108,7 +108,7 @@ class GurobiBackend(Backend):
         if st in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):  # every variable is bounded: cannot be unbounded
             return SolveResult(Status.INFEASIBLE, -np.inf, None, None, secs)
         if st == GRB.TIME_LIMIT:
-            bound = float(self.m.ObjBound) if integer and np.isfinite(self.m.ObjBound) else None
+            bound = milp_bound(self.m.ObjBound, c) if integer and np.isfinite(self.m.ObjBound) else None
             return SolveResult(Status.TIME_LIMIT, bound, obj, x, secs, "time limit")
         return SolveResult(Status.ERROR, None, obj, x, secs, f"gurobi status {st}")
 
@@ -116,6 +116,7 @@ class GurobiBackend(Backend):
         if refused := self.decision_refusal():
             return refused
         c = np.asarray(c, float)
+        margin = decision_margin(c, margin)     # the solver's tolerances, as they move c.v
         self._set_integrality(True)
         self.m.setMObjective(None, c, float(offset), sense=GRB.MAXIMIZE)
         row = self.m.addMConstr(c[None, :], self.v, GRB.GREATER_EQUAL, np.array([threshold - margin - offset]))

@@ -20,7 +20,7 @@ import highspy
 import numpy as np
 
 from ..encode.chain import LinearModel, safe_upper_bound
-from .base import Backend, Decision, SolveResult, Status
+from .base import Backend, Decision, SolveResult, Status, decision_margin, milp_bound
 
 INF = highspy.kHighsInf
 
@@ -201,7 +201,7 @@ class HighsBackend(Backend):
         MS = highspy.HighsModelStatus
         if status == MS.kOptimal:
             if integer:
-                bound = info.mip_dual_bound
+                bound = milp_bound(info.mip_dual_bound, c)
             else:
                 # rigorous bound from the LP duals (any multipliers give a valid bound)
                 y = np.array(sol.row_dual) if sol.dual_valid else np.zeros(self.model.n_rows)
@@ -210,7 +210,7 @@ class HighsBackend(Backend):
         if status == MS.kInfeasible:
             return SolveResult(Status.INFEASIBLE, -np.inf, None, None, secs)
         if status == MS.kTimeLimit:
-            bound = info.mip_dual_bound if integer and np.isfinite(info.mip_dual_bound) else None
+            bound = milp_bound(info.mip_dual_bound, c) if integer and np.isfinite(info.mip_dual_bound) else None
             return SolveResult(Status.TIME_LIMIT, bound, obj, x, secs, "time limit")
         return SolveResult(Status.ERROR, None, obj, x, secs, h.modelStatusToString(status))
 
@@ -218,6 +218,7 @@ class HighsBackend(Backend):
         if refused := self.decision_refusal():
             return refused
         c = np.asarray(c, dtype=np.float64)
+        margin = decision_margin(c, margin)     # the solver's tolerances, as they move c.v
         nz = np.flatnonzero(c)
         if integer_cols is not None and not np.all(self.model.integer[np.asarray(integer_cols, dtype=np.int64)]):
             raise ValueError("integer_cols must be integer columns of the model")

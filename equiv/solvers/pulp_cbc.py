@@ -10,15 +10,12 @@ import numpy as np
 
 from ..errors import SolverUnavailableError
 from ..encode.chain import LinearModel, safe_upper_bound
-from .base import Backend, Decision, SolveResult, Status
+from .base import Backend, Decision, SolveResult, Status, decision_margin, milp_bound
 
 try:
     import pulp
 except ImportError:  # pragma: no cover - exercised where pulp is absent
     pulp = None
-
-# CBC's default integrality/feasibility tolerances are ~1e-7; an optimal MILP value is widened by this
-MILP_MARGIN = 1e-6
 
 
 class PulpCbcBackend(Backend):
@@ -90,7 +87,7 @@ class PulpCbcBackend(Backend):
         obj = pulp.value(prob.objective) if x is not None else None
         if status == pulp.LpStatusOptimal and sol == pulp.LpSolutionOptimal and obj is not None:
             if integer:
-                return SolveResult(Status.OPTIMAL, float(obj) + MILP_MARGIN * (1 + abs(obj)), obj, x, secs)
+                return SolveResult(Status.OPTIMAL, milp_bound(obj, c), obj, x, secs)
             y = np.zeros(self.model.n_rows)
             for name, con in prob.constraints.items():
                 if name in names and con.pi is not None:
@@ -106,6 +103,7 @@ class PulpCbcBackend(Backend):
         if refused := self.decision_refusal():
             return refused
         c = np.asarray(c, float)
+        margin = decision_margin(c, margin)     # the solver's tolerances, as they move c.v
         prob, _ = self._problem(c, offset, True)
         nz = np.flatnonzero(c)
         prob += (pulp.LpAffineExpression([(self.vars[j], float(c[j])) for j in nz])
