@@ -360,3 +360,65 @@ def test_a_proof_refuted_by_real_points_keeps_the_neuron_and_says_bug():
     box = Box(np.zeros(2), np.array([0.3, 0.7]))
     res = prove_stability(net, box, StabilityOptions(method="interval", seed=0))
     assert [(n.phase) for n in res.neurons] == ["dead"] and not res.notes
+
+
+def _chain_model(pre, W1, b1, W2, b2):
+    """X -> pre (Sub/Mul/Div by constants) -> Gemm -> Relu -> Gemm, float32 constants."""
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, inits, cur = [], [], "X"
+    for k, (op, v) in enumerate(pre):
+        inits.append(numpy_helper.from_array(np.asarray(v, np.float32).reshape(1, -1), f"p{k}"))
+        nodes.append(helper.make_node(op, [cur, f"p{k}"], [f"q{k}"]))
+        cur = f"q{k}"
+    for k, (W, b) in enumerate(((W1, b1), (W2, b2))):
+        inits += [numpy_helper.from_array(np.asarray(W, np.float32), f"W{k}"),
+                  numpy_helper.from_array(np.asarray(b, np.float32), f"B{k}")]
+        out = "Y" if k else "z"
+        nodes.append(helper.make_node("Gemm", [cur, f"W{k}", f"B{k}"], [out], transB=1))
+        if not k:
+            nodes.append(helper.make_node("Relu", ["z"], ["h"]))
+            cur = "h"
+    g = helper.make_graph(nodes, "c", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, np.shape(W1)[1]])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, np.shape(W2)[0]])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_exact_first_layer_is_not_used_on_weights_folded_with_rounding():
+    """Y = 1e-6 relu(1e9 (X - 1e9) + 60) on X in [1e9 - 128, 1e9]: z = 60 at X = 1e9.  The importer folds the
+    Sub into the bias in float64 (60 - 1e18 rounds to -1e18), and the rational first-layer stage then "proved"
+    max z = 0 on the folded numbers: dead (a hunt, stop 47).  Folded layers are now marked inexact and never
+    decided in rationals; a plain Gemm on the input still is."""
+    from equiv.ir.chain_io import network_from_onnx
+    net = network_from_onnx(_chain_model([("Sub", [1e9])], [[1e9]], [60.0], [[1e-6]], [0.0]))
+    assert net.meta["first_layer_exact"] is False
+    box = Box(np.array([1e9 - 128]), np.array([1e9]))
+    res = prove_stability(net, box, StabilityOptions(method="milp", seed=0, time_limit=10))
+    assert res.neurons[0].phase not in ("dead", "active")
+    # the same range ending at 0 without a fold: decided exactly (dead)
+    net = network_from_onnx(_chain_model([], [[-1.0, -1.0]], [0.0], [[1.0]], [0.0]))
+    assert net.meta["first_layer_exact"] is True
+    res = prove_stability(net, Box(np.zeros(2), np.array([0.3, 0.7])), StabilityOptions(method="interval", seed=0))
+    assert res.neurons[0].phase == "dead"
+    # what rounds and what does not
+    # what may round (conservatively: a constant scaling or a non-zero offset before the Gemm does)
+    cases = [([], True), ([("Sub", [0.0])], True), ([("Sub", [0.5])], False), ([("Mul", [3.0])], False),
+             ([("Div", [0.3])], False)]
+    for pre, exact in cases:
+        m = _chain_model(pre, [[1.0, 2.0]], [0.5], [[1.0]], [0.0])
+        assert network_from_onnx(m).meta["first_layer_exact"] is exact, pre
+
+
+def test_a_graph_gemm_scaled_with_rounding_is_not_decided_in_rationals():
+    """The graph reading of a Gemm with alpha or beta not a power of two holds alpha x B and beta x C, rounded:
+    its node is listed in meta['rounded'] and `exact_first_dense` leaves it to the float bounds."""
+    from onnx import helper
+    from equiv.ir import graph_from_onnx
+    for alpha, beta, rounded in ((1.0, 1.0, False), (0.5, 2.0, False), (0.3, 1.0, True), (1.0, 0.1, True)):
+        m = _chain_model([], [[1.0, 2.0]], [0.5], [[1.0]], [0.0])
+        gemm = m.graph.node[0]
+        gemm.attribute.extend([helper.make_attribute("alpha", alpha), helper.make_attribute("beta", beta)])
+        g = graph_from_onnx(m)
+        z = g.args(g.relus[0])[0]
+        assert (z in g.meta["rounded"]) is rounded, (alpha, beta)

@@ -194,8 +194,8 @@ def exact_first_dense(g: Graph, box: Box, b) -> None:
         z = g.args(r)[0]
         op, args = g.op(z), g.args(z)
         if not isinstance(op, ops.Dense) or len(args) != 1 or g.op(args[0]).kind != "input" \
-                or int(np.prod(g.shape(args[0])[:-1])) != 1:
-            continue
+                or int(np.prod(g.shape(args[0])[:-1])) != 1 or z in g.meta.get("rounded", ()):
+            continue        # (rounded: Gemm's alpha or beta scaled the weights with rounding)
         bias = np.zeros(op.W.shape[0]) if op.bias is None else \
             np.broadcast_to(np.asarray(op.bias, np.float64), op.shape).reshape(-1)
         shape = b.hi[z].shape

@@ -178,7 +178,7 @@ def trace_import(model: onnx.ModelProto) -> tuple[Network, ImportTrace]:
     consts = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
     in_shape = _dims(inp)
     n0 = int(np.prod(_concrete(in_shape)))
-    exprs = {inp.name: _Expr(np.eye(n0), np.zeros(n0), _concrete(in_shape))}
+    exprs = {inp.name: _Expr(np.eye(n0), np.zeros(n0), _concrete(in_shape), exact=True)}
     trace = ImportTrace(inp.name, _concrete(in_shape), out.name, anchors=[_Anchor(inp.name, None, "the model input")],
                         identities=[exprs[inp.name].A])
     # every expression is over the anchor of its time; mixing anchors (a skip connection or a parallel
@@ -188,6 +188,7 @@ def trace_import(model: onnx.ModelProto) -> tuple[Network, ImportTrace]:
     dense: list[Dense] = []
     masks: list[np.ndarray] = []
     last_relu = None        # output name of the Relu that opened the current anchor
+    first_exact = False     # the first layer's (W, b) equal the model's ops without rounding (`_Expr.exact`)
 
     def track(name, e, g_, where):
         exprs[name] = e
@@ -226,6 +227,8 @@ def trace_import(model: onnx.ModelProto) -> tuple[Network, ImportTrace]:
                 f"(no skip connections or parallel ReLU branches) are supported")
         if op == "Relu":
             e = args[0]
+            if not dense:
+                first_exact = e.exact
             dense.append(Dense(e.A, e.c))
             n = e.A.shape[0]
             masks.append(np.ones(n, bool))
@@ -249,6 +252,7 @@ def trace_import(model: onnx.ModelProto) -> tuple[Network, ImportTrace]:
     out_shape = _dims(out) or e.shape
     net = Network.from_layers(dense, masks, input_name=inp.name, output_name=out.name,
                               input_shape=in_shape, output_shape=out_shape)
+    net.meta["first_layer_exact"] = bool(first_exact)
     return net, trace
 
 

@@ -17,6 +17,24 @@ class _Expr:
     A: np.ndarray
     c: np.ndarray
     shape: tuple
+    # (A, c) equals the ONNX ops' real-number function with no rounding so far (only copies of the model's
+    # constants): `bounds.exact` may then decide the first layer in rational arithmetic.  False whenever an
+    # op rounded (a product of two constants, a sum of a bias and a folded offset, BatchNorm's 1/sqrt, ...)
+    exact: bool = False
+
+
+def _selection(e: _Expr) -> bool:
+    """Whether a constant matrix W applied to e is exact: e is exact, its c is 0, and A is 0/1 with at most one 1
+    per column (each entry of W @ A is then one entry of W, and W @ c + bias is the bias)."""
+    if not e.exact or e.c.any():
+        return False
+    return bool(np.isin(e.A, (0.0, 1.0)).all() and ((e.A != 0).sum(axis=0) <= 1).all())
+
+
+def _power_of_two(k) -> bool:
+    """Every entry of k is +-2^n (multiplying or dividing by it rounds nothing, barring under/overflow)."""
+    k = np.asarray(k, np.float64)
+    return bool(np.all((k != 0) & np.isfinite(k) & (np.abs(np.frexp(k)[0]) == 0.5)))
 
 
 def _concat_index(parts, attrs, where) -> np.ndarray:
@@ -37,8 +55,8 @@ def _gather(e: _Expr, idx: np.ndarray) -> _Expr:
     """The tensor whose flat element i is flat(e)[idx.flat[i]], of shape idx.shape."""
     flat = idx.reshape(-1)
     if flat.size == e.A.shape[0] and np.array_equal(flat, np.arange(flat.size)):
-        return _Expr(e.A, e.c, idx.shape)
-    return _Expr(e.A[flat], e.c[flat], idx.shape)
+        return _Expr(e.A, e.c, idx.shape, e.exact)
+    return _Expr(e.A[flat], e.c[flat], idx.shape, e.exact)
 
 
 def _index(e: _Expr) -> np.ndarray:
@@ -53,7 +71,7 @@ def _apply(op, args, attrs, where) -> _Expr:
     if op in ("Identity", "Dropout"):
         return x
     if op == "Neg":
-        return _Expr(-x.A, -x.c, x.shape)
+        return _Expr(-x.A, -x.c, x.shape, x.exact)
     if op in ("Add", "Sub", "Mul", "Div"):
         return _elementwise(op, args[0], args[1], where)
     if op == "Concat":
@@ -64,13 +82,13 @@ def _apply(op, args, attrs, where) -> _Expr:
         axis = axis + rank if axis < 0 else axis
         if not 0 <= axis <= rank:
             raise UnsupportedModelError(f"{where}: Flatten axis {attrs.get('axis')} of a rank-{rank} tensor")
-        return _Expr(x.A, x.c, (int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:]))))
+        return _Expr(x.A, x.c, (int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:]))), x.exact)
     if op == "Reshape":
         target = [int(v) for v in np.asarray(args[1]).reshape(-1)]
         if not attrs.get("allowzero", 0):
             target = [x.shape[i] if v == 0 else v for i, v in enumerate(target)]
         try:
-            return _Expr(x.A, x.c, tuple(np.empty(x.shape).reshape(target).shape))
+            return _Expr(x.A, x.c, tuple(np.empty(x.shape).reshape(target).shape), x.exact)
         except ValueError:
             raise UnsupportedModelError(f"{where}: cannot reshape {x.shape} to {target}") from None
     if op in ("Squeeze", "Unsqueeze"):
@@ -85,7 +103,7 @@ def _apply(op, args, attrs, where) -> _Expr:
                 arr = np.expand_dims(arr, axis=tuple(axes))
         except (ValueError, TypeError):
             raise UnsupportedModelError(f"{where}: axes {axes} do not fit shape {x.shape}") from None
-        return _Expr(x.A, x.c, arr.shape)
+        return _Expr(x.A, x.c, arr.shape, x.exact)
     if op == "Transpose":
         perm = attrs.get("perm", list(range(len(x.shape)))[::-1])
         return _gather(x, _index(x).transpose(perm))
@@ -98,7 +116,7 @@ def _apply(op, args, attrs, where) -> _Expr:
         return _gemm(args, attrs, where)
     if op == "Conv":
         T, bias, shape = _conv_matrix(x.shape, args[1], args[2] if len(args) > 2 else None, attrs, where)
-        return _Expr(T @ x.A, T @ x.c + bias, shape)
+        return _Expr(T @ x.A, T @ x.c + bias, shape, _selection(x))
     if op == "BatchNormalization":
         scale, B, mean, var = args[1:5]
         k = scale / np.sqrt(var + attrs.get("epsilon", 1e-5))
@@ -127,7 +145,8 @@ def _concat(args, attrs, where) -> _Expr:
         parts.append(n + np.arange(size).reshape(shape))
         n += size
     idx = _concat_index(parts, attrs, where)
-    return _gather(_Expr(np.vstack(As), np.concatenate(cs), (n,)), idx)
+    exact = all(a.exact for a in args if isinstance(a, _Expr))
+    return _gather(_Expr(np.vstack(As), np.concatenate(cs), (n,), exact), idx)
 
 
 def _broadcast(e: _Expr, shape: tuple) -> _Expr:
@@ -152,22 +171,25 @@ def _elementwise(op, a, b, where) -> _Expr:
     expr, const = (a, b) if expr_first else (b, a)
     expr = _broadcast(expr, shape)
     k = np.broadcast_to(np.asarray(const, dtype=np.float64), shape).reshape(-1)
+    # c +- k rounds unless c is 0; a product or quotient unless k is a power of two
+    added = expr.exact and not expr.c.any()
+    scaled = expr.exact and _power_of_two(k)
     if op == "Add":
-        return _Expr(expr.A, expr.c + k, shape)
+        return _Expr(expr.A, expr.c + k, shape, added)
     if op == "Sub":
-        return _Expr(expr.A, expr.c - k, shape) if expr_first else _Expr(-expr.A, k - expr.c, shape)
+        return _Expr(expr.A, expr.c - k, shape, added) if expr_first else _Expr(-expr.A, k - expr.c, shape, added)
     if op == "Mul":
-        return _Expr(expr.A * k[:, None], expr.c * k, shape)
+        return _Expr(expr.A * k[:, None], expr.c * k, shape, scaled)
     if not expr_first:
         raise UnsupportedModelError(f"{where}: dividing a constant by a tensor is not linear")
     if np.any(k == 0):
         raise UnsupportedModelError(f"{where}: division by zero in a constant")
-    return _Expr(expr.A / k[:, None], expr.c / k, shape)
+    return _Expr(expr.A / k[:, None], expr.c / k, shape, scaled)
 
 
 def _linear(e: _Expr, f, shape) -> _Expr:
     """Apply the linear map f (on row blocks: (rows, q) -> (rows', q)) to A and c."""
-    return _Expr(f(e.A), f(e.c[:, None])[:, 0], shape)
+    return _Expr(f(e.A), f(e.c[:, None])[:, 0], shape, _selection(e))
 
 
 def _matmul_right(x: _Expr, W: np.ndarray, where) -> _Expr:
@@ -253,6 +275,8 @@ def _gemm(args, attrs, where) -> _Expr:
         A = A.T if attrs.get("transA", 0) else A
         b = _gather(b, _index(b).T) if attrs.get("transB", 0) else b
         y = _matmul_left(alpha * A, b, where)
+    if not _power_of_two(alpha):         # alpha x the weights rounds
+        y.exact = False
     if c is None:
         return y
     c_shape = c.shape if isinstance(c, _Expr) else np.shape(c)
@@ -263,7 +287,9 @@ def _gemm(args, attrs, where) -> _Expr:
     if not ok:
         raise UnsupportedModelError(f"{where}: Gemm bias C of shape {c_shape} does not broadcast to {y.shape}")
     c = _Expr(beta * c.A, beta * c.c, c.shape) if isinstance(c, _Expr) else beta * np.asarray(c, dtype=np.float64)
-    return _elementwise("Add", y, c, where)
+    out = _elementwise("Add", y, c, where)
+    out.exact = out.exact and _power_of_two(beta)
+    return out
 
 
 def _conv_matrix(in_shape, W, bias, attrs, where):

@@ -187,6 +187,11 @@ def _left(b: _Builder, W: np.ndarray, x: str, out: str, where):
     return b.add(ops.MatMulLeft(s[:-2] + (W.shape[0], s[-1]), W=W), [x], out)
 
 
+def _power_of_two(v) -> bool:
+    m = np.frexp(float(v))[0]
+    return abs(m) == 0.5
+
+
 def _gemm(b: _Builder, node, attrs, where):
     """Y = alpha A' B' + beta C (A' = A or A^T, B' likewise) with one of A, B constant; C constant or computed."""
     A, B = b.arg(node.input[0], where), b.arg(node.input[1], where)
@@ -205,9 +210,13 @@ def _gemm(b: _Builder, node, attrs, where):
         s = b.shapes[x]
         return b.add(ops.Transpose((s[1], s[0]), perm=(1, 0)), [x])
 
+    # alpha x B and beta x C round unless they are powers of two: not the model's own numbers (`bounds.exact`)
+    rounds = not _power_of_two(alpha) or (bias is not None and not _power_of_two(beta))
     if isinstance(A, str):              # tensor @ constant: a dense layer
         y = _dense(b, transposed(A) if attrs.get("transA", 0) else A,
                    alpha * (B.T if attrs.get("transB", 0) else B), bias, target, where)
+        if rounds:
+            b.rounded.add(y)
     else:                               # constant @ tensor: Y^T = B'^T A'^T, a dense layer on B'^T
         Am = A.T if attrs.get("transA", 0) else A
         x = B if attrs.get("transB", 0) else transposed(B)
@@ -216,6 +225,8 @@ def _gemm(b: _Builder, node, attrs, where):
             raise UnsupportedModelError(f"{where}: shapes {Am.shape} and {b.shapes[x][::-1]} do not multiply")
         biasT = None if bias is None else np.broadcast_to(bias, _broadcast((m, n), np.shape(bias), where)).T.copy()
         yT = _dense(b, x, alpha * Am.T, biasT, None, where)
+        if rounds:
+            b.rounded.add(yT)
         y = b.add(ops.Transpose((m, n), perm=(1, 0)), [yT], target)
     if isinstance(C, str):
         if beta != 1.0:

@@ -112,6 +112,7 @@ class _Builder:
         self.names: dict = {}          # IR node -> ONNX tensor it equals (for the check)
         self.alias: dict = {}          # ONNX tensor -> IR node computing it
         self.fresh = 0
+        self.rounded: set = set()      # nodes whose weights were scaled with rounding (Gemm's alpha, beta)
         g = model.graph
         self.taken = {v.name for v in list(g.input) + list(g.output) + list(g.initializer)} | \
             {o for n in g.node for o in n.output}
@@ -179,7 +180,8 @@ class _Builder:
                             meta={"onnx_names": self.names, "opset": self.opset,
                                   "input_names": [i.name for i in inputs], "output_names": [o.name for o in g.output],
                                   "input_shapes": [tuple(_dims_raw(i)) for i in inputs],
-                                  "output_shapes": [tuple(_dims_raw(o)) for o in g.output]})
+                                  "output_shapes": [tuple(_dims_raw(o)) for o in g.output],
+                                  "rounded": sorted(self.rounded)})
         return graph
 
     def arg(self, name: str, where: str):

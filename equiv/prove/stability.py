@@ -269,8 +269,8 @@ def prove_stability(net: Network, box: Box, options: StabilityOptions | None = N
 def _exact_first_layer(net: Network, box: Box, ib: Bounds) -> None:
     """First-layer ReLUs whose exact range on the box ends at 0 (`bounds.exact`): the upper bound set to 0 (dead)
     or the lower one (active), in place; the margins of the float bounds kept them unstable."""
-    if len(net.dense) < 2:
-        return
+    if len(net.dense) < 2 or not net.meta.get("first_layer_exact", True):
+        return          # (W, b) were folded with rounding at import: not the model's own numbers
     d = net.dense[0]
     dead, active = exact_zero_sides(d.W, d.b, box.lo, box.hi, ib.lo[0], ib.hi[0])
     m = net.masks[0]
