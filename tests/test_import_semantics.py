@@ -293,3 +293,53 @@ def test_gemm_with_the_constant_on_the_left_or_a_computed_bias(form, tmp_path):
     out = tmp_path / "s.onnx"
     assert main(["simplify", str(path), "--box=-1:1,-1:1,-1:1", "-o", str(out), "--no-progress"]) == 0
     np.testing.assert_allclose(OnnxRunner(str(out))(x), ort(x), rtol=1e-5, atol=1e-5)
+
+
+def _pool_model(path, op, opset, **attrs):
+    """x (1, 1, H, W) -> 1x1 conv -> relu -> pool(attrs) -> flatten."""
+    h, w = attrs.pop("_in", (1, 2))
+    n_out = attrs.pop("_out", 1)
+    nodes = [N("Conv", ["x", "W", "B"], ["c"]), N("Relu", ["c"], ["r"]), N(op, ["r"], ["p"], **attrs),
+             N("Flatten", ["p"], ["y"])]
+    return _save(path, nodes, [_vi("x", [1, 1, h, w])], [_vi("y", [1, n_out])],
+                 [("W", [[[[-0.13]]]], F32), ("B", [0.5], F32)], opset=opset)
+
+
+def test_pool_windows_in_the_padding_and_runtime_shape_disagreements(tmp_path, capsys):
+    """Hunt (stop 47), valid models with dilated pools:
+    - an AveragePool window wholly in the padding (count_include_pad=0) averages nothing: onnxruntime gives 0;
+      equiv divided by a count of 0, and wrote a model giving NaN everywhere that validation passed (exit 0);
+    - the same MaxPool window gives the lowest float in onnxruntime: refused (exit 2), was exit 4;
+    - SAME_UPPER with dilations: onnxruntime's shape differs from ONNX's definition: refused (exit 2), was exit 4."""
+    avg = _pool_model(tmp_path / "avg.onnx", "AveragePool", 19, kernel_shape=[1, 2], dilations=[1, 3],
+                      pads=[0, 1, 0, 1])
+    assert main(["bounds", str(avg), "--box=-1:1,-1:1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["layers"][-1]
+    assert np.all(np.isfinite(out["lo"])) and out["lo"][0] <= 0.0 <= out["hi"][0]
+    rep = tmp_path / "r.json"
+    assert main(["simplify", str(avg), "--box=-1:1,-1:1", "-o", str(tmp_path / "s.onnx"), "--report", str(rep),
+                 "--no-progress"]) == 0
+    val = json.loads(rep.read_text())["validation"]
+    assert val["ok"] and val["max_abs_diff"] == 0.0
+    x = np.random.default_rng(0).uniform(-1, 1, (50, 2))
+    assert np.array_equal(OnnxRunner(str(avg))(x), OnnxRunner(str(tmp_path / "s.onnx"))(x))
+    mx = _pool_model(tmp_path / "max.onnx", "MaxPool", 13, kernel_shape=[1, 2], dilations=[1, 3], pads=[0, 1, 0, 1])
+    assert main(["bounds", str(mx), "--box=-1:1,-1:1"]) == 2
+    assert "lies wholly in its padding" in capsys.readouterr().err
+    for op in ("AveragePool", "MaxPool"):
+        same = _pool_model(tmp_path / f"same_{op}.onnx", op, 19, kernel_shape=[2, 3], dilations=[2, 1],
+                           auto_pad="SAME_UPPER", _in=(5, 5), _out=25)
+        assert main(["bounds", str(same), "--box=" + ",".join(["-1:1"] * 25)]) == 2
+        assert "runtime disagrees with its definition" in capsys.readouterr().err
+
+
+def test_validation_is_not_disarmed_by_a_non_finite_exact_function():
+    """The original's float64 function gave NaN (the 0-count pool above), so the allowance for its float32
+    error was NaN and every comparison passed: NaN outputs against finite ones were 'ok'.  A non-finite
+    allowance now allows nothing."""
+    from equiv.artifacts.validate import compare_on_points
+    a = lambda x: np.zeros((len(x), 1))                          # noqa: E731
+    b = lambda x: np.full((len(x), 1), np.nan)                   # noqa: E731
+    exact = lambda x: np.full((len(x), 1), np.nan)               # noqa: E731
+    val = compare_on_points(a, b, {"p": np.zeros((4, 2))}, 1e-4, exact=exact)
+    assert not val.ok and val.max_abs_diff == np.inf and val.float32_noise == 0.0

@@ -63,6 +63,12 @@ def check_graph(model: onnx.ModelProto, g: Graph, points: np.ndarray | None = No
             raise UnsupportedModelError(f"onnxruntime cannot run this model, so equiv cannot check its import: "
                                         f"{str(exc).splitlines()[0]}") from None
         given = {node: np.asarray(outs[o], np.float64)[None] for node, o in names.items() if o in outs}
+        for node, v in given.items():      # before any use: an op fed a wrong-sized input cannot be compared
+            if v.size != int(np.prod(g.shape(node))):
+                raise UnsupportedModelError(
+                    f"onnxruntime computes tensor '{names[node]}' ({type(g.op(node)).__name__}) with shape "
+                    f"{tuple(v.shape[1:])}, where ONNX's definition (which equiv follows) gives {tuple(g.shape(node))}: "
+                    "equiv cannot reason about a model whose runtime disagrees with its definition")
         vals = _node_local(g, row[None], given)
         for node, onnx_name in names.items():
             if onnx_name not in outs:
@@ -80,7 +86,7 @@ def check_graph(model: onnx.ModelProto, g: Graph, points: np.ndarray | None = No
                     "values overflow float32, and equiv cannot reason about them")
             scale = _magnitude(g, node, vals, given)
             err = np.abs(ours - theirs)
-            bad = err > rtol * scale + atol
+            bad = ~(err <= rtol * scale + atol)            # a NaN of ours (where onnxruntime is finite) is bad
             if np.any(bad):
                 raise ImportMismatchError(
                     f"equiv's import of tensor '{onnx_name}' ({type(g.op(node)).__name__}) disagrees with onnxruntime "

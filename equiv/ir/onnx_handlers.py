@@ -287,7 +287,9 @@ def _avgpool(b: _Builder, node, attrs, where):
         counts = np.array(float(kh * kw))
     else:  # ONNX default: padding does not count
         counts = conv_forward(np.ones((1, s[1], s[2], s[3])), W, geo)[0]
-    b.add(ops.Scale(shape, s=1.0 / counts), [total], node.output[0])
+    # a window lying wholly in the padding averages nothing: onnxruntime gives 0 there (its sum is 0 too)
+    scale = np.divide(1.0, counts, out=np.zeros_like(counts, dtype=np.float64), where=counts != 0)
+    b.add(ops.Scale(shape, s=scale), [total], node.output[0])
 
 
 def _maxpool(b: _Builder, node, attrs, where):
@@ -306,6 +308,9 @@ def _maxpool(b: _Builder, node, attrs, where):
     if any(geo.pads) and type(next((op for n, op, _ in b.nodes if n == x), None)) is not ops.Relu:
         raise UnsupportedModelError(f"{where}: a padded MaxPool is supported on a Relu's output only (its padding "
                                     "is -inf)")
+    if any(geo.pads) and not conv_forward(np.ones((1, 1, s[2], s[3])), np.ones((1, 1, kh, kw)), geo)[0].all():
+        raise UnsupportedModelError(f"{where}: a window of this MaxPool lies wholly in its padding (its dilation "
+                                    "skips the input), where onnxruntime gives the lowest float: not supported")
     shape = (s[0], C) + geo.out_hw
     picks, hint = [], f"{node.output[0]}/max"      # the inner nodes' names say which MaxPool they are part of
     for i in range(kh):
