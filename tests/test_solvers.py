@@ -253,3 +253,15 @@ def test_milp_tolerances_never_prove_a_thin_positive_neuron_dead(name):
     assert be.decide(c, off, 0.0, time_limit=20, margin=1e-6).verdict != "below"
     r = be.maximize(c, off, integer=True, time_limit=20)
     assert r.status != Status.OPTIMAL or r.bound >= pre[3][0][1]
+
+
+@pytest.mark.skipif("gurobi" not in INSTALLED, reason="gurobipy not installed")
+def test_gurobi_answers_a_model_of_one_variable():
+    """A box of one point and one binary: gurobipy refused the one-element numpy array of variable types and
+    `simplify --backend gurobi` stopped with exit 4 (a hunt, stop 47)."""
+    model = LinearModel(sp.csr_matrix(np.ones((1, 1))), np.array([-1.0]), np.array([1.0]), np.zeros(1), np.ones(1),
+                        np.array([True]))
+    be = make_backend("gurobi", model)
+    r = be.maximize(np.array([1.0]), 0.0, integer=True, time_limit=5)
+    assert r.status == Status.OPTIMAL and r.bound >= 1.0
+    assert be.decide(np.array([1.0]), 0.0, 2.0, time_limit=5, margin=1e-6).verdict == "below"

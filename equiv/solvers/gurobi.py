@@ -43,7 +43,8 @@ class GurobiBackend(Backend):
         m.Params.FeasibilityTol = 1e-7
         m.Params.IntFeasTol = 1e-7
         m.Params.MIPGap = 0.0
-        self.vtype = np.where(model.integer, GRB.BINARY, GRB.CONTINUOUS)
+        # a list: gurobipy refuses a length-1 '<U1' numpy array for VType ("could not convert string to float")
+        self.vtype = np.where(model.integer, GRB.BINARY, GRB.CONTINUOUS).tolist()
         self.v = m.addMVar(model.n_vars, lb=model.col_lo, ub=model.col_hi)
         A = model.A.tocsr()
         eq = model.row_lo == model.row_hi
