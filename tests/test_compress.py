@@ -209,6 +209,34 @@ def test_an_affine_fit_no_smaller_than_the_best_is_not_checked(tmp_path):
     res.best_file.unlink()
 
 
+def test_lowrank_after_a_constant_model_has_nothing_to_factor(tmp_path):
+    """When the tolerance stage already made the model a constant (x @ 0 + b), the low-rank maker found no
+    weights to factor and crashed (exit 4, a hunt, stop 47); it now leaves the layer alone."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(175604)
+    widths, nodes, inits, prev = [2, 9, 3, 9, 4], [], [], "X"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        inits += [numpy_helper.from_array((rng.standard_normal((b, a)) / np.sqrt(a)).astype(np.float32), f"W{i}"),
+                  numpy_helper.from_array((rng.standard_normal(b) * 0.3).astype(np.float32), f"b{i}")]
+        out = f"g{i}" if i < len(widths) - 2 else "Y"
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], [out], transB=1))
+        if i < len(widths) - 2:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            prev = f"r{i}"
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path, out = tmp_path / "m.onnx", tmp_path / "c.onnx"
+    onnx.save(m, str(path))
+    assert main(["compress", str(path), "--box", "0.0958:1.0329,0.0037:0.4221", "--epsilon", "0.2", "--makers",
+                 "lowrank,weights", "-o", str(out), "--no-progress", "--time-limit", "90",
+                 "--check-time-limit", "15"]) == 0
+    box = Box(np.array([0.0958, 0.0037]), np.array([1.0329, 0.4221]))
+    x = np.vstack([box.sample(5000, rng), box.corners()])
+    assert np.abs(OnnxRunner(str(path))(x) - OnnxRunner(str(out))(x)).max() <= 0.2
+
+
 def test_a_candidate_no_smaller_than_the_original_is_never_returned(tmp_path):
     """float16 rounding of the original keeps its size: proved or not, it is not a compression."""
     box, _ = load_region(spec=str(DIGITS_BALL))

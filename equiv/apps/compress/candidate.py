@@ -58,9 +58,9 @@ def factor_layers(model: onnx.ModelProto, net: Network, ranks: list) -> onnx.Mod
     inits = {t.name: t for t in g.initializer}
     nodes = list(g.node)
     for k, r in enumerate(ranks, start=1):
-        if r is None:
-            continue
         wnames = _layer_weights(model, k)
+        if r is None or not wnames:      # (a constant model, x @ 0 + b, writes no such weights: nothing to factor)
+            continue
         mats = [numpy_helper.to_array(inits[n]).astype(np.float64) for n in wnames]
         U, V = truncate(np.vstack(mats), r)
         users = [i for i, nd in enumerate(nodes) if nd.op_type == "Gemm" and nd.input[1] in wnames]
