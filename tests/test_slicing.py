@@ -329,6 +329,35 @@ def test_verify_passes_on_an_untouched_family(acas_family, tmp_path, capsys):
     assert code == 2 and "the region given has 2 inputs; the family's region has 5" in text
 
 
+def test_verify_catches_a_moved_split_point(acas_family, tmp_path, capsys):
+    """A split moved off the midpoint, with the tree and both slice boxes moved alike, tiles the region and
+    passed every check, yet a slice is then used where it was never proved (a hunt, stop 47: 0.089 off at
+    tolerance 1e-4).  equiv always splits at the float64 midpoint, so any other split point is refused."""
+    folder = _copy(acas_family, tmp_path)
+    m = json.loads((folder / MANIFEST).read_text())
+    root = m["tree"]
+    d, mid = root["split_dim"], root["mid"]
+    moved = mid + (root["hi"][d] - root["lo"][d]) * 1e-4
+
+    def move(node, side):
+        if "children" in node:
+            for c in node["children"]:
+                move(c, side)
+        if side == 0 and node["hi"][d] == mid:
+            node["hi"][d] = moved
+        if side == 1 and node["lo"][d] == mid:
+            node["lo"][d] = moved
+    move(root["children"][0], 0)
+    move(root["children"][1], 1)
+    root["mid"] = moved
+    for sl in m["slices"]:
+        sl["hi"][d] = moved if sl["hi"][d] == mid else sl["hi"][d]
+        sl["lo"][d] = moved if sl["lo"][d] == mid else sl["lo"][d]
+    (folder / MANIFEST).write_text(json.dumps(m))
+    code, text = _verify(folder, capsys)
+    assert code == 1 and "FAIL  tree" in text and "not at its midpoint" in text
+
+
 def test_verify_catches_an_edited_box(acas_family, tmp_path, capsys):
     folder = _copy(acas_family, tmp_path)
     m = json.loads((folder / MANIFEST).read_text())

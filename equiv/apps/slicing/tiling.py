@@ -69,6 +69,10 @@ def check_tree(tree: dict, slices: list[dict]) -> list[str]:
         want_b = (lo[:d] + [mid] + lo[d + 1:], hi)
         if (a["lo"], a["hi"]) != want_a or (b["lo"], b["hi"]) != want_b or not lo[d] < mid < hi[d]:
             problems.append(f"tree node {path or 'root'} is not bisected at {mid} along dimension {d}")
+        elif mid != (float(lo[d]) + float(hi[d])) / 2:
+            # equiv splits at the float64 midpoint (`Box.bisect`): a moved split point is an edited family
+            problems.append(f"tree node {path or 'root'} splits dimension {d} at {mid!r}, not at its midpoint "
+                            f"{(float(lo[d]) + float(hi[d])) / 2!r}")
         walk(a, path + "0")
         walk(b, path + "1")
 
