@@ -27,7 +27,7 @@ def cmd_simplify_tolerance(args, out, box, source, target) -> int:
     net = load_onnx(args.model)
     box.check_dim(net.n_inputs)
     if args.preserve == "top1":
-        refuse_top1_of_one_output(net.n_outputs)
+        refuse_top1_of_one_output(net.n_outputs, "--epsilon E")
     eps = _epsilon(args.epsilon)
     if eps is not None and np.size(eps) not in (1, net.n_outputs):
         raise InputFileError(f"--epsilon has {np.size(eps)} values; the model has {net.n_outputs} outputs")
@@ -63,7 +63,7 @@ def cmd_simplify_graph_tolerance(args, out, graph, box, source, target, budget) 
         raise InputFileError("--workers, --scheduler and --journal do not apply to --epsilon / --preserve yet")
     box.check_dim(graph.n_inputs)
     if args.preserve == "top1":
-        refuse_top1_of_one_output(graph.n_outputs)
+        refuse_top1_of_one_output(graph.n_outputs, "--epsilon E")
     eps = _epsilon(args.epsilon)
     if eps is not None and np.size(eps) not in (1, graph.n_outputs):
         raise InputFileError(f"--epsilon has {np.size(eps)} values; the model has {graph.n_outputs} outputs")
