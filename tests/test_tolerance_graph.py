@@ -388,11 +388,18 @@ def test_graph_check_bisects_for_top1_and_stops_at_a_class_boundary(tmp_path):
     r = json.loads(rep.read_text())
     assert r["verdict"] == "equivalent" and r["stats"]["splits"] > 0
     assert abs(sum(np.prod(np.array(p["hi"]) - np.array(p["lo"])) for p in r["pieces"]) - 4.0) < 1e-9
-    # a class boundary inside the box: A against itself, unknown without bisection
+    # a class boundary inside the box: A against a copy with moved weights, unknown without bisection
     c = _residual_model(np.random.default_rng(0))
     assert len(np.unique(OnnxRunner(c)(x).argmax(1))) > 1
     onnx.save(c, tmp_path / "c.onnx")
-    assert main(["check", str(tmp_path / "c.onnx"), str(tmp_path / "c.onnx"), "--box", _box_arg(box), "--norm",
+    onnx.save(_perturbed(c, 1e-6, 0), tmp_path / "c2.onnx")
+    assert main(["check", str(tmp_path / "c.onnx"), str(tmp_path / "c2.onnx"), "--box", _box_arg(box), "--norm",
                  "top1", "--no-progress", "--report", str(rep), "--time-limit", "60"]) == 3
     r = json.loads(rep.read_text())
     assert r["stats"]["splits"] == 0 and any("A's class changes inside the box" in n for n in r["notes"])
+    # A against an identical copy: the outputs are proved equal, so the class is the same (unknown before)
+    import shutil
+    shutil.copy(tmp_path / "c.onnx", tmp_path / "c3.onnx")
+    assert main(["check", str(tmp_path / "c.onnx"), str(tmp_path / "c3.onnx"), "--box", _box_arg(box), "--norm",
+                 "top1", "--no-progress", "--report", str(rep), "--time-limit", "60"]) == 0
+    assert any("outputs are proved equal" in n for n in json.loads(rep.read_text())["notes"])

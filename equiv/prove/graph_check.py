@@ -171,6 +171,8 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     upper = float(per_out.max())
     if opt.norm == "linf":
         return ("equivalent" if np.all(per_out <= eps) else "unknown"), upper, seen, None, notes
+    if not (np.any(dlo) or np.any(dhi)):       # proved equal outputs (e.g. the same weights): the same argmax
+        return "equivalent", upper, seen, None, notes + ["top-1: the outputs are proved equal on the box"]
     # top1: one class c winning strictly in both networks on the whole box (margins f_c - f_k > 0)
     n = f.n_outputs
     c = int(np.argmax(f.forward(box.center[None])[0]))
