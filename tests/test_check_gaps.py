@@ -159,3 +159,20 @@ def test_measure_says_when_the_time_limit_ended_the_tightening(acas, prop3_box):
     r = run_check(acas, coarse, prop3_box, measure=True, time_limit=4.0)
     assert r.verdict == "measured" and r.max_diff_upper > 1.05 * r.max_diff_lower
     assert any(n.startswith("the tightening stopped before the bound came within 5%") for n in r.notes)
+
+
+def test_the_falsifiers_ascents_stop_at_the_deadline():
+    """Graph `check --time-limit` was overrun by the top-1 ascents (ResNet-2B: 56 s for a limit of 20, a hunt,
+    stop 47): the ascents now take the deadline and make no step past it; without one they climb."""
+    rng = np.random.default_rng(0)
+    f = tiny_net([(rng.normal(size=(6, 3)), rng.normal(size=6)), (rng.normal(size=(3, 6)), rng.normal(size=3))])
+    g = tiny_net([(f.dense[0].W + 0.3, f.dense[0].b), (f.dense[1].W, f.dense[1].b)])
+    box = Box(-np.ones(3), np.ones(3))
+    X = box.sample(8, rng)
+    eps = np.ones(3)
+    assert np.array_equal(falsify._ascend(f, g, box, X, "linf", eps, 40, deadline=0.0), X)
+    fx, gx = f.forward(X), g.forward(X)
+    starts = falsify._pair_ascent(f, g, box, X, fx, gx, 40, deadline=0.0)
+    assert all(any(np.array_equal(s, x) for x in X) for s in starts)
+    moved = falsify._ascend(f, g, box, X, "linf", eps, 40)
+    assert not np.array_equal(moved, X)

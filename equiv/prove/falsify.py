@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import time
+
 import numpy as np
 
 from ..ir.network import Network
@@ -52,11 +54,11 @@ class Candidates:
 
 def search(f: Network, g: Network, box: Box, norm: str, eps: np.ndarray, rng: np.random.Generator,
            samples: int = 10000, restarts: int = 32, steps: int = 40, extra: np.ndarray | None = None,
-           runners: tuple | None = None) -> Candidates:
+           runners: tuple | None = None, deadline: float | None = None) -> Candidates:
     """Random points, vertices (all, or 1024 at random), the centre and `extra` points, then signed-gradient ascent
     from the best ones.  runners (run_a, run_b), onnxruntime: the sampled points are scored there, as float32 points
     of the box (on ResNet-2B, 11 000 points take 0.5 s per model there and 4.4 s in the numpy graph); the ascent
-    needs gradients and stays in f and g."""
+    needs gradients and stays in f and g.  deadline (time.perf_counter()): the ascents stop there."""
     pts = [box.sample(samples, rng), box.vertices(1024, rng), box.center[None]]
     if extra is not None and len(extra):
         pts.append(np.clip(extra, box.lo, box.hi))
@@ -68,9 +70,9 @@ def search(f: Network, g: Network, box: Box, norm: str, eps: np.ndarray, rng: np
         A, B = f.forward(X), g.forward(X)
     score = linf_scores(A, B, eps) if norm == "linf" else top1_scores(A, B)
     start = X[np.argsort(-score)[:restarts]]
-    found = _ascend(f, g, box, start, norm, eps, steps)
+    found = _ascend(f, g, box, start, norm, eps, steps, deadline)
     if norm == "top1":
-        found = np.vstack([found, _pair_ascent(f, g, box, X, A, B, steps)])
+        found = np.vstack([found, _pair_ascent(f, g, box, X, A, B, steps, deadline=deadline)])
     X = np.vstack([X, found])
     score = np.concatenate([score, _scores(f, g, found, norm, eps)])
     order = np.argsort(-score)[:max(restarts, 64)]
@@ -82,7 +84,7 @@ def _scores(f, g, X, norm, eps):
     return linf_scores(fx, gx, eps) if norm == "linf" else top1_scores(fx, gx)
 
 
-def _ascend(f, g, box, X, norm, eps, steps):
+def _ascend(f, g, box, X, norm, eps, steps, deadline=None):
     """Signed-gradient ascent of the score, projected on the box; the best point of each run."""
     width = box.hi - box.lo
     x = X.copy()
@@ -100,6 +102,8 @@ def _ascend(f, g, box, X, norm, eps, steps):
     n_out = fx.shape[1]
     eye = np.eye(n_out)
     for _ in range(steps):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         if norm == "linf":
             v = sign[:, None] * eye[j]
             grad = gradient(f, x, v) - gradient(g, x, v)
@@ -119,7 +123,7 @@ def _ascend(f, g, box, X, norm, eps, steps):
     return best
 
 
-def _pair_ascent(f, g, box, X, fx, gx, steps, per_pair: int = 2):
+def _pair_ascent(f, g, box, X, fx, gx, steps, per_pair: int = 2, deadline=None):
     """Top-1: for each ordered pair of classes (c, k) and each network b in {f, g} (a being the other), ascend
     b_k - b_c (the class change itself) and (b_k - b_c) - (a_k - a_c) (the change of the margin) from the
     points where a picks c and, respectively, b's margin b_c - b_k is smallest or the change is largest.
@@ -154,6 +158,8 @@ def _pair_ascent(f, g, box, X, fx, gx, steps, per_pair: int = 2):
     best, best_s = x.copy(), top1_scores(f.forward(x), g.forward(x))
     step = 0.05          # small steps: a class change may live on a small part of the box
     for _ in range(steps):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         grad = gradient(f, x, cf * V) + gradient(g, x, cg * V)
         x = np.clip(x + step * np.sign(grad) * width, box.lo, box.hi)
         s = top1_scores(f.forward(x), g.forward(x))

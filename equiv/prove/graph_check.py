@@ -145,7 +145,8 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     simplification of f, by its record); then f - g = (f - base) + (base - g), the second bounded on the
     difference graph of base and g (g aligned to base's names), which is tight when g is base with edited
     weights; when g does not have base's structure, via is ignored."""
-    cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples, runners=(run_a, run_b))
+    cands = falsify.search(f, g, box, opt.norm, eps, rng, samples=opt.samples, runners=(run_a, run_b),
+                           deadline=deadline)
     cex, seen = falsify.confirm(run_a, run_b, cands.points, box, opt.norm, cex_eps(opt, eps))
     if cex is not None:
         return "not_equivalent", np.inf, seen, cex, []
@@ -169,6 +170,7 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
                      "DeepPoly on their difference graph")
     per_out = np.maximum(np.abs(dlo), np.abs(dhi)).reshape(-1)
     upper = float(per_out.max())
+    late = ["time limit of {:g} s reached before the top-1 margins".format(opt.time_limit)]
     if opt.norm == "linf":
         return ("equivalent" if np.all(per_out <= eps) else "unknown"), upper, seen, None, notes
     if not (np.any(dlo) or np.any(dhi)):       # proved equal outputs (e.g. the same weights): the same argmax
@@ -177,13 +179,17 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     n = f.n_outputs
     c = int(np.argmax(f.forward(box.center[None])[0]))
     head = np.eye(n)[c][None, :] - np.delete(np.eye(n), c, axis=0)
+    if deadline is not None and time.perf_counter() > deadline:
+        return "unknown", upper, seen, None, notes + late
     M = margin_graph(f, head)
     fm = deeppoly_graph(M, box).lo[M.outputs[0]].reshape(-1)
     if f_margins is not None:
         fm = np.maximum(fm, f_margins)
     # g_c - g_k = (f_c - f_k) - (d_c - d_k) >= fm_k - (dhi_c - dlo_k), or g's own DeepPoly margins
     gm = fm - (dhi[c] - np.delete(dlo, c))
-    if not np.all(gm > 0):
+    if not np.all(gm > 0) and np.all(fm > 0):
+        if deadline is not None and time.perf_counter() > deadline:
+            return "unknown", upper, seen, None, notes + late
         Mg = margin_graph(g, head)
         gm = np.maximum(gm, deeppoly_graph(Mg, box).lo[Mg.outputs[0]].reshape(-1))
     proved = bool(np.all(fm > 0) and np.all(gm > 0))
