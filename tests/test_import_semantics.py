@@ -343,3 +343,34 @@ def test_validation_is_not_disarmed_by_a_non_finite_exact_function():
     exact = lambda x: np.full((len(x), 1), np.nan)               # noqa: E731
     val = compare_on_points(a, b, {"p": np.zeros((4, 2))}, 1e-4, exact=exact)
     assert not val.ok and val.max_abs_diff == np.inf and val.float32_noise == 0.0
+
+
+@pytest.mark.parametrize("case", ["scalar", "rank1_symbolic", "rank3_symbolic"])
+def test_chain_outputs_keep_their_computed_shape(case, tmp_path, capsys):
+    """Hunt (stop 47): a scalar output (declared []) crashed `simplify` (exit 4); an output declared ['N'] was
+    written as (N, 1), and one of shape (1, 2, 1) declared ['N', 'a', 'b'] as (1, 2).  The written model now
+    gives the original's shape, with the batch axis free where the declaration has one."""
+    rng = np.random.default_rng(0)
+    inits = [("W1", rng.normal(size=(3, 4)), F32), ("b1", rng.normal(size=4), F32), ("W2", rng.normal(size=(4, 2)), F32)]
+    nodes = [N("MatMul", ["x", "W1"], ["m"]), N("Add", ["m", "b1"], ["z"]), N("Relu", ["z"], ["h"]),
+             N("MatMul", ["h", "W2"], ["o"])]
+    if case == "scalar":
+        nodes += [N("MatMul", ["o", "v"], ["y1"]), N("Reshape", ["y1", "s"], ["y"])]
+        inits += [("v", rng.normal(size=2), F32), ("s", np.zeros(0), I64)]
+        ind, outd, shape = [1, 3], [], ()
+    elif case == "rank1_symbolic":
+        nodes += [N("MatMul", ["o", "v"], ["y"])]
+        inits += [("v", rng.normal(size=2), F32)]
+        ind, outd, shape = ["N", 3], ["N"], (1,)
+    else:
+        nodes += [N("Reshape", ["o", "s"], ["y"])]
+        inits += [("s", [1, 2, 1], I64)]
+        ind, outd, shape = ["N", 3], ["N", "a", "b"], (1, 2, 1)
+    path = _save(tmp_path / "m.onnx", nodes, [_vi("x", ind)], [_vi("y", outd)], inits, opset=13)
+    out = tmp_path / "s.onnx"
+    assert main(["simplify", str(path), "--box=-1:1,-1:1,-1:1", "-o", str(out), "--no-progress"]) == 0
+    import onnxruntime as ort
+    x = np.array([[0.1, -0.3, 0.5]], np.float32)
+    a = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert a.shape == b.shape == shape and np.allclose(a, b, atol=1e-5)

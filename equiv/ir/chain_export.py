@@ -112,10 +112,19 @@ def model_around(net: Network, body, graph_name: str, producer: str = "equiv") -
     in_shape = fresh_name("in_shape", taken)
     out_shape_name = fresh_name("out_shape", taken | {in_shape})
     # batch dimension (first) left free so the model also runs on batches; the others are fixed
-    rest = list(net.output_shape[1:])
-    out_shape = [-1] + rest if rest and all(isinstance(d, int) and d > 0 for d in rest) else [-1, net.n_outputs]
-    if batched_shape(net.output_shape)[0] != "N" and all(isinstance(d, int) and d > 0 for d in net.output_shape):
-        out_shape = list(net.output_shape)       # no batch axis (e.g. a rank-1 output): exactly the declared shape
+    computed = net.meta.get("output_shape_computed")       # the shape the model computes for one input
+    declared = tuple(net.output_shape)
+    if computed is not None:
+        # the computed shape, its first axis free where the declaration has a batch axis (symbolic, or a fixed
+        # 1 that `batched_shape` frees): a declared ['N'] or ['N', 'a', 'b'] was written as (N, outputs)
+        batch = bool(computed) and bool(declared) and (not isinstance(declared[0], int)
+                                                      or (len(declared) >= 2 and declared[0] in (0, 1)))
+        out_shape = ([-1] + list(computed[1:])) if batch else list(computed)
+    else:
+        rest = list(declared[1:])
+        out_shape = [-1] + rest if rest and all(isinstance(d, int) and d > 0 for d in rest) else [-1, net.n_outputs]
+        if declared and batched_shape(declared)[0] != "N" and all(isinstance(d, int) and d > 0 for d in declared):
+            out_shape = list(declared)       # no batch axis (e.g. a rank-1 output): exactly the declared shape
     nodes = [helper.make_node("Reshape", [net.input_name, in_shape], [fresh_name("h0", io)]), *body_nodes,
              helper.make_node("Reshape", [y, out_shape_name], [net.output_name])]
     inits = [_int64(in_shape, [-1, net.n_inputs]), *inits, _int64(out_shape_name, out_shape)]

@@ -253,6 +253,7 @@ def trace_import(model: onnx.ModelProto) -> tuple[Network, ImportTrace]:
     net = Network.from_layers(dense, masks, input_name=inp.name, output_name=out.name,
                               input_shape=in_shape, output_shape=out_shape)
     net.meta["first_layer_exact"] = bool(first_exact)
+    net.meta["output_shape_computed"] = tuple(int(d) for d in e.shape)
     return net, trace
 
 
