@@ -374,3 +374,23 @@ def test_chain_outputs_keep_their_computed_shape(case, tmp_path, capsys):
     a = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert a.shape == b.shape == shape and np.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_a_constant_that_broadcasts_like_a_batch_is_not_taken_for_one(k, tmp_path, capsys):
+    """A fixed-batch-1 model adding a (k, 4) constant to its (1, 4) hidden layer: the validator's batched copy
+    was probed with a batch of 3, which broadcast against k = 3, and the 4096-point runs then failed (exit 4,
+    a hunt, stop 47).  The probe now checks two sizes row by row against the model run alone."""
+    rng = np.random.default_rng(0)
+    inits = [("W1", rng.normal(size=(3, 4)), F32), ("b1", rng.normal(size=4), F32), ("K", rng.normal(size=(k, 4)), F32),
+             ("W2", rng.normal(size=(4, 2)), F32)]
+    nodes = [N("Gemm", ["x", "W1", "b1"], ["z"]), N("Relu", ["z"], ["h"]), N("Add", ["h", "K"], ["hk"]),
+             N("Relu", ["hk"], ["h2"]), N("Gemm", ["h2", "W2"], ["y"])]
+    path = _save(tmp_path / "m.onnx", nodes, [_vi("x", [1, 3])], [_vi("y", [k, 2])], inits, opset=13)
+    run = OnnxRunner(str(path))
+    x = rng.uniform(-1, 1, (9, 3))
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = np.vstack([sess.run(None, {"x": xi[None].astype(np.float32)})[0].reshape(1, -1) for xi in x])
+    assert np.allclose(run(x), want, atol=1e-5)
+    assert main(["simplify", str(path), "--box=-1:1,-1:1,-1:1", "-o", str(tmp_path / "s.onnx"), "--no-progress"]) == 0
