@@ -130,6 +130,16 @@ def test_models_equiv_cannot_read_are_refused_with_the_reason(tmp_path, capsys):
     _refused(capsys, _dense(tmp_path / "f64.onnx", dtype=TensorProto.DOUBLE), "is double: equiv reads float32")
     # onnx.checker and onnxruntime accept a declared output shape the model does not compute (a warning)
     _refused(capsys, _dense(tmp_path / "shape.onnx", out_shape=(1, 5), check=False), "declared with shape (1, 5)")
+    # a negative variance: the message blamed a float32 overflow (a hunt, stop 47)
+    rng = np.random.default_rng(0)
+    bn = _save(tmp_path / "bn.onnx", [N("Gemm", ["X", "W", "b"], ["z"]), N("BatchNormalization", ["z", "s", "c", "m", "v"],
+                                                                      ["n"]), N("Relu", ["n"], ["h"]),
+                                      N("MatMul", ["h", "V"], ["Y"])],
+               [_vi("X", [1, 3])], [_vi("Y", [1, 2])],
+               [("W", rng.normal(size=(3, 3)), F32), ("b", np.zeros(3), F32), ("s", np.ones(3), F32),
+                ("c", np.zeros(3), F32), ("m", np.zeros(3), F32), ("v", [1.0, -1.0, 1.0], F32),
+                ("V", rng.normal(size=(3, 2)), F32)])
+    _refused(capsys, bn, "variance + epsilon is -0.99999 for channel 1")
 
 
 def test_valid_patterns_that_once_failed(tmp_path, capsys):

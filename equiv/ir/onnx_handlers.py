@@ -375,7 +375,12 @@ def _batchnorm(b: _Builder, node, attrs, where):
     x = b.arg(node.input[0], where)
     s = b.shapes[x]
     scale, B, mean, var = (b.consts[n] for n in node.input[1:5])
-    k = scale / np.sqrt(var + attrs.get("epsilon", 1e-5))
+    denom = np.asarray(var + attrs.get("epsilon", 1e-5), np.float64)
+    if not np.all(denom > 0):
+        bad = np.flatnonzero(~(denom.reshape(-1) > 0))
+        raise UnsupportedModelError(f"{where}: variance + epsilon is {float(denom.reshape(-1)[bad[0]]):g} for "
+                                    f"channel {int(bad[0])}: its square root is not a number (onnxruntime gives NaN)")
+    k = scale / np.sqrt(denom)
     cshape = (-1,) + (1,) * (len(s) - 2)
     b.add(ops.Scale(s, s=k.reshape(cshape), bias=(B - mean * k).reshape(cshape)), [x], node.output[0])
 
