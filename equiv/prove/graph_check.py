@@ -111,8 +111,13 @@ def difference_bounds(f: Graph, g: Graph, box: Box, f_known: dict | None = None)
     try:
         G = difference_graph(f, g)
     except StructureError:
-        d = deeppoly_graph(product_graph(f, g), box)
-        return d.lo["diff"].reshape(-1), d.hi["diff"].reshape(-1)
+        try:     # the same structure under other names, or with Identity nodes: g read as f's (`align_to`)
+            base = normalised(f)
+            G = difference_graph(base, align_to(base, g))
+            f_known = None
+        except StructureError:
+            d = deeppoly_graph(product_graph(f, g), box)
+            return d.lo["diff"].reshape(-1), d.hi["diff"].reshape(-1)
     if not any(o in G.meta["d_of"] for o in G.meta["outputs"]):      # the outputs differ by exactly 0
         return np.zeros(f.n_outputs), np.zeros(f.n_outputs)
     out = G.meta["out"]["d"]
