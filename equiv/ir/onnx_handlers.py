@@ -308,7 +308,7 @@ def _maxpool(b: _Builder, node, attrs, where):
     if any(geo.pads) and type(next((op for n, op, _ in b.nodes if n == x), None)) is not ops.Relu:
         raise UnsupportedModelError(f"{where}: a padded MaxPool is supported on a Relu's output only (its padding "
                                     "is -inf)")
-    if any(geo.pads) and not conv_forward(np.ones((1, 1, s[2], s[3])), np.ones((1, 1, kh, kw)), geo)[0].all():
+    if any(geo.pads) and not conv_forward(np.ones((1, C, s[2], s[3])), np.ones((C, 1, kh, kw)), geo)[0].all():
         raise UnsupportedModelError(f"{where}: a window of this MaxPool lies wholly in its padding (its dilation "
                                     "skips the input), where onnxruntime gives the lowest float: not supported")
     shape = (s[0], C) + geo.out_hw
