@@ -239,7 +239,8 @@ def test_bounds_through_the_simplification_are_sound(make, rng, tmp_path):
         assert res.max_diff_upper >= seen - 1e-6
         assert any("through a base" in n for n in res.notes)
         plain = check_graphs(A, C, [box], OnnxRunner(model), OnnxRunner(c_model), opt)
-        assert res.max_diff_upper <= plain.max_diff_upper + 1e-9 or not np.isfinite(plain.max_diff_upper)
+        # (plain: C read as A's structure where it aligns, then as tight as the base's route up to its b)
+        assert res.max_diff_upper <= plain.max_diff_upper + b + 1e-9 or not np.isfinite(plain.max_diff_upper)
 
 
 def test_cli_compress_graph_linf_with_every_maker(tmp_path, capsys, rng):

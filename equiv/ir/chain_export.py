@@ -112,7 +112,7 @@ def model_around(net: Network, body, graph_name: str, producer: str = "equiv") -
     in_shape = fresh_name("in_shape", taken)
     out_shape_name = fresh_name("out_shape", taken | {in_shape})
     # batch dimension (first) left free so the model also runs on batches; the others are fixed
-    computed = net.meta.get("output_shape_computed")       # the shape the model computes for one input
+    computed = getattr(net, "meta", {}).get("output_shape_computed")   # the shape the model computes for one input
     declared = tuple(net.output_shape)
     if computed is not None:
         # the computed shape, its first axis free where the declaration has a batch axis (symbolic, or a fixed

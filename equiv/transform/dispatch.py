@@ -26,7 +26,7 @@ the region: it is equivalent to the original only on the region, like every slic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -47,12 +47,14 @@ class ModelIO:
     output_shape: tuple
     n_inputs: int
     n_outputs: int
+    meta: dict = field(default_factory=dict)     # `output_shape_computed` of a chain read from ONNX (see chain_export)
 
 
 def network_io(net: Network) -> ModelIO:
     """The input and output of a chain (`Network`) as the slice models written from it have them."""
+    keep = {k: v for k, v in net.meta.items() if k == "output_shape_computed"}
     return ModelIO(net.input_name, tuple(net.input_shape), net.output_name, tuple(net.output_shape), net.n_inputs,
-                   net.n_outputs)
+                   net.n_outputs, keep)
 
 
 def build_dispatcher(region: Box, boxes: list[Box], models: list[onnx.ModelProto], io: ModelIO,
