@@ -62,7 +62,8 @@ def test_window_exact_with_true_box_and_sound_when_wider():
     for i in range(3):
         e = np.eye(3)[i]
         windowed, full = (milp_max(window_encoding(one, ob, bb, 2, w), e, 0.0) for w in (1, 2))
-        assert windowed == pytest.approx(full, abs=1e-6) and full == pytest.approx(z[i].max(), abs=1e-6)
+        # (a MILP bound is raised by its tolerance margin, ~3e-6 here: `solvers.base.milp_bound`)
+        assert windowed == pytest.approx(full, abs=1e-5) and z[i].max() <= full <= z[i].max() + 1e-5
 
 def test_windowed_stages_on_tiny_chain_are_sound():
     net, box = tiny_chain()
