@@ -8,6 +8,7 @@ proved stable nor shown unstable by a real point stay `unknown`, and keep their 
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -75,8 +76,8 @@ def real_signs(g: Graph, box: Box, values: dict, x: np.ndarray, batch: int = 256
     noise = rounding_margins(g, _parts(g, box.lo[None], box.hi[None]), None)
     pos = {r: False for r in g.relus}
     neg = {r: False for r in g.relus}
-    for s in range(-batch, len(x), batch):
-        vals = values if s < 0 else g.evaluate(x[s:s + batch])
+    batches = (g.evaluate(x[s:s + batch]) for s in range(0, len(x), batch))     # evaluated one at a time
+    for vals in itertools.chain([values], batches):
         for r in g.relus:
             z = g.args(r)[0]
             t = 100.0 * noise[z][0].reshape(-1)

@@ -31,7 +31,7 @@ def _selection(e: _Expr) -> bool:
     return bool(np.isin(e.A, (0.0, 1.0)).all() and ((e.A != 0).sum(axis=0) <= 1).all())
 
 
-def _power_of_two(k) -> bool:
+def power_of_two(k) -> bool:
     """Every entry of k is +-2^n (multiplying or dividing by it rounds nothing, barring under/overflow)."""
     k = np.asarray(k, np.float64)
     return bool(np.all((k != 0) & np.isfinite(k) & (np.abs(np.frexp(k)[0]) == 0.5)))
@@ -173,7 +173,7 @@ def _elementwise(op, a, b, where) -> _Expr:
     k = np.broadcast_to(np.asarray(const, dtype=np.float64), shape).reshape(-1)
     # c +- k rounds unless c is 0; a product or quotient unless k is a power of two
     added = expr.exact and not expr.c.any()
-    scaled = expr.exact and _power_of_two(k)
+    scaled = expr.exact and power_of_two(k)
     if op == "Add":
         return _Expr(expr.A, expr.c + k, shape, added)
     if op == "Sub":
@@ -275,7 +275,7 @@ def _gemm(args, attrs, where) -> _Expr:
         A = A.T if attrs.get("transA", 0) else A
         b = _gather(b, _index(b).T) if attrs.get("transB", 0) else b
         y = _matmul_left(alpha * A, b, where)
-    if not _power_of_two(alpha):         # alpha x the weights rounds
+    if not power_of_two(alpha):          # alpha x the weights rounds
         y.exact = False
     if c is None:
         return y
@@ -288,7 +288,7 @@ def _gemm(args, attrs, where) -> _Expr:
         raise UnsupportedModelError(f"{where}: Gemm bias C of shape {c_shape} does not broadcast to {y.shape}")
     c = _Expr(beta * c.A, beta * c.c, c.shape) if isinstance(c, _Expr) else beta * np.asarray(c, dtype=np.float64)
     out = _elementwise("Add", y, c, where)
-    out.exact = out.exact and _power_of_two(beta)
+    out.exact = out.exact and power_of_two(beta)
     return out
 
 

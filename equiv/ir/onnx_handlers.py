@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from . import ops
+from .chain_lowering import power_of_two
 from .conv import ConvGeometry, conv_forward, pool_kernel
 
 if TYPE_CHECKING:
@@ -187,11 +188,6 @@ def _left(b: _Builder, W: np.ndarray, x: str, out: str, where):
     return b.add(ops.MatMulLeft(s[:-2] + (W.shape[0], s[-1]), W=W), [x], out)
 
 
-def _power_of_two(v) -> bool:
-    m = np.frexp(float(v))[0]
-    return abs(m) == 0.5
-
-
 def _gemm(b: _Builder, node, attrs, where):
     """Y = alpha A' B' + beta C (A' = A or A^T, B' likewise) with one of A, B constant; C constant or computed."""
     A, B = b.arg(node.input[0], where), b.arg(node.input[1], where)
@@ -211,7 +207,7 @@ def _gemm(b: _Builder, node, attrs, where):
         return b.add(ops.Transpose((s[1], s[0]), perm=(1, 0)), [x])
 
     # alpha x B and beta x C round unless they are powers of two: not the model's own numbers (`bounds.exact`)
-    rounds = not _power_of_two(alpha) or (bias is not None and not _power_of_two(beta))
+    rounds = not power_of_two(alpha) or (bias is not None and not power_of_two(beta))
     if isinstance(A, str):              # tensor @ constant: a dense layer
         y = _dense(b, transposed(A) if attrs.get("transA", 0) else A,
                    alpha * (B.T if attrs.get("transB", 0) else B), bias, target, where)

@@ -7,9 +7,8 @@ actually seen).  Only points re-run in onnxruntime on both models count (`confir
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import time
+from dataclasses import dataclass
 
 import numpy as np
 

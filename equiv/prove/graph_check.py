@@ -175,9 +175,9 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
                      "DeepPoly on their difference graph")
     per_out = np.maximum(np.abs(dlo), np.abs(dhi)).reshape(-1)
     upper = float(per_out.max())
-    late = ["time limit of {:g} s reached before the top-1 margins".format(opt.time_limit)]
     if opt.norm == "linf":
         return ("equivalent" if np.all(per_out <= eps) else "unknown"), upper, seen, None, notes
+    late = [f"time limit of {opt.time_limit:g} s reached before the top-1 margins"]
     if not (np.any(dlo) or np.any(dhi)):       # proved equal outputs (e.g. the same weights): the same argmax
         return "equivalent", upper, seen, None, notes + ["top-1: the outputs are proved equal on the box"]
     # top1: one class c winning strictly in both networks on the whole box (margins f_c - f_k > 0)
@@ -261,11 +261,9 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
                 and 0 < np.sum(box.hi > box.lo) <= min(opt.split_max_inputs, SPLIT_MAX_INPUTS) \
                 and (opt.epsilon is not None or (opt.norm == "top1" and TOP1_BOUNDARY not in more)):
             k = int(np.argmax(box.hi - box.lo))
-            mid = 0.5 * (box.lo[k] + box.hi[k])
-            if box.lo[k] < mid < box.hi[k]:
-                lo_half, hi_half = box.hi.copy(), box.lo.copy()
-                lo_half[k], hi_half[k] = mid, mid
-                queue.extend([(Box(box.lo, lo_half), depth + 1), (Box(hi_half, box.hi), depth + 1)])
+            halves = box.bisect(k)
+            if box.lo[k] < halves[0].hi[k] < box.hi[k]:
+                queue.extend((h, depth + 1) for h in halves)
                 split += 1
                 continue
         gap = float32_gap_note(box)
