@@ -295,6 +295,8 @@ def _backward(g: Graph, target: str, rows: np.ndarray, lo: dict, hi: dict, parts
                     m = m + _mm(np.abs(a), np.abs(b))
             t = _mm(a, W)
             send(args[0], t.reshape(t.shape[:2] + g.shape(args[0])), fresh=True)
+        elif isinstance(op, ops.Scale) and op.bias is None and not np.any(op.s):
+            continue        # y = 0 x: nothing flows back (a skeleton pair's unused branch, `ir.pair_skeleton`)
         else:
             # any other linear op: its adjoint on the (boxes x rows) flattened batch
             n = a.shape[0]

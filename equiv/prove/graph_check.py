@@ -19,6 +19,7 @@ from ..bounds.engine import GraphBounds, deeppoly_graph
 from ..ir.graph_align import align_to, normalised
 from ..ir.chain_export import fresh_name
 from ..ir.pair_graph import StructureError, difference_graph
+from ..ir.pair_skeleton import skeleton_gap, skeleton_pair
 from .equivalence import CheckOptions, CheckResult, Piece, eps_vector, piece_counts
 from .equivalence.ledger import float32_gap_note, float32_note
 from .equivalence.result import GRAPH_KINDS, cex_eps
@@ -104,10 +105,14 @@ def _flatten(nodes: list, net: Graph, prefix: str, helper: str) -> str:
     return name
 
 
-def difference_bounds(f: Graph, g: Graph, box: Box, f_known: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def difference_bounds(f: Graph, g: Graph, box: Box, f_known: dict | None = None, enough=None,
+                      deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bounds of f(x) - g(x) (flattened outputs) on the box: DeepPoly on their difference graph when the two
-    share a structure (a float16 copy, equiv's own output), else on the product graph.  f_known: {tensor of
-    f: (lo, hi)} bounds proved on the box beforehand (intersected in)."""
+    share a structure (a float16 copy, equiv's own output), else on the product graph, intersected with the
+    difference graph of their ReLU skeletons when those match (`ir.pair_skeleton`: a folded BatchNorm, a
+    factored layer).  f_known: {tensor of f: (lo, hi)} bounds proved on the box beforehand (intersected in).
+    enough(lo, hi) -> bool: the skeleton's bounds suffice (the product graph is then not bounded, nor after
+    the deadline)."""
     try:
         G = difference_graph(f, g)
     except StructureError:
@@ -116,14 +121,38 @@ def difference_bounds(f: Graph, g: Graph, box: Box, f_known: dict | None = None)
             G = difference_graph(base, align_to(base, g))
             f_known = None
         except StructureError:
-            d = deeppoly_graph(product_graph(f, g), box)
-            return d.lo["diff"].reshape(-1), d.hi["diff"].reshape(-1)
+            return _unaligned_bounds(f, g, box, f_known, enough, deadline)
     if not any(o in G.meta["d_of"] for o in G.meta["outputs"]):      # the outputs differ by exactly 0
         return np.zeros(f.n_outputs), np.zeros(f.n_outputs)
+    return _difference_graph_bounds(G, box, f_known)
+
+
+def _difference_graph_bounds(G: Graph, box: Box, f_known: dict | None) -> tuple[np.ndarray, np.ndarray]:
     out = G.meta["out"]["d"]
     known = known_bounds(f_known, "f:", G) if f_known else None
     b, _ = difference_boxes(G, box.lo[None], box.hi[None], known)
     return b.lo[out][0].reshape(-1), b.hi[out][0].reshape(-1)
+
+
+SKELETON_PROBES = 16     # random points (and the centre) comparing the paired activations of a skeleton pair
+SKELETON_GAP = 1e-2      # the skeleton pair is bounded when they differ by at most this, relative to their size
+
+
+def _unaligned_bounds(f: Graph, g: Graph, box: Box, f_known: dict | None, enough, deadline) -> tuple:
+    """The skeleton pair's difference-graph bounds of f - g, intersected with the product graph's (both sound:
+    the skeleton's are the tight ones for two forms of one function, the product's for unrelated networks)."""
+    lo, hi = np.full(f.n_outputs, -np.inf), np.full(f.n_outputs, np.inf)
+    try:
+        pair = skeleton_pair(f, g)
+        X = np.vstack([box.center[None], box.sample(SKELETON_PROBES, np.random.default_rng(0))])
+        if skeleton_gap(f, g, X) <= SKELETON_GAP:      # (else a wasted pass: the product graph is the tight one)
+            lo, hi = _difference_graph_bounds(difference_graph(*pair), box, f_known)
+            if (enough is not None and enough(lo, hi)) or (deadline is not None and time.perf_counter() > deadline):
+                return lo, hi
+    except StructureError:
+        pass
+    d = deeppoly_graph(product_graph(f, g), box)
+    return np.maximum(lo, d.lo["diff"].reshape(-1)), np.minimum(hi, d.hi["diff"].reshape(-1))
 
 
 def known_bounds(known: dict, prefix: str, G: Graph) -> GraphBounds:
@@ -164,12 +193,15 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
             via = (base, align_to(base, g), via[1], via[2])            # g read as the base's structure
         except StructureError:
             via = None
-            notes.append("B does not keep the base's structure: bounded on the product graph")
+            notes.append("B does not keep the base's structure: A and B bounded directly")
+    # linf: bounds within epsilon end the search (no product graph after a tight skeleton pair)
+    enough = None if opt.norm != "linf" or opt.measure else \
+        (lambda lo, hi: bool(np.all(np.maximum(np.abs(lo), np.abs(hi)) <= eps)))
     if via is None:
-        dlo, dhi = difference_bounds(f, g, box, f_known)
+        dlo, dhi = difference_bounds(f, g, box, f_known, enough, deadline)
     else:
         base, g_as_base, lo, hi = via
-        blo, bhi = difference_bounds(base, g_as_base, box)
+        blo, bhi = difference_bounds(base, g_as_base, box, deadline=deadline)
         dlo, dhi = np.asarray(lo) + blo, np.asarray(hi) + bhi
         notes.append("bounded through a base proved close to A beforehand: |A - base| by its proof, base - B by "
                      "DeepPoly on their difference graph")
@@ -285,7 +317,8 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
     if cex is None and uppers and seen_all > max(uppers):
         # the proof is about the exact functions of the stored weights; onnxruntime rounds in float32
         notes.append(float32_note(seen_all, float(max(uppers))))
-    notes.append("graph check: falsification, then DeepPoly on the difference (or product) graph of the two networks, "
+    notes.append("graph check: falsification, then DeepPoly on the difference graph of the two networks (or of their "
+                 "ReLU skeletons when only their linear parts differ) or on their product graph, "
                  "the box bisected while a piece is undecided and at most "
                  f"{min(opt.split_max_inputs, SPLIT_MAX_INPUTS)} inputs vary"
                  + (f" ({split} splits)" if split else "") + "; the product MILP works on chains of dense layers only so "
