@@ -80,8 +80,9 @@ def test_a_zero_scale_passes_nothing_back():
     assert -1.0 - 1e-8 <= b.lo["y"][0] <= -1.0 and 2.0 <= b.hi["y"][0] <= 2.0 + 1e-8
 
 
-def _cnn(path, folded: bool):
-    """A 2-layer CNN with BatchNormalization after each Conv, or the same network with the BNs folded."""
+def _cnn(path, folded: bool, gemm: bool = False):
+    """A 2-layer CNN with BatchNormalization after each Conv, or the same network with the BNs folded (and with
+    gemm, its first Conv written as a Gemm on the flattened image, ReLU on the flat vector, then a Reshape)."""
     r = np.random.default_rng(0)
     W1, b1, W2, b2 = r.normal(0, .5, (4, 2, 3, 3)), r.normal(0, .1, 4), r.normal(0, .3, (4, 4, 3, 3)), r.normal(0, .1, 4)
     bns = [(r.uniform(.5, 1.5, 4), r.normal(0, .1, 4), r.normal(0, .1, 4), r.uniform(.5, 2, 4)) for _ in range(2)]
@@ -92,6 +93,14 @@ def _cnn(path, folded: bool):
             s = gam / np.sqrt(var + 1e-5)
             W, b = W * s[:, None, None, None], (b - mean) * s + beta
         inits |= {f"W{k}": W, f"b{k}": b}
+        if gemm and k == 1:     # the conv's matrix: its response to each unit image, flattened in C order
+            cols = [_conv(e.reshape(2, 6, 6), W) for e in np.eye(72)]
+            inits |= {"M1": np.array(cols).T, "b1": np.repeat(b, 16), "shape1": np.array([1, 4, 4, 4])}
+            nodes += [helper.make_node("Flatten", ["x"], ["xf"]), helper.make_node("Gemm", ["xf", "M1", "b1"], ["c1"], transB=1),
+                      helper.make_node("Relu", ["c1"], ["r1f"]), helper.make_node("Reshape", ["r1f", "shape1"], ["r1"])]
+            del inits["W1"]
+            x = "r1"
+            continue
         nodes.append(helper.make_node("Conv", [x, f"W{k}", f"b{k}"], [f"c{k}"]))
         if not folded:
             inits |= {f"g{k}": gam, f"be{k}": beta, f"m{k}": mean, f"v{k}": var}
@@ -100,17 +109,29 @@ def _cnn(path, folded: bool):
         nodes.append(helper.make_node("Relu", [f"n{k}" if not folded else f"c{k}"], [f"r{k}"]))
         x = f"r{k}"
     nodes += [helper.make_node("Flatten", ["r2"], ["fl"]), helper.make_node("Gemm", ["fl", "Wd", "bd"], ["y"], transB=1)]
+    ints = {k for k in inits if k.startswith("shape")}
     graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+                              [numpy_helper.from_array(v.astype(np.int64 if k in ints else np.float32), k)
+                               for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)
     return path
 
 
-def test_check_proves_a_batchnorm_folded_cnn_equivalent(tmp_path, capsys):
-    a, b = _cnn(tmp_path / "bn.onnx", False), _cnn(tmp_path / "folded.onnx", True)
+def _conv(x, W):
+    """A valid 3 x 3 convolution of one (C, H, W) image, flattened in C order."""
+    out = np.zeros((W.shape[0], x.shape[1] - 2, x.shape[2] - 2))
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            out[:, i, j] = np.tensordot(W, x[:, i:i + 3, j:j + 3], axes=3)
+    return out.reshape(-1)
+
+
+@pytest.mark.parametrize("gemm", [False, True], ids=["folded", "folded-conv-as-gemm"])
+def test_check_proves_a_batchnorm_folded_cnn_equivalent(tmp_path, capsys, gemm):
+    a, b = _cnn(tmp_path / "bn.onnx", False), _cnn(tmp_path / "folded.onnx", True, gemm)
     np.save(tmp_path / "c.npy", np.full((1, 2, 6, 6), 0.5, np.float32))
     f, g = graph_from_onnx(onnx.load(a)), graph_from_onnx(onnx.load(b))
     box = Box(np.full(72, 0.4), np.full(72, 0.6))

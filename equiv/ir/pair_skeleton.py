@@ -1,7 +1,7 @@
 """Two networks with the same ReLU skeleton but different linear parts (a BatchNorm folded into its Conv, a
 layer factored into two, a Conv written as a Gemm) -> two graphs of one structure, for `ir.pair_graph`.
 
-Pair the k-th activation of f with the k-th of g (topological order, same shape).  Both new graphs hold
+Pair the k-th activation of f with the k-th of g (topological order, same size; read in f's shape).  Both new graphs hold
 every linear node of f (f's names) and every linear node of g (renamed), reading the paired activations
 under f's names; activation k reads E_k = a * z_f + b * z_g, with (a, b) = (1, 0) in f' and (0, 1) in g',
 and each output j is E = a * y_f + b * y_g the same way.  So f' computes f and g' computes g exactly, and the
@@ -11,10 +11,12 @@ difference graph of (f', g') gives, at each activation,
 
 where the two linear parts meet at the shared activations h_g: back-substitution adds their coefficients
 there, so the terms of two equal functions written differently cancel before anything is concretised.
-Any pairing of equal shapes is sound (f' and g' compute f and g whatever the pairing); a good one is tight.
+Any pairing of equal sizes is sound (f' and g' compute f and g whatever the pairing); a good one is tight.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import networkx as nx
 import numpy as np
@@ -27,46 +29,70 @@ from .pair_graph import StructureError
 
 def skeleton_pair(f: Graph, g: Graph) -> tuple[Graph, Graph]:
     """(f', g'): f and g as graphs of one structure (see the module docstring); StructureError when their
-    inputs, outputs or activations (count and shapes, in order) differ."""
-    in_shapes = [[tuple(n.shape(x)) for x in n.inputs] for n in (f, g)]
-    out_shapes = [[tuple(n.shape(x)) for x in n.outputs] for n in (f, g)]
+    inputs (shapes), outputs or activations (count and sizes, in order) differ.  An activation or output of
+    g shaped otherwise than f's (a flat Gemm output where f has a Conv's) is read in f's shape, in C order."""
+    size = lambda n, x: n.op(x).size      # noqa: E731
     acts_f, acts_g = f.relus, g.relus
-    if in_shapes[0] != in_shapes[1] or out_shapes[0] != out_shapes[1]:
+    if [f.shape(x) for x in f.inputs] != [g.shape(x) for x in g.inputs] or \
+            [size(f, x) for x in f.outputs] != [size(g, x) for x in g.outputs]:
         raise StructureError("the networks' inputs or outputs differ in number or shape")
-    if [f.shape(a) for a in acts_f] != [g.shape(a) for a in acts_g]:
+    if [size(f, a) for a in acts_f] != [size(g, a) for a in acts_g]:
         raise StructureError(f"the networks' activations differ (A has {len(acts_f)} ReLU layers, B {len(acts_g)}, "
-                             f"or their shapes differ in order)")
-    shared = dict(zip(g.inputs, f.inputs)) | dict(zip(acts_g, acts_f))     # g's tensor -> f's name for it
+                             f"or their sizes differ in order)")
     taken = set(f.order)
-    rename = {}
+    rename, views = dict(zip(g.inputs, f.inputs)), []      # g's tensor -> its name in the pair; (name, op, args)
+    for af, ag in zip(acts_f, acts_g):
+        if f.shape(af) == g.shape(ag):
+            rename[ag] = af
+        else:          # g's activation computed in f's shape, then viewed in its own for g's ops
+            rename[ag] = _fresh("B~" + ag, taken)
+            views.append((rename[ag], ops.Reshape(g.shape(ag), in_shape=f.shape(af)), [af]))
     for n in g.order:
-        if n not in shared:
-            rename[n] = fresh_name("B~" + n, taken)
-            taken.add(rename[n])
-    rename |= shared
+        if n not in rename:
+            rename[n] = _fresh("B~" + n, taken)
     mix = {}                  # (f tensor, g tensor) read by paired activations or outputs -> its mixed name
     for zf, zg in [(f.args(af)[0], g.args(ag)[0]) for af, ag in zip(acts_f, acts_g)] + list(zip(f.outputs, g.outputs)):
         if (zf, zg) not in mix:
-            mix[zf, zg] = name = fresh_name(f"E~{len(mix) + 1}", taken)
-            taken.update((name, name + "/a", name + "/b"))
+            mix[zf, zg] = name = _fresh(f"E~{len(mix) + 1}", taken)
+            taken.update((name + "/a", name + "/b", name + "/view"))
 
     def build(own_f: bool) -> Graph:
-        nodes = [(x, f.op(x), []) for x in f.inputs]
+        nodes = [(x, f.op(x), []) for x in f.inputs] + list(views)
         nodes += [(n, f.op(n), list(f.args(n))) for n in f.order if f.op(n).kind not in ("input", "relu")]
         nodes += [(rename[n], g.op(n), [rename[a] for a in g.args(n)]) for n in g.order
                   if g.op(n).kind not in ("input", "relu")]
         a, b = (1.0, 0.0) if own_f else (0.0, 1.0)
         for (zf, zg), name in mix.items():
             # E = a z_f + b z_g: the pair's Scales differ in s (a parameter), so pair_graph keeps both terms
-            shape = f.shape(zf)
+            shape, src = f.shape(zf), rename[zg]
+            if g.shape(zg) != shape:
+                nodes.append((name + "/view", ops.Reshape(shape, in_shape=g.shape(zg)), [src]))
+                src = name + "/view"
             nodes += [(name + "/a", ops.Scale(shape, s=np.asarray(a)), [zf]),
-                      (name + "/b", ops.Scale(shape, s=np.asarray(b)), [rename[zg]]),
+                      (name + "/b", ops.Scale(shape, s=np.asarray(b)), [src]),
                       (name, ops.Add(shape, in_shapes=[shape, shape]), [name + "/a", name + "/b"])]
         for af, ag in zip(acts_f, acts_g):
-            nodes.append((af, f.op(af) if own_f else g.op(ag), [mix[f.args(af)[0], g.args(ag)[0]]]))
+            nodes.append((af, f.op(af) if own_f else _in_shape(g.op(ag), f.shape(af)),
+                          [mix[f.args(af)[0], g.args(ag)[0]]]))
         return Graph.build(_in_data_order(nodes), f.inputs, [mix[o, p] for o, p in zip(f.outputs, g.outputs)])
 
     return build(True), build(False)
+
+
+def _fresh(name: str, taken: set) -> str:
+    """A new name (`name`, with underscores added while taken), now taken."""
+    name = fresh_name(name, taken)
+    taken.add(name)
+    return name
+
+
+def _in_shape(op, shape: tuple):
+    """An activation op computing the same positions in another shape of the same size (C order)."""
+    if tuple(op.shape) == tuple(shape):
+        return op
+    masks = {k: np.broadcast_to(np.asarray(getattr(op, k)), op.shape).reshape(shape)
+             for k in ("relu_mask", "linear_mask") if hasattr(op, k)}
+    return dataclasses.replace(op, shape=tuple(shape), **masks)
 
 
 def skeleton_gap(f: Graph, g: Graph, X: np.ndarray) -> float:
