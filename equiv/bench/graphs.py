@@ -4,7 +4,8 @@ Per case: import time, interval and DeepPoly stable counts (against the CROWN / 
 counts of shared/benchmarks/cifar/README.md), DeepPoly time and peak memory of its arrays (tracemalloc),
 a whole `simplify` as a user runs it (default method: slopes + MILP decisions, `--milp-budget 60`;
 stable count, ReLUs after, params (weights and biases) and mask entries, file size, validation, time)
-and, for ResNet-2B, `check` against a copy with float16-rounded weights (top-1 and epsilon 0.05).
+and, for ResNet-2B, `check` against a copy with float16-rounded weights (top-1 and epsilon 0.05) and, on
+the first spec, against a copy with rescaled Conv channels and a Mul after each (top-1 and epsilon 1e-4).
 Results in results/graphs.md and .json.
 """
 
@@ -87,19 +88,49 @@ def float16_copy(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def run_check_case(root: Path, network: str, spec: str, norm: str, tmp: Path) -> dict:
-    """`check` of a network against its float16-rounded copy, as the CLI runs it."""
+def rescaled_copy(src: Path, dst: Path) -> None:
+    """The model with each Conv's output channels divided by c (c in [0.5, 2], seeded) and a Mul by c after it:
+    the same function with a BatchNorm-like op left unfolded, so another linear structure (a skeleton pair)."""
+    model = onnx.load(str(src))
+    inits = {t.name: t for t in model.graph.initializer}
+    rng, nodes = np.random.default_rng(0), []
+    for n in model.graph.node:
+        nodes.append(n)
+        if n.op_type != "Conv":
+            continue
+        W = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        c = rng.uniform(0.5, 2.0, W.shape[0])
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array((W / c[:, None, None, None]).astype(np.float32), n.input[1]))
+        if len(n.input) > 2:
+            b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+            inits[n.input[2]].CopyFrom(numpy_helper.from_array((b / c).astype(np.float32), n.input[2]))
+        out = n.output[0]
+        n.output[0] = out + "_unscaled"
+        model.graph.initializer.append(numpy_helper.from_array(c.reshape(1, -1, 1, 1).astype(np.float32), out + "_c"))
+        nodes.append(onnx.helper.make_node("Mul", [out + "_unscaled", out + "_c"], [out]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+
+
+COPIES = {"float16": float16_copy, "rescaled": rescaled_copy}
+
+
+def run_check_case(root: Path, network: str, spec: str, norm: str, tmp: Path, copy_kind: str = "float16",
+                   epsilon: float = 0.05) -> dict:
+    """`check` of a network against a copy (float16-rounded weights, or rescaled channels), as the CLI runs it."""
     from ..prove.equivalence import CheckOptions
     from ..prove.graph_check import check_graphs
-    copy = tmp / (Path(network).stem + "_fp16.onnx")
+    copy = tmp / f"{Path(network).stem}_{copy_kind}.onnx"
     if not copy.exists():
-        float16_copy(root / network, copy)
+        COPIES[copy_kind](root / network, copy)
     box, _ = load_region(spec=str(root / spec))
-    opt = CheckOptions(epsilon=0.05 if norm == "linf" else None, norm=norm, time_limit=CHECK_TIME_LIMIT)
+    eps = epsilon if norm == "linf" else None
+    opt = CheckOptions(epsilon=eps, norm=norm, time_limit=CHECK_TIME_LIMIT)
     t0 = time.perf_counter()
     res = check_graphs(load_graph(root / network), load_graph(copy), [box], OnnxRunner(str(root / network)),
                        OnnxRunner(str(copy)), opt)
-    return {"network": network, "spec": spec, "norm": norm, "epsilon": 0.05 if norm == "linf" else None,
+    return {"network": network, "spec": spec, "copy": copy_kind, "norm": norm, "epsilon": eps,
             "verdict": res.verdict, "max_diff_seen": res.max_diff_lower, "max_diff_proven": res.max_diff_upper,
             "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -110,9 +141,12 @@ def run_graphs_bench(root: Path, out: Path, limit: int | None = None) -> dict:
         rows.append(run_graph_case(root, network, spec, crown, alpha))
     resnets = [(n, s) for n, s, *_ in CASES[:limit] if "resnet" in n]
     with tempfile.TemporaryDirectory() as tmp:
-        for (network, spec), norm in tqdm([(c, n) for c in resnets for n in ("top1", "linf")], desc="check",
-                                          unit="case", disable=None):
-            checks.append(run_check_case(root, network, spec, norm, Path(tmp)))
+        # every ResNet case against its float16 copy (top-1, and epsilon 0.05); the first against a rescaled
+        # copy too (the same function: top-1, and epsilon 1e-4)
+        jobs = [(c, n, "float16", 0.05) for c in resnets for n in ("top1", "linf")]
+        jobs += [(c, n, "rescaled", 1e-4) for c in resnets[:1] for n in ("top1", "linf")]
+        for (network, spec), norm, kind, eps in tqdm(jobs, desc="check", unit="case", disable=None):
+            checks.append(run_check_case(root, network, spec, norm, Path(tmp), kind, eps))
     data = {"suite": "graphs", "machine": machine(), "cases": rows, "checks": checks}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(data, out / "graphs.json")
@@ -145,10 +179,15 @@ def _markdown(data: dict) -> str:
         lines += ["", f"Median DeepPoly time {statistics.median(r['deeppoly_seconds'] for r in data['cases']):.2f} s, "
                       f"median simplify time {statistics.median(r['simplify_seconds'] for r in data['cases']):.2f} s."]
     if data.get("checks"):
-        lines += ["", f"`check` against a copy with float16-rounded weights (time limit {CHECK_TIME_LIMIT:g} s):", "",
-                  "| network | spec | norm | verdict | max diff seen | max diff proven | s |", "|---|---|---|---|---|---|---|"]
+        lines += ["", f"`check` against a copy (time limit {CHECK_TIME_LIMIT:g} s): float16, every weight rounded to "
+                      "float16 (the same structure: difference graph); rescaled, each Conv's channels divided by c in "
+                      "[0.5, 2] and multiplied back by a Mul after it (the same function, another linear structure: "
+                      "skeleton pair):", "",
+                  "| network | spec | copy | norm | verdict | max diff seen | max diff proven | s |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in data["checks"]:
             norm = "top-1" if c["norm"] == "top1" else f"linf, ε = {c['epsilon']:g}"
-            lines.append(f"| {Path(c['network']).stem} | {Path(c['spec']).stem} | {norm} | {c['verdict']} | "
+            lines.append(f"| {Path(c['network']).stem} | {Path(c['spec']).stem} | {c.get('copy', 'float16')} | "
+                         f"{norm} | {c['verdict']} | "
                          f"{c['max_diff_seen']:.3g} | {c['max_diff_proven']:.3g} | {c['seconds']} |")
     return "\n".join(lines) + "\n"

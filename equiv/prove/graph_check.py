@@ -194,9 +194,27 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
         except StructureError:
             via = None
             notes.append("B does not keep the base's structure: A and B bounded directly")
-    # linf: bounds within epsilon end the search (no product graph after a tight skeleton pair)
-    enough = None if opt.norm != "linf" or opt.measure else \
-        (lambda lo, hi: bool(np.all(np.maximum(np.abs(lo), np.abs(hi)) <= eps)))
+    # top1: one class c winning strictly in both networks on the whole box (margins f_c - f_k > 0)
+    n = f.n_outputs
+    c = int(np.argmax(f.forward(box.center[None])[0]))
+    head = np.eye(n)[c][None, :] - np.delete(np.eye(n), c, axis=0)
+    fm_cache = []
+
+    def f_margins_lo():
+        """Lower bounds of f_c - f_k on the box (DeepPoly on f's margin graph, once)."""
+        if not fm_cache:
+            M = margin_graph(f, head)
+            fm = deeppoly_graph(M, box).lo[M.outputs[0]].reshape(-1)
+            fm_cache.append(fm if f_margins is None else np.maximum(fm, f_margins))
+        return fm_cache[0]
+
+    # bounds that already prove end the search (no product graph after a tight skeleton pair)
+    enough = None
+    if opt.norm == "linf" and not opt.measure:
+        enough = lambda lo, hi: bool(np.all(np.maximum(np.abs(lo), np.abs(hi)) <= eps))     # noqa: E731
+    elif opt.norm == "top1":
+        enough = lambda lo, hi: bool(np.all(f_margins_lo() - (hi[c] - np.delete(lo, c)) > 0)   # noqa: E731
+                                     and np.all(f_margins_lo() > 0))
     if via is None:
         dlo, dhi = difference_bounds(f, g, box, f_known, enough, deadline)
     else:
@@ -212,16 +230,9 @@ def _check_box(f, g, box, run_a, run_b, opt: CheckOptions, eps, rng, f_known=Non
     late = [f"time limit of {opt.time_limit:g} s reached before the top-1 margins"]
     if not (np.any(dlo) or np.any(dhi)):       # proved equal outputs (e.g. the same weights): the same argmax
         return "equivalent", upper, seen, None, notes + ["top-1: the outputs are proved equal on the box"]
-    # top1: one class c winning strictly in both networks on the whole box (margins f_c - f_k > 0)
-    n = f.n_outputs
-    c = int(np.argmax(f.forward(box.center[None])[0]))
-    head = np.eye(n)[c][None, :] - np.delete(np.eye(n), c, axis=0)
-    if deadline is not None and time.perf_counter() > deadline:
+    if not fm_cache and deadline is not None and time.perf_counter() > deadline:
         return "unknown", upper, seen, None, notes + late
-    M = margin_graph(f, head)
-    fm = deeppoly_graph(M, box).lo[M.outputs[0]].reshape(-1)
-    if f_margins is not None:
-        fm = np.maximum(fm, f_margins)
+    fm = f_margins_lo()
     # g_c - g_k = (f_c - f_k) - (d_c - d_k) >= fm_k - (dhi_c - dlo_k), or g's own DeepPoly margins
     gm = fm - (dhi[c] - np.delete(dlo, c))
     if not np.all(gm > 0) and np.all(fm > 0):
