@@ -19,6 +19,8 @@ def cmd_simplify(args, out) -> int:
                          "simplified model")
     if args.report:
         guard.claim(args.report, "report")
+    if args.journal:          # (the default output too: a journal there would be written over by the model)
+        guard.claim(args.journal, "journal")
     box, source = region_of(args)
     from ..apps.graph_simplify import takes_chain_pipeline
     from ..ir import load_graph
