@@ -552,3 +552,58 @@ def test_check_journal_reuses_the_proved_sub_boxes(float16_pair, tmp_path):
     assert "4 proofs taken from the journal" in b["notes"][0]
     r3 = subprocess.run(args[:-1] + [str(jn), "--epsilon", "0.04"], env=ENV, cwd=ROOT, capture_output=True, text=True)
     assert r3.returncode == 2 and "other inputs" in r3.stderr
+
+
+class _NotAScheduler:
+    """A real TCP server on 127.0.0.1 that is not a Dask scheduler: it answers an HTTP 400 (the dashboard's port
+    given by mistake) or keeps every connection open without a word."""
+
+    def __init__(self, mode: str):
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.mode, self.conns = mode, []
+        self.address = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+                c.recv(65536)
+            except OSError:
+                return
+            if self.mode == "http":
+                c.sendall(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+                c.close()
+            else:
+                self.conns.append(c)
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode", ["http", "silent"])
+def test_a_port_that_is_no_scheduler_is_a_clear_error(tmp_path, capsys, monkeypatch, mode):
+    """exit 2 with the address, never a hang (a silent port) or an internal error (HTTP read as a frame of
+    exabytes: MemoryError)."""
+    import equiv.distributed.executor as executor
+    from equiv.cli import main
+    from equiv.ir.chain_export import network_to_onnx
+    import onnx
+    monkeypatch.setattr(executor, "CONNECT_SECONDS", 3)      # (the handshake deadline, shortened for the test)
+    net, box = _problem()
+    onnx.save(network_to_onnx(net), tmp_path / "n.onnx")
+    server = _NotAScheduler(mode)
+    try:
+        code = main(["simplify", str(tmp_path / "n.onnx"), "--box", ",".join(f"{a}:{b}" for a, b in zip(box.lo, box.hi)),
+                     "-o", str(tmp_path / "o.onnx"), "--no-progress", "--scheduler", server.address])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"--scheduler {server.address}: no Dask scheduler answered there" in err and "8787" in err
+        assert not (tmp_path / "o.onnx").exists()
+    finally:
+        server.close()

@@ -31,6 +31,36 @@ class SchedulerUnreachableError(EquivError):
     exit_code = 2
 
 
+CONNECT_SECONDS = 20      # --scheduler: the handshake must be done by then (a port that never answers would hang)
+
+
+def _connect(Client, scheduler: str):
+    """A Client of the scheduler at `scheduler`, or SchedulerUnreachableError (exit 2): an address is the user's
+    input, so whatever fails there (no answer, a silent port, another protocol such as the dashboard's HTTP,
+    whose reply Dask reads as a frame length of exabytes) is not a bug of equiv."""
+    import threading
+    got = {}
+
+    def attempt():
+        try:
+            got["client"] = Client(scheduler, timeout=f"{CONNECT_SECONDS}s")
+        except BaseException as exc:        # (reported below, in the caller's thread)
+            got["error"] = exc
+
+    t = threading.Thread(target=attempt, name="equiv-connect", daemon=True)
+    t.start()
+    t.join(CONNECT_SECONDS + 5)
+    if "client" in got:
+        return got["client"]
+    exc = got.get("error")
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    why = "no answer" if exc is None else f"{type(exc).__name__}: {str(exc)[:160]}"
+    raise SchedulerUnreachableError(f"--scheduler {scheduler}: no Dask scheduler answered there ({why}"
+                                    f"{f' within {CONNECT_SECONDS + 5} s' if exc is None else ''}); a scheduler "
+                                    "listens on tcp://HOST:8786 by default (8787 is its dashboard)")
+
+
 class _Lazy:
     """A future of the in-process executor: the call runs at the first `result()`, never if cancelled."""
 
@@ -95,11 +125,7 @@ class DaskExecutor:
         self.cluster = None
         self.warning = None
         if scheduler:
-            try:
-                self.client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError, ValueError) as exc:   # a wrong address is the user's input, not a bug
-                raise SchedulerUnreachableError(f"--scheduler {scheduler}: no Dask scheduler answered there "
-                                                f"({type(exc).__name__}: {str(exc)[:160]})") from None
+            self.client = _connect(Client, scheduler)
             # an existing cluster was started by someone else, with their nanny's environment: say so
             self.warning = slow_worker_environment(self.client.run(_malloc_trim_threshold))
             if self.warning:
