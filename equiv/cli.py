@@ -42,7 +42,8 @@ CODES = {
               ("1", "solvers: two backends disagreed; slicing: a family failed verification")],
 }
 COMMON_CODES = [("2", "bad input: unreadable, empty or unsupported model, bad region or option, an output path that "
-                      "would overwrite an input, another output or a special file (nothing is written)"),
+                      "would overwrite an input, another output or a special file (nothing is written); or the "
+                      "environment: an unreachable or lost Dask scheduler, a journal that cannot be written"),
                 ("4", "internal error in equiv (a one-line message; --debug shows the traceback): never a verdict"),
                 ("130", "interrupted (Ctrl-C); 143: terminated (SIGTERM); no partial output is left")]
 
@@ -507,6 +508,15 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+def _lost_cluster(exc: BaseException) -> bool:
+    """An OSError (a closed or timed-out connection) raised inside dask.distributed: the scheduler or the network
+    went away, which is the environment's failure, not a bug of equiv."""
+    if not isinstance(exc, OSError):
+        return False
+    sep = os.sep
+    return any(f"{sep}distributed{sep}" in f.filename for f in traceback.extract_tb(exc.__traceback__))
+
+
 def main(argv=None) -> int:
     argv = join_signed_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)          # bad arguments: argparse prints usage, exit 2
@@ -531,6 +541,10 @@ def main(argv=None) -> int:
     except Exception as exc:     # a bug in equiv: never mistaken for a verdict
         if args.debug:
             traceback.print_exc()
+        if _lost_cluster(exc):
+            print(f"equiv: error: lost the Dask cluster mid-run ({type(exc).__name__}: {str(exc)[:200]}); no model was "
+                  "written (with --journal FILE a rerun keeps the answers already found)", file=sys.stderr)
+            return 2
         where = traceback.extract_tb(exc.__traceback__)[-1]
         print(f"equiv: internal error: {type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno}; "
               "run with --debug for the traceback, and please report it)", file=sys.stderr)

@@ -607,3 +607,68 @@ def test_a_port_that_is_no_scheduler_is_a_clear_error(tmp_path, capsys, monkeypa
         assert not (tmp_path / "o.onnx").exists()
     finally:
         server.close()
+
+
+@needs_bench
+def test_a_scheduler_lost_mid_run_is_an_environment_error(tmp_path):
+    """The --scheduler dies (SIGKILL) while simplify's MILP tasks run: exit 2 naming the lost cluster, no model
+    written (it was exit 4, "internal error ... please report it")."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    dask_cli = [sys.executable, "-m", "dask"]
+    sched = subprocess.Popen(dask_cli + ["scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                         "--dashboard-address", ":0"], env=ENV, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [sched]
+    try:
+        procs.append(subprocess.Popen(dask_cli + ["worker", addr, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+                                                  "--no-dashboard"], env=ENV, cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        with Client(addr, timeout="60s") as c:
+            c.wait_for_workers(1, timeout=120)
+        journal, out = tmp_path / "j.jnl", tmp_path / "o.onnx"
+        run = subprocess.Popen(CLI + ["simplify", str(MNIST / "mnist-net_256x4.onnx"), "--spec",
+                                      str(MNIST / "prop_0_0.03.vnnlib"), "-o", str(out), "--no-bab", "--time-limit", "2",
+                                      "--no-progress", "--scheduler", addr, "--journal", str(journal)],
+                               env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(run)
+        end = time.monotonic() + 300
+        while time.monotonic() < end and run.poll() is None and \
+                not (journal.exists() and journal.read_bytes().count(b"\n") >= 3):
+            time.sleep(0.2)
+        assert run.poll() is None, "the run ended before the scheduler could be killed"
+        sched.kill()
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 2, err
+        assert "lost the Dask cluster mid-run" in err and "internal error" not in err
+        assert not out.exists()
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def test_a_journal_that_cannot_be_written_is_an_environment_error(tmp_path):
+    """The journal's file hits a size limit mid-run (RLIMIT_FSIZE: EFBIG, as ENOSPC on a full disk): exit 2 naming
+    the journal (was exit 4, an internal error); its complete lines are kept."""
+    import resource
+    from equiv.ir.chain_export import network_to_onnx
+    import onnx
+    net, box = _problem()
+    onnx.save(network_to_onnx(net), tmp_path / "n.onnx")
+    journal = tmp_path / "j.jnl"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2500, 2500))      # the header fits, a few answers do not
+
+    r = subprocess.run(CLI + ["simplify", str(tmp_path / "n.onnx"), "--box",
+                              ",".join(f"{a}:{b}" for a, b in zip(box.lo, box.hi)), "-o", str(tmp_path / "o.onnx"),
+                              "--no-bab", "--no-progress", "--journal", str(journal)],
+                       env=ENV, cwd=ROOT, capture_output=True, text=True, preexec_fn=limit)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot write --journal {journal}" in r.stderr and "internal error" not in r.stderr
+    assert not (tmp_path / "o.onnx").exists()
+    header = json.loads(journal.read_text().splitlines()[0].rsplit("\t", 1)[0])
+    Journal(journal, header["describe"]).close()            # a rerun opens it: the complete lines are intact

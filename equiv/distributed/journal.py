@@ -147,9 +147,14 @@ class Journal:
         self._fh.seek(keep)
 
     def _append(self, obj: dict):
-        self._fh.write(_line(obj))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(_line(obj))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:      # a full disk, a file-size limit: the environment's failure, not equiv's
+            from ..errors import InputFileError
+            raise InputFileError(f"cannot write --journal {self.path}: {exc.strerror or exc}; its complete lines "
+                                 "stay valid for a rerun") from None
 
     def get(self, key: str):
         """The journalled answer (a dict) of the query with this content key, or None."""
@@ -165,7 +170,10 @@ class Journal:
         self.written += 1
 
     def close(self):
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:         # (a write that failed already said so; every complete line was flushed)
+            pass
 
     def stats(self) -> dict:
         return {"path": str(self.path), "answers_reused": self.reused, "answers_written": self.written,
