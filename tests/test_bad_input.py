@@ -213,6 +213,9 @@ CATALOGUE = [
     ("invalid-onnx-perm", ["simplify", "transpose_bad_perm.onnx", "--box", BOX6, "-o", "out.onnx"], "not valid ONNX"),
     ("compress-top1-one-output", ["compress", "tiny2.onnx", "--box", "-1:1,-1:1", "--preserve", "top1", "-o",
                                   "out.onnx"], "top-1 class: use --preserve linf --epsilon E"),
+    ("check-top1-one-output", ["check", "tiny2.onnx", "tiny2.onnx", "--box", "-1:1,-1:1", "--norm", "top1"],
+     "--norm top1 needs a model with two or more outputs (classes); this one has 1, so every model would keep its "
+     "top-1 class: use --norm linf --epsilon E"),
     # (simplify has no --preserve linf: it named an option simplify refuses, a hunt)
     ("simplify-top1-one-output", ["simplify", "tiny2.onnx", "--box", "-1:1,-1:1", "--preserve", "top1", "-o",
                                   "out.onnx"], "top-1 class: use --epsilon E"),

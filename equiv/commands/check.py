@@ -7,7 +7,7 @@ import sys
 import time
 
 from .. import __version__
-from .common import inputs_of, progress_of, refuse_journal_clash, regions_of
+from .common import inputs_of, progress_of, refuse_journal_clash, refuse_top1_of_one_output, regions_of
 
 
 def _epsilon(text, command: str = "simplify"):
@@ -51,6 +51,8 @@ def cmd_check(args, out) -> int:
     ga, gb = load_graph(args.model_a), load_graph(args.model_b)     # refuses unsupported models at once
     from ..prove.graph_check import check_pair
     check_pair(ga, gb, boxes, opt)                  # (bad input is exit 2 here, not a failed task on a worker)
+    if args.norm == "top1":
+        refuse_top1_of_one_output(ga.n_outputs, "--norm linf --epsilon E", "--norm top1")
     chains = takes_chain_pipeline(ga, args.model_a) and takes_chain_pipeline(gb, args.model_b)
     if chains and (args.workers or args.scheduler or args.journal):
         res, notes = _carried_first(args, boxes, opt)

@@ -52,12 +52,13 @@ def stability_options(args, progress: bool):
                             lp_admm_rows=ADMM_AUTO_ROWS if getattr(args, "backend_default", False) else None)
 
 
-def refuse_top1_of_one_output(n_outputs: int, instead: str = "--preserve linf --epsilon E") -> None:
+def refuse_top1_of_one_output(n_outputs: int, instead: str = "--preserve linf --epsilon E",
+                              flag: str = "--preserve top1") -> None:
     """Keeping the top-1 class says nothing about a model with one output (its only class): refused (exit 2);
     `instead` names the option of this command that bounds the output."""
     from ..errors import InputFileError
     if n_outputs < 2:
-        raise InputFileError(f"--preserve top1 needs a model with two or more outputs (classes); this one has "
+        raise InputFileError(f"{flag} needs a model with two or more outputs (classes); this one has "
                              f"{n_outputs}, so every model would keep its top-1 class: use {instead}")
 
 
