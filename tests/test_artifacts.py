@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -214,6 +215,41 @@ def test_validation_rechecks_float32_failures_in_float64():
         assert ("float32 rounding" in rep.line()) is ok and rep.to_json()["ok"] is ok
     same = compare_on_points(rounded, rounded, pts, 1e-4, box)
     assert same.ok and same.float64_recheck == {}
+
+
+# a 1-3-1-1 net (a hunt) whose two active channels fold into a layer with bias -6.7e8: stored in float32 the
+# folded weights move the written file's function by 1.9e-4 at x = 447.17, where float32 evaluation moves the
+# original's by 1.2e-3; the reduction itself is exact in float64 (1.9e-12)
+FOLD_NET = [([[2132.441162109375], [1337.7821044921875], [635.1146240234375]],
+             [-719.6537475585938, -174314.015625, 25263.810546875]),
+            ([[-8.157310485839844, 1816.8807373046875, -320.2622375488281]], [-663362560.0]),
+            ([[1.6155165212694556e-05]], [-2.4716412099223817e-06])]
+FOLD_BOX = "130.29161071777344:447.1712951660156"
+
+
+def test_folded_weights_stored_in_float32_are_rounding_not_a_bug(tmp_path, capsys):
+    """simplify of FOLD_NET exits 0 (it was exit 1, "BUG"), and says the float64 difference is the float32
+    storage of an exact reduction; the same difference from a reduction that is wrong in float64 still fails."""
+    import onnx
+    from equiv.artifacts.validate import OnnxRunner, compare_on_points
+    from equiv.cli import main
+    from equiv.spec.region import box_from_string
+    onnx.save(_onnx_mlp(FOLD_NET), tmp_path / "fold.onnx")
+    code = main(["simplify", str(tmp_path / "fold.onnx"), "--box", FOLD_BOX, "--method", "deeppoly", "--no-progress",
+                 "-o", str(tmp_path / "s.onnx"), "--report", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().err
+    val = json.loads((tmp_path / "r.json").read_text())["validation"]
+    r = val["float64_recheck"]
+    assert val["ok"] and r["weight_rounding"] > 1e-4 >= r["excess"]
+    assert "the reduction is exact in float64" in capsys.readouterr().out
+    # the same files, but told the written model was meant to compute the original plus 1e-3: no excuse
+    box = box_from_string(FOLD_BOX)
+    a, b = OnnxRunner(str(tmp_path / "fold.onnx")), OnnxRunner(str(tmp_path / "s.onnx"))
+    pts = {"vertices": box.vertices(2, np.random.default_rng(0))}
+    assert not compare_on_points(a, b, pts, 1e-4, box).ok          # (without the intended function: a "BUG")
+    assert compare_on_points(a, b, pts, 1e-4, box, intended=a.float64).ok
+    wrong = compare_on_points(a, b, pts, 1e-4, box, intended=lambda x: a.float64(x) + 1e-3)
+    assert not wrong.ok and "weight_rounding" not in wrong.float64_recheck
 
 
 @needs_cifar

@@ -284,7 +284,7 @@ def validate_graph_model(reference: OnnxRunner, model: onnx.ModelProto, g: Graph
     witnesses and gradient-ascent points of the box; ValidationError (nothing to write) above the tolerance."""
     points = validation_points(box, n, np.random.default_rng(seed + 1), witnesses)
     points["ascent"] = ascent_points(g, small, box, np.vstack(list(points.values())))
-    val = compare_on_points(reference, OnnxRunner(model), points, tolerance, box, exact=g.forward)
+    val = compare_on_points(reference, OnnxRunner(model), points, tolerance, box, exact=g.forward, intended=small.forward)
     if not val.ok:
         raise ValidationError(f"BUG: {what} {val.failure()}; nothing was written. Please report this.")
     return val
