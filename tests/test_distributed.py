@@ -255,6 +255,24 @@ def test_journal_refuses_other_inputs(tmp_path):
         Journal(tmp_path / "b.jnl", {"model_sha256": "x"})
 
 
+def test_journal_of_an_older_format_is_refused_and_long_differences_are_shown_where_they_differ(tmp_path):
+    """Hunts: a format-1 journal (written before the LP/MILP margins of stop 47) would have replayed answers the
+    new code no longer proves; two long regions were shown by their identical starts."""
+    import hashlib
+    from equiv.distributed.journal import FORMAT
+    header = json.dumps({"equiv_journal": 1, "inputs": "x", "describe": {}}, sort_keys=True, separators=(",", ":"))
+    (tmp_path / "old.jnl").write_text(f"{header}\t{hashlib.sha256(header.encode()).hexdigest()[:16]}\n")
+    with pytest.raises(JournalMismatchError, match=f"another version of equiv \\(journal format 1; this one reads "
+                                                   f"{FORMAT}\\)"):
+        Journal(tmp_path / "old.jnl", {"m": 1})
+    lo = [0.5] * 30
+    Journal(tmp_path / "r.jnl", {"region": {"lo": lo}}).close()
+    with pytest.raises(JournalMismatchError) as exc:
+        Journal(tmp_path / "r.jnl", {"region": {"lo": lo[:20] + [0.25] + lo[21:]}})
+    shown = str(exc.value).split("differs in: region ")[1]
+    assert "0.25" in shown and shown.count("...") >= 2
+
+
 def test_journal_ignores_a_torn_last_line_and_appends_cleanly(tmp_path):
     p = tmp_path / "a.jnl"
     j = Journal(p, {"m": 1})
@@ -350,7 +368,7 @@ def test_cli_refuses_a_journal_of_other_inputs(tmp_path):
         assert not (tmp_path / "b.onnx").exists()
     r = _simplify(["models/digits_mlp.onnx", "--spec", "models/digits_mlp_ball.vnnlib", "-o", tmp_path / "c.onnx",
                    "--journal", "models/digits_mlp.onnx"])
-    assert r.returncode == 2 and "input or output" in r.stderr
+    assert r.returncode == 2 and "refusing to write the journal to models/digits_mlp.onnx: that is the input" in r.stderr
 
 
 @needs_bench

@@ -21,7 +21,10 @@ from pathlib import Path
 
 from ..errors import EquivError
 
-FORMAT = 1
+# bumped whenever a journalled answer's meaning changes, so answers of older code are never replayed as proofs
+# (2: the LP bounds' reduced-cost rounding and the MILP tolerance margins of stop 47; format 1 answers may be
+# unsound on ill-conditioned nets)
+FORMAT = 2
 
 
 class JournalMismatchError(EquivError):
@@ -84,13 +87,22 @@ def _differences(header: dict, description: dict) -> str:
                   != json.dumps(description.get(k), sort_keys=True, default=str))
     if not keys:
         return "model, region or options differ"
-    shown = [f"{k} {_short(old.get(k))} (journal) vs {_short(description.get(k))}" for k in keys[:4]]
+    shown = ["{} {} (journal) vs {}".format(k, *_short(old.get(k), description.get(k))) for k in keys[:4]]
     return "differs in: " + "; ".join(shown) + ("; ..." if len(keys) > 4 else "")
 
 
-def _short(v) -> str:
-    text = json.dumps(v, sort_keys=True, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _short(a, b, width: int = 40) -> tuple[str, str]:
+    """Two values as JSON texts of at most about `width` characters, cut around the first place they differ (two
+    long regions differ somewhere in the middle: their common start says nothing)."""
+    ta, tb = (json.dumps(v, sort_keys=True, default=str) for v in (a, b))
+    if len(ta) <= width and len(tb) <= width:
+        return ta, tb
+    at = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    start = max(0, at - width // 3)
+
+    def cut(t):
+        return ("..." if start else "") + t[start:start + width] + ("..." if start + width < len(t) else "")
+    return cut(ta), cut(tb)
 
 
 class Journal:
@@ -135,7 +147,12 @@ class Journal:
                                            "move it away to start afresh")
             objs.append(obj)
         self.dropped_torn |= bool(tail)
-        if not objs or objs[0].get("equiv_journal") != FORMAT:
+        version = objs[0].get("equiv_journal") if objs else None
+        if isinstance(version, int) and version != FORMAT:
+            raise JournalMismatchError(f"journal {self.path} was written by another version of equiv (journal format "
+                                       f"{version}; this one reads {FORMAT}): its answers cannot be reused; move it "
+                                       "away or choose another file")
+        if version != FORMAT:
             raise JournalMismatchError(f"{self.path} is not an equiv journal; move it away or choose another file")
         if objs[0].get("inputs") != self.inputs:
             raise JournalMismatchError(
