@@ -526,6 +526,8 @@ def main(argv=None) -> int:
     except ValueError:                               # not the main thread: leave signals alone
         previous = None
     try:
+        if getattr(args, "scheduler", None) is not None and not args.scheduler.strip():   # (ran in-process, silently)
+            raise EquivError("--scheduler needs an address, e.g. tcp://HOST:8786")
         with ResultStream() as out:
             from .commands import COMMANDS
             return COMMANDS[args.command](args, out)

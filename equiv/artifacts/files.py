@@ -61,6 +61,9 @@ class OutputGuard:
         p = Path(path)
         if str(path).strip() == "":
             raise InputFileError(f"the {what} path is empty")
+        if str(path).strip() == "-":     # (not stdout: a file named '-' appeared silently)
+            raise InputFileError(f"the {what} path '-' is not read as stdout: give a file name"
+                                 + (" (--json prints the report on stdout)" if what == "report" else ""))
         if p.is_symlink():
             raise InputFileError(f"refusing to write the {what} to {p}: it is a symbolic link; give the real path")
         real = p.resolve()
