@@ -62,6 +62,32 @@ def test_skeleton_pair_computes_both_networks_and_bounds_contain_samples(problem
         assert np.maximum(-lo, hi).max() <= 1e-7 * size
 
 
+def test_tensors_named_like_the_pairs_own_nodes_keep_their_meaning():
+    """A hunt: a tensor of A named E~3/a (the pair's name for a mixing node) was silently replaced by the mix, so
+    A's copy computed another function and `check` said EQUIVALENT at a difference of 5; other names made a
+    cycle (exit 4).  Every node the pair adds now takes a name no tensor of A has."""
+    r = np.random.default_rng(3)
+    names = ["E~1/a", "E~1", "E~2/view", "E~2/b", "E~3/a"]
+    nodes, cur = [("x", ops.Input((3,)), [])], "x"
+    for k, name in enumerate(names[:4]):
+        if k % 2 == 0:
+            nodes.append((name, ops.Dense((4,), W=r.normal(size=(4, 3 if k == 0 else 4)), bias=r.normal(size=4)), [cur]))
+        else:
+            nodes.append((name, ops.Relu((4,)), [cur]))
+        cur = name
+    nodes.append((names[4], ops.Dense((2,), W=r.normal(size=(2, 4)), bias=r.normal(size=2)), [cur]))
+    f = Graph.build(nodes, ["x"], [names[4]])
+    g = refactored(perturbed(f, r, 0.01), r)
+    fp, gp = skeleton_pair(f, g)
+    box = Box(-np.ones(3), np.ones(3))
+    X = box.sample(200, r)
+    np.testing.assert_array_equal(fp.forward(X), f.forward(X))
+    np.testing.assert_array_equal(gp.forward(X), g.forward(X))
+    lo, hi = difference_bounds(f, g, box)
+    want = f.forward(X) - g.forward(X)
+    assert np.all(want >= lo - 1e-9) and np.all(want <= hi + 1e-9)
+
+
 def test_networks_with_other_activations_are_refused():
     f = Graph.build([("x", ops.Input((2,)), []), ("z", ops.Dense((3,), W=np.ones((3, 2))), ["x"]),
                      ("h", ops.Relu((3,)), ["z"]), ("y", ops.Dense((1,), W=np.ones((1, 3))), ["h"])], ["x"], ["y"])

@@ -53,8 +53,12 @@ def skeleton_pair(f: Graph, g: Graph) -> tuple[Graph, Graph]:
     mix = {}                  # (f tensor, g tensor) read by paired activations or outputs -> its mixed name
     for zf, zg in [(f.args(af)[0], g.args(ag)[0]) for af, ag in zip(acts_f, acts_g)] + list(zip(f.outputs, g.outputs)):
         if (zf, zg) not in mix:
-            mix[zf, zg] = name = _fresh(f"E~{len(mix) + 1}", taken)
-            taken.update((name + "/a", name + "/b", name + "/view"))
+            # E~k and its helpers E~k/a, E~k/b, E~k/view: all free (a tensor of A may have any of these names)
+            name = f"E~{len(mix) + 1}"
+            while any(name + x in taken for x in ("", "/a", "/b", "/view")):
+                name += "_"
+            mix[zf, zg] = name
+            taken.update(name + x for x in ("", "/a", "/b", "/view"))
 
     def build(own_f: bool) -> Graph:
         nodes = [(x, f.op(x), []) for x in f.inputs] + list(views)
@@ -112,6 +116,9 @@ def skeleton_gap(f: Graph, g: Graph, X: np.ndarray) -> float:
 
 def _in_data_order(nodes: list) -> list:
     """The (name, op, args) nodes in an order where every node comes after its arguments."""
+    names = [name for name, _, _ in nodes]
+    if len(set(names)) != len(names):        # (a lost node would make the pair compute another function)
+        raise ValueError(f"skeleton pair: tensor names computed twice: {sorted({n for n in names if names.count(n) > 1})[:3]}")
     dag = nx.DiGraph()
     dag.add_nodes_from(name for name, _, _ in nodes)
     dag.add_edges_from((a, name) for name, _, args in nodes for a in args)
