@@ -281,38 +281,42 @@ def check_graphs(f: Graph, g: Graph, boxes: list[Box], run_a, run_b, opt: CheckO
     verdict = "equivalent"
     # each box of the region, then the halves of a box left unknown while few inputs vary (input splitting:
     # bounds on a smaller box are tighter); breadth first, so the pieces shrink evenly
-    queue = deque((box, 0) for box in boxes)
+    queue = deque((box, 0, np.inf) for box in boxes)     # (a piece, its depth, its parent's proven bound)
     split = 0
     sub_opt = dataclasses.replace(opt, samples=SPLIT_SAMPLES)    # a piece's falsification: its parent's was wider
     bar = None
     while queue:
-        box, depth = queue.popleft()
+        box, depth, inherited = queue.popleft()
         if depth == 1 and bar is None and opt.progress:
             from tqdm import tqdm
             bar = tqdm(desc="check: bisected pieces", unit="piece", leave=False)
         if bar is not None:
             bar.update(1)
         if time.perf_counter() > deadline:
-            v, upper, seen, c, more = "unknown", np.inf, 0.0, None, [f"time limit of {opt.time_limit:g} s reached "
-                                                                     "before every box was checked"]
+            # (a piece of a bounded box keeps that box's bound)
+            v, upper, seen, c, more = "unknown", inherited, 0.0, None, [f"time limit of {opt.time_limit:g} s reached "
+                                                                        "before every box was checked"]
         else:
             # f_margins are for the whole box's class: a piece may have another (top-1: the piece's own bounds)
             v, upper, seen, c, more = _check_box(f, g, box, run_a, run_b, opt if depth == 0 else sub_opt, eps, rng,
                                                  f_known, f_margins if depth == 0 else None, via, deadline)
         seen_all = max(seen_all, seen)
-        if v == "unknown" and time.perf_counter() < deadline and len(pieces) + len(queue) + 2 <= opt.max_boxes \
+        # --measure without epsilon: a piece is open while its bound is far above the largest difference seen
+        measuring = opt.measure and opt.epsilon is None and v != "not_equivalent"
+        open_ = upper > seen_all * (1 + opt.measure_rtol) + opt.measure_atol if measuring else v == "unknown"
+        if open_ and time.perf_counter() < deadline and len(pieces) + len(queue) + 2 <= opt.max_boxes \
                 and 0 < np.sum(box.hi > box.lo) <= min(opt.split_max_inputs, SPLIT_MAX_INPUTS) \
-                and (opt.epsilon is not None or (opt.norm == "top1" and TOP1_BOUNDARY not in more)):
+                and (opt.epsilon is not None or measuring or (opt.norm == "top1" and TOP1_BOUNDARY not in more)):
             k = int(np.argmax(box.hi - box.lo))
             halves = box.bisect(k)
             if box.lo[k] < halves[0].hi[k] < box.hi[k]:
-                queue.extend((h, depth + 1) for h in halves)
+                queue.extend((h, depth + 1, min(upper, inherited)) for h in halves)
                 split += 1
                 continue
         gap = float32_gap_note(box)
         more = ([gap] if gap else []) + more
-        pieces.append(Piece(box.lo, box.hi, v, ("split" if depth else "bounds") if v == "equivalent" else "none",
-                            upper))
+        pieces.append(Piece(box.lo, box.hi, "measured" if measuring else v,
+                            ("split" if depth else "bounds") if v == "equivalent" or measuring else "none", upper))
         uppers.append(upper)
         notes += more
         if v == "not_equivalent":

@@ -101,7 +101,7 @@ def _num(v: float):
 
 
 CHAIN_KINDS = ("equivalent", "unknown", "measured")
-GRAPH_KINDS = ("equivalent", "unknown", "not_equivalent")
+GRAPH_KINDS = ("equivalent", "unknown", "not_equivalent", "measured")
 
 
 def piece_counts(pieces: list, kinds: tuple = CHAIN_KINDS) -> dict:
